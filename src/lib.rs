@@ -1,0 +1,14 @@
+//! autopilot: a progressive-delivery autopilot.
+//!
+//! Teams declare in YAML what a healthy service looks like (objectives), how to observe it
+//! (sensors) and how changes may move (controllers); autopilot builds, pins, rolls out, judges
+//! and promotes or rolls back on its own.
+//!
+//! # Layout
+//! Dependencies point one way, toward the pure core:
+//! - [`spec`]: the ground floor. The YAML language (objectives, sensors, controllers), its
+//!   units, its JSON Schemas, and the loader that reports every mistake with `file:line:column`.
+//! - `control` (judge, plan): pure decision logic on top of `spec`; no I/O, no clock.
+//! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
+
+pub mod spec;

@@ -1,0 +1,298 @@
+//! A controller policy: how changes may move. Ramp steps, how the judge analyses evidence,
+//! deadlines and budgets, gates before a release may enter an environment, rollback rules, and
+//! how often the service is built.
+
+use super::units::{Duration, Percent, TimeOfDay, UtcOffset, Weight};
+use super::yaml::recover_vec;
+use super::{ApiVersion, MissingData};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A control policy, one per file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "autopilot controller policy")]
+pub struct ControllerSpec {
+    /// Version of this file format. Always `autopilot/v1`.
+    pub api_version: ApiVersion,
+    /// What this file declares. Always `Controller`.
+    pub kind: ControllerKind,
+    /// The policy's name, which services and environments refer to.
+    pub name: String,
+    /// When to use this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How the canary's traffic share grows.
+    pub ramp: Ramp,
+    /// How the judge weighs evidence.
+    pub analysis: Analysis,
+    /// A rollout that has not finished within this time after it started is stopped
+    /// (see `rollback.onDeadline`).
+    pub progress_deadline: Duration,
+    /// The most bad requests a rollout may serve before it stops exposing more traffic.
+    pub blast_radius: BlastRadius,
+    /// What a gap in the data means, unless a sensor or objective says otherwise.
+    pub missing_data: MissingData,
+    /// What must hold before a release may enter an environment that uses this policy.
+    #[serde(default)]
+    pub promotion: Promotion,
+    /// When and how to roll back.
+    #[serde(default)]
+    pub rollback: Rollback,
+    /// How the service is built (taken from the service's default controller).
+    #[serde(default)]
+    pub build: BuildPolicy,
+}
+
+/// The `kind` of a controller file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ControllerKind {
+    Controller,
+}
+
+/// How the canary's weight grows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Ramp {
+    /// Fixed steps, in percent of traffic, strictly increasing (e.g. `[1, 5, 25, 50]`). The
+    /// judge may hold a step (too little evidence) or skip ahead (strong evidence of safety).
+    /// After the last step the canary is promoted.
+    Steps(Vec<Weight>),
+    /// Start small and multiply the weight whenever the evidence allows, capped by the
+    /// blast-radius budget.
+    Adaptive(AdaptiveRamp),
+}
+
+/// An evidence-driven ramp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdaptiveRamp {
+    /// The first weight (percent).
+    pub start: Weight,
+    /// The highest weight before promotion (percent).
+    pub max: Weight,
+    /// How much the weight may grow per step (e.g. `2` doubles it), more than 1.
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+}
+
+fn default_factor() -> f64 {
+    2.0
+}
+
+/// How the judge weighs evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Analysis {
+    /// How often sensors are read and the judge looks (any time is valid for our judge).
+    pub interval: Duration,
+    /// α: the chance of ever rolling back a healthy release, over the whole rollout. Between
+    /// 0% and 50% (e.g. `1%`).
+    pub false_rollback_rate: Percent,
+    /// The chance of promoting a release that is worse than stable by more than the tolerance.
+    /// Between 0% and 50%.
+    #[serde(default = "default_false_promotion_rate")]
+    pub false_promotion_rate: Percent,
+    /// How much worse than stable a canary may be, relative (`10%`: up to 1.1 times stable's
+    /// bad share), unless an objective sets its own.
+    pub tolerance: Percent,
+    /// The least evidence before a canary may be promoted, however good it looks.
+    #[serde(default)]
+    pub min_evidence: MinEvidence,
+}
+
+fn default_false_promotion_rate() -> Percent {
+    Percent(0.05)
+}
+
+/// The least evidence for promotion.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MinEvidence {
+    /// At least this many canary requests.
+    #[serde(default)]
+    pub requests: u64,
+    /// At least this long at the final step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+}
+
+/// The blast-radius budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlastRadius {
+    /// Bad requests (beyond what stable would have served badly) a rollout may cost at most.
+    /// Each step's weight is capped so that a canary as bad as the evidence still allows would
+    /// stay within what is left.
+    pub budget: u64,
+}
+
+/// Gates on entering an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Promotion {
+    /// All of these must pass before a rollout starts (an empty list means automatic).
+    #[serde(default, deserialize_with = "recover_vec")]
+    pub gates: Vec<Gate>,
+    /// A newer release replaces an older one still waiting at a gate.
+    #[serde(default = "yes")]
+    pub supersede: bool,
+}
+
+impl Default for Promotion {
+    fn default() -> Self {
+        Promotion {
+            gates: Vec::new(),
+            supersede: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Gate {
+    /// No condition: go as soon as the previous environment has promoted the release.
+    Automatic,
+    /// The release must have served as stable in the previous environment for this long.
+    Soak(Duration),
+    /// A person from one of these groups must approve through the API.
+    Approval(Approval),
+    /// Only start within this weekly time window.
+    Window(TimeWindow),
+}
+
+/// A manual approval gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Approval {
+    /// Groups whose members may approve.
+    pub groups: Vec<String>,
+    /// How many different people must approve.
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A weekly time window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeWindow {
+    /// Days of the week the window is open.
+    pub days: Vec<Weekday>,
+    /// Opening time, `HH:MM`.
+    pub from: TimeOfDay,
+    /// Closing time, `HH:MM`; earlier than `from` means the window runs past midnight.
+    pub to: TimeOfDay,
+    /// The clock the times are on: `UTC` or an offset such as `+01:00`.
+    #[serde(default = "utc")]
+    pub timezone: UtcOffset,
+}
+
+fn utc() -> UtcOffset {
+    UtcOffset { minutes: 0 }
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// Rollback rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollback {
+    /// What to do when an objective regresses.
+    #[serde(default = "rollback")]
+    pub on_regression: StopAction,
+    /// What to do when the progress deadline passes.
+    #[serde(default = "rollback")]
+    pub on_deadline: StopAction,
+    /// After a rollback, keep the environment on its previous release until a newer release
+    /// arrives or an operator lifts the pin.
+    #[serde(default = "yes")]
+    pub pin_previous: bool,
+}
+
+impl Default for Rollback {
+    fn default() -> Self {
+        Rollback {
+            on_regression: StopAction::Rollback,
+            on_deadline: StopAction::Rollback,
+            pin_previous: true,
+        }
+    }
+}
+
+fn rollback() -> StopAction {
+    StopAction::Rollback
+}
+
+/// What to do when a rollout must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StopAction {
+    /// Send all traffic back to stable.
+    Rollback,
+    /// Freeze the weight and wait for an operator.
+    Pause,
+}
+
+/// When builds run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuildPolicy {
+    /// What starts a build.
+    #[serde(default)]
+    pub trigger: BuildTrigger,
+    /// Builds per service running at once.
+    #[serde(default = "one")]
+    pub concurrency: u32,
+    /// When a build ends, build only the newest commit that arrived meanwhile.
+    #[serde(default = "yes")]
+    pub skip_intermediate: bool,
+    /// At most this many builds per service per hour.
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+}
+
+impl Default for BuildPolicy {
+    fn default() -> Self {
+        BuildPolicy {
+            trigger: BuildTrigger::Push,
+            concurrency: 1,
+            skip_intermediate: true,
+            max_per_hour: default_max_per_hour(),
+        }
+    }
+}
+
+fn default_max_per_hour() -> u32 {
+    12
+}
+
+/// What starts a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BuildTrigger {
+    /// Every push to the service's branch (operators may also request builds).
+    #[default]
+    Push,
+    /// Only operator requests.
+    Manual,
+}

@@ -1,0 +1,447 @@
+//! The ground floor: the YAML language users write (objectives, sensors, controllers), parsed
+//! once into validated types.
+//!
+//! [`load`] reads files and directories and returns a [`Catalog`] whose cross-references are
+//! resolved, or a [`Report`] with **every** problem found, each with `file:line:column`, what is
+//! wrong and a hint. Nothing here does I/O beyond reading the files it is given; nothing here
+//! imports an adapter.
+
+pub mod controllers;
+pub mod objectives;
+pub mod schema;
+pub mod sensors;
+pub mod units;
+mod validate;
+pub mod yaml;
+
+use controllers::{ControllerSpec, StopAction};
+use objectives::ServiceSpec;
+use schemars::JsonSchema;
+use sensors::{Sensor, SensorLibrary};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use units::Duration;
+use yaml::{Document, Pos, Seg};
+
+/// Files larger than this are refused: specs are small, and a runaway file (a log pasted by
+/// mistake, a generated dump) should fail fast with a clear message instead of eating memory.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The file format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[serde(rename = "autopilot/v1")]
+    V1,
+}
+
+/// What a gap in the data means: hold the rollout for a while, then act.
+/// Missing data is never evidence of safety.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MissingData {
+    /// Hold (no weight change, no promotion) for at most this long while data is missing.
+    pub hold: Duration,
+    /// Then do this.
+    pub then: StopAction,
+}
+
+/// One problem in one file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Where in the document, e.g. `objectives[1].target` (empty for the whole file).
+    pub path: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Everything wrong with a set of files.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub diagnostics: Vec<Diagnostic>,
+    pub files_checked: usize,
+    /// File texts, for showing the offending line.
+    sources: BTreeMap<String, String>,
+}
+
+impl Report {
+    /// Rust-compiler-style text: the location, the message, the line with a caret, the hint.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for d in &self.diagnostics {
+            let _ = writeln!(out, "error: {}", d.message);
+            let at = if d.path.is_empty() {
+                String::new()
+            } else {
+                format!(" (at {})", d.path)
+            };
+            let _ = writeln!(out, "  --> {}:{}:{}{}", d.file, d.line, d.column, at);
+            if let Some(line) = self
+                .sources
+                .get(&d.file)
+                .and_then(|s| s.lines().nth(d.line.saturating_sub(1)))
+            {
+                let gutter = d.line.to_string().len();
+                let shown: String = line.chars().take(160).collect();
+                let _ = writeln!(out, "{:gutter$} |", "");
+                let _ = writeln!(out, "{} | {}", d.line, shown);
+                let _ = writeln!(out, "{:gutter$} | {:>col$}", "", "^", col = d.column.max(1));
+            }
+            if let Some(hint) = &d.hint {
+                let _ = writeln!(out, "  = hint: {hint}");
+            }
+            out.push('\n');
+        }
+        let files: std::collections::BTreeSet<_> =
+            self.diagnostics.iter().map(|d| &d.file).collect();
+        let _ = writeln!(
+            out,
+            "{} error{} in {} file{} ({} checked)",
+            self.diagnostics.len(),
+            if self.diagnostics.len() == 1 { "" } else { "s" },
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+            self.files_checked
+        );
+        out
+    }
+
+    pub fn render_json(&self) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "valid": self.diagnostics.is_empty(),
+            "filesChecked": self.files_checked,
+            "errors": self.diagnostics,
+        }))
+        .expect("diagnostics serialize")
+    }
+}
+
+/// The validated specs, with every cross-reference resolved.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub services: BTreeMap<String, ServiceSpec>,
+    pub sensors: BTreeMap<String, Sensor>,
+    pub controllers: BTreeMap<String, ControllerSpec>,
+    pub files_checked: usize,
+}
+
+/// Why loading could not even start: the user named something that is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("{0}: no such file or directory")]
+    NotFound(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no YAML files found in {0:?}")]
+    NoFiles(Vec<PathBuf>),
+}
+
+/// The outcome of [`load`].
+#[derive(Debug)]
+pub enum LoadError {
+    Usage(UsageError),
+    Invalid(Report),
+}
+
+/// A parsed file of one of the three kinds.
+pub(crate) enum Parsed {
+    Service(ServiceSpec),
+    Sensors(SensorLibrary),
+    Controller(ControllerSpec),
+}
+
+/// One file read and parsed, with its document for locating later problems.
+pub(crate) struct SourceFile {
+    pub name: String,
+    pub doc: Option<Document>,
+    pub parsed: Option<Parsed>,
+}
+
+impl SourceFile {
+    pub fn locate(&self, path: &[Seg]) -> (Pos, String) {
+        match &self.doc {
+            Some(doc) => doc.locate(path),
+            None => (Pos { line: 1, column: 1 }, String::new()),
+        }
+    }
+}
+
+/// Reads every YAML file under `paths` (files, or directories searched recursively for
+/// `*.yaml` / `*.yml`), validates each and all of them together.
+pub fn load(paths: &[PathBuf]) -> Result<Catalog, LoadError> {
+    let files = collect_files(paths).map_err(LoadError::Usage)?;
+    let mut report = Report {
+        files_checked: files.len(),
+        ..Report::default()
+    };
+    let mut sources = Vec::new();
+    for path in &files {
+        let name = path.display().to_string();
+        let text = match read_text(path) {
+            Ok(t) => t,
+            Err((message, hint)) => {
+                report.diagnostics.push(Diagnostic {
+                    file: name.clone(),
+                    line: 1,
+                    column: 1,
+                    path: String::new(),
+                    message,
+                    hint,
+                });
+                continue;
+            }
+        };
+        let file = parse_file(&name, &text, &mut report.diagnostics);
+        report.sources.insert(name, text);
+        sources.push(file);
+    }
+    let catalog = validate::check(&sources, &mut report.diagnostics);
+    if report.diagnostics.is_empty() {
+        Ok(Catalog {
+            files_checked: files.len(),
+            ..catalog
+        })
+    } else {
+        report
+            .diagnostics
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        report.diagnostics.dedup();
+        Err(LoadError::Invalid(report))
+    }
+}
+
+/// Loads specs from in-memory texts (name, YAML) — for tests and for callers that already
+/// hold the files.
+pub fn load_texts(texts: &[(&str, &str)]) -> Result<Catalog, Report> {
+    let mut report = Report {
+        files_checked: texts.len(),
+        ..Report::default()
+    };
+    let mut sources = Vec::new();
+    for (name, text) in texts {
+        sources.push(parse_file(name, text, &mut report.diagnostics));
+        report.sources.insert(name.to_string(), text.to_string());
+    }
+    let catalog = validate::check(&sources, &mut report.diagnostics);
+    if report.diagnostics.is_empty() {
+        Ok(catalog)
+    } else {
+        report
+            .diagnostics
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        Err(report)
+    }
+}
+
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, UsageError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => UsageError::NotFound(path.clone()),
+            _ => UsageError::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        if meta.is_dir() {
+            walk(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    if files.is_empty() {
+        return Err(UsageError::NoFiles(paths.to_vec()));
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), UsageError> {
+    let io = |e| UsageError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.path());
+    for entry in entries {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file as text, refusing what cannot be a spec (too large, binary, not UTF-8).
+fn read_text(path: &Path) -> Result<String, (String, Option<String>)> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| (format!("cannot read: {e}"), None))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err((
+            format!(
+                "file is {:.1} MiB; specs may be at most {} MiB",
+                size as f64 / 1048576.0,
+                MAX_FILE_BYTES / 1048576
+            ),
+            Some("is this the right file? split large sensor libraries into several files".into()),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| (format!("cannot read: {e}"), None))?;
+    text_from_bytes(bytes)
+}
+
+fn text_from_bytes(bytes: Vec<u8>) -> Result<String, (String, Option<String>)> {
+    if let Some(i) = bytes.iter().position(|&b| b == 0) {
+        return Err((
+            format!("not a text file: it contains a NUL byte at offset {i}"),
+            Some("autopilot reads YAML text files; is this a binary file?".into()),
+        ));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        (
+            format!(
+                "not UTF-8 text: invalid byte at offset {}",
+                e.utf8_error().valid_up_to()
+            ),
+            Some("save the file as UTF-8".into()),
+        )
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.remove(0);
+    }
+    Ok(text)
+}
+
+const KINDS: [&str; 3] = ["Service", "Sensors", "Controller"];
+
+/// Parses one file and deserializes it according to its `kind`, recording every problem.
+fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile {
+    let mut file = SourceFile {
+        name: name.to_owned(),
+        doc: None,
+        parsed: None,
+    };
+    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| Diagnostic {
+        file: name.to_owned(),
+        line: pos.line,
+        column: pos.column,
+        path: path.to_owned(),
+        message,
+        hint,
+    };
+    let mut syntax = Vec::new();
+    let root = match yaml::parse(text, &mut syntax) {
+        Ok(r) => r,
+        Err(e) => {
+            diags.push(at(e.pos, "", e.message, e.hint));
+            return file;
+        }
+    };
+    diags.extend(syntax.into_iter().map(|e| at(e.pos, "", e.message, e.hint)));
+    let Some(root) = root else {
+        diags.push(at(
+            Pos { line: 1, column: 1 },
+            "",
+            "the file is empty".into(),
+            Some("start with `apiVersion: autopilot/v1` and `kind: Service`, `Sensors` or `Controller`".into()),
+        ));
+        return file;
+    };
+    let kind = match &root.kind {
+        yaml::NodeKind::Map(_) => root.get("kind").map(|k| (k.pos, k.scalar().unwrap_or(""))),
+        _ => {
+            diags.push(at(
+                root.pos,
+                "",
+                "expected a mapping at the top of the file (`apiVersion:`, `kind:` …)".into(),
+                None,
+            ));
+            return file;
+        }
+    };
+    let mut doc = Document::new(root.clone());
+    let parsed = match kind {
+        Some((_, "Service")) => doc.deserialize().map(Parsed::Service),
+        Some((_, "Sensors")) => doc.deserialize().map(Parsed::Sensors),
+        Some((_, "Controller")) => doc.deserialize().map(Parsed::Controller),
+        Some((pos, other)) => {
+            let hint = match yaml::closest(other, KINDS) {
+                Some(c) => format!("did you mean `{c}`? (valid: Service, Sensors, Controller)"),
+                None => "valid kinds: Service (objectives), Sensors, Controller".into(),
+            };
+            diags.push(at(
+                pos,
+                "kind",
+                format!("unknown kind `{other}`"),
+                Some(hint),
+            ));
+            None
+        }
+        None => {
+            let guess = guess_kind(name);
+            diags.push(at(
+                root.pos,
+                "",
+                "missing `kind`".into(),
+                Some(match guess {
+                    Some(g) => format!("add `kind: {g}` (valid: Service, Sensors, Controller)"),
+                    None => "add `kind: Service`, `kind: Sensors` or `kind: Controller`".into(),
+                }),
+            ));
+            None
+        }
+    };
+    for p in doc.problems() {
+        diags.push(at(p.pos, &p.path, p.message, p.hint));
+    }
+    file.parsed = parsed;
+    file.doc = Some(doc);
+    file
+}
+
+fn guess_kind(file: &str) -> Option<&'static str> {
+    if file.contains("objectives") {
+        Some("Service")
+    } else if file.contains("sensors") {
+        Some("Sensors")
+    } else if file.contains("controllers") {
+        Some("Controller")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_and_non_utf8_bytes_are_refused_with_offsets() {
+        let e = text_from_bytes(vec![b'a', 0, b'b']).unwrap_err();
+        assert!(e.0.contains("NUL byte at offset 1"), "{}", e.0);
+        let e = text_from_bytes(vec![b'k', b':', 0xff]).unwrap_err();
+        assert!(e.0.contains("offset 2"), "{}", e.0);
+        assert_eq!(
+            text_from_bytes("\u{feff}a: 1".as_bytes().to_vec()).unwrap(),
+            "a: 1"
+        );
+    }
+}

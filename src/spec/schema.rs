@@ -1,0 +1,45 @@
+//! JSON Schemas for the three file kinds, generated from the same types the loader uses, so
+//! an editor's red squiggles and `autopilot validate` never disagree on the shape of a file.
+//! The checked-in copies (`objectives/objectives.schema.json` …) are compared with these by a
+//! test, which fails when they drift.
+
+use super::controllers::ControllerSpec;
+use super::objectives::ServiceSpec;
+use super::sensors::SensorLibrary;
+
+/// A file kind that has a schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    Objectives,
+    Sensors,
+    Controllers,
+}
+
+impl SchemaKind {
+    pub const ALL: [SchemaKind; 3] = [
+        SchemaKind::Objectives,
+        SchemaKind::Sensors,
+        SchemaKind::Controllers,
+    ];
+
+    /// Where the checked-in copy lives, relative to the repository root.
+    pub fn checked_in_path(&self) -> &'static str {
+        match self {
+            SchemaKind::Objectives => "objectives/objectives.schema.json",
+            SchemaKind::Sensors => "sensors/sensors.schema.json",
+            SchemaKind::Controllers => "controllers/controllers.schema.json",
+        }
+    }
+
+    /// The schema as pretty JSON with a trailing newline.
+    pub fn render(&self) -> String {
+        let schema = match self {
+            SchemaKind::Objectives => schemars::schema_for!(ServiceSpec),
+            SchemaKind::Sensors => schemars::schema_for!(SensorLibrary),
+            SchemaKind::Controllers => schemars::schema_for!(ControllerSpec),
+        };
+        let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+        text.push('\n');
+        text
+    }
+}

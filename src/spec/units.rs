@@ -1,0 +1,501 @@
+//! Human units in specs: durations (`30s`, `1h30m`, `300ms`), percentages (`0.5%`, `99.9%`),
+//! traffic weights (`0..=100`) and objective targets (`< 0.5%`, `> 99.9%`, `p99 < 300ms`).
+//!
+//! Each type parses from the string a person writes, prints back the same way, and describes
+//! itself in the JSON Schema with a pattern so editors flag a typo before autopilot sees it.
+//! Parsing never panics; errors say what was expected, with an example.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+/// A positive span of time, written as numbers with units: `300ms`, `30s`, `5m`, `1h30m`, `2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+const DURATION_UNITS: [(&str, u64); 5] = [
+    ("ms", 1),
+    ("s", 1_000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+
+impl Duration {
+    pub fn from_secs(s: u64) -> Self {
+        Duration(std::time::Duration::from_secs(s))
+    }
+
+    pub fn as_secs_f64(&self) -> f64 {
+        self.0.as_secs_f64()
+    }
+
+    pub fn as_millis(&self) -> u128 {
+        self.0.as_millis()
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a duration: write numbers with units (ms, s, m, h, d), such as `30s`, `5m` or `1h30m`"
+            )
+        };
+        let text = s.trim();
+        if text.is_empty() {
+            return Err(bad());
+        }
+        let mut total_ms: u64 = 0;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(bad());
+            }
+            let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let Some((_, factor)) = DURATION_UNITS.iter().find(|(u, _)| *u == unit) else {
+                return Err(bad());
+            };
+            total_ms = number
+                .checked_mul(*factor)
+                .and_then(|ms| total_ms.checked_add(ms))
+                .ok_or_else(|| format!("`{s}` is too long a duration"))?;
+        }
+        if total_ms == 0 {
+            return Err(format!("`{s}` is zero; a duration here must be positive"));
+        }
+        Ok(Duration(std::time::Duration::from_millis(total_ms)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ms = self.0.as_millis() as u64;
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, factor) in DURATION_UNITS.iter().rev() {
+            if ms >= *factor && (*unit != "ms" || ms > 0) {
+                let n = ms / factor;
+                if n > 0 {
+                    write!(f, "{n}{unit}")?;
+                    ms -= n * factor;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fraction written as a percentage: `0.5%`, `10%`, `99.9%`. Stored as a fraction (0.005).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+impl Percent {
+    pub fn fraction(&self) -> f64 {
+        self.0
+    }
+}
+
+impl FromStr for Percent {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a percentage: write a number followed by `%`, such as `0.5%` or `99.9%`"
+            )
+        };
+        let number = s.trim().strip_suffix('%').ok_or_else(bad)?.trim();
+        if number.is_empty() || number.starts_with(['+', '-']) && number.len() == 1 {
+            return Err(bad());
+        }
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+            return Err(format!("`{s}` is outside 0% to 100%"));
+        }
+        Ok(Percent(value / 100.0))
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // round away float noise (0.1 + 0.2) without losing real precision
+        let pct = (self.0 * 100.0 * 1e9).round() / 1e9;
+        write!(f, "{pct}%")
+    }
+}
+
+/// A traffic weight: an integer share from 0 (no traffic) to 100 (all of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Weight(pub u8);
+
+impl Weight {
+    pub const MAX: Weight = Weight(100);
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if !(0..=100).contains(&n) {
+            return Err(de::Error::custom(format!(
+                "weight {n} is outside 0..=100 (a weight is a share of traffic in percent)"
+            )));
+        }
+        Ok(Weight(n as u8))
+    }
+}
+
+impl JsonSchema for Weight {
+    fn schema_name() -> Cow<'static, str> {
+        "Weight".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A share of traffic in percent, an integer from 0 to 100.",
+            "type": "integer", "minimum": 0, "maximum": 100
+        })
+    }
+}
+
+/// What an objective promises. Every target is a bound on the share of *bad* events:
+/// `< 0.5%` (at most 0.5% bad), `> 99.9%` (at least 99.9% good, i.e. at most 0.1% bad), or a
+/// latency quantile `p99 < 300ms` (at most 1% of requests slower than 300 ms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// The share of bad events stays below `max_bad`. `written_as_good` remembers `>` form.
+    BadRatio { max_bad: f64, written_as_good: bool },
+    /// At most `1 - quantile` of requests take longer than `threshold`.
+    Latency { quantile: f64, threshold: Duration },
+}
+
+impl Target {
+    /// The largest acceptable share of bad events.
+    pub fn max_bad_ratio(&self) -> f64 {
+        match self {
+            Target::BadRatio { max_bad, .. } => *max_bad,
+            Target::Latency { quantile, .. } => 1.0 - quantile,
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        let bad = || {
+            format!(
+                "`{s}` is not a target: write `< 0.5%` (bad share), `> 99.9%` (good share) or `p99 < 300ms` (latency)"
+            )
+        };
+        if let Some(rest) = text.strip_prefix('p') {
+            let (q, threshold) = rest.split_once('<').ok_or_else(bad)?;
+            let q: f64 = q.trim().parse().map_err(|_| bad())?;
+            if !(q > 0.0 && q < 100.0) {
+                return Err(format!(
+                    "`{s}`: the quantile must be between p0 and p100, such as p99 or p99.9"
+                ));
+            }
+            let threshold: Duration = threshold.trim_start_matches('=').trim().parse()?;
+            return Ok(Target::Latency {
+                quantile: q / 100.0,
+                threshold,
+            });
+        }
+        let (good, rest) = if let Some(r) = text.strip_prefix('<') {
+            (false, r)
+        } else if let Some(r) = text.strip_prefix('>') {
+            (true, r)
+        } else {
+            return Err(bad());
+        };
+        let pct: Percent = rest.trim_start_matches('=').trim().parse()?;
+        let max_bad = if good { 1.0 - pct.0 } else { pct.0 };
+        if max_bad <= 0.0 || max_bad >= 1.0 {
+            return Err(format!(
+                "`{s}` can never be met or never be missed; pick a share strictly between 0% and 100%"
+            ));
+        }
+        Ok(Target::BadRatio {
+            max_bad,
+            written_as_good: good,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::BadRatio {
+                max_bad,
+                written_as_good: true,
+            } => write!(f, "> {}", Percent(1.0 - max_bad)),
+            Target::BadRatio { max_bad, .. } => write!(f, "< {}", Percent(*max_bad)),
+            Target::Latency {
+                quantile,
+                threshold,
+            } => {
+                let q = (quantile * 100.0 * 1e9).round() / 1e9;
+                write!(f, "p{q} < {threshold}")
+            }
+        }
+    }
+}
+
+/// A time of day, `HH:MM` (24-hour clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeOfDay {
+    pub minutes: u16,
+}
+
+impl FromStr for TimeOfDay {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a time of day: write `HH:MM` on a 24-hour clock, such as `09:00`")
+        };
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if h > 24 || m > 59 || (h == 24 && m != 0) || s.trim().len() != 5 {
+            return Err(bad());
+        }
+        Ok(TimeOfDay {
+            minutes: h * 60 + m,
+        })
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.minutes / 60, self.minutes % 60)
+    }
+}
+
+/// An offset from UTC: `UTC`, `+02:00`, `-05:30`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcOffset {
+    pub minutes: i16,
+}
+
+impl FromStr for UtcOffset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        if text.eq_ignore_ascii_case("utc") || text == "Z" {
+            return Ok(UtcOffset { minutes: 0 });
+        }
+        let bad = || {
+            format!(
+                "`{s}` is not a UTC offset: write `UTC` or `+HH:MM` / `-HH:MM`, such as `+01:00`"
+            )
+        };
+        let (sign, rest) = match text.as_bytes().first() {
+            Some(b'+') => (1, &text[1..]),
+            Some(b'-') => (-1, &text[1..]),
+            _ => return Err(bad()),
+        };
+        let t: TimeOfDay = rest.parse().map_err(|_| bad())?;
+        if t.minutes > 14 * 60 {
+            return Err(bad());
+        }
+        Ok(UtcOffset {
+            minutes: sign * t.minutes as i16,
+        })
+    }
+}
+
+impl fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.minutes == 0 {
+            return f.write_str("UTC");
+        }
+        let sign = if self.minutes < 0 { '-' } else { '+' };
+        let m = self.minutes.unsigned_abs();
+        write!(f, "{sign}{:02}:{:02}", m / 60, m % 60)
+    }
+}
+
+/// Serde and JSON Schema for a type that is written as a string.
+macro_rules! string_unit {
+    ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($description)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$ty, E> {
+                        self.visit_str(&v.to_string())
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
+                        self.visit_str(&v.to_string())
+                    }
+                    fn visit_f64<E: de::Error>(self, v: f64) -> Result<$ty, E> {
+                        self.visit_str(&v.to_string())
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "description": $description,
+                    "type": "string",
+                    "pattern": $pattern
+                })
+            }
+        }
+    };
+}
+
+string_unit!(
+    Duration,
+    "Duration",
+    r"^\s*([0-9]+(ms|s|m|h|d))+\s*$",
+    "a duration such as `300ms`, `30s`, `5m` or `1h30m`"
+);
+string_unit!(
+    Percent,
+    "Percent",
+    r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$",
+    "a percentage such as `0.5%` or `99.9%`"
+);
+string_unit!(
+    Target,
+    "Target",
+    r"^\s*(p[0-9]+(\.[0-9]+)?\s*<=?\s*([0-9]+(ms|s|m|h|d))+|[<>]=?\s*[0-9]+(\.[0-9]+)?\s*%)\s*$",
+    "a target such as `< 0.5%` (bad share), `> 99.9%` (good share) or `p99 < 300ms` (latency)"
+);
+string_unit!(
+    TimeOfDay,
+    "TimeOfDay",
+    r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$",
+    "a time of day `HH:MM` on a 24-hour clock"
+);
+string_unit!(
+    UtcOffset,
+    "UtcOffset",
+    r"^(UTC|Z|[+-][0-9]{2}:[0-9]{2})$",
+    "`UTC` or an offset such as `+01:00`"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: &str) -> f64 {
+        s.parse::<Duration>().unwrap().as_secs_f64()
+    }
+
+    #[test]
+    fn durations_parse_in_human_units() {
+        assert_eq!(secs("30s"), 30.0);
+        assert_eq!(secs("5m"), 300.0);
+        assert_eq!(secs("1h30m"), 5400.0);
+        assert_eq!(secs("300ms"), 0.3);
+        assert_eq!(secs("2d"), 172_800.0);
+        assert_eq!(secs(" 1m30s "), 90.0);
+    }
+
+    #[test]
+    fn durations_reject_words_zero_and_negative() {
+        for bad in [
+            "5 minutes",
+            "5",
+            "",
+            "m",
+            "-5s",
+            "1.5h",
+            "5x",
+            "0s",
+            "99999999999999999d",
+        ] {
+            let e = bad.parse::<Duration>().unwrap_err();
+            assert!(
+                e.contains(bad.trim()) || bad.trim().is_empty(),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_print_back_the_way_they_are_written() {
+        for s in ["30s", "5m", "1h30m", "300ms", "2d", "1h1m1s1ms"] {
+            assert_eq!(s.parse::<Duration>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn percentages_parse_to_fractions() {
+        assert_eq!("0.5%".parse::<Percent>().unwrap().0, 0.005);
+        assert_eq!("99.9%".parse::<Percent>().unwrap().to_string(), "99.9%");
+        assert_eq!("100%".parse::<Percent>().unwrap().0, 1.0);
+        for bad in ["0.5", "%", "-1%", "101%", "abc%", "nan%"] {
+            assert!(bad.parse::<Percent>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_are_bounds_on_the_bad_share() {
+        let t: Target = "< 0.5%".parse().unwrap();
+        assert!((t.max_bad_ratio() - 0.005).abs() < 1e-12);
+        let t: Target = "> 99.9%".parse().unwrap();
+        assert!((t.max_bad_ratio() - 0.001).abs() < 1e-12);
+        assert_eq!(t.to_string(), "> 99.9%");
+        let t: Target = "p99 < 300ms".parse().unwrap();
+        assert!((t.max_bad_ratio() - 0.01).abs() < 1e-12);
+        assert_eq!(t.to_string(), "p99 < 300ms");
+        let t: Target = "p99.9<1s".parse().unwrap();
+        assert_eq!(t.to_string(), "p99.9 < 1s");
+        for bad in [
+            "0.5%",
+            "< 0%",
+            "> 100%",
+            "p99 > 300ms",
+            "p0 < 1s",
+            "p99 < 5 minutes",
+            "< 200%",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clock_times_and_offsets() {
+        assert_eq!("09:30".parse::<TimeOfDay>().unwrap().minutes, 570);
+        assert!("9:30".parse::<TimeOfDay>().is_err());
+        assert!("25:00".parse::<TimeOfDay>().is_err());
+        assert_eq!("-05:30".parse::<UtcOffset>().unwrap().minutes, -330);
+        assert_eq!("UTC".parse::<UtcOffset>().unwrap().to_string(), "UTC");
+        assert!("CET".parse::<UtcOffset>().is_err());
+    }
+}

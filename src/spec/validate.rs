@@ -1,0 +1,699 @@
+//! Checks that need more than one field or more than one file: names, ranges, references
+//! between services, sensors and controllers, and the fit of a target to its sensor.
+//!
+//! Every check reports through [`Checker::error`] with the model path of the offending value;
+//! the file's [`yaml::Document`](super::yaml::Document) turns it into `line:column`. Nothing
+//! stops at the first problem.
+
+use super::controllers::{ControllerSpec, Gate, Ramp};
+use super::objectives::{Auth, ServiceSpec};
+use super::sensors::{Measures, SensorSource, TEMPLATE_VARIABLES, template_variables};
+use super::units::Target;
+use super::yaml::{Seg, closest};
+use super::{Catalog, Diagnostic, Parsed, SourceFile};
+use std::collections::{BTreeMap, HashMap};
+
+struct Checker<'a> {
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, file: &SourceFile, path: &[Seg], message: String, hint: Option<String>) {
+        let (pos, yaml_path) = file.locate(path);
+        self.diags.push(Diagnostic {
+            file: file.name.clone(),
+            line: pos.line,
+            column: pos.column,
+            path: yaml_path,
+            message,
+            hint,
+        });
+    }
+}
+
+/// Builds a path from keys and indices: `p!["objectives", 2, "sensor"]`.
+macro_rules! p {
+    ($($seg:expr),* $(,)?) => { [$(Seg::from($seg)),*] };
+}
+
+/// A DNS label: it becomes part of host names.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && !s.ends_with('-')
+}
+
+/// A reference name (sensors, controllers, objectives): readable, safe in URLs and labels.
+fn is_ref_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn did_you_mean<'a>(
+    given: &str,
+    known: impl IntoIterator<Item = &'a String> + Clone,
+    what: &str,
+) -> String {
+    let names: Vec<&str> = known.clone().into_iter().map(String::as_str).collect();
+    if names.is_empty() {
+        return format!("no {what} is defined; check the paths given to `autopilot validate`");
+    }
+    match closest(given, names.iter().copied()) {
+        Some(c) => format!(
+            "did you mean `{c}`? ({what}s defined: {})",
+            names.join(", ")
+        ),
+        None => format!("{what}s defined: {}", names.join(", ")),
+    }
+}
+
+/// Validates everything parsed so far and returns the catalog of what parsed.
+pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalog {
+    let mut c = Checker { diags };
+    let mut catalog = Catalog::default();
+    // names that exist but failed to parse: referencing them is not a *second* error
+    let mut broken_names: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let mut service_files: Vec<(&SourceFile, &ServiceSpec)> = Vec::new();
+    let mut first_seen: HashMap<(&'static str, String), String> = HashMap::new();
+
+    for file in files {
+        match &file.parsed {
+            Some(Parsed::Sensors(lib)) => {
+                for (i, s) in lib.sensors.iter().enumerate() {
+                    let path = p!["sensors", i, "name"];
+                    if !is_ref_name(&s.name) {
+                        c.error(
+                            file,
+                            &path,
+                            format!(
+                                "sensor name `{}` has characters that are not allowed",
+                                s.name
+                            ),
+                            Some("use letters, digits, `.`, `-` and `_`".into()),
+                        );
+                    }
+                    if let Some(first) =
+                        first_seen.insert(("sensor", s.name.clone()), file.name.clone())
+                    {
+                        c.error(
+                            file,
+                            &path,
+                            format!("sensor `{}` is defined twice", s.name),
+                            Some(format!("the first definition is in {first}")),
+                        );
+                        continue;
+                    }
+                    check_sensor(&mut c, file, i, &s.source);
+                    catalog.sensors.insert(s.name.clone(), s.clone());
+                }
+                collect_broken(file, "sensors", "sensor", &mut broken_names);
+            }
+            Some(Parsed::Controller(ctl)) => {
+                if let Some(first) =
+                    first_seen.insert(("controller", ctl.name.clone()), file.name.clone())
+                {
+                    c.error(
+                        file,
+                        &p!["name"],
+                        format!("controller `{}` is defined twice", ctl.name),
+                        Some(format!("the first definition is in {first}")),
+                    );
+                    continue;
+                }
+                if !is_ref_name(&ctl.name) {
+                    c.error(
+                        file,
+                        &p!["name"],
+                        format!(
+                            "controller name `{}` has characters that are not allowed",
+                            ctl.name
+                        ),
+                        Some("use letters, digits, `.`, `-` and `_`".into()),
+                    );
+                }
+                check_controller(&mut c, file, ctl);
+                catalog.controllers.insert(ctl.name.clone(), ctl.clone());
+            }
+            Some(Parsed::Service(svc)) => {
+                if let Some(first) =
+                    first_seen.insert(("service", svc.name.clone()), file.name.clone())
+                {
+                    c.error(
+                        file,
+                        &p!["name"],
+                        format!("service `{}` is defined twice", svc.name),
+                        Some(format!(
+                            "the first definition is in {first}; one objectives file per service"
+                        )),
+                    );
+                    continue;
+                }
+                service_files.push((file, svc));
+            }
+            None => {
+                // a file whose top level failed: remember the names it tried to define
+                if let Some(doc) = &file.doc {
+                    for kind in ["controller", "service"] {
+                        if let Some(name) = doc.root.get("name").and_then(|n| n.scalar())
+                            && doc
+                                .root
+                                .get("kind")
+                                .and_then(|k| k.scalar())
+                                .map(str::to_lowercase)
+                                .as_deref()
+                                == Some(kind)
+                        {
+                            broken_names
+                                .entry(kind_key(kind))
+                                .or_default()
+                                .push(name.to_owned());
+                        }
+                    }
+                }
+                collect_broken(file, "sensors", "sensor", &mut broken_names);
+            }
+        }
+    }
+
+    for (file, svc) in service_files {
+        check_service(&mut c, file, svc, &catalog, &broken_names);
+        catalog.services.insert(svc.name.clone(), svc.clone());
+    }
+    catalog
+}
+
+fn kind_key(kind: &str) -> &'static str {
+    match kind {
+        "controller" => "controller",
+        "service" => "service",
+        _ => "sensor",
+    }
+}
+
+/// Names of list items that are present in the YAML but were dropped as broken.
+fn collect_broken(
+    file: &SourceFile,
+    list: &str,
+    kind: &'static str,
+    out: &mut HashMap<&'static str, Vec<String>>,
+) {
+    let Some(doc) = &file.doc else { return };
+    if let Some(super::yaml::NodeKind::Seq(items)) = doc.root.get(list).map(|n| &n.kind) {
+        for item in items {
+            if let Some(name) = item.get("name").and_then(|n| n.scalar()) {
+                out.entry(kind).or_default().push(name.to_owned());
+            }
+        }
+    }
+}
+
+fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSource) {
+    let templates: Vec<(&str, &str)> = match source {
+        SensorSource::Prometheus(q) => vec![("bad", q.bad.as_str()), ("total", q.total.as_str())],
+        SensorSource::Histogram(h) => vec![("selector", h.selector.as_str())],
+        SensorSource::Proxy(_) => vec![],
+    };
+    let tag = match source {
+        SensorSource::Prometheus(_) => "prometheus",
+        SensorSource::Histogram(_) => "histogram",
+        SensorSource::Proxy(_) => "proxy",
+    };
+    for (field, template) in templates {
+        let path = p!["sensors", i, "source", tag, field];
+        if template.trim().is_empty() {
+            c.error(
+                file,
+                &path,
+                format!("`{field}` is empty"),
+                Some("write the PromQL that counts these events".into()),
+            );
+            continue;
+        }
+        match template_variables(template) {
+            Err((offset, why)) => c.error(
+                file,
+                &path,
+                format!("template error at character {}: {why}", offset + 1),
+                None,
+            ),
+            Ok(vars) => {
+                for (_, var) in vars {
+                    if !TEMPLATE_VARIABLES.contains(&var.as_str()) {
+                        let hint = match closest(&var, TEMPLATE_VARIABLES) {
+                            Some(v) => format!(
+                                "did you mean `{{{{{v}}}}}`? (variables: service, environment, release, window)"
+                            ),
+                            None => {
+                                "variables: {{service}}, {{environment}}, {{release}}, {{window}}"
+                                    .into()
+                            }
+                        };
+                        c.error(
+                            file,
+                            &path,
+                            format!("unknown template variable `{{{{{var}}}}}`"),
+                            Some(hint),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let SensorSource::Histogram(h) = source {
+        if h.metric.trim().is_empty()
+            || h.metric.ends_with("_bucket")
+            || h.metric.ends_with("_count")
+        {
+            c.error(file, &p!["sensors", i, "source", "histogram", "metric"],
+                format!("`{}` is not a histogram's base name", h.metric),
+                Some("write the name without `_bucket` or `_count`, e.g. `http_request_duration_seconds`".into()));
+        }
+        if let Some(buckets) = &h.buckets {
+            let increasing = buckets.windows(2).all(|w| w[0] < w[1]);
+            if buckets.is_empty()
+                || !increasing
+                || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+            {
+                c.error(
+                    file,
+                    &p!["sensors", i, "source", "histogram", "buckets"],
+                    "bucket bounds must be positive and strictly increasing".into(),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
+    match &ctl.ramp {
+        Ramp::Steps(steps) => {
+            if steps.is_empty() {
+                c.error(
+                    file,
+                    &p!["ramp", "steps"],
+                    "the ramp has no steps".into(),
+                    Some("list the canary's weights in percent, e.g. `[5, 25, 50]`".into()),
+                );
+            }
+            for (j, w) in steps.iter().enumerate() {
+                if w.0 == 0 {
+                    c.error(
+                        file,
+                        &p!["ramp", "steps", j],
+                        "a step of weight 0 sends the canary no traffic".into(),
+                        Some("steps are between 1 and 100".into()),
+                    );
+                }
+                if j > 0 && steps[j - 1] >= *w {
+                    c.error(
+                        file,
+                        &p!["ramp", "steps", j],
+                        format!(
+                            "steps must increase: {} comes after {}",
+                            w.0,
+                            steps[j - 1].0
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        Ramp::Adaptive(a) => {
+            if a.start.0 == 0 {
+                c.error(
+                    file,
+                    &p!["ramp", "adaptive", "start"],
+                    "the first weight must be at least 1".into(),
+                    None,
+                );
+            }
+            if a.start > a.max {
+                c.error(
+                    file,
+                    &p!["ramp", "adaptive", "max"],
+                    format!("`max` ({}) is below `start` ({})", a.max.0, a.start.0),
+                    None,
+                );
+            }
+            if !(a.factor > 1.0 && a.factor.is_finite()) {
+                c.error(
+                    file,
+                    &p!["ramp", "adaptive", "factor"],
+                    format!("factor {} does not grow the weight", a.factor),
+                    Some("use a factor above 1, such as 2".into()),
+                );
+            }
+        }
+    }
+    let an = &ctl.analysis;
+    for (field, rate) in [
+        ("falseRollbackRate", an.false_rollback_rate),
+        ("falsePromotionRate", an.false_promotion_rate),
+    ] {
+        if !(rate.0 > 0.0 && rate.0 < 0.5) {
+            c.error(file, &p!["analysis", field], format!("{field} {rate} is outside (0%, 50%)"),
+                Some("a rate such as `1%` or `5%`: the chance the judge may be wrong over a whole rollout".into()));
+        }
+    }
+    if an.interval > ctl.progress_deadline {
+        c.error(
+            file,
+            &p!["analysis", "interval"],
+            format!(
+                "the analysis interval ({}) is longer than the progress deadline ({})",
+                an.interval, ctl.progress_deadline
+            ),
+            None,
+        );
+    }
+    if ctl.missing_data.hold > ctl.progress_deadline {
+        c.error(
+            file,
+            &p!["missingData", "hold"],
+            format!(
+                "holding on missing data for {} outlasts the progress deadline ({})",
+                ctl.missing_data.hold, ctl.progress_deadline
+            ),
+            None,
+        );
+    }
+    if ctl.blast_radius.budget == 0 {
+        c.error(
+            file,
+            &p!["blastRadius", "budget"],
+            "a budget of 0 bad requests allows no canary at all".into(),
+            Some("set the most bad requests a rollout may cost, e.g. 100".into()),
+        );
+    }
+    for (j, gate) in ctl.promotion.gates.iter().enumerate() {
+        match gate {
+            Gate::Automatic | Gate::Soak(_) => {}
+            Gate::Approval(a) => {
+                if a.groups.is_empty() {
+                    c.error(
+                        file,
+                        &p!["promotion", "gates", j, "approval", "groups"],
+                        "nobody may approve: `groups` is empty".into(),
+                        None,
+                    );
+                }
+                if a.count == 0 {
+                    c.error(
+                        file,
+                        &p!["promotion", "gates", j, "approval", "count"],
+                        "an approval needs at least 1 approver".into(),
+                        None,
+                    );
+                }
+            }
+            Gate::Window(w) => {
+                if w.days.is_empty() {
+                    c.error(
+                        file,
+                        &p!["promotion", "gates", j, "window", "days"],
+                        "the window is open on no day".into(),
+                        None,
+                    );
+                }
+                for (k, d) in w.days.iter().enumerate() {
+                    if w.days[..k].contains(d) {
+                        c.error(
+                            file,
+                            &p!["promotion", "gates", j, "window", "days", k],
+                            format!("day `{d:?}` is listed twice").to_lowercase(),
+                            None,
+                        );
+                    }
+                }
+                if w.from == w.to {
+                    c.error(
+                        file,
+                        &p!["promotion", "gates", j, "window", "to"],
+                        "the window opens and closes at the same time".into(),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    if ctl.promotion.gates.len() > 1 && ctl.promotion.gates.contains(&Gate::Automatic) {
+        c.error(
+            file,
+            &p!["promotion", "gates"],
+            "`automatic` with other gates means nothing".into(),
+            Some("remove `automatic`; an empty list is automatic".into()),
+        );
+    }
+    if ctl.build.concurrency == 0 {
+        c.error(
+            file,
+            &p!["build", "concurrency"],
+            "concurrency 0 would never build".into(),
+            None,
+        );
+    }
+    if ctl.build.max_per_hour == 0 {
+        c.error(
+            file,
+            &p!["build", "maxPerHour"],
+            "maxPerHour 0 would never build".into(),
+            Some("use `trigger: manual` to build only on request".into()),
+        );
+    }
+}
+
+fn check_service(
+    c: &mut Checker,
+    file: &SourceFile,
+    svc: &ServiceSpec,
+    catalog: &Catalog,
+    broken: &HashMap<&'static str, Vec<String>>,
+) {
+    let is_broken = |kind: &str, name: &str| {
+        broken
+            .get(kind)
+            .is_some_and(|v| v.iter().any(|n| n == name))
+    };
+    if !is_dns_label(&svc.name) {
+        c.error(file, &p!["name"], format!("service name `{}` is not a DNS label", svc.name),
+            Some("use lowercase letters, digits and `-`, starting with a letter (it becomes part of host names)".into()));
+    }
+    if svc.source.repository.trim().is_empty() {
+        c.error(
+            file,
+            &p!["source", "repository"],
+            "the repository is empty".into(),
+            None,
+        );
+    }
+    if svc.build.command.trim().is_empty() {
+        c.error(
+            file,
+            &p!["build", "command"],
+            "the build command is empty".into(),
+            None,
+        );
+    }
+    if let super::objectives::Artifact::Files(f) = &svc.build.artifact
+        && f.is_empty()
+    {
+        c.error(
+            file,
+            &p!["build", "artifact", "files"],
+            "no files to pack".into(),
+            None,
+        );
+    }
+    if svc.run.command.trim().is_empty() {
+        c.error(
+            file,
+            &p!["run", "command"],
+            "the run command is empty".into(),
+            None,
+        );
+    }
+    let pv = &svc.run.port_variable;
+    if pv.is_empty()
+        || !pv
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        || pv.as_bytes()[0].is_ascii_digit()
+    {
+        c.error(
+            file,
+            &p!["run", "portVariable"],
+            format!("`{pv}` is not an environment variable name"),
+            Some("use uppercase letters, digits and `_`, such as `PORT`".into()),
+        );
+    }
+    if !svc.run.readiness.starts_with('/') {
+        c.error(
+            file,
+            &p!["run", "readiness"],
+            format!("readiness path `{}` must start with `/`", svc.run.readiness),
+            None,
+        );
+    }
+    if svc.run.replicas == 0 {
+        c.error(
+            file,
+            &p!["run", "replicas"],
+            "0 replicas would serve nothing".into(),
+            Some("at least 1".into()),
+        );
+    }
+
+    let controller_ref = |c: &mut Checker, path: &[Seg], name: &str| {
+        if !catalog.controllers.contains_key(name) && !is_broken("controller", name) {
+            c.error(
+                file,
+                path,
+                format!("unknown controller `{name}`"),
+                Some(did_you_mean(name, catalog.controllers.keys(), "controller")),
+            );
+        }
+    };
+    controller_ref(c, &p!["controller"], &svc.controller);
+
+    if svc.environments.is_empty() {
+        c.error(
+            file,
+            &p!["environments"],
+            "no environments: a release would have nowhere to go".into(),
+            Some("list them in order, e.g. dev, staging, prod".into()),
+        );
+    }
+    let mut env_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, env) in svc.environments.iter().enumerate() {
+        if let Some(first) = env_names.insert(&env.name, i) {
+            c.error(file, &p!["environments", i, "name"], format!("environment `{}` is listed twice", env.name),
+                Some(format!("the first is environments[{first}]; environment names are unique within a service")));
+        }
+        if !is_dns_label(&env.name) {
+            c.error(
+                file,
+                &p!["environments", i, "name"],
+                format!("environment name `{}` is not a DNS label", env.name),
+                Some(
+                    "use lowercase letters, digits and `-` (it becomes part of host names)".into(),
+                ),
+            );
+        }
+        if let Some(ctl) = &env.controller {
+            controller_ref(c, &p!["environments", i, "controller"], ctl);
+        }
+        if env.auth == Auth::None && env.allow.is_some() {
+            c.error(
+                file,
+                &p!["environments", i, "allow"],
+                "`allow` has no effect with `auth: none`".into(),
+                Some("set `auth: required`, or remove `allow`".into()),
+            );
+        }
+    }
+
+    if svc.objectives.is_empty() {
+        c.error(
+            file,
+            &p!["objectives"],
+            "no objectives: the judge would have nothing to judge".into(),
+            Some(
+                "add at least an error-rate objective, e.g. sensor `proxy.errors`, target `< 1%`"
+                    .into(),
+            ),
+        );
+    }
+    let mut objective_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, obj) in svc.objectives.iter().enumerate() {
+        if objective_names.insert(&obj.name, i).is_some() {
+            c.error(
+                file,
+                &p!["objectives", i, "name"],
+                format!("objective `{}` is defined twice", obj.name),
+                None,
+            );
+        }
+        if !is_ref_name(&obj.name) {
+            c.error(
+                file,
+                &p!["objectives", i, "name"],
+                format!(
+                    "objective name `{}` has characters that are not allowed",
+                    obj.name
+                ),
+                None,
+            );
+        }
+        let Some(sensor) = catalog.sensors.get(&obj.sensor) else {
+            if !is_broken("sensor", &obj.sensor) {
+                c.error(
+                    file,
+                    &p!["objectives", i, "sensor"],
+                    format!("unknown sensor `{}`", obj.sensor),
+                    Some(did_you_mean(&obj.sensor, catalog.sensors.keys(), "sensor")),
+                );
+            }
+            continue;
+        };
+        let measures = sensor.source.measures();
+        match (obj.target, measures) {
+            (Target::BadRatio { .. }, Measures::Ratio) => {}
+            (Target::Latency { threshold, .. }, Measures::Latency) => {
+                if let SensorSource::Histogram(h) = &sensor.source
+                    && let Some(buckets) = &h.buckets
+                {
+                    let t = h.unit.convert(threshold);
+                    if !buckets.iter().any(|b| (b - t).abs() <= 1e-9 * t.max(1.0)) {
+                        c.error(file, &p!["objectives", i, "target"],
+                            format!("sensor `{}` has no histogram bucket at {threshold}", obj.sensor),
+                            Some(format!("Prometheus can only count at bucket bounds: {buckets:?} ({:?})", h.unit).to_lowercase()));
+                    }
+                }
+            }
+            (Target::BadRatio { .. }, Measures::Latency) => {
+                c.error(
+                    file,
+                    &p!["objectives", i, "target"],
+                    format!(
+                        "sensor `{}` measures latency, but the target `{}` is a share",
+                        obj.sensor, obj.target
+                    ),
+                    Some("write a latency target such as `p99 < 300ms`".into()),
+                );
+            }
+            (Target::Latency { .. }, Measures::Ratio) => {
+                c.error(
+                    file,
+                    &p!["objectives", i, "target"],
+                    format!(
+                        "sensor `{}` counts errors, but the target `{}` is a latency",
+                        obj.sensor, obj.target
+                    ),
+                    Some("write a share such as `< 0.5%`, or pick a latency sensor".into()),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["checkout", "a1", "prod-eu"] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "Checkout", "1a", "a_b", "a-", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+}
