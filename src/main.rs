@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "autopilot",
-    version,
-    about = "A progressive-delivery autopilot"
-)]
+#[command(name = "autopilot", version, about = "A progressive-delivery autopilot")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

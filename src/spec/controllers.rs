@@ -57,7 +57,7 @@ pub enum Ramp {
     /// Fixed steps, in percent of traffic, strictly increasing (e.g. `[1, 5, 25, 50]`). The
     /// judge may hold a step (too little evidence) or skip ahead (strong evidence of safety).
     /// After the last step the canary is promoted.
-    Steps(Vec<Weight>),
+    Steps(#[serde(deserialize_with = "recover_vec")] Vec<Weight>),
     /// Start small and multiply the weight whenever the evidence allows, capped by the
     /// blast-radius budget.
     Adaptive(AdaptiveRamp),
@@ -186,6 +186,7 @@ fn one() -> u32 {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeWindow {
     /// Days of the week the window is open.
+    #[serde(deserialize_with = "recover_vec")]
     pub days: Vec<Weekday>,
     /// Opening time, `HH:MM`.
     pub from: TimeOfDay,

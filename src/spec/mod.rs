@@ -97,8 +97,7 @@ impl Report {
             }
             out.push('\n');
         }
-        let files: std::collections::BTreeSet<_> =
-            self.diagnostics.iter().map(|d| &d.file).collect();
+        let files: std::collections::BTreeSet<_> = self.diagnostics.iter().map(|d| &d.file).collect();
         let _ = writeln!(
             out,
             "{} error{} in {} file{} ({} checked)",
@@ -136,10 +135,7 @@ pub enum UsageError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("no YAML files found in {0:?}")]
     NoFiles(Vec<PathBuf>),
 }
@@ -279,10 +275,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), UsageError> {
         let path = entry.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             out.push(path);
         }
     }
@@ -361,7 +354,9 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
             Pos { line: 1, column: 1 },
             "",
             "the file is empty".into(),
-            Some("start with `apiVersion: autopilot/v1` and `kind: Service`, `Sensors` or `Controller`".into()),
+            Some(
+                "start with `apiVersion: autopilot/v1` and `kind: Service`, `Sensors` or `Controller`".into(),
+            ),
         ));
         return file;
     };
@@ -387,12 +382,7 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
                 Some(c) => format!("did you mean `{c}`? (valid: Service, Sensors, Controller)"),
                 None => "valid kinds: Service (objectives), Sensors, Controller".into(),
             };
-            diags.push(at(
-                pos,
-                "kind",
-                format!("unknown kind `{other}`"),
-                Some(hint),
-            ));
+            diags.push(at(pos, "kind", format!("unknown kind `{other}`"), Some(hint)));
             None
         }
         None => {

@@ -135,12 +135,8 @@ pub enum Measures {
 impl SensorSource {
     pub fn measures(&self) -> Measures {
         match self {
-            SensorSource::Prometheus(_) | SensorSource::Proxy(ProxySignal::Errors) => {
-                Measures::Ratio
-            }
-            SensorSource::Histogram(_) | SensorSource::Proxy(ProxySignal::Latency) => {
-                Measures::Latency
-            }
+            SensorSource::Prometheus(_) | SensorSource::Proxy(ProxySignal::Errors) => Measures::Ratio,
+            SensorSource::Histogram(_) | SensorSource::Proxy(ProxySignal::Latency) => Measures::Latency,
         }
     }
 }
@@ -173,8 +169,7 @@ mod tests {
 
     #[test]
     fn template_variables_are_found_and_braces_checked() {
-        let vars =
-            template_variables(r#"sum(x{a="{{service}}",b="{{ release }}"}[{{window}}])"#).unwrap();
+        let vars = template_variables(r#"sum(x{a="{{service}}",b="{{ release }}"}[{{window}}])"#).unwrap();
         let names: Vec<_> = vars.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["service", "release", "window"]);
         assert!(template_variables("x{{service").is_err());

@@ -111,9 +111,7 @@ impl FromStr for Percent {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!(
-                "`{s}` is not a percentage: write a number followed by `%`, such as `0.5%` or `99.9%`"
-            )
+            format!("`{s}` is not a percentage: write a number followed by `%`, such as `0.5%` or `99.9%`")
         };
         let number = s.trim().strip_suffix('%').ok_or_else(bad)?.trim();
         if number.is_empty() || number.starts_with(['+', '-']) && number.len() == 1 {
@@ -146,13 +144,26 @@ impl Weight {
 
 impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        if !(0..=100).contains(&n) {
-            return Err(de::Error::custom(format!(
-                "weight {n} is outside 0..=100 (a weight is a share of traffic in percent)"
-            )));
+        // validated inside the visitor, so the error is reported at the value's location
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Weight;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a weight, an integer from 0 to 100")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Weight, E> {
+                if !(0..=100).contains(&n) {
+                    return Err(E::custom(format!(
+                        "weight {n} is outside 0..=100 (a weight is a share of traffic in percent)"
+                    )));
+                }
+                Ok(Weight(n as u8))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Weight, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
         }
-        Ok(Weight(n as u8))
+        d.deserialize_i64(V)
     }
 }
 
@@ -242,10 +253,7 @@ impl fmt::Display for Target {
                 written_as_good: true,
             } => write!(f, "> {}", Percent(1.0 - max_bad)),
             Target::BadRatio { max_bad, .. } => write!(f, "< {}", Percent(*max_bad)),
-            Target::Latency {
-                quantile,
-                threshold,
-            } => {
+            Target::Latency { quantile, threshold } => {
                 let q = (quantile * 100.0 * 1e9).round() / 1e9;
                 write!(f, "p{q} < {threshold}")
             }
@@ -263,17 +271,13 @@ impl FromStr for TimeOfDay {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("`{s}` is not a time of day: write `HH:MM` on a 24-hour clock, such as `09:00`")
-        };
+        let bad = || format!("`{s}` is not a time of day: write `HH:MM` on a 24-hour clock, such as `09:00`");
         let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
         let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
         if h > 24 || m > 59 || (h == 24 && m != 0) || s.trim().len() != 5 {
             return Err(bad());
         }
-        Ok(TimeOfDay {
-            minutes: h * 60 + m,
-        })
+        Ok(TimeOfDay { minutes: h * 60 + m })
     }
 }
 
@@ -297,11 +301,8 @@ impl FromStr for UtcOffset {
         if text.eq_ignore_ascii_case("utc") || text == "Z" {
             return Ok(UtcOffset { minutes: 0 });
         }
-        let bad = || {
-            format!(
-                "`{s}` is not a UTC offset: write `UTC` or `+HH:MM` / `-HH:MM`, such as `+01:00`"
-            )
-        };
+        let bad =
+            || format!("`{s}` is not a UTC offset: write `UTC` or `+HH:MM` / `-HH:MM`, such as `+01:00`");
         let (sign, rest) = match text.as_bytes().first() {
             Some(b'+') => (1, &text[1..]),
             Some(b'-') => (-1, &text[1..]),
@@ -440,10 +441,7 @@ mod tests {
             "99999999999999999d",
         ] {
             let e = bad.parse::<Duration>().unwrap_err();
-            assert!(
-                e.contains(bad.trim()) || bad.trim().is_empty(),
-                "{bad}: {e}"
-            );
+            assert!(e.contains(bad.trim()) || bad.trim().is_empty(), "{bad}: {e}");
         }
     }
 

@@ -55,20 +55,13 @@ fn is_ref_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
-fn did_you_mean<'a>(
-    given: &str,
-    known: impl IntoIterator<Item = &'a String> + Clone,
-    what: &str,
-) -> String {
+fn did_you_mean<'a>(given: &str, known: impl IntoIterator<Item = &'a String> + Clone, what: &str) -> String {
     let names: Vec<&str> = known.clone().into_iter().map(String::as_str).collect();
     if names.is_empty() {
         return format!("no {what} is defined; check the paths given to `autopilot validate`");
     }
     match closest(given, names.iter().copied()) {
-        Some(c) => format!(
-            "did you mean `{c}`? ({what}s defined: {})",
-            names.join(", ")
-        ),
+        Some(c) => format!("did you mean `{c}`? ({what}s defined: {})", names.join(", ")),
         None => format!("{what}s defined: {}", names.join(", ")),
     }
 }
@@ -91,16 +84,11 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                         c.error(
                             file,
                             &path,
-                            format!(
-                                "sensor name `{}` has characters that are not allowed",
-                                s.name
-                            ),
+                            format!("sensor name `{}` has characters that are not allowed", s.name),
                             Some("use letters, digits, `.`, `-` and `_`".into()),
                         );
                     }
-                    if let Some(first) =
-                        first_seen.insert(("sensor", s.name.clone()), file.name.clone())
-                    {
+                    if let Some(first) = first_seen.insert(("sensor", s.name.clone()), file.name.clone()) {
                         c.error(
                             file,
                             &path,
@@ -115,9 +103,7 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                 collect_broken(file, "sensors", "sensor", &mut broken_names);
             }
             Some(Parsed::Controller(ctl)) => {
-                if let Some(first) =
-                    first_seen.insert(("controller", ctl.name.clone()), file.name.clone())
-                {
+                if let Some(first) = first_seen.insert(("controller", ctl.name.clone()), file.name.clone()) {
                     c.error(
                         file,
                         &p!["name"],
@@ -141,9 +127,7 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                 catalog.controllers.insert(ctl.name.clone(), ctl.clone());
             }
             Some(Parsed::Service(svc)) => {
-                if let Some(first) =
-                    first_seen.insert(("service", svc.name.clone()), file.name.clone())
-                {
+                if let Some(first) = first_seen.insert(("service", svc.name.clone()), file.name.clone()) {
                     c.error(
                         file,
                         &p!["name"],
@@ -249,10 +233,7 @@ fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSou
                             Some(v) => format!(
                                 "did you mean `{{{{{v}}}}}`? (variables: service, environment, release, window)"
                             ),
-                            None => {
-                                "variables: {{service}}, {{environment}}, {{release}}, {{window}}"
-                                    .into()
-                            }
+                            None => "variables: {{service}}, {{environment}}, {{release}}, {{window}}".into(),
                         };
                         c.error(
                             file,
@@ -266,20 +247,20 @@ fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSou
         }
     }
     if let SensorSource::Histogram(h) = source {
-        if h.metric.trim().is_empty()
-            || h.metric.ends_with("_bucket")
-            || h.metric.ends_with("_count")
-        {
-            c.error(file, &p!["sensors", i, "source", "histogram", "metric"],
+        if h.metric.trim().is_empty() || h.metric.ends_with("_bucket") || h.metric.ends_with("_count") {
+            c.error(
+                file,
+                &p!["sensors", i, "source", "histogram", "metric"],
                 format!("`{}` is not a histogram's base name", h.metric),
-                Some("write the name without `_bucket` or `_count`, e.g. `http_request_duration_seconds`".into()));
+                Some(
+                    "write the name without `_bucket` or `_count`, e.g. `http_request_duration_seconds`"
+                        .into(),
+                ),
+            );
         }
         if let Some(buckets) = &h.buckets {
             let increasing = buckets.windows(2).all(|w| w[0] < w[1]);
-            if buckets.is_empty()
-                || !increasing
-                || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
-            {
+            if buckets.is_empty() || !increasing || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
                 c.error(
                     file,
                     &p!["sensors", i, "source", "histogram", "buckets"],
@@ -315,11 +296,7 @@ fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
                     c.error(
                         file,
                         &p!["ramp", "steps", j],
-                        format!(
-                            "steps must increase: {} comes after {}",
-                            w.0,
-                            steps[j - 1].0
-                        ),
+                        format!("steps must increase: {} comes after {}", w.0, steps[j - 1].0),
                         None,
                     );
                 }
@@ -358,8 +335,15 @@ fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
         ("falsePromotionRate", an.false_promotion_rate),
     ] {
         if !(rate.0 > 0.0 && rate.0 < 0.5) {
-            c.error(file, &p!["analysis", field], format!("{field} {rate} is outside (0%, 50%)"),
-                Some("a rate such as `1%` or `5%`: the chance the judge may be wrong over a whole rollout".into()));
+            c.error(
+                file,
+                &p!["analysis", field],
+                format!("{field} {rate} is outside (0%, 50%)"),
+                Some(
+                    "a rate such as `1%` or `5%`: the chance the judge may be wrong over a whole rollout"
+                        .into(),
+                ),
+            );
         }
     }
     if an.interval > ctl.progress_deadline {
@@ -476,11 +460,7 @@ fn check_service(
     catalog: &Catalog,
     broken: &HashMap<&'static str, Vec<String>>,
 ) {
-    let is_broken = |kind: &str, name: &str| {
-        broken
-            .get(kind)
-            .is_some_and(|v| v.iter().any(|n| n == name))
-    };
+    let is_broken = |kind: &str, name: &str| broken.get(kind).is_some_and(|v| v.iter().any(|n| n == name));
     if !is_dns_label(&svc.name) {
         c.error(file, &p!["name"], format!("service name `{}` is not a DNS label", svc.name),
             Some("use lowercase letters, digits and `-`, starting with a letter (it becomes part of host names)".into()));
@@ -573,17 +553,21 @@ fn check_service(
     let mut env_names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, env) in svc.environments.iter().enumerate() {
         if let Some(first) = env_names.insert(&env.name, i) {
-            c.error(file, &p!["environments", i, "name"], format!("environment `{}` is listed twice", env.name),
-                Some(format!("the first is environments[{first}]; environment names are unique within a service")));
+            c.error(
+                file,
+                &p!["environments", i, "name"],
+                format!("environment `{}` is listed twice", env.name),
+                Some(format!(
+                    "the first is environments[{first}]; environment names are unique within a service"
+                )),
+            );
         }
         if !is_dns_label(&env.name) {
             c.error(
                 file,
                 &p!["environments", i, "name"],
                 format!("environment name `{}` is not a DNS label", env.name),
-                Some(
-                    "use lowercase letters, digits and `-` (it becomes part of host names)".into(),
-                ),
+                Some("use lowercase letters, digits and `-` (it becomes part of host names)".into()),
             );
         }
         if let Some(ctl) = &env.controller {
@@ -604,10 +588,7 @@ fn check_service(
             file,
             &p!["objectives"],
             "no objectives: the judge would have nothing to judge".into(),
-            Some(
-                "add at least an error-rate objective, e.g. sensor `proxy.errors`, target `< 1%`"
-                    .into(),
-            ),
+            Some("add at least an error-rate objective, e.g. sensor `proxy.errors`, target `< 1%`".into()),
         );
     }
     let mut objective_names: BTreeMap<&str, usize> = BTreeMap::new();
@@ -651,9 +632,18 @@ fn check_service(
                 {
                     let t = h.unit.convert(threshold);
                     if !buckets.iter().any(|b| (b - t).abs() <= 1e-9 * t.max(1.0)) {
-                        c.error(file, &p!["objectives", i, "target"],
+                        c.error(
+                            file,
+                            &p!["objectives", i, "target"],
                             format!("sensor `{}` has no histogram bucket at {threshold}", obj.sensor),
-                            Some(format!("Prometheus can only count at bucket bounds: {buckets:?} ({:?})", h.unit).to_lowercase()));
+                            Some(
+                                format!(
+                                    "Prometheus can only count at bucket bounds: {buckets:?} ({:?})",
+                                    h.unit
+                                )
+                                .to_lowercase(),
+                            ),
+                        );
                     }
                 }
             }

@@ -229,22 +229,16 @@ pub fn parse(text: &str, problems: &mut Vec<SyntaxError>) -> Result<Option<Node>
                     return Err(SyntaxError {
                         pos,
                         message: "a second YAML document (`---`) in one file".into(),
-                        hint: Some(
-                            "put each service, sensor library or controller in its own file".into(),
-                        ),
+                        hint: Some("put each service, sensor library or controller in its own file".into()),
                     });
                 }
             }
             Event::Alias(id) => {
-                let node = builder
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| SyntaxError {
-                        pos,
-                        message: "alias to an unknown anchor".into(),
-                        hint: None,
-                    })?;
+                let node = builder.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
+                    pos,
+                    message: "alias to an unknown anchor".into(),
+                    hint: None,
+                })?;
                 builder.count += count_nodes(&node);
                 builder.check_budget(pos)?;
                 let node = Node { pos, ..node };
@@ -282,7 +276,9 @@ pub fn parse(text: &str, problems: &mut Vec<SyntaxError>) -> Result<Option<Node>
 fn scan_error(e: ScanError) -> SyntaxError {
     let m = e.marker();
     let info = e.info().to_owned();
-    let hint = if info.contains("mapping values are not allowed") {
+    let hint = if info.contains("recursion limit") {
+        Some("the file nests lists or mappings far deeper than any spec needs".into())
+    } else if info.contains("mapping values are not allowed") {
         Some("a value containing `: ` must be quoted, or a key is indented wrongly".into())
     } else if info.contains("tab") {
         Some("YAML indentation uses spaces, not tabs".into())
@@ -341,9 +337,7 @@ impl Builder {
             return Err(SyntaxError {
                 pos,
                 message: format!("the document expands to more than {MAX_NODES} nodes"),
-                hint: Some(
-                    "aliases (`*name`) nested inside each other multiply; expand fewer".into(),
-                ),
+                hint: Some("aliases (`*name`) nested inside each other multiply; expand fewer".into()),
             });
         }
         Ok(())
@@ -382,22 +376,11 @@ impl Builder {
         } else {
             NodeKind::Map(open.entries)
         };
-        (
-            Node {
-                pos: open.pos,
-                kind,
-            },
-            open.anchor,
-        )
+        (Node { pos: open.pos, kind }, open.anchor)
     }
 
     /// Adds a finished node to its parent; returns it when it is the document's root.
-    fn push_value(
-        &mut self,
-        node: Node,
-        anchor: usize,
-        problems: &mut Vec<SyntaxError>,
-    ) -> Option<Node> {
+    fn push_value(&mut self, node: Node, anchor: usize, problems: &mut Vec<SyntaxError>) -> Option<Node> {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
@@ -419,9 +402,7 @@ impl Builder {
                         problems.push(SyntaxError {
                             pos: node.pos,
                             message: format!("duplicate key `{text}` (first at line {first})"),
-                            hint: Some(
-                                "a key may appear once per mapping; the first one is used".into(),
-                            ),
+                            hint: Some("a key may appear once per mapping; the first one is used".into()),
                         });
                         top.skip_value = true;
                     } else {
@@ -476,6 +457,8 @@ impl Sink {
     }
 }
 
+const REPORTED: &str = "(reported)";
+
 /// The deserializer's error. Once an error has been recorded in the [`Sink`] it travels up as
 /// `Reported`, so each problem is reported once, at the innermost place that knows where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -502,7 +485,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Reported => f.write_str("(reported)"),
+            Error::Reported => f.write_str(REPORTED),
             Error::Pending { message, .. } => f.write_str(message),
         }
     }
@@ -514,12 +497,7 @@ impl std::error::Error for Error {}
 pub fn closest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| {
-            (
-                strsim::jaro_winkler(&given.to_lowercase(), &c.to_lowercase()),
-                c,
-            )
-        })
+        .map(|c| (strsim::jaro_winkler(&given.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
@@ -557,10 +535,7 @@ impl de::Error for Error {
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        Error::pending(
-            format!("unknown field `{field}`"),
-            suggestion(field, expected),
-        )
+        Error::pending(format!("unknown field `{field}`"), suggestion(field, expected))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
@@ -906,9 +881,15 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         }
         let failed = std::cell::Cell::new(false);
         let (sink, path) = (self.sink, self.path.clone());
+        let node = self.node;
         let r = visitor.visit_newtype_struct(WatchDe {
             inner: self,
             failed: &failed,
+        });
+        let r = r.map_err(|e| {
+            failed.set(true);
+            record(sink, e, node, &path);
+            Error::Reported
         });
         if failed.get()
             && let Some((Seg::Index(i), parent)) = path.split_last()
@@ -933,11 +914,7 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, Error> {
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_seq(visitor)
     }
 
@@ -1017,10 +994,7 @@ struct SeqDe<'p, 'a> {
 impl<'de, 'p, 'a> de::SeqAccess<'de> for SeqDe<'p, 'a> {
     type Error = Error;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Error> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
         let Some(item) = self.items.get(self.next) else {
             return Ok(None);
         };
@@ -1046,10 +1020,7 @@ struct MapDe<'p, 'a> {
 impl<'de, 'p, 'a> de::MapAccess<'de> for MapDe<'p, 'a> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
         while let Some((key, _)) = self.entries.get(self.next) {
             let name = key.scalar().unwrap_or("?");
             let mut path = self.parent.path.clone();
@@ -1115,10 +1086,7 @@ impl<'de, T: de::Deserialize<'de>> de::Deserialize<'de> for Recover<T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list element")
             }
-            fn visit_newtype_struct<D: de::Deserializer<'de>>(
-                self,
-                d: D,
-            ) -> Result<Self::Value, D::Error> {
+            fn visit_newtype_struct<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
                 Ok(Recover(T::deserialize(d).ok()))
             }
         }
@@ -1254,10 +1222,177 @@ impl<'de, 'p, 'a> de::VariantAccess<'de> for EnumDe<'p, 'a> {
                 self.parent.child(v, Seg::Key(self.tag.to_owned())),
                 visitor,
             ),
-            None => Err(Error::pending(
-                format!("`{}` needs settings", self.tag),
-                None,
-            )),
+            None => Err(Error::pending(format!("`{}` needs settings", self.tag), None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    fn doc(text: &str) -> Document {
+        let mut problems = Vec::new();
+        let root = parse(text, &mut problems).unwrap().unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        Document::new(root)
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        name: String,
+        size: u32,
+        #[serde(default)]
+        note: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct List {
+        #[serde(deserialize_with = "recover_vec")]
+        items: Vec<Item>,
+        flag: bool,
+    }
+
+    #[test]
+    fn plain_scalars_follow_the_yaml_1_2_core_schema() {
+        #[derive(Deserialize)]
+        struct S {
+            a: String,
+            b: String,
+            c: f64,
+            d: Option<u8>,
+            e: bool,
+        }
+        // `no` is a string in YAML 1.2 (not false, as in 1.1), a quoted number is a string
+        let mut d = doc("a: no\nb: '5'\nc: 1e3\nd: ~\ne: true\n");
+        let s: S = d.deserialize().unwrap();
+        assert_eq!(
+            (s.a.as_str(), s.b.as_str(), s.c, s.d, s.e),
+            ("no", "5", 1000.0, None, true)
+        );
+        // a quoted number is not a number
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct N {
+            n: u32,
+        }
+        let mut d = doc("n: '5'\n");
+        assert!(d.deserialize::<N>().is_none());
+        assert_eq!(
+            d.problems()[0].message,
+            "expected a number, found the string \"5\""
+        );
+    }
+
+    #[test]
+    fn a_broken_list_element_is_dropped_and_its_siblings_still_checked() {
+        let text = "items:\n  - {name: a, size: 1}\n  - {name: b, size: big}\n  - {name: c, size: 3, colour: red}\n  - {name: d, size: 4}\nflag: maybe\n";
+        let mut d = doc(text);
+        let parsed: Option<List> = d.deserialize();
+        assert!(parsed.is_none(), "flag is broken and required");
+        let problems: Vec<_> = d
+            .problems()
+            .into_iter()
+            .map(|p| (p.pos.line, p.pos.column, p.path, p.message))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                (
+                    3,
+                    21,
+                    "items[1].size".to_owned(),
+                    "expected a number, found the string \"big\"".to_owned()
+                ),
+                (
+                    4,
+                    24,
+                    "items[2].colour".to_owned(),
+                    "unknown field `colour`".to_owned()
+                ),
+                (
+                    6,
+                    7,
+                    "flag".to_owned(),
+                    "expected `true` or `false`, found the string \"maybe\"".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn locating_a_model_index_skips_the_dropped_elements() {
+        let mut d = doc("items:\n  - {name: a, size: x}\n  - {name: b, size: 2}\nflag: true\n");
+        let list: List = d.deserialize().unwrap();
+        assert_eq!(
+            list.items,
+            [Item {
+                name: "b".into(),
+                size: 2,
+                note: None
+            }]
+        );
+        // model index 0 is YAML element 1
+        let (pos, path) = d.locate(&[Seg::from("items"), Seg::from(0), Seg::from("name")]);
+        assert_eq!((pos.line, pos.column, path.as_str()), (3, 12, "items[1].name"));
+        // a missing optional field is located at its mapping
+        let (pos, path) = d.locate(&[Seg::from("items"), Seg::from(0), Seg::from("note")]);
+        assert_eq!((pos.line, path.as_str()), (3, "items[1]"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_and_the_first_wins() {
+        let mut problems = Vec::new();
+        let root = parse("a: 1\nb: 2\na: 3\n", &mut problems).unwrap().unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!((problems[0].pos.line, problems[0].pos.column), (3, 1));
+        assert!(
+            problems[0]
+                .message
+                .contains("duplicate key `a` (first at line 1)")
+        );
+        assert_eq!(root.get("a").and_then(Node::scalar), Some("1"));
+    }
+
+    #[test]
+    fn enums_are_a_name_or_a_single_key_mapping() {
+        #[derive(Debug, Deserialize, PartialEq)]
+        #[serde(rename_all = "camelCase")]
+        enum Gate {
+            Automatic,
+            Soak(String),
+        }
+        #[derive(Debug, Deserialize)]
+        struct G {
+            gates: Vec<Gate>,
+        }
+        let mut d = doc("gates: [automatic, {soak: 1h}]\n");
+        let g: G = d.deserialize().unwrap();
+        assert_eq!(g.gates, [Gate::Automatic, Gate::Soak("1h".into())]);
+        let mut d = doc("gates: [automatc]\n");
+        assert!(d.deserialize::<G>().is_none());
+        let p = &d.problems()[0];
+        assert_eq!(p.message, "unknown value `automatc`");
+        assert!(
+            p.hint
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean `automatic`?")
+        );
+    }
+
+    #[test]
+    fn aliases_expand_to_copies_of_their_anchor() {
+        #[derive(Deserialize)]
+        struct A {
+            x: Vec<u32>,
+            y: Vec<u32>,
+        }
+        let mut d = doc("x: &n [1, 2]\ny: *n\n");
+        let a: A = d.deserialize().unwrap();
+        assert_eq!(a.y, a.x);
     }
 }

@@ -1,0 +1,329 @@
+//! `autopilot validate` and `autopilot schema` as a user runs them: the checked-in examples are
+//! valid, the broken corpus under `tests/broken/` yields exactly the expected errors with their
+//! locations, the exit codes hold, hostile files fail cleanly, and the checked-in JSON Schemas
+//! match the types.
+
+use autopilot::spec::{self, LoadError, Report, schema::SchemaKind};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example_dirs() -> Vec<PathBuf> {
+    ["objectives", "sensors", "controllers"]
+        .iter()
+        .map(|d| root().join(d))
+        .collect()
+}
+
+fn invalid(paths: &[PathBuf]) -> Report {
+    match spec::load(paths) {
+        Err(LoadError::Invalid(r)) => r,
+        Ok(_) => panic!("expected {paths:?} to be invalid"),
+        Err(LoadError::Usage(e)) => panic!("usage error: {e}"),
+    }
+}
+
+fn autopilot(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn the_examples_are_valid_and_point_editors_at_their_schema() {
+    let catalog = spec::load(&example_dirs()).unwrap_or_else(|e| match e {
+        LoadError::Invalid(r) => panic!("{}", r.render_text()),
+        LoadError::Usage(u) => panic!("{u}"),
+    });
+    assert!(catalog.services.len() >= 2, "at least two example services");
+    assert!(catalog.services.contains_key("checkout") && catalog.services.contains_key("payments"));
+    for name in [
+        "http-errors",
+        "http-latency",
+        "grpc-errors",
+        "proxy.errors",
+        "proxy.latency",
+    ] {
+        assert!(catalog.sensors.contains_key(name), "sensor {name}");
+    }
+    for name in ["progressive", "careful", "fast"] {
+        assert!(catalog.controllers.contains_key(name), "controller {name}");
+    }
+    for dir in example_dirs() {
+        let kind = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let first = text.lines().next().unwrap_or_default();
+                assert_eq!(
+                    first,
+                    format!("# yaml-language-server: $schema={kind}.schema.json"),
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// `tests/broken/expected.txt` lists `file:line:column: message part`, one per expected error.
+fn expected_errors() -> Vec<(String, usize, usize, String)> {
+    let text = std::fs::read_to_string(root().join("tests/broken/expected.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut parts = l.splitn(4, ':');
+            let file = parts.next().unwrap().to_owned();
+            let line = parts.next().unwrap().parse().unwrap();
+            let column = parts.next().unwrap().parse().unwrap();
+            let message = parts.next().unwrap().trim().to_owned();
+            (file, line, column, message)
+        })
+        .collect()
+}
+
+#[test]
+fn every_mistake_in_the_broken_corpus_is_reported_at_once_with_its_location() {
+    let mut paths = vec![root().join("tests/broken")];
+    paths.extend(example_dirs().into_iter().skip(1)); // sensors and controllers resolve references
+    let report = invalid(&paths);
+    let actual: Vec<(String, usize, usize, String)> = report
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let file = Path::new(&d.file)
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (file, d.line, d.column, d.message.clone())
+        })
+        .collect();
+    let expected = expected_errors();
+    let mut missing = Vec::new();
+    for (file, line, column, part) in &expected {
+        let found = actual
+            .iter()
+            .any(|(f, l, c, m)| f == file && l == line && c == column && m.contains(part.as_str()));
+        if !found {
+            missing.push(format!("{file}:{line}:{column}: {part}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not reported:\n{}\n\nreport:\n{}",
+        missing.join("\n"),
+        report.render_text()
+    );
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "more errors than expected:\n{}",
+        report.render_text()
+    );
+    // every kind of mistake the issue names is in the corpus
+    for file in [
+        "syntax.yaml",
+        "wrong-type-nested.yaml",
+        "unknown-field.yaml",
+        "missing-field.yaml",
+        "dangling-ref.yaml",
+        "bad-unit.yaml",
+        "out-of-range.yaml",
+        "duplicate-env.yaml",
+        "empty.yaml",
+        "binary.yaml",
+    ] {
+        assert!(
+            expected.iter().any(|e| e.0 == file),
+            "{file} has an expected error"
+        );
+    }
+    // hints name the closest valid choice
+    let text = report.render_text();
+    assert!(text.contains("did you mean `source`?"), "{text}");
+    assert!(text.contains("did you mean `{{service}}`?"), "{text}");
+    assert!(text.contains("did you mean `http-errors`?"), "{text}");
+    assert!(text.contains("did you mean `Controller`?"), "{text}");
+}
+
+#[test]
+fn the_command_line_exit_codes_are_0_valid_1_invalid_2_usage() {
+    let ok = autopilot(&["validate", "objectives/", "sensors/", "controllers/"]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok: 8 files"));
+
+    let bad = autopilot(&["validate", "tests/broken", "sensors", "controllers"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("--> tests/broken/out-of-range.yaml:5:18"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("5 |   steps: [10, 5, 150]"),
+        "shows the line: {stderr}"
+    );
+
+    let json = autopilot(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/broken",
+        "sensors",
+        "controllers",
+    ]);
+    assert_eq!(json.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!(v["valid"], false);
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), expected_errors().len());
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["line"].as_u64().unwrap() >= 1 && e["file"].is_string())
+    );
+
+    assert_eq!(autopilot(&["validate", "no/such/dir"]).status.code(), Some(2));
+    assert_eq!(
+        autopilot(&["validate", "--format", "xml", "sensors"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(autopilot(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn the_checked_in_schemas_match_the_types() {
+    for kind in SchemaKind::ALL {
+        let path = root().join(kind.checked_in_path());
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == kind.render(),
+            "{} drifted from the types; regenerate it with `cargo run -- schema {} > {}`",
+            path.display(),
+            format!("{kind:?}").to_lowercase(),
+            kind.checked_in_path()
+        );
+        let out = autopilot(&["schema", &format!("{kind:?}").to_lowercase()]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), on_disk);
+    }
+    // the schema forbids unknown fields and knows the units
+    let schema: serde_json::Value = serde_json::from_str(&SchemaKind::Objectives.render()).unwrap();
+    assert_eq!(schema["additionalProperties"], false);
+    assert!(schema["$defs"]["Target"]["pattern"].is_string());
+}
+
+fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn single_error(path: PathBuf) -> spec::Diagnostic {
+    let report = invalid(&[path]);
+    assert_eq!(report.diagnostics.len(), 1, "{}", report.render_text());
+    report.diagnostics[0].clone()
+}
+
+#[test]
+fn hostile_files_fail_cleanly_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // a huge file is refused before it is read
+    let mut huge = b"apiVersion: autopilot/v1\nkind: Sensors\nsensors:\n".to_vec();
+    while huge.len() <= spec::MAX_FILE_BYTES as usize {
+        huge.extend_from_slice(b"  - name: s\n    source: {proxy: errors}\n");
+    }
+    let d = single_error(write(dir.path(), "huge.yaml", &huge));
+    assert!(
+        d.message.contains("MiB; specs may be at most 4 MiB"),
+        "{}",
+        d.message
+    );
+
+    // deep nesting is an error, not a stack overflow: the parser's own limit for absurd depth,
+    // ours for merely silly depth
+    let deep = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let d = single_error(write(dir.path(), "deep.yaml", deep.as_bytes()));
+    assert!(d.message.contains("recursion limit"), "{}", d.message);
+    let deep = format!("a: {}1{}", "[".repeat(100), "]".repeat(100));
+    let d = single_error(write(dir.path(), "deep100.yaml", deep.as_bytes()));
+    assert!(d.message.contains("nesting deeper than 64"), "{}", d.message);
+
+    // "billion laughs": aliases that multiply
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    let d = single_error(write(dir.path(), "bomb.yaml", bomb.as_bytes()));
+    assert!(d.message.contains("expands to more than"), "{}", d.message);
+
+    // several documents in one file
+    let multi = b"apiVersion: autopilot/v1\nkind: Sensors\nsensors: []\n---\nkind: Sensors\n";
+    let d = single_error(write(dir.path(), "multi.yaml", multi));
+    assert_eq!((d.line, d.column), (4, 1));
+    assert!(d.message.contains("second YAML document"));
+
+    // not UTF-8
+    let d = single_error(write(dir.path(), "latin1.yaml", b"name: caf\xe9\n"));
+    assert!(d.message.contains("not UTF-8"), "{}", d.message);
+
+    // a list where a mapping belongs
+    let d = single_error(write(dir.path(), "list.yaml", b"- a\n- b\n"));
+    assert!(
+        d.message.contains("expected a mapping at the top"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn a_valid_file_loses_nothing_in_the_round_trip_to_typed_specs() {
+    let catalog = spec::load(&example_dirs()).map_err(|_| ()).unwrap();
+    let checkout = &catalog.services["checkout"];
+    let envs: Vec<_> = checkout.environments.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(envs, ["dev", "staging", "prod"]);
+    assert_eq!(checkout.objectives[1].target.to_string(), "p99 < 300ms");
+    assert_eq!(checkout.run.replicas, 2);
+    let careful = &catalog.controllers["careful"];
+    assert_eq!(careful.analysis.false_rollback_rate.to_string(), "0.5%");
+    assert_eq!(careful.promotion.gates.len(), 3);
+    // serializing a spec and loading it again gives the same spec
+    let yaml_again = serde_json::to_string(checkout).unwrap(); // JSON is YAML
+    let again = spec::load_texts(&[
+        ("checkout.json", &yaml_again),
+        (
+            "sensors.yaml",
+            &std::fs::read_to_string(root().join("sensors/http.yaml")).unwrap(),
+        ),
+        (
+            "ctl.yaml",
+            &std::fs::read_to_string(root().join("controllers/progressive.yaml")).unwrap(),
+        ),
+        (
+            "fast.yaml",
+            &std::fs::read_to_string(root().join("controllers/fast.yaml")).unwrap(),
+        ),
+        (
+            "careful.yaml",
+            &std::fs::read_to_string(root().join("controllers/careful.yaml")).unwrap(),
+        ),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render_text()));
+    assert_eq!(&again.services["checkout"], checkout);
+}
