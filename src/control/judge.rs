@@ -1,0 +1,599 @@
+//! The canary judge: anytime-valid sequential tests on counts of bad events.
+//!
+//! For one objective the judge sees four growing counters — bad and total, for the canary and
+//! for stable — and answers `Regressed`, `Safe` or `NotYet`, with evidence a person can read.
+//! It may be asked at every tick, at any pace, with increments of any size: every test here is
+//! a test martingale (an e-process), so by Ville's inequality the chance that a healthy canary
+//! is *ever* called `Regressed` stays below α however often it looks.
+//!
+//! # The tests (see `shared/JUDGE.md`)
+//! - **Relative regression** (null: the canary's bad share is at most `1 + δ` times stable's):
+//!   given the bad events of a tick, the canary's share of them is `Binomial(x, θ)` with
+//!   `θ(r) = rρ / (rρ + 1 − ρ)`, `ρ` the canary's share of the tick's traffic. The unknown and
+//!   time-varying base rate cancels. A mixture over a grid of ratios `r_k > 1 + δ`
+//!   (Lindon & Malek 2022). Per-alternative log-products are carried from tick to tick,
+//!   since `ρ` changes with the weight.
+//! - **Relative safety**: the same with the alternatives below the boundary.
+//! - **Absolute regression / safety** against the target `p₀`: the canary's own counts,
+//!   `Binomial(n, p)`; the cumulative counts are sufficient, so no per-tick state is needed.
+//! - **"Moot" relative comparison**: a canary whose bad share is, with confidence, below
+//!   `δ · p₀` is within tolerance whatever stable does. Without it, a service with no errors
+//!   at all could never be promoted (the relative tests learn nothing when `x = 0`).
+//!
+//! α is split by a union bound between the regression tests of an objective (and `plan`
+//! splits it between objectives); the false-promotion rate likewise between the safety tests.
+//! A crossing is final: once a test has rejected, its verdict stays.
+//!
+//! # Missing data
+//! A reading that is absent (or NaN upstream) moves nothing: gaps never cause a false alarm
+//! and never count as safety. The judge reports how long data has been missing; the plan
+//! applies the missing-data policy. A counter that goes down was reset: the increment is
+//! counted from zero, never negative.
+//!
+//! # Never
+//! No I/O, no clock (time comes in), no randomness.
+
+use super::time::Time;
+use serde::{Deserialize, Serialize};
+
+/// One arm's cumulative counters as read from a sensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub bad: u64,
+    pub total: u64,
+}
+
+impl Counts {
+    pub fn new(bad: u64, total: u64) -> Self {
+        Counts { bad, total }
+    }
+
+    pub fn ratio(&self) -> f64 {
+        if self.total == 0 {
+            f64::NAN
+        } else {
+            self.bad as f64 / self.total as f64
+        }
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.bad += other.bad;
+        self.total += other.total;
+    }
+}
+
+/// What the sensors said at one moment; `None` is missing data (absent, or NaN upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reading {
+    pub canary: Option<Counts>,
+    pub stable: Option<Counts>,
+}
+
+/// The judge's settings for one objective.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct JudgeConfig {
+    /// The chance of ever calling a healthy canary regressed, for this objective.
+    pub alpha: f64,
+    /// The chance of calling a canary safe that is worse than tolerated, for this objective.
+    pub alpha_safe: f64,
+    /// δ: how much worse than stable the canary may be, relative (0.1 = 10%).
+    pub tolerance: f64,
+    /// The absolute target: the largest acceptable share of bad events.
+    pub max_bad: f64,
+    /// Judge against stable too (else only against the target).
+    pub compare_with_stable: bool,
+}
+
+/// Alternatives for the relative regression test, as multiples of the boundary `1 + δ`: from a
+/// mild regression to a crash, so the mixture adapts to the unknown size of the effect.
+const REGRESSION_RATIOS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
+/// Alternatives for the relative safety test, as multiples of stable's bad share.
+const SAFETY_RATIOS: [f64; 4] = [1.0, 0.8, 0.5, 0.25];
+/// Alternatives for the absolute regression test, as multiples of the target (capped below 1);
+/// the largest makes a crash (every request failing) decisive within a few requests.
+const ABS_REGRESSION_MULTIPLES: [f64; 8] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1000.0];
+/// Alternatives for the absolute safety tests, as multiples of the bound being ruled out.
+const ABS_SAFETY_MULTIPLES: [f64; 5] = [0.75, 0.5, 0.25, 0.1, 0.01];
+/// The largest bad share an alternative may claim (1.0 would make one good request fatal).
+const MAX_ALTERNATIVE: f64 = 0.999;
+
+/// Which test crossed, and when. Sticky.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Crossing {
+    pub at: Time,
+    /// The e-value when it crossed.
+    pub e_value: f64,
+}
+
+/// Everything the judge remembers between ticks for one objective of one rollout.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct JudgeState {
+    /// The last cumulative counters read, to compute increments.
+    last: Reading,
+    /// Increments accumulated since the rollout started (resets handled).
+    pub canary: Counts,
+    pub stable: Counts,
+    /// Log-products of the relative tests' likelihood ratios, one per alternative.
+    log_rel_regression: Vec<f64>,
+    log_rel_safety: Vec<f64>,
+    pub regressed: Option<(Test, Crossing)>,
+    pub safe_relative: Option<Crossing>,
+    pub safe_absolute: Option<Crossing>,
+    /// When data started missing (for the canary, or for stable when comparing).
+    pub missing_since: Option<Time>,
+    /// When the last reading with data arrived.
+    pub last_data_at: Option<Time>,
+}
+
+/// The judge's tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Test {
+    RelativeRegression,
+    AbsoluteRegression,
+    RelativeSafety,
+    AbsoluteSafety,
+}
+
+/// Why the judge cannot decide yet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Waiting {
+    /// No data has arrived yet.
+    NoDataYet,
+    /// Data stopped arriving at `since`.
+    DataMissing { since: Time },
+    /// Data arrives but is not yet conclusive.
+    MoreEvidence,
+}
+
+/// The judge's answer for one objective at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Verdict {
+    Regressed,
+    Safe,
+    NotYet(Waiting),
+}
+
+/// Why the judge says what it says: the numbers and one line for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub canary: Counts,
+    pub stable: Counts,
+    /// The largest regression e-value now (relative or absolute) and its threshold 1/α'.
+    pub regression_e: f64,
+    pub regression_threshold: f64,
+    /// The smallest of the safety e-values still needed, and its threshold.
+    pub safety_e: f64,
+    pub safety_threshold: f64,
+    /// An anytime-valid upper bound on the canary's bad share (at the safety level).
+    pub canary_upper: f64,
+    pub explanation: String,
+}
+
+/// The judge's verdict and evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub evidence: Evidence,
+}
+
+/// Increment from `last` to `now`. Counters count from the rollout's start, so the first
+/// reading is all increment; a counter that went down was reset and counts from zero again.
+fn increment(last: Option<Counts>, now: Counts) -> Counts {
+    match last {
+        Some(l) if now.total >= l.total && now.bad >= l.bad => Counts {
+            bad: now.bad - l.bad,
+            total: now.total - l.total,
+        },
+        _ => now,
+    }
+}
+
+fn theta(r: f64, rho: f64) -> f64 {
+    r * rho / (r * rho + 1.0 - rho)
+}
+
+/// `ln Σ w_k e^{l_k}` with equal weights.
+fn log_mean_exp(logs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = logs.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + (v.iter().map(|l| (l - m).exp()).sum::<f64>() / v.len() as f64).ln()
+}
+
+/// Log e-value of the one-sample binomial test of `p = p0` against a mixture of `alternatives`
+/// (multiples of p0), given cumulative counts. For alternatives above p0 this tests
+/// "p ≤ p0" (regression), below p0 "p ≥ p0" (safety).
+fn log_binomial_mixture(counts: Counts, p0: f64, multiples: &[f64]) -> f64 {
+    let x = counts.bad as f64;
+    let n = counts.total as f64;
+    let mut seen = Vec::new();
+    for m in multiples {
+        let p1 = (p0 * m).clamp(1e-12, MAX_ALTERNATIVE);
+        if (p1 - p0).abs() > 1e-15 && !seen.iter().any(|s: &f64| (s - p1).abs() < 1e-15) {
+            seen.push(p1);
+        }
+    }
+    log_mean_exp(
+        seen.iter()
+            .map(|p1| x * (p1 / p0).ln() + (n - x) * ((1.0 - p1) / (1.0 - p0)).ln()),
+    )
+}
+
+/// An anytime-valid upper confidence bound on a binomial share: the smallest `p` that the
+/// safety mixture rejects ("the share is at least p") at level α.
+pub fn upper_bound(counts: Counts, alpha: f64) -> f64 {
+    let threshold = (1.0 / alpha).ln();
+    let rejects = |p: f64| log_binomial_mixture(counts, p, &ABS_SAFETY_MULTIPLES) >= threshold;
+    if !rejects(MAX_ALTERNATIVE) {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (counts.ratio().max(0.0).min(MAX_ALTERNATIVE), MAX_ALTERNATIVE);
+    if lo.is_nan() {
+        lo = 0.0;
+    }
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if rejects(mid) { hi = mid } else { lo = mid }
+    }
+    hi
+}
+
+impl JudgeConfig {
+    fn regression_tests(&self) -> f64 {
+        if self.compare_with_stable { 2.0 } else { 1.0 }
+    }
+
+    /// Safety needs absolute safety and (relative safety or a moot comparison): three tests
+    /// that can each promote falsely.
+    fn safety_tests(&self) -> f64 {
+        if self.compare_with_stable { 3.0 } else { 1.0 }
+    }
+
+    fn regression_threshold(&self) -> f64 {
+        self.regression_tests() / self.alpha
+    }
+
+    fn safety_threshold(&self) -> f64 {
+        self.safety_tests() / self.alpha_safe
+    }
+}
+
+/// Feeds one reading to the judge: returns the new state and the judgement.
+pub fn observe(
+    state: &JudgeState,
+    reading: Reading,
+    cfg: &JudgeConfig,
+    now: Time,
+) -> (JudgeState, Judgement) {
+    let mut s = state.clone();
+    if s.log_rel_regression.is_empty() {
+        s.log_rel_regression = vec![0.0; REGRESSION_RATIOS.len()];
+        s.log_rel_safety = vec![0.0; SAFETY_RATIOS.len()];
+    }
+    let canary_inc = reading.canary.map(|c| increment(s.last.canary, c));
+    let stable_inc = reading.stable.map(|c| increment(s.last.stable, c));
+    if let Some(c) = reading.canary {
+        s.last.canary = Some(c);
+    }
+    if let Some(c) = reading.stable {
+        s.last.stable = Some(c);
+    }
+
+    // missing data: the canary's counts are always needed; stable's when comparing
+    let has_data = reading.canary.is_some() && (reading.stable.is_some() || !cfg.compare_with_stable);
+    if has_data {
+        s.missing_since = None;
+        s.last_data_at = Some(now);
+    } else if s.missing_since.is_none() {
+        s.missing_since = Some(now);
+    }
+
+    if let Some(ci) = canary_inc {
+        s.canary.add(ci);
+    }
+    if let Some(si) = stable_inc {
+        s.stable.add(si);
+    }
+
+    // relative tests: this tick's ρ from the increments; no information without bad events
+    if cfg.compare_with_stable
+        && let (Some(ci), Some(si)) = (canary_inc, stable_inc)
+        && ci.total > 0
+        && si.total > 0
+        && ci.bad + si.bad > 0
+    {
+        let rho = ci.total as f64 / (ci.total + si.total) as f64;
+        let (xc, xb) = (ci.bad as f64, si.bad as f64);
+        let boundary = 1.0 + cfg.tolerance;
+        let t0 = theta(boundary, rho);
+        let step = |r: f64| {
+            let t = theta(r, rho).clamp(1e-15, 1.0 - 1e-15);
+            xc * (t / t0).ln() + xb * ((1.0 - t) / (1.0 - t0)).ln()
+        };
+        for (acc, m) in s.log_rel_regression.iter_mut().zip(REGRESSION_RATIOS) {
+            *acc += step(m * boundary);
+        }
+        for (acc, r) in s.log_rel_safety.iter_mut().zip(SAFETY_RATIOS) {
+            *acc += step(r);
+        }
+    }
+
+    let reg_threshold = cfg.regression_threshold();
+    let safe_threshold = cfg.safety_threshold();
+    let e_rel_reg = log_mean_exp(s.log_rel_regression.iter().copied()).exp();
+    let e_rel_safe = log_mean_exp(s.log_rel_safety.iter().copied()).exp();
+    let e_abs_reg = log_binomial_mixture(s.canary, cfg.max_bad, &ABS_REGRESSION_MULTIPLES).exp();
+    let e_abs_safe = log_binomial_mixture(s.canary, cfg.max_bad, &ABS_SAFETY_MULTIPLES).exp();
+    let moot_bound = cfg.tolerance * cfg.max_bad;
+    let e_moot = if moot_bound > 0.0 {
+        log_binomial_mixture(s.canary, moot_bound, &ABS_SAFETY_MULTIPLES).exp()
+    } else {
+        0.0
+    };
+
+    if s.regressed.is_none() {
+        let crossing = |e: f64| Crossing { at: now, e_value: e };
+        if cfg.compare_with_stable && e_rel_reg >= reg_threshold {
+            s.regressed = Some((Test::RelativeRegression, crossing(e_rel_reg)));
+        } else if e_abs_reg >= reg_threshold {
+            s.regressed = Some((Test::AbsoluteRegression, crossing(e_abs_reg)));
+        }
+    }
+    if s.safe_absolute.is_none() && e_abs_safe >= safe_threshold {
+        s.safe_absolute = Some(Crossing {
+            at: now,
+            e_value: e_abs_safe,
+        });
+    }
+    if s.safe_relative.is_none() {
+        let e = e_rel_safe.max(e_moot);
+        if !cfg.compare_with_stable || e >= safe_threshold {
+            s.safe_relative = Some(Crossing { at: now, e_value: e });
+        }
+    }
+
+    let canary_upper = upper_bound(s.canary, cfg.alpha_safe / cfg.safety_tests());
+    let verdict = if s.regressed.is_some() {
+        Verdict::Regressed
+    } else if s.safe_absolute.is_some() && s.safe_relative.is_some() {
+        Verdict::Safe
+    } else if let Some(since) = s.missing_since {
+        if s.last_data_at.is_none() {
+            Verdict::NotYet(Waiting::NoDataYet)
+        } else {
+            Verdict::NotYet(Waiting::DataMissing { since })
+        }
+    } else {
+        Verdict::NotYet(Waiting::MoreEvidence)
+    };
+
+    let regression_e = if cfg.compare_with_stable {
+        e_rel_reg.max(e_abs_reg)
+    } else {
+        e_abs_reg
+    };
+    let safety_e = match (s.safe_absolute.is_some(), s.safe_relative.is_some()) {
+        (false, false) => e_abs_safe.min(e_rel_safe.max(e_moot)),
+        (false, true) => e_abs_safe,
+        (true, false) => e_rel_safe.max(e_moot),
+        (true, true) => e_abs_safe.max(safe_threshold),
+    };
+    let evidence = Evidence {
+        canary: s.canary,
+        stable: s.stable,
+        regression_e,
+        regression_threshold: reg_threshold,
+        safety_e,
+        safety_threshold: safe_threshold,
+        canary_upper,
+        explanation: explain(
+            &s,
+            &verdict,
+            cfg,
+            regression_e,
+            reg_threshold,
+            safety_e,
+            safe_threshold,
+        ),
+    };
+    (s, Judgement { verdict, evidence })
+}
+
+fn pct(c: Counts) -> String {
+    if c.total == 0 {
+        "no requests".into()
+    } else {
+        format!("{:.2}% ({}/{})", 100.0 * c.ratio(), c.bad, c.total)
+    }
+}
+
+fn explain(
+    s: &JudgeState,
+    verdict: &Verdict,
+    cfg: &JudgeConfig,
+    reg_e: f64,
+    reg_t: f64,
+    safe_e: f64,
+    safe_t: f64,
+) -> String {
+    let counts = if cfg.compare_with_stable {
+        format!("canary {} vs stable {}", pct(s.canary), pct(s.stable))
+    } else {
+        format!(
+            "canary {} against target {:.3}%",
+            pct(s.canary),
+            100.0 * cfg.max_bad
+        )
+    };
+    match verdict {
+        Verdict::Regressed => {
+            let (test, c) = s.regressed.expect("regressed has a crossing");
+            let what = match test {
+                Test::RelativeRegression => {
+                    format!("worse than stable by more than {:.0}%", 100.0 * cfg.tolerance)
+                }
+                _ => format!("above the target {:.3}%", 100.0 * cfg.max_bad),
+            };
+            format!(
+                "{counts}; {what}: evidence ratio {:.0} > {:.0} = 1/α",
+                c.e_value, reg_t
+            )
+        }
+        Verdict::Safe => format!(
+            "{counts}; within target and tolerance: safety evidence {:.0} ≥ {:.0}",
+            safe_e.max(safe_t),
+            safe_t
+        ),
+        Verdict::NotYet(Waiting::NoDataYet) => format!("{counts}; waiting for the first data"),
+        Verdict::NotYet(Waiting::DataMissing { since }) => {
+            format!("{counts}; no data since {since}: holding (missing data is never evidence)")
+        }
+        Verdict::NotYet(Waiting::MoreEvidence) => format!(
+            "{counts}; not yet conclusive: regression evidence {reg_e:.2} < {reg_t:.0}, safety evidence {safe_e:.2} < {safe_t:.0}"
+        ),
+    }
+}
+
+/// Bernoulli Kullback–Leibler divergence `KL(p1 ‖ p0)` in nats.
+pub fn kl_bernoulli(p1: f64, p0: f64) -> f64 {
+    let term = |a: f64, b: f64| if a == 0.0 { 0.0 } else { a * (a / b).ln() };
+    term(p1, p0) + term(1.0 - p1, 1.0 - p0)
+}
+
+/// The Wald–Wolfowitz floor: the least mean number of canary requests any test with
+/// false-alarm rate α and miss rate β needs to tell `p1` from `p0`.
+pub fn floor_requests(p0: f64, p1: f64, alpha: f64, beta: f64) -> f64 {
+    kl_bernoulli(1.0 - beta, alpha) / kl_bernoulli(p1, p0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> JudgeConfig {
+        JudgeConfig {
+            alpha: 0.01,
+            alpha_safe: 0.05,
+            tolerance: 0.1,
+            max_bad: 0.05,
+            compare_with_stable: true,
+        }
+    }
+
+    /// Feeds cumulative readings, one per second; returns the last judgement.
+    fn run(
+        readings: &[(Option<(u64, u64)>, Option<(u64, u64)>)],
+        cfg: &JudgeConfig,
+    ) -> (JudgeState, Judgement) {
+        let mut state = JudgeState::default();
+        let mut last = None;
+        for (i, (c, s)) in readings.iter().enumerate() {
+            let reading = Reading {
+                canary: c.map(|(b, t)| Counts::new(b, t)),
+                stable: s.map(|(b, t)| Counts::new(b, t)),
+            };
+            let (next, j) = observe(&state, reading, cfg, Time::from_secs(i as u64));
+            state = next;
+            last = Some(j);
+        }
+        (state, last.unwrap())
+    }
+
+    #[test]
+    fn the_floor_matches_the_reference_values() {
+        assert_eq!(floor_requests(0.01, 0.02, 0.05, 0.05).round(), 677.0);
+        assert_eq!(floor_requests(0.01, 0.05, 0.05, 0.05).round(), 64.0);
+    }
+
+    #[test]
+    fn a_crash_is_regressed_within_a_handful_of_requests() {
+        // 5% canary share, stable at 1% errors; every canary request fails
+        let mut readings = vec![(Some((0, 0)), Some((0, 0)))];
+        let mut crossed_at = None;
+        for n in 1..=20u64 {
+            readings.push((Some((n, n)), Some((n * 19 / 100, n * 19))));
+            let (_, j) = run(&readings, &cfg());
+            if j.verdict == Verdict::Regressed {
+                crossed_at = Some(n);
+                break;
+            }
+        }
+        let n = crossed_at.expect("a crash is detected");
+        assert!(n <= 5, "needed {n} canary requests");
+    }
+
+    #[test]
+    fn a_healthy_canary_with_no_errors_at_all_is_promoted_on_its_clean_requests() {
+        // no bad events anywhere: the relative tests learn nothing, the absolute ones do
+        let readings: Vec<_> = (0..=200u64)
+            .map(|i| (Some((0, i * 100)), Some((0, i * 1900))))
+            .collect();
+        let (_, j) = run(&readings, &cfg());
+        assert_eq!(j.verdict, Verdict::Safe, "{}", j.evidence.explanation);
+    }
+
+    #[test]
+    fn missing_data_moves_nothing_and_says_why() {
+        let readings = vec![
+            (Some((0, 0)), Some((0, 0))),
+            (Some((1, 100)), Some((19, 1900))),
+            (None, Some((38, 3800))),
+            (None, Some((57, 5700))),
+        ];
+        let (state, j) = run(&readings, &cfg());
+        assert_eq!(
+            j.verdict,
+            Verdict::NotYet(Waiting::DataMissing {
+                since: Time::from_secs(2)
+            })
+        );
+        assert!(
+            j.evidence.explanation.contains("no data since"),
+            "{}",
+            j.evidence.explanation
+        );
+        assert_eq!(state.canary, Counts::new(1, 100));
+        let (_, j) = run(&[(None, None)], &cfg());
+        assert_eq!(j.verdict, Verdict::NotYet(Waiting::NoDataYet));
+    }
+
+    #[test]
+    fn a_counter_reset_is_a_reset_not_a_negative_increment() {
+        let readings = vec![
+            (Some((0, 0)), Some((0, 0))),
+            (Some((5, 1000)), Some((50, 10_000))),
+            (Some((1, 200)), Some((60, 12_000))), // the canary restarted
+        ];
+        let (state, _) = run(&readings, &cfg());
+        assert_eq!(state.canary, Counts::new(6, 1200));
+        assert_eq!(state.stable, Counts::new(60, 12_000));
+    }
+
+    #[test]
+    fn a_regression_explains_itself_with_counts_and_the_threshold() {
+        let readings: Vec<_> = (0..=30u64)
+            .map(|i| (Some((i * 10, i * 100)), Some((i * 19, i * 1900))))
+            .collect();
+        let (_, j) = run(&readings, &cfg());
+        assert_eq!(j.verdict, Verdict::Regressed);
+        let e = &j.evidence.explanation;
+        assert!(
+            e.starts_with("canary 10.00% (300/3000) vs stable 1.00% (570/57000)"),
+            "{e}"
+        );
+        assert!(e.contains("= 1/α"), "{e}");
+    }
+
+    #[test]
+    fn the_upper_bound_covers_the_observed_share_and_shrinks_with_data() {
+        let a = upper_bound(Counts::new(10, 1000), 0.05);
+        let b = upper_bound(Counts::new(100, 10_000), 0.05);
+        assert!(a > 0.01 && b > 0.01 && b < a, "{a} {b}");
+        assert!(upper_bound(Counts::new(0, 0), 0.05) >= 0.99);
+    }
+}

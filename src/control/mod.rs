@@ -1,0 +1,8 @@
+//! The pure core: the canary judge, the rollout state machine and `plan`.
+//!
+//! `plan(spec, observed, overrides, now) -> Plan` decides; it performs no I/O, reads no clock
+//! and draws no unseeded random numbers. Adapters (sensors, proxy, runtime, store) feed it
+//! observations and carry out the `Plan` it returns. Nothing here imports an adapter.
+
+pub mod judge;
+pub mod time;
