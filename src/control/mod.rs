@@ -6,3 +6,6 @@
 
 pub mod judge;
 pub mod time;
+pub mod builds;
+pub mod gates;
+pub mod traffic;
