@@ -20,7 +20,10 @@ pub struct Approval {
 pub enum GateStatus {
     Open,
     /// Closed; may open by itself at `until` (soak, window), or only by a person (`None`).
-    Closed { why: String, until: Option<Time> },
+    Closed {
+        why: String,
+        until: Option<Time>,
+    },
 }
 
 /// Facts the gates of one (release, environment) need.
@@ -118,7 +121,11 @@ fn window(w: &TimeWindow, now: Time) -> GateStatus {
     GateStatus::Closed {
         why: format!(
             "outside the window {} {}–{} ({})",
-            w.days.iter().map(|d| format!("{d:?}").to_lowercase()).collect::<Vec<_>>().join(","),
+            w.days
+                .iter()
+                .map(|d| format!("{d:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(","),
             w.from,
             w.to,
             w.timezone
@@ -156,7 +163,10 @@ mod tests {
         // 2026-11-30 is a Monday; 08:30 UTC is 09:30 at +01:00
         let monday_0830_utc = Time::from_secs(1_796_027_400);
         assert_eq!(monday_0830_utc.to_string(), "2026-11-30T08:30:00Z");
-        assert_eq!(evaluate(&window_gate(), &input(monday_0830_utc)), GateStatus::Open);
+        assert_eq!(
+            evaluate(&window_gate(), &input(monday_0830_utc)),
+            GateStatus::Open
+        );
         // Monday 07:30 UTC = 08:30 local: closed until 08:00 UTC
         let early = Time::from_secs(1_796_027_400 - 3600);
         match evaluate(&window_gate(), &input(early)) {
@@ -191,7 +201,10 @@ mod tests {
         let approvals = [a("ann", "sre"), a("ann", "sre"), a("bob", "devs")];
         let mut i = input(Time::ZERO);
         i.approvals = &approvals;
-        assert!(matches!(evaluate(&gate, &i), GateStatus::Closed { until: None, .. }));
+        assert!(matches!(
+            evaluate(&gate, &i),
+            GateStatus::Closed { until: None, .. }
+        ));
         let approvals = [a("ann", "sre"), a("cid", "sre")];
         i.approvals = &approvals;
         assert_eq!(evaluate(&gate, &i), GateStatus::Open);
@@ -200,7 +213,10 @@ mod tests {
     #[test]
     fn soak_opens_after_its_duration_upstream() {
         let gate = Gate::Soak("1h".parse().unwrap());
-        assert!(matches!(evaluate(&gate, &input(Time::from_secs(3599))), GateStatus::Closed { .. }));
+        assert!(matches!(
+            evaluate(&gate, &input(Time::from_secs(3599))),
+            GateStatus::Closed { .. }
+        ));
         assert_eq!(evaluate(&gate, &input(Time::from_secs(3600))), GateStatus::Open);
     }
 }

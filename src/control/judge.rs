@@ -232,10 +232,8 @@ pub fn upper_bound(counts: Counts, alpha: f64) -> f64 {
     if !rejects(MAX_ALTERNATIVE) {
         return 1.0;
     }
-    let (mut lo, mut hi) = (counts.ratio().max(0.0).min(MAX_ALTERNATIVE), MAX_ALTERNATIVE);
-    if lo.is_nan() {
-        lo = 0.0;
-    }
+    let observed = if counts.total == 0 { 0.0 } else { counts.ratio() };
+    let (mut lo, mut hi) = (observed.clamp(0.0, MAX_ALTERNATIVE), MAX_ALTERNATIVE);
     for _ in 0..60 {
         let mid = 0.5 * (lo + hi);
         if rejects(mid) { hi = mid } else { lo = mid }
@@ -404,6 +402,17 @@ pub fn observe(
     (s, Judgement { verdict, evidence })
 }
 
+/// An e-value for people: plain when small, scientific when huge.
+fn e(v: f64) -> String {
+    if v >= 1e4 {
+        format!("{v:.1e}")
+    } else if v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn pct(c: Counts) -> String {
     if c.total == 0 {
         "no requests".into()
@@ -445,8 +454,8 @@ fn explain(
             )
         }
         Verdict::Safe => format!(
-            "{counts}; within target and tolerance: safety evidence {:.0} ≥ {:.0}",
-            safe_e.max(safe_t),
+            "{counts}; within target and tolerance: safety evidence {} ≥ {:.0}",
+            e(safe_e.max(safe_t)),
             safe_t
         ),
         Verdict::NotYet(Waiting::NoDataYet) => format!("{counts}; waiting for the first data"),
@@ -454,7 +463,9 @@ fn explain(
             format!("{counts}; no data since {since}: holding (missing data is never evidence)")
         }
         Verdict::NotYet(Waiting::MoreEvidence) => format!(
-            "{counts}; not yet conclusive: regression evidence {reg_e:.2} < {reg_t:.0}, safety evidence {safe_e:.2} < {safe_t:.0}"
+            "{counts}; not yet conclusive: regression evidence {} < {reg_t:.0}, safety evidence {} < {safe_t:.0}",
+            e(reg_e),
+            e(safe_e)
         ),
     }
 }
@@ -485,11 +496,11 @@ mod tests {
         }
     }
 
+    /// (canary, stable) cumulative (bad, total), `None` for missing.
+    type Stream = [(Option<(u64, u64)>, Option<(u64, u64)>)];
+
     /// Feeds cumulative readings, one per second; returns the last judgement.
-    fn run(
-        readings: &[(Option<(u64, u64)>, Option<(u64, u64)>)],
-        cfg: &JudgeConfig,
-    ) -> (JudgeState, Judgement) {
+    fn run(readings: &Stream, cfg: &JudgeConfig) -> (JudgeState, Judgement) {
         let mut state = JudgeState::default();
         let mut last = None;
         for (i, (c, s)) in readings.iter().enumerate() {

@@ -4,8 +4,13 @@
 //! and draws no unseeded random numbers. Adapters (sensors, proxy, runtime, store) feed it
 //! observations and carry out the `Plan` it returns. Nothing here imports an adapter.
 
-pub mod judge;
-pub mod time;
 pub mod builds;
 pub mod gates;
+pub mod judge;
+pub mod plan;
+pub mod rollout;
+pub mod time;
 pub mod traffic;
+
+pub use plan::{PlanSpec, plan};
+pub use rollout::{Action, Observed, Overrides, Phase, Plan};

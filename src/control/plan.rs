@@ -1,0 +1,953 @@
+//! `plan(spec, observed, overrides, now) -> Plan`: the whole decision, as a pure function.
+//!
+//! Per tick, for one service: fold finished builds and new pushes into the state and decide
+//! which build to start; then walk the environments in order. Each environment's candidate is
+//! the newest release (first environment) or what the previous environment promoted; a rollout
+//! steps through its phases driven by readiness, the judge's verdicts on every objective, the
+//! progress deadline, the blast-radius budget and operator overrides. An override wins over the
+//! controller until it is lifted; every transition records its cause.
+//!
+//! # Guarantees
+//! - No I/O, no clock, no randomness: the same inputs give the same `Plan`.
+//! - Nothing is promoted by the controller while any objective is `Regressed`, and never on
+//!   missing data; missing data only holds, and after the policy's deadline rolls back or
+//!   pauses.
+//! - The canary's weight never decreases except by rollback or an operator.
+
+use super::builds::{self, BuildState};
+use super::gates::{self, GateInput, GateStatus};
+use super::judge::{self, Counts, JudgeConfig, Verdict, Waiting};
+use super::rollout::*;
+use super::time::Time;
+use crate::spec::controllers::{ControllerSpec, Ramp, StopAction};
+use crate::spec::units::Weight;
+use crate::spec::{Catalog, MissingData};
+use serde::Serialize;
+use std::time::Duration;
+
+/// With nothing in progress, look again this often anyway (level-triggered re-check).
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
+
+/// One objective, resolved for planning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectivePlan {
+    pub name: String,
+    pub judge: JudgeConfig,
+    pub missing_data: MissingData,
+}
+
+/// One environment, resolved for planning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvPlan {
+    pub name: String,
+    pub controller: ControllerSpec,
+    pub objectives: Vec<ObjectivePlan>,
+}
+
+/// A service's specs, resolved for planning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanSpec {
+    pub service: String,
+    /// Environments in promotion order.
+    pub environments: Vec<EnvPlan>,
+    /// The build policy (from the service's default controller).
+    pub build: crate::spec::controllers::BuildPolicy,
+}
+
+impl PlanSpec {
+    /// Resolves a service of a validated catalog. α and the false-promotion rate are split
+    /// evenly between an environment's objectives (a union bound).
+    pub fn resolve(catalog: &Catalog, service: &str) -> Option<PlanSpec> {
+        let svc = catalog.services.get(service)?;
+        let default = catalog.controllers.get(&svc.controller)?;
+        let mut environments = Vec::new();
+        for env in &svc.environments {
+            let controller = match &env.controller {
+                Some(name) => catalog.controllers.get(name)?,
+                None => default,
+            };
+            let m = svc.objectives.len().max(1) as f64;
+            let mut objectives = Vec::new();
+            for o in &svc.objectives {
+                let sensor = catalog.sensors.get(&o.sensor)?;
+                objectives.push(ObjectivePlan {
+                    name: o.name.clone(),
+                    judge: JudgeConfig {
+                        alpha: controller.analysis.false_rollback_rate.fraction() / m,
+                        alpha_safe: controller.analysis.false_promotion_rate.fraction() / m,
+                        tolerance: o.tolerance.unwrap_or(controller.analysis.tolerance).fraction(),
+                        max_bad: o.target.max_bad_ratio(),
+                        compare_with_stable: o.compare_with_stable,
+                    },
+                    missing_data: o
+                        .missing_data
+                        .clone()
+                        .or_else(|| sensor.missing_data.clone())
+                        .unwrap_or_else(|| controller.missing_data.clone()),
+                });
+            }
+            environments.push(EnvPlan {
+                name: env.name.clone(),
+                controller: controller.clone(),
+                objectives,
+            });
+        }
+        Some(PlanSpec {
+            service: svc.name.clone(),
+            environments,
+            build: default.build.clone(),
+        })
+    }
+}
+
+/// Collects the plan as it is built.
+struct Out {
+    actions: Vec<Action>,
+    transitions: Vec<Transition>,
+    evidence: Vec<ObjectiveEvidence>,
+    notes: Vec<String>,
+    next_check: Time,
+}
+
+impl Out {
+    fn wake(&mut self, at: Time) {
+        self.next_check = self.next_check.min(at);
+    }
+}
+
+/// Decides what to do now. Pure.
+pub fn plan(spec: &PlanSpec, observed: &Observed, overrides: &Overrides, now: Time) -> Plan {
+    let mut state = observed.state.clone();
+    let mut out = Out {
+        actions: Vec::new(),
+        transitions: Vec::new(),
+        evidence: Vec::new(),
+        notes: Vec::new(),
+        next_check: now.plus(IDLE_RECHECK),
+    };
+    plan_builds(spec, observed, &mut state, &mut out, now);
+    for (i, env) in spec.environments.iter().enumerate() {
+        let upstream = i
+            .checked_sub(1)
+            .and_then(|j| state.environments.get(&spec.environments[j].name))
+            .cloned();
+        let none = EnvOverrides::default();
+        let ov = overrides.environments.get(&env.name).unwrap_or(&none);
+        let mut env_state = state.environments.get(&env.name).cloned().unwrap_or_default();
+        let ctx = EnvCtx {
+            env,
+            ov,
+            approvals: &overrides.approvals,
+            observed,
+            now,
+            releases: &state,
+        };
+        step_environment(&ctx, upstream.as_ref(), &mut env_state, &mut out);
+        state.environments.insert(env.name.clone(), env_state);
+    }
+    Plan {
+        state,
+        actions: out.actions,
+        transitions: out.transitions,
+        evidence: out.evidence,
+        notes: out.notes,
+        next_check: out.next_check,
+    }
+}
+
+fn plan_builds(spec: &PlanSpec, observed: &Observed, state: &mut ServiceState, out: &mut Out, now: Time) {
+    let b: &mut BuildState = &mut state.builds;
+    for (commit, outcome) in &observed.finished_builds {
+        b.running.retain(|(c, _)| c != commit);
+        match outcome {
+            BuildOutcome::Built(release) => {
+                if !state.releases.iter().any(|r| r.id == release.id) {
+                    state.releases.push(release.clone());
+                }
+            }
+            BuildOutcome::Failed { reason } => out.notes.push(format!("build of {commit} failed: {reason}")),
+        }
+    }
+    let b = &mut state.builds;
+    for commit in &observed.pushes {
+        if !b.pending.contains(commit) && !b.running.iter().any(|(c, _)| c == commit) {
+            b.pending.push(commit.clone());
+        }
+    }
+    let (decision, next) = builds::decide(&spec.build, b, now);
+    *b = next;
+    for commit in decision.start {
+        out.actions.push(Action::StartBuild { commit });
+    }
+    if !decision.skipped.is_empty() {
+        out.notes.push(format!(
+            "skipped builds of {} (a newer commit is built)",
+            decision.skipped.join(", ")
+        ));
+    }
+    if let Some(t) = decision.wait_until {
+        out.notes.push(format!(
+            "build limit of {} per hour reached; next build at {t}",
+            spec.build.max_per_hour
+        ));
+        out.wake(t);
+    }
+}
+
+struct EnvCtx<'a> {
+    env: &'a EnvPlan,
+    ov: &'a EnvOverrides,
+    approvals: &'a [gates::Approval],
+    observed: &'a Observed,
+    now: Time,
+    releases: &'a ServiceState,
+}
+
+impl EnvCtx<'_> {
+    fn name(&self) -> String {
+        self.env.name.clone()
+    }
+
+    fn ctl(&self) -> &ControllerSpec {
+        &self.env.controller
+    }
+
+    fn interval(&self) -> Duration {
+        self.ctl().analysis.interval.0
+    }
+
+    fn is_newer(&self, a: &str, than: &str) -> bool {
+        match (self.releases.order(a), self.releases.order(than)) {
+            (Some(x), Some(y)) => x > y,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// The release that should be rolled out here next, if any. An operator's pin keeps the
+    /// environment on the pinned release (and may take it back to an older one); otherwise only
+    /// releases newer than stable, and newer than a rolled-back one, are candidates.
+    fn candidate(&self, upstream: Option<&EnvState>, env: &EnvState) -> Option<String> {
+        let pinned = self.ov.pin.as_ref().map(|(p, _)| p);
+        let candidate = match (pinned, upstream) {
+            (Some(p), _) => {
+                self.releases.order(p)?;
+                p.clone()
+            }
+            (None, Some(up)) => up.stable.clone()?,
+            (None, None) => self.releases.releases.last()?.id.clone(),
+        };
+        if env.stable.as_deref() == Some(candidate.as_str()) {
+            return None;
+        }
+        if pinned.is_none()
+            && let Some(stable) = &env.stable
+            && !self.is_newer(&candidate, stable)
+        {
+            return None;
+        }
+        if let Some(blocked) = &env.blocked
+            && !self.is_newer(&candidate, blocked)
+        {
+            return None;
+        }
+        Some(candidate)
+    }
+}
+
+fn transition(ctx: &EnvCtx, out: &mut Out, rollout: &mut Rollout, to: Phase, cause: Cause) {
+    out.transitions.push(Transition {
+        environment: ctx.name(),
+        release: rollout.release.clone(),
+        from: Some(rollout.phase.name().to_owned()),
+        to: to.name().to_owned(),
+        cause,
+        at: ctx.now,
+    });
+    rollout.phase = to;
+}
+
+fn set_weight(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str, weight: Weight) {
+    out.actions.push(Action::SetWeights {
+        environment: ctx.name(),
+        stable: env.stable.clone(),
+        canary: release.to_owned(),
+        canary_weight: weight,
+    });
+}
+
+fn operator(action: &str, actor: &Actor) -> Cause {
+    Cause::Operator {
+        action: action.to_owned(),
+        actor: actor.clone(),
+    }
+}
+
+fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvState, out: &mut Out) {
+    let active = |env: &EnvState| env.rollout.as_ref().is_some_and(|r| !r.phase.is_finished());
+    // an operator lifts the block a rollback left
+    let mut lifted = false;
+    if !active(env)
+        && env.blocked.is_some()
+        && let Some(actor) = &ctx.ov.resume
+    {
+        out.notes.push(format!(
+            "{} lifted the rollback block on {} in {}: {}",
+            actor.who,
+            env.blocked.as_deref().unwrap_or_default(),
+            ctx.env.name,
+            actor.reason
+        ));
+        env.blocked = None;
+        lifted = true;
+        out.actions.push(Action::ClearOverride {
+            environment: ctx.name(),
+            which: OneShot::Resume,
+        });
+    }
+    let candidate = ctx.candidate(upstream, env);
+    // a newer candidate supersedes a rollout still waiting at its gates
+    if let (Some(c), Some(r)) = (&candidate, env.rollout.as_mut())
+        && matches!(r.phase, Phase::Waiting { .. })
+        && *c != r.release
+        && (ctx.ctl().promotion.supersede || ctx.ov.pin.is_some())
+    {
+        let by = c.clone();
+        transition(
+            ctx,
+            out,
+            r,
+            Phase::Superseded {
+                by: by.clone(),
+                at: ctx.now,
+            },
+            Cause::NewerRelease { release: by },
+        );
+    }
+    if !active(env)
+        && let Some(c) = candidate
+    {
+        let already_tried = env.rollout.as_ref().is_some_and(|r| r.release == c);
+        if !already_tried || lifted {
+            let phase = Phase::Waiting {
+                since: ctx.now,
+                on: "gates".into(),
+            };
+            out.transitions.push(Transition {
+                environment: ctx.name(),
+                release: c.clone(),
+                from: None,
+                to: phase.name().to_owned(),
+                cause: Cause::Candidate,
+                at: ctx.now,
+            });
+            env.rollout = Some(Rollout {
+                release: c,
+                phase,
+                started_at: ctx.now,
+                judges: Default::default(),
+                excess_bad: 0.0,
+            });
+        }
+    }
+    let Some(mut rollout) = env.rollout.take() else {
+        return;
+    };
+    if !rollout.phase.is_finished() {
+        step_rollout(ctx, upstream, env, &mut rollout, out);
+    }
+    env.rollout = Some(rollout);
+}
+
+fn step_rollout(
+    ctx: &EnvCtx,
+    upstream: Option<&EnvState>,
+    env: &mut EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+) {
+    let now = ctx.now;
+    let ctl = ctx.ctl();
+    let release = r.release.clone();
+
+    // one-shot operator actions win first
+    let one_shot_allowed = matches!(
+        r.phase,
+        Phase::Deploying { .. } | Phase::Canary { .. } | Phase::Paused { .. }
+    );
+    if one_shot_allowed {
+        if let Some(actor) = &ctx.ov.rollback {
+            start_rollback(
+                ctx,
+                out,
+                env,
+                r,
+                "operator rollback".into(),
+                operator("rollback", actor),
+            );
+            out.actions.push(Action::ClearOverride {
+                environment: ctx.name(),
+                which: OneShot::Rollback,
+            });
+            return;
+        }
+        if let Some(actor) = &ctx.ov.promote {
+            set_weight(ctx, out, env, &release, Weight::MAX);
+            transition(
+                ctx,
+                out,
+                r,
+                Phase::Promoting { since: now },
+                operator("promote", actor),
+            );
+            out.actions.push(Action::ClearOverride {
+                environment: ctx.name(),
+                which: OneShot::Promote,
+            });
+            out.wake(now);
+            return;
+        }
+    }
+
+    match r.phase.clone() {
+        Phase::Waiting { .. } => {
+            let mut closed = Vec::new();
+            if let Some(actor) = &ctx.ov.freeze {
+                closed.push((
+                    format!("environment frozen by {}: {}", actor.who, actor.reason),
+                    None,
+                ));
+            }
+            let input = GateInput {
+                release: &release,
+                environment: &ctx.env.name,
+                stable_upstream_since: upstream.and_then(|u| u.stable_since),
+                approvals: ctx.approvals,
+                now,
+            };
+            for gate in &ctl.promotion.gates {
+                if let GateStatus::Closed { why, until } = gates::evaluate(gate, &input) {
+                    closed.push((why, until));
+                }
+            }
+            if closed.is_empty() {
+                out.actions.push(Action::Deploy {
+                    environment: ctx.name(),
+                    release: release.clone(),
+                });
+                transition(ctx, out, r, Phase::Deploying { since: now }, Cause::GatesOpen);
+                out.wake(now.plus(ctx.interval()));
+            } else {
+                let on = closed
+                    .iter()
+                    .map(|(w, _)| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                out.notes
+                    .push(format!("{} waits in {}: {on}", release, ctx.env.name));
+                for until in closed.iter().filter_map(|(_, u)| *u) {
+                    out.wake(until);
+                }
+                if let Phase::Waiting { since, .. } = r.phase {
+                    r.phase = Phase::Waiting { since, on };
+                }
+            }
+        }
+        Phase::Deploying { since } => {
+            let ready = ctx
+                .observed
+                .readiness
+                .get(&(ctx.env.name.clone(), release.clone()))
+                .copied()
+                .unwrap_or_default();
+            if ready.failed {
+                let reason = "instances cannot start".to_owned();
+                start_rollback(ctx, out, env, r, reason.clone(), Cause::DeployFailed { reason });
+            } else if ready.desired > 0 && ready.ready >= ready.desired {
+                if env.stable.is_none() {
+                    set_weight(ctx, out, env, &release, Weight::MAX);
+                    transition(ctx, out, r, Phase::Promoting { since: now }, Cause::FirstRelease);
+                    out.wake(now);
+                } else {
+                    // nothing is known about the canary yet: assume the worst (every request
+                    // bad) at stable's observed traffic, but expose at least 1%
+                    let arms: Vec<_> = ctx
+                        .env
+                        .objectives
+                        .iter()
+                        .filter_map(|o| ctx.observed.readings.get(&(ctx.env.name.clone(), o.name.clone())))
+                        .filter_map(|reading| reading.stable)
+                        .map(|s| (1.0, Counts::default(), s))
+                        .collect();
+                    let wanted = first_weight(&ctl.ramp);
+                    let weight = Weight(wanted.0.min(weight_cap(ctx, r, &arms).0.max(1)));
+                    if weight < wanted {
+                        out.notes.push(format!(
+                            "{release} starts at {}% in {} instead of {}%: the blast-radius budget caps it",
+                            weight.0, ctx.env.name, wanted.0
+                        ));
+                    }
+                    set_weight(ctx, out, env, &release, weight);
+                    transition(
+                        ctx,
+                        out,
+                        r,
+                        Phase::Canary {
+                            step: 0,
+                            weight,
+                            since: now,
+                        },
+                        Cause::Ready,
+                    );
+                    out.wake(now.plus(ctx.interval()));
+                }
+            } else if now.since(r.started_at) >= ctl.progress_deadline.0 {
+                stop(
+                    ctx,
+                    out,
+                    env,
+                    r,
+                    ctl.rollback.on_deadline,
+                    "progress deadline passed while deploying".into(),
+                    Cause::Deadline,
+                    0,
+                    Weight(0),
+                );
+            } else {
+                let _ = since;
+                out.wake(now.plus(ctx.interval()));
+            }
+        }
+        Phase::Canary { step, weight, since } => step_canary(ctx, env, r, out, step, weight, since),
+        Phase::Paused {
+            step,
+            weight,
+            reason,
+            by_operator,
+            ..
+        } => {
+            judge_all(ctx, r, out);
+            let resume = if by_operator {
+                ctx.ov.pause.is_none().then(|| Cause::Operator {
+                    action: "lift pause".into(),
+                    actor: Actor {
+                        who: "operator".into(),
+                        reason: format!("pause lifted ({reason})"),
+                    },
+                })
+            } else {
+                ctx.ov.resume.as_ref().map(|a| {
+                    out.actions.push(Action::ClearOverride {
+                        environment: ctx.name(),
+                        which: OneShot::Resume,
+                    });
+                    operator("resume", a)
+                })
+            };
+            if let Some(cause) = resume {
+                transition(
+                    ctx,
+                    out,
+                    r,
+                    Phase::Canary {
+                        step,
+                        weight,
+                        since: now,
+                    },
+                    cause,
+                );
+            }
+            out.wake(now.plus(ctx.interval()));
+        }
+        Phase::Promoting { .. } => {
+            let old = env.stable.replace(release.clone());
+            env.stable_since = Some(now);
+            env.blocked = None;
+            if let Some(old) = old {
+                out.actions.push(Action::Retire {
+                    environment: ctx.name(),
+                    release: old,
+                });
+            }
+            transition(ctx, out, r, Phase::Promoted { at: now }, Cause::Completed);
+            out.wake(now);
+        }
+        Phase::RollingBack { reason, .. } => {
+            out.actions.push(Action::Retire {
+                environment: ctx.name(),
+                release: release.clone(),
+            });
+            if ctl.rollback.pin_previous {
+                env.blocked = Some(release.clone());
+            }
+            transition(
+                ctx,
+                out,
+                r,
+                Phase::RolledBack { reason, at: now },
+                Cause::Completed,
+            );
+        }
+        Phase::Promoted { .. } | Phase::RolledBack { .. } | Phase::Superseded { .. } => {}
+    }
+}
+
+fn first_weight(ramp: &Ramp) -> Weight {
+    match ramp {
+        Ramp::Steps(steps) => steps.first().copied().unwrap_or(Weight::MAX),
+        Ramp::Adaptive(a) => a.start,
+    }
+}
+
+fn final_weight(ramp: &Ramp) -> Weight {
+    match ramp {
+        Ramp::Steps(steps) => steps.last().copied().unwrap_or(Weight::MAX),
+        Ramp::Adaptive(a) => a.max,
+    }
+}
+
+/// The ramp's next weight after `weight` (at `step`), or `None` at the end.
+fn next_step(ramp: &Ramp, step: usize, weight: Weight) -> Option<(usize, Weight)> {
+    match ramp {
+        Ramp::Steps(steps) => steps
+            .iter()
+            .enumerate()
+            .skip(step + 1)
+            .find(|(_, w)| **w > weight)
+            .map(|(i, w)| (i, *w)),
+        Ramp::Adaptive(a) => {
+            if weight >= a.max {
+                return None;
+            }
+            let grown = (f64::from(weight.0) * a.factor).ceil().min(f64::from(a.max.0)) as u8;
+            Some((step + 1, Weight(grown.max(weight.0 + 1))))
+        }
+    }
+}
+
+/// The step index of a weight on the ramp (for skipping ahead).
+fn step_of(ramp: &Ramp, weight: Weight, current: usize) -> usize {
+    match ramp {
+        Ramp::Steps(steps) => steps.iter().rposition(|w| *w <= weight).unwrap_or(current),
+        Ramp::Adaptive(_) => current + 1,
+    }
+}
+
+/// Feeds this tick's readings to every objective's judge; returns the verdicts.
+fn judge_all(ctx: &EnvCtx, r: &mut Rollout, out: &mut Out) -> Vec<(String, judge::Judgement, MissingData)> {
+    let mut results = Vec::new();
+    for o in &ctx.env.objectives {
+        let reading = ctx
+            .observed
+            .readings
+            .get(&(ctx.env.name.clone(), o.name.clone()))
+            .copied()
+            .unwrap_or_default();
+        let state = r.judges.get(&o.name).cloned().unwrap_or_default();
+        let (next, judgement) = judge::observe(&state, reading, &o.judge, ctx.now);
+        r.judges.insert(o.name.clone(), next);
+        out.evidence.push(ObjectiveEvidence {
+            environment: ctx.name(),
+            release: r.release.clone(),
+            objective: o.name.clone(),
+            judgement: judgement.clone(),
+        });
+        results.push((o.name.clone(), judgement, o.missing_data.clone()));
+    }
+    results
+}
+
+fn step_canary(
+    ctx: &EnvCtx,
+    env: &mut EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    step: usize,
+    weight: Weight,
+    since: Time,
+) {
+    let now = ctx.now;
+    let ctl = ctx.ctl();
+    let release = r.release.clone();
+    let verdicts = judge_all(ctx, r, out);
+    out.wake(now.plus(ctx.interval()));
+
+    // blast radius: bad canary requests beyond stable's rate, worst objective
+    r.excess_bad = verdicts
+        .iter()
+        .map(|(_, j, _)| {
+            let (c, s) = (j.evidence.canary, j.evidence.stable);
+            let base = if s.total > 0 { s.ratio() } else { 0.0 };
+            (c.bad as f64 - c.total as f64 * base).max(0.0)
+        })
+        .fold(0.0, f64::max);
+
+    if let Some(actor) = &ctx.ov.pause {
+        let reason = format!("paused by {}: {}", actor.who, actor.reason);
+        let to = Phase::Paused {
+            step,
+            weight,
+            since: now,
+            reason,
+            by_operator: true,
+        };
+        transition(ctx, out, r, to, operator("pause", actor));
+        return;
+    }
+    if let Some((objective, j, _)) = verdicts.iter().find(|(_, j, _)| j.verdict == Verdict::Regressed) {
+        let cause = Cause::Regressed {
+            objective: objective.clone(),
+            explanation: j.evidence.explanation.clone(),
+        };
+        let reason = format!("{objective} regressed: {}", j.evidence.explanation);
+        stop(
+            ctx,
+            out,
+            env,
+            r,
+            ctl.rollback.on_regression,
+            reason,
+            cause,
+            step,
+            weight,
+        );
+        return;
+    }
+    if r.excess_bad >= ctl.blast_radius.budget as f64 {
+        let cause = Cause::BlastRadius {
+            excess: r.excess_bad,
+            budget: ctl.blast_radius.budget,
+        };
+        let reason = format!(
+            "blast-radius budget spent: {:.0} bad requests ≥ {}",
+            r.excess_bad, ctl.blast_radius.budget
+        );
+        stop(
+            ctx,
+            out,
+            env,
+            r,
+            ctl.rollback.on_regression,
+            reason,
+            cause,
+            step,
+            weight,
+        );
+        return;
+    }
+    // missing data: hold; past the policy's hold time, act
+    let mut holding = false;
+    for (objective, j, md) in &verdicts {
+        let missing_since = match j.verdict {
+            Verdict::NotYet(Waiting::DataMissing { since }) => Some(since),
+            Verdict::NotYet(Waiting::NoDataYet) => Some(r.judges[objective].missing_since.unwrap_or(since)),
+            Verdict::NotYet(Waiting::MoreEvidence) | Verdict::Safe | Verdict::Regressed => None,
+        };
+        if let Some(missing) = missing_since {
+            holding = true;
+            if now.since(missing) >= md.hold.0 {
+                let cause = Cause::MissingData {
+                    objective: objective.clone(),
+                    since: missing,
+                };
+                let reason = format!("no data for {objective} since {missing}");
+                stop(ctx, out, env, r, md.then, reason, cause, step, weight);
+                return;
+            }
+            out.wake(missing.plus(md.hold.0));
+        }
+    }
+    if now.since(r.started_at) >= ctl.progress_deadline.0 {
+        stop(
+            ctx,
+            out,
+            env,
+            r,
+            ctl.rollback.on_deadline,
+            "progress deadline passed".into(),
+            Cause::Deadline,
+            step,
+            weight,
+        );
+        return;
+    }
+    if let Some((w, actor)) = &ctx.ov.weight {
+        if *w != weight {
+            set_weight(ctx, out, env, &release, *w);
+            transition(
+                ctx,
+                out,
+                r,
+                Phase::Canary {
+                    step,
+                    weight: *w,
+                    since: now,
+                },
+                operator("set weight", actor),
+            );
+        }
+        return;
+    }
+    if holding {
+        return;
+    }
+
+    let all_safe = verdicts.iter().all(|(_, j, _)| j.verdict == Verdict::Safe);
+    let final_w = final_weight(&ctl.ramp);
+    let canary_requests = verdicts
+        .iter()
+        .map(|(_, j, _)| j.evidence.canary.total)
+        .min()
+        .unwrap_or(0);
+    let min = &ctl.analysis.min_evidence;
+    if all_safe && weight >= final_w {
+        let enough_requests = canary_requests >= min.requests;
+        let long_enough = min.duration.is_none_or(|d| now.since(since) >= d.0);
+        if enough_requests && long_enough {
+            let explanation = summary(&verdicts);
+            set_weight(ctx, out, env, &release, Weight::MAX);
+            transition(
+                ctx,
+                out,
+                r,
+                Phase::Promoting { since: now },
+                Cause::Evidence { explanation },
+            );
+            out.wake(now);
+        } else if let Some(d) = min.duration {
+            out.wake(since.plus(d.0));
+        }
+        return;
+    }
+    if now.since(since) < ctx.interval() {
+        return;
+    }
+    // raise the weight: to the final step on strong evidence, else one step; capped so that a
+    // canary as bad as the evidence still allows stays within the remaining budget
+    let wanted = if all_safe {
+        Some((step_of(&ctl.ramp, final_w, step), final_w))
+    } else {
+        next_step(&ctl.ramp, step, weight)
+    };
+    let Some((next_step_index, wanted_w)) = wanted else {
+        return;
+    };
+    let cap = weight_cap(ctx, r, &evidence_arms(&verdicts));
+    let new_w = Weight(wanted_w.0.min(cap.0).max(weight.0));
+    if new_w > weight {
+        let explanation = if new_w < wanted_w {
+            format!(
+                "{}; step capped at {}% by the blast-radius budget",
+                summary(&verdicts),
+                new_w.0
+            )
+        } else {
+            summary(&verdicts)
+        };
+        let new_step = if new_w == wanted_w {
+            next_step_index
+        } else {
+            step_of(&ctl.ramp, new_w, step)
+        };
+        set_weight(ctx, out, env, &release, new_w);
+        transition(
+            ctx,
+            out,
+            r,
+            Phase::Canary {
+                step: new_step,
+                weight: new_w,
+                since: now,
+            },
+            Cause::Evidence { explanation },
+        );
+    }
+}
+
+fn summary(verdicts: &[(String, judge::Judgement, MissingData)]) -> String {
+    verdicts
+        .iter()
+        .map(|(o, j, _)| format!("{o}: {}", j.evidence.explanation))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The largest weight at which a canary as bad as the evidence still allows would serve at
+/// most the remaining budget of excess bad requests before the next look. `arms` holds, per
+/// objective, the canary's upper bound and the counts since the rollout started.
+fn weight_cap(ctx: &EnvCtx, r: &Rollout, arms: &[(f64, Counts, Counts)]) -> Weight {
+    let elapsed = ctx.now.since(r.started_at).as_secs_f64();
+    let remaining = ctx.ctl().blast_radius.budget as f64 - r.excess_bad;
+    let mut cap = 100.0_f64;
+    for (upper, c, s) in arms {
+        let rate = if elapsed > 0.0 {
+            (c.total + s.total) as f64 / elapsed
+        } else {
+            0.0
+        };
+        let base = if s.total > 0 { s.ratio() } else { 0.0 };
+        let per_percent = (upper - base).max(0.0) * rate * ctx.interval().as_secs_f64() / 100.0;
+        if per_percent > 0.0 {
+            cap = cap.min(remaining.max(0.0) / per_percent);
+        }
+    }
+    Weight(cap.floor().clamp(0.0, 100.0) as u8)
+}
+
+fn evidence_arms(verdicts: &[(String, judge::Judgement, MissingData)]) -> Vec<(f64, Counts, Counts)> {
+    verdicts
+        .iter()
+        .map(|(_, j, _)| (j.evidence.canary_upper, j.evidence.canary, j.evidence.stable))
+        .collect()
+}
+
+/// Stops a rollout the way the policy says: roll back, or pause for an operator.
+#[allow(clippy::too_many_arguments)]
+fn stop(
+    ctx: &EnvCtx,
+    out: &mut Out,
+    env: &EnvState,
+    r: &mut Rollout,
+    action: StopAction,
+    reason: String,
+    cause: Cause,
+    step: usize,
+    weight: Weight,
+) {
+    match action {
+        StopAction::Rollback => start_rollback(ctx, out, env, r, reason, cause),
+        StopAction::Pause => {
+            let to = Phase::Paused {
+                step,
+                weight,
+                since: ctx.now,
+                reason,
+                by_operator: false,
+            };
+            transition(ctx, out, r, to, cause);
+        }
+    }
+}
+
+fn start_rollback(
+    ctx: &EnvCtx,
+    out: &mut Out,
+    env: &EnvState,
+    r: &mut Rollout,
+    reason: String,
+    cause: Cause,
+) {
+    let release = r.release.clone();
+    set_weight(ctx, out, env, &release, Weight(0));
+    transition(
+        ctx,
+        out,
+        r,
+        Phase::RollingBack {
+            reason,
+            since: ctx.now,
+        },
+        cause,
+    );
+    out.wake(ctx.now);
+}

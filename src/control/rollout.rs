@@ -1,0 +1,301 @@
+//! The data `plan` reads and writes: the service's state as the store keeps it, what the
+//! adapters observed this tick, the operators' overrides, and the `Plan` that comes out.
+//!
+//! A rollout's phase is an enum with data, matched exhaustively everywhere; every change of
+//! phase is a [`Transition`] that records its [`Cause`].
+
+use super::builds::BuildState;
+use super::gates::Approval;
+use super::judge::{JudgeState, Judgement, Reading};
+use super::time::Time;
+use crate::spec::units::Weight;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A built release: one commit, one immutable artifact named by its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The release's id (used in routes, preview host names and the API).
+    pub id: String,
+    pub commit: String,
+    /// `sha256:…` of the artifact.
+    pub digest: String,
+}
+
+/// One attempt to bring one release into one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub release: String,
+    pub phase: Phase,
+    pub started_at: Time,
+    /// The judge's memory, per objective.
+    pub judges: BTreeMap<String, JudgeState>,
+    /// Bad canary requests beyond what stable's rate would have produced (blast radius).
+    pub excess_bad: f64,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Waiting for the environment's gates (soak, approval, window, freeze).
+    Waiting { since: Time, on: String },
+    /// Instances of the release are starting; no traffic yet.
+    Deploying { since: Time },
+    /// Serving `weight`% of traffic at ramp step `step`.
+    Canary {
+        step: usize,
+        weight: Weight,
+        since: Time,
+    },
+    /// Weight frozen; `by_operator` pauses end when the operator lifts them, the others
+    /// (policy: deadline, missing data) when an operator resumes, promotes or rolls back.
+    Paused {
+        step: usize,
+        weight: Weight,
+        since: Time,
+        reason: String,
+        by_operator: bool,
+    },
+    /// All traffic is moving to the release.
+    Promoting { since: Time },
+    /// The release is stable in this environment.
+    Promoted { at: Time },
+    /// All traffic is moving back to stable.
+    RollingBack { reason: String, since: Time },
+    /// The release was taken out of this environment.
+    RolledBack { reason: String, at: Time },
+    /// A newer release took this one's place before it started.
+    Superseded { by: String, at: Time },
+}
+
+impl Phase {
+    /// The phase's name, for records and displays.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Waiting { .. } => "waiting",
+            Phase::Deploying { .. } => "deploying",
+            Phase::Canary { .. } => "canary",
+            Phase::Paused { .. } => "paused",
+            Phase::Promoting { .. } => "promoting",
+            Phase::Promoted { .. } => "promoted",
+            Phase::RollingBack { .. } => "rolling-back",
+            Phase::RolledBack { .. } => "rolled-back",
+            Phase::Superseded { .. } => "superseded",
+        }
+    }
+
+    /// Finished rollouts leave the environment free for the next one.
+    pub fn is_finished(&self) -> bool {
+        match self {
+            Phase::Promoted { .. } | Phase::RolledBack { .. } | Phase::Superseded { .. } => true,
+            Phase::Waiting { .. }
+            | Phase::Deploying { .. }
+            | Phase::Canary { .. }
+            | Phase::Paused { .. }
+            | Phase::Promoting { .. }
+            | Phase::RollingBack { .. } => false,
+        }
+    }
+
+    /// The canary's current weight.
+    pub fn weight(&self) -> Weight {
+        match self {
+            Phase::Canary { weight, .. } | Phase::Paused { weight, .. } => *weight,
+            Phase::Promoting { .. } | Phase::Promoted { .. } => Weight::MAX,
+            Phase::Waiting { .. }
+            | Phase::Deploying { .. }
+            | Phase::RollingBack { .. }
+            | Phase::RolledBack { .. }
+            | Phase::Superseded { .. } => Weight(0),
+        }
+    }
+}
+
+/// One environment's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EnvState {
+    /// The release serving the environment.
+    pub stable: Option<String>,
+    pub stable_since: Option<Time>,
+    /// The current or the last rollout.
+    pub rollout: Option<Rollout>,
+    /// After a rollback: the release rolled back. Only newer releases start until an operator
+    /// pins another.
+    pub blocked: Option<String>,
+}
+
+/// A service's state as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// Built releases, oldest first.
+    pub releases: Vec<Release>,
+    pub environments: BTreeMap<String, EnvState>,
+    pub builds: BuildState,
+}
+
+impl ServiceState {
+    /// Position of a release in build order (newer is larger).
+    pub fn order(&self, release: &str) -> Option<usize> {
+        self.releases.iter().position(|r| r.id == release)
+    }
+}
+
+/// Instances of one release in one environment, as the runtime reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: u32,
+    pub desired: u32,
+    /// The instances cannot start (crash loop, image missing …).
+    pub failed: bool,
+}
+
+/// A finished build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BuildOutcome {
+    Built(Release),
+    Failed { reason: String },
+}
+
+/// What the adapters observed this tick.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Observed {
+    /// The state from the store.
+    pub state: ServiceState,
+    /// Instances per (environment, release).
+    pub readiness: BTreeMap<(String, String), Readiness>,
+    /// Sensor readings per (environment, objective), for the environment's canary and stable.
+    pub readings: BTreeMap<(String, String), Reading>,
+    /// Commits pushed to the branch since the last tick, oldest first.
+    pub pushes: Vec<String>,
+    /// Builds that ended since the last tick, by commit.
+    pub finished_builds: Vec<(String, BuildOutcome)>,
+}
+
+/// Who did something, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub who: String,
+    pub reason: String,
+}
+
+/// Operator overrides for one environment. Standing ones (pause, weight, pin, freeze) win over
+/// the controller until lifted; one-shot ones (promote, rollback, resume) are cleared by the
+/// plan once carried out.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EnvOverrides {
+    pub pause: Option<Actor>,
+    pub weight: Option<(Weight, Actor)>,
+    pub promote: Option<Actor>,
+    pub rollback: Option<Actor>,
+    pub resume: Option<Actor>,
+    pub pin: Option<(String, Actor)>,
+    pub freeze: Option<Actor>,
+}
+
+/// All operator input.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Overrides {
+    pub environments: BTreeMap<String, EnvOverrides>,
+    pub approvals: Vec<Approval>,
+}
+
+/// Which one-shot override was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OneShot {
+    Promote,
+    Rollback,
+    Resume,
+}
+
+/// Why a transition happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Cause {
+    /// A release became the candidate for the environment.
+    Candidate,
+    /// Every gate is open.
+    GatesOpen,
+    /// The instances are ready.
+    Ready,
+    /// The first release of an environment has nothing to be compared with.
+    FirstRelease,
+    /// The instances cannot start.
+    DeployFailed { reason: String },
+    /// The judge found a regression.
+    Regressed { objective: String, explanation: String },
+    /// The evidence allows more traffic (or promotion).
+    Evidence { explanation: String },
+    /// Data has been missing for longer than the policy holds.
+    MissingData { objective: String, since: Time },
+    /// The progress deadline passed.
+    Deadline,
+    /// The blast-radius budget is spent.
+    BlastRadius { excess: f64, budget: u64 },
+    /// An operator acted.
+    Operator { action: String, actor: Actor },
+    /// A newer release replaced this one.
+    NewerRelease { release: String },
+    /// Traffic finished moving.
+    Completed,
+}
+
+/// A recorded change of phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub environment: String,
+    pub release: String,
+    /// The phase left (`None` for a new rollout).
+    pub from: Option<String>,
+    pub to: String,
+    pub cause: Cause,
+    pub at: Time,
+}
+
+/// Something the executor must make true.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    StartBuild {
+        commit: String,
+    },
+    Deploy {
+        environment: String,
+        release: String,
+    },
+    /// Route `canary_weight`% to `canary` and the rest to `stable`.
+    SetWeights {
+        environment: String,
+        stable: Option<String>,
+        canary: String,
+        canary_weight: Weight,
+    },
+    Retire {
+        environment: String,
+        release: String,
+    },
+    ClearOverride {
+        environment: String,
+        which: OneShot,
+    },
+}
+
+/// The judge's word on one objective, for the record and the displays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectiveEvidence {
+    pub environment: String,
+    pub release: String,
+    pub objective: String,
+    pub judgement: Judgement,
+}
+
+/// What `plan` decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The state to store.
+    pub state: ServiceState,
+    pub actions: Vec<Action>,
+    pub transitions: Vec<Transition>,
+    pub evidence: Vec<ObjectiveEvidence>,
+    /// Why the builder or an environment is waiting, for people.
+    pub notes: Vec<String>,
+    /// When to look again at the latest (sooner if something changes).
+    pub next_check: Time,
+}

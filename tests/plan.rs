@@ -1,0 +1,744 @@
+//! The decision engine driven tick by tick in a small seeded world: builds finish, instances
+//! become ready, traffic splits by the planned weights, counters grow. The real `plan` decides;
+//! the world only carries out its actions. Covers promotion through dev → staging → prod with
+//! the same release, rollback on regression and on a crash at deploy, missing data, the
+//! blast-radius cap, supersession, and every operator override; then property tests for the
+//! invariants.
+
+use autopilot::control::gates::Approval;
+use autopilot::control::judge::{Counts, Reading, Verdict};
+use autopilot::control::rollout::*;
+use autopilot::control::time::Time;
+use autopilot::control::{PlanSpec, plan};
+use autopilot::spec::{self, units::Weight};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Binomial, Distribution};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+const SERVICE: &str = r#"
+apiVersion: autopilot/v1
+kind: Service
+name: shop
+source: {repository: "https://git.example.com/shop.git"}
+build: {command: make, artifact: {files: [bin/shop]}}
+run: {command: bin/shop}
+environments:
+  - {name: dev, controller: quick}
+  - {name: staging}
+  - {name: prod, controller: gated}
+controller: steady
+objectives:
+  - {name: errors, sensor: proxy.errors, target: "< 2%", tolerance: 50%}
+  - {name: latency, sensor: proxy.latency, target: "p99 < 300ms", tolerance: 50%}
+"#;
+
+const SENSORS: &str = r#"
+apiVersion: autopilot/v1
+kind: Sensors
+sensors:
+  - {name: proxy.errors, source: {proxy: errors}, missingData: {hold: 1m, then: rollback}}
+  - {name: proxy.latency, source: {proxy: latency}, missingData: {hold: 1m, then: rollback}}
+"#;
+
+fn controller(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: autopilot/v1
+kind: Controller
+name: {name}
+ramp: {{steps: [5, 25, 50]}}
+analysis: {{interval: 10s, falseRollbackRate: 1%, tolerance: 50%, minEvidence: {{requests: 500}}}}
+progressDeadline: 2h
+blastRadius: {{budget: 500}}
+missingData: {{hold: 1m, then: rollback}}
+{extra}
+"#
+    )
+}
+
+fn spec() -> PlanSpec {
+    let quick = controller("quick", "");
+    let steady = controller("steady", "promotion: {gates: [{soak: 5m}]}");
+    let gated = controller(
+        "gated",
+        "promotion: {gates: [{soak: 5m}, {approval: {groups: [sre]}}]}",
+    );
+    let catalog = spec::load_texts(&[
+        ("shop.yaml", SERVICE),
+        ("sensors.yaml", SENSORS),
+        ("quick.yaml", &quick),
+        ("steady.yaml", &steady),
+        ("gated.yaml", &gated),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render_text()));
+    PlanSpec::resolve(&catalog, "shop").unwrap()
+}
+
+/// A simulated world that carries out plans.
+struct World {
+    spec: PlanSpec,
+    state: ServiceState,
+    overrides: Overrides,
+    now: Time,
+    rng: ChaCha8Rng,
+    /// Requests per second into each environment.
+    rate: u64,
+    /// Error and slow-request shares per release (default: healthy).
+    errors: HashMap<String, f64>,
+    crash_at_deploy: HashSet<String>,
+    /// While true, the sensors return nothing.
+    blackout: bool,
+    deployed: HashSet<(String, String)>,
+    weights: HashMap<String, (Option<String>, String, Weight)>,
+    /// Counters since the current rollout started, per env: (canary release, canary, stable).
+    counters: HashMap<(String, String), (String, Counts, Counts)>,
+    pushes: Vec<String>,
+    finished: Vec<(String, BuildOutcome)>,
+    building: Vec<String>,
+    plans: Vec<Plan>,
+}
+
+const HEALTHY_ERRORS: f64 = 0.005;
+
+impl World {
+    fn new(seed: u64) -> World {
+        World {
+            spec: spec(),
+            state: ServiceState::default(),
+            overrides: Overrides::default(),
+            now: Time::from_secs(1_796_025_600), // 2026-11-30T08:00:00Z, a Monday
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            rate: 200,
+            errors: HashMap::new(),
+            crash_at_deploy: HashSet::new(),
+            blackout: false,
+            deployed: HashSet::new(),
+            weights: HashMap::new(),
+            counters: HashMap::new(),
+            pushes: Vec::new(),
+            finished: Vec::new(),
+            building: Vec::new(),
+            plans: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, commit: &str) {
+        self.pushes.push(commit.to_owned());
+    }
+
+    fn env(&self, name: &str) -> &EnvState {
+        &self.state.environments[name]
+    }
+
+    fn phase(&self, env: &str) -> Option<&Phase> {
+        self.state
+            .environments
+            .get(env)?
+            .rollout
+            .as_ref()
+            .map(|r| &r.phase)
+    }
+
+    /// Generates traffic for `secs` seconds and reads the counters.
+    fn readings(&mut self, secs: u64) -> BTreeMap<(String, String), Reading> {
+        let mut out = BTreeMap::new();
+        for env in self
+            .spec
+            .environments
+            .iter()
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>()
+        {
+            let Some((stable, canary, weight)) = self.weights.get(&env).cloned() else {
+                continue;
+            };
+            let n = self.rate * secs;
+            let nc = Binomial::new(n, f64::from(weight.0) / 100.0)
+                .unwrap()
+                .sample(&mut self.rng);
+            for objective in ["errors", "latency"] {
+                let key = (env.clone(), objective.to_owned());
+                let entry = self
+                    .counters
+                    .entry(key.clone())
+                    .or_insert_with(|| (canary.clone(), Counts::default(), Counts::default()));
+                if entry.0 != canary {
+                    *entry = (canary.clone(), Counts::default(), Counts::default());
+                }
+                let pc = self.errors.get(&canary).copied().unwrap_or(HEALTHY_ERRORS);
+                let pb = stable
+                    .as_ref()
+                    .and_then(|s| self.errors.get(s))
+                    .copied()
+                    .unwrap_or(HEALTHY_ERRORS);
+                entry.1.total += nc;
+                entry.1.bad += Binomial::new(nc, pc).unwrap().sample(&mut self.rng);
+                entry.2.total += n - nc;
+                entry.2.bad += Binomial::new(n - nc, pb).unwrap().sample(&mut self.rng);
+                let reading = if self.blackout {
+                    Reading::default()
+                } else {
+                    Reading {
+                        canary: Some(entry.1),
+                        stable: Some(entry.2),
+                    }
+                };
+                out.insert(key, reading);
+            }
+        }
+        out
+    }
+
+    /// One tick: observe, plan, carry out. Returns the plan.
+    fn tick(&mut self, secs: u64) -> Plan {
+        self.now = self.now.plus(std::time::Duration::from_secs(secs));
+        let readings = self.readings(secs);
+        let readiness = self
+            .deployed
+            .iter()
+            .map(|(e, r)| {
+                let failed = self.crash_at_deploy.contains(r);
+                (
+                    (e.clone(), r.clone()),
+                    Readiness {
+                        ready: if failed { 0 } else { 1 },
+                        desired: 1,
+                        failed,
+                    },
+                )
+            })
+            .collect();
+        let observed = Observed {
+            state: self.state.clone(),
+            readiness,
+            readings,
+            pushes: std::mem::take(&mut self.pushes),
+            finished_builds: std::mem::take(&mut self.finished),
+        };
+        let p = plan(&self.spec, &observed, &self.overrides, self.now);
+        check_invariants(&observed, &p);
+        // the same inputs give the same plan
+        assert_eq!(p, plan(&self.spec, &observed, &self.overrides, self.now));
+        for commit in self.building.drain(..) {
+            let release = Release {
+                id: format!("r-{commit}"),
+                commit: commit.clone(),
+                digest: format!("sha256:{commit:0>64}"),
+            };
+            self.finished.push((commit, BuildOutcome::Built(release)));
+        }
+        for action in &p.actions {
+            match action {
+                Action::StartBuild { commit } => self.building.push(commit.clone()),
+                Action::Deploy { environment, release } => {
+                    self.deployed.insert((environment.clone(), release.clone()));
+                }
+                Action::SetWeights {
+                    environment,
+                    stable,
+                    canary,
+                    canary_weight,
+                } => {
+                    self.weights.insert(
+                        environment.clone(),
+                        (stable.clone(), canary.clone(), *canary_weight),
+                    );
+                }
+                Action::Retire { environment, release } => {
+                    self.deployed.remove(&(environment.clone(), release.clone()));
+                }
+                Action::ClearOverride { environment, which } => {
+                    let o = self
+                        .overrides
+                        .environments
+                        .entry(environment.clone())
+                        .or_default();
+                    match which {
+                        OneShot::Promote => o.promote = None,
+                        OneShot::Rollback => o.rollback = None,
+                        OneShot::Resume => o.resume = None,
+                    }
+                }
+            }
+        }
+        // after a promotion the stable release serves everything
+        for (env, st) in &p.state.environments {
+            if let (Some(stable), Some(r)) = (&st.stable, &st.rollout)
+                && matches!(r.phase, Phase::Promoted { .. })
+            {
+                self.weights
+                    .insert(env.clone(), (Some(stable.clone()), stable.clone(), Weight(0)));
+            }
+        }
+        // counters count from the start of each rollout
+        for t in p.transitions.iter().filter(|t| t.from.is_none()) {
+            self.counters.retain(|(env, _), _| *env != t.environment);
+        }
+        self.state = p.state.clone();
+        self.plans.push(p.clone());
+        p
+    }
+
+    /// Ticks every `secs` until `done` or `limit` ticks.
+    fn run_until(&mut self, secs: u64, limit: usize, done: impl Fn(&World) -> bool) -> bool {
+        for _ in 0..limit {
+            if done(self) {
+                return true;
+            }
+            self.tick(secs);
+        }
+        done(self)
+    }
+
+    fn transitions(&self) -> Vec<&Transition> {
+        self.plans.iter().flat_map(|p| &p.transitions).collect()
+    }
+
+    fn ov(&mut self, env: &str) -> &mut EnvOverrides {
+        self.overrides.environments.entry(env.to_owned()).or_default()
+    }
+}
+
+fn actor() -> Actor {
+    Actor {
+        who: "ann".into(),
+        reason: "testing".into(),
+    }
+}
+
+/// The invariants that must hold after every plan.
+fn check_invariants(observed: &Observed, p: &Plan) {
+    for a in &p.actions {
+        if let Action::SetWeights { canary_weight, .. } = a {
+            assert!(canary_weight.0 <= 100, "weight {canary_weight:?}");
+        }
+    }
+    for t in &p.transitions {
+        if t.to == "promoting" && !matches!(t.cause, Cause::Operator { .. }) {
+            let regressed = p.evidence.iter().any(|e| {
+                e.environment == t.environment
+                    && e.release == t.release
+                    && e.judgement.verdict == Verdict::Regressed
+            });
+            assert!(!regressed, "promoted while regressed: {t:?}");
+            let missing = p
+                .evidence
+                .iter()
+                .any(|e| e.environment == t.environment && matches!(e.judgement.verdict, Verdict::NotYet(_)));
+            assert!(
+                !missing || matches!(t.cause, Cause::FirstRelease),
+                "promoted without evidence: {t:?}"
+            );
+        }
+    }
+    // the canary's weight never decreases but by rollback or an operator
+    for (env, before) in &observed.state.environments {
+        let (Some(b), Some(a)) = (&before.rollout, p.state.environments[env].rollout.as_ref()) else {
+            continue;
+        };
+        if b.release == a.release
+            && let (Phase::Canary { weight: wb, .. }, Phase::Canary { weight: wa, .. }) = (&b.phase, &a.phase)
+        {
+            let by_operator = p
+                .transitions
+                .iter()
+                .any(|t| &t.environment == env && matches!(t.cause, Cause::Operator { .. }));
+            assert!(wa >= wb || by_operator, "weight went down {wb:?} -> {wa:?}");
+        }
+    }
+    // every phase change is recorded
+    for (env, after) in &p.state.environments {
+        let before = observed
+            .state
+            .environments
+            .get(env)
+            .and_then(|e| e.rollout.as_ref());
+        if let Some(a) = &after.rollout {
+            let changed = before.is_none_or(|b| b.release != a.release || b.phase.name() != a.phase.name());
+            if changed {
+                assert!(
+                    p.transitions
+                        .iter()
+                        .any(|t| &t.environment == env && t.release == a.release && t.to == a.phase.name()),
+                    "unrecorded change in {env} to {}",
+                    a.phase.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_healthy_release_walks_dev_staging_prod_as_the_same_digest() {
+    let mut w = World::new(1);
+    // the first release becomes stable everywhere without a canary (nothing to compare)
+    w.push("c1");
+    w.overrides.approvals.push(Approval {
+        release: "r-c1".into(),
+        environment: "prod".into(),
+        by: "sam".into(),
+        groups: vec!["sre".into()],
+        at: w.now,
+    });
+    assert!(w.run_until(10, 500, |w| {
+        w.state
+            .environments
+            .get("prod")
+            .is_some_and(|e| e.stable.as_deref() == Some("r-c1"))
+    }));
+    // a second release goes through canaries in each environment
+    w.push("c2");
+    assert!(w.run_until(10, 2000, |w| {
+        w.state
+            .environments
+            .get("staging")
+            .is_some_and(|e| e.stable.as_deref() == Some("r-c2"))
+    }));
+    // prod waits for an approval from sre
+    w.run_until(10, 60, |_| false);
+    assert!(
+        matches!(w.phase("prod"), Some(Phase::Waiting { on, .. }) if on.contains("approval")),
+        "{:?}",
+        w.phase("prod")
+    );
+    w.overrides.approvals.push(Approval {
+        release: "r-c2".into(),
+        environment: "prod".into(),
+        by: "sam".into(),
+        groups: vec!["sre".into()],
+        at: w.now,
+    });
+    assert!(w.run_until(10, 2000, |w| w.env("prod").stable.as_deref() == Some("r-c2")));
+    // one build per commit: promotion never builds anew
+    let builds = w
+        .plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter(|a| matches!(a, Action::StartBuild { .. }))
+        .count();
+    assert_eq!(builds, 2);
+    // each environment saw r-c2 go canary → promoting → promoted, each for a reason
+    for env in ["dev", "staging", "prod"] {
+        let path: Vec<&str> = w
+            .transitions()
+            .into_iter()
+            .filter(|t| t.environment == env && t.release == "r-c2")
+            .map(|t| t.to.as_str())
+            .collect();
+        assert_eq!(path.first(), Some(&"waiting"), "{env}: {path:?}");
+        assert!(
+            path.contains(&"canary") && path.ends_with(&["promoting", "promoted"]),
+            "{env}: {path:?}"
+        );
+    }
+    let promote = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.environment == "prod" && t.to == "promoting" && t.release == "r-c2")
+        .unwrap();
+    assert!(
+        matches!(&promote.cause, Cause::Evidence { explanation } if explanation.contains("within target")),
+        "{promote:?}"
+    );
+}
+
+fn with_stable(seed: u64) -> World {
+    let mut w = World::new(seed);
+    w.push("c1");
+    w.overrides.approvals.push(Approval {
+        release: "r-c1".into(),
+        environment: "prod".into(),
+        by: "sam".into(),
+        groups: vec!["sre".into()],
+        at: w.now,
+    });
+    assert!(w.run_until(10, 500, |w| {
+        w.state
+            .environments
+            .get("prod")
+            .is_some_and(|e| e.stable.is_some())
+    }));
+    w.plans.clear();
+    w
+}
+
+#[test]
+fn an_error_regression_is_rolled_back_and_the_environment_pinned_until_a_newer_release() {
+    let mut w = with_stable(2);
+    w.errors.insert("r-bad".into(), 0.10);
+    w.push("bad");
+    assert!(w.run_until(10, 300, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    let t = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "rolling-back")
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&t.cause, Cause::Regressed { objective, .. } if objective == "errors"),
+        "{t:?}"
+    );
+    assert_eq!(w.env("dev").blocked.as_deref(), Some("r-bad"));
+    assert_eq!(w.env("dev").stable.as_deref(), Some("r-c1"));
+    // staging never saw it
+    assert!(w.transitions().iter().all(|t| t.environment == "dev"));
+    // the rolled-back release does not start again; a newer one does
+    w.run_until(10, 30, |_| false);
+    assert!(matches!(w.phase("dev"), Some(Phase::RolledBack { .. })));
+    w.push("fix");
+    assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-fix")));
+}
+
+#[test]
+fn a_crash_at_deploy_is_rolled_back_without_traffic() {
+    let mut w = with_stable(3);
+    w.crash_at_deploy.insert("r-crash".into());
+    w.push("crash");
+    assert!(w.run_until(10, 50, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    let t = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "rolling-back")
+        .unwrap()
+        .clone();
+    assert!(matches!(t.cause, Cause::DeployFailed { .. }));
+    assert!(!w.transitions().iter().any(|t| t.to == "canary"));
+}
+
+#[test]
+fn missing_data_holds_the_weight_then_rolls_back_after_the_hold() {
+    let mut w = with_stable(4);
+    w.push("c2");
+    assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
+    let Some(Phase::Canary { weight, .. }) = w.phase("dev").cloned() else {
+        unreachable!()
+    };
+    w.blackout = true;
+    // 50 s of silence: held, same weight
+    for _ in 0..5 {
+        w.tick(10);
+    }
+    assert!(matches!(w.phase("dev"), Some(Phase::Canary { weight: held, .. }) if *held == weight));
+    w.run_until(10, 3, |w| {
+        matches!(w.phase("dev"), Some(Phase::RolledBack { .. }))
+    });
+    assert!(
+        matches!(w.phase("dev"), Some(Phase::RolledBack { .. })),
+        "{:?}",
+        w.phase("dev")
+    );
+    let t = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "rolling-back")
+        .unwrap()
+        .clone();
+    assert!(matches!(t.cause, Cause::MissingData { .. }), "{t:?}");
+}
+
+#[test]
+fn the_first_step_is_capped_by_the_blast_radius_budget() {
+    let mut w = with_stable(5);
+    // lots of traffic: a canary failing every request at the first step (5%) would spend the
+    // 500-request budget in one 10 s interval many times over
+    w.rate = 20_000;
+    w.push("c2");
+    assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
+    assert!(
+        matches!(
+            w.phase("dev"),
+            Some(Phase::Canary {
+                weight: Weight(1),
+                ..
+            })
+        ),
+        "{:?}",
+        w.phase("dev")
+    );
+    assert!(
+        w.plans
+            .iter()
+            .flat_map(|p| &p.notes)
+            .any(|n| n.contains("starts at 1% in dev instead of 5%"))
+    );
+    // with ordinary traffic the first step is the policy's
+    let mut w = with_stable(5);
+    w.push("c2");
+    assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
+    assert!(matches!(
+        w.phase("dev"),
+        Some(Phase::Canary {
+            weight: Weight(5),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn operators_pause_set_the_weight_resume_promote_and_roll_back() {
+    let mut w = with_stable(6);
+    w.push("c2");
+    assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
+    // pause: the weight stays while paused, whatever the evidence
+    w.ov("dev").pause = Some(actor());
+    w.tick(10);
+    let Some(Phase::Paused {
+        weight,
+        by_operator: true,
+        ..
+    }) = w.phase("dev").cloned()
+    else {
+        panic!("{:?}", w.phase("dev"))
+    };
+    for _ in 0..20 {
+        w.tick(10);
+    }
+    assert!(matches!(w.phase("dev"), Some(Phase::Paused { weight: held, .. }) if *held == weight));
+    // lift the pause, hold the weight at 40
+    w.ov("dev").pause = None;
+    w.ov("dev").weight = Some((Weight(40), actor()));
+    w.tick(10);
+    w.tick(10);
+    assert!(
+        matches!(
+            w.phase("dev"),
+            Some(Phase::Canary {
+                weight: Weight(40),
+                ..
+            })
+        ),
+        "{:?}",
+        w.phase("dev")
+    );
+    for _ in 0..30 {
+        w.tick(10);
+    }
+    assert!(
+        matches!(
+            w.phase("dev"),
+            Some(Phase::Canary {
+                weight: Weight(40),
+                ..
+            })
+        ),
+        "an override wins until lifted"
+    );
+    // promote now
+    w.ov("dev").weight = None;
+    w.ov("dev").promote = Some(actor());
+    w.tick(10);
+    w.tick(1);
+    assert_eq!(w.env("dev").stable.as_deref(), Some("r-c2"));
+    assert!(
+        w.overrides.environments["dev"].promote.is_none(),
+        "one-shot override cleared"
+    );
+    let t = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "promoting")
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&t.cause, Cause::Operator { action, actor } if action == "promote" && actor.who == "ann")
+    );
+    // roll back now, in staging
+    assert!(w.run_until(10, 200, |w| matches!(
+        w.phase("staging"),
+        Some(Phase::Canary { .. })
+    )));
+    w.ov("staging").rollback = Some(actor());
+    w.tick(10);
+    w.tick(1);
+    assert!(matches!(w.phase("staging"), Some(Phase::RolledBack { .. })));
+}
+
+#[test]
+fn a_frozen_environment_starts_nothing_and_a_waiting_release_is_superseded() {
+    let mut w = with_stable(7);
+    w.ov("dev").freeze = Some(actor());
+    w.push("c2");
+    w.run_until(10, 5, |_| false);
+    assert!(matches!(w.phase("dev"), Some(Phase::Waiting { on, .. }) if on.contains("frozen")));
+    w.push("c3");
+    w.run_until(10, 5, |_| false);
+    let superseded = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "superseded")
+        .cloned()
+        .unwrap();
+    assert_eq!(superseded.release, "r-c2");
+    w.ov("dev").freeze = None;
+    assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c3")));
+}
+
+#[test]
+fn a_rollback_block_is_lifted_by_an_operator_and_a_pin_holds_the_environment() {
+    let mut w = with_stable(8);
+    w.errors.insert("r-c2".into(), 0.10);
+    w.push("c2");
+    assert!(w.run_until(10, 300, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    // an operator decides the sensor was wrong and lifts the block: r-c2 is tried again
+    w.errors.remove("r-c2");
+    w.ov("dev").resume = Some(actor());
+    assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c2")));
+    assert!(w.overrides.environments["dev"].resume.is_none());
+    // a pin keeps dev on r-c2: a newer release does not start there (but does not wait either)
+    w.ov("dev").pin = Some(("r-c2".into(), actor()));
+    w.push("c3");
+    w.run_until(10, 60, |_| false);
+    assert_eq!(w.env("dev").stable.as_deref(), Some("r-c2"));
+    assert!(
+        !w.transitions()
+            .iter()
+            .any(|t| t.environment == "dev" && t.release == "r-c3")
+    );
+    // pinning an older release takes the environment back to it, through a canary
+    w.ov("dev").pin = Some(("r-c1".into(), actor()));
+    assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c1")));
+    w.ov("dev").pin = None;
+    assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c3")));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Whatever the canary does, whatever goes missing, whatever operators do: the invariants
+    /// hold after every plan (checked inside `tick`).
+    #[test]
+    fn invariants_hold_under_random_worlds(
+        seed in 0u64..1000,
+        canary_errors in prop::sample::select(vec![0.005, 0.01, 0.03, 0.2, 1.0]),
+        events in prop::collection::vec(0u8..8, 40),
+    ) {
+        let mut w = with_stable(seed);
+        w.errors.insert("r-c2".into(), canary_errors);
+        w.push("c2");
+        for e in events {
+            match e {
+                0 => w.blackout = !w.blackout,
+                1 => w.ov("dev").pause = Some(actor()),
+                2 => w.ov("dev").pause = None,
+                3 => w.ov("dev").weight = Some((Weight(30), actor())),
+                4 => w.ov("dev").weight = None,
+                5 => w.ov("staging").freeze = Some(actor()),
+                _ => {}
+            }
+            for _ in 0..5 {
+                w.tick(10);
+            }
+        }
+    }
+}
