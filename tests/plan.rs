@@ -348,6 +348,37 @@ fn check_invariants(observed: &Observed, p: &Plan) {
             assert!(wa >= wb || by_operator, "weight went down {wb:?} -> {wa:?}");
         }
     }
+    // on missing data nothing moves forward: no weight is raised, nothing promoted
+    for a in &p.actions {
+        if let Action::SetWeights {
+            environment,
+            canary_weight,
+            ..
+        } = a
+        {
+            let all_missing = observed
+                .readings
+                .iter()
+                .filter(|((e, _), _)| e == environment)
+                .all(|(_, r)| r.canary.is_none());
+            let before = observed
+                .state
+                .environments
+                .get(environment)
+                .and_then(|e| e.rollout.as_ref());
+            let raised = before
+                .is_some_and(|b| matches!(b.phase, Phase::Canary { weight, .. } if *canary_weight > weight));
+            let by_operator = p
+                .transitions
+                .iter()
+                .any(|t| &t.environment == environment && matches!(t.cause, Cause::Operator { .. }));
+            let has_readings = observed.readings.keys().any(|(e, _)| e == environment);
+            assert!(
+                !(has_readings && all_missing && raised && !by_operator),
+                "weight raised on missing data: {a:?}"
+            );
+        }
+    }
     // every phase change is recorded
     for (env, after) in &p.state.environments {
         let before = observed
@@ -544,6 +575,66 @@ fn missing_data_holds_the_weight_then_rolls_back_after_the_hold() {
     assert!(matches!(t.cause, Cause::MissingData { .. }), "{t:?}");
 }
 
+/// Regression: a sticky `Safe` verdict once let the ramp jump ahead during a data gap.
+#[test]
+fn a_gap_after_safe_evidence_still_holds_the_weight() {
+    use autopilot::control::judge::{JudgeState, observe};
+    let mut w = with_stable(10);
+    w.push("c2");
+    assert!(w.run_until(10, 100, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::Canary {
+            weight: Weight(5),
+            ..
+        })
+    )));
+    // the judges of dev's canary have already found it safe …
+    let dev = w.state.environments.get_mut("dev").unwrap();
+    let rollout = dev.rollout.as_mut().unwrap();
+    for o in &w.spec.environments[0].objectives {
+        let mut judge = JudgeState::default();
+        for i in 1..=100u64 {
+            let reading = Reading {
+                canary: Some(Counts::new(i, i * 1000)),
+                stable: Some(Counts::new(i * 10, i * 10_000)),
+            };
+            judge = observe(&judge, reading, &o.judge, w.now).0;
+        }
+        let (_, j) = observe(
+            &judge,
+            Reading {
+                canary: Some(Counts::new(100, 100_000)),
+                stable: Some(Counts::new(1000, 1_000_000)),
+            },
+            &o.judge,
+            w.now,
+        );
+        assert_eq!(j.verdict, Verdict::Safe);
+        rollout.judges.insert(o.name.clone(), judge);
+    }
+    // … and then the data stops: the weight must hold
+    w.blackout = true;
+    for _ in 0..5 {
+        let p = w.tick(10);
+        assert!(
+            !p.actions.iter().any(|a| matches!(a, Action::SetWeights { .. })),
+            "{:?}",
+            p.actions
+        );
+        assert!(
+            matches!(
+                w.phase("dev"),
+                Some(Phase::Canary {
+                    weight: Weight(5),
+                    ..
+                })
+            ),
+            "{:?}",
+            w.phase("dev")
+        );
+    }
+}
+
 #[test]
 fn the_first_step_is_capped_by_the_blast_radius_budget() {
     let mut w = with_stable(5);
@@ -710,6 +801,36 @@ fn a_rollback_block_is_lifted_by_an_operator_and_a_pin_holds_the_environment() {
     assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c1")));
     w.ov("dev").pin = None;
     assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c3")));
+}
+
+#[test]
+fn an_undecidable_canary_is_rolled_back_at_the_progress_deadline() {
+    let mut w = with_stable(9);
+    w.rate = 20; // little traffic, so the blast-radius budget lasts beyond the deadline
+    // 1.5 times stable's errors: exactly the tolerance, so neither verdict can be reached
+    w.errors.insert("r-c2".into(), HEALTHY_ERRORS * 1.5);
+    w.push("c2");
+    assert!(w.run_until(10, 1000, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    let t = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "rolling-back")
+        .unwrap()
+        .clone();
+    assert!(matches!(t.cause, Cause::Deadline), "{t:?}");
+    let Some(Phase::RolledBack { at, .. }) = w.phase("dev") else {
+        unreachable!()
+    };
+    let started = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.from.is_none() && t.environment == "dev")
+        .unwrap()
+        .at;
+    assert!(at.since(started).as_secs() >= 7200 && at.since(started).as_secs() < 7230);
 }
 
 proptest! {

@@ -16,7 +16,7 @@
 
 use super::builds::{self, BuildState};
 use super::gates::{self, GateInput, GateStatus};
-use super::judge::{self, Counts, JudgeConfig, Verdict, Waiting};
+use super::judge::{self, Counts, JudgeConfig, Verdict};
 use super::rollout::*;
 use super::time::Time;
 use crate::spec::controllers::{ControllerSpec, Ramp, StopAction};
@@ -737,13 +737,9 @@ fn step_canary(
     }
     // missing data: hold; past the policy's hold time, act
     let mut holding = false;
-    for (objective, j, md) in &verdicts {
-        let missing_since = match j.verdict {
-            Verdict::NotYet(Waiting::DataMissing { since }) => Some(since),
-            Verdict::NotYet(Waiting::NoDataYet) => Some(r.judges[objective].missing_since.unwrap_or(since)),
-            Verdict::NotYet(Waiting::MoreEvidence) | Verdict::Safe | Verdict::Regressed => None,
-        };
-        if let Some(missing) = missing_since {
+    // (whatever the verdict: a canary found safe earlier may have died since)
+    for (objective, _, md) in &verdicts {
+        if let Some(missing) = r.judges[objective].missing_since {
             holding = true;
             if now.since(missing) >= md.hold.0 {
                 let cause = Cause::MissingData {
