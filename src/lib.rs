@@ -12,4 +12,5 @@
 //! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
 
 pub mod control;
+pub mod sim;
 pub mod spec;

@@ -20,8 +20,11 @@
 //!   `δ · p₀` is within tolerance whatever stable does. Without it, a service with no errors
 //!   at all could never be promoted (the relative tests learn nothing when `x = 0`).
 //!
-//! α is split by a union bound between the regression tests of an objective (and `plan`
-//! splits it between objectives); the false-promotion rate likewise between the safety tests.
+//! `Regressed` comes from the relative test when the objective compares with stable: a canary
+//! no worse than stable is not rolled back because the *service* misses its target (a burst
+//! hitting both arms, a degraded dependency) — the absolute target then holds promotion
+//! instead. Without the comparison, the absolute test decides. `plan` splits α between
+//! objectives; the false-promotion rate is split by a union bound between the safety tests.
 //! A crossing is final: once a test has rejected, its verdict stays.
 //!
 //! # Missing data
@@ -242,10 +245,6 @@ pub fn upper_bound(counts: Counts, alpha: f64) -> f64 {
 }
 
 impl JudgeConfig {
-    fn regression_tests(&self) -> f64 {
-        if self.compare_with_stable { 2.0 } else { 1.0 }
-    }
-
     /// Safety needs absolute safety and (relative safety or a moot comparison): three tests
     /// that can each promote falsely.
     fn safety_tests(&self) -> f64 {
@@ -253,7 +252,7 @@ impl JudgeConfig {
     }
 
     fn regression_threshold(&self) -> f64 {
-        self.regression_tests() / self.alpha
+        1.0 / self.alpha
     }
 
     fn safety_threshold(&self) -> f64 {
@@ -336,8 +335,10 @@ pub fn observe(
 
     if s.regressed.is_none() {
         let crossing = |e: f64| Crossing { at: now, e_value: e };
-        if cfg.compare_with_stable && e_rel_reg >= reg_threshold {
-            s.regressed = Some((Test::RelativeRegression, crossing(e_rel_reg)));
+        if cfg.compare_with_stable {
+            if e_rel_reg >= reg_threshold {
+                s.regressed = Some((Test::RelativeRegression, crossing(e_rel_reg)));
+            }
         } else if e_abs_reg >= reg_threshold {
             s.regressed = Some((Test::AbsoluteRegression, crossing(e_abs_reg)));
         }
@@ -598,6 +599,25 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("= 1/α"), "{e}");
+    }
+
+    #[test]
+    fn a_burst_hitting_both_arms_is_not_a_regression_of_the_canary() {
+        // 20% errors on both arms, far above the 5% target: the service is unhealthy, the
+        // canary is not worse than stable
+        let readings: Vec<_> = (0..=60u64)
+            .map(|i| (Some((i * 20, i * 100)), Some((i * 380, i * 1900))))
+            .collect();
+        let (_, j) = run(&readings, &cfg());
+        assert_ne!(j.verdict, Verdict::Regressed, "{}", j.evidence.explanation);
+        assert_ne!(j.verdict, Verdict::Safe, "above target: never promoted");
+        // without the comparison, the target decides
+        let absolute = JudgeConfig {
+            compare_with_stable: false,
+            ..cfg()
+        };
+        let (_, j) = run(&readings, &absolute);
+        assert_eq!(j.verdict, Verdict::Regressed);
     }
 
     #[test]

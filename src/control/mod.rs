@@ -5,6 +5,7 @@
 //! observations and carry out the `Plan` it returns. Nothing here imports an adapter.
 
 pub mod builds;
+pub mod driver;
 pub mod gates;
 pub mod judge;
 pub mod plan;

@@ -39,6 +39,15 @@ impl Time {
     }
 }
 
+impl std::str::FromStr for Time {
+    type Err = String;
+
+    /// Parses `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    fn from_str(s: &str) -> Result<Time, String> {
+        crate::spec::units::utc_seconds(s).map(Time::from_secs)
+    }
+}
+
 impl fmt::Display for Time {
     /// RFC 3339 in UTC, e.g. `2026-11-27T03:18:36Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,5 +82,15 @@ mod tests {
         assert_eq!(Time::ZERO.to_string(), "1970-01-01T00:00:00Z");
         assert_eq!(Time::from_secs(1_795_749_516).to_string(), "2026-11-27T03:18:36Z");
         assert_eq!(Time::from_secs(951_782_400).to_string(), "2000-02-29T00:00:00Z");
+        for t in [
+            "1970-01-01T00:00:00Z",
+            "2026-11-27T03:18:36Z",
+            "2000-02-29T00:00:00Z",
+            "2026-12-31T23:59:59Z",
+        ] {
+            assert_eq!(t.parse::<Time>().unwrap().to_string(), t);
+        }
+        assert!("2026-13-01T00:00:00Z".parse::<Time>().is_err());
+        assert!("yesterday".parse::<Time>().is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod objectives;
 pub mod schema;
 pub mod sensors;
+pub mod simulations;
 pub mod units;
 mod validate;
 pub mod yaml;
@@ -19,6 +20,7 @@ use objectives::ServiceSpec;
 use schemars::JsonSchema;
 use sensors::{Sensor, SensorLibrary};
 use serde::{Deserialize, Serialize};
+use simulations::Scenario;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,8 @@ pub struct Catalog {
     pub services: BTreeMap<String, ServiceSpec>,
     pub sensors: BTreeMap<String, Sensor>,
     pub controllers: BTreeMap<String, ControllerSpec>,
+    /// Simulation scenarios, with the file each came from.
+    pub simulations: BTreeMap<String, (PathBuf, Scenario)>,
     pub files_checked: usize,
 }
 
@@ -152,6 +156,7 @@ pub(crate) enum Parsed {
     Service(ServiceSpec),
     Sensors(SensorLibrary),
     Controller(ControllerSpec),
+    Simulation(Scenario),
 }
 
 /// One file read and parsed, with its document for locating later problems.
@@ -323,7 +328,7 @@ fn text_from_bytes(bytes: Vec<u8>) -> Result<String, (String, Option<String>)> {
     Ok(text)
 }
 
-const KINDS: [&str; 3] = ["Service", "Sensors", "Controller"];
+const KINDS: [&str; 4] = ["Service", "Sensors", "Controller", "Simulation"];
 
 /// Parses one file and deserializes it according to its `kind`, recording every problem.
 fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile {
@@ -377,10 +382,11 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
         Some((_, "Service")) => doc.deserialize().map(Parsed::Service),
         Some((_, "Sensors")) => doc.deserialize().map(Parsed::Sensors),
         Some((_, "Controller")) => doc.deserialize().map(Parsed::Controller),
+        Some((_, "Simulation")) => doc.deserialize().map(Parsed::Simulation),
         Some((pos, other)) => {
             let hint = match yaml::closest(other, KINDS) {
-                Some(c) => format!("did you mean `{c}`? (valid: Service, Sensors, Controller)"),
-                None => "valid kinds: Service (objectives), Sensors, Controller".into(),
+                Some(c) => format!("did you mean `{c}`? (valid: Service, Sensors, Controller, Simulation)"),
+                None => "valid kinds: Service (objectives), Sensors, Controller, Simulation".into(),
             };
             diags.push(at(pos, "kind", format!("unknown kind `{other}`"), Some(hint)));
             None
@@ -414,6 +420,8 @@ fn guess_kind(file: &str) -> Option<&'static str> {
         Some("Sensors")
     } else if file.contains("controllers") {
         Some("Controller")
+    } else if file.contains("simulations") {
+        Some("Simulation")
     } else {
         None
     }

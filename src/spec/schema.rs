@@ -6,6 +6,7 @@
 use super::controllers::ControllerSpec;
 use super::objectives::ServiceSpec;
 use super::sensors::SensorLibrary;
+use super::simulations::Scenario;
 
 /// A file kind that has a schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -13,6 +14,7 @@ pub enum SchemaKind {
     Objectives,
     Sensors,
     Controllers,
+    Simulations,
 }
 
 impl SchemaKind {
@@ -28,6 +30,7 @@ impl SchemaKind {
             SchemaKind::Objectives => "objectives/objectives.schema.json",
             SchemaKind::Sensors => "sensors/sensors.schema.json",
             SchemaKind::Controllers => "controllers/controllers.schema.json",
+            SchemaKind::Simulations => "simulations/simulations.schema.json",
         }
     }
 
@@ -37,6 +40,7 @@ impl SchemaKind {
             SchemaKind::Objectives => schemars::schema_for!(ServiceSpec),
             SchemaKind::Sensors => schemars::schema_for!(SensorLibrary),
             SchemaKind::Controllers => schemars::schema_for!(ControllerSpec),
+            SchemaKind::Simulations => schemars::schema_for!(Scenario),
         };
         let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
         text.push('\n');

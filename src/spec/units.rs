@@ -329,6 +329,38 @@ impl fmt::Display for UtcOffset {
     }
 }
 
+/// Seconds since the Unix epoch of a UTC time written `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_seconds(s: &str) -> Result<u64, String> {
+    let bad =
+        || format!("`{s}` is not a UTC time: write `YYYY-MM-DDTHH:MM:SSZ`, such as `2026-11-30T09:00:00Z`");
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<i64>().map_err(|_| bad());
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 || y < 1970 {
+        return Err(bad());
+    }
+    // days-from-civil (Howard Hinnant's algorithm)
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
+}
+
 /// Serde and JSON Schema for a type that is written as a string.
 macro_rules! string_unit {
     ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {

@@ -126,6 +126,22 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                 check_controller(&mut c, file, ctl);
                 catalog.controllers.insert(ctl.name.clone(), ctl.clone());
             }
+            Some(Parsed::Simulation(sim)) => {
+                if let Some(first) = first_seen.insert(("simulation", sim.name.clone()), file.name.clone()) {
+                    c.error(
+                        file,
+                        &p!["name"],
+                        format!("scenario `{}` is defined twice", sim.name),
+                        Some(format!("the first definition is in {first}")),
+                    );
+                    continue;
+                }
+                check_scenario(&mut c, file, sim);
+                catalog.simulations.insert(
+                    sim.name.clone(),
+                    (std::path::PathBuf::from(&file.name), sim.clone()),
+                );
+            }
             Some(Parsed::Service(svc)) => {
                 if let Some(first) = first_seen.insert(("service", svc.name.clone()), file.name.clone()) {
                     c.error(
@@ -269,6 +285,106 @@ fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSou
                 );
             }
         }
+    }
+}
+
+fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::Scenario) {
+    use super::simulations::IncidentKind;
+    if super::units::utc_seconds(&sim.start).is_err() {
+        c.error(
+            file,
+            &p!["start"],
+            format!("`{}` is not a UTC time", sim.start),
+            Some("write `YYYY-MM-DDTHH:MM:SSZ`, such as `2026-11-30T09:00:00Z`".into()),
+        );
+    }
+    if sim.specs.is_empty() {
+        c.error(
+            file,
+            &p!["specs"],
+            "no spec files".into(),
+            Some("list the objectives, sensors and controllers to use, relative to this file".into()),
+        );
+    }
+    if !(sim.traffic.rate.is_finite() && sim.traffic.rate > 0.0) {
+        c.error(
+            file,
+            &p!["traffic", "rate"],
+            "the traffic rate must be positive".into(),
+            None,
+        );
+    }
+    if sim.tick > sim.duration {
+        c.error(
+            file,
+            &p!["tick"],
+            format!(
+                "the tick ({}) is longer than the simulation ({})",
+                sim.tick, sim.duration
+            ),
+            None,
+        );
+    }
+    let mut names: Vec<&str> = vec![&sim.stable.name];
+    for (i, r) in sim.releases.iter().enumerate() {
+        if names.contains(&r.name.as_str()) {
+            c.error(
+                file,
+                &p!["releases", i, "name"],
+                format!("release `{}` is defined twice", r.name),
+                None,
+            );
+        }
+        names.push(&r.name);
+        if r.pushed_at > sim.duration {
+            c.error(
+                file,
+                &p!["releases", i, "pushedAt"],
+                "pushed after the simulation ends".into(),
+                None,
+            );
+        }
+    }
+    let known = |c: &mut Checker, path: &[Seg], name: &str| {
+        if !names.contains(&name) {
+            let hint = match closest(name, names.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`? (releases: {})", names.join(", ")),
+                None => format!("releases: {}", names.join(", ")),
+            };
+            c.error(file, path, format!("unknown release `{name}`"), Some(hint));
+        }
+    };
+    for (i, inc) in sim.incidents.iter().enumerate() {
+        match &inc.what {
+            IncidentKind::ErrorStep { release, .. } => {
+                known(c, &p!["incidents", i, "what", "errorStep", "release"], release)
+            }
+            IncidentKind::Drift { release, .. } => {
+                known(c, &p!["incidents", i, "what", "drift", "release"], release);
+                if inc.lasts.is_none() {
+                    c.error(
+                        file,
+                        &p!["incidents", i],
+                        "a drift needs `for:` (how long it takes)".into(),
+                        None,
+                    );
+                }
+            }
+            IncidentKind::Burst { .. } | IncidentKind::Gap { .. } | IncidentKind::PrometheusOutage => {
+                if inc.lasts.is_none() {
+                    c.error(
+                        file,
+                        &p!["incidents", i],
+                        "this incident needs `for:` (how long it lasts)".into(),
+                        None,
+                    );
+                }
+            }
+            IncidentKind::CounterReset { .. } => {}
+        }
+    }
+    for (i, e) in sim.expect.iter().enumerate() {
+        known(c, &p!["expect", i, "release"], &e.release);
     }
 }
 

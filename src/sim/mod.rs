@@ -1,0 +1,397 @@
+//! The simulation harness: replays a scenario through the *same* driver, `plan` and executor
+//! as production, with simulated ports ([`world::World`]) and a virtual clock.
+//!
+//! After every tick an invariant checker runs (weights valid, nothing promoted while an
+//! objective is regressed, every phase change recorded); a violation fails the run. The same
+//! file and seed give byte-identical output.
+
+pub mod report;
+pub mod world;
+
+use crate::control::driver;
+use crate::control::gates::Approval;
+use crate::control::judge::Verdict;
+use crate::control::plan::PlanSpec;
+use crate::control::rollout::*;
+use crate::control::time::Time;
+use crate::spec::simulations::{ExpectedOutcome, OperatorKind, Scenario};
+use crate::spec::units::{Target, Weight};
+use crate::spec::{self, Catalog, LoadError};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use world::{Served, Signal, World};
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{0}")]
+    Specs(String),
+    #[error("service `{service}` is not in the specs {specs:?}")]
+    UnknownService { service: String, specs: Vec<PathBuf> },
+    #[error("environment `{0}` named by an operator action is not one of the service's")]
+    UnknownEnvironment(String),
+    #[error("invariant violated at {at}: {what}")]
+    Invariant { at: Time, what: String },
+}
+
+/// One sample of an environment for the plot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    pub at: Time,
+    pub environment: String,
+    pub release: Option<String>,
+    pub weight: u8,
+    /// Per objective: (canary bad share, stable bad share) since the rollout started.
+    pub rates: Vec<(String, Option<f64>, Option<f64>)>,
+}
+
+/// How a release ended in an environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub release: String,
+    pub environment: String,
+    /// The last phase reached.
+    pub phase: String,
+    pub pushed_at: Time,
+    /// When it was promoted or rolled back.
+    pub decided_at: Option<Time>,
+    pub served: Served,
+}
+
+/// The result of an expectation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub expectation: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimResult {
+    pub scenario: String,
+    pub seed: u64,
+    pub start: Time,
+    pub end: Time,
+    pub environments: Vec<String>,
+    pub objectives: Vec<String>,
+    pub transitions: Vec<Transition>,
+    pub notes: Vec<(Time, String)>,
+    pub samples: Vec<Sample>,
+    pub outcomes: Vec<Outcome>,
+    pub checks: Vec<Check>,
+    pub ticks: u64,
+    /// Simulated requests served (all environments).
+    pub requests: u64,
+}
+
+impl SimResult {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// Loads a scenario file and the specs it names (relative to it).
+pub fn load(path: &Path) -> Result<(Scenario, Catalog), SimError> {
+    let render = |e: LoadError| match e {
+        LoadError::Invalid(r) => r.render_text(),
+        LoadError::Usage(u) => u.to_string(),
+    };
+    let catalog = spec::load(&[path.to_path_buf()]).map_err(|e| SimError::Specs(render(e)))?;
+    let (_, (_, scenario)) = catalog
+        .simulations
+        .into_iter()
+        .next()
+        .ok_or_else(|| SimError::Specs(format!("{}: not a `kind: Simulation` file", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let specs: Vec<PathBuf> = scenario.specs.iter().map(|s| base.join(s)).collect();
+    let catalog = spec::load(&specs).map_err(|e| SimError::Specs(render(e)))?;
+    if !catalog.services.contains_key(&scenario.service) {
+        return Err(SimError::UnknownService {
+            service: scenario.service.clone(),
+            specs,
+        });
+    }
+    Ok((scenario, catalog))
+}
+
+/// What each of the service's objectives counts in the simulated world.
+fn signals(catalog: &Catalog, service: &str) -> Vec<(String, Signal)> {
+    let svc = &catalog.services[service];
+    svc.objectives
+        .iter()
+        .map(|o| {
+            let signal = match o.target {
+                Target::Latency { threshold, .. } => Signal::SlowerThan(threshold.0),
+                Target::BadRatio { .. } => Signal::Errors,
+            };
+            (o.name.clone(), signal)
+        })
+        .collect()
+}
+
+fn apply_operator(world: &mut World, env: &str, by: &str, action: &OperatorKind, now: Time) {
+    let actor = Actor {
+        who: by.to_owned(),
+        reason: "scenario".into(),
+    };
+    if let OperatorKind::Approve(a) = action {
+        world.overrides.approvals.push(Approval {
+            release: a.release.clone(),
+            environment: env.to_owned(),
+            by: by.to_owned(),
+            groups: a.groups.clone(),
+            at: now,
+        });
+        return;
+    }
+    let o = world.overrides.environments.entry(env.to_owned()).or_default();
+    match action {
+        OperatorKind::Pause => o.pause = Some(actor),
+        OperatorKind::Resume => {
+            o.pause = None;
+            o.resume = Some(actor);
+        }
+        OperatorKind::Promote => o.promote = Some(actor),
+        OperatorKind::Rollback => o.rollback = Some(actor),
+        OperatorKind::Weight(w) => o.weight = Some((*w, actor)),
+        OperatorKind::ReleaseWeight => o.weight = None,
+        OperatorKind::Freeze => o.freeze = Some(actor),
+        OperatorKind::Unfreeze => o.freeze = None,
+        OperatorKind::Pin(r) => o.pin = Some((r.clone(), actor)),
+        OperatorKind::Unpin => o.pin = None,
+        OperatorKind::Approve(_) => unreachable!("handled above"),
+    }
+}
+
+/// Checks the invariants of one tick.
+pub fn check_invariants(tick: &driver::Tick) -> Result<(), String> {
+    let p = &tick.plan;
+    for a in &p.actions {
+        if let Action::SetWeights { canary_weight, .. } = a
+            && canary_weight.0 > 100
+        {
+            return Err(format!("weight {} out of range", canary_weight.0));
+        }
+    }
+    for t in &p.transitions {
+        if t.to == "promoting" && !matches!(t.cause, Cause::Operator { .. } | Cause::FirstRelease) {
+            let regressed = p.evidence.iter().any(|e| {
+                e.environment == t.environment
+                    && e.release == t.release
+                    && e.judgement.verdict == Verdict::Regressed
+            });
+            if regressed {
+                return Err(format!(
+                    "{} promoted in {} while an objective is regressed",
+                    t.release, t.environment
+                ));
+            }
+        }
+    }
+    for (env, after) in &p.state.environments {
+        let before = tick
+            .observed
+            .state
+            .environments
+            .get(env)
+            .and_then(|e| e.rollout.as_ref());
+        if let Some(a) = &after.rollout {
+            let changed = before.is_none_or(|b| b.release != a.release || b.phase.name() != a.phase.name());
+            let recorded = p
+                .transitions
+                .iter()
+                .any(|t| &t.environment == env && t.release == a.release && t.to == a.phase.name());
+            if changed && !recorded {
+                return Err(format!(
+                    "unrecorded change of {} in {env} to {}",
+                    a.release,
+                    a.phase.name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a scenario.
+pub fn run(scenario: &Scenario, catalog: &Catalog) -> Result<SimResult, SimError> {
+    let spec = PlanSpec::resolve(catalog, &scenario.service).ok_or_else(|| SimError::UnknownService {
+        service: scenario.service.clone(),
+        specs: Vec::new(),
+    })?;
+    for op in &scenario.operators {
+        if !spec.environments.iter().any(|e| e.name == op.environment) {
+            return Err(SimError::UnknownEnvironment(op.environment.clone()));
+        }
+    }
+    let start: Time = scenario.start.parse().map_err(SimError::Specs)?;
+    let end = start.plus(scenario.duration.0);
+    let signals = signals(catalog, &scenario.service);
+    let objectives: Vec<String> = signals.iter().map(|(o, _)| o.clone()).collect();
+    let mut world = World::new(scenario, &spec, signals, start);
+    let mut result = SimResult {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        start,
+        end,
+        environments: world.environments.clone(),
+        objectives,
+        transitions: Vec::new(),
+        notes: Vec::new(),
+        samples: Vec::new(),
+        outcomes: Vec::new(),
+        checks: Vec::new(),
+        ticks: 0,
+        requests: 0,
+    };
+    let mut operators: Vec<_> = scenario.operators.iter().collect();
+    operators.sort_by_key(|o| o.at);
+    let mut next_operator = 0;
+    let mut t = start;
+    let mut last_notes: std::collections::BTreeSet<String> = Default::default();
+    while t < end {
+        while next_operator < operators.len() && start.plus(operators[next_operator].at.0) <= t {
+            let op = operators[next_operator];
+            apply_operator(&mut world, &op.environment, &op.by, &op.action, t);
+            next_operator += 1;
+        }
+        world.now = t;
+        let tick = driver::tick(&spec, &mut world, t).map_err(|e| SimError::Invariant {
+            at: t,
+            what: e.to_string(),
+        })?;
+        check_invariants(&tick).map_err(|what| SimError::Invariant { at: t, what })?;
+        result.ticks += 1;
+        result.transitions.extend(tick.plan.transitions.iter().cloned());
+        let notes: std::collections::BTreeSet<String> = tick.plan.notes.iter().cloned().collect();
+        for n in notes.difference(&last_notes) {
+            result.notes.push((t, n.clone()));
+        }
+        last_notes = notes;
+        sample(&world, &tick.plan, t, &mut result.samples);
+        // next look: when the plan asks, a scheduled event, or the tick, at least 1 s on
+        let mut next = tick.plan.next_check.min(t.plus(scenario.tick.0));
+        if let Some(e) = world.next_event_after(t) {
+            next = next.min(e);
+        }
+        let next = next.max(t.plus(std::time::Duration::from_secs(1))).min(end);
+        world.advance(next);
+        t = next;
+    }
+    result.requests = world.served.values().map(|s| s.requests).sum::<u64>();
+    result.outcomes = outcomes(scenario, &world, &result.transitions, start);
+    result.checks = expectations(scenario, &result.outcomes, start);
+    Ok(result)
+}
+
+fn sample(world: &World, plan: &Plan, t: Time, samples: &mut Vec<Sample>) {
+    for env in &world.environments {
+        let st = &plan.state.environments[env];
+        let rollout = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
+        let weight = world.routes.get(env).map_or(Weight(0), |r| r.2);
+        let rates = plan
+            .evidence
+            .iter()
+            .filter(|e| &e.environment == env)
+            .map(|e| {
+                let (c, s) = (e.judgement.evidence.canary, e.judgement.evidence.stable);
+                let r = |x: crate::control::judge::Counts| (x.total > 0).then(|| x.ratio());
+                (e.objective.clone(), r(c), r(s))
+            })
+            .collect();
+        samples.push(Sample {
+            at: t,
+            environment: env.clone(),
+            release: rollout.map(|r| r.release.clone()),
+            weight: weight.0,
+            rates,
+        });
+    }
+}
+
+fn outcomes(scenario: &Scenario, world: &World, transitions: &[Transition], start: Time) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for r in &scenario.releases {
+        for env in &world.environments {
+            let mine: Vec<&Transition> = transitions
+                .iter()
+                .filter(|t| &t.environment == env && t.release == r.name)
+                .collect();
+            let Some(last) = mine.last() else { continue };
+            let decided_at = mine
+                .iter()
+                .find(|t| t.to == "promoted" || t.to == "rolled-back")
+                .map(|t| t.at);
+            out.push(Outcome {
+                release: r.name.clone(),
+                environment: env.clone(),
+                phase: last.to.clone(),
+                pushed_at: start.plus(r.pushed_at.0),
+                decided_at,
+                served: world
+                    .served
+                    .get(&(env.clone(), r.name.clone()))
+                    .copied()
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+fn expectations(scenario: &Scenario, outcomes: &[Outcome], start: Time) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for e in &scenario.expect {
+        let o = outcomes
+            .iter()
+            .find(|o| o.release == e.release && o.environment == e.environment);
+        let phase = o.map_or("never started", |o| o.phase.as_str());
+        let outcome_ok = match e.outcome {
+            ExpectedOutcome::Promoted => phase == "promoted",
+            ExpectedOutcome::RolledBack => phase == "rolled-back",
+            ExpectedOutcome::Held => o.is_some() && phase != "promoted" && phase != "rolled-back",
+            ExpectedOutcome::NeverStarted => o.is_none(),
+        };
+        let pushed = scenario
+            .releases
+            .iter()
+            .find(|r| r.name == e.release)
+            .map_or(start, |r| start.plus(r.pushed_at.0));
+        let took = o.and_then(|o| o.decided_at).map(|d| d.since(pushed));
+        let within_ok = match (e.within, e.outcome) {
+            (Some(limit), ExpectedOutcome::Promoted | ExpectedOutcome::RolledBack) => {
+                took.is_some_and(|t| t <= limit.0)
+            }
+            _ => true,
+        };
+        let bad = o.map_or(0, |o| o.served.bad);
+        let blast_ok = e.max_blast_radius.is_none_or(|m| bad <= m);
+        let mut detail = format!("{phase}");
+        if let Some(t) = took {
+            detail.push_str(&format!(
+                " after {}",
+                crate::spec::units::Duration(std::time::Duration::from_secs(t.as_secs().max(1)))
+            ));
+        }
+        detail.push_str(&format!(", {bad} bad canary requests"));
+        let mut expectation = format!("{} in {}: {:?}", e.release, e.environment, e.outcome)
+            .replace("RolledBack", "rolled back")
+            .replace("NeverStarted", "never started");
+        expectation = expectation
+            .replace("Promoted", "promoted")
+            .replace("Held", "held");
+        if let Some(w) = e.within {
+            expectation.push_str(&format!(" within {w}"));
+        }
+        if let Some(m) = e.max_blast_radius {
+            expectation.push_str(&format!(", at most {m} bad requests"));
+        }
+        checks.push(Check {
+            expectation,
+            passed: outcome_ok && within_ok && blast_ok,
+            detail,
+        });
+    }
+    checks
+}

@@ -1,0 +1,555 @@
+//! The simulated world behind the driver's [`Ports`]: a store in memory, a builder that takes
+//! its build time, a runtime whose instances become ready (or crash), a router that splits
+//! seeded traffic by the planned weights, and sensors that report the counters — or fail to,
+//! as the scenario's incidents say.
+//!
+//! Every random draw comes from one seeded generator, in a fixed order, and every collection
+//! iterates in a fixed order: the same scenario and seed give the same run, byte for byte.
+
+use crate::control::driver::{PortError, Ports};
+use crate::control::judge::{Counts, Reading};
+use crate::control::plan::PlanSpec;
+use crate::control::rollout::*;
+use crate::control::time::Time;
+use crate::spec::simulations::{Arm, IncidentKind, Latency, Scenario};
+use crate::spec::units::Weight;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Beta, Binomial, Distribution, Poisson};
+use statrs::distribution::{ContinuousCDF, Normal};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Instances become ready this long after they are deployed.
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// What an objective's sensor counts in the simulation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// Failed requests.
+    Errors,
+    /// Requests slower than this threshold.
+    SlowerThan(Duration),
+}
+
+/// How one release behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Behaviour {
+    pub errors: f64,
+    pub latency: Latency,
+    pub crash_on_deploy: bool,
+    pub build_time: Duration,
+}
+
+/// Counters of one environment and objective since the current rollout started.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Counters {
+    rollout_release: String,
+    canary: Counts,
+    stable: Counts,
+    /// What was counted before a counter reset (subtracted from what is reported).
+    canary_offset: Counts,
+    stable_offset: Counts,
+}
+
+/// What each release served in each environment while it was a canary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Served {
+    /// Requests served as canary.
+    pub requests: u64,
+    /// Failed requests served as canary.
+    pub bad: u64,
+    /// What stable's error rate would have failed of the same requests (expected).
+    pub stable_would_fail: f64,
+}
+
+/// The simulated world.
+pub struct World {
+    pub service: String,
+    pub now: Time,
+    start: Time,
+    rng: ChaCha8Rng,
+    scenario: Scenario,
+    /// (objective, signal), in the service's order.
+    pub signals: Vec<(String, Signal)>,
+    pub environments: Vec<String>,
+    pub behaviours: BTreeMap<String, Behaviour>,
+    pub state: ServiceState,
+    pub overrides: Overrides,
+    pushes: Vec<(Time, String)>,
+    builds: Vec<(Time, String)>,
+    finished: Vec<(String, BuildOutcome)>,
+    deployed: BTreeMap<(String, String), Time>,
+    pub routes: BTreeMap<String, (Option<String>, String, Weight)>,
+    counters: BTreeMap<(String, String), Counters>,
+    pub served: BTreeMap<(String, String), Served>,
+    resets_done: BTreeSet<usize>,
+    /// Every plan recorded, in order.
+    pub records: Vec<Plan>,
+}
+
+fn release_id(name: &str) -> Release {
+    // a stable stand-in for the artifact digest: FNV-1a of the name, widened
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Release {
+        id: name.to_owned(),
+        commit: name.to_owned(),
+        digest: format!("sha256:{h:016x}{:016x}{h:016x}{:016x}", !h, h.rotate_left(17)),
+    }
+}
+
+impl World {
+    pub fn new(scenario: &Scenario, spec: &PlanSpec, signals: Vec<(String, Signal)>, start: Time) -> World {
+        let mut behaviours = BTreeMap::new();
+        behaviours.insert(
+            scenario.stable.name.clone(),
+            Behaviour {
+                errors: scenario.stable.errors.fraction(),
+                latency: scenario.stable.latency.clone(),
+                crash_on_deploy: false,
+                build_time: Duration::ZERO,
+            },
+        );
+        for r in &scenario.releases {
+            behaviours.insert(
+                r.name.clone(),
+                Behaviour {
+                    errors: r.errors.fraction(),
+                    latency: r.latency.clone(),
+                    crash_on_deploy: r.crash_on_deploy,
+                    build_time: r.build_time.0,
+                },
+            );
+        }
+        let environments: Vec<String> = spec.environments.iter().map(|e| e.name.clone()).collect();
+        let stable = release_id(&scenario.stable.name);
+        let mut state = ServiceState {
+            releases: vec![stable.clone()],
+            ..Default::default()
+        };
+        let mut routes = BTreeMap::new();
+        let mut deployed = BTreeMap::new();
+        for env in &environments {
+            state.environments.insert(
+                env.clone(),
+                EnvState {
+                    stable: Some(stable.id.clone()),
+                    stable_since: Some(Time::ZERO),
+                    rollout: None,
+                    blocked: None,
+                },
+            );
+            routes.insert(
+                env.clone(),
+                (Some(stable.id.clone()), stable.id.clone(), Weight(0)),
+            );
+            deployed.insert((env.clone(), stable.id.clone()), Time::ZERO);
+        }
+        World {
+            service: spec.service.clone(),
+            now: start,
+            start,
+            rng: ChaCha8Rng::seed_from_u64(scenario.seed),
+            scenario: scenario.clone(),
+            signals,
+            environments,
+            behaviours,
+            state,
+            overrides: Overrides::default(),
+            pushes: scenario
+                .releases
+                .iter()
+                .map(|r| (start.plus(r.pushed_at.0), r.name.clone()))
+                .collect(),
+            builds: Vec::new(),
+            finished: Vec::new(),
+            deployed,
+            routes,
+            counters: BTreeMap::new(),
+            served: BTreeMap::new(),
+            resets_done: BTreeSet::new(),
+            records: Vec::new(),
+        }
+    }
+
+    fn elapsed(&self, t: Time) -> Duration {
+        t.since(self.start)
+    }
+
+    /// Incidents active at `t`, with their index.
+    fn active(&self, t: Time) -> impl Iterator<Item = (usize, &IncidentKind, Duration, Option<Duration>)> {
+        let e = self.elapsed(t);
+        self.scenario
+            .incidents
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, inc)| {
+                let from = inc.at.0;
+                let to = inc.lasts.map(|d| from + d.0);
+                let on = e >= from && to.is_none_or(|to| e < to);
+                on.then_some((i, &inc.what, e - from.min(e), inc.lasts.map(|d| d.0)))
+            })
+    }
+
+    /// A release's error rate at `t`, with incidents applied.
+    fn error_rate(&self, release: &str, t: Time) -> f64 {
+        let mut p = self.behaviours.get(release).map_or(0.0, |b| b.errors);
+        let e = self.elapsed(t);
+        for inc in &self.scenario.incidents {
+            let from = inc.at.0;
+            match &inc.what {
+                IncidentKind::ErrorStep { release: r, errors } if r == release && e >= from => {
+                    p = errors.fraction()
+                }
+                IncidentKind::Drift { release: r, errors } if r == release && e >= from => {
+                    let span = inc
+                        .lasts
+                        .map_or(Duration::from_secs(1), |d| d.0)
+                        .as_secs_f64()
+                        .max(1.0);
+                    let f = ((e - from).as_secs_f64() / span).min(1.0);
+                    p += (errors.fraction() - p) * f;
+                }
+                _ => {}
+            }
+        }
+        for (_, what, _, _) in self.active(t) {
+            if let IncidentKind::Burst { errors } = what {
+                p = 1.0 - (1.0 - p) * (1.0 - errors.fraction());
+            }
+        }
+        p.clamp(0.0, 1.0)
+    }
+
+    /// The share of a release's requests slower than `threshold`.
+    fn slow_share(&self, release: &str, threshold: Duration) -> f64 {
+        let Some(b) = self.behaviours.get(release) else {
+            return 0.0;
+        };
+        let l = &b.latency;
+        let normal = Normal::new(0.0, 1.0).expect("standard normal");
+        let ln_median = (l.median.as_secs_f64() * l.scale).ln();
+        let above = |x: f64| 1.0 - normal.cdf((x.ln() - ln_median) / l.sigma.max(1e-9));
+        let t = threshold.as_secs_f64();
+        match l.tail_share {
+            None => above(t),
+            Some(share) => {
+                // the slowest `share` of requests are slowed by `tail_scale`
+                let q = (ln_median + l.sigma * normal.inverse_cdf(1.0 - share.fraction())).exp();
+                if t <= q {
+                    above(t)
+                } else {
+                    above((t / l.tail_scale).max(q))
+                }
+            }
+        }
+    }
+
+    fn rate(&self, env: &str, t: Time) -> f64 {
+        let tr = &self.scenario.traffic;
+        let base = tr.environments.get(env).copied().unwrap_or(tr.rate);
+        match tr.swing {
+            None => base,
+            Some(a) => {
+                let phase = self.elapsed(t).as_secs_f64() / tr.swing_period.as_secs_f64();
+                base * (1.0 + a.fraction() * (2.0 * std::f64::consts::PI * phase).sin())
+            }
+        }
+    }
+
+    /// Draws the bad events of `n` requests at share `p`, with the scenario's over-dispersion.
+    fn draw_bad(&mut self, n: u64, p: f64) -> u64 {
+        if n == 0 || p <= 0.0 {
+            return 0;
+        }
+        if p >= 1.0 {
+            return n;
+        }
+        let p = match self.scenario.traffic.dispersion {
+            Some(cv) if cv.fraction() > 0.0 => {
+                // Beta with mean p and coefficient of variation cv
+                let var = (cv.fraction() * p).powi(2).min(p * (1.0 - p) * 0.99);
+                let k = p * (1.0 - p) / var - 1.0;
+                Beta::new(p * k, (1.0 - p) * k).map_or(p, |b| b.sample(&mut self.rng))
+            }
+            _ => p,
+        };
+        Binomial::new(n, p).map_or(0, |b| b.sample(&mut self.rng))
+    }
+
+    /// Serves traffic from `self.now` to `to`.
+    pub fn advance(&mut self, to: Time) {
+        let dt = to.since(self.now).as_secs_f64();
+        if dt <= 0.0 {
+            return;
+        }
+        let mid = Time::from_millis((self.now.millis() + to.millis()) / 2);
+        let load = {
+            let tr = &self.scenario.traffic;
+            match tr.swing {
+                Some(a) => {
+                    let phase = self.elapsed(mid).as_secs_f64() / tr.swing_period.as_secs_f64();
+                    1.0 + tr.load_sensitivity * a.fraction() * (2.0 * std::f64::consts::PI * phase).sin()
+                }
+                None => 1.0,
+            }
+        };
+        for env in self.environments.clone() {
+            let Some((stable, canary, weight)) = self.routes.get(&env).cloned() else {
+                continue;
+            };
+            let mean = self.rate(&env, mid) * dt;
+            let n = if mean > 0.0 {
+                Poisson::new(mean).map_or(0.0, |p| p.sample(&mut self.rng)) as u64
+            } else {
+                0
+            };
+            let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
+            let nb = n - nc;
+            let stable_name = stable.clone().unwrap_or_else(|| canary.clone());
+            let rollout_release = self
+                .state
+                .environments
+                .get(&env)
+                .and_then(|e| e.rollout.as_ref())
+                .map(|r| r.release.clone())
+                .unwrap_or_default();
+            let pe_c = (self.error_rate(&canary, mid) * load).min(1.0);
+            let pe_b = (self.error_rate(&stable_name, mid) * load).min(1.0);
+            let mut canary_errors = None;
+            for (objective, signal) in self.signals.clone() {
+                let (pc, pb) = match signal {
+                    Signal::Errors => (pe_c, pe_b),
+                    Signal::SlowerThan(t) => (self.slow_share(&canary, t), self.slow_share(&stable_name, t)),
+                };
+                let bc = self.draw_bad(nc, pc);
+                let bb = self.draw_bad(nb, pb);
+                if signal == Signal::Errors && canary_errors.is_none() {
+                    canary_errors = Some((bc, pb));
+                }
+                let key = (env.clone(), objective.clone());
+                let c = self.counters.entry(key).or_default();
+                if c.rollout_release != rollout_release {
+                    *c = Counters {
+                        rollout_release: rollout_release.clone(),
+                        ..Default::default()
+                    };
+                }
+                c.canary.total += nc;
+                c.canary.bad += bc;
+                c.stable.total += nb;
+                c.stable.bad += bb;
+            }
+            if nc > 0 && weight.0 > 0 {
+                let (bad, pb) = canary_errors.unwrap_or((0, pe_b));
+                let s = self.served.entry((env.clone(), canary.clone())).or_default();
+                s.requests += nc;
+                s.bad += bad;
+                s.stable_would_fail += nc as f64 * pb;
+            }
+        }
+        // counter resets happen once, at their moment
+        let resets: Vec<(usize, Arm)> = self
+            .scenario
+            .incidents
+            .iter()
+            .enumerate()
+            .filter(|(i, inc)| {
+                matches!(inc.what, IncidentKind::CounterReset { .. })
+                    && !self.resets_done.contains(i)
+                    && self.elapsed(to) >= inc.at.0
+            })
+            .map(|(i, inc)| match inc.what {
+                IncidentKind::CounterReset { arm } => (i, arm),
+                _ => unreachable!("filtered to counter resets"),
+            })
+            .collect();
+        for (i, arm) in resets {
+            self.resets_done.insert(i);
+            for c in self.counters.values_mut() {
+                if matches!(arm, Arm::Canary | Arm::Both) {
+                    c.canary_offset = c.canary;
+                }
+                if matches!(arm, Arm::Stable | Arm::Both) {
+                    c.stable_offset = c.stable;
+                }
+            }
+        }
+        self.now = to;
+    }
+
+    /// The next moment something scheduled happens after `t` (a push, a build ending, an
+    /// instance becoming ready, an incident or operator action starting or ending).
+    pub fn next_event_after(&self, t: Time) -> Option<Time> {
+        let mut times: Vec<Time> = Vec::new();
+        times.extend(self.pushes.iter().map(|(at, _)| *at));
+        times.extend(self.builds.iter().map(|(at, _)| *at));
+        times.extend(self.deployed.values().map(|at| at.plus(STARTUP)));
+        for inc in &self.scenario.incidents {
+            let from = self.start.plus(inc.at.0);
+            times.push(from);
+            if let Some(d) = inc.lasts {
+                times.push(from.plus(d.0));
+            }
+        }
+        times.extend(self.scenario.operators.iter().map(|o| self.start.plus(o.at.0)));
+        times.into_iter().filter(|x| *x > t).min()
+    }
+
+    fn sensor_blind(&self, arm: Arm) -> bool {
+        self.active(self.now).any(|(_, what, _, _)| match what {
+            IncidentKind::Gap { arm: a } => *a == Arm::Both || *a == arm,
+            IncidentKind::PrometheusOutage => true,
+            _ => false,
+        })
+    }
+}
+
+impl Ports for World {
+    fn load(&mut self, _service: &str) -> Result<(ServiceState, Overrides), PortError> {
+        Ok((self.state.clone(), self.overrides.clone()))
+    }
+
+    fn read_sensors(
+        &mut self,
+        spec: &PlanSpec,
+        _state: &ServiceState,
+        _now: Time,
+    ) -> BTreeMap<(String, String), Reading> {
+        let (canary_blind, stable_blind) = (self.sensor_blind(Arm::Canary), self.sensor_blind(Arm::Stable));
+        let mut out = BTreeMap::new();
+        for env in &spec.environments {
+            for o in &env.objectives {
+                let key = (env.name.clone(), o.name.clone());
+                let Some(c) = self.counters.get(&key) else {
+                    continue;
+                };
+                let sub = |a: Counts, b: Counts| Counts::new(a.bad - b.bad, a.total - b.total);
+                out.insert(
+                    key,
+                    Reading {
+                        canary: (!canary_blind).then(|| sub(c.canary, c.canary_offset)),
+                        stable: (!stable_blind).then(|| sub(c.stable, c.stable_offset)),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn readiness(&mut self, _service: &str) -> BTreeMap<(String, String), Readiness> {
+        self.deployed
+            .iter()
+            .map(|((env, release), at)| {
+                let crash = self.behaviours.get(release).is_some_and(|b| b.crash_on_deploy);
+                let ready = !crash && self.now >= at.plus(STARTUP);
+                (
+                    (env.clone(), release.clone()),
+                    Readiness {
+                        ready: u32::from(ready),
+                        desired: 1,
+                        failed: crash && self.now >= at.plus(STARTUP),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn source_events(&mut self, _service: &str) -> (Vec<String>, Vec<(String, BuildOutcome)>) {
+        let now = self.now;
+        let pushes: Vec<String> = self
+            .pushes
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, c)| c.clone())
+            .collect();
+        self.pushes.retain(|(at, _)| *at > now);
+        let done: Vec<String> = self
+            .builds
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, c)| c.clone())
+            .collect();
+        self.builds.retain(|(at, _)| *at > now);
+        let mut finished = std::mem::take(&mut self.finished);
+        finished.extend(done.into_iter().map(|c| {
+            let release = release_id(&c);
+            (c, BuildOutcome::Built(release))
+        }));
+        (pushes, finished)
+    }
+
+    fn start_build(&mut self, _service: &str, commit: &str) -> Result<(), PortError> {
+        let time = self
+            .behaviours
+            .get(commit)
+            .map_or(Duration::from_secs(60), |b| b.build_time);
+        self.builds.push((self.now.plus(time), commit.to_owned()));
+        Ok(())
+    }
+
+    fn deploy(&mut self, _service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+        self.deployed
+            .entry((environment.to_owned(), release.to_owned()))
+            .or_insert(self.now);
+        Ok(())
+    }
+
+    fn retire(&mut self, _service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+        self.deployed
+            .remove(&(environment.to_owned(), release.to_owned()));
+        Ok(())
+    }
+
+    fn set_weights(
+        &mut self,
+        _service: &str,
+        environment: &str,
+        stable: Option<&str>,
+        canary: &str,
+        canary_weight: Weight,
+    ) -> Result<(), PortError> {
+        if canary_weight == Weight::MAX {
+            // promotion: the canary serves everything and becomes the route's stable
+            self.routes.insert(
+                environment.to_owned(),
+                (Some(canary.to_owned()), canary.to_owned(), Weight(0)),
+            );
+        } else {
+            self.routes.insert(
+                environment.to_owned(),
+                (stable.map(str::to_owned), canary.to_owned(), canary_weight),
+            );
+        }
+        Ok(())
+    }
+
+    fn clear_override(&mut self, _service: &str, environment: &str, which: OneShot) -> Result<(), PortError> {
+        let o = self
+            .overrides
+            .environments
+            .entry(environment.to_owned())
+            .or_default();
+        match which {
+            OneShot::Promote => o.promote = None,
+            OneShot::Rollback => o.rollback = None,
+            OneShot::Resume => o.resume = None,
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        _service: &str,
+        plan: &Plan,
+        _failures: &[(Action, PortError)],
+    ) -> Result<(), PortError> {
+        self.state = plan.state.clone();
+        self.records.push(plan.clone());
+        Ok(())
+    }
+}

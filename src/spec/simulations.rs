@@ -1,0 +1,302 @@
+//! The simulation scenario file: an incident (real or made up) to replay through the real
+//! controller on a virtual clock. It names the specs to use, a traffic model, the releases and
+//! how they behave, what goes wrong when, what operators do, and what must come out.
+
+use super::ApiVersion;
+use super::units::{Duration, Percent, Weight};
+use super::yaml::recover_vec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "autopilot simulation scenario")]
+pub struct Scenario {
+    /// Version of this file format. Always `autopilot/v1`.
+    pub api_version: ApiVersion,
+    /// What this file declares. Always `Simulation`.
+    pub kind: SimulationKind,
+    /// The scenario's name.
+    pub name: String,
+    /// What happens in it, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Spec files and folders (objectives, sensors, controllers), relative to this file.
+    pub specs: Vec<String>,
+    /// The service (from the specs) to simulate.
+    pub service: String,
+    /// Seed of every random draw: the same file and seed give byte-identical output.
+    #[serde(default)]
+    pub seed: u64,
+    /// How long to simulate.
+    pub duration: Duration,
+    /// How often sensors are read at most (the controller also looks when its plan asks).
+    #[serde(default = "default_tick")]
+    pub tick: Duration,
+    /// Wall-clock start of the simulation, `YYYY-MM-DDTHH:MM:SSZ` (gates with time windows
+    /// depend on it). Default: Monday 2026-11-30 09:00 UTC.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// How many requests arrive.
+    pub traffic: Traffic,
+    /// The release serving every environment when the simulation starts.
+    pub stable: ReleaseBehaviour,
+    /// Releases pushed during the simulation.
+    #[serde(default, deserialize_with = "recover_vec")]
+    pub releases: Vec<PushedRelease>,
+    /// What goes wrong, and when.
+    #[serde(default, deserialize_with = "recover_vec")]
+    pub incidents: Vec<Incident>,
+    /// What operators do, and when.
+    #[serde(default, deserialize_with = "recover_vec")]
+    pub operators: Vec<OperatorAction>,
+    /// What must come out; `autopilot simulate` exits non-zero when any fails.
+    #[serde(default, deserialize_with = "recover_vec")]
+    pub expect: Vec<Expectation>,
+}
+
+fn default_tick() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_start() -> String {
+    "2026-11-30T09:00:00Z".into()
+}
+
+/// The `kind` of a scenario file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SimulationKind {
+    Simulation,
+}
+
+/// The traffic model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Traffic {
+    /// Mean requests per second into each environment.
+    pub rate: f64,
+    /// Per-environment rates, overriding `rate`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, f64>,
+    /// Amplitude of a sinusoidal swing of the rate (`70%`: between 30% and 170% of `rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swing: Option<Percent>,
+    /// Period of the swing.
+    #[serde(default = "default_swing_period")]
+    pub swing_period: Duration,
+    /// Over-dispersion of bad events: each tick's error rate is drawn from a Beta distribution
+    /// around the release's rate with this coefficient of variation (`0%`: plain binomial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispersion: Option<Percent>,
+    /// Error rates rise with load: at the swing's peak the error rate is multiplied by
+    /// `1 + loadSensitivity × swing`.
+    #[serde(default)]
+    pub load_sensitivity: f64,
+}
+
+fn default_swing_period() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// How a release behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseBehaviour {
+    /// The release's name (its commit, for the simulated builder).
+    pub name: String,
+    /// Share of requests that fail (5xx).
+    pub errors: Percent,
+    /// Latency distribution.
+    #[serde(default)]
+    pub latency: Latency,
+}
+
+/// A lognormal latency distribution, optionally slowed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Latency {
+    /// The median.
+    #[serde(default = "default_median")]
+    pub median: Duration,
+    /// σ of the log of the latency.
+    #[serde(default = "default_sigma")]
+    pub sigma: f64,
+    /// Every request slowed by this factor (`1.2`: 20% slower at every quantile).
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// Only the slowest `tailShare` of requests slowed by `tailScale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_share: Option<Percent>,
+    #[serde(default = "one")]
+    pub tail_scale: f64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            median: default_median(),
+            sigma: default_sigma(),
+            scale: 1.0,
+            tail_share: None,
+            tail_scale: 1.0,
+        }
+    }
+}
+
+fn default_median() -> Duration {
+    Duration(std::time::Duration::from_millis(50))
+}
+
+fn default_sigma() -> f64 {
+    0.5
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A release pushed during the simulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushedRelease {
+    /// The release's name (its commit).
+    pub name: String,
+    /// When it is pushed, from the start.
+    pub pushed_at: Duration,
+    /// Share of requests that fail.
+    pub errors: Percent,
+    /// Latency distribution.
+    #[serde(default)]
+    pub latency: Latency,
+    /// Its instances never become ready (a crash loop at deploy).
+    #[serde(default)]
+    pub crash_on_deploy: bool,
+    /// How long its build takes.
+    #[serde(default = "default_build_time")]
+    pub build_time: Duration,
+}
+
+fn default_build_time() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Something that goes wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Incident {
+    /// When it starts, from the start.
+    pub at: Duration,
+    /// How long it lasts (for gaps, bursts, outages, drifts).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub lasts: Option<Duration>,
+    /// What happens.
+    pub what: IncidentKind,
+}
+
+/// Kinds of incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IncidentKind {
+    /// A release's error rate changes at once (a bug that starts late, a dependency failing).
+    ErrorStep { release: String, errors: Percent },
+    /// A release's error rate moves linearly to `errors` over the incident's duration.
+    Drift { release: String, errors: Percent },
+    /// Every release fails this share of requests on top of its own (a shared dependency).
+    Burst { errors: Percent },
+    /// The counters of `arm` are not reported.
+    Gap { arm: Arm },
+    /// The counters of `arm` restart from zero once.
+    CounterReset { arm: Arm },
+    /// Prometheus answers nothing for any arm (same as a gap of both, reported as an outage).
+    PrometheusOutage,
+}
+
+/// Which side of the split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Arm {
+    Canary,
+    Stable,
+    Both,
+}
+
+/// An operator's action at a moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorAction {
+    /// When, from the start.
+    pub at: Duration,
+    /// In which environment.
+    pub environment: String,
+    /// Who (recorded in the audit trail).
+    #[serde(default = "default_operator")]
+    pub by: String,
+    /// What.
+    pub action: OperatorKind,
+}
+
+fn default_operator() -> String {
+    "operator".into()
+}
+
+/// What an operator can do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OperatorKind {
+    Pause,
+    /// Lift a pause (or a policy pause, or a rollback block).
+    Resume,
+    Promote,
+    Rollback,
+    /// Hold the canary at this weight.
+    Weight(Weight),
+    /// Stop holding the weight.
+    ReleaseWeight,
+    Freeze,
+    Unfreeze,
+    /// Keep the environment on this release.
+    Pin(String),
+    Unpin,
+    /// Approve a release for the environment, as a member of these groups.
+    Approve(ApproveAction),
+}
+
+/// An approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApproveAction {
+    pub release: String,
+    pub groups: Vec<String>,
+}
+
+/// What must come out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Expectation {
+    /// The release.
+    pub release: String,
+    /// In which environment.
+    pub environment: String,
+    /// Its outcome there.
+    pub outcome: ExpectedOutcome,
+    /// At the latest this long after the release was pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+    /// At most this many bad canary requests served in this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_blast_radius: Option<u64>,
+}
+
+/// A rollout's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ExpectedOutcome {
+    Promoted,
+    RolledBack,
+    /// Neither promoted nor rolled back by the end (held, paused, waiting).
+    Held,
+    /// Never reaches the environment.
+    NeverStarted,
+}
