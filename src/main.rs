@@ -23,6 +23,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Replay scenarios through the real controller on a virtual clock. Prints the timeline;
+    /// exit code 0: every expectation met; 1: some failed; 2: the scenario cannot run.
+    Simulate {
+        /// Scenario files (`kind: Simulation`).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Write `<scenario>.json` (the record) and `<scenario>.svg` (the chart) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print only the expectations' results.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print the JSON Schema of a file kind (for editors and CI).
     Schema {
         #[arg(value_enum)]
@@ -81,9 +94,78 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate {
+            scenarios,
+            out,
+            quiet,
+        } => simulate(&scenarios, out.as_deref(), quiet),
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -> ExitCode {
+    use autopilot::sim;
+    let mut failed = false;
+    for path in scenarios {
+        let started = std::time::Instant::now();
+        let result = sim::load(path).and_then(|(scenario, catalog)| sim::run(&scenario, &catalog));
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        let text = sim::report::timeline(&result);
+        if quiet {
+            for c in &result.checks {
+                println!(
+                    "{} {}: {} — {}",
+                    if c.passed { "ok  " } else { "FAIL" },
+                    result.scenario,
+                    c.expectation,
+                    c.detail
+                );
+            }
+        } else {
+            println!("{text}");
+        }
+        let wall = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: {} ticks, {} simulated requests judged in {:.2} s ({:.0} per second)",
+            result.scenario,
+            result.ticks,
+            result.requests,
+            wall,
+            result.requests as f64 / wall.max(1e-9)
+        );
+        if let Some(dir) = out {
+            if let Err(e) = std::fs::create_dir_all(dir)
+                .and_then(|_| {
+                    std::fs::write(
+                        dir.join(format!("{}.json", result.scenario)),
+                        sim::report::json(&result),
+                    )
+                })
+                .and_then(|_| {
+                    std::fs::write(
+                        dir.join(format!("{}.svg", result.scenario)),
+                        sim::report::svg(&result),
+                    )
+                })
+            {
+                eprintln!("error: writing to {}: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        }
+        failed |= !result.passed();
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

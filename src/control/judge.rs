@@ -122,6 +122,16 @@ pub struct JudgeState {
     pub regressed: Option<(Test, Crossing)>,
     pub safe_relative: Option<Crossing>,
     pub safe_absolute: Option<Crossing>,
+    /// The canary's counts the absolute tests judge: ticks in which stable itself was
+    /// significantly above the target (a shared incident) are left out. The choice depends on
+    /// stable's counts only, so the canary's e-process stays valid.
+    pub canary_judged: Counts,
+    /// Ticks left out of the absolute tests as shared incidents.
+    pub shared_ticks: u32,
+    /// Bad canary requests beyond what stable's rate *at the same time* would have produced,
+    /// summed tick by tick (cumulative shares would mislead when the weight changes while the
+    /// base rate moves: Simpson's paradox). Negative when the canary does better.
+    pub excess_bad: f64,
     /// When data started missing (for the canary, or for stable when comparing).
     pub missing_since: Option<Time>,
     /// When the last reading with data arrived.
@@ -189,6 +199,16 @@ fn increment(last: Option<Counts>, now: Counts) -> Counts {
         },
         _ => now,
     }
+}
+
+/// Is this tick's bad share significantly above `p0` (one-sided binomial test at 0.1%)?
+fn significantly_above(c: Counts, p0: f64) -> bool {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    if c.total == 0 || c.ratio() <= p0 {
+        return false;
+    }
+    // P(X ≥ bad) under Binomial(total, p0)
+    Binomial::new(p0, c.total).is_ok_and(|b| b.sf(c.bad.saturating_sub(1)) < 1e-3)
 }
 
 fn theta(r: f64, rho: f64) -> f64 {
@@ -292,6 +312,18 @@ pub fn observe(
 
     if let Some(ci) = canary_inc {
         s.canary.add(ci);
+        let shared_incident =
+            cfg.compare_with_stable && stable_inc.is_some_and(|si| significantly_above(si, cfg.max_bad));
+        if shared_incident {
+            s.shared_ticks += 1;
+        } else {
+            s.canary_judged.add(ci);
+        }
+        match stable_inc {
+            Some(si) if si.total > 0 => s.excess_bad += ci.bad as f64 - ci.total as f64 * si.ratio(),
+            // no stable traffic to compare with this tick: count against the target
+            _ => s.excess_bad += ci.bad as f64 - ci.total as f64 * cfg.max_bad,
+        }
     }
     if let Some(si) = stable_inc {
         s.stable.add(si);
@@ -324,11 +356,11 @@ pub fn observe(
     let safe_threshold = cfg.safety_threshold();
     let e_rel_reg = log_mean_exp(s.log_rel_regression.iter().copied()).exp();
     let e_rel_safe = log_mean_exp(s.log_rel_safety.iter().copied()).exp();
-    let e_abs_reg = log_binomial_mixture(s.canary, cfg.max_bad, &ABS_REGRESSION_MULTIPLES).exp();
-    let e_abs_safe = log_binomial_mixture(s.canary, cfg.max_bad, &ABS_SAFETY_MULTIPLES).exp();
+    let e_abs_reg = log_binomial_mixture(s.canary_judged, cfg.max_bad, &ABS_REGRESSION_MULTIPLES).exp();
+    let e_abs_safe = log_binomial_mixture(s.canary_judged, cfg.max_bad, &ABS_SAFETY_MULTIPLES).exp();
     let moot_bound = cfg.tolerance * cfg.max_bad;
     let e_moot = if moot_bound > 0.0 {
-        log_binomial_mixture(s.canary, moot_bound, &ABS_SAFETY_MULTIPLES).exp()
+        log_binomial_mixture(s.canary_judged, moot_bound, &ABS_SAFETY_MULTIPLES).exp()
     } else {
         0.0
     };
@@ -356,7 +388,7 @@ pub fn observe(
         }
     }
 
-    let canary_upper = upper_bound(s.canary, cfg.alpha_safe / cfg.safety_tests());
+    let canary_upper = upper_bound(s.canary_judged, cfg.alpha_safe / cfg.safety_tests());
     let verdict = if s.regressed.is_some() {
         Verdict::Regressed
     } else if s.safe_absolute.is_some() && s.safe_relative.is_some() {
@@ -372,7 +404,7 @@ pub fn observe(
     };
 
     let regression_e = if cfg.compare_with_stable {
-        e_rel_reg.max(e_abs_reg)
+        e_rel_reg
     } else {
         e_abs_reg
     };
@@ -405,7 +437,9 @@ pub fn observe(
 
 /// An e-value for people: plain when small, scientific when huge.
 fn e(v: f64) -> String {
-    if v >= 1e4 {
+    if !v.is_finite() {
+        "> 1e308".into()
+    } else if v >= 1e4 {
         format!("{v:.1e}")
     } else if v >= 10.0 {
         format!("{v:.0}")
@@ -431,8 +465,16 @@ fn explain(
     safe_e: f64,
     safe_t: f64,
 ) -> String {
+    let shared = if s.shared_ticks > 0 {
+        format!(
+            " ({} tick(s) of a shared incident left out of the target test)",
+            s.shared_ticks
+        )
+    } else {
+        String::new()
+    };
     let counts = if cfg.compare_with_stable {
-        format!("canary {} vs stable {}", pct(s.canary), pct(s.stable))
+        format!("canary {} vs stable {}{shared}", pct(s.canary), pct(s.stable))
     } else {
         format!(
             "canary {} against target {:.3}%",
@@ -575,6 +617,19 @@ mod tests {
     }
 
     #[test]
+    fn the_excess_is_counted_tick_by_tick_not_from_cumulative_shares() {
+        // a burst hits both arms while the canary's share grows: per tick the canary is exactly
+        // as bad as stable, though its cumulative share ends up higher
+        let readings = vec![
+            (Some((1, 100)), Some((10, 1000))),    // 1% both, canary 9%
+            (Some((101, 600)), Some((210, 2000))), // burst: 20% both, canary 33%
+        ];
+        let (state, _) = run(&readings, &cfg());
+        assert!(state.excess_bad.abs() < 1e-9, "{}", state.excess_bad);
+        assert!(state.canary.ratio() > state.stable.ratio());
+    }
+
+    #[test]
     fn a_counter_reset_is_a_reset_not_a_negative_increment() {
         let readings = vec![
             (Some((0, 0)), Some((0, 0))),
@@ -610,7 +665,12 @@ mod tests {
             .collect();
         let (_, j) = run(&readings, &cfg());
         assert_ne!(j.verdict, Verdict::Regressed, "{}", j.evidence.explanation);
-        assert_ne!(j.verdict, Verdict::Safe, "above target: never promoted");
+        assert_ne!(j.verdict, Verdict::Safe, "during the burst: not promoted");
+        assert!(
+            j.evidence.explanation.contains("shared incident"),
+            "{}",
+            j.evidence.explanation
+        );
         // without the comparison, the target decides
         let absolute = JudgeConfig {
             compare_with_stable: false,

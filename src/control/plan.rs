@@ -261,6 +261,7 @@ fn transition(ctx: &EnvCtx, out: &mut Out, rollout: &mut Rollout, to: Phase, cau
         release: rollout.release.clone(),
         from: Some(rollout.phase.name().to_owned()),
         to: to.name().to_owned(),
+        weight: to.weight(),
         cause,
         at: ctx.now,
     });
@@ -338,6 +339,7 @@ fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvStat
                 release: c.clone(),
                 from: None,
                 to: phase.name().to_owned(),
+                weight: Weight(0),
                 cause: Cause::Candidate,
                 at: ctx.now,
             });
@@ -672,14 +674,13 @@ fn step_canary(
     let verdicts = judge_all(ctx, r, out);
     out.wake(now.plus(ctx.interval()));
 
-    // blast radius: bad canary requests beyond stable's rate, worst objective
-    r.excess_bad = verdicts
+    // blast radius: bad canary requests beyond stable's, worst objective (counted per tick)
+    r.excess_bad = ctx
+        .env
+        .objectives
         .iter()
-        .map(|(_, j, _)| {
-            let (c, s) = (j.evidence.canary, j.evidence.stable);
-            let base = if s.total > 0 { s.ratio() } else { 0.0 };
-            (c.bad as f64 - c.total as f64 * base).max(0.0)
-        })
+        .filter_map(|o| r.judges.get(&o.name))
+        .map(|j| j.excess_bad.max(0.0))
         .fold(0.0, f64::max);
 
     if let Some(actor) = &ctx.ov.pause {

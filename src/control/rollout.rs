@@ -246,6 +246,8 @@ pub struct Transition {
     /// The phase left (`None` for a new rollout).
     pub from: Option<String>,
     pub to: String,
+    /// The canary's weight after the transition.
+    pub weight: Weight,
     pub cause: Cause,
     pub at: Time,
 }

@@ -289,7 +289,10 @@ fn sample(world: &World, plan: &Plan, t: Time, samples: &mut Vec<Sample>) {
     for env in &world.environments {
         let st = &plan.state.environments[env];
         let rollout = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
-        let weight = world.routes.get(env).map_or(Weight(0), |r| r.2);
+        let weight = match rollout {
+            Some(_) => world.routes.get(env).map_or(Weight(0), |r| r.2),
+            None => Weight(0),
+        };
         let rates = plan
             .evidence
             .iter()
@@ -367,7 +370,7 @@ fn expectations(scenario: &Scenario, outcomes: &[Outcome], start: Time) -> Vec<C
         };
         let bad = o.map_or(0, |o| o.served.bad);
         let blast_ok = e.max_blast_radius.is_none_or(|m| bad <= m);
-        let mut detail = format!("{phase}");
+        let mut detail = phase.to_string();
         if let Some(t) = took {
             detail.push_str(&format!(
                 " after {}",

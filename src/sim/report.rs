@@ -34,7 +34,15 @@ fn short_cause(c: &crate::control::rollout::Cause) -> String {
     }
 }
 
-/// The timeline for the terminal.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+/// The timeline for the terminal (the JSON record has every explanation in full).
 pub fn timeline(r: &SimResult) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -45,6 +53,11 @@ pub fn timeline(r: &SimResult) -> String {
     let _ = writeln!(out);
     for t in &r.transitions {
         let from = t.from.as_deref().unwrap_or("·");
+        let to = if t.to == "canary" || t.to == "paused" {
+            format!("{} {}%", t.to, t.weight.0)
+        } else {
+            t.to.clone()
+        };
         let _ = writeln!(
             out,
             "  {}  {:<8} {:<10} {:>12} → {:<13} {}",
@@ -52,8 +65,8 @@ pub fn timeline(r: &SimResult) -> String {
             t.environment,
             t.release,
             from,
-            t.to,
-            short_cause(&t.cause)
+            to,
+            clip(&short_cause(&t.cause), 150)
         );
     }
     if !r.notes.is_empty() {
@@ -96,6 +109,9 @@ pub fn timeline(r: &SimResult) -> String {
 pub fn json(r: &SimResult) -> String {
     serde_json::to_string_pretty(r).expect("a result serializes")
 }
+
+/// (objective, canary share, stable share)
+type Rate = (String, Option<f64>, Option<f64>);
 
 const PALETTE: [RGBColor; 4] = [
     RGBColor(214, 39, 40),
@@ -190,7 +206,7 @@ pub fn svg(r: &SimResult) -> String {
                     .draw();
                 for (k, objective) in r.objectives.iter().enumerate() {
                     let color = PALETTE[k % PALETTE.len()];
-                    let series = |pick: fn(&(String, Option<f64>, Option<f64>)) -> Option<f64>| {
+                    let series = |pick: fn(&Rate) -> Option<f64>| {
                         samples
                             .iter()
                             .filter_map(|s| {

@@ -344,7 +344,13 @@ impl World {
                 c.stable.total += nb;
                 c.stable.bad += bb;
             }
-            if nc > 0 && weight.0 > 0 {
+            let canary_rollout_active = self
+                .state
+                .environments
+                .get(&env)
+                .and_then(|e| e.rollout.as_ref())
+                .is_some_and(|r| r.release == canary && !r.phase.is_finished());
+            if nc > 0 && weight.0 > 0 && canary_rollout_active {
                 let (bad, pb) = canary_errors.unwrap_or((0, pe_b));
                 let s = self.served.entry((env.clone(), canary.clone())).or_default();
                 s.requests += nc;
@@ -513,18 +519,10 @@ impl Ports for World {
         canary: &str,
         canary_weight: Weight,
     ) -> Result<(), PortError> {
-        if canary_weight == Weight::MAX {
-            // promotion: the canary serves everything and becomes the route's stable
-            self.routes.insert(
-                environment.to_owned(),
-                (Some(canary.to_owned()), canary.to_owned(), Weight(0)),
-            );
-        } else {
-            self.routes.insert(
-                environment.to_owned(),
-                (stable.map(str::to_owned), canary.to_owned(), canary_weight),
-            );
-        }
+        self.routes.insert(
+            environment.to_owned(),
+            (stable.map(str::to_owned), canary.to_owned(), canary_weight),
+        );
         Ok(())
     }
 

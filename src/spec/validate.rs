@@ -408,6 +408,17 @@ fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
                         Some("steps are between 1 and 100".into()),
                     );
                 }
+                if w.0 == 100 {
+                    c.error(
+                        file,
+                        &p!["ramp", "steps", j],
+                        "a step of 100% leaves no stable traffic to compare the canary with".into(),
+                        Some(
+                            "end the ramp below 100 (e.g. 50): after the last step the canary is promoted"
+                                .into(),
+                        ),
+                    );
+                }
                 if j > 0 && steps[j - 1] >= *w {
                     c.error(
                         file,
@@ -425,6 +436,14 @@ fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
                     &p!["ramp", "adaptive", "start"],
                     "the first weight must be at least 1".into(),
                     None,
+                );
+            }
+            if a.max.0 == 100 {
+                c.error(
+                    file,
+                    &p!["ramp", "adaptive", "max"],
+                    "a weight of 100% leaves no stable traffic to compare the canary with".into(),
+                    Some("use a maximum below 100 (e.g. 50): after it the canary is promoted".into()),
                 );
             }
             if a.start > a.max {
