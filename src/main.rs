@@ -142,24 +142,11 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
             wall,
             result.requests as f64 / wall.max(1e-9)
         );
-        if let Some(dir) = out {
-            if let Err(e) = std::fs::create_dir_all(dir)
-                .and_then(|_| {
-                    std::fs::write(
-                        dir.join(format!("{}.json", result.scenario)),
-                        sim::report::json(&result),
-                    )
-                })
-                .and_then(|_| {
-                    std::fs::write(
-                        dir.join(format!("{}.svg", result.scenario)),
-                        sim::report::svg(&result),
-                    )
-                })
-            {
-                eprintln!("error: writing to {}: {e}", dir.display());
-                return ExitCode::from(2);
-            }
+        if let Some(dir) = out
+            && let Err(e) = write_outputs(dir, &result)
+        {
+            eprintln!("error: writing to {}: {e}", dir.display());
+            return ExitCode::from(2);
         }
         failed |= !result.passed();
     }
@@ -168,4 +155,14 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn write_outputs(dir: &std::path::Path, result: &autopilot::sim::SimResult) -> std::io::Result<()> {
+    use autopilot::sim::report;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(format!("{}.json", result.scenario)),
+        report::json(result),
+    )?;
+    std::fs::write(dir.join(format!("{}.svg", result.scenario)), report::svg(result))
 }
