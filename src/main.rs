@@ -36,10 +36,30 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Benchmarks that print figures (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// Print the JSON Schema of a file kind (for editors and CI).
     Schema {
         #[arg(value_enum)]
         kind: SchemaKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Canary judgement: scenarios S0–S8, our judge against Flagger-, Argo- and Kayenta-style
+    /// judges and a naive repeated test, next to the information floor. Writes detection.md,
+    /// detection.csv and detection.svg.
+    Detection {
+        /// A small run (a few percent of the documented runs) for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the files.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
     },
 }
 
@@ -99,6 +119,9 @@ fn main() -> ExitCode {
             out,
             quiet,
         } => simulate(&scenarios, out.as_deref(), quiet),
+        Command::Bench {
+            which: Bench::Detection { quick, out },
+        } => bench_detection(quick, &out),
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
@@ -165,4 +188,35 @@ fn write_outputs(dir: &std::path::Path, result: &autopilot::sim::SimResult) -> s
         report::json(result),
     )?;
     std::fs::write(dir.join(format!("{}.svg", result.scenario)), report::svg(result))
+}
+
+fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {
+    use autopilot::sim::bench;
+    let started = std::time::Instant::now();
+    let rows = bench::run(if quick { 0.04 } else { 1.0 });
+    let wall = started.elapsed().as_secs_f64();
+    let mut md = bench::markdown(&rows);
+    md.push_str(&format!(
+        "\nWall time: {wall:.1} s ({}).\n",
+        if quick {
+            "--quick: 4% of the documented runs"
+        } else {
+            "full size"
+        }
+    ));
+    println!("{md}");
+    let written = std::fs::create_dir_all(out)
+        .and_then(|_| std::fs::write(out.join("detection.md"), &md))
+        .and_then(|_| std::fs::write(out.join("detection.csv"), bench::csv(&rows)))
+        .and_then(|_| std::fs::write(out.join("detection.svg"), bench::svg(&rows)));
+    match written {
+        Ok(()) => {
+            eprintln!("wrote {}/detection.{{md,csv,svg}} in {wall:.1} s", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing to {}: {e}", out.display());
+            ExitCode::from(2)
+        }
+    }
 }
