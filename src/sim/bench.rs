@@ -138,9 +138,26 @@ impl Scenario {
     pub fn floor(&self) -> f64 {
         let (p0, p1) = self.bad_shares();
         if self.healthy() {
-            floor_requests(p0, 2.0 * p0, 0.05, 0.05)
-        } else {
-            floor_requests(p0, p1, 0.05, 0.05)
+            // promoting: the truth is p0, the alternative to rule out a doubling
+            return floor_requests(2.0 * p0, p0, 0.05, 0.05);
+        }
+        match self.metric {
+            Metric::Errors => floor_requests(p0, p1, 0.05, 0.05),
+            Metric::Latency => {
+                // the whole latency distribution, in closed form for the lognormal: a scale
+                // shift by s moves ln L by a = ln s / σ
+                let kl_target = judge::kl_bernoulli(0.95, 0.05);
+                let a = self.latency_scale.ln() / 0.5;
+                let kl = if self.tail_only {
+                    let normal = Normal::new(0.0, 1.0).expect("standard normal");
+                    let z95 = normal.inverse_cdf(0.95);
+                    let phi = (-z95 * z95 / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                    a * phi + a * a * 0.05 / 2.0
+                } else {
+                    a * a / 2.0
+                };
+                kl_target / kl
+            }
         }
     }
 }
@@ -1039,17 +1056,18 @@ pub fn svg(rows: &[Row]) -> String {
                 .map(value)
                 .filter(|v| v.is_finite())
                 .fold(1.0, f64::max);
+            // headroom above the bars for the legend
             let y_top = if log {
-                max.log10().ceil().max(1.0)
+                max.log10().ceil().max(1.0) + 1.5
             } else {
-                (max * 1.1).max(0.05)
+                (max * 1.7).max(0.05)
             };
             let Ok(mut chart) = ChartBuilder::on(area)
                 .caption(title, ("sans-serif", 16))
                 .margin(10)
                 .x_label_area_size(30)
                 .y_label_area_size(50)
-                .build_cartesian_2d(0.0..scenarios.len() as f64, 0.0..y_top)
+                .build_cartesian_2d(-0.5..scenarios.len() as f64 - 0.5, 0.0..y_top)
             else {
                 return;
             };
@@ -1057,7 +1075,13 @@ pub fn svg(rows: &[Row]) -> String {
             let _ = chart
                 .configure_mesh()
                 .x_labels(scenarios.len())
-                .x_label_formatter(&|x| labels.get(*x as usize).map_or(String::new(), |s| s.to_string()))
+                .x_label_formatter(&|x| {
+                    let k = x.round();
+                    if (x - k).abs() > 1e-6 || k < 0.0 {
+                        return String::new();
+                    }
+                    labels.get(k as usize).map_or(String::new(), |s| s.to_string())
+                })
                 .y_label_formatter(&|y| {
                     if log {
                         format!("{:.0}", 10f64.powf(*y))
@@ -1076,7 +1100,7 @@ pub fn svg(rows: &[Row]) -> String {
                         return None;
                     }
                     let h = if log { v.max(1.0).log10() } else { v };
-                    let x0 = k as f64 + 0.1 + w * i as f64;
+                    let x0 = k as f64 - 0.4 + w * i as f64;
                     Some(Rectangle::new([(x0, 0.0), (x0 + w, h)], colors(i).filled()))
                 });
                 if let Ok(a) = chart.draw_series(bars) {
@@ -1095,7 +1119,7 @@ pub fn svg(rows: &[Row]) -> String {
         groups(
             &bad,
             &top,
-            "bad canaries: mean canary requests to rollback / floor (log scale; missing bar = never detected)",
+            "bad canaries: mean canary requests to rollback / floor (log scale; no bar: never detected, or below 1x with false alarms)",
             &|r: &Row| r.efficiency,
             true,
         );
