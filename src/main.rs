@@ -134,7 +134,7 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
     let mut failed = false;
     for path in scenarios {
         let started = std::time::Instant::now();
-        let result = sim::load(path).and_then(|(scenario, catalog)| sim::run(&scenario, &catalog));
+        let result = sim::run_file(path);
         let result = match result {
             Ok(r) => r,
             Err(e) => {

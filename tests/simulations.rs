@@ -26,9 +26,9 @@ fn every_checked_in_scenario_meets_its_expectations() {
     assert!(all.len() >= 8, "at least eight scenarios, found {}", all.len());
     let mut failures = Vec::new();
     for path in &all {
-        let (scenario, catalog) = sim::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (scenario, _) = sim::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!scenario.expect.is_empty(), "{} expects nothing", path.display());
-        let result = sim::run(&scenario, &catalog).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let result = sim::run_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for c in result.checks.iter().filter(|c| !c.passed) {
             failures.push(format!("{}: {} — {}", scenario.name, c.expectation, c.detail));
         }

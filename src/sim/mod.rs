@@ -6,6 +6,7 @@
 //! file and seed give byte-identical output.
 
 pub mod bench;
+pub mod replay;
 pub mod report;
 pub mod world;
 
@@ -94,6 +95,12 @@ impl SimResult {
 
 /// Loads a scenario file and the specs it names (relative to it).
 pub fn load(path: &Path) -> Result<(Scenario, Catalog), SimError> {
+    let (scenario, catalog, _) = load_with_base(path)?;
+    Ok((scenario, catalog))
+}
+
+/// Loads a scenario, its specs, and the folder its relative paths start from.
+pub fn load_with_base(path: &Path) -> Result<(Scenario, Catalog, PathBuf), SimError> {
     let render = |e: LoadError| match e {
         LoadError::Invalid(r) => r.render_text(),
         LoadError::Usage(u) => u.to_string(),
@@ -113,7 +120,7 @@ pub fn load(path: &Path) -> Result<(Scenario, Catalog), SimError> {
             specs,
         });
     }
-    Ok((scenario, catalog))
+    Ok((scenario, catalog, base.to_path_buf()))
 }
 
 /// What each of the service's objectives counts in the simulated world.
@@ -215,8 +222,19 @@ pub fn check_invariants(tick: &driver::Tick) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs a scenario.
+/// Runs a scenario whose recordings (if any) are found relative to `base`.
+pub fn run_file(path: &Path) -> Result<SimResult, SimError> {
+    let (scenario, catalog, base) = load_with_base(path)?;
+    run_in(&scenario, &catalog, &base)
+}
+
+/// Runs a scenario (recordings, if any, relative to the current folder).
 pub fn run(scenario: &Scenario, catalog: &Catalog) -> Result<SimResult, SimError> {
+    run_in(scenario, catalog, Path::new("."))
+}
+
+/// Runs a scenario; recordings are found relative to `base`.
+pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<SimResult, SimError> {
     let spec = PlanSpec::resolve(catalog, &scenario.service).ok_or_else(|| SimError::UnknownService {
         service: scenario.service.clone(),
         specs: Vec::new(),
@@ -231,6 +249,22 @@ pub fn run(scenario: &Scenario, catalog: &Catalog) -> Result<SimResult, SimError
     let signals = signals(catalog, &scenario.service);
     let objectives: Vec<String> = signals.iter().map(|(o, _)| o.clone()).collect();
     let mut world = World::new(scenario, &spec, signals, start);
+    if let Some(replay) = &scenario.replay {
+        if !spec.environments.iter().any(|e| e.name == replay.environment) {
+            return Err(SimError::UnknownEnvironment(replay.environment.clone()));
+        }
+        for objective in replay.objectives.keys() {
+            if !world.signals.iter().any(|(o, _)| o == objective) {
+                return Err(SimError::Specs(format!(
+                    "replay: `{objective}` is not an objective of `{}`",
+                    scenario.service
+                )));
+            }
+        }
+        let rec =
+            replay::Recordings::load(replay, base, start).map_err(|e| SimError::Specs(e.to_string()))?;
+        world.recordings = Some(rec);
+    }
     let mut result = SimResult {
         scenario: scenario.name.clone(),
         seed: scenario.seed,

@@ -86,6 +86,10 @@ pub struct World {
     resets_done: BTreeSet<usize>,
     /// Every plan recorded, in order.
     pub records: Vec<Plan>,
+    /// Recorded sensor data replacing the model for one environment.
+    pub recordings: Option<super::replay::Recordings>,
+    /// Per objective: the rollout and the recorded counters when it started.
+    replay_baseline: BTreeMap<String, (String, Reading)>,
 }
 
 fn release_id(name: &str) -> Release {
@@ -173,6 +177,8 @@ impl World {
             served: BTreeMap::new(),
             resets_done: BTreeSet::new(),
             records: Vec::new(),
+            recordings: None,
+            replay_baseline: BTreeMap::new(),
         }
     }
 
@@ -350,7 +356,8 @@ impl World {
                 .get(&env)
                 .and_then(|e| e.rollout.as_ref())
                 .is_some_and(|r| r.release == canary && !r.phase.is_finished());
-            if nc > 0 && weight.0 > 0 && canary_rollout_active {
+            let replayed = self.recordings.as_ref().is_some_and(|r| r.environment == env);
+            if nc > 0 && weight.0 > 0 && canary_rollout_active && !replayed {
                 let (bad, pb) = canary_errors.unwrap_or((0, pe_b));
                 let s = self.served.entry((env.clone(), canary.clone())).or_default();
                 s.requests += nc;
@@ -415,6 +422,25 @@ impl World {
     }
 }
 
+/// Counters since the rollout started, from raw recorded counters: a counter that went below
+/// its baseline was reset, and counts from zero again.
+fn since_baseline(base: &mut Reading, raw: Reading, (canary_blind, stable_blind): (bool, bool)) -> Reading {
+    let arm = |base: &mut Option<Counts>, now: Option<Counts>| {
+        let now = now?;
+        let b = base.get_or_insert(now);
+        if now.bad < b.bad || now.total < b.total {
+            *b = Counts::default();
+        }
+        Some(Counts::new(now.bad - b.bad, now.total - b.total))
+    };
+    let canary = arm(&mut base.canary, raw.canary);
+    let stable = arm(&mut base.stable, raw.stable);
+    Reading {
+        canary: canary.filter(|_| !canary_blind),
+        stable: stable.filter(|_| !stable_blind),
+    }
+}
+
 impl Ports for World {
     fn load(&mut self, _service: &str) -> Result<(ServiceState, Overrides), PortError> {
         Ok((self.state.clone(), self.overrides.clone()))
@@ -423,8 +449,8 @@ impl Ports for World {
     fn read_sensors(
         &mut self,
         spec: &PlanSpec,
-        _state: &ServiceState,
-        _now: Time,
+        state: &ServiceState,
+        now: Time,
     ) -> BTreeMap<(String, String), Reading> {
         let (canary_blind, stable_blind) = (self.sensor_blind(Arm::Canary), self.sensor_blind(Arm::Stable));
         let mut out = BTreeMap::new();
@@ -442,6 +468,55 @@ impl Ports for World {
                         stable: (!stable_blind).then(|| sub(c.stable, c.stable_offset)),
                     },
                 );
+            }
+        }
+        if let Some(rec) = &self.recordings {
+            let env = rec.environment.clone();
+            let rollout = state
+                .environments
+                .get(&env)
+                .and_then(|e| e.rollout.as_ref())
+                .map(|r| r.release.clone())
+                .unwrap_or_default();
+            for objective in rec.series.keys().cloned().collect::<Vec<_>>() {
+                let Some(raw) = rec.raw(&objective, now) else {
+                    continue;
+                };
+                let base = self
+                    .replay_baseline
+                    .entry(objective.clone())
+                    .or_insert_with(|| (rollout.clone(), raw));
+                if base.0 != rollout {
+                    *base = (rollout.clone(), raw);
+                }
+                let blind = (canary_blind, stable_blind);
+                let reading = since_baseline(&mut base.1, raw, blind);
+                // what the recording says the canary served (errors objectives)
+                let errors = self
+                    .signals
+                    .iter()
+                    .find(|(_, sig)| *sig == Signal::Errors)
+                    .map(|(o, _)| o.clone());
+                let active = state
+                    .environments
+                    .get(&env)
+                    .and_then(|e| e.rollout.as_ref())
+                    .is_some_and(|r| !r.phase.is_finished());
+                if errors.as_deref() == Some(objective.as_str())
+                    && active
+                    && let (Some(c), Some(st)) = (reading.canary, reading.stable)
+                {
+                    let share = if st.total > 0 { st.ratio() } else { 0.0 };
+                    self.served.insert(
+                        (env.clone(), rollout.clone()),
+                        Served {
+                            requests: c.total,
+                            bad: c.bad,
+                            stable_would_fail: c.total as f64 * share,
+                        },
+                    );
+                }
+                out.insert((env.clone(), objective), reading);
             }
         }
         out
@@ -549,5 +624,36 @@ impl Ports for World {
         self.state = plan.state.clone();
         self.records.push(plan.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_counters_count_from_the_rollout_and_survive_a_reset() {
+        let r = |c: (u64, u64), s: (u64, u64)| Reading {
+            canary: Some(Counts::new(c.0, c.1)),
+            stable: Some(Counts::new(s.0, s.1)),
+        };
+        let mut base = Reading::default();
+        // the first reading is the baseline: raw counters count from process start
+        assert_eq!(
+            since_baseline(&mut base, r((5, 1000), (50, 90_000)), (false, false)),
+            r((0, 0), (0, 0))
+        );
+        assert_eq!(
+            since_baseline(&mut base, r((7, 1500), (52, 91_000)), (false, false)),
+            r((2, 500), (2, 1000))
+        );
+        // the canary restarted: its counter fell below the baseline, and counts from zero
+        assert_eq!(
+            since_baseline(&mut base, r((1, 100), (53, 92_000)), (false, false)),
+            r((1, 100), (3, 2000))
+        );
+        // a blind arm is missing, not zero
+        let blind = since_baseline(&mut base, r((2, 200), (54, 93_000)), (true, false));
+        assert_eq!(blind.canary, None);
     }
 }

@@ -93,8 +93,9 @@ pub struct Analysis {
     /// Between 0% and 50%.
     #[serde(default = "default_false_promotion_rate")]
     pub false_promotion_rate: Percent,
-    /// How much worse than stable a canary may be, relative (`10%`: up to 1.1 times stable's
-    /// bad share), unless an objective sets its own.
+    /// How much worse than stable a canary may be, unless an objective sets its own: relative
+    /// to stable (`50%`: up to 1.5 times stable's bad share) or as a share of the objective's
+    /// target, whichever is larger.
     pub tolerance: Percent,
     /// The least evidence before a canary may be promoted, however good it looks.
     #[serde(default)]

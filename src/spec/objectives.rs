@@ -204,8 +204,9 @@ pub struct Objective {
     /// is worse than stable's by more than the tolerance is a regression even within target.
     #[serde(default = "yes")]
     pub compare_with_stable: bool,
-    /// How much worse than stable the canary may be, relative (`10%`: up to 1.1 times
-    /// stable's bad share). Defaults to the controller's `analysis.tolerance`.
+    /// How much worse than stable the canary may be: relative to stable (`50%`: up to 1.5 times
+    /// stable's bad share) or as a share of the target (`50%` of a `< 0.5%` target: 0.25%),
+    /// whichever is larger. Defaults to the controller's `analysis.tolerance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<Percent>,
     /// What a gap in this objective's data means, overriding the sensor's and the controller's.

@@ -52,6 +52,9 @@ pub struct Scenario {
     /// What operators do, and when.
     #[serde(default, deserialize_with = "recover_vec")]
     pub operators: Vec<OperatorAction>,
+    /// Sensor data recorded from Prometheus, replayed instead of the traffic model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
     /// What must come out; `autopilot simulate` exits non-zero when any fails.
     #[serde(default, deserialize_with = "recover_vec")]
     pub expect: Vec<Expectation>,
@@ -269,6 +272,38 @@ pub enum OperatorKind {
 pub struct ApproveAction {
     pub release: String,
     pub groups: Vec<String>,
+}
+
+/// Recorded sensor data: exports of Prometheus range queries (the JSON that
+/// `/api/v1/query_range` returns), one per counter, for the canary and stable of one
+/// environment. Counters may be raw (they count from process start; resets are handled) or
+/// already `increase()`d.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Replay {
+    /// The environment whose canary the recording shows.
+    pub environment: String,
+    /// When the recording's first sample falls, from the simulation's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Duration>,
+    /// Per objective (by name), the recorded counters.
+    pub objectives: BTreeMap<String, RecordedObjective>,
+}
+
+/// The four counters of one objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordedObjective {
+    pub canary: RecordedArm,
+    pub stable: RecordedArm,
+}
+
+/// Files (relative to the scenario) holding the bad and total counters of one arm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordedArm {
+    pub bad: String,
+    pub total: String,
 }
 
 /// What must come out.
