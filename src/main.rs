@@ -161,9 +161,9 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
             "{}: {} ticks, {} simulated requests judged in {:.2} s ({:.0} per second)",
             result.scenario,
             result.ticks,
-            result.requests,
+            result.generated,
             wall,
-            result.requests as f64 / wall.max(1e-9)
+            result.generated as f64 / wall.max(1e-9)
         );
         if let Some(dir) = out
             && let Err(e) = write_outputs(dir, &result)
@@ -193,16 +193,24 @@ fn write_outputs(dir: &std::path::Path, result: &autopilot::sim::SimResult) -> s
 fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {
     use autopilot::sim::bench;
     let started = std::time::Instant::now();
-    let rows = bench::run(if quick { 0.04 } else { 1.0 });
+    let scale = if quick { 0.04 } else { 1.0 };
+    let rows = bench::run(scale);
     let wall = started.elapsed().as_secs_f64();
+    let events: f64 = bench::scenarios(scale)
+        .iter()
+        .map(|s| s.runs as f64 * s.rate * s.limit_secs as f64)
+        .sum::<f64>()
+        * bench::detectors().len() as f64;
+    let size = if quick {
+        "--quick: 4% of the documented runs"
+    } else {
+        "full size"
+    };
     let mut md = bench::markdown(&rows);
     md.push_str(&format!(
-        "\nWall time: {wall:.1} s ({}).\n",
-        if quick {
-            "--quick: 4% of the documented runs"
-        } else {
-            "full size"
-        }
+        "\nWall time: {wall:.1} s ({size}); {:.0} simulated request-events judged per wall second ({:.2e} in all).\n",
+        events / wall,
+        events
     ));
     println!("{md}");
     let written = std::fs::create_dir_all(out)

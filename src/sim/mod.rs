@@ -83,8 +83,10 @@ pub struct SimResult {
     pub outcomes: Vec<Outcome>,
     pub checks: Vec<Check>,
     pub ticks: u64,
-    /// Simulated requests served (all environments).
+    /// Requests served as canary (all environments).
     pub requests: u64,
+    /// Requests simulated in all environments, each judged through the sensors.
+    pub generated: u64,
 }
 
 impl SimResult {
@@ -279,6 +281,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         checks: Vec::new(),
         ticks: 0,
         requests: 0,
+        generated: 0,
     };
     let mut operators: Vec<_> = scenario.operators.iter().collect();
     operators.sort_by_key(|o| o.at);
@@ -315,6 +318,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         t = next;
     }
     result.requests = world.served.values().map(|s| s.requests).sum::<u64>();
+    result.generated = world.generated;
     result.outcomes = outcomes(scenario, &world, &result.transitions, start);
     result.checks = expectations(scenario, &result.outcomes, start);
     Ok(result)

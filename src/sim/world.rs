@@ -86,6 +86,8 @@ pub struct World {
     resets_done: BTreeSet<usize>,
     /// Every plan recorded, in order.
     pub records: Vec<Plan>,
+    /// Requests generated in every environment (the simulator's work).
+    pub generated: u64,
     /// Recorded sensor data replacing the model for one environment.
     pub recordings: Option<super::replay::Recordings>,
     /// Per objective: the rollout and the recorded counters when it started.
@@ -177,6 +179,7 @@ impl World {
             served: BTreeMap::new(),
             resets_done: BTreeSet::new(),
             records: Vec::new(),
+            generated: 0,
             recordings: None,
             replay_baseline: BTreeMap::new(),
         }
@@ -314,6 +317,7 @@ impl World {
             } else {
                 0
             };
+            self.generated += n;
             let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
             let nb = n - nc;
             let stable_name = stable.clone().unwrap_or_else(|| canary.clone());
