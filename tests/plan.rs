@@ -296,6 +296,17 @@ impl World {
         self.plans.iter().flat_map(|p| &p.transitions).collect()
     }
 
+    /// An approval for prod from an sre.
+    fn approve(&mut self, release: &str) {
+        self.overrides.approvals.push(Approval {
+            release: release.into(),
+            environment: "prod".into(),
+            by: "sam".into(),
+            groups: vec!["sre".into()],
+            at: self.now,
+        });
+    }
+
     fn ov(&mut self, env: &str) -> &mut EnvOverrides {
         self.overrides.environments.entry(env.to_owned()).or_default()
     }
@@ -308,96 +319,15 @@ fn actor() -> Actor {
     }
 }
 
-/// The invariants that must hold after every plan.
+/// The invariants that must hold after every plan: the simulator's checker.
 fn check_invariants(observed: &Observed, p: &Plan) {
-    for a in &p.actions {
-        if let Action::SetWeights { canary_weight, .. } = a {
-            assert!(canary_weight.0 <= 100, "weight {canary_weight:?}");
-        }
-    }
-    for t in &p.transitions {
-        if t.to == "promoting" && !matches!(t.cause, Cause::Operator { .. }) {
-            let regressed = p.evidence.iter().any(|e| {
-                e.environment == t.environment
-                    && e.release == t.release
-                    && e.judgement.verdict == Verdict::Regressed
-            });
-            assert!(!regressed, "promoted while regressed: {t:?}");
-            let missing = p
-                .evidence
-                .iter()
-                .any(|e| e.environment == t.environment && matches!(e.judgement.verdict, Verdict::NotYet(_)));
-            assert!(
-                !missing || matches!(t.cause, Cause::FirstRelease),
-                "promoted without evidence: {t:?}"
-            );
-        }
-    }
-    // the canary's weight never decreases but by rollback or an operator
-    for (env, before) in &observed.state.environments {
-        let (Some(b), Some(a)) = (&before.rollout, p.state.environments[env].rollout.as_ref()) else {
-            continue;
-        };
-        if b.release == a.release
-            && let (Phase::Canary { weight: wb, .. }, Phase::Canary { weight: wa, .. }) = (&b.phase, &a.phase)
-        {
-            let by_operator = p
-                .transitions
-                .iter()
-                .any(|t| &t.environment == env && matches!(t.cause, Cause::Operator { .. }));
-            assert!(wa >= wb || by_operator, "weight went down {wb:?} -> {wa:?}");
-        }
-    }
-    // on missing data nothing moves forward: no weight is raised, nothing promoted
-    for a in &p.actions {
-        if let Action::SetWeights {
-            environment,
-            canary_weight,
-            ..
-        } = a
-        {
-            let all_missing = observed
-                .readings
-                .iter()
-                .filter(|((e, _), _)| e == environment)
-                .all(|(_, r)| r.canary.is_none());
-            let before = observed
-                .state
-                .environments
-                .get(environment)
-                .and_then(|e| e.rollout.as_ref());
-            let raised = before
-                .is_some_and(|b| matches!(b.phase, Phase::Canary { weight, .. } if *canary_weight > weight));
-            let by_operator = p
-                .transitions
-                .iter()
-                .any(|t| &t.environment == environment && matches!(t.cause, Cause::Operator { .. }));
-            let has_readings = observed.readings.keys().any(|(e, _)| e == environment);
-            assert!(
-                !(has_readings && all_missing && raised && !by_operator),
-                "weight raised on missing data: {a:?}"
-            );
-        }
-    }
-    // every phase change is recorded
-    for (env, after) in &p.state.environments {
-        let before = observed
-            .state
-            .environments
-            .get(env)
-            .and_then(|e| e.rollout.as_ref());
-        if let Some(a) = &after.rollout {
-            let changed = before.is_none_or(|b| b.release != a.release || b.phase.name() != a.phase.name());
-            if changed {
-                assert!(
-                    p.transitions
-                        .iter()
-                        .any(|t| &t.environment == env && t.release == a.release && t.to == a.phase.name()),
-                    "unrecorded change in {env} to {}",
-                    a.phase.name()
-                );
-            }
-        }
+    let tick = autopilot::control::driver::Tick {
+        observed: observed.clone(),
+        plan: p.clone(),
+        failures: Vec::new(),
+    };
+    if let Err(e) = autopilot::sim::check_invariants(&tick) {
+        panic!("invariant violated: {e}");
     }
 }
 
@@ -406,13 +336,7 @@ fn a_healthy_release_walks_dev_staging_prod_as_the_same_digest() {
     let mut w = World::new(1);
     // the first release becomes stable everywhere without a canary (nothing to compare)
     w.push("c1");
-    w.overrides.approvals.push(Approval {
-        release: "r-c1".into(),
-        environment: "prod".into(),
-        by: "sam".into(),
-        groups: vec!["sre".into()],
-        at: w.now,
-    });
+    w.approve("r-c1");
     assert!(w.run_until(10, 500, |w| {
         w.state
             .environments
@@ -434,13 +358,7 @@ fn a_healthy_release_walks_dev_staging_prod_as_the_same_digest() {
         "{:?}",
         w.phase("prod")
     );
-    w.overrides.approvals.push(Approval {
-        release: "r-c2".into(),
-        environment: "prod".into(),
-        by: "sam".into(),
-        groups: vec!["sre".into()],
-        at: w.now,
-    });
+    w.approve("r-c2");
     assert!(w.run_until(10, 2000, |w| w.env("prod").stable.as_deref() == Some("r-c2")));
     // one build per commit: promotion never builds anew
     let builds = w
@@ -478,13 +396,7 @@ fn a_healthy_release_walks_dev_staging_prod_as_the_same_digest() {
 fn with_stable(seed: u64) -> World {
     let mut w = World::new(seed);
     w.push("c1");
-    w.overrides.approvals.push(Approval {
-        release: "r-c1".into(),
-        environment: "prod".into(),
-        by: "sam".into(),
-        groups: vec!["sre".into()],
-        at: w.now,
-    });
+    w.approve("r-c1");
     assert!(w.run_until(10, 500, |w| {
         w.state
             .environments

@@ -509,11 +509,11 @@ fn step_rollout(
                     out,
                     env,
                     r,
-                    ctl.rollback.on_deadline,
-                    "progress deadline passed while deploying".into(),
-                    Cause::Deadline,
-                    0,
-                    Weight(0),
+                    Stop {
+                        action: ctl.rollback.on_deadline,
+                        reason: "progress deadline passed while deploying".into(),
+                        cause: Cause::Deadline,
+                    },
                 );
             } else {
                 let _ = since;
@@ -706,11 +706,11 @@ fn step_canary(
             out,
             env,
             r,
-            ctl.rollback.on_regression,
-            reason,
-            cause,
-            step,
-            weight,
+            Stop {
+                action: ctl.rollback.on_regression,
+                reason,
+                cause,
+            },
         );
         return;
     }
@@ -728,11 +728,11 @@ fn step_canary(
             out,
             env,
             r,
-            ctl.rollback.on_regression,
-            reason,
-            cause,
-            step,
-            weight,
+            Stop {
+                action: ctl.rollback.on_regression,
+                reason,
+                cause,
+            },
         );
         return;
     }
@@ -748,7 +748,17 @@ fn step_canary(
                     since: missing,
                 };
                 let reason = format!("no data for {objective} since {missing}");
-                stop(ctx, out, env, r, md.then, reason, cause, step, weight);
+                stop(
+                    ctx,
+                    out,
+                    env,
+                    r,
+                    Stop {
+                        action: md.then,
+                        reason,
+                        cause,
+                    },
+                );
                 return;
             }
             out.wake(missing.plus(md.hold.0));
@@ -760,11 +770,11 @@ fn step_canary(
             out,
             env,
             r,
-            ctl.rollback.on_deadline,
-            "progress deadline passed".into(),
-            Cause::Deadline,
-            step,
-            weight,
+            Stop {
+                action: ctl.rollback.on_deadline,
+                reason: "progress deadline passed".into(),
+                cause: Cause::Deadline,
+            },
         );
         return;
     }
@@ -898,30 +908,31 @@ fn evidence_arms(verdicts: &[(String, judge::Judgement, MissingData)]) -> Vec<(f
         .collect()
 }
 
-/// Stops a rollout the way the policy says: roll back, or pause for an operator.
-#[allow(clippy::too_many_arguments)]
-fn stop(
-    ctx: &EnvCtx,
-    out: &mut Out,
-    env: &EnvState,
-    r: &mut Rollout,
+/// Why and how a rollout must stop.
+struct Stop {
     action: StopAction,
     reason: String,
     cause: Cause,
-    step: usize,
-    weight: Weight,
-) {
-    match action {
-        StopAction::Rollback => start_rollback(ctx, out, env, r, reason, cause),
+}
+
+/// Stops a rollout the way the policy says: roll back, or pause (at the current weight) for an
+/// operator.
+fn stop(ctx: &EnvCtx, out: &mut Out, env: &EnvState, r: &mut Rollout, how: Stop) {
+    match how.action {
+        StopAction::Rollback => start_rollback(ctx, out, env, r, how.reason, how.cause),
         StopAction::Pause => {
+            let step = match r.phase {
+                Phase::Canary { step, .. } | Phase::Paused { step, .. } => step,
+                _ => 0,
+            };
             let to = Phase::Paused {
                 step,
-                weight,
+                weight: r.phase.weight(),
                 since: ctx.now,
-                reason,
+                reason: how.reason,
                 by_operator: false,
             };
-            transition(ctx, out, r, to, cause);
+            transition(ctx, out, r, to, how.cause);
         }
     }
 }

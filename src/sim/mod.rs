@@ -174,51 +174,90 @@ fn apply_operator(world: &mut World, env: &str, by: &str, action: &OperatorKind,
     }
 }
 
-/// Checks the invariants of one tick.
+/// Checks the invariants of one tick: weights within 0..=100; nothing promoted by the
+/// controller while an objective is regressed or undecided; the canary's weight never lowered
+/// but by a rollback or an operator, and never raised on missing data; every phase change
+/// recorded. Used by the simulator after every tick and by the plan tests.
 pub fn check_invariants(tick: &driver::Tick) -> Result<(), String> {
-    let p = &tick.plan;
+    let (observed, p) = (&tick.observed, &tick.plan);
+    let by_operator = |env: &str| {
+        p.transitions
+            .iter()
+            .any(|t| t.environment == env && matches!(t.cause, Cause::Operator { .. }))
+    };
     for a in &p.actions {
-        if let Action::SetWeights { canary_weight, .. } = a
-            && canary_weight.0 > 100
+        if let Action::SetWeights {
+            environment,
+            canary_weight,
+            ..
+        } = a
         {
-            return Err(format!("weight {} out of range", canary_weight.0));
+            if canary_weight.0 > 100 {
+                return Err(format!("weight {} out of range", canary_weight.0));
+            }
+            let all_missing = observed
+                .readings
+                .iter()
+                .filter(|((e, _), _)| e == environment)
+                .all(|(_, r)| r.canary.is_none());
+            let has_readings = observed.readings.keys().any(|(e, _)| e == environment);
+            let before = observed
+                .state
+                .environments
+                .get(environment)
+                .and_then(|e| e.rollout.as_ref());
+            let raised = before
+                .is_some_and(|b| matches!(b.phase, Phase::Canary { weight, .. } if *canary_weight > weight));
+            if has_readings && all_missing && raised && !by_operator(environment) {
+                return Err(format!("weight raised in {environment} on missing data: {a:?}"));
+            }
         }
     }
     for t in &p.transitions {
         if t.to == "promoting" && !matches!(t.cause, Cause::Operator { .. } | Cause::FirstRelease) {
-            let regressed = p.evidence.iter().any(|e| {
-                e.environment == t.environment
-                    && e.release == t.release
-                    && e.judgement.verdict == Verdict::Regressed
-            });
-            if regressed {
-                return Err(format!(
-                    "{} promoted in {} while an objective is regressed",
-                    t.release, t.environment
-                ));
+            let mine = p
+                .evidence
+                .iter()
+                .filter(|e| e.environment == t.environment && e.release == t.release);
+            for e in mine {
+                if e.judgement.verdict != Verdict::Safe {
+                    return Err(format!(
+                        "{} promoted in {} while {} is {:?}",
+                        t.release, t.environment, e.objective, e.judgement.verdict
+                    ));
+                }
             }
         }
     }
     for (env, after) in &p.state.environments {
-        let before = tick
-            .observed
+        let before = observed
             .state
             .environments
             .get(env)
             .and_then(|e| e.rollout.as_ref());
-        if let Some(a) = &after.rollout {
-            let changed = before.is_none_or(|b| b.release != a.release || b.phase.name() != a.phase.name());
-            let recorded = p
-                .transitions
-                .iter()
-                .any(|t| &t.environment == env && t.release == a.release && t.to == a.phase.name());
-            if changed && !recorded {
-                return Err(format!(
-                    "unrecorded change of {} in {env} to {}",
-                    a.release,
-                    a.phase.name()
-                ));
-            }
+        let Some(a) = &after.rollout else { continue };
+        if let Some(b) = before
+            && b.release == a.release
+            && let (Phase::Canary { weight: wb, .. }, Phase::Canary { weight: wa, .. }) = (&b.phase, &a.phase)
+            && wa < wb
+            && !by_operator(env)
+        {
+            return Err(format!(
+                "the canary's weight in {env} went down from {} to {}",
+                wb.0, wa.0
+            ));
+        }
+        let changed = before.is_none_or(|b| b.release != a.release || b.phase.name() != a.phase.name());
+        let recorded = p
+            .transitions
+            .iter()
+            .any(|t| &t.environment == env && t.release == a.release && t.to == a.phase.name());
+        if changed && !recorded {
+            return Err(format!(
+                "unrecorded change of {} in {env} to {}",
+                a.release,
+                a.phase.name()
+            ));
         }
     }
     Ok(())
