@@ -12,5 +12,6 @@
 //! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
 
 pub mod control;
+pub mod proxy;
 pub mod sim;
 pub mod spec;

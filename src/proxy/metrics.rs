@@ -1,0 +1,200 @@
+//! Per-release request metrics: counts by status class, a latency histogram, upstream errors,
+//! labelled by service, environment and release. Requests only touch atomics; the registry's
+//! lock is taken when a route snapshot is built, never per request.
+//!
+//! Exported in the Prometheus text format on the admin listener, and readable in process as the
+//! built-in sensors' counts (`proxy.errors`, `proxy.latency`).
+
+use crate::control::judge::Counts;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Histogram bucket bounds, in seconds (Prometheus' `le`). They include the usual latency
+/// objectives' thresholds (100 ms, 300 ms, 500 ms, 1 s), since a threshold between buckets
+/// cannot be counted.
+pub const BUCKETS_SECONDS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// One release's counters.
+#[derive(Debug, Default)]
+pub struct ReleaseMetrics {
+    /// Responses by status class: index 0 = 1xx … 4 = 5xx.
+    pub by_class: [AtomicU64; 5],
+    /// Requests that failed before a response: connect failures, resets, timeouts.
+    pub upstream_errors: AtomicU64,
+    /// Cumulative histogram counts per bucket, plus the +Inf bucket last.
+    pub latency_buckets: [AtomicU64; 13],
+    /// Sum of latencies in microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+impl ReleaseMetrics {
+    /// Records one finished request. `status` is `None` when no response came from upstream.
+    pub fn record(&self, status: Option<u16>, latency: Duration) {
+        match status {
+            Some(s) if (100..600).contains(&s) => {
+                self.by_class[(s / 100 - 1) as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let secs = latency.as_secs_f64();
+        for (i, le) in BUCKETS_SECONDS.iter().enumerate() {
+            if secs <= *le {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_buckets[12].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.latency_buckets[12].load(Ordering::Relaxed)
+    }
+
+    /// The `proxy.errors` sensor: bad = 5xx and upstream errors.
+    pub fn errors(&self) -> Counts {
+        let bad = self.by_class[4].load(Ordering::Relaxed) + self.upstream_errors.load(Ordering::Relaxed);
+        Counts::new(bad, self.total())
+    }
+
+    /// The `proxy.latency` sensor: bad = slower than `threshold`, which must be a bucket bound.
+    pub fn slower_than(&self, threshold: Duration) -> Option<Counts> {
+        let t = threshold.as_secs_f64();
+        let i = BUCKETS_SECONDS.iter().position(|b| (b - t).abs() < 1e-9)?;
+        let within = self.latency_buckets[i].load(Ordering::Relaxed);
+        Some(Counts::new(self.total() - within, self.total()))
+    }
+}
+
+/// All releases' metrics, by (service, environment, release).
+#[derive(Debug, Default)]
+pub struct Registry {
+    releases: Mutex<BTreeMap<(String, String, String), Arc<ReleaseMetrics>>>,
+}
+
+impl Registry {
+    /// The metrics of a release, created on first use (at route-building time).
+    pub fn release(&self, service: &str, environment: &str, release: &str) -> Arc<ReleaseMetrics> {
+        let mut map = self.releases.lock().expect("metrics registry lock");
+        map.entry((service.to_owned(), environment.to_owned(), release.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// A release's metrics if it has any.
+    pub fn get(&self, service: &str, environment: &str, release: &str) -> Option<Arc<ReleaseMetrics>> {
+        let map = self.releases.lock().expect("metrics registry lock");
+        map.get(&(service.to_owned(), environment.to_owned(), release.to_owned()))
+            .cloned()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let map = self.releases.lock().expect("metrics registry lock").clone();
+        let mut out = String::new();
+        let labels = |(s, e, r): &(String, String, String)| {
+            format!(
+                "service=\"{}\",environment=\"{}\",release=\"{}\"",
+                esc(s),
+                esc(e),
+                esc(r)
+            )
+        };
+        out.push_str("# HELP autopilot_proxy_requests_total Requests answered, by status class.\n");
+        out.push_str("# TYPE autopilot_proxy_requests_total counter\n");
+        for (k, m) in &map {
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "autopilot_proxy_requests_total{{{},code=\"{class}\"}} {}",
+                    labels(k),
+                    m.by_class[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP autopilot_proxy_upstream_errors_total Requests that got no response from upstream.\n",
+        );
+        out.push_str("# TYPE autopilot_proxy_upstream_errors_total counter\n");
+        for (k, m) in &map {
+            let _ = writeln!(
+                out,
+                "autopilot_proxy_upstream_errors_total{{{}}} {}",
+                labels(k),
+                m.upstream_errors.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP autopilot_proxy_request_duration_seconds Time from request to response end.\n");
+        out.push_str("# TYPE autopilot_proxy_request_duration_seconds histogram\n");
+        for (k, m) in &map {
+            for (i, le) in BUCKETS_SECONDS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "autopilot_proxy_request_duration_seconds_bucket{{{},le=\"{le}\"}} {}",
+                    labels(k),
+                    m.latency_buckets[i].load(Ordering::Relaxed)
+                );
+            }
+            let total = m.total();
+            let _ = writeln!(
+                out,
+                "autopilot_proxy_request_duration_seconds_bucket{{{},le=\"+Inf\"}} {total}",
+                labels(k)
+            );
+            let _ = writeln!(
+                out,
+                "autopilot_proxy_request_duration_seconds_sum{{{}}} {}",
+                labels(k),
+                m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "autopilot_proxy_request_duration_seconds_count{{{}}} {total}",
+                labels(k)
+            );
+        }
+        out
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_feed_the_built_in_sensors() {
+        let m = ReleaseMetrics::default();
+        m.record(Some(200), Duration::from_millis(40));
+        m.record(Some(503), Duration::from_millis(20));
+        m.record(None, Duration::from_millis(400));
+        m.record(Some(404), Duration::from_millis(350));
+        assert_eq!(m.errors(), Counts::new(2, 4));
+        assert_eq!(m.slower_than(Duration::from_millis(300)), Some(Counts::new(2, 4)));
+        assert_eq!(
+            m.slower_than(Duration::from_millis(333)),
+            None,
+            "not a bucket bound"
+        );
+    }
+
+    #[test]
+    fn the_exposition_has_one_family_each_with_labels() {
+        let r = Registry::default();
+        r.release("checkout", "prod", "v\"2")
+            .record(Some(200), Duration::from_millis(1));
+        let text = r.render();
+        assert!(text.contains("autopilot_proxy_requests_total{service=\"checkout\",environment=\"prod\",release=\"v\\\"2\",code=\"2xx\"} 1"));
+        assert!(text.contains("le=\"+Inf\"} 1"));
+        assert_eq!(text.matches("# TYPE").count(), 3);
+    }
+}

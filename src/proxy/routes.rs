@@ -1,0 +1,518 @@
+//! The proxy's routing: which release, and which upstream of it, serves a request.
+//!
+//! The route table is an immutable snapshot; the proxy holds it in an `ArcSwap` and a change
+//! (a routes file reload, an admin API call) builds a new snapshot and swaps it in. Requests
+//! read the current snapshot without locks. Health and metrics live in `Arc`s that a new
+//! snapshot takes over from the old one, so they survive every swap.
+//!
+//! The decision itself ([`RouteTable::choose`]) is a plain function of the snapshot, the
+//! request's host, headers and cookies, and a random draw: tested without a network.
+
+use crate::control::traffic::{self, Arm, BUCKETS};
+use crate::spec::ApiVersion;
+use crate::spec::units::Weight;
+use crate::spec::yaml::recover_vec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// The routes file: where each release of each service and environment runs, and how traffic
+/// splits. The controller writes it (or sets the same through the admin API); people may too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Version of this file format. Always `autopilot/v1`.
+    pub api_version: ApiVersion,
+    /// What this file declares. Always `Routes`.
+    pub kind: RoutesKind,
+    /// The base domain: `{service}.{environment}.{domain}` reaches an environment,
+    /// `{release}.{service}.{environment}.{domain}` one release of it.
+    pub domain: String,
+    /// Peers (exact IP addresses) whose forwarding headers are kept and extended; from anyone
+    /// else they are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// One entry per service and environment.
+    #[serde(deserialize_with = "recover_vec")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// The `kind` of a routes file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RoutesKind {
+    Routes,
+}
+
+/// One service in one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    pub service: String,
+    pub environment: String,
+    /// The release serving the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    /// The release being rolled out, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// The canary's share of traffic, 0–100.
+    #[serde(default = "zero")]
+    pub weight: Weight,
+    /// Keep each user on one side: hash this header's or cookie's value into buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    /// Upstream addresses per release.
+    pub releases: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+fn zero() -> Weight {
+    Weight(0)
+}
+
+/// Where the stickiness key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+}
+
+/// An upstream's health, shared by every snapshot that lists it.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Set by the active readiness probe; a new upstream starts not ready.
+    pub ready: AtomicBool,
+    /// Consecutive failed connections (passive detection); reset by a passing probe.
+    pub failures: AtomicUsize,
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            ready: AtomicBool::new(false),
+            failures: AtomicUsize::new(0),
+        }
+    }
+
+    /// Ready and not failing.
+    pub fn usable(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.failures.load(Ordering::Relaxed) < PASSIVE_FAILURE_LIMIT
+    }
+}
+
+/// After this many consecutive connection failures an upstream gets no traffic until its probe
+/// passes again (one failure may be a blip; a dead process fails every time).
+pub const PASSIVE_FAILURE_LIMIT: usize = 2;
+
+/// One release's upstreams in one environment.
+#[derive(Debug)]
+pub struct ReleaseRoute {
+    pub release: String,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Round-robin position.
+    next: AtomicU64,
+    pub metrics: Arc<super::metrics::ReleaseMetrics>,
+}
+
+impl ReleaseRoute {
+    /// A usable upstream, round-robin, skipping `tried`.
+    pub fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        let n = self.upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        (0..n)
+            .map(|i| &self.upstreams[(start + i) % n])
+            .find(|u| u.usable() && !tried.contains(&u.addr))
+            .cloned()
+    }
+}
+
+/// One service and environment in a snapshot.
+#[derive(Debug)]
+pub struct Route {
+    pub service: String,
+    pub environment: String,
+    pub stable: Option<String>,
+    pub canary: Option<String>,
+    pub weight: Weight,
+    pub sticky: Option<Sticky>,
+    pub releases: BTreeMap<String, Arc<ReleaseRoute>>,
+}
+
+impl Route {
+    /// Identifies the rollout for sticky bucketing: a new canary reshuffles, a weight change
+    /// does not.
+    fn rollout_id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.service,
+            self.environment,
+            self.stable.as_deref().unwrap_or("-"),
+            self.canary.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// An immutable routing snapshot.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub domain: String,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub routes: HashMap<(String, String), Route>,
+}
+
+/// What the host name names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub release: Option<String>,
+    pub service: String,
+    pub environment: String,
+}
+
+/// Parses `{service}.{environment}.{domain}` or `{release}.{service}.{environment}.{domain}`
+/// (a port and a trailing dot are ignored; case-insensitive).
+pub fn parse_host(host: &str, domain: &str) -> Option<Target> {
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let prefix = host.strip_suffix(&domain)?.strip_suffix('.')?;
+    let labels: Vec<&str> = prefix.split('.').collect();
+    match labels.as_slice() {
+        [service, environment] => Some(Target {
+            release: None,
+            service: service.to_string(),
+            environment: environment.to_string(),
+        }),
+        [release, service, environment] => Some(Target {
+            release: Some(release.to_string()),
+            service: service.to_string(),
+            environment: environment.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// The routing decision for one request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Send it to this release.
+    Release {
+        route_key: (String, String),
+        release: Arc<ReleaseRoute>,
+    },
+    /// No such service, environment or release (or, later, not allowed to see it).
+    NotFound,
+    /// The release exists but none of its upstreams is ready.
+    Unavailable { release: String },
+}
+
+/// What the split looks at in a request.
+pub struct RequestFacts<'a> {
+    pub host: &'a str,
+    /// `x-canary: always|never`.
+    pub canary_header: Option<&'a str>,
+    /// Looks up a header by (lowercase) name.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// Looks up a cookie by name.
+    pub cookie: &'a dyn Fn(&str) -> Option<String>,
+    /// A uniform random draw in `0..BUCKETS` for requests without a sticky key.
+    pub draw: u32,
+}
+
+impl RouteTable {
+    /// Builds a snapshot from a routes file, taking over health and metrics from `previous`
+    /// for upstreams and releases it already knew.
+    pub fn build(
+        file: &RoutesFile,
+        previous: Option<&RouteTable>,
+        registry: &super::metrics::Registry,
+    ) -> RouteTable {
+        let known_upstreams: HashMap<SocketAddr, Arc<Upstream>> = previous
+            .into_iter()
+            .flat_map(|t| t.routes.values())
+            .flat_map(|r| r.releases.values())
+            .flat_map(|rel| rel.upstreams.iter())
+            .map(|u| (u.addr, u.clone()))
+            .collect();
+        let mut routes = HashMap::new();
+        for spec in &file.routes {
+            let mut releases = BTreeMap::new();
+            for (release, addrs) in &spec.releases {
+                let upstreams = addrs
+                    .iter()
+                    .map(|a| {
+                        known_upstreams
+                            .get(a)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Upstream::new(*a)))
+                    })
+                    .collect();
+                releases.insert(
+                    release.clone(),
+                    Arc::new(ReleaseRoute {
+                        release: release.clone(),
+                        upstreams,
+                        next: AtomicU64::new(0),
+                        metrics: registry.release(&spec.service, &spec.environment, release),
+                    }),
+                );
+            }
+            routes.insert(
+                (
+                    spec.service.to_ascii_lowercase(),
+                    spec.environment.to_ascii_lowercase(),
+                ),
+                Route {
+                    service: spec.service.clone(),
+                    environment: spec.environment.clone(),
+                    stable: spec.stable.clone(),
+                    canary: spec.canary.clone(),
+                    weight: spec.weight,
+                    sticky: spec.sticky.clone(),
+                    releases,
+                },
+            );
+        }
+        RouteTable {
+            domain: file.domain.clone(),
+            trusted_proxies: file.trusted_proxies.clone(),
+            routes,
+        }
+    }
+
+    /// Every upstream in the snapshot (for the health prober).
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut v: Vec<Arc<Upstream>> = self
+            .routes
+            .values()
+            .flat_map(|r| r.releases.values())
+            .flat_map(|rel| rel.upstreams.iter().cloned())
+            .collect();
+        v.sort_by_key(|u| u.addr);
+        v.dedup_by_key(|u| u.addr);
+        v
+    }
+
+    /// Which release serves this request. Header matches first (`x-canary: always|never`),
+    /// then stickiness, then the random draw against the weight.
+    pub fn choose(&self, req: &RequestFacts) -> Decision {
+        let Some(target) = parse_host(req.host, &self.domain) else {
+            return Decision::NotFound;
+        };
+        let key = (target.service.clone(), target.environment.clone());
+        let Some(route) = self.routes.get(&key) else {
+            return Decision::NotFound;
+        };
+        let release = match &target.release {
+            Some(r) => Some(r.clone()),
+            None => self.split(route, req),
+        };
+        let Some(release) = release.and_then(|r| route.releases.get(&r).cloned()) else {
+            return Decision::NotFound;
+        };
+        if !release.upstreams.iter().any(|u| u.usable()) {
+            return Decision::Unavailable {
+                release: release.release.clone(),
+            };
+        }
+        Decision::Release {
+            route_key: key,
+            release,
+        }
+    }
+
+    fn split(&self, route: &Route, req: &RequestFacts) -> Option<String> {
+        let (stable, canary) = (route.stable.clone(), route.canary.clone());
+        let arm = match req.canary_header.map(str::to_ascii_lowercase).as_deref() {
+            Some("always") => Arm::Canary,
+            Some("never") => Arm::Stable,
+            _ => {
+                let key = route.sticky.as_ref().and_then(|s| match s {
+                    Sticky::Header(h) => (req.header)(&h.to_ascii_lowercase()),
+                    Sticky::Cookie(c) => (req.cookie)(c),
+                });
+                let bucket = match key {
+                    Some(k) => traffic::bucket(&route.rollout_id(), &k),
+                    None => req.draw % BUCKETS,
+                };
+                traffic::arm(bucket, route.weight)
+            }
+        };
+        match arm {
+            Arm::Canary => canary.or(stable),
+            Arm::Stable => stable.or(canary),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(weight: u8, sticky: Option<Sticky>) -> RouteTable {
+        let file = RoutesFile {
+            api_version: ApiVersion::V1,
+            kind: RoutesKind::Routes,
+            domain: "example.test".into(),
+            trusted_proxies: vec![],
+            routes: vec![RouteSpec {
+                service: "checkout".into(),
+                environment: "prod".into(),
+                stable: Some("v1".into()),
+                canary: Some("v2".into()),
+                weight: Weight(weight),
+                sticky,
+                releases: BTreeMap::from([
+                    ("v1".into(), vec!["127.0.0.1:1001".parse().unwrap()]),
+                    ("v2".into(), vec!["127.0.0.1:1002".parse().unwrap()]),
+                ]),
+            }],
+        };
+        let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
+        for u in t.upstreams() {
+            u.ready.store(true, Ordering::Relaxed);
+        }
+        t
+    }
+
+    fn choose(t: &RouteTable, host: &str, canary: Option<&str>, user: Option<&str>, draw: u32) -> String {
+        let user = user.map(str::to_owned);
+        let header = move |h: &str| if h == "x-user" { user.clone() } else { None };
+        let no_cookie = |_: &str| None;
+        match t.choose(&RequestFacts {
+            host,
+            canary_header: canary,
+            header: &header,
+            cookie: &no_cookie,
+            draw,
+        }) {
+            Decision::Release { release, .. } => release.release.clone(),
+            Decision::NotFound => "404".into(),
+            Decision::Unavailable { .. } => "503".into(),
+        }
+    }
+
+    #[test]
+    fn hosts_name_a_service_environment_and_maybe_a_release() {
+        let t = |r: Option<&str>, s: &str, e: &str| {
+            Some(Target {
+                release: r.map(Into::into),
+                service: s.into(),
+                environment: e.into(),
+            })
+        };
+        assert_eq!(
+            parse_host("checkout.prod.example.test", "example.test"),
+            t(None, "checkout", "prod")
+        );
+        assert_eq!(
+            parse_host("Checkout.Prod.Example.Test:8443", "example.test"),
+            t(None, "checkout", "prod")
+        );
+        assert_eq!(
+            parse_host("v2.checkout.prod.example.test.", "example.test"),
+            t(Some("v2"), "checkout", "prod")
+        );
+        assert_eq!(parse_host("prod.example.test", "example.test"), None);
+        assert_eq!(parse_host("checkout.prod.evil.test", "example.test"), None);
+        assert_eq!(parse_host("a.b.c.d.example.test", "example.test"), None);
+        assert_eq!(parse_host("checkout.prodexample.test", "example.test"), None);
+    }
+
+    #[test]
+    fn headers_first_then_stickiness_then_the_draw() {
+        let t = table(0, Some(Sticky::Header("x-user".into())));
+        assert_eq!(
+            choose(&t, "checkout.prod.example.test", Some("always"), None, 0),
+            "v2"
+        );
+        assert_eq!(
+            choose(&t, "checkout.prod.example.test", None, None, 0),
+            "v1",
+            "weight 0: no canary"
+        );
+        let t = table(100, None);
+        assert_eq!(
+            choose(&t, "checkout.prod.example.test", Some("never"), None, 0),
+            "v1"
+        );
+        assert_eq!(choose(&t, "checkout.prod.example.test", None, None, 9_999), "v2");
+        // a preview host reaches one release directly
+        assert_eq!(
+            choose(&table(0, None), "v2.checkout.prod.example.test", None, None, 0),
+            "v2"
+        );
+        assert_eq!(
+            choose(&table(0, None), "v9.checkout.prod.example.test", None, None, 0),
+            "404"
+        );
+        assert_eq!(
+            choose(&table(0, None), "billing.prod.example.test", None, None, 0),
+            "404"
+        );
+    }
+
+    #[test]
+    fn sticky_users_stay_on_the_canary_as_the_weight_grows() {
+        let users: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+        let on_canary = |w: u8| -> Vec<bool> {
+            let t = table(w, Some(Sticky::Header("x-user".into())));
+            users
+                .iter()
+                .map(|u| choose(&t, "checkout.prod.example.test", None, Some(u), 0) == "v2")
+                .collect()
+        };
+        let (at10, at50) = (on_canary(10), on_canary(50));
+        assert!(at10.iter().zip(&at50).all(|(a, b)| !a || *b));
+        let share = at50.iter().filter(|x| **x).count() as f64 / users.len() as f64;
+        assert!((share - 0.5).abs() < 0.05, "{share}");
+    }
+
+    #[test]
+    fn a_release_without_a_ready_upstream_is_unavailable() {
+        let t = table(100, None);
+        for u in t.upstreams() {
+            u.ready.store(false, Ordering::Relaxed);
+        }
+        assert_eq!(choose(&t, "checkout.prod.example.test", None, None, 0), "503");
+    }
+
+    #[test]
+    fn a_new_snapshot_keeps_health_of_known_upstreams_and_starts_new_ones_unready() {
+        let reg = super::super::metrics::Registry::default();
+        let t1 = table(10, None);
+        let mut file = RoutesFile {
+            api_version: ApiVersion::V1,
+            kind: RoutesKind::Routes,
+            domain: "example.test".into(),
+            trusted_proxies: vec![],
+            routes: vec![],
+        };
+        file.routes.push(RouteSpec {
+            service: "checkout".into(),
+            environment: "prod".into(),
+            stable: Some("v1".into()),
+            canary: None,
+            weight: Weight(0),
+            sticky: None,
+            releases: BTreeMap::from([(
+                "v1".into(),
+                vec![
+                    "127.0.0.1:1001".parse().unwrap(),
+                    "127.0.0.1:1003".parse().unwrap(),
+                ],
+            )]),
+        });
+        let t2 = RouteTable::build(&file, Some(&t1), &reg);
+        let ups = t2.upstreams();
+        assert!(ups[0].usable(), "kept its health");
+        assert!(!ups[1].usable(), "new: not ready until probed");
+    }
+}
