@@ -7,5 +7,7 @@
 //! - [`server`]: the Pingora service, the readiness prober, routes-file reloading and the admin
 //!   listener, started on their own threads with a shutdown handle.
 
+pub mod admin;
 pub mod metrics;
 pub mod routes;
+pub mod server;

@@ -242,6 +242,55 @@ pub fn load_texts(texts: &[(&str, &str)]) -> Result<Catalog, Report> {
     }
 }
 
+/// Parses one YAML (or JSON) document of any spec type, reporting every problem with its
+/// location — for files outside the four kinds (the proxy's routes file).
+pub fn parse_document<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, Report> {
+    let mut report = Report {
+        files_checked: 1,
+        ..Report::default()
+    };
+    report.sources.insert(name.to_owned(), text.to_owned());
+    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| Diagnostic {
+        file: name.to_owned(),
+        line: pos.line,
+        column: pos.column,
+        path: path.to_owned(),
+        message,
+        hint,
+    };
+    let mut syntax = Vec::new();
+    let root = match yaml::parse(text, &mut syntax) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            report.diagnostics.push(at(
+                Pos { line: 1, column: 1 },
+                "",
+                "the file is empty".into(),
+                None,
+            ));
+            return Err(report);
+        }
+        Err(e) => {
+            report.diagnostics.push(at(e.pos, "", e.message, e.hint));
+            return Err(report);
+        }
+    };
+    report
+        .diagnostics
+        .extend(syntax.into_iter().map(|e| at(e.pos, "", e.message, e.hint)));
+    let mut doc = Document::new(root);
+    let value = doc.deserialize::<T>();
+    report.diagnostics.extend(
+        doc.problems()
+            .into_iter()
+            .map(|p| at(p.pos, &p.path, p.message, p.hint)),
+    );
+    match value {
+        Some(v) if report.diagnostics.is_empty() => Ok(v),
+        _ => Err(report),
+    }
+}
+
 fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, UsageError> {
     let mut files = Vec::new();
     for path in paths {

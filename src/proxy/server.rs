@@ -1,0 +1,515 @@
+//! The running proxy: a Pingora HTTP service on its own OS thread (Pingora builds its own
+//! runtimes), a readiness prober, a routes-file reloader, and the admin listener (metrics and the
+//! control API the controller drives), all stopped through one [`ProxyHandle`].
+//!
+//! # Guarantees
+//! - A request reads the current route snapshot without a lock; a swap never drops requests in
+//!   flight (they keep the snapshot they started with).
+//! - Only ready upstreams get traffic; a connection failure is retried on another ready upstream
+//!   of the *same* release; with none ready the answer is a clear 503, never a hang.
+//! - Forwarding headers from untrusted peers are replaced, never trusted.
+
+use super::metrics::Registry;
+use super::routes::{Decision, ReleaseRoute, RequestFacts, RouteSpec, RouteTable, RoutesFile, Upstream};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the proxy runs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The admin listener (metrics, control API). Keep it on loopback.
+    pub admin: SocketAddr,
+    /// Bearer token required by the control API.
+    pub admin_token: String,
+    /// The routes file to load and watch, if any (else routes come only through the API).
+    pub routes_file: Option<PathBuf>,
+    /// How often upstreams are probed.
+    pub probe_interval: Duration,
+    /// The readiness path probed on every upstream.
+    pub probe_path: String,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+}
+
+/// State shared by the proxy, the prober, the reloader and the admin API.
+pub struct Shared {
+    pub table: ArcSwap<RouteTable>,
+    pub registry: Registry,
+    /// The routes as last loaded or set (the source of the snapshot).
+    pub routes: Mutex<RoutesFile>,
+    draws: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(routes: RoutesFile) -> Arc<Shared> {
+        let registry = Registry::default();
+        let table = RouteTable::build(&routes, None, &registry);
+        Arc::new(Shared {
+            table: ArcSwap::from_pointee(table),
+            registry,
+            routes: Mutex::new(routes),
+            draws: AtomicU64::new(0x9e37_79b9),
+        })
+    }
+
+    /// Replaces the routes and swaps in a new snapshot (health and metrics carried over).
+    pub fn set_routes(&self, routes: RoutesFile) {
+        let mut current = self.routes.lock().expect("routes lock");
+        let previous = self.table.load_full();
+        let table = RouteTable::build(&routes, Some(&previous), &self.registry);
+        self.table.store(Arc::new(table));
+        *current = routes;
+    }
+
+    /// Upserts one service/environment route.
+    pub fn set_route(&self, route: RouteSpec) {
+        let mut routes = self.routes.lock().expect("routes lock").clone();
+        routes
+            .routes
+            .retain(|r| !(r.service == route.service && r.environment == route.environment));
+        routes.routes.push(route);
+        self.set_routes(routes);
+    }
+
+    /// A cheap, well-mixed draw in `0..BUCKETS` (splitmix64 over a counter).
+    fn draw(&self) -> u32 {
+        let mut z = self.draws.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % u64::from(crate::control::traffic::BUCKETS)) as u32
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    release: Option<Arc<ReleaseRoute>>,
+    upstream: Option<Arc<Upstream>>,
+    tried: Vec<SocketAddr>,
+    started: Instant,
+    host: String,
+}
+
+/// The Pingora proxy.
+pub struct AutopilotProxy {
+    shared: Arc<Shared>,
+}
+
+/// Headers a client may not set: forwarding and identity.
+const FORWARDING: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+const IDENTITY: [&str; 2] = ["x-autopilot-user", "x-autopilot-app"];
+/// The response header naming the release that served the request.
+pub const RELEASE_HEADER: &str = "x-autopilot-release";
+
+fn cookie(header: Option<&str>, name: &str) -> Option<String> {
+    header?.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+    let mut h = ResponseHeader::build(status, Some(3))?;
+    h.insert_header("content-type", "text/plain; charset=utf-8")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    if status == 503 {
+        h.insert_header("retry-after", "1")?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for AutopilotProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            release: None,
+            upstream: None,
+            tried: Vec::new(),
+            started: Instant::now(),
+            host: String::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri.host().map(str::to_owned))
+            .unwrap_or_default();
+        let headers = req.headers.clone();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let cookies = header("cookie");
+        let cookie_fn = |name: &str| cookie(cookies.as_deref(), name);
+        let canary = header("x-canary");
+        let table = self.shared.table.load();
+        let decision = table.choose(&RequestFacts {
+            host: &host,
+            canary_header: canary.as_deref(),
+            header: &header,
+            cookie: &cookie_fn,
+            draw: self.shared.draw(),
+        });
+        ctx.host = host;
+        match decision {
+            Decision::Release { release, .. } => {
+                ctx.release = Some(release);
+                Ok(false)
+            }
+            Decision::NotFound => respond(session, 404, "not found\n").await,
+            Decision::Unavailable { .. } => {
+                respond(
+                    session,
+                    503,
+                    "no ready instance of this release; try again shortly\n",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let release = ctx
+            .release
+            .as_ref()
+            .ok_or_else(|| Error::explain(HTTPStatus(500), "no release chosen"))?;
+        let upstream = release
+            .pick(&ctx.tried)
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no ready upstream left for the release"))?;
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        ctx.upstream = Some(upstream);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(u) = ctx.upstream.take() {
+            u.failures.fetch_add(1, Ordering::Relaxed);
+            ctx.tried.push(u.addr);
+        }
+        // another ready upstream of the same release may take it (the request never left)
+        let more = ctx.release.as_ref().is_some_and(|r| {
+            r.upstreams
+                .iter()
+                .any(|u| u.usable() && !ctx.tried.contains(&u.addr))
+        });
+        let _ = peer;
+        if more {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = client.is_some_and(|ip| self.shared.table.load().trusted_proxies.contains(&ip));
+        let prior_xff = upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let prior_fwd = upstream
+            .headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        for h in FORWARDING.iter().chain(IDENTITY.iter()) {
+            if !trusted || FORWARDING.contains(h) {
+                upstream.remove_header(*h);
+            }
+        }
+        let ip = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        let xff = match (trusted, prior_xff) {
+            (true, Some(prior)) => format!("{prior}, {ip}"),
+            _ => ip.clone(),
+        };
+        let node = match client {
+            Some(std::net::IpAddr::V6(v6)) => format!("\"[{v6}]\""),
+            _ => ip.clone(),
+        };
+        let element = format!("for={node};proto=http;host=\"{}\"", ctx.host.replace('"', ""));
+        let forwarded = match (trusted, prior_fwd) {
+            (true, Some(prior)) => format!("{prior}, {element}"),
+            _ => element,
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-host", ctx.host.clone())?;
+        upstream.insert_header("forwarded", forwarded)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(r) = &ctx.release {
+            response.insert_header(RELEASE_HEADER, r.release.clone())?;
+        }
+        if let Some(u) = &ctx.upstream {
+            u.failures.store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let Some(release) = &ctx.release else { return };
+        let upstream_failed =
+            e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) || ctx.upstream.is_none();
+        let status = if upstream_failed {
+            None
+        } else {
+            session.response_written().map(|r| r.status.as_u16())
+        };
+        release.metrics.record(status, ctx.started.elapsed());
+    }
+}
+
+/// Signals Pingora to stop.
+struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A running proxy. Dropping it does not stop it; call [`ProxyHandle::stop`].
+pub struct ProxyHandle {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// Stops every part and waits for them.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("proxy: {0}")]
+    Pingora(String),
+}
+
+/// Starts the proxy, the prober, the reloader and the admin listener.
+pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
+    let shared = Shared::new(routes);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+
+    // the admin listener and the background tasks share one small runtime
+    let admin_listener = std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Admin {
+        addr: config.admin,
+        source,
+    })?;
+    admin_listener
+        .set_nonblocking(true)
+        .map_err(|source| StartError::Admin {
+            addr: config.admin,
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Admin {
+        addr: config.admin,
+        source,
+    })?;
+    {
+        let shared = shared.clone();
+        let config = config.clone();
+        let stop_rx = stop_rx.clone();
+        threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(admin_listener).expect("a tokio listener");
+                let app = super::admin::router(shared.clone(), config.admin_token.clone());
+                let mut stop_admin = stop_rx.clone();
+                let admin = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = stop_admin.wait_for(|s| *s).await;
+                });
+                let prober = probe_loop(
+                    shared.clone(),
+                    config.probe_interval,
+                    config.probe_path.clone(),
+                    stop_rx.clone(),
+                );
+                let reloader = reload_loop(shared.clone(), config.routes_file.clone(), stop_rx.clone());
+                let _ = tokio::join!(admin, prober, reloader);
+            });
+        }));
+    }
+
+    // Pingora on its own thread, with its own runtimes
+    let conf = ServerConf {
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        threads: config.threads.max(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = http_proxy_service(
+        &server.configuration,
+        AutopilotProxy {
+            shared: shared.clone(),
+        },
+    );
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service);
+    threads.push(std::thread::spawn(move || {
+        server.run(RunArgs {
+            shutdown_signal: Box::new(StopSignal(stop_rx)),
+        });
+    }));
+    Ok(ProxyHandle {
+        listen: config.listen,
+        admin: admin_addr,
+        shared,
+        stop: stop_tx,
+        threads,
+    })
+}
+
+/// Probes one upstream's readiness path: a 2xx within the timeout is ready.
+async fn probe(addr: SocketAddr, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: autopilot-probe\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        let line = std::str::from_utf8(&buf[..n]).ok()?;
+        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..300).contains(&code))
+    };
+    tokio::time::timeout(Duration::from_millis(800), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+async fn probe_loop(
+    shared: Arc<Shared>,
+    every: Duration,
+    path: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let upstreams = shared.table.load().upstreams();
+        // probed together, so one dead upstream does not delay the others
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, u) in upstreams.iter().enumerate() {
+            let (addr, path) = (u.addr, path.clone());
+            probes.spawn(async move { (i, probe(addr, &path).await) });
+        }
+        while let Some(Ok((i, ok))) = probes.join_next().await {
+            upstreams[i].ready.store(ok, Ordering::Relaxed);
+            if ok {
+                upstreams[i].failures.store(0, Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reloads the routes file when it changes; a broken file is reported and the old routes stay.
+async fn reload_loop(
+    shared: Arc<Shared>,
+    file: Option<PathBuf>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(path) = file else {
+        let _ = stop.wait_for(|s| *s).await;
+        return;
+    };
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load_routes(&path) {
+            Ok(routes) => shared.set_routes(routes),
+            Err(e) => eprintln!("autopilot proxy: keeping the current routes: {e}"),
+        }
+    }
+}
+
+/// Reads and validates a routes file.
+pub fn load_routes(path: &std::path::Path) -> Result<RoutesFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::spec::parse_document::<RoutesFile>(&path.display().to_string(), &text).map_err(|r| r.render_text())
+}

@@ -1,0 +1,603 @@
+//! The proxy with real upstream servers and a real HTTP client on loopback: one proxy per test
+//! on free ports, stopped at the end. Waits poll real servers with a bounded deadline.
+
+use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind, Sticky};
+use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle, RELEASE_HEADER};
+use autopilot::spec::{ApiVersion, units::Weight};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const DOMAIN: &str = "example.test";
+const TOKEN: &str = "test-admin-token";
+
+/// A small upstream: answers with its name and the headers it received; `/healthz` follows a
+/// switch.
+struct Upstream {
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    hits: Arc<AtomicU64>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Clone)]
+struct UpState {
+    name: String,
+    ready: Arc<AtomicBool>,
+    hits: Arc<AtomicU64>,
+}
+
+async fn upstream(name: &str) -> Upstream {
+    let ready = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicU64::new(0));
+    let state = UpState {
+        name: name.to_owned(),
+        ready: ready.clone(),
+        hits: hits.clone(),
+    };
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|State(s): State<UpState>| async move {
+                if s.ready.load(Ordering::Relaxed) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        )
+        .fallback(|State(s): State<UpState>, headers: HeaderMap| async move {
+            s.hits.fetch_add(1, Ordering::Relaxed);
+            let h: BTreeMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            axum::Json(serde_json::json!({ "name": s.name, "headers": h })).into_response()
+        })
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Upstream {
+        addr,
+        ready,
+        hits,
+        stop,
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn route(
+    service: &str,
+    env: &str,
+    stable: &str,
+    canary: Option<&str>,
+    weight: u8,
+    releases: &[(&str, Vec<SocketAddr>)],
+) -> RouteSpec {
+    RouteSpec {
+        service: service.into(),
+        environment: env.into(),
+        stable: Some(stable.into()),
+        canary: canary.map(Into::into),
+        weight: Weight(weight),
+        sticky: None,
+        releases: releases.iter().map(|(r, a)| (r.to_string(), a.clone())).collect(),
+    }
+}
+
+fn routes(routes: Vec<RouteSpec>) -> RoutesFile {
+    RoutesFile {
+        api_version: ApiVersion::V1,
+        kind: RoutesKind::Routes,
+        domain: DOMAIN.into(),
+        trusted_proxies: vec![],
+        routes,
+    }
+}
+
+fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {
+    let config = ProxyConfig {
+        listen: free_port(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        admin_token: TOKEN.into(),
+        routes_file: file,
+        probe_interval: Duration::from_millis(100),
+        probe_path: "/healthz".into(),
+        threads: 2,
+    };
+    server::start(config, r).expect("the proxy starts")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// GET through the proxy for `host`; returns (status, release header, body JSON).
+async fn get(
+    c: &reqwest::Client,
+    proxy: &ProxyHandle,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut req = c
+        .get(format!("http://{}/hello", proxy.listen))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let release = resp
+                .headers()
+                .get(RELEASE_HEADER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+            (status, release, body)
+        }
+        Err(_) => (0, None, serde_json::Value::Null),
+    }
+}
+
+/// Polls until `host` answers 200 (the proxy is listening and the prober has passed).
+async fn wait_ready(c: &reqwest::Client, proxy: &ProxyHandle, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if get(c, proxy, host, &[]).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{host} never became ready through the proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routes_many_services_and_environments_by_host_and_hides_the_rest() {
+    let mut ups = Vec::new();
+    let mut specs = Vec::new();
+    for service in ["checkout", "payments", "search"] {
+        for env in ["staging", "prod"] {
+            let u = upstream(&format!("{service}-{env}-v1")).await;
+            specs.push(route(service, env, "v1", None, 0, &[("v1", vec![u.addr])]));
+            ups.push(u);
+        }
+    }
+    let preview = upstream("checkout-prod-v2").await;
+    specs[1].releases.insert("v2".into(), vec![preview.addr]);
+    let proxy = start(routes(specs), None);
+    let c = client();
+    wait_ready(&c, &proxy, "search.prod.example.test").await;
+    for service in ["checkout", "payments", "search"] {
+        for env in ["staging", "prod"] {
+            let (status, release, body) = get(&c, &proxy, &format!("{service}.{env}.{DOMAIN}"), &[]).await;
+            assert_eq!((status, release.as_deref()), (200, Some("v1")));
+            assert_eq!(body["name"], format!("{service}-{env}-v1"));
+        }
+    }
+    let (status, release, body) = get(&c, &proxy, "v2.checkout.prod.example.test", &[]).await;
+    assert_eq!(
+        (status, release.as_deref(), body["name"].as_str()),
+        (200, Some("v2"), Some("checkout-prod-v2"))
+    );
+    for host in [
+        "billing.prod.example.test",
+        "checkout.dev.example.test",
+        "v9.checkout.prod.example.test",
+        "checkout.prod.other.test",
+    ] {
+        assert_eq!(get(&c, &proxy, host, &[]).await.0, 404, "{host}");
+    }
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_split_follows_the_weight_and_headers_and_stickiness_override_it() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let mut spec = route(
+        "checkout",
+        "prod",
+        "v1",
+        Some("v2"),
+        20,
+        &[("v1", vec![v1.addr]), ("v2", vec![v2.addr])],
+    );
+    spec.sticky = Some(Sticky::Header("x-user".into()));
+    let proxy = start(routes(vec![spec]), None);
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    // 10,000 requests without a sticky key: binomial(10000, 0.2), sd 40; 5 sd tolerance
+    let mut canary = 0;
+    for i in 0..10_000 {
+        let (status, release, _) = get(&c, &proxy, host, &[]).await;
+        assert_eq!(status, 200, "request {i}");
+        canary += usize::from(release.as_deref() == Some("v2"));
+    }
+    assert!(
+        (canary as i64 - 2000).abs() <= 200,
+        "canary got {canary} of 10,000 at weight 20"
+    );
+    // header overrides
+    for _ in 0..20 {
+        assert_eq!(
+            get(&c, &proxy, host, &[("x-canary", "always")])
+                .await
+                .1
+                .as_deref(),
+            Some("v2")
+        );
+        assert_eq!(
+            get(&c, &proxy, host, &[("x-canary", "never")]).await.1.as_deref(),
+            Some("v1")
+        );
+    }
+    // stickiness: each user always lands on the same side …
+    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let mut side = BTreeMap::new();
+    for u in &users {
+        let first = get(&c, &proxy, host, &[("x-user", u)]).await.1.unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                get(&c, &proxy, host, &[("x-user", u)]).await.1.unwrap(),
+                first,
+                "{u} moved"
+            );
+        }
+        side.insert(u.clone(), first);
+    }
+    // … and raising the weight never moves a canary user back
+    let mut raised = route(
+        "checkout",
+        "prod",
+        "v1",
+        Some("v2"),
+        60,
+        &[("v1", vec![v1.addr]), ("v2", vec![v2.addr])],
+    );
+    raised.sticky = Some(Sticky::Header("x-user".into()));
+    admin_put_route(&proxy, &raised).await;
+    for u in &users {
+        let now = get(&c, &proxy, host, &[("x-user", u)]).await.1.unwrap();
+        if side[u] == "v2" {
+            assert_eq!(now, "v2", "{u} went back to stable when the weight rose");
+        }
+    }
+    proxy.stop();
+}
+
+async fn admin_put_route(proxy: &ProxyHandle, r: &RouteSpec) {
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "http://{}/routes/{}/{}",
+            proxy.admin, r.service, r.environment
+        ))
+        .bearer_auth(TOKEN)
+        .json(r)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204, "{}", resp.text().await.unwrap());
+}
+
+/// Steady load from `clients` loops until `stop`; returns (ok, failed).
+fn load(
+    proxy: &ProxyHandle,
+    host: &'static str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    let url = format!("http://{}/hello", proxy.listen);
+    tokio::spawn(async move {
+        let c = client();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (c, url, stop) = (c.clone(), url.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get(&url).header("host", host).send().await {
+                        Ok(r) if r.status().is_success() => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let mut total = (0, 0);
+        for t in tasks {
+            let (o, f) = t.await.unwrap();
+            total = (total.0 + o, total.1 + f);
+        }
+        total
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weights_change_under_load_without_a_failed_request() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let releases = [("v1", vec![v1.addr]), ("v2", vec![v2.addr])];
+    let proxy = start(
+        routes(vec![route("checkout", "prod", "v1", Some("v2"), 0, &releases)]),
+        None,
+    );
+    let c = client();
+    wait_ready(&c, &proxy, "checkout.prod.example.test").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(&proxy, "checkout.prod.example.test", 8, stop.clone());
+    for w in [5, 10, 25, 50, 75, 100, 50, 0, 30, 100] {
+        admin_put_route(&proxy, &route("checkout", "prod", "v1", Some("v2"), w, &releases)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = running.await.unwrap();
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    assert!(ok > 200, "the load ran ({ok} requests)");
+    assert!(v1.hits.load(Ordering::Relaxed) > 0 && v2.hits.load(Ordering::Relaxed) > 0);
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_upstream_costs_at_most_the_requests_in_flight() {
+    let (a, b) = (upstream("v1-a").await, upstream("v1-b").await);
+    let proxy = start(
+        routes(vec![route(
+            "checkout",
+            "prod",
+            "v1",
+            None,
+            0,
+            &[("v1", vec![a.addr, b.addr])],
+        )]),
+        None,
+    );
+    let c = client();
+    wait_ready(&c, &proxy, "checkout.prod.example.test").await;
+    let clients = 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(&proxy, "checkout.prod.example.test", clients, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = a.stop.send(());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = running.await.unwrap();
+    assert!(
+        failed <= clients as u64,
+        "{failed} failures (at most one in flight per client)"
+    );
+    assert!(ok > 100);
+    // afterwards everything goes to the survivor
+    let before = b.hits.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(get(&c, &proxy, "checkout.prod.example.test", &[]).await.0, 200);
+    }
+    assert_eq!(b.hits.load(Ordering::Relaxed) - before, 20);
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_ready_upstreams_get_traffic_and_none_ready_is_a_clear_503() {
+    let (ready, starting) = (upstream("ready").await, upstream("starting").await);
+    starting.ready.store(false, Ordering::Relaxed);
+    let proxy = start(
+        routes(vec![route(
+            "checkout",
+            "prod",
+            "v1",
+            None,
+            0,
+            &[("v1", vec![ready.addr, starting.addr])],
+        )]),
+        None,
+    );
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    for _ in 0..30 {
+        assert_eq!(get(&c, &proxy, host, &[]).await.2["name"], "ready");
+    }
+    assert_eq!(starting.hits.load(Ordering::Relaxed), 0);
+    // the other becomes ready: it starts getting traffic
+    starting.ready.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while starting.hits.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        get(&c, &proxy, host, &[]).await;
+    }
+    assert!(starting.hits.load(Ordering::Relaxed) > 0);
+    // nobody ready: 503 at once, with a reason, not a hang
+    ready.ready.store(false, Ordering::Relaxed);
+    starting.ready.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = Instant::now();
+        let resp = c
+            .get(format!("http://{}/", proxy.listen))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == 503 {
+            assert!(started.elapsed() < Duration::from_secs(1));
+            assert_eq!(resp.headers()["retry-after"], "1");
+            assert!(resp.text().await.unwrap().contains("no ready instance"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 503");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_headers_are_set_and_spoofed_ones_replaced() {
+    let v1 = upstream("v1").await;
+    let proxy = start(
+        routes(vec![route(
+            "checkout",
+            "prod",
+            "v1",
+            None,
+            0,
+            &[("v1", vec![v1.addr])],
+        )]),
+        None,
+    );
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    let (_, release, body) = get(
+        &c,
+        &proxy,
+        host,
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-autopilot-user", "admin"),
+        ],
+    )
+    .await;
+    let h = &body["headers"];
+    assert_eq!(release.as_deref(), Some("v1"));
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], host);
+    assert_eq!(
+        h["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{host}\"")
+    );
+    assert!(
+        h.get("x-autopilot-user").is_none(),
+        "identity headers from clients are dropped"
+    );
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_per_release_and_the_admin_api_wants_its_token() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let releases = [("v1", vec![v1.addr]), ("v2", vec![v2.addr])];
+    let proxy = start(
+        routes(vec![route("checkout", "prod", "v1", Some("v2"), 50, &releases)]),
+        None,
+    );
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    for _ in 0..100 {
+        get(&c, &proxy, host, &[]).await;
+    }
+    let text = c
+        .get(format!("http://{}/metrics", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |release: &str| -> u64 {
+        let needle = format!(
+            "autopilot_proxy_requests_total{{service=\"checkout\",environment=\"prod\",release=\"{release}\",code=\"2xx\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(count("v1") + count("v2") >= 100, "{text}");
+    // in process: the built-in sensor's counts
+    let m = proxy.shared.registry.get("checkout", "prod", "v2").unwrap();
+    assert_eq!(m.errors().bad, 0);
+    assert_eq!(m.errors().total, count("v2"));
+    // the control API
+    let admin = format!("http://{}/routes", proxy.admin);
+    assert_eq!(c.get(&admin).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        c.get(&admin)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        c.get(&admin)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let bad = c
+        .put(format!("{admin}/checkout/prod"))
+        .bearer_auth(TOKEN)
+        .body("{\"service\": \"checkout\", \"environment\": \"prod\", \"weight\": 150, \"releases\": {}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let msg = bad.text().await.unwrap();
+    assert!(
+        msg.contains("weight 150 is outside 0..=100") && msg.contains("request body:1:"),
+        "{msg}"
+    );
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_routes_file_is_reloaded_when_it_changes_and_a_broken_one_is_refused() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let write = |weight: u8| {
+        let text = format!(
+            "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nroutes:\n  - service: checkout\n    environment: prod\n    stable: v1\n    canary: v2\n    weight: {weight}\n    releases:\n      v1: [\"{}\"]\n      v2: [\"{}\"]\n",
+            v1.addr, v2.addr
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    write(0);
+    let proxy = start(server::load_routes(&path).unwrap(), Some(path.clone()));
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    assert_eq!(get(&c, &proxy, host, &[]).await.1.as_deref(), Some("v1"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    write(100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&c, &proxy, host, &[]).await.1.as_deref() != Some("v2") {
+        assert!(Instant::now() < deadline, "the new weight never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a broken file is refused: the last good routes stay
+    std::fs::write(&path, "apiVersion: autopilot/v1\nkind: Routes\ndomain: [oops\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&c, &proxy, host, &[]).await.1.as_deref(), Some("v2"));
+    proxy.stop();
+}
