@@ -36,6 +36,25 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the reverse proxy on its own: routes `{service}.{environment}.{domain}` by the routes
+    /// file (reloaded when it changes) and by the admin API. Ctrl-C stops it.
+    Proxy {
+        /// The routes file (`kind: Routes`).
+        #[arg(long)]
+        routes: PathBuf,
+        /// Where clients connect.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The admin listener (metrics, control API); keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// A file holding the admin API's bearer token (default: a random token, printed).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// The readiness path probed on every upstream.
+        #[arg(long, default_value = "/healthz")]
+        probe_path: String,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -122,6 +141,13 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::Detection { quick, out },
         } => bench_detection(quick, &out),
+        Command::Proxy {
+            routes,
+            listen,
+            admin,
+            admin_token_file,
+            probe_path,
+        } => run_proxy(routes, listen, admin, admin_token_file, probe_path),
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
@@ -227,4 +253,72 @@ fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_proxy(
+    routes: PathBuf,
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    admin_token_file: Option<PathBuf>,
+    probe_path: String,
+) -> ExitCode {
+    use autopilot::proxy::server;
+    let table = match server::load_routes(&routes) {
+        Ok(t) => t,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let token = match admin_token_file {
+        Some(f) => match std::fs::read_to_string(&f) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                eprintln!("error: {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let t = random_token();
+            eprintln!("admin token: {t}");
+            t
+        }
+    };
+    let config = server::ProxyConfig {
+        listen,
+        admin,
+        admin_token: token,
+        routes_file: Some(routes),
+        probe_interval: std::time::Duration::from_secs(1),
+        probe_path,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let handle = match server::start(config, table) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "autopilot proxy: listening on {}, admin on {} (Ctrl-C stops)",
+        handle.listen, handle.admin
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let _ = rt.block_on(tokio::signal::ctrl_c());
+    handle.stop();
+    ExitCode::SUCCESS
+}
+
+/// 128 random bits from the OS, hex.
+fn random_token() -> String {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS has randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
