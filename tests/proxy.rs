@@ -101,6 +101,8 @@ fn route(
         weight: Weight(weight),
         sticky: None,
         releases: releases.iter().map(|(r, a)| (r.to_string(), a.clone())).collect(),
+        auth: autopilot::spec::objectives::Auth::None,
+        allow: None,
     }
 }
 
@@ -110,6 +112,7 @@ fn routes(routes: Vec<RouteSpec>) -> RoutesFile {
         kind: RoutesKind::Routes,
         domain: DOMAIN.into(),
         trusted_proxies: vec![],
+        auth: None,
         routes,
     }
 }
@@ -201,15 +204,12 @@ async fn routes_many_services_and_environments_by_host_and_hides_the_rest() {
         (status, release.as_deref(), body["name"].as_str()),
         (200, Some("v2"), Some("checkout-prod-v2"))
     );
-    for host in [
-        "billing.prod.example.test",
-        "checkout.dev.example.test",
-        "v9.checkout.prod.example.test",
-        "checkout.prod.other.test",
-    ] {
-        assert_eq!(get(&c, &proxy, host, &[]).await.0, 404, "{host}");
-    }
-    proxy.stop();
+    // a public environment's unknown release is simply not found …
+    assert_eq!(get(&c, &proxy, "v9.checkout.prod.example.test", &[]).await.0, 404);
+    // … while a caller without credentials learns nothing about hosts that are not public
+    for host in ["billing.prod.example.test", "checkout.dev.example.test", "checkout.prod.other.test"] {
+        assert_eq!(get(&c, &proxy, host, &[]).await.0, 401, "{host}");
+    }    proxy.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -577,7 +577,7 @@ async fn the_routes_file_is_reloaded_when_it_changes_and_a_broken_one_is_refused
     let path = dir.path().join("routes.yaml");
     let write = |weight: u8| {
         let text = format!(
-            "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nroutes:\n  - service: checkout\n    environment: prod\n    stable: v1\n    canary: v2\n    weight: {weight}\n    releases:\n      v1: [\"{}\"]\n      v2: [\"{}\"]\n",
+            "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nroutes:\n  - service: checkout\n    environment: prod\n    stable: v1\n    canary: v2\n    weight: {weight}\n    auth: none\n    releases:\n      v1: [\"{}\"]\n      v2: [\"{}\"]\n",
             v1.addr, v2.addr
         );
         std::fs::write(&path, text).unwrap();

@@ -87,7 +87,7 @@ async fn put_routes(
     authorize(&s, &headers)?;
     let routes: RoutesFile = crate::spec::parse_document("request body", &body)
         .map_err(|r| ApiError::BadRequest(r.render_text()))?;
-    s.shared.set_routes(routes);
+    s.shared.set_routes(routes).map_err(ApiError::BadRequest)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,6 +116,6 @@ async fn put_route(
             "canary `{c}` has no upstreams in `releases`"
         )));
     }
-    s.shared.set_route(route);
+    s.shared.set_route(route).map_err(ApiError::BadRequest)?;
     Ok(StatusCode::NO_CONTENT)
 }

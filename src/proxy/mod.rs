@@ -8,6 +8,7 @@
 //!   listener, started on their own threads with a shutdown handle.
 
 pub mod admin;
+pub mod auth;
 pub mod metrics;
 pub mod routes;
 pub mod server;

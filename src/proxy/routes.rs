@@ -35,6 +35,9 @@ pub struct RoutesFile {
     /// else they are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How callers of `auth: required` environments are verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<super::auth::AuthSettings>,
     /// One entry per service and environment.
     #[serde(deserialize_with = "recover_vec")]
     pub routes: Vec<RouteSpec>,
@@ -66,6 +69,12 @@ pub struct RouteSpec {
     pub sticky: Option<Sticky>,
     /// Upstream addresses per release.
     pub releases: BTreeMap<String, Vec<SocketAddr>>,
+    /// `required`: callers need an application and a user credential (the default: closed).
+    #[serde(default)]
+    pub auth: crate::spec::objectives::Auth,
+    /// Who may enter, with `auth: required` (default: every authenticated caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<super::auth::AccessRule>,
 }
 
 fn zero() -> Weight {
@@ -141,6 +150,8 @@ pub struct Route {
     pub weight: Weight,
     pub sticky: Option<Sticky>,
     pub releases: BTreeMap<String, Arc<ReleaseRoute>>,
+    pub auth: crate::spec::objectives::Auth,
+    pub allow: super::auth::AccessRule,
 }
 
 impl Route {
@@ -163,6 +174,8 @@ pub struct RouteTable {
     pub domain: String,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub routes: HashMap<(String, String), Route>,
+    /// Verifies credentials; `None` refuses every `auth: required` request.
+    pub authenticator: Option<Arc<super::auth::Authenticator>>,
 }
 
 /// What the host name names.
@@ -277,6 +290,8 @@ impl RouteTable {
                     weight: spec.weight,
                     sticky: spec.sticky.clone(),
                     releases,
+                    auth: spec.auth,
+                    allow: spec.allow.clone().unwrap_or_default(),
                 },
             );
         }
@@ -284,6 +299,7 @@ impl RouteTable {
             domain: file.domain.clone(),
             trusted_proxies: file.trusted_proxies.clone(),
             routes,
+            authenticator: None,
         }
     }
 
@@ -362,6 +378,7 @@ mod tests {
             kind: RoutesKind::Routes,
             domain: "example.test".into(),
             trusted_proxies: vec![],
+            auth: None,
             routes: vec![RouteSpec {
                 service: "checkout".into(),
                 environment: "prod".into(),
@@ -373,6 +390,8 @@ mod tests {
                     ("v1".into(), vec!["127.0.0.1:1001".parse().unwrap()]),
                     ("v2".into(), vec!["127.0.0.1:1002".parse().unwrap()]),
                 ]),
+                auth: crate::spec::objectives::Auth::None,
+                allow: None,
             }],
         };
         let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
@@ -493,6 +512,7 @@ mod tests {
             kind: RoutesKind::Routes,
             domain: "example.test".into(),
             trusted_proxies: vec![],
+            auth: None,
             routes: vec![],
         };
         file.routes.push(RouteSpec {
@@ -509,6 +529,8 @@ mod tests {
                     "127.0.0.1:1003".parse().unwrap(),
                 ],
             )]),
+            auth: crate::spec::objectives::Auth::None,
+            allow: None,
         });
         let t2 = RouteTable::build(&file, Some(&t1), &reg);
         let ups = t2.upstreams();

@@ -9,7 +9,10 @@
 //!   of the *same* release; with none ready the answer is a clear 503, never a hang.
 //! - Forwarding headers from untrusted peers are replaced, never trusted.
 
+use super::auth::{Authenticator, Identity};
 use super::metrics::Registry;
+use super::routes::parse_host;
+use crate::spec::objectives::Auth;
 use super::routes::{Decision, ReleaseRoute, RequestFacts, RouteSpec, RouteTable, RoutesFile, Upstream};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -49,38 +52,57 @@ pub struct Shared {
     pub registry: Registry,
     /// The routes as last loaded or set (the source of the snapshot).
     pub routes: Mutex<RoutesFile>,
+    /// Where paths in the routes file (the JWKS) start.
+    base: PathBuf,
     draws: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(routes: RoutesFile) -> Arc<Shared> {
+    pub fn new(routes: RoutesFile, base: PathBuf) -> Result<Arc<Shared>, String> {
         let registry = Registry::default();
-        let table = RouteTable::build(&routes, None, &registry);
-        Arc::new(Shared {
+        let mut table = RouteTable::build(&routes, None, &registry);
+        table.authenticator = authenticator(&routes, &base)?;
+        Ok(Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             registry,
             routes: Mutex::new(routes),
+            base,
             draws: AtomicU64::new(0x9e37_79b9),
-        })
+        }))
     }
 
-    /// Replaces the routes and swaps in a new snapshot (health and metrics carried over).
-    pub fn set_routes(&self, routes: RoutesFile) {
+    /// Replaces the routes and swaps in a new snapshot (health and metrics carried over). On
+    /// an error (an unreadable JWKS) nothing changes.
+    pub fn set_routes(&self, routes: RoutesFile) -> Result<(), String> {
         let mut current = self.routes.lock().expect("routes lock");
         let previous = self.table.load_full();
-        let table = RouteTable::build(&routes, Some(&previous), &self.registry);
+        let mut table = RouteTable::build(&routes, Some(&previous), &self.registry);
+        table.authenticator = authenticator(&routes, &self.base)?;
         self.table.store(Arc::new(table));
         *current = routes;
+        Ok(())
+    }
+
+    /// Rebuilds the snapshot from the current routes (after the JWKS changed).
+    pub fn refresh(&self) -> Result<(), String> {
+        let routes = self.routes.lock().expect("routes lock").clone();
+        self.set_routes(routes)
     }
 
     /// Upserts one service/environment route.
-    pub fn set_route(&self, route: RouteSpec) {
+    pub fn set_route(&self, route: RouteSpec) -> Result<(), String> {
         let mut routes = self.routes.lock().expect("routes lock").clone();
         routes
             .routes
             .retain(|r| !(r.service == route.service && r.environment == route.environment));
         routes.routes.push(route);
-        self.set_routes(routes);
+        self.set_routes(routes)
+    }
+
+    /// The JWKS file the routes name, if any.
+    fn jwks_path(&self) -> Option<PathBuf> {
+        let routes = self.routes.lock().expect("routes lock");
+        routes.auth.as_ref().map(|a| self.base.join(&a.jwks))
     }
 
     /// A cheap, well-mixed draw in `0..BUCKETS` (splitmix64 over a counter).
@@ -93,8 +115,16 @@ impl Shared {
     }
 }
 
+fn authenticator(routes: &RoutesFile, base: &std::path::Path) -> Result<Option<Arc<Authenticator>>, String> {
+    match &routes.auth {
+        None => Ok(None),
+        Some(settings) => Authenticator::load(settings, base).map(|a| Some(Arc::new(a))),
+    }
+}
+
 /// Per-request state.
 pub struct Ctx {
+    identity: Option<Identity>,
     release: Option<Arc<ReleaseRoute>>,
     upstream: Option<Arc<Upstream>>,
     tried: Vec<SocketAddr>,
@@ -125,8 +155,36 @@ fn cookie(header: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
+/// A gRPC caller gets a trailers-only answer: HTTP 200 with `grpc-status` (16 unauthenticated,
+/// 5 not found, 14 unavailable) and no body.
+async fn respond_grpc(session: &mut Session, status: u16) -> Result<bool> {
+    let (code, message) = match status {
+        401 => ("16", "unauthenticated"),
+        404 => ("5", "not found"),
+        _ => ("14", "unavailable"),
+    };
+    let mut h = ResponseHeader::build(200, Some(3))?;
+    h.insert_header("content-type", "application/grpc")?;
+    h.insert_header("grpc-status", code)?;
+    h.insert_header("grpc-message", message)?;
+    session.write_response_header(Box::new(h), true).await?;
+    Ok(true)
+}
+
 async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+    let grpc = session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    if grpc {
+        return respond_grpc(session, status).await;
+    }
     let mut h = ResponseHeader::build(status, Some(3))?;
+    if status == 401 {
+        h.insert_header("www-authenticate", "Bearer")?;
+    }
     h.insert_header("content-type", "text/plain; charset=utf-8")?;
     h.insert_header("content-length", body.len().to_string())?;
     if status == 503 {
@@ -145,6 +203,7 @@ impl ProxyHttp for AutopilotProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            identity: None,
             release: None,
             upstream: None,
             tried: Vec::new(),
@@ -168,6 +227,25 @@ impl ProxyHttp for AutopilotProxy {
         let cookie_fn = |name: &str| cookie(cookies.as_deref(), name);
         let canary = header("x-canary");
         let table = self.shared.table.load();
+        // credentials first wherever the environment is not public, so that existence never
+        // leaks: no valid credentials → the same 401 for every host; valid but not allowed →
+        // the same 404 as an environment that does not exist
+        let target = parse_host(&host, &table.domain);
+        let route = target.as_ref().and_then(|t| table.routes.get(&(t.service.clone(), t.environment.clone())));
+        if route.is_none_or(|r| r.auth == Auth::Required) {
+            let verified = table.authenticator.as_ref().map(|a| {
+                let key = header(&a.api_key_header());
+                a.verify(key.as_deref(), header("authorization").as_deref())
+            });
+            let identity = match verified {
+                Some(Ok(id)) => id,
+                Some(Err(_)) | None => return respond(session, 401, "unauthorized\n").await,
+            };
+            match route {
+                Some(r) if r.allow.admits(&identity) => ctx.identity = Some(identity),
+                _ => return respond(session, 404, "not found\n").await,
+            }
+        }
         let decision = table.choose(&RequestFacts {
             host: &host,
             canary_header: canary.as_deref(),
@@ -272,6 +350,10 @@ impl ProxyHttp for AutopilotProxy {
         upstream.insert_header("x-forwarded-proto", "http")?;
         upstream.insert_header("x-forwarded-host", ctx.host.clone())?;
         upstream.insert_header("forwarded", forwarded)?;
+        if let Some(id) = &ctx.identity {
+            upstream.insert_header("x-autopilot-user", id.user.clone())?;
+            upstream.insert_header("x-autopilot-app", id.app.clone())?;
+        }
         Ok(())
     }
 
@@ -346,13 +428,18 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("proxy: {0}")]
-    Pingora(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// Starts the proxy, the prober, the reloader and the admin listener.
 pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
-    let shared = Shared::new(routes);
+    let base = config
+        .routes_file
+        .as_ref()
+        .and_then(|f| f.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let shared = Shared::new(routes, base).map_err(StartError::Auth)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
 
@@ -491,19 +578,26 @@ async fn reload_loop(
     };
     let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
+    let mut seen_jwks = shared.jwks_path().and_then(|p| modified(&p));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = modified(&path);
-        if now == seen {
-            continue;
+        if now != seen {
+            seen = now;
+            let result = load_routes(&path).and_then(|routes| shared.set_routes(routes));
+            if let Err(e) = result {
+                eprintln!("autopilot proxy: keeping the current routes: {e}");
+            }
         }
-        seen = now;
-        match load_routes(&path) {
-            Ok(routes) => shared.set_routes(routes),
-            Err(e) => eprintln!("autopilot proxy: keeping the current routes: {e}"),
+        let jwks_now = shared.jwks_path().and_then(|p| modified(&p));
+        if jwks_now != seen_jwks {
+            seen_jwks = jwks_now;
+            if let Err(e) = shared.refresh() {
+                eprintln!("autopilot proxy: keeping the current keys: {e}");
+            }
         }
     }
 }

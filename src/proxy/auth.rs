@@ -1,0 +1,213 @@
+//! Credentials at the proxy: an environment with `auth: required` needs a valid application
+//! credential (an API key) *and* a valid user credential (a bearer JWT).
+//!
+//! # Guarantees
+//! - A token is accepted only with an algorithm on the configured allow-list, which holds only
+//!   asymmetric algorithms (no `none`, no HMAC: a shared secret on a proxy would let anyone who
+//!   reads it mint tokens, and mixing HMAC with public keys is the classic confusion attack); the
+//!   key named by `kid` must be of the algorithm's family; `iss`, `aud` and `exp` are required.
+//! - API keys are stored as SHA-256 digests, never in clear.
+//! - The caller learns nothing about environments it may not enter: without valid credentials
+//!   every host answers the same 401; with valid credentials but no right to enter, the same 404
+//!   as an environment that does not exist (see `server`).
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The `auth:` section of a routes file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The token issuer that must appear in `iss`.
+    pub issuer: String,
+    /// The audience that must appear in `aud`.
+    pub audience: String,
+    /// Accepted signature algorithms (asymmetric only).
+    pub algorithms: Vec<SignatureAlgorithm>,
+    /// A JWKS file (relative to the routes file) with the issuer's public keys; re-read when it
+    /// changes.
+    pub jwks: String,
+    /// Application credentials: application name → SHA-256 (hex) of its API key.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, String>,
+    /// The header carrying the API key.
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    /// The token claim listing the user's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+/// Asymmetric JWT signature algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SignatureAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl SignatureAlgorithm {
+    fn jwt(self) -> Algorithm {
+        match self {
+            SignatureAlgorithm::RS256 => Algorithm::RS256,
+            SignatureAlgorithm::RS384 => Algorithm::RS384,
+            SignatureAlgorithm::RS512 => Algorithm::RS512,
+            SignatureAlgorithm::PS256 => Algorithm::PS256,
+            SignatureAlgorithm::PS384 => Algorithm::PS384,
+            SignatureAlgorithm::PS512 => Algorithm::PS512,
+            SignatureAlgorithm::ES256 => Algorithm::ES256,
+            SignatureAlgorithm::ES384 => Algorithm::ES384,
+            SignatureAlgorithm::EdDSA => Algorithm::EdDSA,
+        }
+    }
+}
+
+/// Who may enter an environment (from the objectives' `allow`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    /// Members of any of these groups may enter.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Callers whose token has all these claims with these values may enter.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+impl AccessRule {
+    /// Empty rules admit every authenticated caller.
+    pub fn admits(&self, id: &Identity) -> bool {
+        if self.groups.is_empty() && self.claims.is_empty() {
+            return true;
+        }
+        let by_group = self.groups.iter().any(|g| id.groups.contains(g));
+        let by_claims = !self.claims.is_empty()
+            && self.claims.iter().all(|(k, v)| id.claims.get(k).and_then(|c| c.as_str()) == Some(v.as_str()));
+        by_group || by_claims
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user: String,
+    pub app: String,
+    pub groups: Vec<String>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why credentials were refused (for logs; the caller only ever sees 401).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refused {
+    #[error("no application credential")]
+    NoAppCredential,
+    #[error("unknown application credential")]
+    UnknownApp,
+    #[error("no bearer token")]
+    NoToken,
+    #[error("token: {0}")]
+    Token(String),
+}
+
+/// Verifies credentials; built from the settings and the JWKS.
+pub struct Authenticator {
+    settings: AuthSettings,
+    keys: HashMap<String, DecodingKey>,
+    apps: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("keys", &self.keys.len()).field("apps", &self.apps.len()).finish()
+    }
+}
+
+impl Authenticator {
+    /// Builds from settings, reading the JWKS relative to `base`.
+    pub fn load(settings: &AuthSettings, base: &Path) -> Result<Authenticator, String> {
+        let path = base.join(&settings.jwks);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+        Authenticator::new(settings, &set)
+    }
+
+    pub fn new(settings: &AuthSettings, set: &JwkSet) -> Result<Authenticator, String> {
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or("a JWKS key without `kid`")?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key `{kid}`: {e}"))?;
+            keys.insert(kid, key);
+        }
+        let apps = settings
+            .api_keys
+            .iter()
+            .map(|(app, digest)| (digest.to_ascii_lowercase(), app.clone()))
+            .collect();
+        Ok(Authenticator {
+            settings: settings.clone(),
+            keys,
+            apps,
+        })
+    }
+
+    /// The header carrying the API key (lowercase).
+    pub fn api_key_header(&self) -> String {
+        self.settings.api_key_header.to_ascii_lowercase()
+    }
+
+    /// Checks an API key and a bearer token (the `Authorization` header's value).
+    pub fn verify(&self, api_key: Option<&str>, authorization: Option<&str>) -> Result<Identity, Refused> {
+        let key = api_key.filter(|k| !k.is_empty()).ok_or(Refused::NoAppCredential)?;
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let app = self.apps.get(&hex).cloned().ok_or(Refused::UnknownApp)?;
+        let token = authorization
+            .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Refused::NoToken)?;
+        let header = decode_header(token).map_err(|e| Refused::Token(e.to_string()))?;
+        let allowed: Vec<Algorithm> = self.settings.algorithms.iter().map(|a| a.jwt()).collect();
+        if !allowed.contains(&header.alg) {
+            return Err(Refused::Token(format!("algorithm {:?} is not allowed", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| Refused::Token("no `kid`".into()))?;
+        let key = self.keys.get(&kid).ok_or_else(|| Refused::Token(format!("unknown key `{kid}`")))?;
+        if key.family() != header.alg.family() {
+            return Err(Refused::Token("the key does not belong to the token's algorithm".into()));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = allowed;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
+            .map_err(|e| Refused::Token(e.to_string()))?;
+        let claims = data.claims;
+        let user = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
+        let groups = claims
+            .get(&self.settings.groups_claim)
+            .and_then(|g| g.as_array())
+            .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Ok(Identity { user, app, groups, claims })
+    }
+}
