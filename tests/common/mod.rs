@@ -1,0 +1,129 @@
+//! Helpers shared by the proxy tests: small upstream servers, free ports, a client, and
+//! bounded waits on real servers.
+#![allow(dead_code)]
+
+use autopilot::proxy::server::{ProxyHandle, RELEASE_HEADER};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A small upstream: answers with its name and the headers it received; `/healthz` follows a
+/// switch.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub ready: Arc<AtomicBool>,
+    pub hits: Arc<AtomicU64>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Clone)]
+struct UpState {
+    name: String,
+    pub ready: Arc<AtomicBool>,
+    pub hits: Arc<AtomicU64>,
+}
+
+pub async fn upstream(name: &str) -> Upstream {
+    let ready = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicU64::new(0));
+    let state = UpState {
+        name: name.to_owned(),
+        ready: ready.clone(),
+        hits: hits.clone(),
+    };
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|State(s): State<UpState>| async move {
+                if s.ready.load(Ordering::Relaxed) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        )
+        .fallback(|State(s): State<UpState>, headers: HeaderMap| async move {
+            s.hits.fetch_add(1, Ordering::Relaxed);
+            let h: BTreeMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            axum::Json(serde_json::json!({ "name": s.name, "headers": h })).into_response()
+        })
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Upstream {
+        addr,
+        ready,
+        hits,
+        stop,
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// GET through the proxy for `host`; returns (status, release header, body JSON).
+pub async fn get(
+    c: &reqwest::Client,
+    proxy: &ProxyHandle,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut req = c
+        .get(format!("http://{}/hello", proxy.listen))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let release = resp
+                .headers()
+                .get(RELEASE_HEADER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+            (status, release, body)
+        }
+        Err(_) => (0, None, serde_json::Value::Null),
+    }
+}
+
+/// Polls until `host` answers 200 (the proxy is listening and the prober has passed).
+pub async fn wait_ready(c: &reqwest::Client, proxy: &ProxyHandle, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if get(c, proxy, host, &[]).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{host} never became ready through the proxy");
+}
+
