@@ -4,9 +4,9 @@
 mod common;
 
 use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind, Sticky};
-use common::{client, free_port, get, upstream, wait_ready};
 use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle};
 use autopilot::spec::{ApiVersion, units::Weight};
+use common::{client, free_port, get, upstream, wait_ready};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,9 +92,14 @@ async fn routes_many_services_and_environments_by_host_and_hides_the_rest() {
     // a public environment's unknown release is simply not found …
     assert_eq!(get(&c, &proxy, "v9.checkout.prod.example.test", &[]).await.0, 404);
     // … while a caller without credentials learns nothing about hosts that are not public
-    for host in ["billing.prod.example.test", "checkout.dev.example.test", "checkout.prod.other.test"] {
+    for host in [
+        "billing.prod.example.test",
+        "checkout.dev.example.test",
+        "checkout.prod.other.test",
+    ] {
         assert_eq!(get(&c, &proxy, host, &[]).await.0, 401, "{host}");
-    }    proxy.stop();
+    }
+    proxy.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -100,7 +100,10 @@ impl AccessRule {
         }
         let by_group = self.groups.iter().any(|g| id.groups.contains(g));
         let by_claims = !self.claims.is_empty()
-            && self.claims.iter().all(|(k, v)| id.claims.get(k).and_then(|c| c.as_str()) == Some(v.as_str()));
+            && self
+                .claims
+                .iter()
+                .all(|(k, v)| id.claims.get(k).and_then(|c| c.as_str()) == Some(v.as_str()));
         by_group || by_claims
     }
 }
@@ -136,7 +139,10 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("keys", &self.keys.len()).field("apps", &self.apps.len()).finish()
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("apps", &self.apps.len())
+            .finish()
     }
 }
 
@@ -145,7 +151,8 @@ impl Authenticator {
     pub fn load(settings: &AuthSettings, base: &Path) -> Result<Authenticator, String> {
         let path = base.join(&settings.jwks);
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+        let set: JwkSet =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
         Authenticator::new(settings, &set)
     }
 
@@ -175,7 +182,9 @@ impl Authenticator {
 
     /// Checks an API key and a bearer token (the `Authorization` header's value).
     pub fn verify(&self, api_key: Option<&str>, authorization: Option<&str>) -> Result<Identity, Refused> {
-        let key = api_key.filter(|k| !k.is_empty()).ok_or(Refused::NoAppCredential)?;
+        let key = api_key
+            .filter(|k| !k.is_empty())
+            .ok_or(Refused::NoAppCredential)?;
         let digest = Sha256::digest(key.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let app = self.apps.get(&hex).cloned().ok_or(Refused::UnknownApp)?;
@@ -187,27 +196,120 @@ impl Authenticator {
         let header = decode_header(token).map_err(|e| Refused::Token(e.to_string()))?;
         let allowed: Vec<Algorithm> = self.settings.algorithms.iter().map(|a| a.jwt()).collect();
         if !allowed.contains(&header.alg) {
-            return Err(Refused::Token(format!("algorithm {:?} is not allowed", header.alg)));
+            return Err(Refused::Token(format!(
+                "algorithm {:?} is not allowed",
+                header.alg
+            )));
         }
         let kid = header.kid.ok_or_else(|| Refused::Token("no `kid`".into()))?;
-        let key = self.keys.get(&kid).ok_or_else(|| Refused::Token(format!("unknown key `{kid}`")))?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| Refused::Token(format!("unknown key `{kid}`")))?;
         if key.family() != header.alg.family() {
-            return Err(Refused::Token("the key does not belong to the token's algorithm".into()));
+            return Err(Refused::Token(
+                "the key does not belong to the token's algorithm".into(),
+            ));
         }
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = allowed;
+        // exactly the token's algorithm: it is on the allow-list and matches the key's family
+        // (jsonwebtoken refuses a validation whose algorithms span several families)
+        let validation_alg = header.alg;
+        let mut validation = Validation::new(validation_alg);
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
             .map_err(|e| Refused::Token(e.to_string()))?;
         let claims = data.claims;
-        let user = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
+        let user = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default()
+            .to_owned();
         let groups = claims
             .get(&self.settings.groups_claim)
             .and_then(|g| g.as_array())
             .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        Ok(Identity { user, app, groups, claims })
+        Ok(Identity {
+            user,
+            app,
+            groups,
+            claims,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(algorithms: Vec<SignatureAlgorithm>) -> AuthSettings {
+        AuthSettings {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            algorithms,
+            jwks: String::new(),
+            api_keys: BTreeMap::from([(
+                "app".into(),
+                "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+            )]),
+            api_key_header: "x-api-key".into(),
+            groups_claim: "groups".into(),
+        }
+    }
+
+    #[test]
+    fn api_keys_are_checked_by_digest_and_missing_credentials_say_which() {
+        let a = Authenticator::new(
+            &settings(vec![SignatureAlgorithm::ES256]),
+            &JwkSet { keys: vec![] },
+        )
+        .unwrap();
+        assert_eq!(a.verify(None, Some("Bearer x")), Err(Refused::NoAppCredential));
+        assert_eq!(a.verify(Some("bar"), Some("Bearer x")), Err(Refused::UnknownApp));
+        // sha256("foo") is the digest above
+        assert_eq!(a.verify(Some("foo"), None), Err(Refused::NoToken));
+        assert!(matches!(
+            a.verify(Some("foo"), Some("Bearer a.b.c")),
+            Err(Refused::Token(_))
+        ));
+    }
+
+    /// Regression: an allow-list mixing families (ES256 + RS256) once made every token fail,
+    /// since jsonwebtoken refuses a validation spanning several key families.
+    #[test]
+    fn a_mixed_family_allow_list_still_verifies() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k", "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..65])
+        }]}))
+        .unwrap();
+        let a = Authenticator::new(
+            &settings(vec![SignatureAlgorithm::RS256, SignatureAlgorithm::ES256]),
+            &set,
+        )
+        .unwrap();
+        let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
+        h.kid = Some("k".into());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let claims = serde_json::json!({"sub": "ann", "iss": "iss", "aud": "aud", "exp": exp});
+        let t = jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&kp.serialize_der()),
+        )
+        .unwrap();
+        assert_eq!(
+            a.verify(Some("foo"), Some(&format!("Bearer {t}"))).unwrap().user,
+            "ann"
+        );
     }
 }

@@ -12,8 +12,8 @@
 use super::auth::{Authenticator, Identity};
 use super::metrics::Registry;
 use super::routes::parse_host;
-use crate::spec::objectives::Auth;
 use super::routes::{Decision, ReleaseRoute, RequestFacts, RouteSpec, RouteTable, RoutesFile, Upstream};
+use crate::spec::objectives::Auth;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -231,7 +231,9 @@ impl ProxyHttp for AutopilotProxy {
         // leaks: no valid credentials → the same 401 for every host; valid but not allowed →
         // the same 404 as an environment that does not exist
         let target = parse_host(&host, &table.domain);
-        let route = target.as_ref().and_then(|t| table.routes.get(&(t.service.clone(), t.environment.clone())));
+        let route = target
+            .as_ref()
+            .and_then(|t| table.routes.get(&(t.service.clone(), t.environment.clone())));
         if route.is_none_or(|r| r.auth == Auth::Required) {
             let verified = table.authenticator.as_ref().map(|a| {
                 let key = header(&a.api_key_header());

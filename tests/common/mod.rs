@@ -126,4 +126,3 @@ pub async fn wait_ready(c: &reqwest::Client, proxy: &ProxyHandle, host: &str) {
     }
     panic!("{host} never became ready through the proxy");
 }
-

@@ -1,0 +1,360 @@
+//! Credentials at the real proxy: the issue's auth matrix (missing, expired, wrong issuer or
+//! audience, wrong signature, `alg: none`, HMAC/RSA-style key confusion, valid but not allowed)
+//! with keys made for each run, a JWKS file, and real clients and upstreams on loopback.
+
+mod common;
+
+use autopilot::proxy::auth::{AccessRule, AuthSettings, SignatureAlgorithm};
+use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind};
+use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle};
+use autopilot::spec::objectives::Auth;
+use autopilot::spec::{ApiVersion, units::Weight};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::{client, free_port, upstream};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const API_KEY: &str = "key-of-the-checkout-cli";
+const ISSUER: &str = "https://id.example.test";
+const AUDIENCE: &str = "autopilot";
+
+struct Keys {
+    signing: EncodingKey,
+    other: EncodingKey,
+    jwks: String,
+    public_x: Vec<u8>,
+}
+
+fn keys() -> Keys {
+    let make = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (kp, other) = (make(), make());
+    let raw = kp.public_key_raw(); // 0x04 || x || y
+    let (x, y) = (&raw[1..33], &raw[33..65]);
+    let jwks = serde_json::json!({ "keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": B64.encode(x), "y": B64.encode(y)
+    }]});
+    Keys {
+        signing: EncodingKey::from_ec_der(&kp.serialize_der()),
+        other: EncodingKey::from_ec_der(&other.serialize_der()),
+        jwks: jwks.to_string(),
+        public_x: x.to_vec(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(groups: &[&str]) -> serde_json::Value {
+    serde_json::json!({ "sub": "ann", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "groups": groups, "team": "shop" })
+}
+
+fn token(key: &EncodingKey, claims: &serde_json::Value) -> String {
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("k1".into());
+    encode(&h, claims, key).unwrap()
+}
+
+fn route(
+    service: &str,
+    env: &str,
+    addr: std::net::SocketAddr,
+    auth: Auth,
+    allow: Option<AccessRule>,
+) -> RouteSpec {
+    RouteSpec {
+        service: service.into(),
+        environment: env.into(),
+        stable: Some("v1".into()),
+        canary: None,
+        weight: Weight(0),
+        sticky: None,
+        releases: BTreeMap::from([("v1".into(), vec![addr])]),
+        auth,
+        allow,
+    }
+}
+
+async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> ProxyHandle {
+    std::fs::write(dir.join("jwks.json"), &keys.jwks).unwrap();
+    let digest: String = sha2::Sha256::digest(API_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = RoutesFile {
+        api_version: ApiVersion::V1,
+        kind: RoutesKind::Routes,
+        domain: "example.test".into(),
+        trusted_proxies: vec![],
+        auth: Some(AuthSettings {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            algorithms: vec![SignatureAlgorithm::ES256, SignatureAlgorithm::RS256],
+            jwks: "jwks.json".into(),
+            api_keys: BTreeMap::from([("checkout-cli".into(), digest)]),
+            api_key_header: "x-api-key".into(),
+            groups_claim: "groups".into(),
+        }),
+        routes,
+    };
+    let path = dir.join("routes.json");
+    std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+    let config = ProxyConfig {
+        listen: free_port(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        admin_token: "t".into(),
+        routes_file: Some(path.clone()),
+        probe_interval: Duration::from_millis(100),
+        probe_path: "/healthz".into(),
+        threads: 2,
+    };
+    server::start(config, server::load_routes(&path).unwrap()).expect("the proxy starts")
+}
+
+/// (status, headers without `date`, body)
+async fn call(
+    proxy: &ProxyHandle,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, BTreeMap<String, String>, String) {
+    let mut req = client()
+        .get(format!("http://{}/x", proxy.listen))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "date")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    (status, headers, resp.text().await.unwrap())
+}
+
+/// Polls (tolerating a proxy that is still starting) until `host` answers 200.
+async fn wait_ready(proxy: &ProxyHandle, host: &str, headers: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let mut req = client()
+            .get(format!("http://{}/x", proxy.listen))
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match req.send().await {
+            Ok(r) if r.status().as_u16() == 200 => return,
+            Ok(r) => last = Some(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{host} never ready; last answer: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_auth_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let (staging, prod, public) = (
+        upstream("staging").await,
+        upstream("prod").await,
+        upstream("public").await,
+    );
+    let only_sre = Some(AccessRule {
+        groups: vec!["sre".into()],
+        claims: BTreeMap::new(),
+    });
+    let proxy = start(
+        dir.path(),
+        &keys,
+        vec![
+            route("checkout", "staging", staging.addr, Auth::Required, None),
+            route("checkout", "prod", prod.addr, Auth::Required, only_sre),
+            route("checkout", "dev", public.addr, Auth::None, None),
+        ],
+    )
+    .await;
+    let good = format!("Bearer {}", token(&keys.signing, &claims(&["shop"])));
+    let creds = |bearer: &str| {
+        vec![
+            ("x-api-key", API_KEY.to_owned()),
+            ("authorization", bearer.to_owned()),
+        ]
+    };
+    let as_refs =
+        |v: &Vec<(&'static str, String)>| v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
+    let with = |v: &Vec<(&'static str, String)>| as_refs(v);
+    let c = creds(&good);
+    let good_headers: Vec<(&str, &str)> = c.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    wait_ready(&proxy, "checkout.staging.example.test", &good_headers).await;
+    let _ = with;
+
+    // a public environment needs nothing
+    assert_eq!(call(&proxy, "checkout.dev.example.test", &[]).await.0, 200);
+
+    // valid credentials: served, with the verified identity for the upstream (client copies
+    // of identity headers replaced)
+    let mut h = good_headers.clone();
+    h.push(("x-autopilot-user", "root"));
+    let (status, _, body) = call(&proxy, "checkout.staging.example.test", &h).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["headers"]["x-autopilot-user"], "ann");
+    assert_eq!(body["headers"]["x-autopilot-app"], "checkout-cli");
+
+    // every way of not being authenticated gives the same 401, on every host
+    let mut expired = claims(&["shop"]);
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let mut wrong_iss = claims(&["shop"]);
+    wrong_iss["iss"] = serde_json::json!("https://evil.test");
+    let mut wrong_aud = claims(&["shop"]);
+    wrong_aud["aud"] = serde_json::json!("someone-else");
+    let mut no_exp = claims(&["shop"]);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let alg_none = format!(
+        "{}.{}.",
+        B64.encode(r#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+        B64.encode(claims(&["shop"]).to_string())
+    );
+    let confusion = {
+        // HS256 "signed" with the public key's bytes, as if the verifier took the public key
+        // for an HMAC secret
+        let mut hdr = Header::new(Algorithm::HS256);
+        hdr.kid = Some("k1".into());
+        encode(
+            &hdr,
+            &claims(&["shop"]),
+            &EncodingKey::from_secret(&keys.public_x),
+        )
+        .unwrap()
+    };
+    let bearers = [
+        ("expired", format!("Bearer {}", token(&keys.signing, &expired))),
+        (
+            "wrong issuer",
+            format!("Bearer {}", token(&keys.signing, &wrong_iss)),
+        ),
+        (
+            "wrong audience",
+            format!("Bearer {}", token(&keys.signing, &wrong_aud)),
+        ),
+        ("no exp", format!("Bearer {}", token(&keys.signing, &no_exp))),
+        (
+            "wrong signature",
+            format!("Bearer {}", token(&keys.other, &claims(&["shop"]))),
+        ),
+        ("alg none", format!("Bearer {alg_none}")),
+        ("HMAC confusion", format!("Bearer {confusion}")),
+        ("garbage", "Bearer not.a.jwt".to_owned()),
+        ("not bearer", format!("Basic {}", B64.encode("ann:pw"))),
+    ];
+    let reference = call(&proxy, "checkout.staging.example.test", &[]).await;
+    assert_eq!(reference.0, 401);
+    assert_eq!(
+        reference.1.get("www-authenticate").map(String::as_str),
+        Some("Bearer")
+    );
+    for (what, bearer) in &bearers {
+        let c = creds(bearer);
+        let h: Vec<(&str, &str)> = c.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            call(&proxy, "checkout.staging.example.test", &h).await,
+            reference,
+            "{what}"
+        );
+    }
+    // a good token without the application credential, or with a wrong one
+    assert_eq!(
+        call(
+            &proxy,
+            "checkout.staging.example.test",
+            &[("authorization", &good)]
+        )
+        .await,
+        reference
+    );
+    assert_eq!(
+        call(
+            &proxy,
+            "checkout.staging.example.test",
+            &[("authorization", &good), ("x-api-key", "guess")]
+        )
+        .await,
+        reference
+    );
+    // the same 401 for hosts that do not exist
+    assert_eq!(call(&proxy, "billing.prod.example.test", &[]).await, reference);
+
+    // authenticated but not allowed into prod (not in `sre`): the same 404, byte for byte, as
+    // an environment that does not exist
+    let not_allowed = call(&proxy, "checkout.prod.example.test", &good_headers).await;
+    let nonexistent = call(&proxy, "checkout.qa.example.test", &good_headers).await;
+    assert_eq!(not_allowed.0, 404);
+    assert_eq!(not_allowed, nonexistent);
+    assert_eq!(prod.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // an sre may enter
+    let sre = format!("Bearer {}", token(&keys.signing, &claims(&["sre"])));
+    let c = creds(&sre);
+    let h: Vec<(&str, &str)> = c.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(call(&proxy, "checkout.prod.example.test", &h).await.0, 200);
+
+    // gRPC callers get trailers-only answers with grpc-status
+    let grpc = call(
+        &proxy,
+        "checkout.staging.example.test",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(
+        (grpc.0, grpc.1.get("grpc-status").map(String::as_str)),
+        (200, Some("16"))
+    );
+    let mut h = good_headers.clone();
+    h.push(("content-type", "application/grpc"));
+    let grpc = call(&proxy, "checkout.prod.example.test", &h).await;
+    assert_eq!(
+        (grpc.0, grpc.1.get("grpc-status").map(String::as_str)),
+        (200, Some("5"))
+    );
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_jwks_is_picked_up_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (keys(), keys());
+    let up = upstream("staging").await;
+    let proxy = start(
+        dir.path(),
+        &old,
+        vec![route("checkout", "staging", up.addr, Auth::Required, None)],
+    )
+    .await;
+    let bearer = |k: &Keys| format!("Bearer {}", token(&k.signing, &claims(&[])));
+    let (b_old, b_new) = (bearer(&old), bearer(&new));
+    let h_old = [("x-api-key", API_KEY), ("authorization", b_old.as_str())];
+    let h_new = [("x-api-key", API_KEY), ("authorization", b_new.as_str())];
+    wait_ready(&proxy, "checkout.staging.example.test", &h_old).await;
+    assert_eq!(call(&proxy, "checkout.staging.example.test", &h_new).await.0, 401);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(dir.path().join("jwks.json"), &new.jwks).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&proxy, "checkout.staging.example.test", &h_new).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the new keys were never picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        call(&proxy, "checkout.staging.example.test", &h_old).await.0,
+        401,
+        "the old key is gone"
+    );
+    proxy.stop();
+}
