@@ -54,6 +54,10 @@ enum Command {
         /// The readiness path probed on every upstream.
         #[arg(long, default_value = "/healthz")]
         probe_path: String,
+        /// Objectives (files or folders) whose environments' access rules (`auth`, `allow`)
+        /// apply to the routes; validated like `autopilot validate`.
+        #[arg(long, num_args = 1..)]
+        specs: Vec<PathBuf>,
     },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
@@ -147,7 +151,8 @@ fn main() -> ExitCode {
             admin,
             admin_token_file,
             probe_path,
-        } => run_proxy(routes, listen, admin, admin_token_file, probe_path),
+            specs,
+        } => run_proxy(routes, listen, admin, admin_token_file, probe_path, specs),
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
@@ -261,8 +266,24 @@ fn run_proxy(
     admin: std::net::SocketAddr,
     admin_token_file: Option<PathBuf>,
     probe_path: String,
+    specs: Vec<PathBuf>,
 ) -> ExitCode {
     use autopilot::proxy::server;
+    let access = if specs.is_empty() {
+        None
+    } else {
+        match spec::load(&specs) {
+            Ok(catalog) => Some(std::sync::Arc::new(catalog)),
+            Err(LoadError::Invalid(report)) => {
+                eprint!("{}", report.render_text());
+                return ExitCode::from(1);
+            }
+            Err(LoadError::Usage(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let table = match server::load_routes(&routes) {
         Ok(t) => t,
         Err(e) => {
@@ -292,6 +313,7 @@ fn run_proxy(
         probe_interval: std::time::Duration::from_secs(1),
         probe_path,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        access,
     };
     let handle = match server::start(config, table) {
         Ok(h) => h,

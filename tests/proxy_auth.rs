@@ -111,6 +111,7 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
         probe_interval: Duration::from_millis(100),
         probe_path: "/healthz".into(),
         threads: 2,
+        access: None,
     };
     server::start(config, server::load_routes(&path).unwrap()).expect("the proxy starts")
 }

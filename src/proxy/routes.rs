@@ -89,6 +89,32 @@ pub enum Sticky {
     Cookie(String),
 }
 
+/// Applies the objectives' access rules (`auth`, `allow`) to the routes of the environments they
+/// declare; returns a warning per route whose service or environment the objectives lack.
+pub fn apply_access(routes: &mut RoutesFile, catalog: &crate::spec::Catalog) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for r in &mut routes.routes {
+        let env = catalog
+            .services
+            .get(&r.service)
+            .and_then(|s| s.environments.iter().find(|e| e.name == r.environment));
+        match env {
+            Some(env) => {
+                r.auth = env.auth;
+                r.allow = env.allow.as_ref().map(|a| super::auth::AccessRule {
+                    groups: a.groups.clone(),
+                    claims: a.claims.clone(),
+                });
+            }
+            None => warnings.push(format!(
+                "routes for {}/{} have no environment in the objectives; their own `auth` applies",
+                r.service, r.environment
+            )),
+        }
+    }
+    warnings
+}
+
 /// An upstream's health, shared by every snapshot that lists it.
 #[derive(Debug)]
 pub struct Upstream {
@@ -416,6 +442,47 @@ mod tests {
             Decision::NotFound => "404".into(),
             Decision::Unavailable { .. } => "503".into(),
         }
+    }
+
+    #[test]
+    fn the_objectives_access_rules_apply_to_their_routes() {
+        let catalog = crate::spec::load(&[
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("objectives"),
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sensors"),
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("controllers"),
+        ])
+        .map_err(|_| ())
+        .unwrap();
+        let mut file = RoutesFile {
+            api_version: ApiVersion::V1,
+            kind: RoutesKind::Routes,
+            domain: "example.test".into(),
+            trusted_proxies: vec![],
+            auth: None,
+            routes: vec![],
+        };
+        for (svc, env) in [("checkout", "dev"), ("checkout", "staging"), ("search", "prod")] {
+            file.routes.push(RouteSpec {
+                service: svc.into(),
+                environment: env.into(),
+                stable: None,
+                canary: None,
+                weight: Weight(0),
+                sticky: None,
+                releases: BTreeMap::new(),
+                auth: crate::spec::objectives::Auth::Required,
+                allow: None,
+            });
+        }
+        let warnings = apply_access(&mut file, &catalog);
+        assert_eq!(
+            file.routes[0].auth,
+            crate::spec::objectives::Auth::None,
+            "checkout/dev is public"
+        );
+        assert_eq!(file.routes[1].allow.as_ref().unwrap().groups, ["shop-engineers"]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("search/prod"));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct ProxyConfig {
     pub probe_path: String,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Validated objectives whose environments' access rules override the routes'.
+    pub access: Option<Arc<crate::spec::Catalog>>,
 }
 
 /// State shared by the proxy, the prober, the reloader and the admin API.
@@ -54,11 +56,22 @@ pub struct Shared {
     pub routes: Mutex<RoutesFile>,
     /// Where paths in the routes file (the JWKS) start.
     base: PathBuf,
+    /// Access rules from the objectives, applied to every routes change.
+    access: Option<Arc<crate::spec::Catalog>>,
     draws: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(routes: RoutesFile, base: PathBuf) -> Result<Arc<Shared>, String> {
+    pub fn new(
+        mut routes: RoutesFile,
+        base: PathBuf,
+        access: Option<Arc<crate::spec::Catalog>>,
+    ) -> Result<Arc<Shared>, String> {
+        if let Some(catalog) = &access {
+            for w in super::routes::apply_access(&mut routes, catalog) {
+                eprintln!("autopilot proxy: {w}");
+            }
+        }
         let registry = Registry::default();
         let mut table = RouteTable::build(&routes, None, &registry);
         table.authenticator = authenticator(&routes, &base)?;
@@ -67,13 +80,17 @@ impl Shared {
             registry,
             routes: Mutex::new(routes),
             base,
+            access,
             draws: AtomicU64::new(0x9e37_79b9),
         }))
     }
 
     /// Replaces the routes and swaps in a new snapshot (health and metrics carried over). On
     /// an error (an unreadable JWKS) nothing changes.
-    pub fn set_routes(&self, routes: RoutesFile) -> Result<(), String> {
+    pub fn set_routes(&self, mut routes: RoutesFile) -> Result<(), String> {
+        if let Some(catalog) = &self.access {
+            super::routes::apply_access(&mut routes, catalog);
+        }
         let mut current = self.routes.lock().expect("routes lock");
         let previous = self.table.load_full();
         let mut table = RouteTable::build(&routes, Some(&previous), &self.registry);
@@ -441,7 +458,7 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         .as_ref()
         .and_then(|f| f.parent().map(std::path::Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
-    let shared = Shared::new(routes, base).map_err(StartError::Auth)?;
+    let shared = Shared::new(routes, base, config.access.clone()).map_err(StartError::Auth)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
 
