@@ -54,6 +54,9 @@ enum Command {
         /// The readiness path probed on every upstream.
         #[arg(long, default_value = "/healthz")]
         probe_path: String,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         /// Objectives (files or folders) whose environments' access rules (`auth`, `allow`)
         /// apply to the routes; validated like `autopilot validate`.
         #[arg(long, num_args = 1..)]
@@ -82,6 +85,13 @@ enum Bench {
         quick: bool,
         /// Where to write the files.
         #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// Credentials for the proxy benchmark: writes `jwks.json` to DIR and prints `API_KEY=`,
+    /// `API_KEY_SHA256=` and `TOKEN=` lines (a day-long ES256 token for issuer
+    /// `https://bench.invalid`, audience `autopilot`).
+    ProxyFixtures {
+        #[arg(long)]
         out: PathBuf,
     },
 }
@@ -145,14 +155,26 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::Detection { quick, out },
         } => bench_detection(quick, &out),
+        Command::Bench {
+            which: Bench::ProxyFixtures { out },
+        } => proxy_fixtures(&out),
         Command::Proxy {
             routes,
             listen,
             admin,
             admin_token_file,
             probe_path,
+            threads,
             specs,
-        } => run_proxy(routes, listen, admin, admin_token_file, probe_path, specs),
+        } => run_proxy(
+            routes,
+            listen,
+            admin,
+            admin_token_file,
+            probe_path,
+            threads,
+            specs,
+        ),
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
@@ -266,6 +288,7 @@ fn run_proxy(
     admin: std::net::SocketAddr,
     admin_token_file: Option<PathBuf>,
     probe_path: String,
+    threads: Option<usize>,
     specs: Vec<PathBuf>,
 ) -> ExitCode {
     use autopilot::proxy::server;
@@ -312,7 +335,7 @@ fn run_proxy(
         routes_file: Some(routes),
         probe_interval: std::time::Duration::from_secs(1),
         probe_path,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         access,
     };
     let handle = match server::start(config, table) {
@@ -343,4 +366,55 @@ fn random_token() -> String {
         .try_fill_bytes(&mut bytes)
         .expect("the OS has randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn proxy_fixtures(out: &std::path::Path) -> ExitCode {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let kp = match rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let raw = kp.public_key_raw();
+    let jwks = serde_json::json!({ "keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256", "use": "sig",
+        "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..65])
+    }]});
+    if let Err(e) =
+        std::fs::create_dir_all(out).and_then(|_| std::fs::write(out.join("jwks.json"), jwks.to_string()))
+    {
+        eprintln!("error: {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 86_400;
+    let claims = serde_json::json!({
+        "sub": "bench", "iss": "https://bench.invalid", "aud": "autopilot", "exp": exp, "groups": ["bench"]
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("bench".into());
+    let token = match jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(&kp.serialize_der()),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let key = random_token();
+    let digest: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("API_KEY={key}\nAPI_KEY_SHA256={digest}\nTOKEN={token}");
+    ExitCode::SUCCESS
 }
