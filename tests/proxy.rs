@@ -510,3 +510,44 @@ async fn the_routes_file_is_reloaded_when_it_changes_and_a_broken_one_is_refused
     assert_eq!(get(&c, &proxy, host, &[]).await.1.as_deref(), Some("v2"));
     proxy.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_without_tls_reaches_the_upstream_over_http2() {
+    let v1 = upstream("v1").await;
+    let proxy = start(
+        routes(vec![route(
+            "checkout",
+            "prod",
+            "v1",
+            None,
+            0,
+            &[("v1", vec![v1.addr])],
+        )]),
+        None,
+    );
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    // in HTTP/2 the host travels as `:authority`: address the proxy by name
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve(host, proxy.listen)
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(format!("http://{host}:{}/x", proxy.listen.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-autopilot-release"], "v1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["version"], "HTTP/2.0",
+        "the upstream was reached over HTTP/2"
+    );
+    // HTTP/1.1 callers keep HTTP/1.1 to the upstream, on the same port
+    let (status, _, body) = get(&c, &proxy, host, &[]).await;
+    assert_eq!((status, body["version"].as_str()), (200, Some("HTTP/1.1")));
+    proxy.stop();
+}

@@ -290,7 +290,7 @@ impl ProxyHttp for AutopilotProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let release = ctx
             .release
             .as_ref()
@@ -300,6 +300,17 @@ impl ProxyHttp for AutopilotProxy {
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no ready upstream left for the release"))?;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(1));
+        // HTTP/2 callers (gRPC among them) reach the upstream over HTTP/2 (cleartext, prior
+        // knowledge); HTTP/1 callers over HTTP/1.1
+        let grpc = session
+            .req_header()
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc"));
+        if session.as_downstream().is_http2() || grpc {
+            peer.options.set_http_version(2, 2);
+        }
         ctx.upstream = Some(upstream);
         Ok(Box::new(peer))
     }
@@ -520,6 +531,12 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
             shared: shared.clone(),
         },
     );
+    if let Some(app) = service.app_logic_mut() {
+        // HTTP/2 over cleartext (prior knowledge) next to HTTP/1.1 on the same port
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);
     threads.push(std::thread::spawn(move || {

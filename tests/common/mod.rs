@@ -4,7 +4,7 @@
 
 use autopilot::proxy::server::{ProxyHandle, RELEASE_HEADER};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,14 +47,19 @@ pub async fn upstream(name: &str) -> Upstream {
                 }
             }),
         )
-        .fallback(|State(s): State<UpState>, headers: HeaderMap| async move {
-            s.hits.fetch_add(1, Ordering::Relaxed);
-            let h: BTreeMap<String, String> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
-                .collect();
-            axum::Json(serde_json::json!({ "name": s.name, "headers": h })).into_response()
-        })
+        .fallback(
+            |State(s): State<UpState>, req: axum::extract::Request| async move {
+                s.hits.fetch_add(1, Ordering::Relaxed);
+                let h: BTreeMap<String, String> = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect();
+                let version = format!("{:?}", req.version());
+                axum::Json(serde_json::json!({ "name": s.name, "headers": h, "version": version }))
+                    .into_response()
+            },
+        )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
