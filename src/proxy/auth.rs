@@ -130,11 +130,23 @@ pub enum Refused {
     Token(String),
 }
 
-/// Verifies credentials; built from the settings and the JWKS.
+/// Clock skew tolerated on `exp`/`nbf` between the issuer and the proxy.
+const CLOCK_SKEW_SECS: u64 = 30;
+
+/// Verified tokens kept for reuse, at most this many (then the cache starts over): a
+/// signature check costs far more than proxying a request, and clients send the same token
+/// many times.
+const TOKEN_CACHE_SIZE: usize = 10_000;
+
+/// Verifies credentials; built from the settings and the JWKS (a JWKS change builds a new one,
+/// which also drops the cache).
 pub struct Authenticator {
     settings: AuthSettings,
     keys: HashMap<String, DecodingKey>,
     apps: HashMap<String, String>,
+    /// SHA-256 of a token → its verified identity and `exp`. Re-verifying the same bytes gives
+    /// the same answer, so only the expiry must be checked again on a hit.
+    verified: std::sync::RwLock<HashMap<[u8; 32], (Identity, u64)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -172,6 +184,7 @@ impl Authenticator {
             settings: settings.clone(),
             keys,
             apps,
+            verified: std::sync::RwLock::new(HashMap::new()),
         })
     }
 
@@ -193,6 +206,27 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(Refused::NoToken)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some((id, exp)) = self.verified.read().expect("token cache").get(&digest)
+            && *exp > now
+        {
+            return Ok(Identity { app, ..id.clone() });
+        }
+        let identity = self.verify_token(token)?;
+        let exp = identity.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
+        let mut cache = self.verified.write().expect("token cache");
+        if cache.len() >= TOKEN_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(digest, (identity.clone(), exp));
+        Ok(Identity { app, ..identity })
+    }
+
+    /// Checks a bearer token's signature and claims.
+    fn verify_token(&self, token: &str) -> Result<Identity, Refused> {
         let header = decode_header(token).map_err(|e| Refused::Token(e.to_string()))?;
         let allowed: Vec<Algorithm> = self.settings.algorithms.iter().map(|a| a.jwt()).collect();
         if !allowed.contains(&header.alg) {
@@ -218,6 +252,7 @@ impl Authenticator {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = CLOCK_SKEW_SECS;
         let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
             .map_err(|e| Refused::Token(e.to_string()))?;
         let claims = data.claims;
@@ -233,7 +268,7 @@ impl Authenticator {
             .unwrap_or_default();
         Ok(Identity {
             user,
-            app,
+            app: String::new(),
             groups,
             claims,
         })
