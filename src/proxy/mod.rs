@@ -12,3 +12,4 @@ pub mod auth;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod tls;
