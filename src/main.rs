@@ -337,6 +337,7 @@ fn run_proxy(
         probe_path,
         threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         access,
+        tls: None,
     };
     let handle = match server::start(config, table) {
         Ok(h) => h,

@@ -58,6 +58,7 @@ fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {
         probe_path: "/healthz".into(),
         threads: 2,
         access: None,
+        tls: None,
     };
     server::start(config, r).expect("the proxy starts")
 }

@@ -112,6 +112,7 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
         probe_path: "/healthz".into(),
         threads: 2,
         access: None,
+        tls: None,
     };
     server::start(config, server::load_routes(&path).unwrap()).expect("the proxy starts")
 }

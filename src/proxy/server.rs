@@ -46,6 +46,19 @@ pub struct ProxyConfig {
     pub threads: usize,
     /// Validated objectives whose environments' access rules override the routes'.
     pub access: Option<Arc<crate::spec::Catalog>>,
+    /// An HTTPS listener, if any.
+    pub tls: Option<TlsListen>,
+}
+
+/// The HTTPS listener: certificates from files and/or a local CA, chosen by SNI; ALPN offers
+/// HTTP/2 and HTTP/1.1.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    pub certs: Vec<super::tls::CertFiles>,
+    /// A folder for the local CA (made at the first start, reused), which signs a certificate for
+    /// every environment's and preview's host pattern.
+    pub local_ca: Option<PathBuf>,
 }
 
 /// State shared by the proxy, the prober, the reloader and the admin API.
@@ -371,13 +384,22 @@ impl ProxyHttp for AutopilotProxy {
             Some(std::net::IpAddr::V6(v6)) => format!("\"[{v6}]\""),
             _ => ip.clone(),
         };
-        let element = format!("for={node};proto=http;host=\"{}\"", ctx.host.replace('"', ""));
+        let proto = if session
+            .as_downstream()
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some())
+        {
+            "https"
+        } else {
+            "http"
+        };
+        let element = format!("for={node};proto={proto};host=\"{}\"", ctx.host.replace('"', ""));
         let forwarded = match (trusted, prior_fwd) {
             (true, Some(prior)) => format!("{prior}, {element}"),
             _ => element,
         };
         upstream.insert_header("x-forwarded-for", xff)?;
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-forwarded-host", ctx.host.clone())?;
         upstream.insert_header("forwarded", forwarded)?;
         if let Some(id) = &ctx.identity {
@@ -460,10 +482,16 @@ pub enum StartError {
     },
     #[error("auth: {0}")]
     Auth(String),
+    #[error("tls: {0}")]
+    Tls(#[from] super::tls::TlsError),
 }
 
 /// Starts the proxy, the prober, the reloader and the admin listener.
 pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
+    let resolver = match &config.tls {
+        Some(t) => Some(tls_resolver(t, &routes)?),
+        None => None,
+    };
     let base = config
         .routes_file
         .as_ref()
@@ -537,6 +565,13 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         options.h2c = true;
         app.server_options = Some(options);
     }
+    if let (Some(t), Some(resolver)) = (&config.tls, resolver) {
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+            .map_err(|e| StartError::Tls(super::tls::TlsError::Certificate(e.to_string())))?;
+        settings.set_cert_resolver(Arc::new(resolver));
+        settings.enable_h2();
+        service.add_tls_with_settings(&t.listen.to_string(), None, settings);
+    }
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);
     threads.push(std::thread::spawn(move || {
@@ -551,6 +586,20 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         stop: stop_tx,
         threads,
     })
+}
+
+fn tls_resolver(t: &TlsListen, routes: &RoutesFile) -> Result<super::tls::SniResolver, StartError> {
+    use super::tls::{LocalCa, SniResolver, certified_key, host_patterns};
+    let mut resolver = SniResolver::from_files(&t.certs)?;
+    if let Some(dir) = &t.local_ca {
+        let ca = LocalCa::load_or_create(dir)?;
+        let names = host_patterns(routes);
+        let (cert, key) = ca.issue(&names)?;
+        let mut entries = Vec::new();
+        entries.push((names, Arc::new(certified_key(&cert, &key)?)));
+        resolver = SniResolver::new(entries).merged_after(resolver);
+    }
+    Ok(resolver)
 }
 
 /// Probes one upstream's readiness path: a 2xx within the timeout is ready.

@@ -84,6 +84,14 @@ impl SniResolver {
         Ok(SniResolver { entries })
     }
 
+    /// `other`'s entries first, then these (certificates configured from files win over the
+    /// local CA's patterns).
+    pub fn merged_after(mut self, other: SniResolver) -> SniResolver {
+        let mut entries = other.entries;
+        entries.append(&mut self.entries);
+        SniResolver { entries }
+    }
+
     /// The certificate for a server name: an exact match, else a one-label wildcard, else the
     /// first certificate.
     pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
