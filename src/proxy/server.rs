@@ -595,8 +595,7 @@ fn tls_resolver(t: &TlsListen, routes: &RoutesFile) -> Result<super::tls::SniRes
         let ca = LocalCa::load_or_create(dir)?;
         let names = host_patterns(routes);
         let (cert, key) = ca.issue(&names)?;
-        let mut entries = Vec::new();
-        entries.push((names, Arc::new(certified_key(&cert, &key)?)));
+        let entries = vec![(names, Arc::new(certified_key(&cert, &key)?))];
         resolver = SniResolver::new(entries).merged_after(resolver);
     }
     Ok(resolver)

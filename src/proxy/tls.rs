@@ -96,11 +96,7 @@ impl SniResolver {
     /// first certificate.
     pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name.map(str::to_ascii_lowercase) {
-            if let Some((_, k)) = self
-                .entries
-                .iter()
-                .find(|(names, _)| names.iter().any(|n| *n == name))
-            {
+            if let Some((_, k)) = self.entries.iter().find(|(names, _)| names.contains(&name)) {
                 return Some(k.clone());
             }
             let parent = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
