@@ -38,30 +38,7 @@ enum Command {
     },
     /// Run the reverse proxy on its own: routes `{service}.{environment}.{domain}` by the routes
     /// file (reloaded when it changes) and by the admin API. Ctrl-C stops it.
-    Proxy {
-        /// The routes file (`kind: Routes`).
-        #[arg(long)]
-        routes: PathBuf,
-        /// Where clients connect.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// The admin listener (metrics, control API); keep it on loopback.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: std::net::SocketAddr,
-        /// A file holding the admin API's bearer token (default: a random token, printed).
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-        /// The readiness path probed on every upstream.
-        #[arg(long, default_value = "/healthz")]
-        probe_path: String,
-        /// Worker threads (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Objectives (files or folders) whose environments' access rules (`auth`, `allow`)
-        /// apply to the routes; validated like `autopilot validate`.
-        #[arg(long, num_args = 1..)]
-        specs: Vec<PathBuf>,
-    },
+    Proxy(Box<ProxyArgs>),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -72,6 +49,44 @@ enum Command {
         #[arg(value_enum)]
         kind: SchemaKind,
     },
+}
+
+/// Options of `autopilot proxy`.
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The routes file (`kind: Routes`).
+    #[arg(long)]
+    routes: PathBuf,
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// The admin listener (metrics, control API); keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: std::net::SocketAddr,
+    /// A file holding the admin API's bearer token (default: a random token, printed).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// The readiness path probed on every upstream.
+    #[arg(long, default_value = "/healthz")]
+    probe_path: String,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also serve HTTPS here (ALPN h2 and http/1.1, certificate by SNI).
+    #[arg(long)]
+    tls_listen: Option<std::net::SocketAddr>,
+    /// A certificate for names: `NAME[,NAME…]=CERT.pem:KEY.pem` (names exact or `*.`
+    /// wildcards). Repeatable.
+    #[arg(long, value_parser = parse_cert_files)]
+    tls_cert: Vec<autopilot::proxy::tls::CertFiles>,
+    /// The local CA's folder (made at the first start, reused); used when no `--tls-cert`
+    /// is given.
+    #[arg(long, default_value = ".autopilot/ca")]
+    local_ca: PathBuf,
+    /// Objectives (files or folders) whose environments' access rules (`auth`, `allow`)
+    /// apply to the routes; validated like `autopilot validate`.
+    #[arg(long, num_args = 1..)]
+    specs: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -158,23 +173,7 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::ProxyFixtures { out },
         } => proxy_fixtures(&out),
-        Command::Proxy {
-            routes,
-            listen,
-            admin,
-            admin_token_file,
-            probe_path,
-            threads,
-            specs,
-        } => run_proxy(
-            routes,
-            listen,
-            admin,
-            admin_token_file,
-            probe_path,
-            threads,
-            specs,
-        ),
+        Command::Proxy(args) => run_proxy(*args),
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
@@ -282,15 +281,24 @@ fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run_proxy(
-    routes: PathBuf,
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    admin_token_file: Option<PathBuf>,
-    probe_path: String,
-    threads: Option<usize>,
-    specs: Vec<PathBuf>,
-) -> ExitCode {
+fn run_proxy(args: ProxyArgs) -> ExitCode {
+    let ProxyArgs {
+        routes,
+        listen,
+        admin,
+        admin_token_file,
+        probe_path,
+        threads,
+        tls_listen,
+        tls_cert,
+        local_ca,
+        specs,
+    } = args;
+    let tls = tls_listen.map(|listen| autopilot::proxy::server::TlsListen {
+        listen,
+        local_ca: tls_cert.is_empty().then_some(local_ca),
+        certs: tls_cert,
+    });
     use autopilot::proxy::server;
     let access = if specs.is_empty() {
         None
@@ -337,7 +345,7 @@ fn run_proxy(
         probe_path,
         threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         access,
-        tls: None,
+        tls,
     };
     let handle = match server::start(config, table) {
         Ok(h) => h,
@@ -418,4 +426,25 @@ fn proxy_fixtures(out: &std::path::Path) -> ExitCode {
         .collect();
     println!("API_KEY={key}\nAPI_KEY_SHA256={digest}\nTOKEN={token}");
     ExitCode::SUCCESS
+}
+
+/// `NAME[,NAME…]=CERT:KEY`
+fn parse_cert_files(s: &str) -> Result<autopilot::proxy::tls::CertFiles, String> {
+    let bad = || format!("`{s}`: write NAME[,NAME…]=CERT.pem:KEY.pem");
+    let (names, files) = s.rsplit_once('=').ok_or_else(bad)?;
+    let (cert, key) = files.split_once(':').ok_or_else(bad)?;
+    let names: Vec<String> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() || cert.is_empty() || key.is_empty() {
+        return Err(bad());
+    }
+    Ok(autopilot::proxy::tls::CertFiles {
+        cert: cert.into(),
+        key: key.into(),
+        names,
+    })
 }
