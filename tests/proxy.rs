@@ -513,7 +513,7 @@ async fn the_routes_file_is_reloaded_when_it_changes_and_a_broken_one_is_refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn http2_without_tls_reaches_the_upstream_over_http2() {
+async fn http2_callers_are_served_and_grpc_reaches_the_upstream_over_http2() {
     let v1 = upstream("v1").await;
     let proxy = start(
         routes(vec![route(
@@ -535,19 +535,27 @@ async fn http2_without_tls_reaches_the_upstream_over_http2() {
         .resolve(host, proxy.listen)
         .build()
         .unwrap();
-    let resp = h2
-        .get(format!("http://{host}:{}/x", proxy.listen.port()))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("http://{host}:{}/x", proxy.listen.port());
+    // an HTTP/2 (h2c) caller is served; the upstream, which may speak only HTTP/1.1, gets 1.1
+    let resp = h2.get(&url).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.headers()["x-autopilot-release"], "v1");
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["version"], "HTTP/1.1");
+    // gRPC goes to the upstream over HTTP/2
+    let resp = h2
+        .post(&url)
+        .header("content-type", "application/grpc")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
         body["version"], "HTTP/2.0",
-        "the upstream was reached over HTTP/2"
+        "gRPC reached the upstream over HTTP/2"
     );
-    // HTTP/1.1 callers keep HTTP/1.1 to the upstream, on the same port
+    // HTTP/1.1 callers on the same port
     let (status, _, body) = get(&c, &proxy, host, &[]).await;
     assert_eq!((status, body["version"].as_str()), (200, Some("HTTP/1.1")));
     proxy.stop();

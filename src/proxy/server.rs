@@ -313,15 +313,16 @@ impl ProxyHttp for AutopilotProxy {
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no ready upstream left for the release"))?;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(1));
-        // HTTP/2 callers (gRPC among them) reach the upstream over HTTP/2 (cleartext, prior
-        // knowledge); HTTP/1 callers over HTTP/1.1
+        // gRPC needs HTTP/2 end to end (cleartext, prior knowledge to the upstream); every other
+        // caller, HTTP/2 browsers included, reaches the upstream over HTTP/1.1, which every
+        // upstream speaks (Pingora translates)
         let grpc = session
             .req_header()
             .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("application/grpc"));
-        if session.as_downstream().is_http2() || grpc {
+        if grpc {
             peer.options.set_http_version(2, 2);
         }
         ctx.upstream = Some(upstream);
