@@ -102,7 +102,8 @@ enum Bench {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
-    /// Credentials for the proxy benchmark: writes `jwks.json` to DIR and prints `API_KEY=`,
+    /// Credentials for the proxy benchmark: writes `jwks.json`, a CA (`ca/`) and a leaf
+    /// certificate (`leaf.pem`, `leaf.key`) to DIR and prints `API_KEY=`,
     /// `API_KEY_SHA256=` and `TOKEN=` lines (a day-long ES256 token for issuer
     /// `https://bench.invalid`, audience `autopilot`).
     ProxyFixtures {
@@ -419,6 +420,20 @@ fn proxy_fixtures(out: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // a CA and a leaf certificate for the TLS runs (both proxies serve the same certificate)
+    let tls = autopilot::proxy::tls::LocalCa::load_or_create(&out.join("ca")).and_then(|ca| {
+        let (cert, key) = ca.issue(&["*.prod.example.test".to_owned(), "127.0.0.1".to_owned()])?;
+        let write = |name: &str, text: String| {
+            std::fs::write(out.join(name), text)
+                .map_err(|e| autopilot::proxy::tls::TlsError::Certificate(e.to_string()))
+        };
+        write("leaf.pem", cert)?;
+        write("leaf.key", key)
+    });
+    if let Err(e) = tls {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let key = random_token();
     let digest: String = sha2::Sha256::digest(key.as_bytes())
         .iter()
