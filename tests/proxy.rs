@@ -560,3 +560,100 @@ async fn http2_callers_are_served_and_grpc_reaches_the_upstream_over_http2() {
     assert_eq!((status, body["version"].as_str()), (200, Some("HTTP/1.1")));
     proxy.stop();
 }
+
+/// A gRPC upstream: HTTP/1.1 for the readiness probe, HTTP/2 for calls; answers a unary call
+/// with a length-prefixed message and `grpc-status` trailers.
+async fn grpc_upstream() -> std::net::SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", req.version());
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        // echo the request's message, framed: 0 (uncompressed), length, bytes
+                        let payload = body.get(5..).unwrap_or_default().to_vec();
+                        let mut framed = vec![0u8];
+                        framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                        framed.extend_from_slice(&payload);
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("x-upstream-version", version.parse().unwrap());
+                        let body = Full::new(bytes::Bytes::from(framed))
+                            .with_trailers(async move { Some(Ok(trailers)) });
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grpc_call_passes_through_with_its_trailers() {
+    let up = grpc_upstream().await;
+    let proxy = start(
+        routes(vec![route(
+            "payments",
+            "prod",
+            "v1",
+            None,
+            0,
+            &[("v1", vec![up])],
+        )]),
+        None,
+    );
+    let host = "payments.prod.example.test";
+    // wait for the probe (HTTP/1.1 GET /healthz gets a 200 from this upstream)
+    wait_ready(&client(), &proxy, host).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{host}/shop.Payments/Authorize"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = sender.send_request(request, false).unwrap();
+    let message = b"card=4111";
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.send_data(bytes::Bytes::from(framed), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-autopilot-release"], "v1");
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        data.extend_from_slice(&chunk);
+    }
+    assert_eq!(&data[5..], message, "the reply came back framed");
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-upstream-version"], "HTTP/2.0");
+    proxy.stop();
+}
