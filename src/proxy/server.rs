@@ -185,6 +185,16 @@ fn cookie(header: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
+/// Is this a gRPC call?
+fn is_grpc(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
 /// A gRPC caller gets a trailers-only answer: HTTP 200 with `grpc-status` (16 unauthenticated,
 /// 5 not found, 14 unavailable) and no body.
 async fn respond_grpc(session: &mut Session, status: u16) -> Result<bool> {
@@ -202,13 +212,7 @@ async fn respond_grpc(session: &mut Session, status: u16) -> Result<bool> {
 }
 
 async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
-    let grpc = session
-        .req_header()
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"));
-    if grpc {
+    if is_grpc(session) {
         return respond_grpc(session, status).await;
     }
     let mut h = ResponseHeader::build(status, Some(3))?;
@@ -316,13 +320,7 @@ impl ProxyHttp for AutopilotProxy {
         // gRPC needs HTTP/2 end to end (cleartext, prior knowledge to the upstream); every other
         // caller, HTTP/2 browsers included, reaches the upstream over HTTP/1.1, which every
         // upstream speaks (Pingora translates)
-        let grpc = session
-            .req_header()
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/grpc"));
-        if grpc {
+        if is_grpc(session) {
             peer.options.set_http_version(2, 2);
         }
         ctx.upstream = Some(upstream);

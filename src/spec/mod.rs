@@ -242,6 +242,18 @@ pub fn load_texts(texts: &[(&str, &str)]) -> Result<Catalog, Report> {
     }
 }
 
+/// A diagnostic for `file` at `pos`.
+fn diagnostic(file: &str, pos: Pos, path: &str, message: String, hint: Option<String>) -> Diagnostic {
+    Diagnostic {
+        file: file.to_owned(),
+        line: pos.line,
+        column: pos.column,
+        path: path.to_owned(),
+        message,
+        hint,
+    }
+}
+
 /// Parses one YAML (or JSON) document of any spec type, reporting every problem with its
 /// location — for files outside the four kinds (the proxy's routes file).
 pub fn parse_document<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, Report> {
@@ -250,13 +262,8 @@ pub fn parse_document<T: serde::de::DeserializeOwned>(name: &str, text: &str) ->
         ..Report::default()
     };
     report.sources.insert(name.to_owned(), text.to_owned());
-    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| Diagnostic {
-        file: name.to_owned(),
-        line: pos.line,
-        column: pos.column,
-        path: path.to_owned(),
-        message,
-        hint,
+    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| {
+        diagnostic(name, pos, path, message, hint)
     };
     let mut syntax = Vec::new();
     let root = match yaml::parse(text, &mut syntax) {
@@ -386,13 +393,8 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
         doc: None,
         parsed: None,
     };
-    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| Diagnostic {
-        file: name.to_owned(),
-        line: pos.line,
-        column: pos.column,
-        path: path.to_owned(),
-        message,
-        hint,
+    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| {
+        diagnostic(name, pos, path, message, hint)
     };
     let mut syntax = Vec::new();
     let root = match yaml::parse(text, &mut syntax) {
