@@ -97,6 +97,9 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
             jwks: "jwks.json".into(),
             api_keys: BTreeMap::from([("checkout-cli".into(), digest)]),
             api_key_header: "x-api-key".into(),
+            client_token_header: "x-client-token".into(),
+            client_claim: "client_id".into(),
+            clients: vec!["billing-job".into()],
             groups_claim: "groups".into(),
         }),
         routes,
@@ -307,6 +310,32 @@ async fn the_auth_matrix() {
     let c = creds(&sre);
     let h: Vec<(&str, &str)> = c.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(call(&proxy, "checkout.prod.example.test", &h).await.0, 200);
+
+    // an application may present a client token instead of an API key
+    let client_claims = |client: &str| serde_json::json!({ "sub": "svc", "client_id": client, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600 });
+    let client_token = token(&keys.signing, &client_claims("billing-job"));
+    let (status, _, body) = call(
+        &proxy,
+        "checkout.staging.example.test",
+        &[("x-client-token", &client_token), ("authorization", &good)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["headers"]["x-autopilot-app"], "billing-job");
+    assert_eq!(body["headers"]["x-autopilot-user"], "ann");
+    for bad_client in [
+        token(&keys.signing, &client_claims("someone-else")),
+        token(&keys.other, &client_claims("billing-job")),
+    ] {
+        let r = call(
+            &proxy,
+            "checkout.staging.example.test",
+            &[("x-client-token", &bad_client), ("authorization", &good)],
+        )
+        .await;
+        assert_eq!(r, reference, "a client token that is not allowed or not valid");
+    }
 
     // gRPC callers get trailers-only answers with grpc-status
     let grpc = call(

@@ -37,6 +37,17 @@ pub struct AuthSettings {
     /// The header carrying the API key.
     #[serde(default = "default_api_key_header")]
     pub api_key_header: String,
+    /// Applications may instead present a client JWT (client-credentials grant, same issuer,
+    /// audience and keys) in this header; the claim named by `clientClaim` names the application,
+    /// which must be listed in `clients`.
+    #[serde(default = "default_client_token_header")]
+    pub client_token_header: String,
+    /// The client token claim naming the application.
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+    /// Applications allowed to authenticate with a client token.
+    #[serde(default)]
+    pub clients: Vec<String>,
     /// The token claim listing the user's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
@@ -44,6 +55,14 @@ pub struct AuthSettings {
 
 fn default_api_key_header() -> String {
     "x-api-key".into()
+}
+
+fn default_client_token_header() -> String {
+    "x-client-token".into()
+}
+
+fn default_client_claim() -> String {
+    "client_id".into()
 }
 
 fn default_groups_claim() -> String {
@@ -124,6 +143,8 @@ pub enum Refused {
     NoAppCredential,
     #[error("unknown application credential")]
     UnknownApp,
+    #[error("client token: {0}")]
+    ClientToken(String),
     #[error("no bearer token")]
     NoToken,
     #[error("token: {0}")]
@@ -193,6 +214,48 @@ impl Authenticator {
         self.settings.api_key_header.to_ascii_lowercase()
     }
 
+    /// The header carrying a client token (lowercase).
+    pub fn client_token_header(&self) -> String {
+        self.settings.client_token_header.to_ascii_lowercase()
+    }
+
+    /// The application behind a client token.
+    fn client_app(&self, token: &str) -> Result<String, Refused> {
+        let id = self
+            .verified_token(token)
+            .map_err(|e| Refused::ClientToken(e.to_string()))?;
+        let app = id
+            .claims
+            .get(&self.settings.client_claim)
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| Refused::ClientToken(format!("no `{}` claim", self.settings.client_claim)))?;
+        if !self.settings.clients.iter().any(|c| c == app) {
+            return Err(Refused::UnknownApp);
+        }
+        Ok(app.to_owned())
+    }
+
+    /// Checks an application credential (an API key, or else a client token) and a bearer
+    /// token (the `Authorization` header's value).
+    pub fn verify_with_client(
+        &self,
+        api_key: Option<&str>,
+        client_token: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<Identity, Refused> {
+        match (
+            api_key.filter(|k| !k.is_empty()),
+            client_token.filter(|t| !t.is_empty()),
+        ) {
+            (None, Some(t)) => {
+                let app = self.client_app(t)?;
+                let user = self.user(authorization)?;
+                Ok(Identity { app, ..user })
+            }
+            _ => self.verify(api_key, authorization),
+        }
+    }
+
     /// Checks an API key and a bearer token (the `Authorization` header's value).
     pub fn verify(&self, api_key: Option<&str>, authorization: Option<&str>) -> Result<Identity, Refused> {
         let key = api_key
@@ -201,11 +264,22 @@ impl Authenticator {
         let digest = Sha256::digest(key.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let app = self.apps.get(&hex).cloned().ok_or(Refused::UnknownApp)?;
+        let user = self.user(authorization)?;
+        Ok(Identity { app, ..user })
+    }
+
+    /// The user behind a bearer token.
+    fn user(&self, authorization: Option<&str>) -> Result<Identity, Refused> {
         let token = authorization
             .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(Refused::NoToken)?;
+        self.verified_token(token)
+    }
+
+    /// A verified token's identity, from the cache when this exact token was verified before.
+    fn verified_token(&self, token: &str) -> Result<Identity, Refused> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -213,7 +287,7 @@ impl Authenticator {
         if let Some((id, exp)) = self.verified.read().expect("token cache").get(&digest)
             && *exp > now
         {
-            return Ok(Identity { app, ..id.clone() });
+            return Ok(id.clone());
         }
         let identity = self.verify_token(token)?;
         let exp = identity.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
@@ -222,7 +296,7 @@ impl Authenticator {
             cache.clear();
         }
         cache.insert(digest, (identity.clone(), exp));
-        Ok(Identity { app, ..identity })
+        Ok(identity)
     }
 
     /// Checks a bearer token's signature and claims.
@@ -290,6 +364,9 @@ mod tests {
                 "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
             )]),
             api_key_header: "x-api-key".into(),
+            client_token_header: "x-client-token".into(),
+            client_claim: "client_id".into(),
+            clients: vec!["billing-job".into()],
             groups_claim: "groups".into(),
         }
     }

@@ -271,7 +271,12 @@ impl ProxyHttp for AutopilotProxy {
         if route.is_none_or(|r| r.auth == Auth::Required) {
             let verified = table.authenticator.as_ref().map(|a| {
                 let key = header(&a.api_key_header());
-                a.verify(key.as_deref(), header("authorization").as_deref())
+                let client = header(&a.client_token_header());
+                a.verify_with_client(
+                    key.as_deref(),
+                    client.as_deref(),
+                    header("authorization").as_deref(),
+                )
             });
             let identity = match verified {
                 Some(Ok(id)) => id,
