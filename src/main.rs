@@ -138,11 +138,12 @@ fn main() -> ExitCode {
                 Ok(catalog) => {
                     match format {
                         Format::Text => println!(
-                            "ok: {} files, {} services, {} sensors, {} controllers",
+                            "ok: {} files, {} services, {} sensors, {} controllers, {} scenarios",
                             catalog.files_checked,
                             catalog.services.len(),
                             catalog.sensors.len(),
-                            catalog.controllers.len()
+                            catalog.controllers.len(),
+                            catalog.simulations.len()
                         ),
                         Format::Json => println!(
                             "{}",
