@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The `auth:` section of a routes file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -132,8 +133,9 @@ impl AccessRule {
 pub struct Identity {
     pub user: String,
     pub app: String,
-    pub groups: Vec<String>,
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Shared, so that a cached identity is cheap to hand out on every request.
+    pub groups: Arc<Vec<String>>,
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why credentials were refused (for logs; the caller only ever sees 401).
@@ -343,8 +345,8 @@ impl Authenticator {
         Ok(Identity {
             user,
             app: String::new(),
-            groups,
-            claims,
+            groups: Arc::new(groups),
+            claims: Arc::new(claims),
         })
     }
 }
