@@ -63,6 +63,27 @@ fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {
     server::start(config, r).expect("the proxy starts")
 }
 
+/// checkout/prod served by one release `v1`, ready; returns the upstream (keep it alive), the
+/// proxy, a client and the host.
+async fn one_release() -> (common::Upstream, ProxyHandle, reqwest::Client, &'static str) {
+    let v1 = upstream("v1").await;
+    let proxy = start(
+        routes(vec![route(
+            "checkout",
+            "prod",
+            "v1",
+            None,
+            0,
+            &[("v1", vec![v1.addr])],
+        )]),
+        None,
+    );
+    let c = client();
+    let host = "checkout.prod.example.test";
+    wait_ready(&c, &proxy, host).await;
+    (v1, proxy, c, host)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn routes_many_services_and_environments_by_host_and_hides_the_rest() {
     let mut ups = Vec::new();
@@ -343,21 +364,7 @@ async fn only_ready_upstreams_get_traffic_and_none_ready_is_a_clear_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarding_headers_are_set_and_spoofed_ones_replaced() {
-    let v1 = upstream("v1").await;
-    let proxy = start(
-        routes(vec![route(
-            "checkout",
-            "prod",
-            "v1",
-            None,
-            0,
-            &[("v1", vec![v1.addr])],
-        )]),
-        None,
-    );
-    let c = client();
-    let host = "checkout.prod.example.test";
-    wait_ready(&c, &proxy, host).await;
+    let (_v1, proxy, c, host) = one_release().await;
     let (_, release, body) = get(
         &c,
         &proxy,
@@ -514,21 +521,7 @@ async fn the_routes_file_is_reloaded_when_it_changes_and_a_broken_one_is_refused
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http2_callers_are_served_and_grpc_reaches_the_upstream_over_http2() {
-    let v1 = upstream("v1").await;
-    let proxy = start(
-        routes(vec![route(
-            "checkout",
-            "prod",
-            "v1",
-            None,
-            0,
-            &[("v1", vec![v1.addr])],
-        )]),
-        None,
-    );
-    let c = client();
-    let host = "checkout.prod.example.test";
-    wait_ready(&c, &proxy, host).await;
+    let (_v1, proxy, c, host) = one_release().await;
     // in HTTP/2 the host travels as `:authority`: address the proxy by name
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()

@@ -695,45 +695,32 @@ fn step_canary(
         transition(ctx, out, r, to, operator("pause", actor));
         return;
     }
-    if let Some((objective, j, _)) = verdicts.iter().find(|(_, j, _)| j.verdict == Verdict::Regressed) {
-        let cause = Cause::Regressed {
-            objective: objective.clone(),
-            explanation: j.evidence.explanation.clone(),
-        };
-        let reason = format!("{objective} regressed: {}", j.evidence.explanation);
-        stop(
-            ctx,
-            out,
-            env,
-            r,
-            Stop {
-                action: ctl.rollback.on_regression,
-                reason,
-                cause,
+    // a regression, or the blast-radius budget spent: stop the way the policy says
+    let regressed = verdicts.iter().find(|(_, j, _)| j.verdict == Verdict::Regressed);
+    let stopping = match regressed {
+        Some((objective, j, _)) => Some(Stop {
+            action: ctl.rollback.on_regression,
+            reason: format!("{objective} regressed: {}", j.evidence.explanation),
+            cause: Cause::Regressed {
+                objective: objective.clone(),
+                explanation: j.evidence.explanation.clone(),
             },
-        );
-        return;
-    }
-    if r.excess_bad >= ctl.blast_radius.budget as f64 {
-        let cause = Cause::BlastRadius {
-            excess: r.excess_bad,
-            budget: ctl.blast_radius.budget,
-        };
-        let reason = format!(
-            "blast-radius budget spent: {:.0} bad requests ≥ {}",
-            r.excess_bad, ctl.blast_radius.budget
-        );
-        stop(
-            ctx,
-            out,
-            env,
-            r,
-            Stop {
-                action: ctl.rollback.on_regression,
-                reason,
-                cause,
+        }),
+        None if r.excess_bad >= ctl.blast_radius.budget as f64 => Some(Stop {
+            action: ctl.rollback.on_regression,
+            reason: format!(
+                "blast-radius budget spent: {:.0} bad requests ≥ {}",
+                r.excess_bad, ctl.blast_radius.budget
+            ),
+            cause: Cause::BlastRadius {
+                excess: r.excess_bad,
+                budget: ctl.blast_radius.budget,
             },
-        );
+        }),
+        None => None,
+    };
+    if let Some(how) = stopping {
+        stop(ctx, out, env, r, how);
         return;
     }
     // missing data: hold; past the policy's hold time, act
