@@ -3,9 +3,9 @@
 
 mod common;
 
-use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind, Sticky};
+use autopilot::proxy::routes::{RouteSpec, RoutesFile, Sticky};
 use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle};
-use autopilot::spec::{ApiVersion, units::Weight};
+use autopilot::spec::units::Weight;
 use common::{client, free_port, get, upstream, wait_ready};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,14 +38,7 @@ fn route(
 }
 
 fn routes(routes: Vec<RouteSpec>) -> RoutesFile {
-    RoutesFile {
-        api_version: ApiVersion::V1,
-        kind: RoutesKind::Routes,
-        domain: DOMAIN.into(),
-        trusted_proxies: vec![],
-        auth: None,
-        routes,
-    }
+    RoutesFile::new(DOMAIN, routes)
 }
 
 fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {

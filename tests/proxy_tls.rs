@@ -4,10 +4,10 @@
 
 mod common;
 
-use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind};
+use autopilot::proxy::routes::{RouteSpec, RoutesFile};
 use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle, TlsListen};
 use autopilot::spec::objectives::Auth;
-use autopilot::spec::{ApiVersion, units::Weight};
+use autopilot::spec::units::Weight;
 use common::{free_port, upstream};
 use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
 use rustls_pki_types::pem::PemObject;
@@ -18,13 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, std::net::SocketAddr) {
     let tls_listen = free_port();
-    let routes = RoutesFile {
-        api_version: ApiVersion::V1,
-        kind: RoutesKind::Routes,
-        domain: "example.test".into(),
-        trusted_proxies: vec![],
-        auth: None,
-        routes: vec![RouteSpec {
+    let routes = RoutesFile::new(
+        "example.test",
+        vec![RouteSpec {
             service: "checkout".into(),
             environment: "prod".into(),
             stable: Some("v1".into()),
@@ -35,7 +31,7 @@ fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, 
             auth: Auth::None,
             allow: None,
         }],
-    };
+    );
     let config = ProxyConfig {
         listen: free_port(),
         admin: "127.0.0.1:0".parse().unwrap(),

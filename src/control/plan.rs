@@ -509,11 +509,7 @@ fn step_rollout(
                     out,
                     env,
                     r,
-                    Stop {
-                        action: ctl.rollback.on_deadline,
-                        reason: "progress deadline passed while deploying".into(),
-                        cause: Cause::Deadline,
-                    },
+                    Stop::deadline(ctl, "progress deadline passed while deploying"),
                 );
             } else {
                 let _ = since;
@@ -752,17 +748,7 @@ fn step_canary(
         }
     }
     if now.since(r.started_at) >= ctl.progress_deadline.0 {
-        stop(
-            ctx,
-            out,
-            env,
-            r,
-            Stop {
-                action: ctl.rollback.on_deadline,
-                reason: "progress deadline passed".into(),
-                cause: Cause::Deadline,
-            },
-        );
+        stop(ctx, out, env, r, Stop::deadline(ctl, "progress deadline passed"));
         return;
     }
     if let Some((w, actor)) = &ctx.ov.weight {
@@ -900,6 +886,17 @@ struct Stop {
     action: StopAction,
     reason: String,
     cause: Cause,
+}
+
+impl Stop {
+    /// The progress deadline passed: the policy's `onDeadline`.
+    fn deadline(ctl: &ControllerSpec, reason: &str) -> Stop {
+        Stop {
+            action: ctl.rollback.on_deadline,
+            reason: reason.to_owned(),
+            cause: Cause::Deadline,
+        }
+    }
 }
 
 /// Stops a rollout the way the policy says: roll back, or pause (at the current weight) for an

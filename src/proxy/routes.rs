@@ -43,6 +43,20 @@ pub struct RoutesFile {
     pub routes: Vec<RouteSpec>,
 }
 
+impl RoutesFile {
+    /// A routes file for `domain` with these routes (no auth settings, no trusted proxies).
+    pub fn new(domain: &str, routes: Vec<RouteSpec>) -> RoutesFile {
+        RoutesFile {
+            api_version: ApiVersion::V1,
+            kind: RoutesKind::Routes,
+            domain: domain.to_owned(),
+            trusted_proxies: Vec::new(),
+            auth: None,
+            routes,
+        }
+    }
+}
+
 /// The `kind` of a routes file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RoutesKind {
@@ -399,13 +413,9 @@ mod tests {
     use super::*;
 
     fn table(weight: u8, sticky: Option<Sticky>) -> RouteTable {
-        let file = RoutesFile {
-            api_version: ApiVersion::V1,
-            kind: RoutesKind::Routes,
-            domain: "example.test".into(),
-            trusted_proxies: vec![],
-            auth: None,
-            routes: vec![RouteSpec {
+        let file = RoutesFile::new(
+            "example.test",
+            vec![RouteSpec {
                 service: "checkout".into(),
                 environment: "prod".into(),
                 stable: Some("v1".into()),
@@ -419,7 +429,7 @@ mod tests {
                 auth: crate::spec::objectives::Auth::None,
                 allow: None,
             }],
-        };
+        );
         let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
         for u in t.upstreams() {
             u.ready.store(true, Ordering::Relaxed);
@@ -453,14 +463,7 @@ mod tests {
         ])
         .map_err(|_| ())
         .unwrap();
-        let mut file = RoutesFile {
-            api_version: ApiVersion::V1,
-            kind: RoutesKind::Routes,
-            domain: "example.test".into(),
-            trusted_proxies: vec![],
-            auth: None,
-            routes: vec![],
-        };
+        let mut file = RoutesFile::new("example.test", vec![]);
         for (svc, env) in [("checkout", "dev"), ("checkout", "staging"), ("search", "prod")] {
             file.routes.push(RouteSpec {
                 service: svc.into(),
@@ -574,14 +577,7 @@ mod tests {
     fn a_new_snapshot_keeps_health_of_known_upstreams_and_starts_new_ones_unready() {
         let reg = super::super::metrics::Registry::default();
         let t1 = table(10, None);
-        let mut file = RoutesFile {
-            api_version: ApiVersion::V1,
-            kind: RoutesKind::Routes,
-            domain: "example.test".into(),
-            trusted_proxies: vec![],
-            auth: None,
-            routes: vec![],
-        };
+        let mut file = RoutesFile::new("example.test", vec![]);
         file.routes.push(RouteSpec {
             service: "checkout".into(),
             environment: "prod".into(),
