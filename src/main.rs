@@ -351,6 +351,8 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         probe_interval: std::time::Duration::from_secs(1),
         probe_path,
         threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        // this process runs one proxy for its whole life
+        work_stealing: false,
         access,
         tls,
     };
@@ -362,14 +364,30 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     eprintln!(
-        "autopilot proxy: listening on {}, admin on {} (Ctrl-C stops)",
+        "autopilot proxy: listening on {}, admin on {} (Ctrl-C or SIGTERM stops)",
         handle.listen, handle.admin
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let _ = rt.block_on(tokio::signal::ctrl_c());
+    // Ctrl-C, or SIGTERM from a supervisor (systemd, a container runtime)
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = sigterm => {}
+        }
+    });
+    eprintln!("autopilot proxy: stopping");
     handle.stop();
     ExitCode::SUCCESS
 }

@@ -50,6 +50,8 @@ fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {
         probe_interval: Duration::from_millis(100),
         probe_path: "/healthz".into(),
         threads: 2,
+        // many proxies, one after another, in one process (cloudflare/pingora#981)
+        work_stealing: true,
         access: None,
         tls: None,
     };

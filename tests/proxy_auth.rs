@@ -114,6 +114,8 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
         probe_interval: Duration::from_millis(100),
         probe_path: "/healthz".into(),
         threads: 2,
+        // many proxies, one after another, in one process (cloudflare/pingora#981)
+        work_stealing: true,
         access: None,
         tls: None,
     };

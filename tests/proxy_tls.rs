@@ -40,6 +40,8 @@ fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, 
         probe_interval: Duration::from_millis(100),
         probe_path: "/healthz".into(),
         threads: 2,
+        // many proxies, one after another, in one process (cloudflare/pingora#981)
+        work_stealing: true,
         access: None,
         tls: Some(TlsListen {
             listen: tls_listen,

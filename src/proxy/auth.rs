@@ -170,6 +170,9 @@ pub struct Authenticator {
     /// SHA-256 of a token → its verified identity and `exp`. Re-verifying the same bytes gives
     /// the same answer, so only the expiry must be checked again on a hit.
     verified: std::sync::RwLock<HashMap<[u8; 32], (Identity, u64)>>,
+    /// The credential headers' names, lowercase.
+    api_key_header: String,
+    client_token_header: String,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -208,17 +211,19 @@ impl Authenticator {
             keys,
             apps,
             verified: std::sync::RwLock::new(HashMap::new()),
+            api_key_header: settings.api_key_header.to_ascii_lowercase(),
+            client_token_header: settings.client_token_header.to_ascii_lowercase(),
         })
     }
 
     /// The header carrying the API key (lowercase).
-    pub fn api_key_header(&self) -> String {
-        self.settings.api_key_header.to_ascii_lowercase()
+    pub fn api_key_header(&self) -> &str {
+        &self.api_key_header
     }
 
     /// The header carrying a client token (lowercase).
-    pub fn client_token_header(&self) -> String {
-        self.settings.client_token_header.to_ascii_lowercase()
+    pub fn client_token_header(&self) -> &str {
+        &self.client_token_header
     }
 
     /// The application behind a client token.

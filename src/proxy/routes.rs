@@ -55,6 +55,51 @@ impl RoutesFile {
             routes,
         }
     }
+
+    /// What the parser cannot see: names that are not DNS labels (they become host names),
+    /// a stable or canary release without upstreams listed, one service and environment named
+    /// twice. Every problem, each with its place (`routes[1].canary`).
+    pub fn check(&self) -> Result<(), String> {
+        use crate::spec::is_dns_label;
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            for (field, name) in [("service", &r.service), ("environment", &r.environment)] {
+                if !is_dns_label(name) {
+                    problems.push(format!(
+                        "routes[{i}].{field}: `{name}` is not a DNS label (lowercase letters, digits, `-`)"
+                    ));
+                }
+            }
+            for name in r.releases.keys() {
+                if !is_dns_label(name) {
+                    problems.push(format!(
+                        "routes[{i}].releases.{name}: `{name}` is not a DNS label (it becomes the preview host name)"
+                    ));
+                }
+            }
+            for (field, name) in [("stable", &r.stable), ("canary", &r.canary)] {
+                if let Some(name) = name
+                    && !r.releases.contains_key(name)
+                {
+                    problems.push(format!(
+                        "routes[{i}].{field}: release `{name}` is not among `releases`"
+                    ));
+                }
+            }
+            if !seen.insert((r.service.as_str(), r.environment.as_str())) {
+                problems.push(format!(
+                    "routes[{i}]: `{}` in `{}` is routed twice",
+                    r.service, r.environment
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
 }
 
 /// The `kind` of a routes file.
@@ -162,6 +207,8 @@ pub const PASSIVE_FAILURE_LIMIT: usize = 2;
 #[derive(Debug)]
 pub struct ReleaseRoute {
     pub release: String,
+    /// The release as a response header value (made once, shared by every response).
+    pub header_value: http::HeaderValue,
     pub upstreams: Vec<Arc<Upstream>>,
     /// Round-robin position.
     next: AtomicU64,
@@ -192,20 +239,9 @@ pub struct Route {
     pub releases: BTreeMap<String, Arc<ReleaseRoute>>,
     pub auth: crate::spec::objectives::Auth,
     pub allow: super::auth::AccessRule,
-}
-
-impl Route {
     /// Identifies the rollout for sticky bucketing: a new canary reshuffles, a weight change
     /// does not.
-    fn rollout_id(&self) -> String {
-        format!(
-            "{}/{}/{}/{}",
-            self.service,
-            self.environment,
-            self.stable.as_deref().unwrap_or("-"),
-            self.canary.as_deref().unwrap_or("-")
-        )
-    }
+    rollout_id: String,
 }
 
 /// An immutable routing snapshot.
@@ -310,6 +346,8 @@ impl RouteTable {
                 releases.insert(
                     release.clone(),
                     Arc::new(ReleaseRoute {
+                        header_value: http::HeaderValue::from_str(release)
+                            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
                         release: release.clone(),
                         upstreams,
                         next: AtomicU64::new(0),
@@ -323,6 +361,13 @@ impl RouteTable {
                     spec.environment.to_ascii_lowercase(),
                 ),
                 Route {
+                    rollout_id: format!(
+                        "{}/{}/{}/{}",
+                        spec.service,
+                        spec.environment,
+                        spec.stable.as_deref().unwrap_or("-"),
+                        spec.canary.as_deref().unwrap_or("-")
+                    ),
                     service: spec.service.clone(),
                     environment: spec.environment.clone(),
                     stable: spec.stable.clone(),
@@ -395,7 +440,7 @@ impl RouteTable {
                     Sticky::Cookie(c) => (req.cookie)(c),
                 });
                 let bucket = match key {
-                    Some(k) => traffic::bucket(&route.rollout_id(), &k),
+                    Some(k) => traffic::bucket(&route.rollout_id, &k),
                     None => req.draw % BUCKETS,
                 };
                 traffic::arm(bucket, route.weight)
@@ -486,6 +531,49 @@ mod tests {
         assert_eq!(file.routes[1].allow.as_ref().unwrap().groups, ["shop-engineers"]);
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("search/prod"));
+    }
+
+    #[test]
+    fn a_routes_file_names_every_problem_with_its_place() {
+        let mut file = RoutesFile::new("example.test", vec![table_spec(), table_spec()]);
+        assert!(
+            RoutesFile::new("example.test", vec![table_spec()])
+                .check()
+                .is_ok()
+        );
+        file.routes[0].canary = Some("v9".into());
+        file.routes[1].releases.insert("V 2".into(), vec![]);
+        file.routes[1].environment = "Prod".into();
+        let err = file.check().unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "routes[0].canary: release `v9` is not among `releases`",
+                "routes[1].environment: `Prod` is not a DNS label (lowercase letters, digits, `-`)",
+                "routes[1].releases.V 2: `V 2` is not a DNS label (it becomes the preview host name)",
+            ],
+            "{err}"
+        );
+        let twice = RoutesFile::new("example.test", vec![table_spec(), table_spec()]);
+        assert_eq!(
+            twice.check().unwrap_err(),
+            "routes[1]: `checkout` in `prod` is routed twice"
+        );
+    }
+
+    fn table_spec() -> RouteSpec {
+        RouteSpec {
+            service: "checkout".into(),
+            environment: "prod".into(),
+            stable: Some("v1".into()),
+            canary: None,
+            weight: Weight(0),
+            sticky: None,
+            releases: [("v1".to_owned(), vec!["127.0.0.1:1".parse().unwrap()])].into(),
+            auth: crate::spec::objectives::Auth::None,
+            allow: None,
+        }
     }
 
     #[test]

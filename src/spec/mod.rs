@@ -13,6 +13,7 @@ pub mod sensors;
 pub mod simulations;
 pub mod units;
 mod validate;
+pub(crate) use validate::is_dns_label;
 pub mod yaml;
 
 use controllers::{ControllerSpec, StopAction};

@@ -37,7 +37,7 @@ macro_rules! p {
 }
 
 /// A DNS label: it becomes part of host names.
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

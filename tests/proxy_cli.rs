@@ -1,0 +1,176 @@
+//! `autopilot proxy` as a user runs it: the real binary in its own process (one proxy for the
+//! process's life, so on its production runtime: one single-threaded runtime per worker), a
+//! routes file, the admin API with its token, and SIGTERM. Upstreams and clients are real, on
+//! loopback; every wait polls with a bounded deadline.
+
+mod common;
+
+use common::{free_port, upstream};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HOST: &str = "checkout.prod.example.test";
+
+struct Proxy {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn routes_yaml(v1: SocketAddr, v2: SocketAddr, weight: u8) -> String {
+    format!(
+        "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nroutes:\n  - service: checkout\n    environment: prod\n    stable: v1\n    canary: v2\n    weight: {weight}\n    auth: none\n    releases:\n      v1: [\"{v1}\"]\n      v2: [\"{v2}\"]\n"
+    )
+}
+
+fn spawn(routes: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    std::fs::write(dir.path().join("token"), "cli-token\n").unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .arg("proxy")
+        .arg("--routes")
+        .arg(dir.path().join("routes.yaml"))
+        .args(["--listen", &listen.to_string(), "--admin", &admin.to_string()])
+        .arg("--admin-token-file")
+        .arg(dir.path().join("token"))
+        .args(["--probe-path", "/healthz", "--threads", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    Proxy {
+        child,
+        listen,
+        admin,
+        _dir: dir,
+    }
+}
+
+/// The release that served one GET, or the status when it was not a 200.
+async fn hit(c: &reqwest::Client, p: &Proxy) -> Result<String, u16> {
+    match c
+        .get(format!("http://{}/hello", p.listen))
+        .header("host", HOST)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().as_u16() == 200 => Ok(r
+            .headers()
+            .get("x-autopilot-release")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_owned()),
+        Ok(r) => Err(r.status().as_u16()),
+        Err(_) => Err(0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_stops_on_sigterm() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let mut p = spawn(&routes_yaml(v1.addr, v2.addr, 0));
+    let c = reqwest::Client::new();
+
+    // ready within a bounded wait (the process starts, the probes pass)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hit(&c, &p).await.is_err() {
+        assert!(p.child.try_wait().unwrap().is_none(), "the proxy exited early");
+        assert!(Instant::now() < deadline, "the proxy never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..100 {
+        assert_eq!(hit(&c, &p).await, Ok("v1".to_owned()), "weight 0: all stable");
+    }
+
+    // the control surface: a wrong token changes nothing, the right one moves traffic live
+    let route = serde_json::json!({
+        "service": "checkout", "environment": "prod", "stable": "v1", "canary": "v2",
+        "weight": 50, "auth": "none",
+        "releases": { "v1": [v1.addr.to_string()], "v2": [v2.addr.to_string()] }
+    });
+    let url = format!("http://{}/routes/checkout/prod", p.admin);
+    let refused = c.put(&url).bearer_auth("nope").json(&route).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let set = c
+        .put(&url)
+        .bearer_auth("cli-token")
+        .json(&route)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status().as_u16(), 204);
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..400 {
+        *seen
+            .entry(hit(&c, &p).await.expect("no failed request"))
+            .or_default() += 1;
+    }
+    // 400 draws at 50%: 200 ± 4.5σ (σ = 10)
+    let canary = seen.get("v2").copied().unwrap_or(0);
+    assert!((155..=245).contains(&canary), "{seen:?}");
+
+    // the metrics a Prometheus server scrapes, per release
+    let metrics = c
+        .get(format!("http://{}/metrics", p.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("release=\"v2\"") && metrics.contains("release=\"v1\""),
+        "{metrics}"
+    );
+
+    // SIGTERM from a supervisor: a clean, prompt exit
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the proxy ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    use std::io::Read;
+    p.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("stopping"), "{err}");
+}
+
+#[test]
+fn a_broken_routes_file_stops_the_start_with_its_place() {
+    let mut p = spawn(
+        "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nroutes:\n  - service: checkout\n    environment: prod\n    stable: v3\n    releases:\n      v1: [\"127.0.0.1:1\"]\n",
+    );
+    let status = p.child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    p.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("routes[0].stable: release `v3` is not among `releases`"),
+        "{err}"
+    );
+}
