@@ -196,7 +196,7 @@ async fn the_split_follows_the_weight_and_headers_and_stickiness_override_it() {
 }
 
 async fn admin_put_route(proxy: &ProxyHandle, r: &RouteSpec) {
-    let resp = reqwest::Client::new()
+    let resp = common::client()
         .put(format!(
             "http://{}/routes/{}/{}",
             proxy.admin, r.service, r.environment

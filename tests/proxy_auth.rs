@@ -95,6 +95,8 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
             audience: AUDIENCE.into(),
             algorithms: vec![SignatureAlgorithm::ES256, SignatureAlgorithm::RS256],
             jwks: "jwks.json".into(),
+            jwks_refresh: "5m".parse().unwrap(),
+            jwks_ca: None,
             api_keys: BTreeMap::from([("checkout-cli".into(), digest)]),
             api_key_header: "x-api-key".into(),
             client_token_header: "x-client-token".into(),

@@ -81,7 +81,7 @@ async fn hit(c: &reqwest::Client, p: &Proxy) -> Result<String, u16> {
 async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_stops_on_sigterm() {
     let (v1, v2) = (upstream("v1").await, upstream("v2").await);
     let mut p = spawn(&routes_yaml(v1.addr, v2.addr, 0));
-    let c = reqwest::Client::new();
+    let c = common::client();
 
     // ready within a bounded wait (the process starts, the probes pass)
     let deadline = Instant::now() + Duration::from_secs(20);

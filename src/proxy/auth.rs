@@ -29,9 +29,18 @@ pub struct AuthSettings {
     pub audience: String,
     /// Accepted signature algorithms (asymmetric only).
     pub algorithms: Vec<SignatureAlgorithm>,
-    /// A JWKS file (relative to the routes file) with the issuer's public keys; re-read when it
-    /// changes.
+    /// The issuer's public keys (JWKS): a file (relative to the routes file), re-read when it
+    /// changes, or an `https://` URL (`http://` only on loopback), fetched at start, every
+    /// `jwksRefresh`, and at once (at most every 10 s) when a token names a key it does not
+    /// know (key rotation). A failed fetch keeps the keys last fetched.
     pub jwks: String,
+    /// How often a JWKS URL is fetched again.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: crate::spec::units::Duration,
+    /// A PEM file of CA certificates to trust for the JWKS URL instead of the system's (an
+    /// in-house identity provider); relative to the routes file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca: Option<String>,
     /// Application credentials: application name → SHA-256 (hex) of its API key.
     #[serde(default)]
     pub api_keys: BTreeMap<String, String>,
@@ -52,6 +61,28 @@ pub struct AuthSettings {
     /// The token claim listing the user's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+}
+
+fn default_jwks_refresh() -> crate::spec::units::Duration {
+    crate::spec::units::Duration(std::time::Duration::from_secs(300))
+}
+
+/// Where the JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(std::path::PathBuf),
+    Url(String),
+}
+
+impl AuthSettings {
+    /// The JWKS source, a path resolved against `base`.
+    pub fn jwks_source(&self, base: &Path) -> JwksSource {
+        if self.jwks.starts_with("https://") || self.jwks.starts_with("http://") {
+            JwksSource::Url(self.jwks.clone())
+        } else {
+            JwksSource::File(base.join(&self.jwks))
+        }
+    }
 }
 
 fn default_api_key_header() -> String {
@@ -170,6 +201,8 @@ pub struct Authenticator {
     /// SHA-256 of a token → its verified identity and `exp`. Re-verifying the same bytes gives
     /// the same answer, so only the expiry must be checked again on a hit.
     verified: std::sync::RwLock<HashMap<[u8; 32], (Identity, u64)>>,
+    /// Told when a token names a key not in the set (a fetched JWKS may be out of date).
+    pub unknown_key: Option<Arc<tokio::sync::Notify>>,
     /// The credential headers' names, lowercase.
     api_key_header: String,
     client_token_header: String,
@@ -185,13 +218,24 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Builds from settings, reading the JWKS relative to `base`.
-    pub fn load(settings: &AuthSettings, base: &Path) -> Result<Authenticator, String> {
-        let path = base.join(&settings.jwks);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let set: JwkSet =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
-        Authenticator::new(settings, &set)
+    /// Builds from settings, reading a JWKS file relative to `base`; a JWKS URL's keys are
+    /// `fetched` (none yet: every token is refused until the first fetch succeeds).
+    pub fn load(
+        settings: &AuthSettings,
+        base: &Path,
+        fetched: Option<&JwkSet>,
+    ) -> Result<Authenticator, String> {
+        match settings.jwks_source(base) {
+            JwksSource::File(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let set: JwkSet = serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+                Authenticator::new(settings, &set)
+            }
+            JwksSource::Url(_) => {
+                Authenticator::new(settings, fetched.unwrap_or(&JwkSet { keys: Vec::new() }))
+            }
+        }
     }
 
     pub fn new(settings: &AuthSettings, set: &JwkSet) -> Result<Authenticator, String> {
@@ -211,6 +255,7 @@ impl Authenticator {
             keys,
             apps,
             verified: std::sync::RwLock::new(HashMap::new()),
+            unknown_key: None,
             api_key_header: settings.api_key_header.to_ascii_lowercase(),
             client_token_header: settings.client_token_header.to_ascii_lowercase(),
         })
@@ -317,10 +362,12 @@ impl Authenticator {
             )));
         }
         let kid = header.kid.ok_or_else(|| Refused::Token("no `kid`".into()))?;
-        let key = self
-            .keys
-            .get(&kid)
-            .ok_or_else(|| Refused::Token(format!("unknown key `{kid}`")))?;
+        let key = self.keys.get(&kid).ok_or_else(|| {
+            if let Some(n) = &self.unknown_key {
+                n.notify_one();
+            }
+            Refused::Token(format!("unknown key `{kid}`"))
+        })?;
         if key.family() != header.alg.family() {
             return Err(Refused::Token(
                 "the key does not belong to the token's algorithm".into(),
@@ -366,6 +413,8 @@ mod tests {
             audience: "aud".into(),
             algorithms,
             jwks: String::new(),
+            jwks_refresh: "5m".parse().unwrap(),
+            jwks_ca: None,
             api_keys: BTreeMap::from([(
                 "app".into(),
                 "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),

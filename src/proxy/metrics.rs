@@ -76,6 +76,9 @@ impl ReleaseMetrics {
 #[derive(Debug, Default)]
 pub struct Registry {
     releases: Mutex<BTreeMap<(String, String, String), Arc<ReleaseMetrics>>>,
+    /// Fetches of a JWKS URL that gave a usable key set, and that failed.
+    pub jwks_fetched: std::sync::atomic::AtomicU64,
+    pub jwks_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -159,6 +162,15 @@ impl Registry {
                 labels(k)
             );
         }
+        out.push_str("# HELP autopilot_proxy_jwks_fetches_total Fetches of the JWKS URL, by result.\n");
+        out.push_str("# TYPE autopilot_proxy_jwks_fetches_total counter\n");
+        for (result, n) in [("ok", &self.jwks_fetched), ("error", &self.jwks_failed)] {
+            let _ = writeln!(
+                out,
+                "autopilot_proxy_jwks_fetches_total{{result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -195,6 +207,7 @@ mod tests {
         let text = r.render();
         assert!(text.contains("autopilot_proxy_requests_total{service=\"checkout\",environment=\"prod\",release=\"v\\\"2\",code=\"2xx\"} 1"));
         assert!(text.contains("le=\"+Inf\"} 1"));
-        assert_eq!(text.matches("# TYPE").count(), 3);
+        assert_eq!(text.matches("# TYPE").count(), 4);
+        assert!(text.contains("autopilot_proxy_jwks_fetches_total{result=\"error\"} 0"));
     }
 }

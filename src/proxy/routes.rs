@@ -94,6 +94,28 @@ impl RoutesFile {
                 ));
             }
         }
+        if let Some(auth) = &self.auth
+            && (auth.jwks.starts_with("http://") || auth.jwks.starts_with("https://"))
+        {
+            match reqwest::Url::parse(&auth.jwks) {
+                Err(e) => problems.push(format!("auth.jwks: `{}` is not a URL: {e}", auth.jwks)),
+                Ok(url) if url.scheme() == "http" => {
+                    let loopback = match url.host() {
+                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                        Some(url::Host::Domain(d)) => d == "localhost",
+                        None => false,
+                    };
+                    if !loopback {
+                        problems.push(format!(
+                            "auth.jwks: `{}`: keys over plain http only from loopback; use https",
+                            auth.jwks
+                        ));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

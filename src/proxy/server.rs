@@ -9,7 +9,7 @@
 //!   of the *same* release; with none ready the answer is a clear 503, never a hang.
 //! - Forwarding headers from untrusted peers are replaced, never trusted.
 
-use super::auth::{Authenticator, Identity};
+use super::auth::{Authenticator, Identity, JwksSource};
 use super::metrics::Registry;
 use super::routes::parse_host;
 use super::routes::{Decision, ReleaseRoute, RequestFacts, RouteSpec, RouteTable, RoutesFile, Upstream};
@@ -17,6 +17,7 @@ use crate::spec::objectives::Auth;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use jsonwebtoken::jwk::JwkSet;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
@@ -78,6 +79,10 @@ pub struct Shared {
     /// Access rules from the objectives, applied to every routes change.
     access: Option<Arc<crate::spec::Catalog>>,
     draws: AtomicU64,
+    /// The key set last fetched from a JWKS URL, with the URL.
+    fetched_jwks: Mutex<Option<(String, JwkSet)>>,
+    /// Raised when a token names a key the current set lacks.
+    unknown_key: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -93,8 +98,9 @@ impl Shared {
         }
         let registry = Registry::default();
         routes.check()?;
+        let unknown_key = Arc::new(tokio::sync::Notify::new());
         let mut table = RouteTable::build(&routes, None, &registry);
-        table.authenticator = authenticator(&routes, &base)?;
+        table.authenticator = authenticator(&routes, &base, None, &unknown_key)?;
         Ok(Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             registry,
@@ -102,6 +108,8 @@ impl Shared {
             base,
             access,
             draws: AtomicU64::new(0x9e37_79b9),
+            fetched_jwks: Mutex::new(None),
+            unknown_key,
         }))
     }
 
@@ -115,7 +123,15 @@ impl Shared {
         let mut current = self.routes.lock().expect("routes lock");
         let previous = self.table.load_full();
         let mut table = RouteTable::build(&routes, Some(&previous), &self.registry);
-        table.authenticator = authenticator(&routes, &self.base)?;
+        let fetched = self.fetched_jwks.lock().expect("jwks lock").clone();
+        let fetched = fetched.as_ref().and_then(|(url, set)| {
+            routes
+                .auth
+                .as_ref()
+                .is_some_and(|a| &a.jwks == url)
+                .then_some(set)
+        });
+        table.authenticator = authenticator(&routes, &self.base, fetched, &self.unknown_key)?;
         self.table.store(Arc::new(table));
         *current = routes;
         Ok(())
@@ -139,8 +155,15 @@ impl Shared {
 
     /// The JWKS file the routes name, if any.
     fn jwks_path(&self) -> Option<PathBuf> {
+        match self.jwks_source()? {
+            JwksSource::File(path) => Some(path),
+            JwksSource::Url(_) => None,
+        }
+    }
+
+    fn jwks_source(&self) -> Option<JwksSource> {
         let routes = self.routes.lock().expect("routes lock");
-        routes.auth.as_ref().map(|a| self.base.join(&a.jwks))
+        routes.auth.as_ref().map(|a| a.jwks_source(&self.base))
     }
 
     /// A cheap, well-mixed draw in `0..BUCKETS` (splitmix64 over a counter).
@@ -153,10 +176,19 @@ impl Shared {
     }
 }
 
-fn authenticator(routes: &RoutesFile, base: &std::path::Path) -> Result<Option<Arc<Authenticator>>, String> {
+fn authenticator(
+    routes: &RoutesFile,
+    base: &std::path::Path,
+    fetched: Option<&JwkSet>,
+    unknown_key: &Arc<tokio::sync::Notify>,
+) -> Result<Option<Arc<Authenticator>>, String> {
     match &routes.auth {
         None => Ok(None),
-        Some(settings) => Authenticator::load(settings, base).map(|a| Some(Arc::new(a))),
+        Some(settings) => {
+            let mut a = Authenticator::load(settings, base, fetched)?;
+            a.unknown_key = Some(unknown_key.clone());
+            Ok(Some(Arc::new(a)))
+        }
     }
 }
 
@@ -509,6 +541,7 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         .unwrap_or_else(|| PathBuf::from("."));
     let shared = Shared::new(routes, base, config.access.clone()).map_err(StartError::Auth)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (first_fetch_tx, first_fetch_rx) = std::sync::mpsc::channel::<()>();
     let mut threads = Vec::new();
 
     // the admin listener and the background tasks share one small runtime
@@ -549,9 +582,15 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
                     stop_rx.clone(),
                 );
                 let reloader = reload_loop(shared.clone(), config.routes_file.clone(), stop_rx.clone());
-                let _ = tokio::join!(admin, prober, reloader);
+                let jwks = jwks_loop(shared.clone(), first_fetch_tx, stop_rx.clone());
+                let _ = tokio::join!(admin, prober, reloader, jwks);
             });
         }));
+    }
+    // with a JWKS URL, serve with keys from the first request on: wait (bounded) for the first
+    // fetch; if it fails, start anyway, refusing tokens until a fetch succeeds
+    if matches!(shared.jwks_source(), Some(JwksSource::Url(_))) {
+        let _ = first_fetch_rx.recv_timeout(FIRST_FETCH_WAIT);
     }
 
     // Pingora on its own thread, with its own runtimes
@@ -662,6 +701,121 @@ async fn probe_loop(
 }
 
 /// Reloads the routes file when it changes; a broken file is reported and the old routes stay.
+/// How long a start waits for the first fetch of a JWKS URL.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
+/// A token naming an unknown key fetches the JWKS again at most this often.
+const UNKNOWN_KEY_REFETCH: Duration = Duration::from_secs(10);
+
+/// Keeps a JWKS URL's keys fresh: fetched at start, every `jwksRefresh`, at once when the URL
+/// changes, and (rate-limited) when a token names a key the set lacks. A failure keeps the
+/// last good keys and retries with a doubling delay (1 s up to the refresh period).
+async fn jwks_loop(
+    shared: Arc<Shared>,
+    first: std::sync::mpsc::Sender<()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut first = Some(first);
+    let mut next = Instant::now();
+    let mut last = None::<Instant>;
+    let mut backoff = Duration::from_secs(1);
+    let mut unknown_key = false;
+    loop {
+        let settings = shared.routes.lock().expect("routes lock").auth.clone();
+        let url = settings.as_ref().and_then(|a| match a.jwks_source(&shared.base) {
+            JwksSource::Url(u) => Some(u),
+            JwksSource::File(_) => None,
+        });
+        if let (Some(settings), Some(url)) = (settings, url) {
+            let fetched_url = shared
+                .fetched_jwks
+                .lock()
+                .expect("jwks lock")
+                .as_ref()
+                .map(|(u, _)| u.clone());
+            let rotated = unknown_key && last.is_none_or(|l| l.elapsed() >= UNKNOWN_KEY_REFETCH);
+            if Instant::now() >= next
+                || fetched_url.as_ref() != Some(&url) && last.is_none_or(|l| l.elapsed() >= backoff)
+                || rotated
+            {
+                unknown_key = false;
+                last = Some(Instant::now());
+                match fetch_jwks(&settings, &shared.base, &url).await {
+                    Ok(set) => {
+                        shared.registry.jwks_fetched.fetch_add(1, Ordering::Relaxed);
+                        backoff = Duration::from_secs(1);
+                        next = Instant::now() + settings.jwks_refresh.0;
+                        let changed = shared
+                            .fetched_jwks
+                            .lock()
+                            .expect("jwks lock")
+                            .as_ref()
+                            .is_none_or(|(u, old)| u != &url || old != &set);
+                        if changed {
+                            *shared.fetched_jwks.lock().expect("jwks lock") = Some((url, set));
+                            if let Err(e) = shared.refresh() {
+                                eprintln!("autopilot proxy: keeping the current keys: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        shared.registry.jwks_failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "autopilot proxy: JWKS {url}: {e}; keeping the keys last fetched, again in {} s",
+                            backoff.as_secs()
+                        );
+                        next = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(settings.jwks_refresh.0.max(Duration::from_secs(1)));
+                    }
+                }
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = shared.unknown_key.notified() => unknown_key = true,
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One fetch of a JWKS URL: a 200 with a key set the authenticator accepts, within 5 s and
+/// 1 MiB.
+async fn fetch_jwks(
+    settings: &super::auth::AuthSettings,
+    base: &std::path::Path,
+    url: &str,
+) -> Result<JwkSet, String> {
+    // the process-wide TLS crypto provider (ring, as Pingora's rustls uses); set once
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = &settings.jwks_ca {
+        let path = base.join(ca);
+        let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+        client = client.tls_certs_only(certs);
+    }
+    let client = client.build().map_err(|e| format!("HTTP client: {e}"))?;
+    let mut resp = client.get(url).send().await.map_err(|e| format!("{e}"))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(format!("answered {}", resp.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{e}"))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > 1 << 20 {
+            return Err("larger than 1 MiB".into());
+        }
+    }
+    let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
+    Authenticator::new(settings, &set)?;
+    Ok(set)
+}
+
 async fn reload_loop(
     shared: Arc<Shared>,
     file: Option<PathBuf>,

@@ -86,7 +86,10 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+/// A client (reqwest is built without a TLS crypto provider of its own: the process installs
+/// ring, the one Pingora's rustls uses).
 pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
