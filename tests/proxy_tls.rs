@@ -157,6 +157,40 @@ async fn https_with_a_local_ca_sni_and_alpn() {
         assert!(Instant::now() < deadline, "never served: {response}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // an environment added after the start: the local CA signs for it at its first handshake;
+    // a name that is not routed gets one just the same (a handshake must not tell which
+    // environments exist), a name of the wrong shape does not
+    proxy
+        .shared
+        .set_route(RouteSpec {
+            service: "search".into(),
+            environment: "staging".into(),
+            stable: Some("v1".into()),
+            canary: None,
+            weight: Weight(0),
+            sticky: None,
+            releases: BTreeMap::from([("v1".into(), vec![up.addr])]),
+            auth: Auth::None,
+            allow: None,
+        })
+        .unwrap();
+    for name in [
+        "search.staging.example.test",
+        "v1.search.staging.example.test",
+        "nothing.hidden.example.test",
+    ] {
+        let got = handshake(client_config(&ca, &[b"http/1.1"]), tls_addr, name).await;
+        assert!(got.is_ok(), "{name}: {:?}", got.err());
+    }
+    let err = handshake(
+        client_config(&ca, &[b"http/1.1"]),
+        tls_addr,
+        "a.b.c.d.example.test",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
     proxy.stop();
 
     // the CA is reused by the next start

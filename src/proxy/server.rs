@@ -530,16 +530,16 @@ pub enum StartError {
 
 /// Starts the proxy, the prober, the reloader and the admin listener.
 pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
-    let resolver = match &config.tls {
-        Some(t) => Some(tls_resolver(t, &routes)?),
-        None => None,
-    };
     let base = config
         .routes_file
         .as_ref()
         .and_then(|f| f.parent().map(std::path::Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
     let shared = Shared::new(routes, base, config.access.clone()).map_err(StartError::Auth)?;
+    let resolver = match &config.tls {
+        Some(t) => Some(tls_resolver(t, &shared)?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (first_fetch_tx, first_fetch_rx) = std::sync::mpsc::channel::<()>();
     let mut threads = Vec::new();
@@ -638,15 +638,20 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
     })
 }
 
-fn tls_resolver(t: &TlsListen, routes: &RoutesFile) -> Result<super::tls::SniResolver, StartError> {
-    use super::tls::{LocalCa, SniResolver, certified_key, host_patterns};
+fn tls_resolver(t: &TlsListen, shared: &Arc<Shared>) -> Result<super::tls::SniResolver, StartError> {
+    use super::tls::{LocalCa, OnDemand, SniResolver, certified_key, host_patterns};
     let mut resolver = SniResolver::from_files(&t.certs)?;
     if let Some(dir) = &t.local_ca {
         let ca = LocalCa::load_or_create(dir)?;
-        let names = host_patterns(routes);
+        // one certificate for the routes known now; the CA signs for hosts added later on demand
+        let names = host_patterns(&shared.routes.lock().expect("routes lock"));
         let (cert, key) = ca.issue(&names)?;
         let entries = vec![(names, Arc::new(certified_key(&cert, &key)?))];
-        resolver = SniResolver::new(entries).merged_after(resolver);
+        let table = shared.clone();
+        let on_demand = OnDemand::new(ca, Box::new(move || table.table.load().domain.clone()));
+        resolver = SniResolver::new(entries)
+            .with_on_demand(on_demand)
+            .merged_after(resolver);
     }
     Ok(resolver)
 }

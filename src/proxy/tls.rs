@@ -4,7 +4,8 @@
 //! (exact names first, then a one-label wildcard such as `*.prod.example.test`). For the
 //! embedded default, [`LocalCa`] keeps a certificate authority in a state folder, made at the
 //! first start and reused, and signs a leaf certificate for the routes' host patterns at every
-//! start: trust the CA once (`ca.pem`) and every environment and preview host validates.
+//! start, and one for any other environment or preview host at its first handshake (routes
+//! added later): trust the CA once (`ca.pem`) and every environment and preview host validates.
 
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert};
@@ -62,11 +63,75 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsE
 #[derive(Debug)]
 pub struct SniResolver {
     entries: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    on_demand: Option<OnDemand>,
+}
+
+/// Certificates the local CA signs when a handshake names a host under the domain that no
+/// certificate covers yet: an environment or preview added after the start. Any well-formed
+/// name gets one, routed or not, so that a handshake never tells which environments exist
+/// (they must look alike down to the 404).
+pub struct OnDemand {
+    ca: LocalCa,
+    /// The current base domain (routes may be reloaded).
+    domain: Box<dyn Fn() -> String + Send + Sync>,
+    /// Host pattern → certificate; starts over past [`ON_DEMAND_CACHE`] patterns.
+    issued: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for OnDemand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnDemand").finish_non_exhaustive()
+    }
+}
+
+/// Patterns kept signed at most (memory stays bounded whatever names clients send).
+const ON_DEMAND_CACHE: usize = 4096;
+
+impl OnDemand {
+    pub fn new(ca: LocalCa, domain: Box<dyn Fn() -> String + Send + Sync>) -> OnDemand {
+        OnDemand {
+            ca,
+            domain,
+            issued: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The certificate for `name` (lowercase) if it is `{service}.{environment}.{domain}` or
+    /// `{release}.{service}.{environment}.{domain}`: one for its wildcard pattern, signed once.
+    fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let domain = (self.domain)().trim_end_matches('.').to_ascii_lowercase();
+        let prefix = name.strip_suffix(&domain)?.strip_suffix('.')?;
+        let labels: Vec<&str> = prefix.split('.').collect();
+        if !(2..=3).contains(&labels.len()) || !labels.iter().all(|l| crate::spec::is_dns_label(l)) {
+            return None;
+        }
+        let pattern = format!("*.{}.{domain}", labels[1..].join("."));
+        let mut issued = self.issued.lock().ok()?;
+        if let Some(k) = issued.get(&pattern) {
+            return Some(k.clone());
+        }
+        let (cert, key) = self.ca.issue(std::slice::from_ref(&pattern)).ok()?;
+        let key = Arc::new(certified_key(&cert, &key).ok()?);
+        if issued.len() >= ON_DEMAND_CACHE {
+            issued.clear();
+        }
+        issued.insert(pattern, key.clone());
+        Some(key)
+    }
 }
 
 impl SniResolver {
     pub fn new(entries: Vec<(Vec<String>, Arc<CertifiedKey>)>) -> Self {
-        SniResolver { entries }
+        SniResolver {
+            entries,
+            on_demand: None,
+        }
+    }
+
+    /// Signs certificates for names no entry covers (the local CA).
+    pub fn with_on_demand(mut self, on_demand: OnDemand) -> Self {
+        self.on_demand = Some(on_demand);
+        self
     }
 
     /// Loads certificates from files.
@@ -81,7 +146,7 @@ impl SniResolver {
                 Arc::new(ck),
             ));
         }
-        Ok(SniResolver { entries })
+        Ok(SniResolver::new(entries))
     }
 
     /// `other`'s entries first, then these (certificates configured from files win over the
@@ -89,7 +154,10 @@ impl SniResolver {
     pub fn merged_after(mut self, other: SniResolver) -> SniResolver {
         let mut entries = other.entries;
         entries.append(&mut self.entries);
-        SniResolver { entries }
+        SniResolver {
+            entries,
+            on_demand: self.on_demand.or(other.on_demand),
+        }
     }
 
     /// The certificate for a server name: an exact match, else a one-label wildcard, else the
@@ -104,6 +172,9 @@ impl SniResolver {
                 && let Some((_, k)) = self.entries.iter().find(|(names, _)| names.contains(&w))
             {
                 return Some(k.clone());
+            }
+            if let Some(k) = self.on_demand.as_ref().and_then(|o| o.certificate(&name)) {
+                return Some(k);
             }
         }
         self.entries.first().map(|(_, k)| k.clone())
