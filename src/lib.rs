@@ -12,6 +12,7 @@
 //! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
 
 pub mod control;
+pub mod loadgen;
 pub mod proxy;
 pub mod sim;
 pub mod spec;

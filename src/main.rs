@@ -115,6 +115,32 @@ enum Bench {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fixed-rate HTTP/1.1 load, free of coordinated omission: request i is due at i/RATE and
+    /// its latency counts from then. Prints one JSON line: sent, errors, throughput, p50, p90,
+    /// p99, p999 and max (ms).
+    Load {
+        /// The address to connect to.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// The Host header (and the TLS server name).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Requests per second, all connections together.
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value = "10s")]
+        duration: autopilot::spec::units::Duration,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// A request header, `name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// HTTPS, trusting the CA certificates in this PEM file.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +206,28 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::ProxyFixtures { out },
         } => proxy_fixtures(&out),
+        Command::Bench {
+            which:
+                Bench::Load {
+                    connect,
+                    host,
+                    path,
+                    rate,
+                    duration,
+                    connections,
+                    headers,
+                    cacert,
+                },
+        } => bench_load(
+            connect,
+            host,
+            path,
+            rate,
+            duration.0,
+            connections,
+            &headers,
+            cacert.as_deref(),
+        ),
         Command::Proxy(args) => run_proxy(*args),
         Command::Schema { kind } => {
             print!("{}", kind.render());
@@ -283,6 +331,67 @@ fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: writing to {}: {e}", out.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_load(
+    addr: std::net::SocketAddr,
+    host: String,
+    path: String,
+    rate: f64,
+    duration: std::time::Duration,
+    connections: usize,
+    headers: &[String],
+    cacert: Option<&std::path::Path>,
+) -> ExitCode {
+    let mut parsed = Vec::new();
+    for h in headers {
+        match h.split_once(':') {
+            Some((k, v)) => parsed.push((k.trim().to_owned(), v.trim().to_owned())),
+            None => {
+                eprintln!("error: --header `{h}`: expected `name: value`");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let tls_ca = match cacert.map(std::fs::read_to_string).transpose() {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("error: --cacert: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let spec = autopilot::loadgen::LoadSpec {
+        addr,
+        host,
+        path,
+        headers: parsed,
+        rate,
+        duration,
+        connections,
+        tls_ca,
+    };
+    // one thread, like `wrk -t1`: the client's own cost stays on one CPU
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match rt.block_on(autopilot::loadgen::run(&spec)) {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "sent": r.sent, "errors": r.errors, "throughput": r.throughput,
+                    "p50": r.p50, "p90": r.p90, "p99": r.p99, "p999": r.p999, "max": r.max
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
