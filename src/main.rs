@@ -115,6 +115,16 @@ enum Bench {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The benchmark's reference: bare Pingora forwarding every request to one upstream (no
+    /// routing, auth, headers or metrics), to tell the framework's cost from ours.
+    PingoraFloor {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Fixed-rate HTTP/1.1 load, free of coordinated omission: request i is due at i/RATE and
     /// its latency counts from then. Prints one JSON line: sent, errors, throughput, p50, p90,
     /// p99, p999 and max (ms).
@@ -206,6 +216,14 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::ProxyFixtures { out },
         } => proxy_fixtures(&out),
+        Command::Bench {
+            which:
+                Bench::PingoraFloor {
+                    listen,
+                    upstream,
+                    threads,
+                },
+        } => autopilot::proxy::floor::run(listen, upstream, threads),
         Command::Bench {
             which:
                 Bench::Load {

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod floor;
 pub mod metrics;
 pub mod routes;
 pub mod server;
