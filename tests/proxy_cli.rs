@@ -174,3 +174,46 @@ fn a_broken_routes_file_stops_the_start_with_its_place() {
         "{err}"
     );
 }
+
+/// The benchmark's tools as `scripts/bench-proxy` runs them: the fixed-rate generator through
+/// the bare-Pingora reference to a real upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_tools_run_a_fixed_rate_through_bare_pingora() {
+    let up = upstream("v1").await;
+    let listen = free_port();
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .args(["bench", "pingora-floor", "--listen", &listen.to_string()])
+        .args(["--upstream", &up.addr.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = common::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .get(format!("http://{listen}/x"))
+        .send()
+        .await
+        .map_or(true, |r| r.status().as_u16() != 200)
+    {
+        assert!(Instant::now() < deadline, "bare Pingora never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_autopilot"))
+            .args(["bench", "load", "--connect", &listen.to_string(), "--host", "x"])
+            .args(["--rate", "400", "--duration", "1s", "--connections", "4"])
+            .args(["-H", "x-test: 1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = floor.kill();
+    let _ = floor.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["sent"], 400, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["p50"].as_f64().unwrap() <= r["p99"].as_f64().unwrap(), "{r}");
+    assert!(up.hits.load(std::sync::atomic::Ordering::Relaxed) >= 400);
+}
