@@ -162,8 +162,8 @@ impl AccessRule {
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    pub user: String,
-    pub app: String,
+    pub user: Arc<str>,
+    pub app: Arc<str>,
     /// Shared, so that a cached identity is cheap to hand out on every request.
     pub groups: Arc<Vec<String>>,
     pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
@@ -184,6 +184,18 @@ pub enum Refused {
     Token(String),
 }
 
+/// `hex` (64 hex digits, either case) as 32 bytes.
+fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Clock skew tolerated on `exp`/`nbf` between the issuer and the proxy.
 const CLOCK_SKEW_SECS: u64 = 30;
 
@@ -197,7 +209,8 @@ const TOKEN_CACHE_SIZE: usize = 10_000;
 pub struct Authenticator {
     settings: AuthSettings,
     keys: HashMap<String, DecodingKey>,
-    apps: HashMap<String, String>,
+    /// SHA-256 of an API key → its application.
+    apps: HashMap<[u8; 32], Arc<str>>,
     /// SHA-256 of a token → its verified identity and `exp`. Re-verifying the same bytes gives
     /// the same answer, so only the expiry must be checked again on a hit.
     verified: std::sync::RwLock<HashMap<[u8; 32], (Identity, u64)>>,
@@ -245,11 +258,12 @@ impl Authenticator {
             let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key `{kid}`: {e}"))?;
             keys.insert(kid, key);
         }
-        let apps = settings
-            .api_keys
-            .iter()
-            .map(|(app, digest)| (digest.to_ascii_lowercase(), app.clone()))
-            .collect();
+        let mut apps = HashMap::new();
+        for (app, digest) in &settings.api_keys {
+            let digest = digest_from_hex(digest)
+                .ok_or_else(|| format!("auth.apiKeys.{app}: not a SHA-256 digest (64 hex digits)"))?;
+            apps.insert(digest, Arc::from(app.as_str()));
+        }
         Ok(Authenticator {
             settings: settings.clone(),
             keys,
@@ -272,7 +286,7 @@ impl Authenticator {
     }
 
     /// The application behind a client token.
-    fn client_app(&self, token: &str) -> Result<String, Refused> {
+    fn client_app(&self, token: &str) -> Result<Arc<str>, Refused> {
         let id = self
             .verified_token(token)
             .map_err(|e| Refused::ClientToken(e.to_string()))?;
@@ -284,7 +298,7 @@ impl Authenticator {
         if !self.settings.clients.iter().any(|c| c == app) {
             return Err(Refused::UnknownApp);
         }
-        Ok(app.to_owned())
+        Ok(Arc::from(app))
     }
 
     /// Checks an application credential (an API key, or else a client token) and a bearer
@@ -313,9 +327,8 @@ impl Authenticator {
         let key = api_key
             .filter(|k| !k.is_empty())
             .ok_or(Refused::NoAppCredential)?;
-        let digest = Sha256::digest(key.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let app = self.apps.get(&hex).cloned().ok_or(Refused::UnknownApp)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let app = self.apps.get(&digest).cloned().ok_or(Refused::UnknownApp)?;
         let user = self.user(authorization)?;
         Ok(Identity { app, ..user })
     }
@@ -395,8 +408,8 @@ impl Authenticator {
             .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         Ok(Identity {
-            user,
-            app: String::new(),
+            user: user.into(),
+            app: Arc::from(""),
             groups: Arc::new(groups),
             claims: Arc::new(claims),
         })
@@ -444,6 +457,21 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn an_api_key_digest_that_is_not_one_is_refused_with_its_place() {
+        let mut bad = settings(vec![SignatureAlgorithm::ES256]);
+        bad.api_keys.insert("ops".into(), "not-hex".into());
+        let err = Authenticator::new(&bad, &JwkSet { keys: vec![] }).unwrap_err();
+        assert_eq!(err, "auth.apiKeys.ops: not a SHA-256 digest (64 hex digits)");
+        // upper-case hex is the same digest
+        let mut upper = settings(vec![SignatureAlgorithm::ES256]);
+        for d in upper.api_keys.values_mut() {
+            *d = d.to_ascii_uppercase();
+        }
+        let a = Authenticator::new(&upper, &JwkSet { keys: vec![] }).unwrap();
+        assert_eq!(a.verify(Some("foo"), None), Err(Refused::NoToken));
+    }
+
     /// Regression: an allow-list mixing families (ES256 + RS256) once made every token fail,
     /// since jsonwebtoken refuses a validation spanning several key families.
     #[test]
@@ -476,7 +504,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            a.verify(Some("foo"), Some(&format!("Bearer {t}"))).unwrap().user,
+            &*a.verify(Some("foo"), Some(&format!("Bearer {t}"))).unwrap().user,
             "ann"
         );
     }

@@ -314,10 +314,7 @@ pub fn parse_host(host: &str, domain: &str) -> Option<Target> {
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Send it to this release.
-    Release {
-        route_key: (String, String),
-        release: Arc<ReleaseRoute>,
-    },
+    Release { release: Arc<ReleaseRoute> },
     /// No such service, environment or release (or, later, not allowed to see it).
     NotFound,
     /// The release exists but none of its upstreams is ready.
@@ -429,15 +426,25 @@ impl RouteTable {
         let Some(target) = parse_host(req.host, &self.domain) else {
             return Decision::NotFound;
         };
-        let key = (target.service.clone(), target.environment.clone());
-        let Some(route) = self.routes.get(&key) else {
-            return Decision::NotFound;
-        };
+        match self.route(&target) {
+            Some(route) => Self::choose_in(&target, route, req),
+            None => Decision::NotFound,
+        }
+    }
+
+    /// The route a host names, if any.
+    pub fn route(&self, target: &Target) -> Option<&Route> {
+        self.routes
+            .get(&(target.service.clone(), target.environment.clone()))
+    }
+
+    /// [`RouteTable::choose`] for a host already parsed and looked up.
+    pub fn choose_in(target: &Target, route: &Route, req: &RequestFacts) -> Decision {
         let release = match &target.release {
-            Some(r) => Some(r.clone()),
-            None => self.split(route, req),
+            Some(r) => route.releases.get(r),
+            None => Self::split(route, req).and_then(|r| route.releases.get(r)),
         };
-        let Some(release) = release.and_then(|r| route.releases.get(&r).cloned()) else {
+        let Some(release) = release else {
             return Decision::NotFound;
         };
         if !release.upstreams.iter().any(|u| u.usable()) {
@@ -446,27 +453,27 @@ impl RouteTable {
             };
         }
         Decision::Release {
-            route_key: key,
-            release,
+            release: release.clone(),
         }
     }
 
-    fn split(&self, route: &Route, req: &RequestFacts) -> Option<String> {
-        let (stable, canary) = (route.stable.clone(), route.canary.clone());
-        let arm = match req.canary_header.map(str::to_ascii_lowercase).as_deref() {
-            Some("always") => Arm::Canary,
-            Some("never") => Arm::Stable,
-            _ => {
-                let key = route.sticky.as_ref().and_then(|s| match s {
-                    Sticky::Header(h) => (req.header)(&h.to_ascii_lowercase()),
-                    Sticky::Cookie(c) => (req.cookie)(c),
-                });
-                let bucket = match key {
-                    Some(k) => traffic::bucket(&route.rollout_id, &k),
-                    None => req.draw % BUCKETS,
-                };
-                traffic::arm(bucket, route.weight)
-            }
+    fn split<'r>(route: &'r Route, req: &RequestFacts) -> Option<&'r str> {
+        let (stable, canary) = (route.stable.as_deref(), route.canary.as_deref());
+        let header = req.canary_header.map(str::trim);
+        let arm = if header.is_some_and(|h| h.eq_ignore_ascii_case("always")) {
+            Arm::Canary
+        } else if header.is_some_and(|h| h.eq_ignore_ascii_case("never")) {
+            Arm::Stable
+        } else {
+            let key = route.sticky.as_ref().and_then(|s| match s {
+                Sticky::Header(h) => (req.header)(&h.to_ascii_lowercase()),
+                Sticky::Cookie(c) => (req.cookie)(c),
+            });
+            let bucket = match key {
+                Some(k) => traffic::bucket(&route.rollout_id, &k),
+                None => req.draw % BUCKETS,
+            };
+            traffic::arm(bucket, route.weight)
         };
         match arm {
             Arm::Canary => canary.or(stable),

@@ -358,7 +358,7 @@ impl ProxyHttp for AutopilotProxy {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         for h in FORWARDING.iter().chain(IDENTITY.iter()) {
-            if !trusted || FORWARDING.contains(h) {
+            if (!trusted || FORWARDING.contains(h)) && upstream.headers.contains_key(*h) {
                 upstream.remove_header(*h);
             }
         }
@@ -380,7 +380,12 @@ impl ProxyHttp for AutopilotProxy {
         } else {
             "http"
         };
-        let element = format!("for={node};proto={proto};host=\"{}\"", ctx.host.replace('"', ""));
+        let quoted = if ctx.host.contains('"') {
+            std::borrow::Cow::Owned(ctx.host.replace('"', ""))
+        } else {
+            std::borrow::Cow::Borrowed(ctx.host.as_str())
+        };
+        let element = format!("for={node};proto={proto};host=\"{quoted}\"");
         let forwarded = match (trusted, prior_fwd) {
             (true, Some(prior)) => format!("{prior}, {element}"),
             _ => element,
@@ -390,8 +395,8 @@ impl ProxyHttp for AutopilotProxy {
         upstream.insert_header("x-forwarded-host", ctx.host.clone())?;
         upstream.insert_header("forwarded", forwarded)?;
         if let Some(id) = &ctx.identity {
-            upstream.insert_header("x-autopilot-user", id.user.clone())?;
-            upstream.insert_header("x-autopilot-app", id.app.clone())?;
+            upstream.insert_header("x-autopilot-user", &*id.user)?;
+            upstream.insert_header("x-autopilot-app", &*id.app)?;
         }
         Ok(())
     }
@@ -438,9 +443,7 @@ impl AutopilotProxy {
         // leaks: no valid credentials → the same 401 for every host; valid but not allowed →
         // the same 404 as an environment that does not exist
         let target = parse_host(host, &table.domain);
-        let route = target
-            .as_ref()
-            .and_then(|t| table.routes.get(&(t.service.clone(), t.environment.clone())));
+        let route = target.as_ref().and_then(|t| table.route(t));
         if route.is_none_or(|r| r.auth == Auth::Required) {
             let verified = table.authenticator.as_ref().map(|a| {
                 a.verify_with_client(
@@ -458,16 +461,23 @@ impl AutopilotProxy {
                 _ => return Err((404, "not found\n")),
             }
         }
-        let decision = table.choose(&RequestFacts {
-            host,
-            canary_header: header("x-canary"),
-            header: &owned,
-            cookie: &cookie_fn,
-            draw: self.shared.draw(),
-        });
+        let (Some(target), Some(route)) = (target.as_ref(), route) else {
+            return Err((404, "not found\n"));
+        };
+        let decision = RouteTable::choose_in(
+            target,
+            route,
+            &RequestFacts {
+                host,
+                canary_header: header("x-canary"),
+                header: &owned,
+                cookie: &cookie_fn,
+                draw: self.shared.draw(),
+            },
+        );
         ctx.host = host.to_owned();
         match decision {
-            Decision::Release { release, .. } => {
+            Decision::Release { release } => {
                 ctx.release = Some(release);
                 Ok(())
             }
