@@ -483,6 +483,24 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         access,
         tls,
     };
+    // the stop signals are taken before the proxy serves: a supervisor's SIGTERM at any moment
+    // after that stops it (Ctrl-C, or SIGTERM from systemd or a container runtime)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = rt.enter();
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+    };
+    let (mut term, mut int) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot take the stop signals: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let handle = match server::start(config, table) {
         Ok(h) => h,
         Err(e) => {
@@ -494,27 +512,19 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         "autopilot proxy: listening on {}, admin on {} (Ctrl-C or SIGTERM stops)",
         handle.listen, handle.admin
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    // Ctrl-C, or SIGTERM from a supervisor (systemd, a container runtime)
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let sigterm = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = sigterm => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     });
     eprintln!("autopilot proxy: stopping");
+    // a stop that hangs must not outlive a supervisor's patience: bounded
+    std::thread::spawn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        eprintln!("autopilot proxy: did not stop within 5 s; exiting");
+        std::process::exit(1);
+    });
     handle.stop();
     ExitCode::SUCCESS
 }

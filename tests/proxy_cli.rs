@@ -17,7 +17,16 @@ struct Proxy {
     child: Child,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// Everything the process wrote to stderr so far (drained continuously: a full pipe
+    /// would block the process).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
     _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Proxy {
@@ -50,10 +59,25 @@ fn spawn(routes: &str) -> Proxy {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary starts");
+    let mut child = child;
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
     Proxy {
         child,
         listen,
         admin,
+        stderr,
         _dir: dir,
     }
 }
@@ -149,14 +173,20 @@ async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_stops_on_sigt
         if let Some(s) = p.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the proxy ignored SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the proxy ignored SIGTERM; it wrote:\n{}",
+            p.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
-    let mut err = String::new();
-    use std::io::Read;
-    p.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(err.contains("stopping"), "{err}");
+    // the reader thread drains the pipe until the process's end: poll for the last line
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.stderr().contains("stopping") {
+        assert!(Instant::now() < deadline, "{}", p.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[test]
@@ -165,9 +195,11 @@ fn a_broken_routes_file_stops_the_start_with_its_place() {
         "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nroutes:\n  - service: checkout\n    environment: prod\n    stable: v3\n    releases:\n      v1: [\"127.0.0.1:1\"]\n",
     );
     let status = p.child.wait().unwrap();
-    let mut err = String::new();
-    use std::io::Read;
-    p.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.stderr().contains("routes[0]") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = p.stderr();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("routes[0].stable: release `v3` is not among `releases`"),
