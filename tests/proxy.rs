@@ -4,9 +4,9 @@
 mod common;
 
 use autopilot::proxy::routes::{RouteSpec, RoutesFile, Sticky};
-use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle};
+use autopilot::proxy::server::{self, ProxyHandle};
 use autopilot::spec::units::Weight;
-use common::{client, free_port, get, upstream, wait_ready};
+use common::{client, get, upstream, wait_ready};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,19 +42,7 @@ fn routes(routes: Vec<RouteSpec>) -> RoutesFile {
 }
 
 fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {
-    let config = ProxyConfig {
-        listen: free_port(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        admin_token: TOKEN.into(),
-        routes_file: file,
-        probe_interval: Duration::from_millis(100),
-        probe_path: "/healthz".into(),
-        threads: 2,
-        // many proxies, one after another, in one process (cloudflare/pingora#981)
-        work_stealing: true,
-        access: None,
-        tls: None,
-    };
+    let config = common::config(TOKEN, file);
     server::start(config, r).expect("the proxy starts")
 }
 
@@ -402,14 +390,7 @@ async fn metrics_count_per_release_and_the_admin_api_wants_its_token() {
     for _ in 0..100 {
         get(&c, &proxy, host, &[]).await;
     }
-    let text = c
-        .get(format!("http://{}/metrics", proxy.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(proxy.admin).await;
     let count = |release: &str| -> u64 {
         let needle = format!(
             "autopilot_proxy_requests_total{{service=\"checkout\",environment=\"prod\",release=\"{release}\",code=\"2xx\"}} "

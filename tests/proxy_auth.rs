@@ -6,12 +6,12 @@ mod common;
 
 use autopilot::proxy::auth::{AccessRule, AuthSettings, SignatureAlgorithm};
 use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind};
-use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle};
+use autopilot::proxy::server::{self, ProxyHandle};
+use autopilot::spec::ApiVersion;
 use autopilot::spec::objectives::Auth;
-use autopilot::spec::{ApiVersion, units::Weight};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{client, free_port, upstream};
+use common::{client, upstream};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -67,15 +67,8 @@ fn route(
     allow: Option<AccessRule>,
 ) -> RouteSpec {
     RouteSpec {
-        service: service.into(),
-        environment: env.into(),
-        stable: Some("v1".into()),
-        canary: None,
-        weight: Weight(0),
-        sticky: None,
-        releases: BTreeMap::from([("v1".into(), vec![addr])]),
-        auth,
         allow,
+        ..common::route_v1(service, env, addr, auth)
     }
 }
 
@@ -108,19 +101,7 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
     };
     let path = dir.join("routes.json");
     std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
-    let config = ProxyConfig {
-        listen: free_port(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        admin_token: "t".into(),
-        routes_file: Some(path.clone()),
-        probe_interval: Duration::from_millis(100),
-        probe_path: "/healthz".into(),
-        threads: 2,
-        // many proxies, one after another, in one process (cloudflare/pingora#981)
-        work_stealing: true,
-        access: None,
-        tls: None,
-    };
+    let config = common::config("t", Some(path.clone()));
     server::start(config, server::load_routes(&path).unwrap()).expect("the proxy starts")
 }
 

@@ -146,14 +146,7 @@ async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_stops_on_sigt
     assert!((155..=245).contains(&canary), "{seen:?}");
 
     // the metrics a Prometheus server scrapes, per release
-    let metrics = c
-        .get(format!("http://{}/metrics", p.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(p.admin).await;
     assert!(
         metrics.contains("release=\"v2\"") && metrics.contains("release=\"v1\""),
         "{metrics}"

@@ -7,14 +7,13 @@
 mod common;
 
 use autopilot::proxy::auth::{AuthSettings, SignatureAlgorithm};
-use autopilot::proxy::routes::{RouteSpec, RoutesFile};
-use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle};
+use autopilot::proxy::routes::RoutesFile;
+use autopilot::proxy::server::{self, ProxyHandle};
 use autopilot::proxy::tls::{LocalCa, SniResolver, certified_key};
 use autopilot::spec::objectives::Auth;
-use autopilot::spec::units::Weight;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{free_port, upstream};
+use common::upstream;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -137,17 +136,7 @@ fn start(
         .collect();
     let mut file = RoutesFile::new(
         "example.test",
-        vec![RouteSpec {
-            service: "checkout".into(),
-            environment: "prod".into(),
-            stable: Some("v1".into()),
-            canary: None,
-            weight: Weight(0),
-            sticky: None,
-            releases: BTreeMap::from([("v1".into(), vec![upstream])]),
-            auth: Auth::Required,
-            allow: None,
-        }],
+        vec![common::route_v1("checkout", "prod", upstream, Auth::Required)],
     );
     file.auth = Some(AuthSettings {
         issuer: "https://id.example.test".into(),
@@ -165,19 +154,7 @@ fn start(
     });
     let path = dir.join("routes.json");
     std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
-    let config = ProxyConfig {
-        listen: free_port(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        admin_token: "t".into(),
-        routes_file: Some(path.clone()),
-        probe_interval: Duration::from_millis(100),
-        probe_path: "/healthz".into(),
-        threads: 2,
-        // many proxies, one after another, in one process (cloudflare/pingora#981)
-        work_stealing: true,
-        access: None,
-        tls: None,
-    };
+    let config = common::config("t", Some(path.clone()));
     server::start(config, server::load_routes(&path).unwrap()).expect("the proxy starts")
 }
 
@@ -206,20 +183,23 @@ async fn eventually(proxy: &ProxyHandle, token: &str, want: u16) {
 }
 
 async fn metric(proxy: &ProxyHandle, result: &str) -> u64 {
-    let text = common::client()
-        .get(format!("http://{}/metrics", proxy.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(proxy.admin).await;
     let line = format!("autopilot_proxy_jwks_fetches_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&line))
         .unwrap_or_else(|| panic!("no {line} in {text}"))
         .parse()
         .unwrap()
+}
+
+/// Waits (at most 15 s) until `more` further fetches have failed.
+async fn failed_fetches(proxy: &ProxyHandle, more: u64) {
+    let failed = metric(proxy, "error").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(proxy, "error").await < failed + more {
+        assert!(Instant::now() < deadline, "no refresh was tried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,21 +242,11 @@ async fn a_provider_down_at_start_means_refusal_until_it_answers_and_later_failu
     eventually(&proxy, &token(&k1), 200).await;
     // the provider fails again: refreshes fail, the keys last fetched stay in force
     idp.set(500, "oops".into());
-    let failed = metric(&proxy, "error").await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&proxy, "error").await < failed + 2 {
-        assert!(Instant::now() < deadline, "no refresh was tried");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    failed_fetches(&proxy, 2).await;
     assert_eq!(status(&proxy, &token(&k1)).await, 200);
     // a provider answering garbage is a failure too, not an empty key set
     idp.set(200, "{\"keys\": [{\"kty\": \"EC\"}]}".into());
-    let failed = metric(&proxy, "error").await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&proxy, "error").await < failed + 1 {
-        assert!(Instant::now() < deadline, "no refresh was tried");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    failed_fetches(&proxy, 1).await;
     assert_eq!(status(&proxy, &token(&k1)).await, 200);
     assert!(idp.asked.load(std::sync::atomic::Ordering::SeqCst) >= 4);
     proxy.stop();

@@ -4,14 +4,12 @@
 
 mod common;
 
-use autopilot::proxy::routes::{RouteSpec, RoutesFile};
+use autopilot::proxy::routes::RoutesFile;
 use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle, TlsListen};
 use autopilot::spec::objectives::Auth;
-use autopilot::spec::units::Weight;
 use common::{free_port, upstream};
 use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
 use rustls_pki_types::pem::PemObject;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,34 +18,15 @@ fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, 
     let tls_listen = free_port();
     let routes = RoutesFile::new(
         "example.test",
-        vec![RouteSpec {
-            service: "checkout".into(),
-            environment: "prod".into(),
-            stable: Some("v1".into()),
-            canary: None,
-            weight: Weight(0),
-            sticky: None,
-            releases: BTreeMap::from([("v1".into(), vec![addr])]),
-            auth: Auth::None,
-            allow: None,
-        }],
+        vec![common::route_v1("checkout", "prod", addr, Auth::None)],
     );
     let config = ProxyConfig {
-        listen: free_port(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        admin_token: "t".into(),
-        routes_file: None,
-        probe_interval: Duration::from_millis(100),
-        probe_path: "/healthz".into(),
-        threads: 2,
-        // many proxies, one after another, in one process (cloudflare/pingora#981)
-        work_stealing: true,
-        access: None,
         tls: Some(TlsListen {
             listen: tls_listen,
             certs: vec![],
             local_ca: Some(ca_dir.to_path_buf()),
         }),
+        ..common::config("t", None)
     };
     (
         server::start(config, routes).expect("the proxy starts"),
@@ -162,17 +141,7 @@ async fn https_with_a_local_ca_sni_and_alpn() {
     // environments exist), a name of the wrong shape does not
     proxy
         .shared
-        .set_route(RouteSpec {
-            service: "search".into(),
-            environment: "staging".into(),
-            stable: Some("v1".into()),
-            canary: None,
-            weight: Weight(0),
-            sticky: None,
-            releases: BTreeMap::from([("v1".into(), vec![up.addr])]),
-            auth: Auth::None,
-            allow: None,
-        })
+        .set_route(common::route_v1("search", "staging", up.addr, Auth::None))
         .unwrap();
     for name in [
         "search.staging.example.test",

@@ -696,12 +696,6 @@ mod tests {
         let t1 = table(10, None);
         let mut file = RoutesFile::new("example.test", vec![]);
         file.routes.push(RouteSpec {
-            service: "checkout".into(),
-            environment: "prod".into(),
-            stable: Some("v1".into()),
-            canary: None,
-            weight: Weight(0),
-            sticky: None,
             releases: BTreeMap::from([(
                 "v1".into(),
                 vec![
@@ -709,8 +703,7 @@ mod tests {
                     "127.0.0.1:1003".parse().unwrap(),
                 ],
             )]),
-            auth: crate::spec::objectives::Auth::None,
-            allow: None,
+            ..table_spec()
         });
         let t2 = RouteTable::build(&file, Some(&t1), &reg);
         let ups = t2.upstreams();

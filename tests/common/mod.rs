@@ -2,7 +2,10 @@
 //! bounded waits on real servers.
 #![allow(dead_code)]
 
-use autopilot::proxy::server::{ProxyHandle, RELEASE_HEADER};
+use autopilot::proxy::routes::RouteSpec;
+use autopilot::proxy::server::{ProxyConfig, ProxyHandle, RELEASE_HEADER};
+use autopilot::spec::objectives::Auth;
+use autopilot::spec::units::Weight;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -77,6 +80,51 @@ pub async fn upstream(name: &str) -> Upstream {
         hits,
         stop,
     }
+}
+
+/// The settings every test proxy starts from: free loopback ports, `/healthz` probed every
+/// 100 ms, two workers on one work-stealing runtime (many proxies run one after another in one
+/// test process, which Pingora's single-threaded runtimes do not survive: cloudflare/pingora#981).
+pub fn config(admin_token: &str, routes_file: Option<std::path::PathBuf>) -> ProxyConfig {
+    ProxyConfig {
+        listen: free_port(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        admin_token: admin_token.into(),
+        routes_file,
+        probe_interval: Duration::from_millis(100),
+        probe_path: "/healthz".into(),
+        threads: 2,
+        work_stealing: true,
+        access: None,
+        tls: None,
+    }
+}
+
+/// `service` in `environment` served by one release, `v1`, at `addr`.
+pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) -> RouteSpec {
+    RouteSpec {
+        service: service.into(),
+        environment: environment.into(),
+        stable: Some("v1".into()),
+        canary: None,
+        weight: Weight(0),
+        sticky: None,
+        releases: BTreeMap::from([("v1".into(), vec![addr])]),
+        auth,
+        allow: None,
+    }
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 pub fn free_port() -> SocketAddr {
