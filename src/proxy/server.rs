@@ -275,6 +275,10 @@ async fn respond(session: &mut Session, status: u16, body: &'static str) -> Resu
 impl ProxyHttp for AutopilotProxy {
     type CTX = Ctx;
 
+    /// No downstream modules: Pingora's default adds a (disabled) response compression module
+    /// that would still run on every request; the proxy passes bodies through untouched.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             identity: None,
