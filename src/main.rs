@@ -77,6 +77,10 @@ struct ProxyArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// On SIGTERM, stop taking connections and let requests in flight finish for this long
+    /// (whole seconds) before stopping; Ctrl-C (SIGINT) stops at once.
+    #[arg(long, default_value = "5s")]
+    drain: autopilot::spec::units::Duration,
     /// Also serve HTTPS here (ALPN h2 and http/1.1, certificate by SNI).
     #[arg(long)]
     tls_listen: Option<std::net::SocketAddr>,
@@ -423,6 +427,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         admin_token_file,
         probe_path,
         threads,
+        drain,
         tls_listen,
         tls_cert,
         local_ca,
@@ -482,6 +487,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         work_stealing: false,
         access,
         tls,
+        drain: drain.0,
     };
     // the stop signals are taken before the proxy serves: a supervisor's SIGTERM at any moment
     // after that stops it (Ctrl-C, or SIGTERM from systemd or a container runtime)
@@ -509,23 +515,37 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     eprintln!(
-        "autopilot proxy: listening on {}, admin on {} (Ctrl-C or SIGTERM stops)",
+        "autopilot proxy: listening on {}, admin on {} (SIGTERM drains for {drain}, Ctrl-C stops at once)",
         handle.listen, handle.admin
     );
-    rt.block_on(async {
+    let draining = rt.block_on(async {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => true,
+            _ = int.recv() => false,
         }
     });
-    eprintln!("autopilot proxy: stopping");
     // a stop that hangs must not outlive a supervisor's patience: bounded
-    std::thread::spawn(|| {
-        std::thread::sleep(std::time::Duration::from_secs(5));
-        eprintln!("autopilot proxy: did not stop within 5 s; exiting");
+    let limit = if draining {
+        drain.0
+    } else {
+        std::time::Duration::ZERO
+    } + std::time::Duration::from_secs(5);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!(
+            "autopilot proxy: did not stop within {} s; exiting",
+            limit.as_secs()
+        );
         std::process::exit(1);
     });
-    handle.stop();
+    if draining {
+        eprintln!("autopilot proxy: draining for {drain}: no new connections, requests in flight finish");
+        handle.drain();
+    } else {
+        eprintln!("autopilot proxy: stopping");
+        handle.stop();
+    }
+    eprintln!("autopilot proxy: stopped");
     ExitCode::SUCCESS
 }
 

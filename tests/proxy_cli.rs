@@ -43,6 +43,10 @@ fn routes_yaml(v1: SocketAddr, v2: SocketAddr, weight: u8) -> String {
 }
 
 fn spawn(routes: &str) -> Proxy {
+    spawn_with(routes, &[])
+}
+
+fn spawn_with(routes: &str, extra: &[&str]) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
     std::fs::write(dir.path().join("token"), "cli-token\n").unwrap();
@@ -55,6 +59,7 @@ fn spawn(routes: &str) -> Proxy {
         .arg("--admin-token-file")
         .arg(dir.path().join("token"))
         .args(["--probe-path", "/healthz", "--threads", "2"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -102,9 +107,9 @@ async fn hit(c: &reqwest::Client, p: &Proxy) -> Result<String, u16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_stops_on_sigterm() {
+async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_drains_on_sigterm() {
     let (v1, v2) = (upstream("v1").await, upstream("v2").await);
-    let mut p = spawn(&routes_yaml(v1.addr, v2.addr, 0));
+    let mut p = spawn_with(&routes_yaml(v1.addr, v2.addr, 0), &["--drain", "2s"]);
     let c = common::client();
 
     // ready within a bounded wait (the process starts, the probes pass)
@@ -152,32 +157,114 @@ async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_stops_on_sigt
         "{metrics}"
     );
 
-    // SIGTERM from a supervisor: a clean, prompt exit
+    // SIGTERM from a supervisor drains: a request in flight finishes, new connections are
+    // refused, then a clean exit
+    let hits =
+        v1.hits.load(std::sync::atomic::Ordering::SeqCst) + v2.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let in_flight = {
+        let (listen, c) = (p.listen, common::client());
+        tokio::spawn(async move {
+            let r = c
+                .get(format!("http://{listen}/slow"))
+                .header("host", HOST)
+                .send()
+                .await
+                .expect("the request in flight is answered");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while v1.hits.load(std::sync::atomic::Ordering::SeqCst)
+        + v2.hits.load(std::sync::atomic::Ordering::SeqCst)
+        == hits
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached an upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&p, "-TERM");
+    // new connections are refused while the slow request is still running
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let refused = fresh
+            .get(format!("http://{}/hello", p.listen))
+            .header("host", HOST)
+            .send()
+            .await
+            .is_err();
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still taking connections while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let status = exit_within(&mut p, Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    wait_for_line(&p, "stopped").await;
+    assert!(p.stderr().contains("draining for 2s"), "{}", p.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_at_once() {
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let mut p = spawn_with(&routes_yaml(v1.addr, v2.addr, 0), &["--drain", "30s"]);
+    let c = common::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hit(&c, &p).await.is_err() {
+        assert!(Instant::now() < deadline, "the proxy never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&p, "-INT");
+    // well before the 30 s drain
+    let status = exit_within(&mut p, Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    wait_for_line(&p, "stopped").await;
+    assert!(p.stderr().contains("stopping"), "{}", p.stderr());
+}
+
+fn signal(p: &Proxy, which: &str) {
     let pid = p.child.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([which, &pid])
             .status()
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
+}
+
+/// The exit status, polled for at most `limit` (the process's stderr shown if it runs on).
+async fn exit_within(p: &mut Proxy, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
         if let Some(s) = p.child.try_wait().unwrap() {
-            break s;
+            return s;
         }
         assert!(
             Instant::now() < deadline,
-            "the proxy ignored SIGTERM; it wrote:\n{}",
+            "the proxy did not stop; it wrote:\n{}",
             p.stderr()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "{status:?}");
-    // the reader thread drains the pipe until the process's end: poll for the last line
+    }
+}
+
+/// The reader thread drains the pipe until the process's end: polls for a line.
+async fn wait_for_line(p: &Proxy, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !p.stderr().contains("stopping") {
-        assert!(Instant::now() < deadline, "{}", p.stderr());
+    while !p.stderr().contains(text) {
+        assert!(Instant::now() < deadline, "no `{text}` in:\n{}", p.stderr());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -55,6 +55,9 @@ pub struct ProxyConfig {
     pub access: Option<Arc<crate::spec::Catalog>>,
     /// An HTTPS listener, if any.
     pub tls: Option<TlsListen>,
+    /// How long [`ProxyHandle::drain`] lets requests in flight finish (whole seconds; a
+    /// fraction rounds up).
+    pub drain: Duration,
 }
 
 /// The HTTPS listener: certificates from files and/or a local CA, chosen by SNI; ALPN offers
@@ -493,19 +496,27 @@ impl AutopilotProxy {
     }
 }
 
-/// Signals Pingora to stop.
-struct StopSignal(tokio::sync::watch::Receiver<bool>);
+/// Signals Pingora to stop: at once, or (draining) by closing the listeners and letting
+/// requests in flight finish for the configured drain period.
+struct StopSignal {
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain: Arc<std::sync::atomic::AtomicBool>,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for StopSignal {
     async fn recv(&self) -> ShutdownSignal {
-        let mut rx = self.0.clone();
+        let mut rx = self.stop.clone();
         while !*rx.borrow() {
             if rx.changed().await.is_err() {
                 break;
             }
         }
-        ShutdownSignal::FastShutdown
+        if self.drain.load(Ordering::SeqCst) {
+            ShutdownSignal::GracefulTerminate
+        } else {
+            ShutdownSignal::FastShutdown
+        }
     }
 }
 
@@ -515,16 +526,24 @@ pub struct ProxyHandle {
     pub admin: SocketAddr,
     pub shared: Arc<Shared>,
     stop: tokio::sync::watch::Sender<bool>,
+    drain: Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ProxyHandle {
-    /// Stops every part and waits for them.
+    /// Stops every part at once (requests in flight are cut) and waits for them.
     pub fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.threads {
             let _ = t.join();
         }
+    }
+
+    /// Stops taking connections, lets requests in flight finish for the configured
+    /// [`ProxyConfig::drain`] period, then stops every part (what a supervisor's SIGTERM asks).
+    pub fn drain(self) {
+        self.drain.store(true, Ordering::SeqCst);
+        self.stop();
     }
 }
 
@@ -609,7 +628,8 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
 
     // Pingora on its own thread, with its own runtimes
     let conf = ServerConf {
-        grace_period_seconds: Some(0),
+        // with a drain, Pingora closes the listeners and waits this long before it stops
+        grace_period_seconds: Some(config.drain.as_secs() + u64::from(config.drain.subsec_nanos() > 0)),
         graceful_shutdown_timeout_seconds: Some(1),
         threads: config.threads.max(1),
         work_stealing: config.work_stealing,
@@ -638,9 +658,14 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
     }
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);
+    let drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain_flag = drain.clone();
     threads.push(std::thread::spawn(move || {
         server.run(RunArgs {
-            shutdown_signal: Box::new(StopSignal(stop_rx)),
+            shutdown_signal: Box::new(StopSignal {
+                stop: stop_rx,
+                drain: drain_flag,
+            }),
         });
     }));
     Ok(ProxyHandle {
@@ -648,6 +673,7 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         admin: admin_addr,
         shared,
         stop: stop_tx,
+        drain,
         threads,
     })
 }

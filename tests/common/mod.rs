@@ -53,6 +53,10 @@ pub async fn upstream(name: &str) -> Upstream {
         .fallback(
             |State(s): State<UpState>, req: axum::extract::Request| async move {
                 s.hits.fetch_add(1, Ordering::Relaxed);
+                // `/slow…` answers after a second (a request in flight for a while)
+                if req.uri().path().starts_with("/slow") {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 let h: BTreeMap<String, String> = req
                     .headers()
                     .iter()
@@ -97,6 +101,7 @@ pub fn config(admin_token: &str, routes_file: Option<std::path::PathBuf>) -> Pro
         work_stealing: true,
         access: None,
         tls: None,
+        drain: Duration::ZERO,
     }
 }
 
