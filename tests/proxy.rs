@@ -34,6 +34,7 @@ fn route(
         releases: releases.iter().map(|(r, a)| (r.to_string(), a.clone())).collect(),
         auth: autopilot::spec::objectives::Auth::None,
         allow: None,
+        timeout: None,
     }
 }
 

@@ -164,3 +164,39 @@ async fn large_bodies_stream_both_ways() {
     assert!(body.iter().all(|b| *b == 7));
     proxy.stop();
 }
+
+/// A hung release: its upstream accepts the request and never answers. The request fails with
+/// 504 after the route's timeout (1 s here, 60 s by default) and counts against the release, so
+/// the canary judge sees it, instead of hanging on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_times_out_and_counts_against_its_release() {
+    let up = common::upstream("v1").await;
+    let route = autopilot::proxy::routes::RouteSpec {
+        timeout: Some("1s".parse().unwrap()),
+        ..common::route_v1("checkout", "prod", up.addr, Auth::None)
+    };
+    let proxy = server::start(
+        common::config("t", None),
+        RoutesFile::new("example.test", vec![route]),
+    )
+    .expect("the proxy starts");
+    let c = common::client();
+    common::wait_ready(&c, &proxy, HOST).await;
+    let started = Instant::now();
+    let resp = c
+        .get(format!("http://{}/hang", proxy.listen))
+        .header("host", HOST)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(resp.status(), 504);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let m = proxy.shared.registry.get("checkout", "prod", "v1").unwrap();
+    assert!(m.errors().bad >= 1, "{:?}", m.errors());
+    proxy.stop();
+}

@@ -156,7 +156,16 @@ pub struct RouteSpec {
     /// Who may enter, with `auth: required` (default: every authenticated caller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<super::auth::AccessRule>,
+    /// How long an upstream may stay silent while its answer is due (between reads) before the
+    /// request fails with 504 and counts against its release (default 60s, as nginx's
+    /// `proxy_read_timeout`): a hung release shows up in its metrics instead of holding
+    /// requests forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::spec::units::Duration>,
 }
+
+/// The upstream silence a route allows unless it says otherwise.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn zero() -> Weight {
     Weight(0)
@@ -231,6 +240,8 @@ pub struct ReleaseRoute {
     pub release: String,
     /// The release as a response header value (made once, shared by every response).
     pub header_value: http::HeaderValue,
+    /// The route's upstream timeout.
+    pub timeout: std::time::Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     /// Round-robin position.
     next: AtomicU64,
@@ -365,6 +376,7 @@ impl RouteTable {
                 releases.insert(
                     release.clone(),
                     Arc::new(ReleaseRoute {
+                        timeout: spec.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
                         header_value: http::HeaderValue::from_str(release)
                             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
                         release: release.clone(),
@@ -502,6 +514,7 @@ mod tests {
                 ]),
                 auth: crate::spec::objectives::Auth::None,
                 allow: None,
+                timeout: None,
             }],
         );
         let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
@@ -549,6 +562,7 @@ mod tests {
                 releases: BTreeMap::new(),
                 auth: crate::spec::objectives::Auth::Required,
                 allow: None,
+                timeout: None,
             });
         }
         let warnings = apply_access(&mut file, &catalog);
@@ -602,6 +616,7 @@ mod tests {
             releases: [("v1".to_owned(), vec!["127.0.0.1:1".parse().unwrap()])].into(),
             auth: crate::spec::objectives::Auth::None,
             allow: None,
+            timeout: None,
         }
     }
 

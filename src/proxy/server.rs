@@ -312,6 +312,8 @@ impl ProxyHttp for AutopilotProxy {
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no ready upstream left for the release"))?;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(1));
+        // a silent upstream fails the request (504, counted against the release) in time
+        peer.options.read_timeout = Some(release.timeout);
         // gRPC needs HTTP/2 end to end (cleartext, prior knowledge to the upstream); every other
         // caller, HTTP/2 browsers included, reaches the upstream over HTTP/1.1, which every
         // upstream speaks (Pingora translates)
@@ -320,6 +322,31 @@ impl ProxyHttp for AutopilotProxy {
         }
         ctx.upstream = Some(upstream);
         Ok(Box::new(peer))
+    }
+
+    /// As Pingora's default, but a timeout on the upstream answers 504 (Gateway Timeout), as
+    /// nginx does, rather than 502.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        let code = match (e.etype(), e.esource()) {
+            (HTTPStatus(code), _) => *code,
+            (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn fail_to_connect(

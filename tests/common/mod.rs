@@ -53,9 +53,13 @@ pub async fn upstream(name: &str) -> Upstream {
         .fallback(
             |State(s): State<UpState>, req: axum::extract::Request| async move {
                 s.hits.fetch_add(1, Ordering::Relaxed);
-                // `/slow…` answers after a second (a request in flight for a while)
+                // `/slow…` answers after a second (a request in flight for a while), `/hang…`
+                // after an hour (a hung release)
                 if req.uri().path().starts_with("/slow") {
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                if req.uri().path().starts_with("/hang") {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
                 let h: BTreeMap<String, String> = req
                     .headers()
@@ -117,6 +121,7 @@ pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) 
         releases: BTreeMap::from([("v1".into(), vec![addr])]),
         auth,
         allow: None,
+        timeout: None,
     }
 }
 
