@@ -136,7 +136,7 @@ async fn the_split_follows_the_weight_and_headers_and_stickiness_override_it() {
         (canary as i64 - 2000).abs() <= 200,
         "canary got {canary} of 10,000 at weight 20"
     );
-    // header overrides
+    // header and cookie overrides
     for _ in 0..20 {
         assert_eq!(
             get(&c, &proxy, host, &[("x-canary", "always")])
@@ -147,6 +147,26 @@ async fn the_split_follows_the_weight_and_headers_and_stickiness_override_it() {
         );
         assert_eq!(
             get(&c, &proxy, host, &[("x-canary", "never")]).await.1.as_deref(),
+            Some("v1")
+        );
+        // … and the cookie, read from a real `Cookie` header among others
+        assert_eq!(
+            get(
+                &c,
+                &proxy,
+                host,
+                &[("cookie", "session=abc; canary=always; theme=dark")]
+            )
+            .await
+            .1
+            .as_deref(),
+            Some("v2")
+        );
+        assert_eq!(
+            get(&c, &proxy, host, &[("cookie", "canary=never")])
+                .await
+                .1
+                .as_deref(),
             Some("v1")
         );
     }

@@ -164,6 +164,10 @@ pub struct RouteSpec {
     pub timeout: Option<crate::spec::units::Duration>,
 }
 
+/// The cookie that, like the `x-canary` header (which wins), sends a caller to the canary
+/// (`always`) or keeps it on stable (`never`).
+pub const CANARY_COOKIE: &str = "canary";
+
 /// The upstream silence a route allows unless it says otherwise.
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -432,8 +436,9 @@ impl RouteTable {
         v
     }
 
-    /// Which release serves this request. Header matches first (`x-canary: always|never`),
-    /// then stickiness, then the random draw against the weight.
+    /// Which release serves this request. Matches first (`x-canary: always|never`, else a
+    /// `canary` cookie with the same values), then stickiness, then the random draw against the
+    /// weight.
     pub fn choose(&self, req: &RequestFacts) -> Decision {
         let Some(target) = parse_host(req.host, &self.domain) else {
             return Decision::NotFound;
@@ -471,11 +476,24 @@ impl RouteTable {
 
     fn split<'r>(route: &'r Route, req: &RequestFacts) -> Option<&'r str> {
         let (stable, canary) = (route.stable.as_deref(), route.canary.as_deref());
-        let header = req.canary_header.map(str::trim);
-        let arm = if header.is_some_and(|h| h.eq_ignore_ascii_case("always")) {
-            Arm::Canary
-        } else if header.is_some_and(|h| h.eq_ignore_ascii_case("never")) {
-            Arm::Stable
+        // the header, else the cookie (the conventions of nginx-ingress canaries); anything
+        // other than `always`/`never` is ignored
+        let forced = |v: &str| {
+            let v = v.trim();
+            if v.eq_ignore_ascii_case("always") {
+                Some(Arm::Canary)
+            } else if v.eq_ignore_ascii_case("never") {
+                Some(Arm::Stable)
+            } else {
+                None
+            }
+        };
+        let forced = req
+            .canary_header
+            .and_then(forced)
+            .or_else(|| (req.cookie)(CANARY_COOKIE).as_deref().and_then(forced));
+        let arm = if let Some(arm) = forced {
+            arm
         } else {
             let key = route.sticky.as_ref().and_then(|s| match s {
                 Sticky::Header(h) => (req.header)(&h.to_ascii_lowercase()),
@@ -525,14 +543,26 @@ mod tests {
     }
 
     fn choose(t: &RouteTable, host: &str, canary: Option<&str>, user: Option<&str>, draw: u32) -> String {
+        choose_with_cookie(t, host, canary, None, user, draw)
+    }
+
+    fn choose_with_cookie(
+        t: &RouteTable,
+        host: &str,
+        canary: Option<&str>,
+        canary_cookie: Option<&str>,
+        user: Option<&str>,
+        draw: u32,
+    ) -> String {
         let user = user.map(str::to_owned);
         let header = move |h: &str| if h == "x-user" { user.clone() } else { None };
-        let no_cookie = |_: &str| None;
+        let jar = canary_cookie.map(str::to_owned);
+        let cookie = move |c: &str| if c == CANARY_COOKIE { jar.clone() } else { None };
         match t.choose(&RequestFacts {
             host,
             canary_header: canary,
             header: &header,
-            cookie: &no_cookie,
+            cookie: &cookie,
             draw,
         }) {
             Decision::Release { release, .. } => release.release.clone(),
@@ -665,6 +695,29 @@ mod tests {
             "v1"
         );
         assert_eq!(choose(&t, "checkout.prod.example.test", None, None, 9_999), "v2");
+        // the cookie, when no header says otherwise; the header wins; other values are ignored
+        let host = "checkout.prod.example.test";
+        assert_eq!(
+            choose_with_cookie(&t, host, None, Some("never"), None, 9_999),
+            "v1"
+        );
+        let zero = table(0, None);
+        assert_eq!(
+            choose_with_cookie(&zero, host, None, Some("Always"), None, 0),
+            "v2"
+        );
+        assert_eq!(
+            choose_with_cookie(&zero, host, Some("never"), Some("always"), None, 0),
+            "v1"
+        );
+        assert_eq!(
+            choose_with_cookie(&zero, host, None, Some("maybe"), None, 0),
+            "v1"
+        );
+        assert_eq!(
+            choose_with_cookie(&zero, host, Some("maybe"), Some("always"), None, 0),
+            "v2"
+        );
         // a preview host reaches one release directly
         assert_eq!(
             choose(&table(0, None), "v2.checkout.prod.example.test", None, None, 0),
