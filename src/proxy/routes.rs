@@ -11,7 +11,7 @@
 use crate::control::traffic::{self, Arm, BUCKETS};
 use crate::spec::ApiVersion;
 use crate::spec::units::Weight;
-use crate::spec::yaml::recover_vec;
+use crate::spec::yaml::{Seg, recover_vec};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -60,21 +60,57 @@ impl RoutesFile {
     /// a stable or canary release without upstreams listed, one service and environment named
     /// twice. Every problem, each with its place (`routes[1].canary`).
     pub fn check(&self) -> Result<(), String> {
+        let problems: Vec<String> = self
+            .problems()
+            .into_iter()
+            .map(|(path, message)| {
+                let mut text = String::new();
+                for seg in &path {
+                    match seg {
+                        Seg::Key(k) if text.is_empty() => text.push_str(k),
+                        Seg::Key(k) => {
+                            text.push('.');
+                            text.push_str(k);
+                        }
+                        Seg::Index(i) => text.push_str(&format!("[{i}]")),
+                    }
+                }
+                format!("{text}: {message}")
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The problems [`RoutesFile::check`] reports, each with the path of the value at fault
+    /// (for `autopilot validate`, which turns it into file:line:column).
+    pub fn problems(&self) -> Vec<(Vec<Seg>, String)> {
         use crate::spec::is_dns_label;
+        let key = |k: &str| Seg::Key(k.to_owned());
         let mut problems = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
+            let at = |rest: &[&str]| {
+                let mut path = vec![key("routes"), Seg::Index(i)];
+                path.extend(rest.iter().map(|k| key(k)));
+                path
+            };
             for (field, name) in [("service", &r.service), ("environment", &r.environment)] {
                 if !is_dns_label(name) {
-                    problems.push(format!(
-                        "routes[{i}].{field}: `{name}` is not a DNS label (lowercase letters, digits, `-`)"
+                    problems.push((
+                        at(&[field]),
+                        format!("`{name}` is not a DNS label (lowercase letters, digits, `-`)"),
                     ));
                 }
             }
             for name in r.releases.keys() {
                 if !is_dns_label(name) {
-                    problems.push(format!(
-                        "routes[{i}].releases.{name}: `{name}` is not a DNS label (it becomes the preview host name)"
+                    problems.push((
+                        at(&["releases", name]),
+                        format!("`{name}` is not a DNS label (it becomes the preview host name)"),
                     ));
                 }
             }
@@ -82,23 +118,22 @@ impl RoutesFile {
                 if let Some(name) = name
                     && !r.releases.contains_key(name)
                 {
-                    problems.push(format!(
-                        "routes[{i}].{field}: release `{name}` is not among `releases`"
-                    ));
+                    problems.push((at(&[field]), format!("release `{name}` is not among `releases`")));
                 }
             }
             if !seen.insert((r.service.as_str(), r.environment.as_str())) {
-                problems.push(format!(
-                    "routes[{i}]: `{}` in `{}` is routed twice",
-                    r.service, r.environment
+                problems.push((
+                    at(&[]),
+                    format!("`{}` in `{}` is routed twice", r.service, r.environment),
                 ));
             }
         }
         if let Some(auth) = &self.auth
             && (auth.jwks.starts_with("http://") || auth.jwks.starts_with("https://"))
         {
+            let at = vec![key("auth"), key("jwks")];
             match reqwest::Url::parse(&auth.jwks) {
-                Err(e) => problems.push(format!("auth.jwks: `{}` is not a URL: {e}", auth.jwks)),
+                Err(e) => problems.push((at, format!("`{}` is not a URL: {e}", auth.jwks))),
                 Ok(url) if url.scheme() == "http" => {
                     let loopback = match url.host() {
                         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -107,20 +142,19 @@ impl RoutesFile {
                         None => false,
                     };
                     if !loopback {
-                        problems.push(format!(
-                            "auth.jwks: `{}`: keys over plain http only from loopback; use https",
-                            auth.jwks
+                        problems.push((
+                            at,
+                            format!(
+                                "`{}`: keys over plain http only from loopback; use https",
+                                auth.jwks
+                            ),
                         ));
                     }
                 }
                 Ok(_) => {}
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
+        problems
     }
 }
 

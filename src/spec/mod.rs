@@ -158,6 +158,8 @@ pub(crate) enum Parsed {
     Sensors(SensorLibrary),
     Controller(ControllerSpec),
     Simulation(Scenario),
+    /// A proxy routes file (checked on its own: it names no other file's things).
+    Routes(Box<crate::proxy::routes::RoutesFile>),
 }
 
 /// One file read and parsed, with its document for locating later problems.
@@ -385,7 +387,7 @@ fn text_from_bytes(bytes: Vec<u8>) -> Result<String, (String, Option<String>)> {
     Ok(text)
 }
 
-const KINDS: [&str; 4] = ["Service", "Sensors", "Controller", "Simulation"];
+const KINDS: [&str; 5] = ["Service", "Sensors", "Controller", "Simulation", "Routes"];
 
 /// Parses one file and deserializes it according to its `kind`, recording every problem.
 fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile {
@@ -435,10 +437,13 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
         Some((_, "Sensors")) => doc.deserialize().map(Parsed::Sensors),
         Some((_, "Controller")) => doc.deserialize().map(Parsed::Controller),
         Some((_, "Simulation")) => doc.deserialize().map(Parsed::Simulation),
+        Some((_, "Routes")) => doc.deserialize().map(|r| Parsed::Routes(Box::new(r))),
         Some((pos, other)) => {
             let hint = match yaml::closest(other, KINDS) {
-                Some(c) => format!("did you mean `{c}`? (valid: Service, Sensors, Controller, Simulation)"),
-                None => "valid kinds: Service (objectives), Sensors, Controller, Simulation".into(),
+                Some(c) => {
+                    format!("did you mean `{c}`? (valid: Service, Sensors, Controller, Simulation, Routes)")
+                }
+                None => "valid kinds: Service (objectives), Sensors, Controller, Simulation, Routes".into(),
             };
             diags.push(at(pos, "kind", format!("unknown kind `{other}`"), Some(hint)));
             None

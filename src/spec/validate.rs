@@ -142,6 +142,11 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                     (std::path::PathBuf::from(&file.name), sim.clone()),
                 );
             }
+            Some(Parsed::Routes(routes)) => {
+                for (path, message) in routes.problems() {
+                    c.error(file, &path, message, None);
+                }
+            }
             Some(Parsed::Service(svc)) => {
                 if let Some(first) = first_seen.insert(("service", svc.name.clone()), file.name.clone()) {
                     c.error(
