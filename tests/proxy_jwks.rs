@@ -234,8 +234,17 @@ async fn a_provider_down_at_start_means_refusal_until_it_answers_and_later_failu
     let idp = provider(&ca, 503, "down".into()).await;
     let up = upstream("v1").await;
     let proxy = start(dir.path(), &ca, &idp, "1s", up.addr);
-    // it started although the provider is down, and refuses: no keys, no entry
-    assert_eq!(status(&proxy, &token(&k1)).await, 401);
+    // it started although the provider is down, and refuses: no keys, no entry (polled until the
+    // listener, bound on Pingora's own thread, answers at all)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        match status(&proxy, &token(&k1)).await {
+            0 => assert!(Instant::now() < deadline, "the proxy never answered"),
+            s => break s,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(first, 401);
     assert!(metric(&proxy, "error").await >= 1);
     // the provider comes back: the retry (1 s, doubling) picks the keys up
     idp.set(200, jwks(&[&k1]));
