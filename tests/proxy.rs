@@ -47,21 +47,19 @@ fn start(r: RoutesFile, file: Option<std::path::PathBuf>) -> ProxyHandle {
     server::start(config, r).expect("the proxy starts")
 }
 
+/// `{service}` in `prod` served by one release, `v1`, at `addrs`.
+fn start_v1(service: &str, addrs: Vec<SocketAddr>) -> ProxyHandle {
+    start(
+        routes(vec![route(service, "prod", "v1", None, 0, &[("v1", addrs)])]),
+        None,
+    )
+}
+
 /// checkout/prod served by one release `v1`, ready; returns the upstream (keep it alive), the
 /// proxy, a client and the host.
 async fn one_release() -> (common::Upstream, ProxyHandle, reqwest::Client, &'static str) {
     let v1 = upstream("v1").await;
-    let proxy = start(
-        routes(vec![route(
-            "checkout",
-            "prod",
-            "v1",
-            None,
-            0,
-            &[("v1", vec![v1.addr])],
-        )]),
-        None,
-    );
+    let proxy = start_v1("checkout", vec![v1.addr]);
     let c = client();
     let host = "checkout.prod.example.test";
     wait_ready(&c, &proxy, host).await;
@@ -278,17 +276,7 @@ async fn weights_change_under_load_without_a_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_upstream_costs_at_most_the_requests_in_flight() {
     let (a, b) = (upstream("v1-a").await, upstream("v1-b").await);
-    let proxy = start(
-        routes(vec![route(
-            "checkout",
-            "prod",
-            "v1",
-            None,
-            0,
-            &[("v1", vec![a.addr, b.addr])],
-        )]),
-        None,
-    );
+    let proxy = start_v1("checkout", vec![a.addr, b.addr]);
     let c = client();
     wait_ready(&c, &proxy, "checkout.prod.example.test").await;
     let clients = 8;
@@ -317,17 +305,7 @@ async fn a_killed_upstream_costs_at_most_the_requests_in_flight() {
 async fn only_ready_upstreams_get_traffic_and_none_ready_is_a_clear_503() {
     let (ready, starting) = (upstream("ready").await, upstream("starting").await);
     starting.ready.store(false, Ordering::Relaxed);
-    let proxy = start(
-        routes(vec![route(
-            "checkout",
-            "prod",
-            "v1",
-            None,
-            0,
-            &[("v1", vec![ready.addr, starting.addr])],
-        )]),
-        None,
-    );
+    let proxy = start_v1("checkout", vec![ready.addr, starting.addr]);
     let c = client();
     let host = "checkout.prod.example.test";
     wait_ready(&c, &proxy, host).await;
@@ -555,63 +533,42 @@ async fn http2_callers_are_served_and_grpc_reaches_the_upstream_over_http2() {
 /// with a length-prefixed message and `grpc-status` trailers.
 async fn grpc_upstream() -> std::net::SocketAddr {
     use http_body_util::{BodyExt, Full};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                        let version = format!("{:?}", req.version());
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        // echo the request's message, framed: 0 (uncompressed), length, bytes
-                        let payload = body.get(5..).unwrap_or_default().to_vec();
-                        let mut framed = vec![0u8];
-                        framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-                        framed.extend_from_slice(&payload);
-                        let mut trailers = hyper::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        trailers.insert("x-upstream-version", version.parse().unwrap());
-                        let body = Full::new(bytes::Bytes::from(framed))
-                            .with_trailers(async move { Some(Ok(trailers)) });
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(body)
-                                .unwrap(),
-                        )
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::serve_connections(|tcp| async move {
+        let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let version = format!("{:?}", req.version());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            // echo the request's message, framed: 0 (uncompressed), length, bytes
+            let payload = body.get(5..).unwrap_or_default().to_vec();
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&payload);
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            trailers.insert("x-upstream-version", version.parse().unwrap());
+            let body = Full::new(bytes::Bytes::from(framed)).with_trailers(async move { Some(Ok(trailers)) });
+            Ok::<_, std::convert::Infallible>(
+                hyper::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap(),
+            )
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grpc_call_passes_through_with_its_trailers() {
     let up = grpc_upstream().await;
-    let proxy = start(
-        routes(vec![route(
-            "payments",
-            "prod",
-            "v1",
-            None,
-            0,
-            &[("v1", vec![up])],
-        )]),
-        None,
-    );
+    let proxy = start_v1("payments", vec![up]);
     let host = "payments.prod.example.test";
     // wait for the probe (HTTP/1.1 GET /healthz gets a 200 from this upstream)
     wait_ready(&client(), &proxy, host).await;

@@ -112,13 +112,7 @@ async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_drains_on_sig
     let mut p = spawn_with(&routes_yaml(v1.addr, v2.addr, 0), &["--drain", "2s"]);
     let c = common::client();
 
-    // ready within a bounded wait (the process starts, the probes pass)
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hit(&c, &p).await.is_err() {
-        assert!(p.child.try_wait().unwrap().is_none(), "the proxy exited early");
-        assert!(Instant::now() < deadline, "the proxy never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serving(&c, &mut p).await;
     for _ in 0..100 {
         assert_eq!(hit(&c, &p).await, Ok("v1".to_owned()), "weight 0: all stable");
     }
@@ -220,17 +214,27 @@ async fn ctrl_c_stops_at_once() {
     let (v1, v2) = (upstream("v1").await, upstream("v2").await);
     let mut p = spawn_with(&routes_yaml(v1.addr, v2.addr, 0), &["--drain", "30s"]);
     let c = common::client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hit(&c, &p).await.is_err() {
-        assert!(Instant::now() < deadline, "the proxy never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serving(&c, &mut p).await;
     signal(&p, "-INT");
     // well before the 30 s drain
     let status = exit_within(&mut p, Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
     wait_for_line(&p, "stopped").await;
     assert!(p.stderr().contains("stopping"), "{}", p.stderr());
+}
+
+/// Polls (at most 20 s) until the process serves: it has started and its probes have passed.
+async fn serving(c: &reqwest::Client, p: &mut Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hit(c, p).await.is_err() {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "the proxy exited early:\n{}",
+            p.stderr()
+        );
+        assert!(Instant::now() < deadline, "the proxy never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn signal(p: &Proxy, which: &str) {

@@ -85,41 +85,33 @@ async fn provider(ca: &LocalCa, status: u16, body: String) -> Provider {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let p = Provider {
-        answer: Arc::new(Mutex::new((status, body))),
-        asked: Arc::default(),
-        addr: listener.local_addr().unwrap(),
-    };
-    let shared = p.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+    let answer = Arc::new(Mutex::new((status, body)));
+    let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (a, n) = (answer.clone(), asked.clone());
+    let addr = common::serve_connections(move |tcp| {
+        let (acceptor, p) = (acceptor.clone(), (a.clone(), n.clone()));
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let (acceptor, p) = (acceptor.clone(), shared.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |_req| {
-                    let p = p.clone();
-                    async move {
-                        p.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let (status, body) = p.answer.lock().unwrap().clone();
-                        hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+            let service = hyper::service::service_fn(move |_req| {
+                let (answer, asked) = p.clone();
+                async move {
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, body) = answer.lock().unwrap().clone();
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
         }
-    });
-    p
+    })
+    .await;
+    Provider { answer, asked, addr }
 }
 
 fn start(

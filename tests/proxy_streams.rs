@@ -19,55 +19,46 @@ const BIG: usize = 8 << 20;
 /// (no WebSocket framing: the proxy must not care what flows after the 101);
 /// `/count` → the request body's length; `/big` → `BIG` bytes.
 async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(|mut req: hyper::Request<hyper::body::Incoming>| async move {
-                        let ok = |status: u16, body: Bytes| {
-                            hyper::Response::builder().status(status).body(Full::new(body))
-                        };
-                        if req.headers().get("upgrade").is_some_and(|u| u == "websocket") {
-                            let upgrade = hyper::upgrade::on(&mut req);
-                            tokio::spawn(async move {
-                                let Ok(up) = upgrade.await else { return };
-                                let mut io = hyper_util::rt::TokioIo::new(up);
-                                let mut buf = [0u8; 1024];
-                                while let Ok(n) = io.read(&mut buf).await {
-                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            });
-                            return hyper::Response::builder()
-                                .status(101)
-                                .header("connection", "upgrade")
-                                .header("upgrade", "websocket")
-                                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-                                .body(Full::new(Bytes::new()));
-                        }
-                        match req.uri().path() {
-                            "/count" => {
-                                let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
-                                ok(200, Bytes::from(n.to_string()))
+    common::serve_connections(|tcp| async move {
+        let service =
+            hyper::service::service_fn(|mut req: hyper::Request<hyper::body::Incoming>| async move {
+                let ok = |status: u16, body: Bytes| {
+                    hyper::Response::builder().status(status).body(Full::new(body))
+                };
+                if req.headers().get("upgrade").is_some_and(|u| u == "websocket") {
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(up) = upgrade.await else { return };
+                        let mut io = hyper_util::rt::TokioIo::new(up);
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
                             }
-                            "/big" => ok(200, Bytes::from(vec![7u8; BIG])),
-                            _ => ok(200, Bytes::from_static(b"ok")),
                         }
                     });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .with_upgrades()
-                    .await;
+                    return hyper::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                        .body(Full::new(Bytes::new()));
+                }
+                match req.uri().path() {
+                    "/count" => {
+                        let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
+                        ok(200, Bytes::from(n.to_string()))
+                    }
+                    "/big" => ok(200, Bytes::from(vec![7u8; BIG])),
+                    _ => ok(200, Bytes::from_static(b"ok")),
+                }
             });
-        }
-    });
-    addr
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades()
+            .await;
+    })
+    .await
 }
 
 async fn start() -> ProxyHandle {

@@ -736,22 +736,18 @@ mod tests {
             "v1"
         );
         let zero = table(0, None);
-        assert_eq!(
-            choose_with_cookie(&zero, host, None, Some("Always"), None, 0),
-            "v2"
-        );
-        assert_eq!(
-            choose_with_cookie(&zero, host, Some("never"), Some("always"), None, 0),
-            "v1"
-        );
-        assert_eq!(
-            choose_with_cookie(&zero, host, None, Some("maybe"), None, 0),
-            "v1"
-        );
-        assert_eq!(
-            choose_with_cookie(&zero, host, Some("maybe"), Some("always"), None, 0),
-            "v2"
-        );
+        for (header, cookie, want) in [
+            (None, Some("Always"), "v2"),
+            (Some("never"), Some("always"), "v1"),
+            (None, Some("maybe"), "v1"),
+            (Some("maybe"), Some("always"), "v2"),
+        ] {
+            assert_eq!(
+                choose_with_cookie(&zero, host, header, cookie, None, 0),
+                want,
+                "x-canary {header:?}, cookie {cookie:?}"
+            );
+        }
         // a preview host reaches one release directly
         assert_eq!(
             choose(&table(0, None), "v2.checkout.prod.example.test", None, None, 0),

@@ -125,6 +125,23 @@ pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) 
     }
 }
 
+/// Binds a free loopback port and hands every connection accepted there to `serve`, each on a
+/// task of its own; returns the address (the test upstreams built on hyper).
+pub async fn serve_connections<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve(tcp));
+        }
+    });
+    addr
+}
+
 /// The admin listener's `/metrics` text.
 pub async fn metrics_text(admin: SocketAddr) -> String {
     client()
