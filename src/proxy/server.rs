@@ -789,6 +789,8 @@ async fn jwks_loop(
     let mut first = Some(first);
     let mut next = Instant::now();
     let mut last = None::<Instant>;
+    // the URL last tried: a new one (a routes change) is fetched at once
+    let mut tried: Option<String> = None;
     let mut backoff = Duration::from_secs(1);
     let mut unknown_key = false;
     loop {
@@ -798,19 +800,11 @@ async fn jwks_loop(
             JwksSource::File(_) => None,
         });
         if let (Some(settings), Some(url)) = (settings, url) {
-            let fetched_url = shared
-                .fetched_jwks
-                .lock()
-                .expect("jwks lock")
-                .as_ref()
-                .map(|(u, _)| u.clone());
             let rotated = unknown_key && last.is_none_or(|l| l.elapsed() >= UNKNOWN_KEY_REFETCH);
-            if Instant::now() >= next
-                || fetched_url.as_ref() != Some(&url) && last.is_none_or(|l| l.elapsed() >= backoff)
-                || rotated
-            {
+            if tried.as_ref() != Some(&url) || Instant::now() >= next || rotated {
                 unknown_key = false;
                 last = Some(Instant::now());
+                tried = Some(url.clone());
                 match fetch_jwks(&settings, &shared.base, &url).await {
                     Ok(set) => {
                         shared.registry.jwks_fetched.fetch_add(1, Ordering::Relaxed);
