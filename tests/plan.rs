@@ -9,6 +9,7 @@ use autopilot::control::gates::Approval;
 use autopilot::control::judge::{Counts, Reading, Verdict};
 use autopilot::control::rollout::*;
 use autopilot::control::time::Time;
+use autopilot::control::ports::RouteWeights;
 use autopilot::control::{PlanSpec, plan};
 use autopilot::spec::{self, units::Weight};
 use proptest::prelude::*;
@@ -210,9 +211,22 @@ impl World {
                 )
             })
             .collect();
+        let routes = self
+            .weights
+            .iter()
+            .map(|(env, (stable, canary, weight))| {
+                let route = RouteWeights {
+                    stable: stable.clone(),
+                    canary: Some(canary.clone()),
+                    weight: *weight,
+                };
+                (env.clone(), route)
+            })
+            .collect();
         let observed = Observed {
             state: self.state.clone(),
-            readiness,
+            readiness: Some(readiness),
+            routes: Some(routes),
             readings,
             pushes: std::mem::take(&mut self.pushes),
             finished_builds: std::mem::take(&mut self.finished),

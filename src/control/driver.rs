@@ -1,68 +1,25 @@
 //! The driver: `sense -> plan -> actuate -> record`, and nothing else.
 //!
-//! Everything outside is behind [`Ports`]: the store (state, overrides, records), the sensors,
-//! the runtime, the builder and the traffic router. Production plugs in real adapters; the
-//! simulator plugs in simulated ones, so a replay runs exactly the code that runs in production.
+//! One pass ticks *every* service: load each state, read every service's sensors in one call,
+//! observe instances, routes and source events, `plan` each service, make one attempt at each
+//! action, record the tick against the version loaded, and only then acknowledge the events
+//! it used. Production plugs in real adapters; the simulator plugs in simulated ones, so a
+//! replay runs exactly the code that runs in production.
 //!
-//! The executor makes one attempt per action and reports failures; since `plan` is
-//! level-triggered, the next tick plans again from what is observed and retries what is still
-//! needed.
+//! # Guarantees
+//! - A failed observation is unknown (`None`) in [`Observed`], never zero or "not ready".
+//! - Events are acknowledged only after the tick is recorded: a failed write loses nothing.
+//! - The executor makes one attempt per action; `plan` is level-triggered, so the next tick
+//!   plans again from what is observed and retries what is still needed.
 
-use super::judge::Reading;
 use super::plan::{PlanSpec, plan};
+pub use super::ports::PortError;
+use super::ports::World;
 use super::rollout::*;
 use super::time::Time;
-use crate::spec::units::Weight;
 use std::collections::BTreeMap;
 
-/// Why a port could not do what was asked. `retryable` errors are tried again on the next tick.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{port}: {message}")]
-pub struct PortError {
-    pub port: &'static str,
-    pub message: String,
-    pub retryable: bool,
-}
-
-/// Everything the driver needs from the outside world.
-pub trait Ports {
-    /// The service's stored state and the operators' overrides.
-    fn load(&mut self, service: &str) -> Result<(ServiceState, Overrides), PortError>;
-    /// Sensor readings for each environment's current rollout, per (environment, objective).
-    fn read_sensors(
-        &mut self,
-        spec: &PlanSpec,
-        state: &ServiceState,
-        now: Time,
-    ) -> BTreeMap<(String, String), Reading>;
-    /// Instances per (environment, release).
-    fn readiness(&mut self, service: &str) -> BTreeMap<(String, String), Readiness>;
-    /// New pushes and finished builds since the last call.
-    fn source_events(&mut self, service: &str) -> (Vec<String>, Vec<(String, BuildOutcome)>);
-
-    fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError>;
-    fn deploy(&mut self, service: &str, environment: &str, release: &str) -> Result<(), PortError>;
-    fn retire(&mut self, service: &str, environment: &str, release: &str) -> Result<(), PortError>;
-    fn set_weights(
-        &mut self,
-        service: &str,
-        environment: &str,
-        stable: Option<&str>,
-        canary: &str,
-        canary_weight: Weight,
-    ) -> Result<(), PortError>;
-    fn clear_override(&mut self, service: &str, environment: &str, which: OneShot) -> Result<(), PortError>;
-
-    /// Stores the new state and records the plan (transitions, evidence, actions, failures).
-    fn record(
-        &mut self,
-        service: &str,
-        plan: &Plan,
-        failures: &[(Action, PortError)],
-    ) -> Result<(), PortError>;
-}
-
-/// What one tick did.
+/// What one tick did for one service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tick {
     pub observed: Observed,
@@ -70,55 +27,93 @@ pub struct Tick {
     pub failures: Vec<(Action, PortError)>,
 }
 
+/// Runs one tick for every service. A service whose state cannot be loaded or recorded gets
+/// its error; the others carry on.
+pub async fn tick_all<W: World>(
+    specs: &[PlanSpec],
+    world: &mut W,
+    now: Time,
+) -> Vec<(String, Result<Tick, PortError>)> {
+    // sense: the stored state of each service first (the sensors need the rollouts)
+    let mut loaded = Vec::new();
+    let mut out = Vec::new();
+    for spec in specs {
+        match world.load(&spec.service).await {
+            Ok(l) => loaded.push((spec, l)),
+            Err(e) => out.push((spec.service.clone(), Err(e))),
+        }
+    }
+    let wanted: Vec<_> = loaded.iter().map(|(s, l)| (*s, &l.state)).collect();
+    let mut readings = world.read(&wanted, now).await;
+    for (spec, l) in loaded {
+        let service = spec.service.as_str();
+        let readiness = world.instances(service).await.ok();
+        let routes = world.routes(service).await.ok();
+        let events = world.events(service).await.unwrap_or_default();
+        let observed = Observed {
+            state: l.state,
+            readiness,
+            routes,
+            readings: readings.remove(service).unwrap_or_default(),
+            pushes: events.pushes,
+            finished_builds: events.finished,
+        };
+        // plan
+        let plan = plan(spec, &observed, &l.overrides, now);
+        // actuate
+        let failures = execute(service, &plan, world).await;
+        // record, then acknowledge what was used
+        let result = match world.record(service, l.version, &plan, &failures).await {
+            Ok(()) => {
+                if !events.cursor.is_empty() {
+                    // a failed ack only means the events come again (builds are idempotent)
+                    let _ = world.ack(service, &events.cursor).await;
+                }
+                Ok(Tick {
+                    observed,
+                    plan,
+                    failures,
+                })
+            }
+            Err(e) => Err(e),
+        };
+        out.push((service.to_owned(), result));
+    }
+    out
+}
+
 /// Runs one tick for one service.
-pub fn tick<P: Ports + ?Sized>(spec: &PlanSpec, ports: &mut P, now: Time) -> Result<Tick, PortError> {
-    let service = spec.service.as_str();
-    // sense
-    let (state, overrides) = ports.load(service)?;
-    let readings = ports.read_sensors(spec, &state, now);
-    let readiness = ports.readiness(service);
-    let (pushes, finished_builds) = ports.source_events(service);
-    let observed = Observed {
-        state,
-        readiness,
-        readings,
-        pushes,
-        finished_builds,
-    };
-    // plan
-    let plan = plan(spec, &observed, &overrides, now);
-    // actuate
-    let failures = execute(service, &plan.actions, ports);
-    // record
-    ports.record(service, &plan, &failures)?;
-    Ok(Tick {
-        observed,
-        plan,
-        failures,
-    })
+pub async fn tick<W: World>(spec: &PlanSpec, world: &mut W, now: Time) -> Result<Tick, PortError> {
+    let mut results = tick_all(std::slice::from_ref(spec), world, now).await;
+    results.pop().map_or_else(
+        || Err(PortError::fatal("driver", "no service ticked")),
+        |(_, r)| r,
+    )
 }
 
 /// Makes one attempt at each action; returns the ones that failed.
-pub fn execute<P: Ports + ?Sized>(
-    service: &str,
-    actions: &[Action],
-    ports: &mut P,
-) -> Vec<(Action, PortError)> {
+pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec<(Action, PortError)> {
+    let releases: BTreeMap<&str, &Release> = plan.state.releases.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut failures = Vec::new();
-    for action in actions {
+    for action in &plan.actions {
         let result = match action {
-            Action::StartBuild { commit } => ports.start_build(service, commit),
-            Action::Deploy { environment, release } => ports.deploy(service, environment, release),
+            Action::StartBuild { commit } => world.start_build(service, commit).await,
+            Action::Deploy { environment, release } => match releases.get(release.as_str()) {
+                Some(r) => world.deploy(service, environment, r).await,
+                None => Err(PortError::fatal("runtime", format!("release `{release}` is not built"))),
+            },
             Action::SetWeights {
                 environment,
                 stable,
                 canary,
                 canary_weight,
-            } => ports.set_weights(service, environment, stable.as_deref(), canary, *canary_weight),
-            Action::Retire { environment, release } => ports.retire(service, environment, release),
-            Action::ClearOverride { environment, which } => {
-                ports.clear_override(service, environment, *which)
+            } => {
+                world
+                    .set_weights(service, environment, stable.as_deref(), canary, *canary_weight)
+                    .await
             }
+            Action::Retire { environment, release } => world.retire(service, environment, release).await,
+            Action::ClearOverride { environment, which } => world.clear_override(service, environment, *which).await,
         };
         if let Err(e) = result {
             failures.push((action.clone(), e));

@@ -9,6 +9,7 @@ pub mod driver;
 pub mod gates;
 pub mod judge;
 pub mod plan;
+pub mod ports;
 pub mod rollout;
 pub mod time;
 pub mod traffic;

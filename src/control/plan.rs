@@ -27,6 +27,9 @@ use std::time::Duration;
 
 /// With nothing in progress, look again this often anyway (level-triggered re-check).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
+/// While traffic moves (promoting, rolling back) the routes are read again this soon: the
+/// router answers in milliseconds, so waiting a whole analysis interval would only delay.
+const ROUTE_RECHECK: Duration = Duration::from_secs(1);
 
 /// One objective, resolved for planning.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -456,9 +459,17 @@ fn step_rollout(
             }
         }
         Phase::Deploying { since } => {
-            let ready = ctx
-                .observed
-                .readiness
+            let Some(instances) = &ctx.observed.readiness else {
+                // the runtime could not be asked: unknown is not "not ready", and no deadline
+                // runs out on what cannot be seen
+                out.notes.push(format!(
+                    "{release} in {}: the runtime's instances are unknown; holding",
+                    ctx.env.name
+                ));
+                out.wake(now.plus(ctx.interval()));
+                return;
+            };
+            let ready = instances
                 .get(&(ctx.env.name.clone(), release.clone()))
                 .copied()
                 .unwrap_or_default();
@@ -558,6 +569,16 @@ fn step_rollout(
             out.wake(now.plus(ctx.interval()));
         }
         Phase::Promoting { .. } => {
+            // promoted once the router serves the release everything (observed, not assumed)
+            if routed_share(ctx, &release) != Some(100) {
+                set_weight(ctx, out, env, &release, Weight::MAX);
+                out.notes.push(format!(
+                    "{release} in {}: waiting for the router to serve it all traffic",
+                    ctx.env.name
+                ));
+                out.wake(now.plus(ROUTE_RECHECK));
+                return;
+            }
             let old = env.stable.replace(release.clone());
             env.stable_since = Some(now);
             env.blocked = None;
@@ -571,6 +592,16 @@ fn step_rollout(
             out.wake(now);
         }
         Phase::RollingBack { reason, .. } => {
+            // retired once the router sends it nothing (a failed weight change is retried)
+            if routed_share(ctx, &release) != Some(0) {
+                set_weight(ctx, out, env, &release, Weight(0));
+                out.notes.push(format!(
+                    "{release} in {}: waiting for the router to take its traffic away",
+                    ctx.env.name
+                ));
+                out.wake(now.plus(ROUTE_RECHECK));
+                return;
+            }
             out.actions.push(Action::Retire {
                 environment: ctx.name(),
                 release: release.clone(),
@@ -588,6 +619,12 @@ fn step_rollout(
         }
         Phase::Promoted { .. } | Phase::RolledBack { .. } | Phase::Superseded { .. } => {}
     }
+}
+
+/// The share of the environment's traffic the router gives `release` now (`None`: unknown).
+fn routed_share(ctx: &EnvCtx, release: &str) -> Option<u8> {
+    let routes = ctx.observed.routes.as_ref()?;
+    Some(routes.get(&ctx.env.name).map_or(0, |r| r.share_of(release)))
 }
 
 fn first_weight(ramp: &Ramp) -> Weight {

@@ -161,8 +161,12 @@ pub enum BuildOutcome {
 pub struct Observed {
     /// The state from the store.
     pub state: ServiceState,
-    /// Instances per (environment, release).
-    pub readiness: BTreeMap<(String, String), Readiness>,
+    /// Instances per (environment, release); `None`: the runtime could not be asked (unknown,
+    /// never "not ready").
+    pub readiness: Option<BTreeMap<(String, String), Readiness>>,
+    /// What the router serves now, per environment; `None`: the router could not be asked.
+    /// A release is retired or marked promoted only once these match the plan.
+    pub routes: Option<BTreeMap<String, super::ports::RouteWeights>>,
     /// Sensor readings per (environment, objective), for the environment's canary and stable.
     pub readings: BTreeMap<(String, String), Reading>,
     /// Commits pushed to the branch since the last tick, oldest first.

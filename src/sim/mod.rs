@@ -322,6 +322,10 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         requests: 0,
         generated: 0,
     };
+    // the simulated ports answer at once; a single-threaded runtime drives the async driver
+    let executor = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| SimError::Specs(format!("cannot start the simulation's executor: {e}")))?;
     let mut operators: Vec<_> = scenario.operators.iter().collect();
     operators.sort_by_key(|o| o.at);
     let mut next_operator = 0;
@@ -334,7 +338,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
             next_operator += 1;
         }
         world.now = t;
-        let tick = driver::tick(&spec, &mut world, t).map_err(|e| SimError::Invariant {
+        let tick = executor.block_on(driver::tick(&spec, &mut world, t)).map_err(|e| SimError::Invariant {
             at: t,
             what: e.to_string(),
         })?;

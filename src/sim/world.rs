@@ -6,7 +6,7 @@
 //! Every random draw comes from one seeded generator, in a fixed order, and every collection
 //! iterates in a fixed order: the same scenario and seed give the same run, byte for byte.
 
-use crate::control::driver::{PortError, Ports};
+use crate::control::ports::{Builder, Instances, Loaded, PortError, RouteWeights, Router, Runtime, Sensors, SourceEvents, Store};
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::*;
@@ -78,7 +78,6 @@ pub struct World {
     pub overrides: Overrides,
     pushes: Vec<(Time, String)>,
     builds: Vec<(Time, String)>,
-    finished: Vec<(String, BuildOutcome)>,
     deployed: BTreeMap<(String, String), Time>,
     pub routes: BTreeMap<String, (Option<String>, String, Weight)>,
     counters: BTreeMap<(String, String), Counters>,
@@ -86,6 +85,8 @@ pub struct World {
     resets_done: BTreeSet<usize>,
     /// Every plan recorded, in order.
     pub records: Vec<Plan>,
+    /// The store's version (one more per recorded tick).
+    version: u64,
     /// Requests generated in every environment (the simulator's work).
     pub generated: u64,
     /// Recorded sensor data replacing the model for one environment.
@@ -172,13 +173,13 @@ impl World {
                 .map(|r| (start.plus(r.pushed_at.0), r.name.clone()))
                 .collect(),
             builds: Vec::new(),
-            finished: Vec::new(),
             deployed,
             routes,
             counters: BTreeMap::new(),
             served: BTreeMap::new(),
             resets_done: BTreeSet::new(),
             records: Vec::new(),
+            version: 0,
             generated: 0,
             recordings: None,
             replay_baseline: BTreeMap::new(),
@@ -417,39 +418,7 @@ impl World {
         times.into_iter().filter(|x| *x > t).min()
     }
 
-    fn sensor_blind(&self, arm: Arm) -> bool {
-        self.active(self.now).any(|(_, what, _, _)| match what {
-            IncidentKind::Gap { arm: a } => *a == Arm::Both || *a == arm,
-            IncidentKind::PrometheusOutage => true,
-            _ => false,
-        })
-    }
-}
-
-/// Counters since the rollout started, from raw recorded counters: a counter that went below
-/// its baseline was reset, and counts from zero again.
-fn since_baseline(base: &mut Reading, raw: Reading, (canary_blind, stable_blind): (bool, bool)) -> Reading {
-    let arm = |base: &mut Option<Counts>, now: Option<Counts>| {
-        let now = now?;
-        let b = base.get_or_insert(now);
-        if now.bad < b.bad || now.total < b.total {
-            *b = Counts::default();
-        }
-        Some(Counts::new(now.bad - b.bad, now.total - b.total))
-    };
-    let canary = arm(&mut base.canary, raw.canary);
-    let stable = arm(&mut base.stable, raw.stable);
-    Reading {
-        canary: canary.filter(|_| !canary_blind),
-        stable: stable.filter(|_| !stable_blind),
-    }
-}
-
-impl Ports for World {
-    fn load(&mut self, _service: &str) -> Result<(ServiceState, Overrides), PortError> {
-        Ok((self.state.clone(), self.overrides.clone()))
-    }
-
+    /// The counters of every environment and objective, as the sensors would report them.
     fn read_sensors(
         &mut self,
         spec: &PlanSpec,
@@ -526,8 +495,137 @@ impl Ports for World {
         out
     }
 
-    fn readiness(&mut self, _service: &str) -> BTreeMap<(String, String), Readiness> {
-        self.deployed
+    fn sensor_blind(&self, arm: Arm) -> bool {
+        self.active(self.now).any(|(_, what, _, _)| match what {
+            IncidentKind::Gap { arm: a } => *a == Arm::Both || *a == arm,
+            IncidentKind::PrometheusOutage => true,
+            _ => false,
+        })
+    }
+}
+
+/// Counters since the rollout started, from raw recorded counters: a counter that went below
+/// its baseline was reset, and counts from zero again.
+fn since_baseline(base: &mut Reading, raw: Reading, (canary_blind, stable_blind): (bool, bool)) -> Reading {
+    let arm = |base: &mut Option<Counts>, now: Option<Counts>| {
+        let now = now?;
+        let b = base.get_or_insert(now);
+        if now.bad < b.bad || now.total < b.total {
+            *b = Counts::default();
+        }
+        Some(Counts::new(now.bad - b.bad, now.total - b.total))
+    };
+    let canary = arm(&mut base.canary, raw.canary);
+    let stable = arm(&mut base.stable, raw.stable);
+    Reading {
+        canary: canary.filter(|_| !canary_blind),
+        stable: stable.filter(|_| !stable_blind),
+    }
+}
+
+impl Store for World {
+    async fn load(&mut self, _service: &str) -> Result<Loaded, PortError> {
+        Ok(Loaded {
+            state: self.state.clone(),
+            overrides: self.overrides.clone(),
+            version: self.version,
+        })
+    }
+
+    async fn record(
+        &mut self,
+        _service: &str,
+        version: u64,
+        plan: &Plan,
+        _failures: &[(Action, PortError)],
+    ) -> Result<(), PortError> {
+        if version != self.version {
+            return Err(PortError::fatal(
+                "store",
+                format!("stale write: version {version}, stored {}", self.version),
+            ));
+        }
+        self.version += 1;
+        self.state = plan.state.clone();
+        self.records.push(plan.clone());
+        Ok(())
+    }
+
+    async fn clear_override(&mut self, _service: &str, environment: &str, which: OneShot) -> Result<(), PortError> {
+        let o = self
+            .overrides
+            .environments
+            .entry(environment.to_owned())
+            .or_default();
+        match which {
+            OneShot::Promote => o.promote = None,
+            OneShot::Rollback => o.rollback = None,
+            OneShot::Resume => o.resume = None,
+        }
+        Ok(())
+    }
+}
+
+impl Sensors for World {
+    async fn read(
+        &mut self,
+        services: &[(&PlanSpec, &ServiceState)],
+        now: Time,
+    ) -> BTreeMap<String, crate::control::ports::Readings> {
+        services
+            .iter()
+            .map(|(spec, state)| (spec.service.clone(), self.read_sensors(spec, state, now)))
+            .collect()
+    }
+}
+
+impl Builder for World {
+    async fn events(&mut self, _service: &str) -> Result<SourceEvents, PortError> {
+        let now = self.now;
+        let pushes = self
+            .pushes
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, c)| c.clone())
+            .collect();
+        let finished = self
+            .builds
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, c)| (c.clone(), BuildOutcome::Built(release_id(c))))
+            .collect();
+        Ok(SourceEvents {
+            pushes,
+            finished,
+            cursor: now.millis().to_string(),
+        })
+    }
+
+    async fn ack(&mut self, _service: &str, cursor: &str) -> Result<(), PortError> {
+        let upto = Time::from_millis(
+            cursor
+                .parse()
+                .map_err(|_| PortError::fatal("builder", format!("bad cursor `{cursor}`")))?,
+        );
+        self.pushes.retain(|(at, _)| *at > upto);
+        self.builds.retain(|(at, _)| *at > upto);
+        Ok(())
+    }
+
+    async fn start_build(&mut self, _service: &str, commit: &str) -> Result<(), PortError> {
+        let time = self
+            .behaviours
+            .get(commit)
+            .map_or(Duration::from_secs(60), |b| b.build_time);
+        self.builds.push((self.now.plus(time), commit.to_owned()));
+        Ok(())
+    }
+}
+
+impl Runtime for World {
+    async fn instances(&mut self, _service: &str) -> Result<Instances, PortError> {
+        Ok(self
+            .deployed
             .iter()
             .map(|((env, release), at)| {
                 let crash = self.behaviours.get(release).is_some_and(|b| b.crash_on_deploy);
@@ -541,56 +639,42 @@ impl Ports for World {
                     },
                 )
             })
-            .collect()
+            .collect())
     }
 
-    fn source_events(&mut self, _service: &str) -> (Vec<String>, Vec<(String, BuildOutcome)>) {
-        let now = self.now;
-        let pushes: Vec<String> = self
-            .pushes
-            .iter()
-            .filter(|(at, _)| *at <= now)
-            .map(|(_, c)| c.clone())
-            .collect();
-        self.pushes.retain(|(at, _)| *at > now);
-        let done: Vec<String> = self
-            .builds
-            .iter()
-            .filter(|(at, _)| *at <= now)
-            .map(|(_, c)| c.clone())
-            .collect();
-        self.builds.retain(|(at, _)| *at > now);
-        let mut finished = std::mem::take(&mut self.finished);
-        finished.extend(done.into_iter().map(|c| {
-            let release = release_id(&c);
-            (c, BuildOutcome::Built(release))
-        }));
-        (pushes, finished)
-    }
-
-    fn start_build(&mut self, _service: &str, commit: &str) -> Result<(), PortError> {
-        let time = self
-            .behaviours
-            .get(commit)
-            .map_or(Duration::from_secs(60), |b| b.build_time);
-        self.builds.push((self.now.plus(time), commit.to_owned()));
-        Ok(())
-    }
-
-    fn deploy(&mut self, _service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+    async fn deploy(&mut self, _service: &str, environment: &str, release: &Release) -> Result<(), PortError> {
         self.deployed
-            .entry((environment.to_owned(), release.to_owned()))
+            .entry((environment.to_owned(), release.id.clone()))
             .or_insert(self.now);
         Ok(())
     }
 
-    fn retire(&mut self, _service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+    async fn retire(&mut self, _service: &str, environment: &str, release: &str) -> Result<(), PortError> {
         self.deployed
             .remove(&(environment.to_owned(), release.to_owned()));
         Ok(())
     }
+}
 
-    fn set_weights(
+impl Router for World {
+    async fn routes(&mut self, _service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
+        Ok(self
+            .routes
+            .iter()
+            .map(|(env, (stable, canary, weight))| {
+                (
+                    env.clone(),
+                    RouteWeights {
+                        stable: stable.clone(),
+                        canary: Some(canary.clone()),
+                        weight: *weight,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn set_weights(
         &mut self,
         _service: &str,
         environment: &str,
@@ -602,31 +686,6 @@ impl Ports for World {
             environment.to_owned(),
             (stable.map(str::to_owned), canary.to_owned(), canary_weight),
         );
-        Ok(())
-    }
-
-    fn clear_override(&mut self, _service: &str, environment: &str, which: OneShot) -> Result<(), PortError> {
-        let o = self
-            .overrides
-            .environments
-            .entry(environment.to_owned())
-            .or_default();
-        match which {
-            OneShot::Promote => o.promote = None,
-            OneShot::Rollback => o.rollback = None,
-            OneShot::Resume => o.resume = None,
-        }
-        Ok(())
-    }
-
-    fn record(
-        &mut self,
-        _service: &str,
-        plan: &Plan,
-        _failures: &[(Action, PortError)],
-    ) -> Result<(), PortError> {
-        self.state = plan.state.clone();
-        self.records.push(plan.clone());
         Ok(())
     }
 }
