@@ -16,3 +16,4 @@ pub mod loadgen;
 pub mod proxy;
 pub mod sim;
 pub mod spec;
+pub mod store;
