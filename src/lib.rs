@@ -14,6 +14,7 @@
 pub mod control;
 pub mod loadgen;
 pub mod proxy;
+pub mod release;
 pub mod sim;
 pub mod spec;
 pub mod store;

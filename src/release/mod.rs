@@ -1,0 +1,398 @@
+//! The embedded builder: a local git repository polled on its branch, each build run in a clean
+//! `git worktree` at the exact commit, its files packed into an OCI image layout on disk.
+//!
+//! - [`oci`]: the layout (pack, unpack, reproducible digests).
+//! - [`LocalBuilder`]: the [`Builder`] port. Builds run as background tasks; their status and
+//!   full output (stdout and stderr, interleaved) are kept in the store's `builds` table, and
+//!   their end reaches `plan` as a finished-build event.
+//!
+//! # Guarantees
+//! - A commit is built at most once (`start_build` of a built or running commit does nothing);
+//!   a build interrupted by a stop of autopilot is run again at the next start.
+//! - A build that fails or times out is recorded with its output and never becomes a release.
+//! - Events are acknowledged by cursor: pushes and finished builds come again until the tick
+//!   that used them is recorded.
+
+pub mod oci;
+
+use crate::control::ports::{Builder, PortError, SourceEvents};
+use crate::control::rollout::{BuildOutcome, Release};
+use crate::control::time::Time;
+use crate::spec::objectives::{Artifact, ServiceSpec};
+use sqlx::{Row, SqlitePool};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+
+/// A build's output beyond this is cut from the front (the end says why it failed).
+const MAX_OUTPUT: usize = 1 << 20;
+
+/// The wall clock, for the records of adapters (never for decisions).
+pub fn wall_clock() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time::from_millis(d.as_millis() as u64)
+}
+
+/// The release id of an artifact: a DNS label (it becomes a preview host name) made of the
+/// digest, so a release is named by what it is.
+pub fn release_id(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("r{}", &hex[..hex.len().min(12)])
+}
+
+/// What the builder needs of one service.
+#[derive(Debug, Clone)]
+struct Recipe {
+    repository: PathBuf,
+    branch: String,
+    path: Option<String>,
+    command: String,
+    files: Vec<String>,
+    timeout: std::time::Duration,
+}
+
+/// The embedded builder.
+#[derive(Debug, Clone)]
+pub struct LocalBuilder {
+    recipes: Arc<BTreeMap<String, Recipe>>,
+    pool: SqlitePool,
+    layout: oci::Layout,
+    work: PathBuf,
+}
+
+async fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("git {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn db(e: sqlx::Error) -> PortError {
+    PortError::retry("builder", e.to_string())
+}
+
+impl LocalBuilder {
+    /// A builder for these services, keeping artifacts in `data/artifacts` (an OCI layout) and
+    /// checkouts in `data/work`. Builds a previous run left unfinished are started again.
+    pub async fn new(services: &[ServiceSpec], base: &Path, data: &Path, pool: SqlitePool) -> Result<Self, String> {
+        let mut recipes = BTreeMap::new();
+        for s in services {
+            let Artifact::Files(files) = &s.build.artifact else {
+                return Err(format!(
+                    "{}: the embedded builder packs `artifact.files`; an `image` artifact needs a registry",
+                    s.name
+                ));
+            };
+            let repo = Path::new(&s.source.repository);
+            let repository = if repo.is_absolute() { repo.to_owned() } else { base.join(repo) };
+            recipes.insert(
+                s.name.clone(),
+                Recipe {
+                    repository,
+                    branch: s.source.branch.clone(),
+                    path: s.source.path.clone(),
+                    command: s.build.command.clone(),
+                    files: files.clone(),
+                    timeout: s.build.timeout.0,
+                },
+            );
+        }
+        let layout = oci::Layout::open(&data.join("artifacts")).map_err(|e| e.to_string())?;
+        let builder = LocalBuilder {
+            recipes: Arc::new(recipes),
+            pool,
+            layout,
+            work: data.join("work"),
+        };
+        let interrupted = sqlx::query("SELECT service, commit_sha FROM builds WHERE status = 'running'")
+            .fetch_all(&builder.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        for row in interrupted {
+            let (service, commit): (String, String) = (row.get("service"), row.get("commit_sha"));
+            if builder.recipes.contains_key(&service) {
+                tracing::info!(%service, %commit, "building again a build interrupted by the last stop");
+                builder.spawn(service, commit);
+            }
+        }
+        Ok(builder)
+    }
+
+    /// The OCI layout holding every release.
+    pub fn layout(&self) -> &oci::Layout {
+        &self.layout
+    }
+
+    fn recipe(&self, service: &str) -> Result<&Recipe, PortError> {
+        self.recipes
+            .get(service)
+            .ok_or_else(|| PortError::fatal("builder", format!("no build recipe for `{service}`")))
+    }
+
+    async fn cursor(&self, service: &str, source: &str) -> Result<Option<String>, PortError> {
+        let row = sqlx::query("SELECT cursor FROM cursors WHERE service = ?1 AND source = ?2")
+            .bind(service)
+            .bind(source)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get("cursor")))
+    }
+
+    fn spawn(&self, service: String, commit: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let recipe = me.recipes[&service].clone();
+            let (result, output) = me.run_build(&service, &recipe, &commit).await;
+            let (status, digest, release, error) = match result {
+                Ok(digest) => ("built", Some(digest.clone()), Some(release_id(&digest)), None),
+                Err(e) => ("failed", None, None, Some(e)),
+            };
+            tracing::info!(%service, %commit, status, ?digest, ?error, "build finished");
+            let _ = sqlx::query(
+                "UPDATE builds SET status = ?3, finished_at = ?4, digest = ?5, release = ?6, output = ?7, error = ?8 \
+                 WHERE service = ?1 AND commit_sha = ?2",
+            )
+            .bind(&service)
+            .bind(&commit)
+            .bind(status)
+            .bind(wall_clock().millis() as i64)
+            .bind(digest)
+            .bind(release)
+            .bind(output)
+            .bind(error)
+            .execute(&me.pool)
+            .await;
+        });
+    }
+
+    /// Checks out `commit` in a fresh worktree, runs the recipe with its timeout, packs the
+    /// files. Returns the digest (or why not) and the build's output.
+    async fn run_build(&self, service: &str, recipe: &Recipe, commit: &str) -> (Result<String, String>, String) {
+        let dir = self.work.join(service).join(commit);
+        let mut output = String::new();
+        let _ = git(&recipe.repository, &["worktree", "remove", "--force", &dir.to_string_lossy()]).await;
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let _ = git(&recipe.repository, &["worktree", "prune"]).await;
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if let Err(e) = git(
+            &recipe.repository,
+            &["worktree", "add", "--detach", &dir.to_string_lossy(), commit],
+        )
+        .await
+        {
+            return (Err(format!("checkout failed: {e}")), output);
+        }
+        let folder = match &recipe.path {
+            Some(p) => dir.join(p),
+            None => dir.clone(),
+        };
+        let result = run_command(&recipe.command, &folder, recipe.timeout, &mut output).await;
+        let result = match result {
+            Ok(()) => self
+                .layout
+                .pack(&folder, &recipe.files, &format!("{service}:{commit}"))
+                .map_err(|e| format!("packing the artifact failed: {e}")),
+            Err(e) => Err(e),
+        };
+        let _ = git(&recipe.repository, &["worktree", "remove", "--force", &dir.to_string_lossy()]).await;
+        (result, output)
+    }
+}
+
+/// Runs `command` with `sh -c` in `dir`, output (both streams) appended to `output`, killed
+/// (its whole process group) at the timeout.
+async fn run_command(
+    command: &str,
+    dir: &Path,
+    timeout: std::time::Duration,
+    output: &mut String,
+) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+    let pid = child.id();
+    let collected = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let a = tokio::spawn(pump(child.stdout.take().expect("piped stdout"), collected.clone()));
+    let b = tokio::spawn(pump(child.stderr.take().expect("piped stderr"), collected.clone()));
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let result = match waited {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("the build command failed ({status})")),
+        Ok(Err(e)) => Err(format!("waiting for the build: {e}")),
+        Err(_) => {
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            Err(format!(
+                "the build timed out after {}",
+                crate::spec::units::Duration(timeout)
+            ))
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = a.await;
+        let _ = b.await;
+    })
+    .await;
+    let bytes = collected.lock().expect("output lock").clone();
+    let start = bytes.len().saturating_sub(MAX_OUTPUT);
+    output.push_str(&String::from_utf8_lossy(&bytes[start..]));
+    result
+}
+
+/// Appends what `r` says to `into`, keeping at most about [`MAX_OUTPUT`] bytes.
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, into: Arc<std::sync::Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let mut out = into.lock().expect("output lock");
+        out.extend_from_slice(&buf[..n]);
+        if out.len() > 2 * MAX_OUTPUT {
+            let cut = out.len() - MAX_OUTPUT;
+            out.drain(..cut);
+        }
+    }
+}
+
+impl Builder for LocalBuilder {
+    async fn events(&mut self, service: &str) -> Result<SourceEvents, PortError> {
+        let recipe = self.recipe(service)?.clone();
+        let tip = git(
+            &recipe.repository,
+            &["rev-parse", "--verify", &format!("refs/heads/{}^{{commit}}", recipe.branch)],
+        )
+        .await
+        .map_err(|e| PortError::retry("builder", e))?;
+        let seen = self.cursor(service, "git").await?;
+        let pushes = match seen {
+            Some(seen) if seen == tip => Vec::new(),
+            Some(seen) => {
+                let mut args = vec!["rev-list".to_owned(), "--reverse".to_owned(), format!("{seen}..{tip}")];
+                if let Some(p) = &recipe.path {
+                    args.extend(["--".to_owned(), p.clone()]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                match git(&recipe.repository, &args).await {
+                    Ok(list) => list.lines().map(str::to_owned).collect(),
+                    // history rewritten (a force push): the tip is what there is
+                    Err(_) => vec![tip.clone()],
+                }
+            }
+            // the first look: the newest commit only, not the whole history
+            None => vec![tip.clone()],
+        };
+        let after: i64 = self
+            .cursor(service, "builds")
+            .await?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        // finished builds after the cursor, up to the first still running (so the cursor never
+        // passes a build that has not ended)
+        let rows = sqlx::query(
+            "SELECT seq, commit_sha, status, digest, error FROM builds \
+             WHERE service = ?1 AND seq > ?2 AND status != 'running' AND seq < COALESCE( \
+               (SELECT MIN(seq) FROM builds WHERE service = ?1 AND status = 'running' AND seq > ?2), \
+               9223372036854775807) \
+             ORDER BY seq",
+        )
+        .bind(service)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut last = after;
+        let mut finished = Vec::new();
+        for r in rows {
+            let commit: String = r.get("commit_sha");
+            let outcome = match (r.get::<String, _>("status").as_str(), r.get::<Option<String>, _>("digest")) {
+                ("built", Some(digest)) => BuildOutcome::Built(Release {
+                    id: release_id(&digest),
+                    commit: commit.clone(),
+                    digest,
+                }),
+                _ => BuildOutcome::Failed {
+                    reason: r.get::<Option<String>, _>("error").unwrap_or_else(|| "failed".into()),
+                },
+            };
+            finished.push((commit, outcome));
+            last = last.max(r.get::<i64, _>("seq"));
+        }
+        Ok(SourceEvents {
+            pushes,
+            finished,
+            cursor: format!("{tip} {last}"),
+        })
+    }
+
+    async fn ack(&mut self, service: &str, cursor: &str) -> Result<(), PortError> {
+        let (tip, builds) = cursor
+            .split_once(' ')
+            .ok_or_else(|| PortError::fatal("builder", format!("bad cursor `{cursor}`")))?;
+        for (source, value) in [("git", tip), ("builds", builds)] {
+            sqlx::query(
+                "INSERT INTO cursors (service, source, cursor) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(service, source) DO UPDATE SET cursor = excluded.cursor",
+            )
+            .bind(service)
+            .bind(source)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    async fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError> {
+        self.recipe(service)?;
+        let inserted = sqlx::query(
+            "INSERT INTO builds (service, commit_sha, status, started_at) VALUES (?1, ?2, 'running', ?3) \
+             ON CONFLICT(service, commit_sha) DO NOTHING",
+        )
+        .bind(service)
+        .bind(commit)
+        .bind(wall_clock().millis() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if inserted == 1 {
+            tracing::info!(%service, %commit, "build started");
+            self.spawn(service.to_owned(), commit.to_owned());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! An OCI image layout on disk (`oci-layout`, `index.json`, `blobs/sha256/…`): where the
+//! embedded builder keeps every release's artifact, named by its manifest digest.
+//!
+//! Packing is reproducible: the same files give the same digest (entries sorted, owners, times
+//! and permissions normalised; no timestamps in the manifest). Nothing here runs a build.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The manifest's artifact type (OCI 1.1 artifacts).
+pub const ARTIFACT_TYPE: &str = "application/vnd.autopilot.release.v1";
+/// The one layer: a tar of the artifact's files.
+pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The empty config of an artifact with no config of its own.
+const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// The annotation naming a manifest in `index.json`.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Why packing or unpacking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("artifact file `{0}` does not exist after the build")]
+    Missing(String),
+    #[error("artifact path `{0}` leaves the build folder")]
+    Escapes(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
+    move |source| OciError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A blob descriptor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    schema_version: u32,
+    media_type: String,
+    artifact_type: String,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    media_type: String,
+    manifests: Vec<Descriptor>,
+}
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+impl Layout {
+    /// Opens (creating if needed) a layout at `root`.
+    pub fn open(root: &Path) -> Result<Layout, OciError> {
+        let blobs = root.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+        let marker = root.join("oci-layout");
+        if !marker.exists() {
+            std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&marker))?;
+        }
+        let layout = Layout { root: root.to_owned() };
+        let index = root.join("index.json");
+        if !index.exists() {
+            layout.write_index(&Index {
+                schema_version: 2,
+                media_type: INDEX_TYPE.into(),
+                manifests: Vec::new(),
+            })?;
+        }
+        Ok(layout)
+    }
+
+    fn blob_path(&self, digest: &str) -> Result<PathBuf, OciError> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| OciError::Invalid(format!("`{digest}` is not a sha256 digest")))?;
+        Ok(self.root.join("blobs/sha256").join(hex))
+    }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<(String, u64), OciError> {
+        let digest = sha256(bytes);
+        let path = self.blob_path(&digest)?;
+        if !path.exists() {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        }
+        Ok((digest, bytes.len() as u64))
+    }
+
+    /// Reads a blob and checks its digest.
+    pub fn blob(&self, digest: &str) -> Result<Vec<u8>, OciError> {
+        let path = self.blob_path(digest)?;
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        if sha256(&bytes) != digest {
+            return Err(OciError::Invalid(format!("blob {digest} is corrupt")));
+        }
+        Ok(bytes)
+    }
+
+    fn read_index(&self) -> Result<Index, OciError> {
+        let path = self.root.join("index.json");
+        let text = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&text).map_err(|e| OciError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    fn write_index(&self, index: &Index) -> Result<(), OciError> {
+        let path = self.root.join("index.json");
+        let tmp = self.root.join(format!("index.json.tmp{}", std::process::id()));
+        let text = serde_json::to_vec_pretty(index).expect("an index serialises");
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Packs `files` (paths relative to `dir`; folders are taken whole) into a manifest,
+    /// names it `name` in the index, and returns the manifest's digest.
+    pub fn pack(&self, dir: &Path, files: &[String], name: &str) -> Result<String, OciError> {
+        let layer = tar_of(dir, files)?;
+        let (layer_digest, layer_size) = self.put_blob(&layer)?;
+        let (config_digest, config_size) = self.put_blob(b"{}")?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: MANIFEST_TYPE.into(),
+            artifact_type: ARTIFACT_TYPE.into(),
+            config: Descriptor {
+                media_type: EMPTY_CONFIG_TYPE.into(),
+                digest: config_digest,
+                size: config_size,
+                artifact_type: None,
+                annotations: Default::default(),
+            },
+            layers: vec![Descriptor {
+                media_type: LAYER_TYPE.into(),
+                digest: layer_digest,
+                size: layer_size,
+                artifact_type: None,
+                annotations: Default::default(),
+            }],
+        };
+        let bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
+        let (digest, size) = self.put_blob(&bytes)?;
+        let mut index = self.read_index()?;
+        if !index
+            .manifests
+            .iter()
+            .any(|m| m.digest == digest && m.annotations.get(REF_NAME).map(String::as_str) == Some(name))
+        {
+            index.manifests.push(Descriptor {
+                media_type: MANIFEST_TYPE.into(),
+                digest: digest.clone(),
+                size,
+                artifact_type: Some(ARTIFACT_TYPE.into()),
+                annotations: [(REF_NAME.to_owned(), name.to_owned())].into(),
+            });
+            self.write_index(&index)?;
+        }
+        Ok(digest)
+    }
+
+    /// Unpacks the artifact `digest` into `into` (made fresh).
+    pub fn unpack(&self, digest: &str, into: &Path) -> Result<(), OciError> {
+        let manifest: Manifest = serde_json::from_slice(&self.blob(digest)?)
+            .map_err(|e| OciError::Invalid(format!("manifest {digest}: {e}")))?;
+        if into.exists() {
+            std::fs::remove_dir_all(into).map_err(io(into))?;
+        }
+        std::fs::create_dir_all(into).map_err(io(into))?;
+        for layer in &manifest.layers {
+            let bytes = self.blob(&layer.digest)?;
+            tar::Archive::new(bytes.as_slice()).unpack(into).map_err(io(into))?;
+        }
+        Ok(())
+    }
+}
+
+/// A reproducible tar of `files` under `dir`.
+fn tar_of(dir: &Path, files: &[String]) -> Result<Vec<u8>, OciError> {
+    let mut entries = Vec::new();
+    for f in files {
+        let rel = Path::new(f);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(OciError::Escapes(f.clone()));
+        }
+        let path = dir.join(rel);
+        if !path.exists() {
+            return Err(OciError::Missing(f.clone()));
+        }
+        collect(dir, &path, &mut entries)?;
+    }
+    entries.sort();
+    entries.dedup();
+    let mut builder = tar::Builder::new(Vec::new());
+    for rel in entries {
+        let path = dir.join(&rel);
+        let meta = std::fs::metadata(&path).map_err(io(&path))?;
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        use std::os::unix::fs::PermissionsExt;
+        let executable = meta.permissions().mode() & 0o111 != 0;
+        header.set_mode(if executable { 0o755 } else { 0o644 });
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, &rel, bytes.as_slice())
+            .map_err(io(&path))?;
+    }
+    builder.into_inner().map_err(io(dir))
+}
+
+/// Regular files under `path` (itself, if a file), relative to `dir`.
+fn collect(dir: &Path, path: &Path, out: &mut Vec<PathBuf>) -> Result<(), OciError> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io(path))? {
+            let entry = entry.map_err(io(path))?;
+            collect(dir, &entry.path(), out)?;
+        }
+    } else if meta.is_file() {
+        let rel = path.strip_prefix(dir).map_err(|_| OciError::Escapes(path.display().to_string()))?;
+        out.push(rel.to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_files_give_the_same_digest_and_unpack_as_they_were() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("dist/conf")).unwrap();
+        std::fs::write(src.path().join("dist/app"), "#!/bin/sh\necho hi\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(src.path().join("dist/app"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(src.path().join("dist/conf/errors"), "0.01\n").unwrap();
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let files = vec!["dist".to_owned()];
+        let da = Layout::open(a.path()).unwrap().pack(src.path(), &files, "r1").unwrap();
+        // the same content written again (other times on disk): the same digest
+        std::fs::write(src.path().join("dist/conf/errors"), "0.01\n").unwrap();
+        let db = Layout::open(b.path()).unwrap().pack(src.path(), &files, "r1").unwrap();
+        assert_eq!(da, db);
+        assert!(da.starts_with("sha256:"));
+        // other content, another digest
+        std::fs::write(src.path().join("dist/conf/errors"), "0.5\n").unwrap();
+        let layout = Layout::open(a.path()).unwrap();
+        let dc = layout.pack(src.path(), &files, "r2").unwrap();
+        assert_ne!(da, dc);
+        let out = tempfile::tempdir().unwrap();
+        layout.unpack(&da, &out.path().join("x")).unwrap();
+        assert_eq!(std::fs::read_to_string(out.path().join("x/dist/conf/errors")).unwrap(), "0.01\n");
+        let mode = std::fs::metadata(out.path().join("x/dist/app")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111);
+        let index = std::fs::read_to_string(a.path().join("index.json")).unwrap();
+        assert!(index.contains(&da) && index.contains(&dc), "{index}");
+    }
+
+    #[test]
+    fn missing_and_escaping_paths_are_refused() {
+        let src = tempfile::tempdir().unwrap();
+        let l = Layout::open(&src.path().join("oci")).unwrap();
+        assert!(matches!(l.pack(src.path(), &["nope".into()], "x"), Err(OciError::Missing(_))));
+        assert!(matches!(l.pack(src.path(), &["../etc".into()], "x"), Err(OciError::Escapes(_))));
+    }
+}
