@@ -15,6 +15,7 @@ pub mod control;
 pub mod loadgen;
 pub mod proxy;
 pub mod release;
+pub mod runtime;
 pub mod sim;
 pub mod spec;
 pub mod store;

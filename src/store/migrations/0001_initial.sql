@@ -83,5 +83,7 @@ CREATE TABLE processes (
     service TEXT NOT NULL,
     environment TEXT NOT NULL,
     release TEXT NOT NULL,
-    started_at INTEGER NOT NULL
+    started_at INTEGER NOT NULL,
+    -- also in the process's environment: a reused pid does not carry it
+    token TEXT NOT NULL
 );
