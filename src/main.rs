@@ -49,6 +49,38 @@ enum Command {
         #[command(subcommand)]
         which: Bench,
     },
+    /// Run the autopilot: watch each service's repository, build, deploy and roll out by itself
+    /// on the embedded defaults (SQLite, in-process proxy, local processes, OCI layout on disk).
+    /// Ctrl-C (or SIGTERM) stops it cleanly; the next `up` carries on where it stopped.
+    Up {
+        /// The configuration (`kind: Autopilot`); default: `autopilot.yaml` if present, else the
+        /// embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log lines for people (`text`) or machines (`json`); `RUST_LOG` sets the level.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Watch autopilot take a sample service through dev → staging → prod, then roll back a bad
+    /// release by itself. Everything lives in a temporary folder (kept, for a look around).
+    Demo {
+        /// Where to put the sample repository, specs and data (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The controller's analysis interval.
+        #[arg(long, default_value = "2s")]
+        interval: autopilot::spec::units::Duration,
+        /// Give up waiting for a step after this long.
+        #[arg(long, default_value = "5m")]
+        limit: autopilot::spec::units::Duration,
+        /// Also write the summary as JSON here.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// The demo's sample service (run by the demo's releases): listens on $PORT, fails the share
+    /// of requests its behaviour file says.
+    #[command(hide = true)]
+    SampleService { behaviour: PathBuf },
     /// Print the JSON Schema of a file kind (for editors and CI).
     Schema {
         #[arg(value_enum)]
@@ -158,6 +190,12 @@ enum Bench {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
     Json,
@@ -254,6 +292,166 @@ fn main() -> ExitCode {
         Command::Schema { kind } => {
             print!("{}", kind.render());
             ExitCode::SUCCESS
+        }
+        Command::Up { config, log_format } => run_up(config, log_format),
+        Command::Demo {
+            dir,
+            interval,
+            limit,
+            summary,
+        } => run_demo(dir, interval, limit, summary),
+        Command::SampleService { behaviour } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt.map_err(|e| e.to_string()).and_then(|rt| {
+                rt.block_on(autopilot::live::demo::serve_sample(&behaviour))
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sample-service: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Logs: `RUST_LOG` (default `default`), colour only on a terminal without `NO_COLOR`.
+fn init_logs(format: LogFormat, default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
+    use autopilot::live::{Up, config::AutopilotConfig};
+    init_logs(log_format, "info");
+    let config = match config {
+        Some(path) => AutopilotConfig::load(&path),
+        None if PathBuf::from("autopilot.yaml").exists() => AutopilotConfig::load(&PathBuf::from("autopilot.yaml")),
+        None => Ok(AutopilotConfig::default()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = std::env::var(&config.admin_token_variable).unwrap_or_else(|_| {
+        let t = random_token();
+        eprintln!("admin token (set {} to choose one): {t}", config.admin_token_variable);
+        t
+    });
+    rt.block_on(async move {
+        let mut up = match Up::start(config, token).await {
+            Ok(up) => up,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            proxy = %up.config.listen,
+            admin = %up.config.admin,
+            store = %up.store.url(),
+            services = up.specs.len(),
+            "autopilot is up"
+        );
+        let result = up.run(stop_signal(), |_, _| {}).await;
+        tracing::info!("stopping: children first, then the proxy; state is saved");
+        up.stop().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn run_demo(
+    dir: Option<PathBuf>,
+    interval: autopilot::spec::units::Duration,
+    limit: autopilot::spec::units::Duration,
+    summary: Option<PathBuf>,
+) -> ExitCode {
+    use autopilot::live::demo;
+    init_logs(LogFormat::Text, "warn");
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("autopilot-demo-{}", random_token().get(..8).unwrap_or("x"))),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find the autopilot executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = demo::DemoOptions {
+        dir,
+        exe,
+        interval,
+        fancy: demo::colour_wanted(),
+        limit: limit.0,
+    };
+    match rt.block_on(demo::run(opts)) {
+        Ok(s) => {
+            if let Some(path) = summary {
+                let _ = std::fs::write(&path, serde_json::to_string_pretty(&s).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

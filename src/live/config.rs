@@ -1,0 +1,156 @@
+//! `autopilot.yaml` (`kind: Autopilot`): where `autopilot up` keeps its data, where it listens,
+//! which specs it reads and how often it looks. Secrets never live here: they come from
+//! environment variables named in the file.
+
+use crate::proxy::auth::AuthSettings;
+use crate::spec::ApiVersion;
+use crate::spec::units::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The `kind` of an autopilot configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AutopilotKind {
+    Autopilot,
+}
+
+/// How `autopilot up` runs on this machine. Every field has a default, so an empty
+/// configuration (or none) runs the embedded defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "autopilot configuration")]
+pub struct AutopilotConfig {
+    /// Version of this file format. Always `autopilot/v1`.
+    pub api_version: ApiVersion,
+    /// What this file declares. Always `Autopilot`.
+    pub kind: AutopilotKind,
+    /// Where the store (`autopilot.db`), artifacts, checkouts, unpacked releases, logs and the
+    /// local CA live (relative to this file).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Spec files or folders: objectives, sensors and controllers (relative to this file).
+    #[serde(default = "default_specs")]
+    pub specs: Vec<PathBuf>,
+    /// The proxy's plain-HTTP listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The proxy's HTTPS listener (certificates from the local CA in the data directory);
+    /// none: HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// autopilot's own listener: `/metrics` and the proxy's control API (keep it on loopback).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// The environment variable holding the admin API's bearer token (none set: a random
+    /// token, printed at start).
+    #[serde(default = "default_admin_token_variable")]
+    pub admin_token_variable: String,
+    /// The base domain: `{service}.{environment}.{domain}`.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// The longest the controller waits between two looks (it looks sooner when a plan asks,
+    /// and every second while a canary runs on the proxy's own sensors).
+    #[serde(default = "default_tick")]
+    pub tick: Duration,
+    /// How callers of `auth: required` environments are verified (as in a routes file; paths
+    /// relative to this file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSettings>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".autopilot")
+}
+fn default_specs() -> Vec<PathBuf> {
+    ["objectives", "sensors", "controllers"].map(PathBuf::from).to_vec()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_admin_token_variable() -> String {
+    "AUTOPILOT_ADMIN_TOKEN".into()
+}
+fn default_domain() -> String {
+    "localhost".into()
+}
+fn default_tick() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
+}
+
+impl Default for AutopilotConfig {
+    fn default() -> Self {
+        AutopilotConfig {
+            api_version: ApiVersion::V1,
+            kind: AutopilotKind::Autopilot,
+            data_dir: default_data_dir(),
+            specs: default_specs(),
+            listen: default_listen(),
+            tls_listen: None,
+            admin: default_admin(),
+            admin_token_variable: default_admin_token_variable(),
+            domain: default_domain(),
+            tick: default_tick(),
+            auth: None,
+        }
+    }
+}
+
+impl AutopilotConfig {
+    /// Reads and validates a configuration file; every problem with file:line:column.
+    pub fn load(path: &Path) -> Result<AutopilotConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut config: AutopilotConfig = crate::spec::parse_document(&path.display().to_string(), &text)
+            .map_err(|r| r.render_text())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.rebase(base);
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base` (the configuration file's folder).
+    pub fn rebase(&mut self, base: &Path) {
+        let join = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        self.data_dir = join(&self.data_dir);
+        self.specs = self.specs.iter().map(|p| join(p)).collect();
+        if let Some(a) = &mut self.auth
+            && !a.jwks.contains("://")
+        {
+            a.jwks = join(Path::new(&a.jwks)).display().to_string();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistake_in_the_config_is_reported_with_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autopilot.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: autopilot/v1\nkind: Autopilot\ntick: 5 seconds\nlisten: 127.0.0.1:8080\ndomian: x\n",
+        )
+        .unwrap();
+        let err = AutopilotConfig::load(&path).unwrap_err();
+        assert!(err.contains("autopilot.yaml:3:"), "{err}");
+        assert!(err.contains("autopilot.yaml:5:"), "{err}");
+        assert!(err.contains("domain"), "a did-you-mean for `domian`: {err}");
+    }
+
+    #[test]
+    fn an_empty_config_is_the_embedded_default_with_paths_from_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autopilot.yaml");
+        std::fs::write(&path, "apiVersion: autopilot/v1\nkind: Autopilot\n").unwrap();
+        let c = AutopilotConfig::load(&path).unwrap();
+        assert_eq!(c.data_dir, dir.path().join(".autopilot"));
+        assert_eq!(c.specs[0], dir.path().join("objectives"));
+        assert_eq!(c.tick.0, std::time::Duration::from_secs(5));
+    }
+}

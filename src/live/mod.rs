@@ -1,0 +1,485 @@
+//! The live loop on one machine: `autopilot up` wires the real adapters into the driver and
+//! ticks every service until it is stopped.
+//!
+//! - [`config`]: `autopilot.yaml`.
+//! - [`ProxyRouter`]: the [`Router`] port on the in-process proxy's route snapshot (the same
+//!   API its admin endpoint uses); upstreams come from the runtime.
+//! - [`ProxySensors`]: the built-in sensors `proxy.errors` / `proxy.latency`, read from the
+//!   proxy's per-release counters in process, counted from each rollout's start.
+//! - [`Up`]: start (store, builder, runtime, proxy), restore what the store says should run,
+//!   tick, stop cleanly.
+//! - [`demo`]: `autopilot demo`, a sample service taken through the whole loop.
+//!
+//! Nothing here decides: every decision is `plan`'s, through [`crate::control::driver`].
+
+pub mod config;
+pub mod demo;
+
+use crate::control::driver::{self, Tick};
+use crate::control::judge::{Counts, Reading};
+use crate::control::plan::PlanSpec;
+use crate::control::ports::{PortError, Ports, Readings, RouteWeights, Router, Runtime, Sensors};
+use crate::control::rollout::{Phase, ServiceState};
+use crate::control::time::Time;
+use crate::proxy::routes::{RouteSpec, RoutesFile};
+use crate::proxy::server::{ProxyConfig, ProxyHandle, Shared, TlsListen};
+use crate::release::{LocalBuilder, wall_clock};
+use crate::runtime::LocalRuntime;
+use crate::spec::Catalog;
+use crate::spec::sensors::{ProxySignal, SensorSource};
+use crate::spec::units::{Target, Weight};
+use crate::store::SqlStore;
+use config::AutopilotConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// While a canary runs on the proxy's own counters, look this often: the counters cost nothing
+/// to read, so evidence is judged as it arrives (a crash is caught within a few requests).
+const CANARY_LOOK: Duration = Duration::from_secs(1);
+
+/// The router port on the in-process proxy.
+#[derive(Clone)]
+pub struct ProxyRouter {
+    shared: Arc<Shared>,
+    runtime: LocalRuntime,
+}
+
+impl std::fmt::Debug for ProxyRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyRouter")
+    }
+}
+
+impl ProxyRouter {
+    pub fn new(shared: Arc<Shared>, runtime: LocalRuntime) -> Self {
+        ProxyRouter { shared, runtime }
+    }
+}
+
+impl Router for ProxyRouter {
+    async fn routes(&mut self, service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
+        let routes = self.shared.routes.lock().expect("routes lock");
+        Ok(routes
+            .routes
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| {
+                let w = RouteWeights {
+                    stable: r.stable.clone(),
+                    canary: r.canary.clone(),
+                    weight: r.weight,
+                };
+                (r.environment.clone(), w)
+            })
+            .collect())
+    }
+
+    async fn set_weights(
+        &mut self,
+        service: &str,
+        environment: &str,
+        stable: Option<&str>,
+        canary: &str,
+        canary_weight: Weight,
+    ) -> Result<(), PortError> {
+        // all traffic to the canary: it is the one release served; none: stable alone
+        let (stable, canary) = match (canary_weight.0, stable) {
+            (100.., _) | (_, None) if canary_weight.0 > 0 => (Some(canary), None),
+            (0, s) => (s, None),
+            (_, s) => (s, Some(canary)),
+        };
+        let mut releases = BTreeMap::new();
+        for r in stable.iter().chain(canary.iter()) {
+            releases.insert((*r).to_owned(), self.runtime.endpoints(service, environment, r));
+        }
+        let route = RouteSpec {
+            service: service.to_owned(),
+            environment: environment.to_owned(),
+            stable: stable.map(str::to_owned),
+            canary: canary.map(str::to_owned),
+            weight: if canary.is_some() { canary_weight } else { Weight(0) },
+            sticky: None,
+            releases,
+            auth: Default::default(),
+            allow: None,
+            timeout: None,
+        };
+        self.shared
+            .set_route(route)
+            .map_err(|e| PortError::retry("router", e))
+    }
+}
+
+/// How one objective is read from the proxy.
+#[derive(Debug, Clone, Copy)]
+enum ProxyRead {
+    Errors,
+    SlowerThan(Duration),
+    /// Not a proxy sensor (Prometheus comes with its own adapter): always missing.
+    Unsupported,
+}
+
+/// The built-in sensors on the in-process proxy's counters.
+pub struct ProxySensors {
+    shared: Arc<Shared>,
+    /// Per (service, objective): how to read it.
+    reads: HashMap<(String, String), ProxyRead>,
+    /// Per (service, environment, objective, rollout): the counters when the rollout started.
+    baselines: HashMap<(String, String, String, String), (Option<Counts>, Option<Counts>)>,
+}
+
+impl std::fmt::Debug for ProxySensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxySensors")
+    }
+}
+
+impl ProxySensors {
+    pub fn new(shared: Arc<Shared>, catalog: &Catalog) -> Self {
+        let mut reads = HashMap::new();
+        for (name, s) in &catalog.services {
+            for o in &s.objectives {
+                let read = match (catalog.sensors.get(&o.sensor).map(|s| &s.source), o.target) {
+                    (Some(SensorSource::Proxy(ProxySignal::Errors)), _) => ProxyRead::Errors,
+                    (Some(SensorSource::Proxy(ProxySignal::Latency)), Target::Latency { threshold, .. }) => {
+                        ProxyRead::SlowerThan(threshold.0)
+                    }
+                    _ => ProxyRead::Unsupported,
+                };
+                reads.insert((name.clone(), o.name.clone()), read);
+            }
+        }
+        ProxySensors {
+            shared,
+            reads,
+            baselines: HashMap::new(),
+        }
+    }
+
+    fn count(&self, service: &str, env: &str, release: &str, read: ProxyRead) -> Option<Counts> {
+        let m = self.shared.registry.get(service, env, release);
+        match read {
+            ProxyRead::Errors => Some(m.map_or_else(Counts::default, |m| m.errors())),
+            ProxyRead::SlowerThan(t) => match m {
+                Some(m) => m.slower_than(t),
+                None => Some(Counts::default()),
+            },
+            ProxyRead::Unsupported => None,
+        }
+    }
+}
+
+/// Counts since `base` (set at the first read); a counter below its base was reset (the proxy
+/// restarted) and counts from zero again.
+fn since(base: &mut Option<Counts>, now: Option<Counts>) -> Option<Counts> {
+    let now = now?;
+    let b = base.get_or_insert(now);
+    if now.bad < b.bad || now.total < b.total {
+        *b = Counts::default();
+    }
+    Some(Counts::new(now.bad - b.bad, now.total - b.total))
+}
+
+impl Sensors for ProxySensors {
+    async fn read(&mut self, services: &[(&PlanSpec, &ServiceState)], _now: Time) -> BTreeMap<String, Readings> {
+        let mut out = BTreeMap::new();
+        for (spec, state) in services {
+            let mut readings = Readings::new();
+            for env in &spec.environments {
+                let Some(st) = state.environments.get(&env.name) else {
+                    continue;
+                };
+                let Some(rollout) = st.rollout.as_ref().filter(|r| !r.phase.is_finished()) else {
+                    continue;
+                };
+                let rollout_key = format!("{}@{}", rollout.release, rollout.started_at.millis());
+                for o in &env.objectives {
+                    let read = self
+                        .reads
+                        .get(&(spec.service.clone(), o.name.clone()))
+                        .copied()
+                        .unwrap_or(ProxyRead::Unsupported);
+                    let canary = self.count(&spec.service, &env.name, &rollout.release, read);
+                    let stable = st
+                        .stable
+                        .as_deref()
+                        .and_then(|s| self.count(&spec.service, &env.name, s, read));
+                    let key = (spec.service.clone(), env.name.clone(), o.name.clone(), rollout_key.clone());
+                    let base = self.baselines.entry(key).or_default();
+                    let reading = Reading {
+                        canary: since(&mut base.0, canary),
+                        stable: since(&mut base.1, stable),
+                    };
+                    readings.insert((env.name.clone(), o.name.clone()), reading);
+                }
+            }
+            out.insert(spec.service.clone(), readings);
+        }
+        // forget the baselines of rollouts no longer running
+        let live: std::collections::HashSet<String> = services
+            .iter()
+            .flat_map(|(_, st)| st.environments.values())
+            .filter_map(|e| e.rollout.as_ref())
+            .map(|r| format!("{}@{}", r.release, r.started_at.millis()))
+            .collect();
+        self.baselines.retain(|k, _| live.contains(&k.3));
+        out
+    }
+}
+
+/// Why `autopilot up` cannot start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{0}")]
+    Specs(String),
+    #[error("the data directory {path} is not writable: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot listen on {addr} ({what}): {source} — is another autopilot or server using it?")]
+    PortInUse {
+        addr: std::net::SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::OpenError),
+    #[error("{0}")]
+    Adapter(String),
+    #[error("proxy: {0}")]
+    Proxy(#[from] crate::proxy::server::StartError),
+}
+
+/// The live ports.
+pub type LivePorts = Ports<SqlStore, ProxySensors, LocalBuilder, LocalRuntime, ProxyRouter>;
+
+/// A running autopilot.
+pub struct Up {
+    pub config: AutopilotConfig,
+    pub catalog: Arc<Catalog>,
+    pub specs: Vec<PlanSpec>,
+    pub ports: LivePorts,
+    pub proxy: Option<ProxyHandle>,
+    /// The store, for reading (the ports hold the writing one).
+    pub store: SqlStore,
+}
+
+fn check_port(addr: std::net::SocketAddr, what: &'static str) -> Result<(), UpError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| UpError::PortInUse { addr, what, source })
+}
+
+impl Up {
+    /// Validates the specs, opens the store, starts the proxy, the builder and the runtime,
+    /// stops what a previous run left, and brings back what the store says should run.
+    pub async fn start(config: AutopilotConfig, admin_token: String) -> Result<Up, UpError> {
+        let catalog = crate::spec::load(&config.specs).map_err(|e| match e {
+            crate::spec::LoadError::Invalid(r) => UpError::Specs(r.render_text()),
+            crate::spec::LoadError::Usage(u) => UpError::Specs(u.to_string()),
+        })?;
+        if catalog.services.is_empty() {
+            return Err(UpError::Specs(format!(
+                "no service (`kind: Service`) in {}",
+                config
+                    .specs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let specs: Vec<PlanSpec> = catalog
+            .services
+            .keys()
+            .filter_map(|s| PlanSpec::resolve(&catalog, s))
+            .collect();
+        let data = &config.data_dir;
+        let writable = std::fs::create_dir_all(data)
+            .and_then(|_| std::fs::write(data.join(".writable"), b"ok"))
+            .and_then(|_| std::fs::remove_file(data.join(".writable")));
+        if let Err(e) = writable {
+            return Err(UpError::DataDir {
+                path: data.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        check_port(config.listen, "proxy")?;
+        if let Some(t) = config.tls_listen {
+            check_port(t, "proxy https")?;
+        }
+        check_port(config.admin, "admin")?;
+        let store = SqlStore::open_dir(data).await?;
+        let services: Vec<_> = catalog.services.values().cloned().collect();
+        // the specs' folder is where relative repository paths start
+        let base = config
+            .specs
+            .first()
+            .and_then(|p| p.parent())
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let builder = LocalBuilder::new(&services, &base, data, store.pool().clone())
+            .await
+            .map_err(UpError::Adapter)?;
+        let runtime = LocalRuntime::new(&services, builder.layout().clone(), data, store.pool().clone())
+            .await
+            .map_err(UpError::Adapter)?;
+        let catalog = Arc::new(catalog);
+        let mut routes = RoutesFile::new(&config.domain, Vec::new());
+        routes.auth = config.auth.clone();
+        let probe_path = services.first().map_or("/healthz".to_owned(), |s| s.run.readiness.clone());
+        let proxy = crate::proxy::server::start(
+            ProxyConfig {
+                listen: config.listen,
+                admin: config.admin,
+                admin_token,
+                routes_file: None,
+                probe_interval: Duration::from_millis(250),
+                probe_path,
+                threads: 2,
+                work_stealing: true,
+                access: Some(catalog.clone()),
+                tls: config.tls_listen.map(|listen| TlsListen {
+                    listen,
+                    certs: Vec::new(),
+                    local_ca: Some(data.join("ca")),
+                }),
+                drain: Duration::from_secs(1),
+            },
+            routes,
+        )?;
+        let shared = proxy.shared.clone();
+        let ports = Ports {
+            store: store.clone(),
+            sensors: ProxySensors::new(shared.clone(), &catalog),
+            builder,
+            runtime: runtime.clone(),
+            router: ProxyRouter::new(shared, runtime),
+        };
+        let mut up = Up {
+            config,
+            catalog,
+            specs,
+            ports,
+            proxy: Some(proxy),
+            store,
+        };
+        up.restore().await?;
+        Ok(up)
+    }
+
+    /// Brings back what the store says runs: each environment's stable release and any rollout
+    /// in progress, and their routes (level-triggered: the world is made to match the record).
+    async fn restore(&mut self) -> Result<(), UpError> {
+        for (service, state) in self.store.states().await.map_err(|e| UpError::Adapter(e.to_string()))? {
+            let find = |id: &str| state.releases.iter().find(|r| r.id == id).cloned();
+            for (env, st) in &state.environments {
+                let active = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
+                let mut weight = None;
+                for id in st.stable.iter().chain(active.map(|r| &r.release)) {
+                    if let Some(release) = find(id) {
+                        let _ = self.ports.runtime.deploy(&service, env, &release).await;
+                    }
+                }
+                if let Some(r) = active {
+                    weight = Some((r.release.clone(), r.phase.weight()));
+                    if matches!(r.phase, Phase::RollingBack { .. }) {
+                        weight = Some((r.release.clone(), Weight(0)));
+                    }
+                }
+                let result = match (&st.stable, weight) {
+                    (stable, Some((canary, w))) => {
+                        self.ports
+                            .router
+                            .set_weights(&service, env, stable.as_deref(), &canary, w)
+                            .await
+                    }
+                    (Some(stable), None) => {
+                        self.ports
+                            .router
+                            .set_weights(&service, env, None, stable, Weight::MAX)
+                            .await
+                    }
+                    (None, None) => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(%service, %env, "restoring the route: {e}");
+                }
+                tracing::info!(%service, %env, stable = ?st.stable, rollout = ?active.map(|r| (&r.release, r.phase.name())), "restored");
+            }
+        }
+        Ok(())
+    }
+
+    /// Ticks until `shutdown` resolves; `on_tick` sees every service's tick.
+    pub async fn run(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut on_tick: impl FnMut(&str, &Tick),
+    ) -> Result<(), UpError> {
+        tokio::pin!(shutdown);
+        let interval = self.config.tick.0;
+        loop {
+            let now = wall_clock();
+            let span = tracing::info_span!("tick", at = %now);
+            let _guard = span.enter();
+            let started = std::time::Instant::now();
+            let results = driver::tick_all(&self.specs, &mut self.ports, now).await;
+            drop(_guard);
+            let mut next = now.plus(interval);
+            for (service, result) in &results {
+                match result {
+                    Ok(tick) => {
+                        for t in &tick.plan.transitions {
+                            tracing::info!(
+                                %service,
+                                environment = %t.environment,
+                                release = %t.release,
+                                from = ?t.from,
+                                to = %t.to,
+                                weight = t.weight.0,
+                                cause = ?t.cause,
+                                "transition"
+                            );
+                        }
+                        for (action, e) in &tick.failures {
+                            tracing::warn!(%service, ?action, "action failed: {e}");
+                        }
+                        next = next.min(tick.plan.next_check);
+                        let canary_running = tick.plan.state.environments.values().any(|e| {
+                            e.rollout.as_ref().is_some_and(|r| {
+                                matches!(
+                                    r.phase,
+                                    Phase::Canary { .. } | Phase::Paused { .. } | Phase::Deploying { .. }
+                                )
+                            })
+                        });
+                        if canary_running || !tick.plan.state.builds.running.is_empty() {
+                            next = next.min(now.plus(CANARY_LOOK));
+                        }
+                        on_tick(service, tick);
+                    }
+                    Err(e) => {
+                        tracing::error!(%service, "tick failed: {e}");
+                        next = next.min(now.plus(CANARY_LOOK));
+                    }
+                }
+            }
+            tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "tick done");
+            let wait = Duration::from_millis(next.millis().saturating_sub(wall_clock().millis()))
+                .max(Duration::from_millis(100));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Stops the services' processes and the proxy, and closes the store.
+    pub async fn stop(mut self) {
+        self.ports.runtime.stop_all().await;
+        if let Some(p) = self.proxy.take() {
+            tokio::task::spawn_blocking(move || p.stop()).await.ok();
+        }
+        self.store.close().await;
+    }
+}
