@@ -27,7 +27,7 @@ pub const SERVICE: &str = "shop";
 /// The environments, in order.
 pub const ENVIRONMENTS: [&str; 3] = ["dev", "staging", "prod"];
 /// The traffic each environment gets, requests per second.
-const RATE_PER_ENV: f64 = 40.0;
+pub const RATE_PER_ENV: f64 = 100.0;
 /// The bad version's error rate (from `behaviour` in its artifact).
 pub const BAD_ERRORS: f64 = 0.25;
 
@@ -66,8 +66,8 @@ pub struct DemoSummary {
 /// Requests and failures seen by the traffic generator, per release (by the response's
 /// `x-autopilot-release`; failures without a release under `-`).
 #[derive(Debug, Default)]
-struct Seen {
-    by_release: BTreeMap<String, (u64, u64)>,
+pub struct Seen {
+    pub by_release: BTreeMap<String, (u64, u64)>,
 }
 
 struct Paint {
@@ -112,7 +112,7 @@ fn sh(dir: &Path, script: &str) -> Result<String, String> {
 }
 
 /// Commits a version of the sample service; returns the commit.
-fn commit(repo: &Path, message: &str, errors: f64, text: &str) -> Result<String, String> {
+pub fn commit(repo: &Path, message: &str, errors: f64, text: &str) -> Result<String, String> {
     std::fs::write(
         repo.join("behaviour"),
         format!("# read by the service at start, from its release\nerrors = {errors}\nmessage = {text}\n"),
@@ -177,7 +177,7 @@ impl Credentials {
 }
 
 /// Writes the sample repository, the specs and the configuration under `dir`.
-fn lay_out(opts: &DemoOptions, creds: &Credentials) -> Result<AutopilotConfig, String> {
+pub fn lay_out(opts: &DemoOptions, creds: &Credentials) -> Result<AutopilotConfig, String> {
     let repo = opts.dir.join("repo");
     let specs = opts.dir.join("specs");
     for d in [&repo, &specs.join("objectives"), &specs.join("controllers"), &specs.join("sensors")] {
@@ -287,7 +287,7 @@ build:
 
 /// Sends `RATE_PER_ENV` requests per second to every environment over HTTPS with valid
 /// credentials until `stop`, counting answers by the release that served them.
-async fn traffic(
+pub async fn traffic(
     config: AutopilotConfig,
     creds: Arc<Credentials>,
     seen: Arc<Mutex<Seen>>,

@@ -131,6 +131,8 @@ impl LocalRuntime {
             .execute(&pool)
             .await
             .map_err(|e| e.to_string())?;
+        // reqwest is built without a default TLS provider; the proxy's (ring) serves every client
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(LocalRuntime {
             runs: Arc::new(services.iter().map(|s| (s.name.clone(), s.run.clone())).collect()),
             layout,

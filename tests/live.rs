@@ -1,0 +1,478 @@
+//! The live loop against real things: the demo end to end (real git, real builds, real
+//! processes, the real proxy over HTTPS with auth, SQLite), a SIGKILL of `autopilot up` in the
+//! middle of a rollout and a restart, and the builder and the local runtime on their own.
+//!
+//! Every wait is a bounded poll of a real server or file; nothing sleeps for a fixed time to
+//! make a result true.
+
+use autopilot::control::ports::{Builder, Runtime};
+use autopilot::control::rollout::{BuildOutcome, Cause, Phase, Release};
+use autopilot::live::config::AutopilotConfig;
+use autopilot::live::demo;
+use autopilot::release::LocalBuilder;
+use autopilot::runtime::LocalRuntime;
+use autopilot::store::SqlStore;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
+
+/// Polls `check` every 100 ms until it gives a value or `limit` passes.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // a zombie is not running
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[test]
+fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary_path = dir.path().join("summary.json");
+    let out = Command::new(EXE)
+        .args(["demo", "--interval", "1s", "--limit", "4m", "--dir"])
+        .arg(dir.path().join("demo"))
+        .arg("--summary")
+        .arg(&summary_path)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
+    // plain output off a terminal: no escape codes
+    assert!(!stdout.contains('\x1b'), "{stdout}");
+    assert!(stdout.contains("rolled back because availability regressed"), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    let releases: Vec<String> = serde_json::from_value(summary["releases"].clone()).unwrap();
+    assert_eq!(releases.len(), 3);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = SqlStore::open_dir(&dir.path().join("demo/data")).await.unwrap();
+        let states = store.states().await.unwrap();
+        let (_, state) = states.iter().find(|(s, _)| s == demo::SERVICE).unwrap();
+        let transitions = store.transitions(Some(demo::SERVICE)).await.unwrap();
+        // v1 and v2 promoted in all three environments, each under one digest
+        for r in &releases[..2] {
+            let release = state.releases.iter().find(|x| &x.id == r).unwrap();
+            assert!(release.digest.starts_with("sha256:") && release.digest.len() == 71);
+            assert!(r.starts_with('r') && release.digest[7..].starts_with(&r[1..]));
+            for env in demo::ENVIRONMENTS {
+                assert!(
+                    transitions
+                        .iter()
+                        .any(|t| t.transition.environment == env && &t.transition.release == r && t.transition.to == "promoted"),
+                    "{r} not promoted in {env}"
+                );
+            }
+        }
+        // v2 went through as a canary judged against v1
+        assert!(transitions.iter().any(|t| t.transition.release == releases[1]
+            && t.transition.to == "promoting"
+            && matches!(t.transition.cause, Cause::Evidence { .. })));
+        // v3: rolled back in dev with a regression as the recorded cause; never left dev
+        let bad = &releases[2];
+        let cause = transitions
+            .iter()
+            .find(|t| &t.transition.release == bad && t.transition.to == "rolling-back")
+            .map(|t| t.transition.cause.clone())
+            .expect("a rollback of the bad release");
+        assert!(matches!(cause, Cause::Regressed { ref objective, .. } if objective == "availability"), "{cause:?}");
+        assert!(transitions.iter().any(|t| &t.transition.release == bad && t.transition.to == "rolled-back"));
+        assert!(!transitions.iter().any(|t| &t.transition.release == bad && t.transition.environment != "dev"));
+        assert_eq!(state.environments["dev"].blocked.as_deref(), Some(bad.as_str()));
+        assert_eq!(state.environments["dev"].stable.as_deref(), Some(releases[1].as_str()));
+        // the builds, with their output, are in the store
+        let builds = store.builds(Some(demo::SERVICE)).await.unwrap();
+        assert_eq!(builds.len(), 3);
+        assert!(builds.iter().all(|b| b.status == "built"));
+    });
+    // no failed request on the healthy releases' traffic; the bad one within its budget (50)
+    let served = &summary["served"];
+    for r in &releases[..2] {
+        let (n, bad): (u64, u64) = serde_json::from_value(served[r].clone()).unwrap();
+        assert!(n > 1000, "{r} served only {n}");
+        assert_eq!(bad, 0, "{r} failed requests");
+    }
+    let (n, bad): (u64, u64) = serde_json::from_value(served[&releases[2]].clone()).unwrap();
+    assert!(bad > 0 && bad <= 50, "the bad release failed {bad} of {n}");
+    let unattributed: (u64, u64) = serde_json::from_value(served["-"].clone()).unwrap_or((0, 0));
+    assert_eq!(unattributed.1, 0, "requests that reached no release");
+}
+
+/// Writes the demo's layout (repository with v1, specs, credentials) and its configuration as
+/// `autopilot.yaml` (JSON is YAML).
+fn prepare(dir: &Path) -> (AutopilotConfig, demo::Credentials, PathBuf) {
+    let opts = demo::DemoOptions {
+        dir: dir.to_owned(),
+        exe: PathBuf::from(EXE),
+        interval: "1s".parse().unwrap(),
+        fancy: false,
+        limit: Duration::from_secs(120),
+    };
+    let creds = demo::Credentials::generate(&dir.join("specs"), "https://id.autopilot.test", "demo", &["shop-team"])
+        .unwrap();
+    let config = demo::lay_out(&opts, &creds).unwrap();
+    demo::commit(&dir.join("repo"), "v1", 0.0, "v1").unwrap();
+    let path = dir.join("autopilot.yaml");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    (config, creds, path)
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn up(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Child(
+        Command::new(EXE)
+            .args(["up", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn phase(store: &SqlStore, env: &str, commit: &str) -> Option<(String, Phase)> {
+    let states = store.states().await.ok()?;
+    let (_, st) = states.into_iter().find(|(s, _)| s == demo::SERVICE)?;
+    let release = st.releases.iter().find(|r| r.commit == commit)?.id.clone();
+    let e = st.environments.get(env)?;
+    if e.stable.as_deref() == Some(release.as_str()) {
+        return Some((release, Phase::Promoted { at: autopilot::control::time::Time::ZERO }));
+    }
+    let r = e.rollout.as_ref().filter(|r| r.release == release)?;
+    Some((release, r.phase.clone()))
+}
+
+async fn recorded_pids(store: &SqlStore) -> Vec<u32> {
+    use sqlx::Row;
+    sqlx::query("SELECT pid FROM processes")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<i64, _>("pid") as u32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, creds, config_path) = prepare(dir.path());
+    let repo = dir.path().join("repo");
+    let v1 = String::from_utf8(Command::new("git").arg("-C").arg(&repo).args(["rev-parse", "HEAD"]).output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let log1 = dir.path().join("up1.log");
+    let mut first = up(&config_path, &log1);
+    let show = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    let store = wait_for("the store", Duration::from_secs(30), || {
+        let data = config.data_dir.clone();
+        async move {
+            if data.join("autopilot.db").exists() {
+                SqlStore::open_dir(&data).await.ok()
+            } else {
+                None
+            }
+        }
+    })
+    .await;
+    wait_for("v1 promoted in prod", Duration::from_secs(60), || async {
+        matches!(phase(&store, "prod", &v1).await, Some((_, Phase::Promoted { .. }))).then_some(())
+    })
+    .await;
+    // traffic through the proxy (HTTPS, credentials), as users would send it
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(demo::Seen::default()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let creds = std::sync::Arc::new(creds);
+    let traffic = tokio::spawn(demo::traffic(config.clone(), creds, seen.clone(), stop_rx));
+    let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
+    let (r2, _) = wait_for("v2 a canary in staging", Duration::from_secs(90), || async {
+        phase(&store, "staging", &v2)
+            .await
+            .filter(|(_, p)| matches!(p, Phase::Canary { .. }))
+    })
+    .await;
+    let before = store.transitions(Some(demo::SERVICE)).await.unwrap();
+    let pids = recorded_pids(&store).await;
+    assert!(pids.len() >= 6, "stable and canary instances: {pids:?}");
+    // SIGKILL: nothing is cleaned up by the dying process
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(pids.iter().any(|p| alive(*p)), "the killed autopilot's services run on, orphaned");
+
+    let log2 = dir.path().join("up2.log");
+    let second = up(&config_path, &log2);
+    // the orphans are stopped at start
+    wait_for("the orphans stopped", Duration::from_secs(30), || async {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    // the rollout goes on from its recorded phase to prod
+    wait_for("v2 promoted in prod after the restart", Duration::from_secs(120), || async {
+        matches!(phase(&store, "prod", &v2).await, Some((_, Phase::Promoted { .. }))).then_some(())
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = traffic.await;
+    let after = store.transitions(Some(demo::SERVICE)).await.unwrap();
+    // nothing recorded before the kill was lost, and no transition was repeated
+    assert_eq!(&after[..before.len()], &before[..], "{}", show(&log2));
+    let mut seen_keys = std::collections::BTreeSet::new();
+    for t in &after {
+        let t = &t.transition;
+        if t.to != "canary" {
+            assert!(
+                seen_keys.insert((t.environment.clone(), t.release.clone(), t.to.clone())),
+                "repeated transition {t:?}"
+            );
+        }
+    }
+    // staging carried on from its canary: no new rollout of v2 there after the restart
+    assert_eq!(
+        after
+            .iter()
+            .filter(|t| t.transition.environment == "staging" && t.transition.release == r2 && t.transition.from.is_none())
+            .count(),
+        1
+    );
+    // each commit built once
+    let builds = store.builds(Some(demo::SERVICE)).await.unwrap();
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    // healthy traffic never failed (requests that found no autopilot while it was down, `-`,
+    // are the price of an in-process proxy)
+    let stats = seen.lock().unwrap().by_release.clone();
+    for (release, (n, bad)) in stats.iter().filter(|(r, _)| r.as_str() != "-") {
+        assert_eq!(*bad, 0, "{release}: {bad} of {n} failed\n{}", show(&log2));
+    }
+    // a clean stop (SIGTERM) leaves no service process behind
+    let running = recorded_pids(&store).await;
+    assert!(!running.is_empty());
+    let mut second = second;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    let status = wait_for("autopilot to stop", Duration::from_secs(30), || {
+        let s = second.0.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{}", show(&log2));
+    for p in running {
+        assert!(!alive(p), "service process {p} outlived autopilot");
+    }
+    assert!(recorded_pids(&store).await.is_empty());
+}
+
+/// A git repository with one commit whose build runs `command`.
+fn repo_with(dir: &Path, command: &str) -> (autopilot::spec::objectives::ServiceSpec, String) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("app.txt"), "hello\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t.invalid")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "one"]);
+    let commit = git(&["rev-parse", "HEAD"]);
+    let yaml = format!(
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: {}}}\n\
+         build: {{command: \"{command}\", artifact: {{files: [out]}}, timeout: 2s}}\n\
+         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n",
+        repo.display()
+    );
+    let spec: autopilot::spec::objectives::ServiceSpec = autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    (spec, commit)
+}
+
+async fn finished(b: &mut LocalBuilder) -> Vec<(String, BuildOutcome)> {
+    wait_for("the build to finish", Duration::from_secs(20), || {
+        let mut b = b.clone();
+        async move {
+            let e = b.events("svc").await.unwrap();
+            (!e.finished.is_empty()).then_some(e.finished)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_packs_its_files_once_and_a_failing_or_hung_build_keeps_its_output() {
+    for (command, expect) in [
+        ("mkdir -p out && cp app.txt out/ && echo built it", Ok("built it")),
+        ("echo about to fail; echo oops >&2; exit 3", Err("oops")),
+        ("echo started; sleep 30", Err("timed out")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (spec, commit) = repo_with(dir.path(), command);
+        let store = SqlStore::open_dir(&dir.path().join("data")).await.unwrap();
+        let mut b = LocalBuilder::new(&[spec], dir.path(), &dir.path().join("data"), store.pool().clone())
+            .await
+            .unwrap();
+        let first = b.events("svc").await.unwrap();
+        assert_eq!(first.pushes, vec![commit.clone()], "the first look reports the tip");
+        b.start_build("svc", &commit).await.unwrap();
+        // asking again (a replayed tick) builds nothing more
+        b.start_build("svc", &commit).await.unwrap();
+        let done = finished(&mut b).await;
+        assert_eq!(done.len(), 1);
+        let builds = store.builds(Some("svc")).await.unwrap();
+        assert_eq!(builds.len(), 1);
+        match (expect, &done[0].1) {
+            (Ok(out), BuildOutcome::Built(release)) => {
+                assert!(builds[0].output.contains(out), "{:?}", builds[0].output);
+                assert_eq!(release.commit, commit);
+                assert!(dir
+                    .path()
+                    .join("data/artifacts/blobs/sha256")
+                    .join(&release.digest[7..])
+                    .exists());
+            }
+            (Err(out), BuildOutcome::Failed { reason }) => {
+                let text = format!("{} {reason}", builds[0].output);
+                assert!(text.contains(out), "{text}");
+                assert_eq!(builds[0].status, "failed");
+            }
+            (want, got) => panic!("{command}: wanted {want:?}, got {got:?}"),
+        }
+        // acknowledged events do not come again; a new commit does
+        let cursor = b.events("svc").await.unwrap().cursor;
+        b.ack("svc", &cursor).await.unwrap();
+        let again = b.events("svc").await.unwrap();
+        assert!(again.pushes.is_empty() && again.finished.is_empty(), "{again:?}");
+    }
+}
+
+/// Packs a release whose run command is `command` (with the sample service's behaviour file).
+async fn runtime_with(dir: &Path, command: &str, replicas: u32) -> (LocalRuntime, Release) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("dist")).unwrap();
+    std::fs::write(src.join("dist/behaviour"), "errors = 0\nmessage = hi\n").unwrap();
+    let store = SqlStore::open_dir(&dir.join("data")).await.unwrap();
+    let layout = autopilot::release::oci::Layout::open(&dir.join("data/artifacts")).unwrap();
+    let digest = layout.pack(&src, &["dist".into()], "t").unwrap();
+    let yaml = format!(
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: .}}\n\
+         build: {{command: x, artifact: {{files: [dist]}}}}\n\
+         run: {{command: \"{command}\", replicas: {replicas}}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n"
+    );
+    let spec: autopilot::spec::objectives::ServiceSpec = autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    let rt = LocalRuntime::new(&[spec], layout, &dir.join("data"), store.pool().clone())
+        .await
+        .unwrap()
+        .with_grace(Duration::from_secs(2));
+    let release = Release {
+        id: "r1".into(),
+        commit: "c".into(),
+        digest,
+    };
+    (rt, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_become_ready_restart_after_a_crash_and_stop_on_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    // a slow start: ready only once the service listens
+    let (mut rt, release) = runtime_with(
+        dir.path(),
+        &format!("sleep 0.5; exec {EXE} sample-service dist/behaviour"),
+        2,
+    )
+    .await;
+    rt.deploy("svc", "dev", &release).await.unwrap();
+    rt.deploy("svc", "dev", &release).await.unwrap();
+    let ready = |rt: &LocalRuntime| {
+        let mut rt = rt.clone();
+        async move {
+            let i = rt.instances("svc").await.unwrap();
+            i.get(&("dev".into(), "r1".into())).copied()
+        }
+    };
+    let r = ready(&rt).await.unwrap();
+    assert_eq!((r.desired, r.failed), (2, false), "two instances, deployed once");
+    wait_for("two ready instances", Duration::from_secs(20), || async {
+        ready(&rt).await.filter(|r| r.ready == 2).map(|_| ())
+    })
+    .await;
+    let endpoints = rt.endpoints("svc", "dev", "r1");
+    let answer = reqwest::get(format!("http://{}/", endpoints[0])).await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "hi\n");
+    // a crash: the instance is restarted on the same port and becomes ready again
+    let pids = rt.pids();
+    let victim = pids[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::SIGKILL).unwrap();
+    wait_for("a restarted instance", Duration::from_secs(20), || async {
+        let now = rt.pids();
+        (!now.contains(&victim) && now.len() == 2).then_some(())
+    })
+    .await;
+    wait_for("ready again", Duration::from_secs(20), || async {
+        ready(&rt).await.filter(|r| r.ready == 2 && !r.failed).map(|_| ())
+    })
+    .await;
+    assert_eq!(rt.endpoints("svc", "dev", "r1"), endpoints);
+    // retire: SIGTERM, and the processes are gone
+    let pids = rt.pids();
+    rt.retire("svc", "dev", "r1").await.unwrap();
+    for p in pids {
+        assert!(!alive(p), "{p} still runs after retire");
+    }
+    assert!(rt.instances("svc").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_keeps_crashing_is_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rt, release) = runtime_with(dir.path(), "echo cannot start >&2; exit 1", 1).await;
+    rt.deploy("svc", "dev", &release).await.unwrap();
+    wait_for("a crash loop", Duration::from_secs(20), || {
+        let mut rt = rt.clone();
+        async move {
+            let i = rt.instances("svc").await.unwrap();
+            i.get(&("dev".into(), "r1".into())).filter(|r| r.failed && r.ready == 0).map(|_| ())
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("data/logs/svc-dev-r1-0.log")).unwrap();
+    assert!(log.contains("cannot start"), "{log}");
+    rt.stop_all().await;
+}
