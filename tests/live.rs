@@ -114,7 +114,7 @@ fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
     let (n, bad): (u64, u64) = serde_json::from_value(served[&releases[2]].clone()).unwrap();
     assert!(bad > 0 && bad <= 50, "the bad release failed {bad} of {n}");
     let unattributed: (u64, u64) = serde_json::from_value(served["-"].clone()).unwrap_or((0, 0));
-    assert_eq!(unattributed.1, 0, "requests that reached no release");
+    assert_eq!(unattributed.1, 0, "requests that reached no release: {}", summary["failures"]);
 }
 
 /// Writes the demo's layout (repository with v1, specs, credentials) and its configuration as

@@ -60,6 +60,8 @@ pub struct DemoSummary {
     pub bad_push_to_rollback: Option<f64>,
     /// Requests the generator sent, per release: (total, failed).
     pub served: BTreeMap<String, (u64, u64)>,
+    /// The first failed requests, for a look.
+    pub failures: Vec<String>,
     pub ok: bool,
 }
 
@@ -68,6 +70,8 @@ pub struct DemoSummary {
 #[derive(Debug, Default)]
 pub struct Seen {
     pub by_release: BTreeMap<String, (u64, u64)>,
+    /// The first failures, each as `environment: status or error`.
+    pub failures: Vec<String>,
 }
 
 struct Paint {
@@ -311,20 +315,22 @@ pub async fn traffic(
         tasks.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / RATE_PER_ENV));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut in_flight = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     _ = every.tick() => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.wait_for(|s| *s) => break,
                 }
+                while in_flight.try_join_next().is_some() {}
                 let (client, creds, seen, url) = (client.clone(), creds.clone(), seen.clone(), url.clone());
-                tokio::spawn(async move {
+                in_flight.spawn(async move {
                     let answer = client
                         .get(&url)
                         .header("x-api-key", &creds.api_key)
                         .bearer_auth(&creds.token)
                         .send()
                         .await;
-                    let (release, bad) = match answer {
+                    let (release, bad, what) = match answer {
                         Ok(r) => (
                             r.headers()
                                 .get("x-autopilot-release")
@@ -332,15 +338,21 @@ pub async fn traffic(
                                 .unwrap_or("-")
                                 .to_owned(),
                             r.status().is_server_error(),
+                            r.status().to_string(),
                         ),
-                        Err(_) => ("-".to_owned(), true),
+                        Err(e) => ("-".to_owned(), true, e.to_string()),
                     };
                     let mut s = seen.lock().expect("traffic stats lock");
-                    let e = s.by_release.entry(release).or_default();
+                    let e = s.by_release.entry(release.clone()).or_default();
                     e.0 += 1;
                     e.1 += u64::from(bad);
+                    if bad && s.failures.len() < 20 {
+                        s.failures.push(format!("{env} {release}: {what}"));
+                    }
                 });
             }
+            // the requests in flight finish before the stop is done
+            while in_flight.join_next().await.is_some() {}
         }));
     }
     for t in tasks {
@@ -556,6 +568,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     summary.releases = releases;
     summary.bad_push_to_rollback = took;
     summary.served = seen.lock().expect("traffic stats lock").by_release.clone();
+    summary.failures = seen.lock().expect("traffic stats lock").failures.clone();
     summary.wall_seconds = began.elapsed().as_secs_f64();
     summary.ok = true;
 

@@ -37,6 +37,8 @@ use std::time::Duration;
 /// While a canary runs on the proxy's own counters, look this often: the counters cost nothing
 /// to read, so evidence is judged as it arrives (a crash is caught within a few requests).
 const CANARY_LOOK: Duration = Duration::from_secs(1);
+/// The longest the proxy may take to open its listeners.
+const PROXY_START: Duration = Duration::from_secs(10);
 
 /// The router port on the in-process proxy.
 #[derive(Clone)]
@@ -84,10 +86,12 @@ impl Router for ProxyRouter {
         canary_weight: Weight,
     ) -> Result<(), PortError> {
         // all traffic to the canary: it is the one release served; none: stable alone
-        let (stable, canary) = match (canary_weight.0, stable) {
-            (100.., _) | (_, None) if canary_weight.0 > 0 => (Some(canary), None),
-            (0, s) => (s, None),
-            (_, s) => (s, Some(canary)),
+        let (stable, canary) = if canary_weight.0 >= 100 || (stable.is_none() && canary_weight.0 > 0) {
+            (Some(canary), None)
+        } else if canary_weight.0 == 0 {
+            (stable, None)
+        } else {
+            (stable, Some(canary))
         };
         let mut releases = BTreeMap::new();
         for r in stable.iter().chain(canary.iter()) {
@@ -107,7 +111,20 @@ impl Router for ProxyRouter {
         };
         self.shared
             .set_route(route)
-            .map_err(|e| PortError::retry("router", e))
+            .map_err(|e| PortError::retry("router", e))?;
+        // upstreams new to the proxy start "not ready" until its own probe passes; the runtime
+        // has just seen these pass the same probe, so they serve from the first request
+        let ready: Vec<_> = stable
+            .iter()
+            .chain(canary.iter())
+            .flat_map(|r| self.runtime.ready_endpoints(service, environment, r))
+            .collect();
+        for u in self.shared.table.load().upstreams() {
+            if ready.contains(&u.addr) {
+                u.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -347,6 +364,16 @@ impl Up {
             },
             routes,
         )?;
+        // Pingora binds on its own thread: serve nothing before its listeners accept
+        for addr in std::iter::once(config.listen).chain(config.tls_listen) {
+            let deadline = std::time::Instant::now() + PROXY_START;
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                if std::time::Instant::now() > deadline {
+                    return Err(UpError::Adapter(format!("the proxy did not listen on {addr} within {PROXY_START:?}")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let shared = proxy.shared.clone();
         let ports = Ports {
             store: store.clone(),

@@ -166,6 +166,20 @@ impl LocalRuntime {
             .unwrap_or_default()
     }
 
+    /// The addresses of the instances that pass their readiness probe now.
+    pub fn ready_endpoints(&self, service: &str, environment: &str, release: &str) -> Vec<SocketAddr> {
+        let d = self.deployments.lock().expect("deployments lock");
+        d.get(&(service.to_owned(), environment.to_owned(), release.to_owned()))
+            .map(|d| {
+                d.instances
+                    .iter()
+                    .filter(|i| i.ready.load(Ordering::SeqCst))
+                    .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The pids of every instance (for tests and the summary).
     pub fn pids(&self) -> Vec<u32> {
         let d = self.deployments.lock().expect("deployments lock");

@@ -15,13 +15,16 @@ pub enum SchemaKind {
     Sensors,
     Controllers,
     Simulations,
+    /// `autopilot.yaml`, the configuration of `autopilot up`.
+    Autopilot,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 3] = [
+    pub const ALL: [SchemaKind; 4] = [
         SchemaKind::Objectives,
         SchemaKind::Sensors,
         SchemaKind::Controllers,
+        SchemaKind::Autopilot,
     ];
 
     /// Where the checked-in copy lives, relative to the repository root.
@@ -31,6 +34,7 @@ impl SchemaKind {
             SchemaKind::Sensors => "sensors/sensors.schema.json",
             SchemaKind::Controllers => "controllers/controllers.schema.json",
             SchemaKind::Simulations => "simulations/simulations.schema.json",
+            SchemaKind::Autopilot => "src/live/autopilot.schema.json",
         }
     }
 
@@ -41,6 +45,7 @@ impl SchemaKind {
             SchemaKind::Sensors => schemars::schema_for!(SensorLibrary),
             SchemaKind::Controllers => schemars::schema_for!(ControllerSpec),
             SchemaKind::Simulations => schemars::schema_for!(Scenario),
+            SchemaKind::Autopilot => schemars::schema_for!(crate::live::config::AutopilotConfig),
         };
         let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
         text.push('\n');
