@@ -91,6 +91,10 @@ struct World {
     crash_at_deploy: HashSet<String>,
     /// While true, the sensors return nothing.
     blackout: bool,
+    /// While true, the runtime cannot be asked (its instances are unknown).
+    runtime_down: bool,
+    /// While true, the router can be neither asked nor changed.
+    router_down: bool,
     deployed: HashSet<(String, String)>,
     weights: HashMap<String, (Option<String>, String, Weight)>,
     /// Counters since the current rollout started, per env: (canary release, canary, stable).
@@ -115,6 +119,8 @@ impl World {
             errors: HashMap::new(),
             crash_at_deploy: HashSet::new(),
             blackout: false,
+            runtime_down: false,
+            router_down: false,
             deployed: HashSet::new(),
             weights: HashMap::new(),
             counters: HashMap::new(),
@@ -225,8 +231,8 @@ impl World {
             .collect();
         let observed = Observed {
             state: self.state.clone(),
-            readiness: Some(readiness),
-            routes: Some(routes),
+            readiness: (!self.runtime_down).then_some(readiness),
+            routes: (!self.router_down).then_some(routes),
             readings,
             pushes: std::mem::take(&mut self.pushes),
             finished_builds: std::mem::take(&mut self.finished),
@@ -249,6 +255,7 @@ impl World {
                 Action::Deploy { environment, release } => {
                     self.deployed.insert((environment.clone(), release.clone()));
                 }
+                Action::SetWeights { .. } if self.router_down => {}
                 Action::SetWeights {
                     environment,
                     stable,
@@ -468,6 +475,52 @@ fn a_crash_at_deploy_is_rolled_back_without_traffic() {
         .clone();
     assert!(matches!(t.cause, Cause::DeployFailed { .. }));
     assert!(!w.transitions().iter().any(|t| t.to == "canary"));
+}
+
+#[test]
+fn an_unknown_runtime_holds_a_deploy_instead_of_failing_it() {
+    // guards against taking "the runtime could not be asked" for "not ready"
+    let mut w = with_stable(3);
+    w.crash_at_deploy.insert("r-crash".into());
+    w.runtime_down = true;
+    w.push("crash");
+    assert!(w.run_until(10, 20, |w| matches!(w.phase("dev"), Some(Phase::Deploying { .. }))));
+    // far past the progress deadline (15m): still deploying, nothing rolled back
+    for _ in 0..120 {
+        w.tick(10);
+    }
+    assert!(matches!(w.phase("dev"), Some(Phase::Deploying { .. })), "{:?}", w.phase("dev"));
+    assert!(!w.transitions().iter().any(|t| t.to == "rolling-back"));
+    w.runtime_down = false;
+    assert!(w.run_until(10, 5, |w| matches!(w.phase("dev"), Some(Phase::RolledBack { .. }))));
+    let t = w.transitions().into_iter().find(|t| t.to == "rolling-back").unwrap().clone();
+    assert!(matches!(t.cause, Cause::DeployFailed { .. }), "{t:?}");
+}
+
+#[test]
+fn a_release_is_retired_only_once_the_router_took_its_traffic_away() {
+    // guards against retiring a release that a failed SetWeights(0) left with traffic
+    let mut w = with_stable(5);
+    w.errors.insert("r-bad".into(), 0.2);
+    w.push("bad");
+    assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
+    w.router_down = true;
+    assert!(w.run_until(10, 60, |w| matches!(w.phase("dev"), Some(Phase::RollingBack { .. }))));
+    for _ in 0..10 {
+        let p = w.tick(10);
+        assert!(
+            !p.actions.iter().any(|a| matches!(a, Action::Retire { .. })),
+            "retired while the router still routes: {:?}",
+            p.actions
+        );
+        // the weight change is asked for again each time
+        assert!(p.actions.iter().any(|a| matches!(a, Action::SetWeights { canary_weight, .. } if canary_weight.0 == 0)));
+    }
+    assert!(matches!(w.phase("dev"), Some(Phase::RollingBack { .. })));
+    assert!(w.deployed.contains(&("dev".to_owned(), "r-bad".to_owned())));
+    w.router_down = false;
+    assert!(w.run_until(10, 3, |w| matches!(w.phase("dev"), Some(Phase::RolledBack { .. }))));
+    assert!(!w.deployed.contains(&("dev".to_owned(), "r-bad".to_owned())));
 }
 
 #[test]
