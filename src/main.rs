@@ -302,9 +302,10 @@ fn main() -> ExitCode {
         } => run_demo(dir, interval, limit, summary),
         Command::SampleService { behaviour } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match rt.map_err(|e| e.to_string()).and_then(|rt| {
-                rt.block_on(autopilot::live::demo::serve_sample(&behaviour))
-            }) {
+            match rt
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(autopilot::live::demo::serve_sample(&behaviour)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sample-service: {e}");
@@ -359,7 +360,9 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     init_logs(log_format, "info");
     let config = match config {
         Some(path) => AutopilotConfig::load(&path),
-        None if PathBuf::from("autopilot.yaml").exists() => AutopilotConfig::load(&PathBuf::from("autopilot.yaml")),
+        None if PathBuf::from("autopilot.yaml").exists() => {
+            AutopilotConfig::load(&PathBuf::from("autopilot.yaml"))
+        }
         None => Ok(AutopilotConfig::default()),
     };
     let config = match config {
@@ -378,7 +381,10 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     };
     let token = std::env::var(&config.admin_token_variable).unwrap_or_else(|_| {
         let t = random_token();
-        eprintln!("admin token (set {} to choose one): {t}", config.admin_token_variable);
+        eprintln!(
+            "admin token (set {} to choose one): {t}",
+            config.admin_token_variable
+        );
         t
     });
     rt.block_on(async move {
@@ -419,7 +425,10 @@ fn run_demo(
     init_logs(LogFormat::Text, "warn");
     let dir = match dir {
         Some(d) => d,
-        None => std::env::temp_dir().join(format!("autopilot-demo-{}", random_token().get(..8).unwrap_or("x"))),
+        None => std::env::temp_dir().join(format!(
+            "autopilot-demo-{}",
+            random_token().get(..8).unwrap_or("x")
+        )),
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,

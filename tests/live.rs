@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
 
 /// Polls `check` every 100 ms until it gives a value or `limit` passes.
@@ -58,7 +60,10 @@ fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
     assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
     // plain output off a terminal: no escape codes
     assert!(!stdout.contains('\x1b'), "{stdout}");
-    assert!(stdout.contains("rolled back because availability regressed"), "{stdout}");
+    assert!(
+        stdout.contains("rolled back because availability regressed"),
+        "{stdout}"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
     let releases: Vec<String> = serde_json::from_value(summary["releases"].clone()).unwrap();
     assert_eq!(releases.len(), 3);
@@ -76,9 +81,9 @@ fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
             assert!(r.starts_with('r') && release.digest[7..].starts_with(&r[1..]));
             for env in demo::ENVIRONMENTS {
                 assert!(
-                    transitions
-                        .iter()
-                        .any(|t| t.transition.environment == env && &t.transition.release == r && t.transition.to == "promoted"),
+                    transitions.iter().any(|t| t.transition.environment == env
+                        && &t.transition.release == r
+                        && t.transition.to == "promoted"),
                     "{r} not promoted in {env}"
                 );
             }
@@ -94,11 +99,25 @@ fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
             .find(|t| &t.transition.release == bad && t.transition.to == "rolling-back")
             .map(|t| t.transition.cause.clone())
             .expect("a rollback of the bad release");
-        assert!(matches!(cause, Cause::Regressed { ref objective, .. } if objective == "availability"), "{cause:?}");
-        assert!(transitions.iter().any(|t| &t.transition.release == bad && t.transition.to == "rolled-back"));
-        assert!(!transitions.iter().any(|t| &t.transition.release == bad && t.transition.environment != "dev"));
+        assert!(
+            matches!(cause, Cause::Regressed { ref objective, .. } if objective == "availability"),
+            "{cause:?}"
+        );
+        assert!(
+            transitions
+                .iter()
+                .any(|t| &t.transition.release == bad && t.transition.to == "rolled-back")
+        );
+        assert!(
+            !transitions
+                .iter()
+                .any(|t| &t.transition.release == bad && t.transition.environment != "dev")
+        );
         assert_eq!(state.environments["dev"].blocked.as_deref(), Some(bad.as_str()));
-        assert_eq!(state.environments["dev"].stable.as_deref(), Some(releases[1].as_str()));
+        assert_eq!(
+            state.environments["dev"].stable.as_deref(),
+            Some(releases[1].as_str())
+        );
         // the builds, with their output, are in the store
         let builds = store.builds(Some(demo::SERVICE)).await.unwrap();
         assert_eq!(builds.len(), 3);
@@ -114,7 +133,11 @@ fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
     let (n, bad): (u64, u64) = serde_json::from_value(served[&releases[2]].clone()).unwrap();
     assert!(bad > 0 && bad <= 50, "the bad release failed {bad} of {n}");
     let unattributed: (u64, u64) = serde_json::from_value(served["-"].clone()).unwrap_or((0, 0));
-    assert_eq!(unattributed.1, 0, "requests that reached no release: {}", summary["failures"]);
+    assert_eq!(
+        unattributed.1, 0,
+        "requests that reached no release: {}",
+        summary["failures"]
+    );
 }
 
 /// Writes the demo's layout (repository with v1, specs, credentials) and its configuration as
@@ -127,8 +150,13 @@ fn prepare(dir: &Path) -> (AutopilotConfig, demo::Credentials, PathBuf) {
         fancy: false,
         limit: Duration::from_secs(120),
     };
-    let creds = demo::Credentials::generate(&dir.join("specs"), "https://id.autopilot.test", "demo", &["shop-team"])
-        .unwrap();
+    let creds = demo::Credentials::generate(
+        &dir.join("specs"),
+        "https://id.autopilot.test",
+        "demo",
+        &["shop-team"],
+    )
+    .unwrap();
     let config = demo::lay_out(&opts, &creds).unwrap();
     demo::commit(&dir.join("repo"), "v1", 0.0, "v1").unwrap();
     let path = dir.join("autopilot.yaml");
@@ -165,7 +193,12 @@ async fn phase(store: &SqlStore, env: &str, commit: &str) -> Option<(String, Pha
     let release = st.releases.iter().find(|r| r.commit == commit)?.id.clone();
     let e = st.environments.get(env)?;
     if e.stable.as_deref() == Some(release.as_str()) {
-        return Some((release, Phase::Promoted { at: autopilot::control::time::Time::ZERO }));
+        return Some((
+            release,
+            Phase::Promoted {
+                at: autopilot::control::time::Time::ZERO,
+            },
+        ));
     }
     let r = e.rollout.as_ref().filter(|r| r.release == release)?;
     Some((release, r.phase.clone()))
@@ -188,10 +221,18 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let (config, creds, config_path) = prepare(dir.path());
     let repo = dir.path().join("repo");
-    let v1 = String::from_utf8(Command::new("git").arg("-C").arg(&repo).args(["rev-parse", "HEAD"]).output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let v1 = String::from_utf8(
+        Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
     let log1 = dir.path().join("up1.log");
     let mut first = up(&config_path, &log1);
     let show = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
@@ -207,7 +248,11 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
     })
     .await;
     wait_for("v1 promoted in prod", Duration::from_secs(60), || async {
-        matches!(phase(&store, "prod", &v1).await, Some((_, Phase::Promoted { .. }))).then_some(())
+        matches!(
+            phase(&store, "prod", &v1).await,
+            Some((_, Phase::Promoted { .. }))
+        )
+        .then_some(())
     })
     .await;
     // traffic through the proxy (HTTPS, credentials), as users would send it
@@ -222,13 +267,38 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
             .filter(|(_, p)| matches!(p, Phase::Canary { .. }))
     })
     .await;
+    // the controller's own metrics: the canary's weight, the evidence beside its threshold
+    let text = wait_for("the controller's metrics", Duration::from_secs(10), || {
+        let url = format!("http://{}/metrics", config.admin);
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            text.contains("autopilot_objective_evidence{service=\"shop\",environment=\"staging\"")
+                .then_some(text)
+        }
+    })
+    .await;
+    for family in [
+        "autopilot_rollout_phase{",
+        "autopilot_objective_evidence{",
+        "autopilot_objective_evidence_threshold{",
+        "autopilot_objective_verdict{",
+        "autopilot_objective_bad_ratio{",
+        "autopilot_ticks_total ",
+        "autopilot_proxy_requests_total{",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    common::promtool_check(&text);
     let before = store.transitions(Some(demo::SERVICE)).await.unwrap();
     let pids = recorded_pids(&store).await;
     assert!(pids.len() >= 6, "stable and canary instances: {pids:?}");
     // SIGKILL: nothing is cleaned up by the dying process
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    assert!(pids.iter().any(|p| alive(*p)), "the killed autopilot's services run on, orphaned");
+    assert!(
+        pids.iter().any(|p| alive(*p)),
+        "the killed autopilot's services run on, orphaned"
+    );
 
     let log2 = dir.path().join("up2.log");
     let second = up(&config_path, &log2);
@@ -238,9 +308,17 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
     })
     .await;
     // the rollout goes on from its recorded phase to prod
-    wait_for("v2 promoted in prod after the restart", Duration::from_secs(120), || async {
-        matches!(phase(&store, "prod", &v2).await, Some((_, Phase::Promoted { .. }))).then_some(())
-    })
+    wait_for(
+        "v2 promoted in prod after the restart",
+        Duration::from_secs(120),
+        || async {
+            matches!(
+                phase(&store, "prod", &v2).await,
+                Some((_, Phase::Promoted { .. }))
+            )
+            .then_some(())
+        },
+    )
     .await;
     let _ = stop_tx.send(true);
     let _ = traffic.await;
@@ -261,7 +339,9 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
     assert_eq!(
         after
             .iter()
-            .filter(|t| t.transition.environment == "staging" && t.transition.release == r2 && t.transition.from.is_none())
+            .filter(|t| t.transition.environment == "staging"
+                && t.transition.release == r2
+                && t.transition.from.is_none())
             .count(),
         1
     );
@@ -278,7 +358,11 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
     let running = recorded_pids(&store).await;
     assert!(!running.is_empty());
     let mut second = second;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     let status = wait_for("autopilot to stop", Duration::from_secs(30), || {
         let s = second.0.try_wait().unwrap();
         async move { s }
@@ -320,7 +404,8 @@ fn repo_with(dir: &Path, command: &str) -> (autopilot::spec::objectives::Service
          run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n",
         repo.display()
     );
-    let spec: autopilot::spec::objectives::ServiceSpec = autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    let spec: autopilot::spec::objectives::ServiceSpec =
+        autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
     (spec, commit)
 }
 
@@ -345,11 +430,20 @@ async fn a_build_packs_its_files_once_and_a_failing_or_hung_build_keeps_its_outp
         let dir = tempfile::tempdir().unwrap();
         let (spec, commit) = repo_with(dir.path(), command);
         let store = SqlStore::open_dir(&dir.path().join("data")).await.unwrap();
-        let mut b = LocalBuilder::new(&[spec], dir.path(), &dir.path().join("data"), store.pool().clone())
-            .await
-            .unwrap();
+        let mut b = LocalBuilder::new(
+            &[spec],
+            dir.path(),
+            &dir.path().join("data"),
+            store.pool().clone(),
+        )
+        .await
+        .unwrap();
         let first = b.events("svc").await.unwrap();
-        assert_eq!(first.pushes, vec![commit.clone()], "the first look reports the tip");
+        assert_eq!(
+            first.pushes,
+            vec![commit.clone()],
+            "the first look reports the tip"
+        );
         b.start_build("svc", &commit).await.unwrap();
         // asking again (a replayed tick) builds nothing more
         b.start_build("svc", &commit).await.unwrap();
@@ -361,11 +455,12 @@ async fn a_build_packs_its_files_once_and_a_failing_or_hung_build_keeps_its_outp
             (Ok(out), BuildOutcome::Built(release)) => {
                 assert!(builds[0].output.contains(out), "{:?}", builds[0].output);
                 assert_eq!(release.commit, commit);
-                assert!(dir
-                    .path()
-                    .join("data/artifacts/blobs/sha256")
-                    .join(&release.digest[7..])
-                    .exists());
+                assert!(
+                    dir.path()
+                        .join("data/artifacts/blobs/sha256")
+                        .join(&release.digest[7..])
+                        .exists()
+                );
             }
             (Err(out), BuildOutcome::Failed { reason }) => {
                 let text = format!("{} {reason}", builds[0].output);
@@ -395,7 +490,8 @@ async fn runtime_with(dir: &Path, command: &str, replicas: u32) -> (LocalRuntime
          build: {{command: x, artifact: {{files: [dist]}}}}\n\
          run: {{command: \"{command}\", replicas: {replicas}}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n"
     );
-    let spec: autopilot::spec::objectives::ServiceSpec = autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    let spec: autopilot::spec::objectives::ServiceSpec =
+        autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
     let rt = LocalRuntime::new(&[spec], layout, &dir.join("data"), store.pool().clone())
         .await
         .unwrap()
@@ -439,7 +535,11 @@ async fn instances_become_ready_restart_after_a_crash_and_stop_on_retire() {
     // a crash: the instance is restarted on the same port and becomes ready again
     let pids = rt.pids();
     let victim = pids[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
     wait_for("a restarted instance", Duration::from_secs(20), || async {
         let now = rt.pids();
         (!now.contains(&victim) && now.len() == 2).then_some(())
@@ -468,7 +568,9 @@ async fn a_release_that_keeps_crashing_is_reported_failed() {
         let mut rt = rt.clone();
         async move {
             let i = rt.instances("svc").await.unwrap();
-            i.get(&("dev".into(), "r1".into())).filter(|r| r.failed && r.ready == 0).map(|_| ())
+            i.get(&("dev".into(), "r1".into()))
+                .filter(|r| r.failed && r.ready == 0)
+                .map(|_| ())
         }
     })
     .await;

@@ -7,9 +7,9 @@
 
 use autopilot::control::gates::Approval;
 use autopilot::control::judge::{Counts, Reading, Verdict};
+use autopilot::control::ports::RouteWeights;
 use autopilot::control::rollout::*;
 use autopilot::control::time::Time;
-use autopilot::control::ports::RouteWeights;
 use autopilot::control::{PlanSpec, plan};
 use autopilot::spec::{self, units::Weight};
 use proptest::prelude::*;
@@ -484,16 +484,31 @@ fn an_unknown_runtime_holds_a_deploy_instead_of_failing_it() {
     w.crash_at_deploy.insert("r-crash".into());
     w.runtime_down = true;
     w.push("crash");
-    assert!(w.run_until(10, 20, |w| matches!(w.phase("dev"), Some(Phase::Deploying { .. }))));
+    assert!(w.run_until(10, 20, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::Deploying { .. })
+    )));
     // far past the progress deadline (15m): still deploying, nothing rolled back
     for _ in 0..120 {
         w.tick(10);
     }
-    assert!(matches!(w.phase("dev"), Some(Phase::Deploying { .. })), "{:?}", w.phase("dev"));
+    assert!(
+        matches!(w.phase("dev"), Some(Phase::Deploying { .. })),
+        "{:?}",
+        w.phase("dev")
+    );
     assert!(!w.transitions().iter().any(|t| t.to == "rolling-back"));
     w.runtime_down = false;
-    assert!(w.run_until(10, 5, |w| matches!(w.phase("dev"), Some(Phase::RolledBack { .. }))));
-    let t = w.transitions().into_iter().find(|t| t.to == "rolling-back").unwrap().clone();
+    assert!(w.run_until(10, 5, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    let t = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.to == "rolling-back")
+        .unwrap()
+        .clone();
     assert!(matches!(t.cause, Cause::DeployFailed { .. }), "{t:?}");
 }
 
@@ -505,7 +520,10 @@ fn a_release_is_retired_only_once_the_router_took_its_traffic_away() {
     w.push("bad");
     assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
     w.router_down = true;
-    assert!(w.run_until(10, 60, |w| matches!(w.phase("dev"), Some(Phase::RollingBack { .. }))));
+    assert!(w.run_until(10, 60, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RollingBack { .. })
+    )));
     for _ in 0..10 {
         let p = w.tick(10);
         assert!(
@@ -514,12 +532,19 @@ fn a_release_is_retired_only_once_the_router_took_its_traffic_away() {
             p.actions
         );
         // the weight change is asked for again each time
-        assert!(p.actions.iter().any(|a| matches!(a, Action::SetWeights { canary_weight, .. } if canary_weight.0 == 0)));
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::SetWeights { canary_weight, .. } if canary_weight.0 == 0))
+        );
     }
     assert!(matches!(w.phase("dev"), Some(Phase::RollingBack { .. })));
     assert!(w.deployed.contains(&("dev".to_owned(), "r-bad".to_owned())));
     w.router_down = false;
-    assert!(w.run_until(10, 3, |w| matches!(w.phase("dev"), Some(Phase::RolledBack { .. }))));
+    assert!(w.run_until(10, 3, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
     assert!(!w.deployed.contains(&("dev".to_owned(), "r-bad".to_owned())));
 }
 

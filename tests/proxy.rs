@@ -401,24 +401,7 @@ async fn metrics_count_per_release_and_the_admin_api_wants_its_token() {
             .unwrap()
     };
     assert!(count("v1") + count("v2") >= 100, "{text}");
-    // the exposition passes Prometheus' own linter (promtool comes with the `prometheus` package
-    // that the test command installs)
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (scripts/test installs the prometheus package)");
-    use std::io::Write as _;
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_check(&text);
     // in process: the built-in sensor's counts
     let m = proxy.shared.registry.get("checkout", "prod", "v2").unwrap();
     assert_eq!(m.errors().bad, 0);

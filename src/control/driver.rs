@@ -100,7 +100,10 @@ pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec
             Action::StartBuild { commit } => world.start_build(service, commit).await,
             Action::Deploy { environment, release } => match releases.get(release.as_str()) {
                 Some(r) => world.deploy(service, environment, r).await,
-                None => Err(PortError::fatal("runtime", format!("release `{release}` is not built"))),
+                None => Err(PortError::fatal(
+                    "runtime",
+                    format!("release `{release}` is not built"),
+                )),
             },
             Action::SetWeights {
                 environment,
@@ -113,7 +116,9 @@ pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec
                     .await
             }
             Action::Retire { environment, release } => world.retire(service, environment, release).await,
-            Action::ClearOverride { environment, which } => world.clear_override(service, environment, *which).await,
+            Action::ClearOverride { environment, which } => {
+                world.clear_override(service, environment, *which).await
+            }
         };
         if let Err(e) = result {
             failures.push((action.clone(), e));

@@ -99,7 +99,12 @@ pub trait Store {
         failures: &[(Action, PortError)],
     ) -> Result<(), PortError>;
     /// Lifts a one-shot override the plan carried out.
-    async fn clear_override(&mut self, service: &str, environment: &str, which: OneShot) -> Result<(), PortError>;
+    async fn clear_override(
+        &mut self,
+        service: &str,
+        environment: &str,
+        which: OneShot,
+    ) -> Result<(), PortError>;
 }
 
 /// The sensors: every service's readings in one call, so an adapter can batch its queries.
@@ -107,7 +112,11 @@ pub trait Sensors {
     /// Readings for each service's environments and objectives (the canary and stable of each
     /// environment's current rollout, cumulative since the rollout started). A reading that
     /// could not be taken has `None` arms; it is never zero.
-    async fn read(&mut self, services: &[(&PlanSpec, &ServiceState)], now: Time) -> BTreeMap<String, Readings>;
+    async fn read(
+        &mut self,
+        services: &[(&PlanSpec, &ServiceState)],
+        now: Time,
+    ) -> BTreeMap<String, Readings>;
 }
 
 /// The builder: what was pushed, and builds of commits into releases.
@@ -143,7 +152,11 @@ impl RouteWeights {
     /// The share of traffic (0–100) that `release` gets.
     pub fn share_of(&self, release: &str) -> u8 {
         let w = self.weight.0.min(100);
-        let canary = if self.canary.as_deref() == Some(release) { w } else { 0 };
+        let canary = if self.canary.as_deref() == Some(release) {
+            w
+        } else {
+            0
+        };
         let stable = match (&self.stable, &self.canary) {
             (Some(s), Some(_)) if s == release => 100 - w,
             (Some(s), None) if s == release => 100,
@@ -195,13 +208,22 @@ impl<St: Store, Se, Bu, Ru, Ro> Store for Ports<St, Se, Bu, Ru, Ro> {
     ) -> Result<(), PortError> {
         self.store.record(service, version, plan, failures).await
     }
-    async fn clear_override(&mut self, service: &str, environment: &str, which: OneShot) -> Result<(), PortError> {
+    async fn clear_override(
+        &mut self,
+        service: &str,
+        environment: &str,
+        which: OneShot,
+    ) -> Result<(), PortError> {
         self.store.clear_override(service, environment, which).await
     }
 }
 
 impl<St, Se: Sensors, Bu, Ru, Ro> Sensors for Ports<St, Se, Bu, Ru, Ro> {
-    async fn read(&mut self, services: &[(&PlanSpec, &ServiceState)], now: Time) -> BTreeMap<String, Readings> {
+    async fn read(
+        &mut self,
+        services: &[(&PlanSpec, &ServiceState)],
+        now: Time,
+    ) -> BTreeMap<String, Readings> {
         self.sensors.read(services, now).await
     }
 }

@@ -64,7 +64,9 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(".autopilot")
 }
 fn default_specs() -> Vec<PathBuf> {
-    ["objectives", "sensors", "controllers"].map(PathBuf::from).to_vec()
+    ["objectives", "sensors", "controllers"]
+        .map(PathBuf::from)
+        .to_vec()
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -104,8 +106,8 @@ impl AutopilotConfig {
     /// Reads and validates a configuration file; every problem with file:line:column.
     pub fn load(path: &Path) -> Result<AutopilotConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut config: AutopilotConfig = crate::spec::parse_document(&path.display().to_string(), &text)
-            .map_err(|r| r.render_text())?;
+        let mut config: AutopilotConfig =
+            crate::spec::parse_document(&path.display().to_string(), &text).map_err(|r| r.render_text())?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.rebase(base);
         Ok(config)
@@ -113,7 +115,13 @@ impl AutopilotConfig {
 
     /// Makes relative paths relative to `base` (the configuration file's folder).
     pub fn rebase(&mut self, base: &Path) {
-        let join = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let join = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
         self.data_dir = join(&self.data_dir);
         self.specs = self.specs.iter().map(|p| join(p)).collect();
         if let Some(a) = &mut self.auth

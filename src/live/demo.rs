@@ -111,7 +111,10 @@ fn sh(dir: &Path, script: &str) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
-        Err(format!("{script}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -122,7 +125,10 @@ pub fn commit(repo: &Path, message: &str, errors: f64, text: &str) -> Result<Str
         format!("# read by the service at start, from its release\nerrors = {errors}\nmessage = {text}\n"),
     )
     .map_err(|e| e.to_string())?;
-    sh(repo, &format!("git add -A && git commit -q -m '{message}' && git rev-parse HEAD"))
+    sh(
+        repo,
+        &format!("git add -A && git commit -q -m '{message}' && git rev-parse HEAD"),
+    )
 }
 
 /// ES256 credentials: the JWKS file, a user token and an API key with its digest.
@@ -184,7 +190,12 @@ impl Credentials {
 pub fn lay_out(opts: &DemoOptions, creds: &Credentials) -> Result<AutopilotConfig, String> {
     let repo = opts.dir.join("repo");
     let specs = opts.dir.join("specs");
-    for d in [&repo, &specs.join("objectives"), &specs.join("controllers"), &specs.join("sensors")] {
+    for d in [
+        &repo,
+        &specs.join("objectives"),
+        &specs.join("controllers"),
+        &specs.join("sensors"),
+    ] {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     sh(&repo, "git init -q -b main .")?;
@@ -258,14 +269,22 @@ build:
 "#,
         interval = opts.interval
     );
-    let write = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
+    let write =
+        |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
     write(specs.join("objectives/shop.yaml"), &objectives)?;
     write(specs.join("controllers/demo.yaml"), &controller)?;
-    write(specs.join("sensors/proxy.yaml"), include_str!("../../sensors/proxy.yaml"))?;
+    write(
+        specs.join("sensors/proxy.yaml"),
+        include_str!("../../sensors/proxy.yaml"),
+    )?;
     let addr = |what: &str| free_addr().map_err(|e| format!("a free port for {what}: {e}"));
     Ok(AutopilotConfig {
         data_dir: opts.dir.join("data"),
-        specs: vec![specs.join("objectives"), specs.join("sensors"), specs.join("controllers")],
+        specs: vec![
+            specs.join("objectives"),
+            specs.join("sensors"),
+            specs.join("controllers"),
+        ],
         listen: addr("the proxy")?,
         tls_listen: Some(addr("https")?),
         admin: addr("the admin listener")?,
@@ -298,7 +317,8 @@ pub async fn traffic(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let tls = config.tls_listen.ok_or("the demo needs HTTPS")?;
-    let ca_pem = std::fs::read(config.data_dir.join("ca/ca.pem")).map_err(|e| format!("the local CA: {e}"))?;
+    let ca_pem =
+        std::fs::read(config.data_dir.join("ca/ca.pem")).map_err(|e| format!("the local CA: {e}"))?;
     let ca = reqwest::Certificate::from_pem(&ca_pem).map_err(|e| e.to_string())?;
     let mut builder = reqwest::Client::builder()
         .tls_backend_rustls()
@@ -374,7 +394,11 @@ fn phase_of(state: &ServiceState, env: &str, release: &str) -> Option<String> {
 
 /// The release built from `commit`, once it is.
 fn release_of(state: &ServiceState, commit: &str) -> Option<String> {
-    state.releases.iter().find(|r| r.commit == commit).map(|r| r.id.clone())
+    state
+        .releases
+        .iter()
+        .find(|r| r.commit == commit)
+        .map(|r| r.id.clone())
 }
 
 /// Describes a transition's cause in a few words.
@@ -385,7 +409,10 @@ pub fn cause_text(c: &Cause) -> String {
         Cause::Ready => "its instances are ready".into(),
         Cause::FirstRelease => "the first release here: nothing to compare with".into(),
         Cause::DeployFailed { reason } => format!("deploy failed: {reason}"),
-        Cause::Regressed { objective, explanation } => format!("{objective} regressed: {explanation}"),
+        Cause::Regressed {
+            objective,
+            explanation,
+        } => format!("{objective} regressed: {explanation}"),
         Cause::Evidence { explanation } => explanation.clone(),
         Cause::MissingData { objective, since } => format!("no data for {objective} since {since}"),
         Cause::Deadline => "the progress deadline passed".into(),
@@ -400,7 +427,12 @@ pub fn cause_text(c: &Cause) -> String {
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let began = Instant::now();
     let paint = Arc::new(Paint { on: opts.fancy });
-    let creds = Credentials::generate(&opts.dir.join("specs"), "https://id.autopilot.test", "demo", &["shop-team"])?;
+    let creds = Credentials::generate(
+        &opts.dir.join("specs"),
+        "https://id.autopilot.test",
+        "demo",
+        &["shop-team"],
+    )?;
     let config = lay_out(&opts, &creds)?;
     let repo = opts.dir.join("repo");
     println!(
@@ -415,7 +447,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         rand::Rng::fill(&mut rand::rng(), &mut b);
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()
     };
-    let mut up = Up::start(config.clone(), admin_token).await.map_err(|e| e.to_string())?;
+    let mut up = Up::start(config.clone(), admin_token)
+        .await
+        .map_err(|e| e.to_string())?;
     let store = up.store.clone();
     let mut summary = DemoSummary {
         store: format!("{}", config.data_dir.join("autopilot.db").display()),
@@ -438,7 +472,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let creds = Arc::new(creds);
-    let traffic_task = tokio::spawn(traffic(config.clone(), creds.clone(), seen.clone(), stop_rx.clone()));
+    let traffic_task = tokio::spawn(traffic(
+        config.clone(),
+        creds.clone(),
+        seen.clone(),
+        stop_rx.clone(),
+    ));
 
     // the script: push versions as the previous ones land, then stop
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(Vec<String>, Option<f64>), String>>();
@@ -541,7 +580,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                         ));
                     }
                 }
-                b.set_message(if parts.is_empty() { "idle".into() } else { parts.join(" | ") });
+                b.set_message(if parts.is_empty() {
+                    "idle".into()
+                } else {
+                    parts.join(" | ")
+                });
             }
         }
     };
@@ -549,7 +592,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let mut outcome = None;
     let run = up.run(
         async {
-            outcome = Some((&mut done_rx).await.unwrap_or_else(|_| Err("the script stopped".into())));
+            outcome = Some(
+                (&mut done_rx)
+                    .await
+                    .unwrap_or_else(|_| Err("the script stopped".into())),
+            );
         },
         printer,
     );
@@ -561,7 +608,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let _ = traffic_task.await;
     script.abort();
     let result = outcome.unwrap_or_else(|| Err("stopped".into()));
-    let transitions = store.transitions(Some(SERVICE)).await.map_err(|e| e.to_string())?;
+    let transitions = store
+        .transitions(Some(SERVICE))
+        .await
+        .map_err(|e| e.to_string())?;
     up.stop().await;
     ran.map_err(|e| e.to_string())?;
     let (releases, took) = result?;
@@ -592,9 +642,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
             fate.join(", ")
         );
     }
-    if let Some(t) = transitions.iter().find(|t| {
-        t.transition.to == "rolling-back" && Some(&t.transition.release) == summary.releases.get(2)
-    }) {
+    if let Some(t) = transitions
+        .iter()
+        .find(|t| t.transition.to == "rolling-back" && Some(&t.transition.release) == summary.releases.get(2))
+    {
         println!("  rolled back because {}", cause_text(&t.transition.cause));
     }
     if let Some(t) = summary.bad_push_to_rollback {
@@ -605,7 +656,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         transitions.len(),
         summary.wall_seconds
     );
-    println!("  look around: store {} (sqlite3), files in {}", summary.store, opts.dir.display());
+    println!(
+        "  look around: store {} (sqlite3), files in {}",
+        summary.store,
+        opts.dir.display()
+    );
     Ok(summary)
 }
 
@@ -639,7 +694,10 @@ pub async fn serve_sample(behaviour: &Path) -> Result<(), String> {
             async move {
                 let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if fails(n, errors) {
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "checkout failed\n".to_owned())
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "checkout failed\n".to_owned(),
+                    )
                 } else {
                     (axum::http::StatusCode::OK, format!("{message}\n"))
                 }
@@ -648,7 +706,8 @@ pub async fn serve_sample(behaviour: &Path) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("127.0.0.1:{port}: {e}"))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             term.recv().await;

@@ -1,19 +1,20 @@
 //! The live loop on one machine: `autopilot up` wires the real adapters into the driver and
 //! ticks every service until it is stopped.
 //!
-//! - [`config`]: `autopilot.yaml`.
-//! - [`ProxyRouter`]: the [`Router`] port on the in-process proxy's route snapshot (the same
+//! - [`config`] — `autopilot.yaml`.
+//! - [`ProxyRouter`] — the [`Router`] port on the in-process proxy's route snapshot (the same
 //!   API its admin endpoint uses); upstreams come from the runtime.
-//! - [`ProxySensors`]: the built-in sensors `proxy.errors` / `proxy.latency`, read from the
+//! - [`ProxySensors`] — the built-in sensors `proxy.errors` / `proxy.latency`, read from the
 //!   proxy's per-release counters in process, counted from each rollout's start.
-//! - [`Up`]: start (store, builder, runtime, proxy), restore what the store says should run,
+//! - [`Up`] — start (store, builder, runtime, proxy), restore what the store says should run,
 //!   tick, stop cleanly.
-//! - [`demo`]: `autopilot demo`, a sample service taken through the whole loop.
+//! - [`demo`] — `autopilot demo`, a sample service taken through the whole loop.
 //!
 //! Nothing here decides: every decision is `plan`'s, through [`crate::control::driver`].
 
 pub mod config;
 pub mod demo;
+pub mod metrics;
 
 use crate::control::driver::{self, Tick};
 use crate::control::judge::{Counts, Reading};
@@ -102,7 +103,11 @@ impl Router for ProxyRouter {
             environment: environment.to_owned(),
             stable: stable.map(str::to_owned),
             canary: canary.map(str::to_owned),
-            weight: if canary.is_some() { canary_weight } else { Weight(0) },
+            weight: if canary.is_some() {
+                canary_weight
+            } else {
+                Weight(0)
+            },
             sticky: None,
             releases,
             auth: Default::default(),
@@ -137,13 +142,16 @@ enum ProxyRead {
     Unsupported,
 }
 
+/// (service, environment, objective, rollout).
+type RolloutObjective = (String, String, String, String);
+
 /// The built-in sensors on the in-process proxy's counters.
 pub struct ProxySensors {
     shared: Arc<Shared>,
     /// Per (service, objective): how to read it.
     reads: HashMap<(String, String), ProxyRead>,
     /// Per (service, environment, objective, rollout): the counters when the rollout started.
-    baselines: HashMap<(String, String, String, String), (Option<Counts>, Option<Counts>)>,
+    baselines: HashMap<RolloutObjective, (Option<Counts>, Option<Counts>)>,
 }
 
 impl std::fmt::Debug for ProxySensors {
@@ -199,7 +207,11 @@ fn since(base: &mut Option<Counts>, now: Option<Counts>) -> Option<Counts> {
 }
 
 impl Sensors for ProxySensors {
-    async fn read(&mut self, services: &[(&PlanSpec, &ServiceState)], _now: Time) -> BTreeMap<String, Readings> {
+    async fn read(
+        &mut self,
+        services: &[(&PlanSpec, &ServiceState)],
+        _now: Time,
+    ) -> BTreeMap<String, Readings> {
         let mut out = BTreeMap::new();
         for (spec, state) in services {
             let mut readings = Readings::new();
@@ -222,7 +234,12 @@ impl Sensors for ProxySensors {
                         .stable
                         .as_deref()
                         .and_then(|s| self.count(&spec.service, &env.name, s, read));
-                    let key = (spec.service.clone(), env.name.clone(), o.name.clone(), rollout_key.clone());
+                    let key = (
+                        spec.service.clone(),
+                        env.name.clone(),
+                        o.name.clone(),
+                        rollout_key.clone(),
+                    );
                     let base = self.baselines.entry(key).or_default();
                     let reading = Reading {
                         canary: since(&mut base.0, canary),
@@ -343,7 +360,9 @@ impl Up {
         let catalog = Arc::new(catalog);
         let mut routes = RoutesFile::new(&config.domain, Vec::new());
         routes.auth = config.auth.clone();
-        let probe_path = services.first().map_or("/healthz".to_owned(), |s| s.run.readiness.clone());
+        let probe_path = services
+            .first()
+            .map_or("/healthz".to_owned(), |s| s.run.readiness.clone());
         let proxy = crate::proxy::server::start(
             ProxyConfig {
                 listen: config.listen,
@@ -369,7 +388,9 @@ impl Up {
             let deadline = std::time::Instant::now() + PROXY_START;
             while tokio::net::TcpStream::connect(addr).await.is_err() {
                 if std::time::Instant::now() > deadline {
-                    return Err(UpError::Adapter(format!("the proxy did not listen on {addr} within {PROXY_START:?}")));
+                    return Err(UpError::Adapter(format!(
+                        "the proxy did not listen on {addr} within {PROXY_START:?}"
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -397,7 +418,12 @@ impl Up {
     /// Brings back what the store says runs: each environment's stable release and any rollout
     /// in progress, and their routes (level-triggered: the world is made to match the record).
     async fn restore(&mut self) -> Result<(), UpError> {
-        for (service, state) in self.store.states().await.map_err(|e| UpError::Adapter(e.to_string()))? {
+        for (service, state) in self
+            .store
+            .states()
+            .await
+            .map_err(|e| UpError::Adapter(e.to_string()))?
+        {
             let find = |id: &str| state.releases.iter().find(|r| r.id == id).cloned();
             for (env, st) in &state.environments {
                 let active = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
@@ -445,6 +471,8 @@ impl Up {
     ) -> Result<(), UpError> {
         tokio::pin!(shutdown);
         let interval = self.config.tick.0;
+        let mut latest: BTreeMap<String, crate::control::rollout::Plan> = BTreeMap::new();
+        let mut stats = metrics::TickStats::default();
         loop {
             let now = wall_clock();
             let span = tracing::info_span!("tick", at = %now);
@@ -491,7 +519,22 @@ impl Up {
                     }
                 }
             }
-            tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "tick done");
+            let took = started.elapsed().as_secs_f64();
+            stats.ticks += 1;
+            stats.last_seconds = took;
+            stats.total_seconds += took;
+            for (service, result) in results {
+                if let Ok(tick) = result {
+                    latest.insert(service, tick.plan);
+                }
+            }
+            if let Some(p) = &self.proxy {
+                p.shared
+                    .registry
+                    .extra
+                    .store(Arc::new(metrics::render(&latest, stats)));
+            }
+            tracing::debug!(took_ms = (took * 1000.0) as u64, "tick done");
             let wait = Duration::from_millis(next.millis().saturating_sub(wall_clock().millis()))
                 .max(Duration::from_millis(100));
             tokio::select! {

@@ -79,6 +79,9 @@ pub struct Registry {
     /// Fetches of a JWKS URL that gave a usable key set, and that failed.
     pub jwks_fetched: std::sync::atomic::AtomicU64,
     pub jwks_failed: std::sync::atomic::AtomicU64,
+    /// Families rendered by whoever embeds the proxy (the controller's own metrics), appended
+    /// to the exposition as they are.
+    pub extra: arc_swap::ArcSwap<String>,
 }
 
 impl Registry {
@@ -101,6 +104,7 @@ impl Registry {
     pub fn render(&self) -> String {
         let map = self.releases.lock().expect("metrics registry lock").clone();
         let mut out = String::new();
+        out.push_str(&self.extra.load());
         let labels = |(s, e, r): &(String, String, String)| {
             format!(
                 "service=\"{}\",environment=\"{}\",release=\"{}\"",
@@ -175,7 +179,8 @@ impl Registry {
     }
 }
 
-fn esc(s: &str) -> String {
+/// Escapes a Prometheus label value.
+pub fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

@@ -1,8 +1,8 @@
 //! The embedded builder: a local git repository polled on its branch, each build run in a clean
 //! `git worktree` at the exact commit, its files packed into an OCI image layout on disk.
 //!
-//! - [`oci`]: the layout (pack, unpack, reproducible digests).
-//! - [`LocalBuilder`]: the [`Builder`] port. Builds run as background tasks; their status and
+//! - [`oci`] — the layout (pack, unpack, reproducible digests).
+//! - [`LocalBuilder`] — the [`Builder`] port. Builds run as background tasks; their status and
 //!   full output (stdout and stderr, interleaved) are kept in the store's `builds` table, and
 //!   their end reaches `plan` as a finished-build event.
 //!
@@ -91,7 +91,12 @@ fn db(e: sqlx::Error) -> PortError {
 impl LocalBuilder {
     /// A builder for these services, keeping artifacts in `data/artifacts` (an OCI layout) and
     /// checkouts in `data/work`. Builds a previous run left unfinished are started again.
-    pub async fn new(services: &[ServiceSpec], base: &Path, data: &Path, pool: SqlitePool) -> Result<Self, String> {
+    pub async fn new(
+        services: &[ServiceSpec],
+        base: &Path,
+        data: &Path,
+        pool: SqlitePool,
+    ) -> Result<Self, String> {
         let mut recipes = BTreeMap::new();
         for s in services {
             let Artifact::Files(files) = &s.build.artifact else {
@@ -101,7 +106,11 @@ impl LocalBuilder {
                 ));
             };
             let repo = Path::new(&s.source.repository);
-            let repository = if repo.is_absolute() { repo.to_owned() } else { base.join(repo) };
+            let repository = if repo.is_absolute() {
+                repo.to_owned()
+            } else {
+                base.join(repo)
+            };
             recipes.insert(
                 s.name.clone(),
                 Recipe {
@@ -185,10 +194,19 @@ impl LocalBuilder {
 
     /// Checks out `commit` in a fresh worktree, runs the recipe with its timeout, packs the
     /// files. Returns the digest (or why not) and the build's output.
-    async fn run_build(&self, service: &str, recipe: &Recipe, commit: &str) -> (Result<String, String>, String) {
+    async fn run_build(
+        &self,
+        service: &str,
+        recipe: &Recipe,
+        commit: &str,
+    ) -> (Result<String, String>, String) {
         let dir = self.work.join(service).join(commit);
         let mut output = String::new();
-        let _ = git(&recipe.repository, &["worktree", "remove", "--force", &dir.to_string_lossy()]).await;
+        let _ = git(
+            &recipe.repository,
+            &["worktree", "remove", "--force", &dir.to_string_lossy()],
+        )
+        .await;
         if dir.exists() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -216,7 +234,11 @@ impl LocalBuilder {
                 .map_err(|e| format!("packing the artifact failed: {e}")),
             Err(e) => Err(e),
         };
-        let _ = git(&recipe.repository, &["worktree", "remove", "--force", &dir.to_string_lossy()]).await;
+        let _ = git(
+            &recipe.repository,
+            &["worktree", "remove", "--force", &dir.to_string_lossy()],
+        )
+        .await;
         (result, output)
     }
 }
@@ -242,8 +264,14 @@ async fn run_command(
         .map_err(|e| format!("cannot start `{command}`: {e}"))?;
     let pid = child.id();
     let collected = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let a = tokio::spawn(pump(child.stdout.take().expect("piped stdout"), collected.clone()));
-    let b = tokio::spawn(pump(child.stderr.take().expect("piped stderr"), collected.clone()));
+    let a = tokio::spawn(pump(
+        child.stdout.take().expect("piped stdout"),
+        collected.clone(),
+    ));
+    let b = tokio::spawn(pump(
+        child.stderr.take().expect("piped stderr"),
+        collected.clone(),
+    ));
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     let result = match waited {
         Ok(Ok(status)) if status.success() => Ok(()),
@@ -251,7 +279,10 @@ async fn run_command(
         Ok(Err(e)) => Err(format!("waiting for the build: {e}")),
         Err(_) => {
             if let Some(pid) = pid {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
             }
             let _ = child.wait().await;
             Err(format!(
@@ -292,7 +323,11 @@ impl Builder for LocalBuilder {
         let recipe = self.recipe(service)?.clone();
         let tip = git(
             &recipe.repository,
-            &["rev-parse", "--verify", &format!("refs/heads/{}^{{commit}}", recipe.branch)],
+            &[
+                "rev-parse",
+                "--verify",
+                &format!("refs/heads/{}^{{commit}}", recipe.branch),
+            ],
         )
         .await
         .map_err(|e| PortError::retry("builder", e))?;
@@ -300,7 +335,11 @@ impl Builder for LocalBuilder {
         let pushes = match seen {
             Some(seen) if seen == tip => Vec::new(),
             Some(seen) => {
-                let mut args = vec!["rev-list".to_owned(), "--reverse".to_owned(), format!("{seen}..{tip}")];
+                let mut args = vec![
+                    "rev-list".to_owned(),
+                    "--reverse".to_owned(),
+                    format!("{seen}..{tip}"),
+                ];
                 if let Some(p) = &recipe.path {
                     args.extend(["--".to_owned(), p.clone()]);
                 }
@@ -337,14 +376,19 @@ impl Builder for LocalBuilder {
         let mut finished = Vec::new();
         for r in rows {
             let commit: String = r.get("commit_sha");
-            let outcome = match (r.get::<String, _>("status").as_str(), r.get::<Option<String>, _>("digest")) {
+            let outcome = match (
+                r.get::<String, _>("status").as_str(),
+                r.get::<Option<String>, _>("digest"),
+            ) {
                 ("built", Some(digest)) => BuildOutcome::Built(Release {
                     id: release_id(&digest),
                     commit: commit.clone(),
                     digest,
                 }),
                 _ => BuildOutcome::Failed {
-                    reason: r.get::<Option<String>, _>("error").unwrap_or_else(|| "failed".into()),
+                    reason: r
+                        .get::<Option<String>, _>("error")
+                        .unwrap_or_else(|| "failed".into()),
                 },
             };
             finished.push((commit, outcome));

@@ -90,7 +90,9 @@ impl Layout {
         if !marker.exists() {
             std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&marker))?;
         }
-        let layout = Layout { root: root.to_owned() };
+        let layout = Layout {
+            root: root.to_owned(),
+        };
         let index = root.join("index.json");
         if !index.exists() {
             layout.write_index(&Index {
@@ -200,7 +202,9 @@ impl Layout {
         std::fs::create_dir_all(into).map_err(io(into))?;
         for layer in &manifest.layers {
             let bytes = self.blob(&layer.digest)?;
-            tar::Archive::new(bytes.as_slice()).unpack(into).map_err(io(into))?;
+            tar::Archive::new(bytes.as_slice())
+                .unpack(into)
+                .map_err(io(into))?;
         }
         Ok(())
     }
@@ -211,7 +215,11 @@ fn tar_of(dir: &Path, files: &[String]) -> Result<Vec<u8>, OciError> {
     let mut entries = Vec::new();
     for f in files {
         let rel = Path::new(f);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(OciError::Escapes(f.clone()));
         }
         let path = dir.join(rel);
@@ -252,7 +260,9 @@ fn collect(dir: &Path, path: &Path, out: &mut Vec<PathBuf>) -> Result<(), OciErr
             collect(dir, &entry.path(), out)?;
         }
     } else if meta.is_file() {
-        let rel = path.strip_prefix(dir).map_err(|_| OciError::Escapes(path.display().to_string()))?;
+        let rel = path
+            .strip_prefix(dir)
+            .map_err(|_| OciError::Escapes(path.display().to_string()))?;
         out.push(rel.to_owned());
     }
     Ok(())
@@ -268,15 +278,25 @@ mod tests {
         std::fs::create_dir_all(src.path().join("dist/conf")).unwrap();
         std::fs::write(src.path().join("dist/app"), "#!/bin/sh\necho hi\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(src.path().join("dist/app"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            src.path().join("dist/app"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::write(src.path().join("dist/conf/errors"), "0.01\n").unwrap();
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let files = vec!["dist".to_owned()];
-        let da = Layout::open(a.path()).unwrap().pack(src.path(), &files, "r1").unwrap();
+        let da = Layout::open(a.path())
+            .unwrap()
+            .pack(src.path(), &files, "r1")
+            .unwrap();
         // the same content written again (other times on disk): the same digest
         std::fs::write(src.path().join("dist/conf/errors"), "0.01\n").unwrap();
-        let db = Layout::open(b.path()).unwrap().pack(src.path(), &files, "r1").unwrap();
+        let db = Layout::open(b.path())
+            .unwrap()
+            .pack(src.path(), &files, "r1")
+            .unwrap();
         assert_eq!(da, db);
         assert!(da.starts_with("sha256:"));
         // other content, another digest
@@ -286,8 +306,14 @@ mod tests {
         assert_ne!(da, dc);
         let out = tempfile::tempdir().unwrap();
         layout.unpack(&da, &out.path().join("x")).unwrap();
-        assert_eq!(std::fs::read_to_string(out.path().join("x/dist/conf/errors")).unwrap(), "0.01\n");
-        let mode = std::fs::metadata(out.path().join("x/dist/app")).unwrap().permissions().mode();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("x/dist/conf/errors")).unwrap(),
+            "0.01\n"
+        );
+        let mode = std::fs::metadata(out.path().join("x/dist/app"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111);
         let index = std::fs::read_to_string(a.path().join("index.json")).unwrap();
         assert!(index.contains(&da) && index.contains(&dc), "{index}");
@@ -297,7 +323,13 @@ mod tests {
     fn missing_and_escaping_paths_are_refused() {
         let src = tempfile::tempdir().unwrap();
         let l = Layout::open(&src.path().join("oci")).unwrap();
-        assert!(matches!(l.pack(src.path(), &["nope".into()], "x"), Err(OciError::Missing(_))));
-        assert!(matches!(l.pack(src.path(), &["../etc".into()], "x"), Err(OciError::Escapes(_))));
+        assert!(matches!(
+            l.pack(src.path(), &["nope".into()], "x"),
+            Err(OciError::Missing(_))
+        ));
+        assert!(matches!(
+            l.pack(src.path(), &["../etc".into()], "x"),
+            Err(OciError::Escapes(_))
+        ));
     }
 }

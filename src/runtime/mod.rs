@@ -114,7 +114,12 @@ fn free_port() -> Result<u16, PortError> {
 impl LocalRuntime {
     /// A runtime for these services, keeping unpacked releases and logs under `data`. Stops
     /// every process a previous run left behind.
-    pub async fn new(services: &[ServiceSpec], layout: Layout, data: &Path, pool: SqlitePool) -> Result<Self, String> {
+    pub async fn new(
+        services: &[ServiceSpec],
+        layout: Layout,
+        data: &Path,
+        pool: SqlitePool,
+    ) -> Result<Self, String> {
         let rows = sqlx::query("SELECT pid, token FROM processes")
             .fetch_all(&pool)
             .await
@@ -191,7 +196,13 @@ impl LocalRuntime {
 
     /// Stops every instance (a clean shutdown of autopilot).
     pub async fn stop_all(&self) {
-        let keys: Vec<Key> = self.deployments.lock().expect("deployments lock").keys().cloned().collect();
+        let keys: Vec<Key> = self
+            .deployments
+            .lock()
+            .expect("deployments lock")
+            .keys()
+            .cloned()
+            .collect();
         for (s, e, r) in keys {
             let _ = self.stop(&s, &e, &r).await;
         }
@@ -239,7 +250,10 @@ struct Supervised {
 
 impl Supervised {
     async fn start(&self, token: &str) -> std::io::Result<tokio::process::Child> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&self.run.command)
@@ -278,7 +292,10 @@ impl Supervised {
 
     /// Runs, restarts and finally stops the instance.
     async fn supervise(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let token = format!("{}-{}-{}-{}", self.key.0, self.key.1, self.key.2, self.instance.port);
+        let token = format!(
+            "{}-{}-{}-{}",
+            self.key.0, self.key.1, self.key.2, self.instance.port
+        );
         let mut backoff = FIRST_BACKOFF;
         loop {
             let mut child = match self.start(&token).await {
@@ -351,7 +368,11 @@ impl Runtime for LocalRuntime {
         Ok(d.iter()
             .filter(|((s, _, _), _)| s == service)
             .map(|((_, env, release), d)| {
-                let ready = d.instances.iter().filter(|i| i.ready.load(Ordering::SeqCst)).count() as u32;
+                let ready = d
+                    .instances
+                    .iter()
+                    .filter(|i| i.ready.load(Ordering::SeqCst))
+                    .count() as u32;
                 let failed = d
                     .instances
                     .iter()
@@ -370,7 +391,12 @@ impl Runtime for LocalRuntime {
 
     async fn deploy(&mut self, service: &str, environment: &str, release: &Release) -> Result<(), PortError> {
         let key = (service.to_owned(), environment.to_owned(), release.id.clone());
-        if self.deployments.lock().expect("deployments lock").contains_key(&key) {
+        if self
+            .deployments
+            .lock()
+            .expect("deployments lock")
+            .contains_key(&key)
+        {
             return Ok(());
         }
         let run = self

@@ -338,10 +338,12 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
             next_operator += 1;
         }
         world.now = t;
-        let tick = executor.block_on(driver::tick(&spec, &mut world, t)).map_err(|e| SimError::Invariant {
-            at: t,
-            what: e.to_string(),
-        })?;
+        let tick = executor
+            .block_on(driver::tick(&spec, &mut world, t))
+            .map_err(|e| SimError::Invariant {
+                at: t,
+                what: e.to_string(),
+            })?;
         check_invariants(&tick).map_err(|what| SimError::Invariant { at: t, what })?;
         result.ticks += 1;
         result.transitions.extend(tick.plan.transitions.iter().cloned());

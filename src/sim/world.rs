@@ -6,9 +6,11 @@
 //! Every random draw comes from one seeded generator, in a fixed order, and every collection
 //! iterates in a fixed order: the same scenario and seed give the same run, byte for byte.
 
-use crate::control::ports::{Builder, Instances, Loaded, PortError, RouteWeights, Router, Runtime, Sensors, SourceEvents, Store};
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
+use crate::control::ports::{
+    Builder, Instances, Loaded, PortError, RouteWeights, Router, Runtime, Sensors, SourceEvents, Store,
+};
 use crate::control::rollout::*;
 use crate::control::time::Time;
 use crate::spec::simulations::{Arm, IncidentKind, Latency, Scenario};
@@ -551,7 +553,12 @@ impl Store for World {
         Ok(())
     }
 
-    async fn clear_override(&mut self, _service: &str, environment: &str, which: OneShot) -> Result<(), PortError> {
+    async fn clear_override(
+        &mut self,
+        _service: &str,
+        environment: &str,
+        which: OneShot,
+    ) -> Result<(), PortError> {
         let o = self
             .overrides
             .environments
@@ -642,7 +649,12 @@ impl Runtime for World {
             .collect())
     }
 
-    async fn deploy(&mut self, _service: &str, environment: &str, release: &Release) -> Result<(), PortError> {
+    async fn deploy(
+        &mut self,
+        _service: &str,
+        environment: &str,
+        release: &Release,
+    ) -> Result<(), PortError> {
         self.deployed
             .entry((environment.to_owned(), release.id.clone()))
             .or_insert(self.now);

@@ -108,7 +108,9 @@ impl SqlStore {
             .map_err(connect)?;
         let migrations = MIGRATIONS
             .iter()
-            .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, sql.into_sql_str(), false))
+            .map(|(v, d, sql)| {
+                Migration::new(*v, (*d).into(), MigrationType::Simple, sql.into_sql_str(), false)
+            })
             .collect();
         Migrator::with_migrations(migrations)
             .run(&pool)
@@ -182,7 +184,9 @@ impl SqlStore {
                 commit: r.get("commit_sha"),
                 status: r.get("status"),
                 started_at: Time::from_millis(r.get::<i64, _>("started_at") as u64),
-                finished_at: r.get::<Option<i64>, _>("finished_at").map(|t| Time::from_millis(t as u64)),
+                finished_at: r
+                    .get::<Option<i64>, _>("finished_at")
+                    .map(|t| Time::from_millis(t as u64)),
                 digest: r.get("digest"),
                 release: r.get("release"),
                 output: r.get("output"),
@@ -193,10 +197,11 @@ impl SqlStore {
 
     /// The latest judgement per (service, environment, objective), as JSON values.
     pub async fn latest_evidence(&self) -> Result<Vec<ObjectiveEvidence>, PortError> {
-        let rows = sqlx::query("SELECT evidence FROM latest_evidence ORDER BY service, environment, objective")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows =
+            sqlx::query("SELECT evidence FROM latest_evidence ORDER BY service, environment, objective")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
         rows.into_iter()
             .map(|r| {
                 serde_json::from_str(&r.get::<String, _>("evidence"))
@@ -286,22 +291,26 @@ impl Store for SqlStore {
         let now = plan.transitions.first().map(|t| t.at);
         let state = json(&plan.state);
         let written = if version == 0 {
-            sqlx::query("INSERT INTO services (name, version, state) VALUES (?1, 1, ?2) ON CONFLICT(name) DO NOTHING")
-                .bind(service)
-                .bind(&state)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected()
+            sqlx::query(
+                "INSERT INTO services (name, version, state) VALUES (?1, 1, ?2) ON CONFLICT(name) DO NOTHING",
+            )
+            .bind(service)
+            .bind(&state)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected()
         } else {
-            sqlx::query("UPDATE services SET version = version + 1, state = ?3 WHERE name = ?1 AND version = ?2")
-                .bind(service)
-                .bind(version as i64)
-                .bind(&state)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE services SET version = version + 1, state = ?3 WHERE name = ?1 AND version = ?2",
+            )
+            .bind(service)
+            .bind(version as i64)
+            .bind(&state)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected()
         };
         if written != 1 {
             return Err(PortError::fatal(
@@ -372,7 +381,12 @@ impl Store for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn clear_override(&mut self, service: &str, environment: &str, which: OneShot) -> Result<(), PortError> {
+    async fn clear_override(
+        &mut self,
+        service: &str,
+        environment: &str,
+        which: OneShot,
+    ) -> Result<(), PortError> {
         let mut overrides = self.overrides(service).await?;
         if let Some(o) = overrides.environments.get_mut(environment) {
             match which {
@@ -457,6 +471,10 @@ mod tests {
         assert_eq!(loaded.state, state);
         assert!(loaded.overrides.environments["dev"].promote.is_some());
         s.clear_override("svc", "dev", OneShot::Promote).await.unwrap();
-        assert!(s.load("svc").await.unwrap().overrides.environments["dev"].promote.is_none());
+        assert!(
+            s.load("svc").await.unwrap().overrides.environments["dev"]
+                .promote
+                .is_none()
+        );
     }
 }

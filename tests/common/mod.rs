@@ -209,3 +209,24 @@ pub async fn wait_ready(c: &reqwest::Client, proxy: &ProxyHandle, host: &str) {
     }
     panic!("{host} never became ready through the proxy");
 }
+
+/// Checks an exposition with Prometheus' own linter (promtool comes with the `prometheus`
+/// package that the test command installs).
+pub fn promtool_check(text: &str) {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test installs the prometheus package)");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
