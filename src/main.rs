@@ -76,6 +76,9 @@ enum Command {
         /// Also write the summary as JSON here.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// The share of requests the bad version fails (`100%`: every request, a crash).
+        #[arg(long, default_value = "25%")]
+        bad_errors: autopilot::spec::units::Percent,
     },
     /// The demo's sample service (run by the demo's releases): listens on $PORT, fails the share
     /// of requests its behaviour file says.
@@ -299,7 +302,8 @@ fn main() -> ExitCode {
             interval,
             limit,
             summary,
-        } => run_demo(dir, interval, limit, summary),
+            bad_errors,
+        } => run_demo(dir, interval, limit, summary, bad_errors.fraction()),
         Command::SampleService { behaviour } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match rt
@@ -420,6 +424,7 @@ fn run_demo(
     interval: autopilot::spec::units::Duration,
     limit: autopilot::spec::units::Duration,
     summary: Option<PathBuf>,
+    bad_errors: f64,
 ) -> ExitCode {
     use autopilot::live::demo;
     init_logs(LogFormat::Text, "warn");
@@ -450,6 +455,7 @@ fn run_demo(
         interval,
         fancy: demo::colour_wanted(),
         limit: limit.0,
+        bad_errors,
     };
     match rt.block_on(demo::run(opts)) {
         Ok(s) => {

@@ -149,6 +149,7 @@ fn prepare(dir: &Path) -> (AutopilotConfig, demo::Credentials, PathBuf) {
         interval: "1s".parse().unwrap(),
         fancy: false,
         limit: Duration::from_secs(120),
+        bad_errors: demo::BAD_ERRORS,
     };
     let creds = demo::Credentials::generate(
         &dir.join("specs"),

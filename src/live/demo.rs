@@ -28,7 +28,7 @@ pub const SERVICE: &str = "shop";
 pub const ENVIRONMENTS: [&str; 3] = ["dev", "staging", "prod"];
 /// The traffic each environment gets, requests per second.
 pub const RATE_PER_ENV: f64 = 100.0;
-/// The bad version's error rate (from `behaviour` in its artifact).
+/// The bad version's error rate by default (from `behaviour` in its artifact).
 pub const BAD_ERRORS: f64 = 0.25;
 
 /// How the demo runs.
@@ -44,6 +44,8 @@ pub struct DemoOptions {
     pub fancy: bool,
     /// Give up after this long.
     pub limit: Duration,
+    /// The share of requests the bad version fails (1.0: a crash of every request).
+    pub bad_errors: f64,
 }
 
 /// What the demo saw.
@@ -483,6 +485,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(Vec<String>, Option<f64>), String>>();
     let script = {
         let (repo, store, paint, limit) = (repo.clone(), store.clone(), paint.clone(), opts.limit);
+        let bad_errors = opts.bad_errors;
         tokio::spawn(async move {
             let wait_for = |commit: String, env: &'static str, wanted: &'static [&'static str]| {
                 let store = store.clone();
@@ -509,13 +512,13 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                 let v2 = commit(&repo, "v2: a friendlier greeting", 0.0, "welcome back (v2)")?;
                 println!("  {} v2 {} (healthy)", paint.c("1", "pushed"), &v2[..8]);
                 let (r2, _) = wait_for(v2, "prod", &["promoted"]).await?;
-                let v3 = commit(&repo, "v3: new checkout (buggy)", BAD_ERRORS, "new checkout (v3)")?;
+                let v3 = commit(&repo, "v3: new checkout (buggy)", bad_errors, "new checkout (v3)")?;
                 let pushed = Instant::now();
                 println!(
                     "  {} v3 {} — its artifact fails {:.0}% of requests",
                     paint.c("1;33", "pushed"),
                     &v3[..8],
-                    BAD_ERRORS * 100.0
+                    bad_errors * 100.0
                 );
                 let (r3, phase) = wait_for(v3, "dev", &["rolled-back", "promoted"]).await?;
                 let took = pushed.elapsed().as_secs_f64();
