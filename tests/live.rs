@@ -579,3 +579,59 @@ async fn a_release_that_keeps_crashing_is_reported_failed() {
     assert!(log.contains("cannot start"), "{log}");
     rt.stop_all().await;
 }
+
+fn up_once(config_text: &str, dir: &Path) -> (Option<i32>, String) {
+    let path = dir.join("autopilot.yaml");
+    std::fs::write(&path, config_text).unwrap();
+    let out = Command::new(EXE)
+        .args(["up", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn up_refuses_to_start_on_bad_specs_a_bad_config_a_busy_port_or_an_unwritable_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, _) = prepare(dir.path());
+    let base = serde_json::to_value(&config).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut v = base.clone();
+        v[key] = value;
+        serde_json::to_string_pretty(&v).unwrap()
+    };
+    // a mistake in the configuration: its place, and nothing started
+    let (code, err) = up_once(
+        "apiVersion: autopilot/v1\nkind: Autopilot\ntick: soon\nlistn: 127.0.0.1:1\n",
+        dir.path(),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("autopilot.yaml:3:") && err.contains("autopilot.yaml:4:"), "{err}");
+    // a broken objectives file: every problem with file:line:column
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("svc.yaml"),
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {repository: .}\nbuild: {command: x, artifact: {files: [a]}}\nrun: {command: x}\nenvironments: [{name: dev}]\ncontroller: nope\nobjectives: []\n",
+    )
+    .unwrap();
+    let (code, err) = up_once(&with("specs", serde_json::json!([broken])), dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("svc.yaml:8:"), "{err}");
+    // the proxy's port taken by someone else
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = up_once(&with("listen", serde_json::json!(addr)), dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&addr) && err.contains("proxy"), "{err}");
+    // a data directory that cannot be made (its parent is a file)
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, err) = up_once(&with("dataDir", serde_json::json!(file.join("data"))), dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("data directory") && err.contains("a-file"), "{err}");
+    // nothing was started: no store in the real data directory
+    assert!(!config.data_dir.join("autopilot.db").exists());
+}
