@@ -589,7 +589,10 @@ fn up_once(config_text: &str, dir: &Path) -> (Option<i32>, String) {
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -608,7 +611,10 @@ fn up_refuses_to_start_on_bad_specs_a_bad_config_a_busy_port_or_an_unwritable_da
         dir.path(),
     );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("autopilot.yaml:3:") && err.contains("autopilot.yaml:4:"), "{err}");
+    assert!(
+        err.contains("autopilot.yaml:3:") && err.contains("autopilot.yaml:4:"),
+        "{err}"
+    );
     // a broken objectives file: every problem with file:line:column
     let broken = dir.path().join("broken");
     std::fs::create_dir_all(&broken).unwrap();

@@ -469,10 +469,15 @@ fn step_rollout(
                 out.wake(now.plus(ctx.interval()));
                 return;
             };
-            let ready = instances
-                .get(&(ctx.env.name.clone(), release.clone()))
-                .copied()
-                .unwrap_or_default();
+            let Some(ready) = instances.get(&(ctx.env.name.clone(), release.clone())).copied() else {
+                // the runtime runs no instance of it: the deploy did not take; ask again
+                out.actions.push(Action::Deploy {
+                    environment: ctx.name(),
+                    release: release.clone(),
+                });
+                out.wake(now.plus(ctx.interval()));
+                return;
+            };
             if ready.failed {
                 let reason = "instances cannot start".to_owned();
                 start_rollback(ctx, out, env, r, reason.clone(), Cause::DeployFailed { reason });
@@ -704,6 +709,10 @@ fn step_canary(
     let now = ctx.now;
     let ctl = ctx.ctl();
     let release = r.release.clone();
+    // level-triggered: a weight change that did not take (the router failed) is asked again
+    if routed_share(ctx, &release).is_some_and(|share| share != weight.0) {
+        set_weight(ctx, out, env, &release, weight);
+    }
     let verdicts = judge_all(ctx, r, out);
     out.wake(now.plus(ctx.interval()));
 

@@ -213,6 +213,19 @@ pub fn check_invariants(tick: &driver::Tick) -> Result<(), String> {
             }
         }
     }
+    for a in &p.actions {
+        if let Action::Retire { environment, release } = a {
+            let share = observed
+                .routes
+                .as_ref()
+                .map(|r| r.get(environment).map_or(0, |w| w.share_of(release)));
+            if share != Some(0) {
+                return Err(format!(
+                    "{release} retired in {environment} while the router gives it {share:?}% of traffic"
+                ));
+            }
+        }
+    }
     for t in &p.transitions {
         if t.to == "promoting" && !matches!(t.cause, Cause::Operator { .. } | Cause::FirstRelease) {
             let mine = p
@@ -338,16 +351,28 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
             next_operator += 1;
         }
         world.now = t;
-        let tick = executor
-            .block_on(driver::tick(&spec, &mut world, t))
-            .map_err(|e| SimError::Invariant {
-                at: t,
-                what: e.to_string(),
-            })?;
+        let tick = match executor.block_on(driver::tick(&spec, &mut world, t)) {
+            Ok(tick) => tick,
+            Err(e) => {
+                // a port failed the whole tick (the store is down): nothing was recorded, and
+                // the next look plans again from the same state
+                let note = format!("tick failed: {e}");
+                if result.notes.last().map(|(_, n)| n) != Some(&note) {
+                    result.notes.push((t, note));
+                }
+                let next = t.plus(scenario.tick.0).min(end);
+                world.advance(next);
+                t = next;
+                continue;
+            }
+        };
         check_invariants(&tick).map_err(|what| SimError::Invariant { at: t, what })?;
         result.ticks += 1;
         result.transitions.extend(tick.plan.transitions.iter().cloned());
-        let notes: std::collections::BTreeSet<String> = tick.plan.notes.iter().cloned().collect();
+        // failed actions are noted like the plan's notes: once, when they start
+        let failed = tick.failures.iter().map(|(a, e)| format!("{a:?} failed: {e}"));
+        let notes: std::collections::BTreeSet<String> =
+            tick.plan.notes.iter().cloned().chain(failed).collect();
         for n in notes.difference(&last_notes) {
             result.notes.push((t, n.clone()));
         }

@@ -13,7 +13,7 @@ use crate::control::ports::{
 };
 use crate::control::rollout::*;
 use crate::control::time::Time;
-use crate::spec::simulations::{Arm, IncidentKind, Latency, Scenario};
+use crate::spec::simulations::{Arm, IncidentKind, Latency, PortName, Scenario};
 use crate::spec::units::Weight;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -497,6 +497,18 @@ impl World {
         out
     }
 
+    /// Fails if the scenario has `port` down now.
+    fn up(&self, port: PortName) -> Result<(), PortError> {
+        let down = self
+            .active(self.now)
+            .any(|(_, what, _, _)| matches!(what, IncidentKind::PortDown { port: p } if *p == port));
+        if down {
+            Err(PortError::retry(port.as_str(), "unavailable (simulated outage)"))
+        } else {
+            Ok(())
+        }
+    }
+
     fn sensor_blind(&self, arm: Arm) -> bool {
         self.active(self.now).any(|(_, what, _, _)| match what {
             IncidentKind::Gap { arm: a } => *a == Arm::Both || *a == arm,
@@ -527,6 +539,7 @@ fn since_baseline(base: &mut Reading, raw: Reading, (canary_blind, stable_blind)
 
 impl Store for World {
     async fn load(&mut self, _service: &str) -> Result<Loaded, PortError> {
+        self.up(PortName::Store)?;
         Ok(Loaded {
             state: self.state.clone(),
             overrides: self.overrides.clone(),
@@ -541,6 +554,7 @@ impl Store for World {
         plan: &Plan,
         _failures: &[(Action, PortError)],
     ) -> Result<(), PortError> {
+        self.up(PortName::Store)?;
         if version != self.version {
             return Err(PortError::fatal(
                 "store",
@@ -559,6 +573,7 @@ impl Store for World {
         environment: &str,
         which: OneShot,
     ) -> Result<(), PortError> {
+        self.up(PortName::Store)?;
         let o = self
             .overrides
             .environments
@@ -588,6 +603,7 @@ impl Sensors for World {
 
 impl Builder for World {
     async fn events(&mut self, _service: &str) -> Result<SourceEvents, PortError> {
+        self.up(PortName::Builder)?;
         let now = self.now;
         let pushes = self
             .pushes
@@ -609,6 +625,7 @@ impl Builder for World {
     }
 
     async fn ack(&mut self, _service: &str, cursor: &str) -> Result<(), PortError> {
+        self.up(PortName::Builder)?;
         let upto = Time::from_millis(
             cursor
                 .parse()
@@ -620,6 +637,7 @@ impl Builder for World {
     }
 
     async fn start_build(&mut self, _service: &str, commit: &str) -> Result<(), PortError> {
+        self.up(PortName::Builder)?;
         let time = self
             .behaviours
             .get(commit)
@@ -631,6 +649,7 @@ impl Builder for World {
 
 impl Runtime for World {
     async fn instances(&mut self, _service: &str) -> Result<Instances, PortError> {
+        self.up(PortName::Runtime)?;
         Ok(self
             .deployed
             .iter()
@@ -655,6 +674,7 @@ impl Runtime for World {
         environment: &str,
         release: &Release,
     ) -> Result<(), PortError> {
+        self.up(PortName::Runtime)?;
         self.deployed
             .entry((environment.to_owned(), release.id.clone()))
             .or_insert(self.now);
@@ -662,6 +682,7 @@ impl Runtime for World {
     }
 
     async fn retire(&mut self, _service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+        self.up(PortName::Runtime)?;
         self.deployed
             .remove(&(environment.to_owned(), release.to_owned()));
         Ok(())
@@ -670,6 +691,7 @@ impl Runtime for World {
 
 impl Router for World {
     async fn routes(&mut self, _service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
+        self.up(PortName::Router)?;
         Ok(self
             .routes
             .iter()
@@ -694,6 +716,7 @@ impl Router for World {
         canary: &str,
         canary_weight: Weight,
     ) -> Result<(), PortError> {
+        self.up(PortName::Router)?;
         self.routes.insert(
             environment.to_owned(),
             (stable.map(str::to_owned), canary.to_owned(), canary_weight),

@@ -214,6 +214,31 @@ pub enum IncidentKind {
     CounterReset { arm: Arm },
     /// Prometheus answers nothing for any arm (same as a gap of both, reported as an outage).
     PrometheusOutage,
+    /// One of autopilot's ports fails every call (the store, the builder, the runtime or the
+    /// router): what the controller does when a part of the world cannot be asked or changed.
+    PortDown { port: PortName },
+}
+
+/// One of the driver's ports, for fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PortName {
+    Store,
+    Builder,
+    Runtime,
+    Router,
+}
+
+impl PortName {
+    /// The port's name, as in errors.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PortName::Store => "store",
+            PortName::Builder => "builder",
+            PortName::Runtime => "runtime",
+            PortName::Router => "router",
+        }
+    }
 }
 
 /// Which side of the split.

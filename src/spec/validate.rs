@@ -375,7 +375,10 @@ fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::
                     );
                 }
             }
-            IncidentKind::Burst { .. } | IncidentKind::Gap { .. } | IncidentKind::PrometheusOutage => {
+            IncidentKind::Burst { .. }
+            | IncidentKind::Gap { .. }
+            | IncidentKind::PrometheusOutage
+            | IncidentKind::PortDown { .. } => {
                 if inc.lasts.is_none() {
                     c.error(
                         file,
