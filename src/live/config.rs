@@ -106,8 +106,11 @@ impl AutopilotConfig {
     /// Reads and validates a configuration file; every problem with file:line:column.
     pub fn load(path: &Path) -> Result<AutopilotConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.display().to_string();
+        // what `autopilot validate` checks (the kind, cross-field rules), then the typed parse
+        crate::spec::load_texts(&[(&name, &text)]).map_err(|r| r.render_text())?;
         let mut config: AutopilotConfig =
-            crate::spec::parse_document(&path.display().to_string(), &text).map_err(|r| r.render_text())?;
+            crate::spec::parse_document(&name, &text).map_err(|r| r.render_text())?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.rebase(base);
         Ok(config)
@@ -149,6 +152,17 @@ mod tests {
         assert!(err.contains("autopilot.yaml:3:"), "{err}");
         assert!(err.contains("autopilot.yaml:5:"), "{err}");
         assert!(err.contains("domain"), "a did-you-mean for `domian`: {err}");
+        // listeners sharing an address
+        std::fs::write(
+            &path,
+            "apiVersion: autopilot/v1\nkind: Autopilot\nlisten: 127.0.0.1:8080\nadmin: 127.0.0.1:8080\n",
+        )
+        .unwrap();
+        let err = AutopilotConfig::load(&path).unwrap_err();
+        assert!(
+            err.contains("autopilot.yaml:4:") && err.contains("already `listen`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub(crate) enum Parsed {
     Simulation(Scenario),
     /// A proxy routes file (checked on its own: it names no other file's things).
     Routes(Box<crate::proxy::routes::RoutesFile>),
+    /// `autopilot.yaml` (checked on its own, like a routes file).
+    Autopilot(Box<crate::live::config::AutopilotConfig>),
 }
 
 /// One file read and parsed, with its document for locating later problems.
@@ -387,7 +389,14 @@ fn text_from_bytes(bytes: Vec<u8>) -> Result<String, (String, Option<String>)> {
     Ok(text)
 }
 
-const KINDS: [&str; 5] = ["Service", "Sensors", "Controller", "Simulation", "Routes"];
+const KINDS: [&str; 6] = [
+    "Service",
+    "Sensors",
+    "Controller",
+    "Simulation",
+    "Routes",
+    "Autopilot",
+];
 
 /// Parses one file and deserializes it according to its `kind`, recording every problem.
 fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile {
@@ -438,12 +447,18 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
         Some((_, "Controller")) => doc.deserialize().map(Parsed::Controller),
         Some((_, "Simulation")) => doc.deserialize().map(Parsed::Simulation),
         Some((_, "Routes")) => doc.deserialize().map(|r| Parsed::Routes(Box::new(r))),
+        Some((_, "Autopilot")) => doc.deserialize().map(|r| Parsed::Autopilot(Box::new(r))),
         Some((pos, other)) => {
             let hint = match yaml::closest(other, KINDS) {
                 Some(c) => {
-                    format!("did you mean `{c}`? (valid: Service, Sensors, Controller, Simulation, Routes)")
+                    format!(
+                        "did you mean `{c}`? (valid: Service, Sensors, Controller, Simulation, Routes, Autopilot)"
+                    )
                 }
-                None => "valid kinds: Service (objectives), Sensors, Controller, Simulation, Routes".into(),
+                None => {
+                    "valid kinds: Service (objectives), Sensors, Controller, Simulation, Routes, Autopilot"
+                        .into()
+                }
             };
             diags.push(at(pos, "kind", format!("unknown kind `{other}`"), Some(hint)));
             None

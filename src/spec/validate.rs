@@ -147,6 +147,27 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                     c.error(file, &path, message, None);
                 }
             }
+            Some(Parsed::Autopilot(config)) => {
+                // two listeners on one address: the second could never start
+                let mut seen: Vec<(&str, std::net::SocketAddr)> = Vec::new();
+                let listeners = [
+                    ("listen", Some(config.listen)),
+                    ("tlsListen", config.tls_listen),
+                    ("admin", Some(config.admin)),
+                ];
+                for (field, addr) in listeners {
+                    let Some(addr) = addr else { continue };
+                    if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                        c.error(
+                            file,
+                            &p![field],
+                            format!("`{addr}` is already `{other}`'s address"),
+                            Some("each listener needs an address of its own".into()),
+                        );
+                    }
+                    seen.push((field, addr));
+                }
+            }
             Some(Parsed::Service(svc)) => {
                 if let Some(first) = first_seen.insert(("service", svc.name.clone()), file.name.clone()) {
                     c.error(
