@@ -13,7 +13,7 @@
 use super::Up;
 use super::config::AutopilotConfig;
 use crate::control::driver::Tick;
-use crate::control::rollout::{Cause, ServiceState};
+use crate::control::rollout::ServiceState;
 use crate::proxy::auth::{AuthSettings, SignatureAlgorithm};
 use crate::spec::units::Duration as Dur;
 use std::collections::BTreeMap;
@@ -403,28 +403,6 @@ fn release_of(state: &ServiceState, commit: &str) -> Option<String> {
         .map(|r| r.id.clone())
 }
 
-/// Describes a transition's cause in a few words.
-pub fn cause_text(c: &Cause) -> String {
-    match c {
-        Cause::Candidate => "a new candidate".into(),
-        Cause::GatesOpen => "every gate is open".into(),
-        Cause::Ready => "its instances are ready".into(),
-        Cause::FirstRelease => "the first release here: nothing to compare with".into(),
-        Cause::DeployFailed { reason } => format!("deploy failed: {reason}"),
-        Cause::Regressed {
-            objective,
-            explanation,
-        } => format!("{objective} regressed: {explanation}"),
-        Cause::Evidence { explanation } => explanation.clone(),
-        Cause::MissingData { objective, since } => format!("no data for {objective} since {since}"),
-        Cause::Deadline => "the progress deadline passed".into(),
-        Cause::BlastRadius { excess, budget } => format!("blast radius {excess:.0} ≥ budget {budget}"),
-        Cause::Operator { action, actor } => format!("{action} by {}: {}", actor.who, actor.reason),
-        Cause::NewerRelease { release } => format!("superseded by {release}"),
-        Cause::Completed => "traffic moved".into(),
-    }
-}
-
 /// Runs the demo. Prints as it goes; returns what it saw.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let began = Instant::now();
@@ -555,7 +533,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                     t.release,
                     paint.c(colour, &format!("{:<12}", t.to)),
                     t.weight.0,
-                    cause_text(&t.cause)
+                    crate::sim::report::short_cause(&t.cause)
                 );
                 match &bar {
                     Some(b) => b.println(line),
@@ -649,7 +627,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         .iter()
         .find(|t| t.transition.to == "rolling-back" && Some(&t.transition.release) == summary.releases.get(2))
     {
-        println!("  rolled back because {}", cause_text(&t.transition.cause));
+        println!(
+            "  rolled back because {}",
+            crate::sim::report::short_cause(&t.transition.cause)
+        );
     }
     if let Some(t) = summary.bad_push_to_rollback {
         println!("  from the bad push to its rollback: {t:.1} s (build, deploy, canary, judgement)");

@@ -12,7 +12,8 @@ fn rel(t: Time, start: Time) -> String {
     format!("+{}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
-fn short_cause(c: &crate::control::rollout::Cause) -> String {
+/// A transition's cause in a few words (the timelines of `simulate`, `demo` and `up`).
+pub fn short_cause(c: &crate::control::rollout::Cause) -> String {
     use crate::control::rollout::Cause;
     match c {
         Cause::Candidate => "new candidate".into(),
