@@ -330,6 +330,15 @@ pub async fn traffic(
         builder = builder.resolve(&format!("{SERVICE}.{env}.{}", config.domain), tls);
     }
     let client = builder.build().map_err(|e| e.to_string())?;
+    // the HTTPS listener answers (any status) before the load starts
+    let probe = format!("https://{SERVICE}.dev.{}:{}/", config.domain, tls.port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(&probe).send().await.is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("the proxy's HTTPS listener {tls} does not answer"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut tasks = Vec::new();
     for env in ENVIRONMENTS {
         let url = format!("https://{SERVICE}.{env}.{}:{}/", config.domain, tls.port());
@@ -533,7 +542,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                     t.release,
                     paint.c(colour, &format!("{:<12}", t.to)),
                     t.weight.0,
-                    crate::sim::report::short_cause(&t.cause)
+                    // one line per transition (the store keeps the whole explanation)
+                    crate::sim::report::clip(&crate::sim::report::short_cause(&t.cause), 110)
                 );
                 match &bar {
                     Some(b) => b.println(line),
@@ -549,7 +559,14 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                             .evidence
                             .iter()
                             .filter(|e| &e.environment == env)
-                            .map(|e| format!("{}={:?}", e.objective, e.judgement.verdict))
+                            .map(|e| {
+                                let v = match e.judgement.verdict {
+                                    crate::control::judge::Verdict::Regressed => "regressed",
+                                    crate::control::judge::Verdict::Safe => "safe",
+                                    crate::control::judge::Verdict::NotYet(_) => "not yet",
+                                };
+                                format!("{} {v}", e.objective)
+                            })
                             .collect();
                         let w = r.phase.weight().0 as usize;
                         parts.push(format!(

@@ -385,8 +385,9 @@ impl Up {
             },
             routes,
         )?;
-        // Pingora binds on its own thread: serve nothing before its listeners accept
-        for addr in std::iter::once(config.listen).chain(config.tls_listen) {
+        // Pingora binds on its own thread: serve nothing before its listeners accept (the
+        // HTTPS one is bound with it; a bare connection to it would log a failed handshake)
+        for addr in [config.listen] {
             let deadline = std::time::Instant::now() + PROXY_START;
             while tokio::net::TcpStream::connect(addr).await.is_err() {
                 if std::time::Instant::now() > deadline {
