@@ -335,13 +335,18 @@ fn init_logs(format: LogFormat, default: &str) {
     };
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// The async runtime of `up` and `demo` (with the TLS provider every client needs); a failure
+/// is printed and becomes the exit code.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 /// Resolves when Ctrl-C or SIGTERM arrives.
@@ -378,10 +383,7 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     };
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let token = std::env::var(&config.admin_token_variable).unwrap_or_else(|_| {
         let t = random_token();
@@ -444,10 +446,7 @@ fn run_demo(
     };
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let opts = demo::DemoOptions {
         dir,

@@ -313,6 +313,15 @@ impl World {
         done(self)
     }
 
+    /// The transition that started the first rollback.
+    fn first_rollback(&self) -> Transition {
+        self.transitions()
+            .into_iter()
+            .find(|t| t.to == "rolling-back")
+            .expect("a rollback")
+            .clone()
+    }
+
     fn transitions(&self) -> Vec<&Transition> {
         self.plans.iter().flat_map(|p| &p.transitions).collect()
     }
@@ -437,12 +446,7 @@ fn an_error_regression_is_rolled_back_and_the_environment_pinned_until_a_newer_r
         w.phase("dev"),
         Some(Phase::RolledBack { .. })
     )));
-    let t = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.to == "rolling-back")
-        .unwrap()
-        .clone();
+    let t = w.first_rollback();
     assert!(
         matches!(&t.cause, Cause::Regressed { objective, .. } if objective == "errors"),
         "{t:?}"
@@ -467,12 +471,7 @@ fn a_crash_at_deploy_is_rolled_back_without_traffic() {
         w.phase("dev"),
         Some(Phase::RolledBack { .. })
     )));
-    let t = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.to == "rolling-back")
-        .unwrap()
-        .clone();
+    let t = w.first_rollback();
     assert!(matches!(t.cause, Cause::DeployFailed { .. }));
     assert!(!w.transitions().iter().any(|t| t.to == "canary"));
 }
@@ -503,12 +502,7 @@ fn an_unknown_runtime_holds_a_deploy_instead_of_failing_it() {
         w.phase("dev"),
         Some(Phase::RolledBack { .. })
     )));
-    let t = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.to == "rolling-back")
-        .unwrap()
-        .clone();
+    let t = w.first_rollback();
     assert!(matches!(t.cause, Cause::DeployFailed { .. }), "{t:?}");
 }
 
@@ -570,12 +564,7 @@ fn missing_data_holds_the_weight_then_rolls_back_after_the_hold() {
         "{:?}",
         w.phase("dev")
     );
-    let t = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.to == "rolling-back")
-        .unwrap()
-        .clone();
+    let t = w.first_rollback();
     assert!(matches!(t.cause, Cause::MissingData { .. }), "{t:?}");
 }
 
@@ -818,12 +807,7 @@ fn an_undecidable_canary_is_rolled_back_at_the_progress_deadline() {
         w.phase("dev"),
         Some(Phase::RolledBack { .. })
     )));
-    let t = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.to == "rolling-back")
-        .unwrap()
-        .clone();
+    let t = w.first_rollback();
     assert!(matches!(t.cause, Cause::Deadline), "{t:?}");
     let Some(Phase::RolledBack { at, .. }) = w.phase("dev") else {
         unreachable!()
