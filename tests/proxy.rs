@@ -35,6 +35,7 @@ fn route(
         auth: autopilot::spec::objectives::Auth::None,
         allow: None,
         timeout: None,
+        readiness: None,
     }
 }
 

@@ -48,6 +48,8 @@ const PROXY_START: Duration = Duration::from_secs(10);
 pub struct ProxyRouter {
     shared: Arc<Shared>,
     runtime: LocalRuntime,
+    /// Each service's readiness path (`run.readiness`), probed by the proxy too.
+    readiness: Arc<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for ProxyRouter {
@@ -57,8 +59,17 @@ impl std::fmt::Debug for ProxyRouter {
 }
 
 impl ProxyRouter {
-    pub fn new(shared: Arc<Shared>, runtime: LocalRuntime) -> Self {
-        ProxyRouter { shared, runtime }
+    pub fn new(shared: Arc<Shared>, runtime: LocalRuntime, catalog: &Catalog) -> Self {
+        let readiness = catalog
+            .services
+            .iter()
+            .map(|(name, s)| (name.clone(), s.run.readiness.clone()))
+            .collect();
+        ProxyRouter {
+            shared,
+            runtime,
+            readiness: Arc::new(readiness),
+        }
     }
 }
 
@@ -115,6 +126,7 @@ impl Router for ProxyRouter {
             auth: Default::default(),
             allow: None,
             timeout: None,
+            readiness: self.readiness.get(service).cloned(),
         };
         self.shared
             .set_route(route)
@@ -362,9 +374,6 @@ impl Up {
         let catalog = Arc::new(catalog);
         let mut routes = RoutesFile::new(&config.domain, Vec::new());
         routes.auth = config.auth.clone();
-        let probe_path = services
-            .first()
-            .map_or("/healthz".to_owned(), |s| s.run.readiness.clone());
         let proxy = crate::proxy::server::start(
             ProxyConfig {
                 listen: config.listen,
@@ -372,7 +381,8 @@ impl Up {
                 admin_token,
                 routes_file: None,
                 probe_interval: Duration::from_millis(250),
-                probe_path,
+                // each route names its service's own readiness path
+                probe_path: "/healthz".into(),
                 threads: 2,
                 work_stealing: true,
                 access: Some(catalog.clone()),
@@ -404,7 +414,7 @@ impl Up {
             sensors: ProxySensors::new(shared.clone(), &catalog),
             builder,
             runtime: runtime.clone(),
-            router: ProxyRouter::new(shared, runtime),
+            router: ProxyRouter::new(shared, runtime, &catalog),
         };
         let mut up = Up {
             config,

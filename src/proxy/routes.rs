@@ -196,6 +196,10 @@ pub struct RouteSpec {
     /// requests forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<crate::spec::units::Duration>,
+    /// The path probed on this route's upstreams (2xx: ready); default: the proxy's
+    /// `--probe-path`. Services whose readiness paths differ need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<String>,
 }
 
 /// The cookie that, like the `x-canary` header (which wins), sends a caller to the canary
@@ -310,6 +314,8 @@ pub struct Route {
     pub releases: BTreeMap<String, Arc<ReleaseRoute>>,
     pub auth: crate::spec::objectives::Auth,
     pub allow: super::auth::AccessRule,
+    /// The readiness path of this route's upstreams, if not the proxy's default.
+    pub readiness: Option<String>,
     /// Identifies the rollout for sticky bucketing: a new canary reshuffles, a weight change
     /// does not.
     rollout_id: String,
@@ -446,6 +452,7 @@ impl RouteTable {
                     releases,
                     auth: spec.auth,
                     allow: spec.allow.clone().unwrap_or_default(),
+                    readiness: spec.readiness.clone(),
                 },
             );
         }
@@ -455,6 +462,27 @@ impl RouteTable {
             routes,
             authenticator: None,
         }
+    }
+
+    /// Every upstream in the snapshot with the path that tells it is ready (its route's, else
+    /// `default`), for the health prober.
+    pub fn probe_targets(&self, default: &str) -> Vec<(Arc<Upstream>, String)> {
+        let mut v: Vec<(Arc<Upstream>, String)> = self
+            .routes
+            .values()
+            .flat_map(|r| {
+                let path = r.readiness.clone().unwrap_or_else(|| default.to_owned());
+                r.releases.values().flat_map(move |rel| {
+                    rel.upstreams
+                        .iter()
+                        .map(|u| (u.clone(), path.clone()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        v.sort_by_key(|(u, _)| u.addr);
+        v.dedup_by_key(|(u, _)| u.addr);
+        v
     }
 
     /// Every upstream in the snapshot (for the health prober).
@@ -548,6 +576,45 @@ impl RouteTable {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_route_is_probed_on_its_own_readiness_path() {
+        let mut a = RouteSpec {
+            service: "a".into(),
+            environment: "dev".into(),
+            stable: Some("v1".into()),
+            canary: None,
+            weight: Weight(0),
+            sticky: None,
+            releases: [("v1".to_owned(), vec!["127.0.0.1:9001".parse().unwrap()])].into(),
+            auth: crate::spec::objectives::Auth::None,
+            allow: None,
+            timeout: None,
+            readiness: Some("/ready".into()),
+        };
+        let mut b = a.clone();
+        b.service = "b".into();
+        b.readiness = None;
+        b.releases = [("v1".to_owned(), vec!["127.0.0.1:9002".parse().unwrap()])].into();
+        a.releases
+            .get_mut("v1")
+            .unwrap()
+            .push("127.0.0.1:9003".parse().unwrap());
+        let table = RouteTable::build(&RoutesFile::new("x.test", vec![a, b]), None, &Default::default());
+        let targets: Vec<(u16, String)> = table
+            .probe_targets("/healthz")
+            .into_iter()
+            .map(|(u, p)| (u.addr.port(), p))
+            .collect();
+        assert_eq!(
+            targets,
+            vec![
+                (9001, "/ready".into()),
+                (9002, "/healthz".into()),
+                (9003, "/ready".into())
+            ]
+        );
+    }
     use super::*;
 
     fn table(weight: u8, sticky: Option<Sticky>) -> RouteTable {
@@ -567,6 +634,7 @@ mod tests {
                 auth: crate::spec::objectives::Auth::None,
                 allow: None,
                 timeout: None,
+                readiness: None,
             }],
         );
         let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
@@ -627,6 +695,7 @@ mod tests {
                 auth: crate::spec::objectives::Auth::Required,
                 allow: None,
                 timeout: None,
+                readiness: None,
             });
         }
         let warnings = apply_access(&mut file, &catalog);
@@ -681,6 +750,7 @@ mod tests {
             auth: crate::spec::objectives::Auth::None,
             allow: None,
             timeout: None,
+            readiness: None,
         }
     }
 

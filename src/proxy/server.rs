@@ -752,11 +752,12 @@ async fn probe_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let upstreams = shared.table.load().upstreams();
+        let targets = shared.table.load().probe_targets(&path);
+        let upstreams: Vec<_> = targets.iter().map(|(u, _)| u.clone()).collect();
         // probed together, so one dead upstream does not delay the others
         let mut probes = tokio::task::JoinSet::new();
-        for (i, u) in upstreams.iter().enumerate() {
-            let (addr, path) = (u.addr, path.clone());
+        for (i, (u, path)) in targets.into_iter().enumerate() {
+            let addr = u.addr;
             probes.spawn(async move { (i, probe(addr, &path).await) });
         }
         while let Some(Ok((i, ok))) = probes.join_next().await {

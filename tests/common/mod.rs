@@ -122,6 +122,7 @@ pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) 
         auth,
         allow: None,
         timeout: None,
+        readiness: None,
     }
 }
 
