@@ -18,6 +18,7 @@ use super::ports::World;
 use super::rollout::*;
 use super::time::Time;
 use std::collections::BTreeMap;
+use tracing::Instrument;
 
 /// What one tick did for one service.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,39 +48,49 @@ pub async fn tick_all<W: World>(
     let mut readings = world.read(&wanted, now).await;
     for (spec, l) in loaded {
         let service = spec.service.as_str();
-        let readiness = world.instances(service).await.ok();
-        let routes = world.routes(service).await.ok();
-        let events = world.events(service).await.unwrap_or_default();
-        let observed = Observed {
-            state: l.state,
-            readiness,
-            routes,
-            readings: readings.remove(service).unwrap_or_default(),
-            pushes: events.pushes,
-            finished_builds: events.finished,
-        };
-        // plan
-        let plan = plan(spec, &observed, &l.overrides, now);
-        // actuate
-        let failures = execute(service, &plan, world).await;
-        // record, then acknowledge what was used
-        let result = match world.record(service, l.version, &plan, &failures).await {
-            Ok(()) => {
-                if !events.cursor.is_empty() {
-                    // a failed ack only means the events come again (builds are idempotent)
-                    let _ = world.ack(service, &events.cursor).await;
-                }
-                Ok(Tick {
-                    observed,
-                    plan,
-                    failures,
-                })
-            }
-            Err(e) => Err(e),
-        };
+        let readings = readings.remove(service).unwrap_or_default();
+        let span = tracing::info_span!("service", service = %service);
+        let result = one_service(spec, l, readings, world, now).instrument(span).await;
         out.push((service.to_owned(), result));
     }
     out
+}
+
+/// Observes, plans, actuates and records one service whose state and readings are in hand.
+async fn one_service<W: World>(
+    spec: &PlanSpec,
+    l: super::ports::Loaded,
+    readings: super::ports::Readings,
+    world: &mut W,
+    now: Time,
+) -> Result<Tick, PortError> {
+    let service = spec.service.as_str();
+    let readiness = world.instances(service).await.ok();
+    let routes = world.routes(service).await.ok();
+    let events = world.events(service).await.unwrap_or_default();
+    let observed = Observed {
+        state: l.state,
+        readiness,
+        routes,
+        readings,
+        pushes: events.pushes,
+        finished_builds: events.finished,
+    };
+    // plan
+    let plan = plan(spec, &observed, &l.overrides, now);
+    // actuate
+    let failures = execute(service, &plan, world).await;
+    // record, then acknowledge what was used
+    world.record(service, l.version, &plan, &failures).await?;
+    if !events.cursor.is_empty() {
+        // a failed ack only means the events come again (builds are idempotent)
+        let _ = world.ack(service, &events.cursor).await;
+    }
+    Ok(Tick {
+        observed,
+        plan,
+        failures,
+    })
 }
 
 /// Runs one tick for one service.

@@ -489,10 +489,10 @@ impl Up {
         loop {
             let now = wall_clock();
             let span = tracing::info_span!("tick", at = %now);
-            let _guard = span.enter();
             let started = std::time::Instant::now();
-            let results = driver::tick_all(&self.specs, &mut self.ports, now).await;
-            drop(_guard);
+            let results =
+                tracing::Instrument::instrument(driver::tick_all(&self.specs, &mut self.ports, now), span)
+                    .await;
             let mut next = now.plus(interval);
             for (service, result) in &results {
                 match result {
