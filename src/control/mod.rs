@@ -8,6 +8,7 @@ pub mod builds;
 pub mod driver;
 pub mod gates;
 pub mod judge;
+pub mod overrides;
 pub mod plan;
 pub mod ports;
 pub mod rollout;

@@ -19,7 +19,7 @@ use crate::control::ports::{Builder, PortError, SourceEvents};
 use crate::control::rollout::{BuildOutcome, Release};
 use crate::control::time::Time;
 use crate::spec::objectives::{Artifact, ServiceSpec};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,7 +59,7 @@ struct Recipe {
 #[derive(Debug, Clone)]
 pub struct LocalBuilder {
     recipes: Arc<BTreeMap<String, Recipe>>,
-    pool: SqlitePool,
+    pool: AnyPool,
     layout: oci::Layout,
     work: PathBuf,
 }
@@ -95,7 +95,7 @@ impl LocalBuilder {
         services: &[ServiceSpec],
         base: &Path,
         data: &Path,
-        pool: SqlitePool,
+        pool: AnyPool,
     ) -> Result<Self, String> {
         let mut recipes = BTreeMap::new();
         for s in services {
@@ -156,7 +156,7 @@ impl LocalBuilder {
     }
 
     async fn cursor(&self, service: &str, source: &str) -> Result<Option<String>, PortError> {
-        let row = sqlx::query("SELECT cursor FROM cursors WHERE service = ?1 AND source = ?2")
+        let row = sqlx::query("SELECT cursor FROM cursors WHERE service = $1 AND source = $2")
             .bind(service)
             .bind(source)
             .fetch_optional(&self.pool)
@@ -176,8 +176,8 @@ impl LocalBuilder {
             };
             tracing::info!(%service, %commit, status, ?digest, ?error, "build finished");
             let _ = sqlx::query(
-                "UPDATE builds SET status = ?3, finished_at = ?4, digest = ?5, release = ?6, output = ?7, error = ?8 \
-                 WHERE service = ?1 AND commit_sha = ?2",
+                "UPDATE builds SET status = $3, finished_at = $4, digest = $5, release = $6, output = $7, error = $8 \
+                 WHERE service = $1 AND commit_sha = $2",
             )
             .bind(&service)
             .bind(&commit)
@@ -362,8 +362,8 @@ impl Builder for LocalBuilder {
         // passes a build that has not ended)
         let rows = sqlx::query(
             "SELECT seq, commit_sha, status, digest, error FROM builds \
-             WHERE service = ?1 AND seq > ?2 AND status != 'running' AND seq < COALESCE( \
-               (SELECT MIN(seq) FROM builds WHERE service = ?1 AND status = 'running' AND seq > ?2), \
+             WHERE service = $1 AND seq > $2 AND status != 'running' AND seq < COALESCE( \
+               (SELECT MIN(seq) FROM builds WHERE service = $1 AND status = 'running' AND seq > $2), \
                9223372036854775807) \
              ORDER BY seq",
         )
@@ -407,7 +407,7 @@ impl Builder for LocalBuilder {
             .ok_or_else(|| PortError::fatal("builder", format!("bad cursor `{cursor}`")))?;
         for (source, value) in [("git", tip), ("builds", builds)] {
             sqlx::query(
-                "INSERT INTO cursors (service, source, cursor) VALUES (?1, ?2, ?3) \
+                "INSERT INTO cursors (service, source, cursor) VALUES ($1, $2, $3) \
                  ON CONFLICT(service, source) DO UPDATE SET cursor = excluded.cursor",
             )
             .bind(service)
@@ -423,7 +423,7 @@ impl Builder for LocalBuilder {
     async fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError> {
         self.recipe(service)?;
         let inserted = sqlx::query(
-            "INSERT INTO builds (service, commit_sha, status, started_at) VALUES (?1, ?2, 'running', ?3) \
+            "INSERT INTO builds (service, commit_sha, status, started_at) VALUES ($1, $2, 'running', $3) \
              ON CONFLICT(service, commit_sha) DO NOTHING",
         )
         .bind(service)

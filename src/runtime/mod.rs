@@ -21,7 +21,7 @@ use crate::release::{oci::Layout, wall_clock};
 use crate::spec::objectives::{Run, ServiceSpec};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,7 @@ pub struct LocalRuntime {
     runs: Arc<BTreeMap<String, Run>>,
     layout: Layout,
     dir: PathBuf,
-    pool: SqlitePool,
+    pool: AnyPool,
     grace: Duration,
     deployments: Arc<Mutex<BTreeMap<Key, Deployment>>>,
     probe: reqwest::Client,
@@ -118,7 +118,7 @@ impl LocalRuntime {
         services: &[ServiceSpec],
         layout: Layout,
         data: &Path,
-        pool: SqlitePool,
+        pool: AnyPool,
     ) -> Result<Self, String> {
         let rows = sqlx::query("SELECT pid, token FROM processes")
             .fetch_all(&pool)
@@ -242,7 +242,7 @@ struct Supervised {
     run: Run,
     dir: PathBuf,
     log: PathBuf,
-    pool: SqlitePool,
+    pool: AnyPool,
     key: Key,
     grace: Duration,
     probe: reqwest::Client,
@@ -269,8 +269,10 @@ impl Supervised {
         let pid = child.id().unwrap_or(0);
         self.instance.pid.store(pid, Ordering::SeqCst);
         let _ = sqlx::query(
-            "INSERT OR REPLACE INTO processes (pid, service, environment, release, started_at, token) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO processes (pid, service, environment, release, started_at, token) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(pid) DO UPDATE SET service = excluded.service, \
+             environment = excluded.environment, release = excluded.release, \
+             started_at = excluded.started_at, token = excluded.token",
         )
         .bind(i64::from(pid))
         .bind(&self.key.0)
@@ -284,7 +286,7 @@ impl Supervised {
     }
 
     async fn forget(&self, pid: u32) {
-        let _ = sqlx::query("DELETE FROM processes WHERE pid = ?1")
+        let _ = sqlx::query("DELETE FROM processes WHERE pid = $1")
             .bind(i64::from(pid))
             .execute(&self.pool)
             .await;

@@ -1,5 +1,7 @@
-//! The store: what the loop needs to survive a restart, in SQL (sqlx; SQLite in WAL mode under
-//! the data directory by default).
+//! The store: what the loop needs to survive a restart, in SQL (sqlx): SQLite in WAL mode under
+//! the data directory by default, or PostgreSQL, chosen by the URL (`sqlite://…`,
+//! `postgres://…`). Both run the same queries through sqlx's `Any` driver (`$1` placeholders,
+//! `ON CONFLICT`, `RETURNING`: the SQL both understand) and their own migrations, kept in step.
 //!
 //! Kept: each service's state (releases, rollouts with the judge's memory, build queue) with a
 //! version, the operators' overrides, every transition with its cause, the evidence at each
@@ -10,27 +12,66 @@
 //! - One tick's writes for a service are one transaction: all of it or none.
 //! - [`Store::record`] names the version it loaded; a different stored version refuses the
 //!   write, so two controllers never interleave.
-//! - Migrations are compiled into the binary and run at open.
+//! - Migrations are compiled into the binary and run at open, one set per backend.
+//! - Overrides carry a version too: the API and the loop both write them, by compare-and-swap.
 //!
 //! This module never decides anything; it only keeps what `plan` decided.
 
 use crate::control::ports::{Loaded, PortError, Store};
 use crate::control::rollout::*;
 use crate::control::time::Time;
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlSafeStr, SqlitePool};
+use sqlx::{Row, SqlSafeStr};
 use std::path::Path;
 use std::str::FromStr;
 
-/// The schema, in order. Never edit a released migration: add one.
-const MIGRATIONS: [(i64, &str, &str); 1] = [(1, "initial", include_str!("migrations/0001_initial.sql"))];
+pub mod api;
+pub mod postgres;
+
+/// The schema, in order, per backend. Never edit a released migration: add one, to both.
+const SQLITE: [(i64, &str, &str); 2] = [
+    (1, "initial", include_str!("migrations/sqlite/0001_initial.sql")),
+    (2, "api", include_str!("migrations/sqlite/0002_api.sql")),
+];
+const POSTGRES: [(i64, &str, &str); 2] = [
+    (1, "initial", include_str!("migrations/postgres/0001_initial.sql")),
+    (2, "api", include_str!("migrations/postgres/0002_api.sql")),
+];
+
+/// How many times a compare-and-swap of the overrides is tried before giving up (each retry
+/// follows a write by someone else, so this is only reached under a storm of writers).
+const CAS_TRIES: usize = 20;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
 
 /// Why the store could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create the data directory {path}: {source}")]
     Directory { path: String, source: std::io::Error },
+    #[error("{url}: not a store URL (write `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`)")]
+    Scheme { url: String },
     #[error("cannot open the store {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
     #[error("cannot migrate the store {url}: {source}")]
@@ -40,18 +81,19 @@ pub enum OpenError {
     },
 }
 
-/// The SQLite store.
+/// The store, on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    pool: SqlitePool,
+    pool: AnyPool,
     url: String,
+    backend: Backend,
 }
 
-fn db_err(e: sqlx::Error) -> PortError {
+pub(crate) fn db_err(e: sqlx::Error) -> PortError {
     PortError::retry("store", e.to_string())
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("store records serialise")
 }
 
@@ -77,6 +119,52 @@ pub struct StoredBuild {
     pub release: Option<String>,
     pub output: String,
     pub error: Option<String>,
+    /// `push`, or `request` (an operator asked for this commit).
+    pub source: String,
+    /// The service's objectives file as it was when the build started.
+    pub config: Option<String>,
+}
+
+impl StoredTransition {
+    /// From a row of `transitions`.
+    pub(crate) fn from_row(r: &sqlx::any::AnyRow) -> Result<StoredTransition, PortError> {
+        let cause: String = r.get("cause");
+        Ok(StoredTransition {
+            service: r.get("service"),
+            transition: Transition {
+                environment: r.get("environment"),
+                release: r.get("release"),
+                from: r.get("from_phase"),
+                to: r.get("to_phase"),
+                weight: crate::spec::units::Weight(r.get::<i64, _>("weight") as u8),
+                cause: serde_json::from_str(&cause)
+                    .map_err(|e| PortError::fatal("store", format!("a stored cause: {e}")))?,
+                at: Time::from_millis(r.get::<i64, _>("at") as u64),
+            },
+        })
+    }
+}
+
+impl StoredBuild {
+    /// From a row with every column of `builds`.
+    pub(crate) fn from_row(r: &sqlx::any::AnyRow) -> StoredBuild {
+        StoredBuild {
+            seq: r.get("seq"),
+            service: r.get("service"),
+            commit: r.get("commit_sha"),
+            status: r.get("status"),
+            started_at: Time::from_millis(r.get::<i64, _>("started_at") as u64),
+            finished_at: r
+                .get::<Option<i64>, _>("finished_at")
+                .map(|t| Time::from_millis(t as u64)),
+            digest: r.get("digest"),
+            release: r.get("release"),
+            output: r.get("output"),
+            error: r.get("error"),
+            source: r.get("source"),
+            config: r.get("config"),
+        }
+    }
 }
 
 impl SqlStore {
@@ -90,23 +178,40 @@ impl SqlStore {
         SqlStore::open(&url).await
     }
 
-    /// Opens a store by URL (`sqlite://PATH` or `sqlite::memory:`) and migrates it.
+    /// Opens a store by URL (`sqlite://PATH` or `postgres://…`) and migrates it. A SQLite file
+    /// is created if missing and put in WAL mode (readers never wait for the writer).
     pub async fn open(url: &str) -> Result<SqlStore, OpenError> {
+        sqlx::any::install_default_drivers();
         let connect = |source| OpenError::Connect {
-            url: url.to_owned(),
+            url: redact(url),
             source,
         };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(connect)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let backend = Backend::of(url).ok_or_else(|| OpenError::Scheme { url: redact(url) })?;
+        let migrations = match backend {
+            Backend::Sqlite => {
+                // WAL is a property of the file: set it once, through the SQLite driver
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(connect)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal);
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect)?
+                    .close()
+                    .await;
+                &SQLITE[..]
+            }
+            Backend::Postgres => &POSTGRES[..],
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.contains(":memory:") { 1 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
             .await
             .map_err(connect)?;
-        let migrations = MIGRATIONS
+        let migrations = migrations
             .iter()
             .map(|(v, d, sql)| {
                 Migration::new(*v, (*d).into(), MigrationType::Simple, sql.into_sql_str(), false)
@@ -116,13 +221,19 @@ impl SqlStore {
             .run(&pool)
             .await
             .map_err(|source| OpenError::Migrate {
-                url: url.to_owned(),
+                url: redact(url),
                 source,
             })?;
         Ok(SqlStore {
             pool,
             url: url.to_owned(),
+            backend,
         })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Where the store is.
@@ -132,7 +243,7 @@ impl SqlStore {
 
     /// The connection pool, for the adapters that keep their own records here (builds,
     /// processes).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -140,59 +251,26 @@ impl SqlStore {
     pub async fn transitions(&self, service: Option<&str>) -> Result<Vec<StoredTransition>, PortError> {
         let rows = sqlx::query(
             "SELECT service, environment, release, from_phase, to_phase, weight, cause, at \
-             FROM transitions WHERE (?1 IS NULL OR service = ?1) ORDER BY id",
+             FROM transitions WHERE ($1 IS NULL OR service = $1) ORDER BY id",
         )
         .bind(service)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.into_iter()
-            .map(|r| {
-                let cause: String = r.get("cause");
-                Ok(StoredTransition {
-                    service: r.get("service"),
-                    transition: Transition {
-                        environment: r.get("environment"),
-                        release: r.get("release"),
-                        from: r.get("from_phase"),
-                        to: r.get("to_phase"),
-                        weight: crate::spec::units::Weight(r.get::<i64, _>("weight") as u8),
-                        cause: serde_json::from_str(&cause)
-                            .map_err(|e| PortError::fatal("store", format!("a stored cause: {e}")))?,
-                        at: Time::from_millis(r.get::<i64, _>("at") as u64),
-                    },
-                })
-            })
-            .collect()
+        rows.iter().map(StoredTransition::from_row).collect()
     }
 
     /// Every build, oldest first.
     pub async fn builds(&self, service: Option<&str>) -> Result<Vec<StoredBuild>, PortError> {
         let rows = sqlx::query(
-            "SELECT seq, service, commit_sha, status, started_at, finished_at, digest, release, output, error \
-             FROM builds WHERE (?1 IS NULL OR service = ?1) ORDER BY seq",
+            "SELECT seq, service, commit_sha, status, started_at, finished_at, digest, release, output, error, \
+             source, config FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
         )
         .bind(service)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredBuild {
-                seq: r.get("seq"),
-                service: r.get("service"),
-                commit: r.get("commit_sha"),
-                status: r.get("status"),
-                started_at: Time::from_millis(r.get::<i64, _>("started_at") as u64),
-                finished_at: r
-                    .get::<Option<i64>, _>("finished_at")
-                    .map(|t| Time::from_millis(t as u64)),
-                digest: r.get("digest"),
-                release: r.get("release"),
-                output: r.get("output"),
-                error: r.get("error"),
-            })
-            .collect())
+        Ok(rows.iter().map(StoredBuild::from_row).collect())
     }
 
     /// The latest judgement per (service, environment, objective), as JSON values.
@@ -225,31 +303,94 @@ impl SqlStore {
             .collect()
     }
 
-    /// Sets a service's overrides (what the API will write).
+    /// Sets a service's overrides whole (tests and the simulator's recordings; the API changes
+    /// them through [`SqlStore::update_overrides`]).
     pub async fn set_overrides(&self, service: &str, overrides: &Overrides) -> Result<(), PortError> {
-        sqlx::query(
-            "INSERT INTO overrides (service, overrides) VALUES (?1, ?2) \
-             ON CONFLICT(service) DO UPDATE SET overrides = excluded.overrides",
-        )
-        .bind(service)
-        .bind(json(overrides))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
+        self.update_overrides(service, |o| {
+            *o = overrides.clone();
+            Ok::<_, PortError>(())
+        })
+        .await?
     }
 
-    async fn overrides(&self, service: &str) -> Result<Overrides, PortError> {
-        let row = sqlx::query("SELECT overrides FROM overrides WHERE service = ?1")
+    /// A service's overrides with their version (0: never written).
+    pub(crate) async fn overrides_versioned<'e, E>(
+        executor: E,
+        service: &str,
+    ) -> Result<(Overrides, i64), PortError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query("SELECT overrides, version FROM overrides WHERE service = $1")
             .bind(service)
-            .fetch_optional(&self.pool)
+            .fetch_optional(executor)
             .await
             .map_err(db_err)?;
         match row {
-            None => Ok(Overrides::default()),
-            Some(r) => serde_json::from_str(&r.get::<String, _>("overrides"))
-                .map_err(|e| PortError::fatal("store", format!("stored overrides: {e}"))),
+            None => Ok((Overrides::default(), 0)),
+            Some(r) => Ok((
+                serde_json::from_str(&r.get::<String, _>("overrides"))
+                    .map_err(|e| PortError::fatal("store", format!("stored overrides: {e}")))?,
+                r.get::<i64, _>("version"),
+            )),
         }
+    }
+
+    /// Writes `overrides` if the stored version is still `version`; false if someone else wrote
+    /// first.
+    pub(crate) async fn write_overrides<'e, E>(
+        executor: E,
+        service: &str,
+        version: i64,
+        overrides: &Overrides,
+    ) -> Result<bool, PortError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let text = json(overrides);
+        let written = if version == 0 {
+            sqlx::query(
+                "INSERT INTO overrides (service, overrides, version) VALUES ($1, $2, 1) \
+                 ON CONFLICT(service) DO NOTHING",
+            )
+            .bind(service)
+            .bind(text)
+            .execute(executor)
+            .await
+        } else {
+            sqlx::query(
+                "UPDATE overrides SET overrides = $3, version = version + 1 WHERE service = $1 AND version = $2",
+            )
+            .bind(service)
+            .bind(version)
+            .bind(text)
+            .execute(executor)
+            .await
+        };
+        Ok(written.map_err(db_err)?.rows_affected() == 1)
+    }
+
+    /// Changes a service's overrides by compare-and-swap: `change` sees the latest, and runs
+    /// again if another writer came first. An error from `change` writes nothing.
+    pub async fn update_overrides<T, E>(
+        &self,
+        service: &str,
+        mut change: impl FnMut(&mut Overrides) -> Result<T, E>,
+    ) -> Result<Result<T, E>, PortError> {
+        for _ in 0..CAS_TRIES {
+            let (mut overrides, version) = Self::overrides_versioned(&self.pool, service).await?;
+            let out = match change(&mut overrides) {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+            if Self::write_overrides(&self.pool, service, version, &overrides).await? {
+                return Ok(Ok(out));
+            }
+        }
+        Err(PortError::retry(
+            "store",
+            format!("{service}: the overrides kept changing under this write"),
+        ))
     }
 
     /// Closes the pool (checkpoints the WAL).
@@ -260,7 +401,7 @@ impl SqlStore {
 
 impl Store for SqlStore {
     async fn load(&mut self, service: &str) -> Result<Loaded, PortError> {
-        let row = sqlx::query("SELECT version, state FROM services WHERE name = ?1")
+        let row = sqlx::query("SELECT version, state FROM services WHERE name = $1")
             .bind(service)
             .fetch_optional(&self.pool)
             .await
@@ -275,7 +416,7 @@ impl Store for SqlStore {
         };
         Ok(Loaded {
             state,
-            overrides: self.overrides(service).await?,
+            overrides: Self::overrides_versioned(&self.pool, service).await?.0,
             version,
         })
     }
@@ -292,7 +433,7 @@ impl Store for SqlStore {
         let state = json(&plan.state);
         let written = if version == 0 {
             sqlx::query(
-                "INSERT INTO services (name, version, state) VALUES (?1, 1, ?2) ON CONFLICT(name) DO NOTHING",
+                "INSERT INTO services (name, version, state) VALUES ($1, 1, $2) ON CONFLICT(name) DO NOTHING",
             )
             .bind(service)
             .bind(&state)
@@ -302,7 +443,7 @@ impl Store for SqlStore {
             .rows_affected()
         } else {
             sqlx::query(
-                "UPDATE services SET version = version + 1, state = ?3 WHERE name = ?1 AND version = ?2",
+                "UPDATE services SET version = version + 1, state = $3 WHERE name = $1 AND version = $2",
             )
             .bind(service)
             .bind(version as i64)
@@ -321,7 +462,7 @@ impl Store for SqlStore {
         for t in &plan.transitions {
             sqlx::query(
                 "INSERT INTO transitions (service, environment, release, from_phase, to_phase, weight, cause, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(service)
             .bind(&t.environment)
@@ -339,7 +480,7 @@ impl Store for SqlStore {
             let text = json(e);
             sqlx::query(
                 "INSERT INTO latest_evidence (service, environment, objective, release, evidence) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(service, environment, objective) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT(service, environment, objective) \
                  DO UPDATE SET release = excluded.release, evidence = excluded.evidence",
             )
             .bind(service)
@@ -356,7 +497,7 @@ impl Store for SqlStore {
             {
                 sqlx::query(
                     "INSERT INTO evidence (service, environment, release, objective, evidence, at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(service)
                 .bind(&e.environment)
@@ -370,7 +511,7 @@ impl Store for SqlStore {
             }
         }
         for (action, error) in failures {
-            sqlx::query("INSERT INTO failures (service, action, error) VALUES (?1, ?2, ?3)")
+            sqlx::query("INSERT INTO failures (service, action, error) VALUES ($1, $2, $3)")
                 .bind(service)
                 .bind(json(action))
                 .bind(error.to_string())
@@ -387,94 +528,27 @@ impl Store for SqlStore {
         environment: &str,
         which: OneShot,
     ) -> Result<(), PortError> {
-        let mut overrides = self.overrides(service).await?;
-        if let Some(o) = overrides.environments.get_mut(environment) {
-            match which {
-                OneShot::Promote => o.promote = None,
-                OneShot::Rollback => o.rollback = None,
-                OneShot::Resume => o.resume = None,
+        self.update_overrides(service, |overrides| {
+            if let Some(o) = overrides.environments.get_mut(environment) {
+                match which {
+                    OneShot::Promote => o.promote = None,
+                    OneShot::Rollback => o.rollback = None,
+                    OneShot::Resume => o.resume = None,
+                }
             }
-            self.set_overrides(service, &overrides).await?;
-        }
-        Ok(())
+            Ok::<_, PortError>(())
+        })
+        .await?
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan_with(state: ServiceState) -> Plan {
-        Plan {
-            state,
-            actions: Vec::new(),
-            transitions: Vec::new(),
-            evidence: Vec::new(),
-            notes: Vec::new(),
-            next_check: Time::ZERO,
+/// A store URL fit for messages: the password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
         }
-    }
-
-    #[tokio::test]
-    async fn a_stale_version_is_refused_and_nothing_of_it_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = SqlStore::open_dir(dir.path()).await.unwrap();
-        let mut b = SqlStore::open_dir(dir.path()).await.unwrap();
-        let loaded_a = a.load("svc").await.unwrap();
-        let loaded_b = b.load("svc").await.unwrap();
-        assert_eq!(loaded_a.version, 0);
-        let mut p = plan_with(ServiceState::default());
-        p.transitions.push(Transition {
-            environment: "dev".into(),
-            release: "r1".into(),
-            from: None,
-            to: "waiting".into(),
-            weight: crate::spec::units::Weight(0),
-            cause: Cause::Candidate,
-            at: Time::from_secs(5),
-        });
-        a.record("svc", loaded_a.version, &p, &[]).await.unwrap();
-        // b loaded the same version before a wrote: refused, and its transition not kept
-        let err = b.record("svc", loaded_b.version, &p, &[]).await.unwrap_err();
-        assert!(err.message.contains("another writer"), "{err}");
-        assert_eq!(a.transitions(Some("svc")).await.unwrap().len(), 1);
-        let again = b.load("svc").await.unwrap();
-        assert_eq!(again.version, 1);
-        b.record("svc", again.version, &plan_with(ServiceState::default()), &[])
-            .await
-            .unwrap();
-        assert_eq!(a.load("svc").await.unwrap().version, 2);
-    }
-
-    #[tokio::test]
-    async fn state_and_overrides_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = ServiceState::default();
-        state.releases.push(Release {
-            id: "r1".into(),
-            commit: "abc".into(),
-            digest: "sha256:00".into(),
-        });
-        {
-            let mut s = SqlStore::open_dir(dir.path()).await.unwrap();
-            s.record("svc", 0, &plan_with(state.clone()), &[]).await.unwrap();
-            let mut ov = Overrides::default();
-            ov.environments.entry("dev".into()).or_default().promote = Some(Actor {
-                who: "ann".into(),
-                reason: "hotfix".into(),
-            });
-            s.set_overrides("svc", &ov).await.unwrap();
-            s.close().await;
-        }
-        let mut s = SqlStore::open_dir(dir.path()).await.unwrap();
-        let loaded = s.load("svc").await.unwrap();
-        assert_eq!(loaded.state, state);
-        assert!(loaded.overrides.environments["dev"].promote.is_some());
-        s.clear_override("svc", "dev", OneShot::Promote).await.unwrap();
-        assert!(
-            s.load("svc").await.unwrap().overrides.environments["dev"]
-                .promote
-                .is_none()
-        );
+        _ => url.to_owned(),
     }
 }

@@ -1,0 +1,443 @@
+//! What the API reads and writes beyond the loop's own records: releases (finished builds),
+//! newest first and paged; one release's story; the audit trail; tokens; and mutations that
+//! write their effect, their audit record and their idempotency record in one transaction.
+//!
+//! # Guarantees
+//! - A mutation is all or nothing: the override (or build request), the audit record and the
+//!   stored answer for its `Idempotency-Key` commit together, or none of them does.
+//! - The overrides are changed by compare-and-swap against their version, so a mutation and the
+//!   loop's clearing of a one-shot never lose each other's write.
+
+use super::{SqlStore, StoredBuild, StoredTransition, db_err, json};
+use crate::control::ports::PortError;
+use crate::control::rollout::{ObjectiveEvidence, Overrides, ServiceState};
+use crate::control::time::Time;
+use rand::Rng;
+use sha2::Digest;
+use sqlx::Row;
+
+/// How many times a mutation is tried when another writer came first.
+const TRIES: usize = 20;
+
+/// One record of the audit trail.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub service: String,
+    pub environment: Option<String>,
+    pub release: Option<String>,
+    pub action: String,
+    /// What exactly was asked (the request's parameters).
+    pub detail: serde_json::Value,
+    pub who: String,
+    pub reason: String,
+    /// Where the request came from (the client's address).
+    pub origin: String,
+    pub at: Time,
+}
+
+/// What a mutation did, for its audit record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub environment: Option<String>,
+    pub release: Option<String>,
+    pub action: String,
+    pub detail: serde_json::Value,
+    pub who: String,
+    pub reason: String,
+    pub origin: String,
+    pub at: Time,
+}
+
+/// What a mutation changes besides its audit record.
+#[derive(Debug, Clone)]
+pub struct Effect {
+    pub audit: AuditEntry,
+    /// The overrides were changed and must be written.
+    pub overrides_changed: bool,
+    /// A commit to build.
+    pub build: Option<String>,
+}
+
+/// A caller's `Idempotency-Key`, scoped to their token, with a fingerprint of the request.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub token: String,
+    pub key: String,
+    pub request: String,
+}
+
+/// How a mutation ended.
+#[derive(Debug)]
+pub enum Mutated<E> {
+    /// Done now, or done before under the same key (the same answer again).
+    Done { status: u16, body: String },
+    /// `effect` refused it; nothing was written.
+    Refused(E),
+    /// The key was used before for a different request.
+    KeyReused,
+}
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: String,
+    pub groups: Vec<String>,
+}
+
+/// The SHA-256 of a token's secret, as stored.
+pub fn token_hash(secret: &str) -> String {
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn time(r: &sqlx::any::AnyRow, column: &str) -> Time {
+    Time::from_millis(r.get::<i64, _>(column) as u64)
+}
+
+const BUILD_COLUMNS: &str =
+    "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source";
+
+impl SqlStore {
+    /// A service's releases (successful builds), newest first: at most `limit`, older than the
+    /// build `before` (a cursor from the previous page). Without their output and config.
+    pub async fn releases(
+        &self,
+        service: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<StoredBuild>, PortError> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS}, '' AS output, CAST(NULL AS TEXT) AS config FROM builds \
+             WHERE service = $1 AND status = 'built' AND release IS NOT NULL AND ($2 IS NULL OR seq < $2) \
+             ORDER BY seq DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(service)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(StoredBuild::from_row).collect())
+    }
+
+    /// The newest build of a release, with its output and config.
+    pub async fn release(&self, id: &str) -> Result<Option<StoredBuild>, PortError> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS}, output, config FROM builds WHERE release = $1 AND status = 'built' \
+             ORDER BY seq DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.as_ref().map(StoredBuild::from_row))
+    }
+
+    /// Every transition of one release, oldest first.
+    pub async fn release_transitions(
+        &self,
+        service: &str,
+        release: &str,
+    ) -> Result<Vec<StoredTransition>, PortError> {
+        let rows = sqlx::query(
+            "SELECT service, environment, release, from_phase, to_phase, weight, cause, at \
+             FROM transitions WHERE release = $2 AND service = $1 ORDER BY id",
+        )
+        .bind(service)
+        .bind(release)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(StoredTransition::from_row).collect()
+    }
+
+    /// The judge's word on one release at each of its transitions, oldest first, then the
+    /// latest per objective (what the judge says now), marked by `None`.
+    pub async fn release_evidence(
+        &self,
+        service: &str,
+        release: &str,
+    ) -> Result<Vec<(ObjectiveEvidence, Option<Time>)>, PortError> {
+        let kept =
+            sqlx::query("SELECT evidence, at FROM evidence WHERE release = $2 AND service = $1 ORDER BY id")
+                .bind(service)
+                .bind(release)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        let latest = sqlx::query(
+            "SELECT evidence FROM latest_evidence WHERE release = $2 AND service = $1 \
+             ORDER BY environment, objective",
+        )
+        .bind(service)
+        .bind(release)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let parse = |r: &sqlx::any::AnyRow| {
+            serde_json::from_str::<ObjectiveEvidence>(&r.get::<String, _>("evidence"))
+                .map_err(|e| PortError::fatal("store", format!("stored evidence: {e}")))
+        };
+        let mut out = Vec::new();
+        for r in &kept {
+            out.push((parse(r)?, Some(time(r, "at"))));
+        }
+        for r in &latest {
+            out.push((parse(r)?, None));
+        }
+        Ok(out)
+    }
+
+    /// The audit trail, newest first, narrowed to a service and/or a release, older than the
+    /// record `before`.
+    pub async fn audit(
+        &self,
+        service: Option<&str>,
+        release: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, PortError> {
+        let rows = sqlx::query(
+            "SELECT id, service, environment, release, action, detail, who, reason, origin, at FROM audit \
+             WHERE ($1 IS NULL OR service = $1) AND ($2 IS NULL OR release = $2) AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(service)
+        .bind(release)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    id: r.get("id"),
+                    service: r.get("service"),
+                    environment: r.get("environment"),
+                    release: r.get("release"),
+                    action: r.get("action"),
+                    detail: serde_json::from_str(&r.get::<String, _>("detail"))
+                        .map_err(|e| PortError::fatal("store", format!("stored audit detail: {e}")))?,
+                    who: r.get("who"),
+                    reason: r.get("reason"),
+                    origin: r.get("origin"),
+                    at: time(r, "at"),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes a token; returns its secret, which is shown once and stored only as a hash.
+    pub async fn create_token(&self, name: &str, role: &str, groups: &[String]) -> Result<String, PortError> {
+        let bytes: [u8; 24] = rand::rng().random();
+        let secret = format!(
+            "ap_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        self.add_token(name, role, groups, &secret).await?;
+        Ok(secret)
+    }
+
+    /// Registers a token whose secret the caller chose (e.g. from an environment variable).
+    pub async fn add_token(
+        &self,
+        name: &str,
+        role: &str,
+        groups: &[String],
+        secret: &str,
+    ) -> Result<(), PortError> {
+        sqlx::query(
+            "INSERT INTO tokens (hash, name, role, approver_groups, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
+             approver_groups = excluded.approver_groups",
+        )
+        .bind(token_hash(secret))
+        .bind(name)
+        .bind(role)
+        .bind(groups.join(","))
+        .bind(crate::release::wall_clock().millis() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The token with this secret, if any.
+    pub async fn token(&self, secret: &str) -> Result<Option<TokenInfo>, PortError> {
+        let row = sqlx::query("SELECT name, role, approver_groups FROM tokens WHERE hash = $1")
+            .bind(token_hash(secret))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| TokenInfo {
+            name: r.get("name"),
+            role: r.get("role"),
+            groups: r
+                .get::<String, _>("approver_groups")
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }))
+    }
+
+    /// How many tokens exist.
+    pub async fn token_count(&self) -> Result<i64, PortError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.get("n"))
+    }
+
+    /// Build requests of a service after `after`, oldest first: (seq, commit, who, reason).
+    pub async fn build_requests(
+        &self,
+        service: &str,
+        after: i64,
+    ) -> Result<Vec<(i64, String, String, String)>, PortError> {
+        let rows = sqlx::query(
+            "SELECT seq, commit_sha, who, reason FROM build_requests WHERE service = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(service)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("seq"), r.get("commit_sha"), r.get("who"), r.get("reason")))
+            .collect())
+    }
+
+    /// Applies one operator mutation to `service`: `effect` sees the stored state and changes
+    /// the overrides (or refuses); `respond` makes the answer from the audit record's id and
+    /// the result. With an idempotency key, a retry of the same request gets the first answer
+    /// back and changes nothing.
+    pub async fn mutate<E>(
+        &self,
+        service: &str,
+        idempotency: Option<&Idempotency>,
+        mut effect: impl FnMut(&ServiceState, &mut Overrides) -> Result<Effect, E>,
+        respond: impl Fn(i64, &ServiceState, &Overrides) -> (u16, String),
+    ) -> Result<Mutated<E>, PortError> {
+        let mut last_error = None;
+        for _ in 0..TRIES {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            if let Some(i) = idempotency {
+                let row = sqlx::query(
+                    "SELECT request, status, response FROM idempotency WHERE token = $1 AND key = $2",
+                )
+                .bind(&i.token)
+                .bind(&i.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if let Some(r) = row {
+                    return Ok(if r.get::<String, _>("request") == i.request {
+                        Mutated::Done {
+                            status: r.get::<i64, _>("status") as u16,
+                            body: r.get("response"),
+                        }
+                    } else {
+                        Mutated::KeyReused
+                    });
+                }
+            }
+            let state: ServiceState = match sqlx::query("SELECT state FROM services WHERE name = $1")
+                .bind(service)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+            {
+                Some(r) => serde_json::from_str(&r.get::<String, _>("state"))
+                    .map_err(|e| PortError::fatal("store", format!("stored state of {service}: {e}")))?,
+                None => ServiceState::default(),
+            };
+            let (mut overrides, version) = Self::overrides_versioned(&mut *tx, service).await?;
+            let done = match effect(&state, &mut overrides) {
+                Ok(done) => done,
+                Err(e) => return Ok(Mutated::Refused(e)),
+            };
+            let written: Result<Option<(u16, String)>, sqlx::Error> = async {
+                if done.overrides_changed
+                    && !Self::write_overrides(&mut *tx, service, version, &overrides)
+                        .await
+                        .map_err(|e| sqlx::Error::Protocol(e.message))?
+                {
+                    return Ok(None);
+                }
+                if let Some(commit) = &done.build {
+                    sqlx::query(
+                        "INSERT INTO build_requests (service, commit_sha, who, reason, at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(service)
+                    .bind(commit)
+                    .bind(&done.audit.who)
+                    .bind(&done.audit.reason)
+                    .bind(done.audit.at.millis() as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let a = &done.audit;
+                let id: i64 = sqlx::query(
+                    "INSERT INTO audit (service, environment, release, action, detail, who, reason, origin, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                )
+                .bind(service)
+                .bind(&a.environment)
+                .bind(&a.release)
+                .bind(&a.action)
+                .bind(json(&a.detail))
+                .bind(&a.who)
+                .bind(&a.reason)
+                .bind(&a.origin)
+                .bind(a.at.millis() as i64)
+                .fetch_one(&mut *tx)
+                .await?
+                .get("id");
+                let (status, body) = respond(id, &state, &overrides);
+                if let Some(i) = idempotency {
+                    let stored = sqlx::query(
+                        "INSERT INTO idempotency (token, key, request, status, response, at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(token, key) DO NOTHING",
+                    )
+                    .bind(&i.token)
+                    .bind(&i.key)
+                    .bind(&i.request)
+                    .bind(i64::from(status))
+                    .bind(&body)
+                    .bind(a.at.millis() as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    // the same key raced in from another request: look again
+                    if stored != 1 {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some((status, body)))
+            }
+            .await;
+            match written {
+                Ok(Some((status, body))) => match tx.commit().await {
+                    Ok(()) => return Ok(Mutated::Done { status, body }),
+                    Err(e) => last_error = Some(e),
+                },
+                // another writer came first: roll back and try again on what it wrote
+                Ok(None) => drop(tx),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.map(db_err).unwrap_or_else(|| {
+            PortError::retry("store", format!("{service}: kept changing under this mutation"))
+        }))
+    }
+}
