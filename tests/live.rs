@@ -433,9 +433,10 @@ async fn a_build_packs_its_files_once_and_a_failing_or_hung_build_keeps_its_outp
         let store = SqlStore::open_dir(&dir.path().join("data")).await.unwrap();
         let mut b = LocalBuilder::new(
             &[spec],
+            &Default::default(),
             dir.path(),
             &dir.path().join("data"),
-            store.pool().clone(),
+            store.clone(),
         )
         .await
         .unwrap();

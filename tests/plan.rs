@@ -100,6 +100,7 @@ struct World {
     /// Counters since the current rollout started, per env: (canary release, canary, stable).
     counters: HashMap<(String, String), (String, Counts, Counts)>,
     pushes: Vec<String>,
+    requested: Vec<String>,
     finished: Vec<(String, BuildOutcome)>,
     building: Vec<String>,
     plans: Vec<Plan>,
@@ -125,6 +126,7 @@ impl World {
             weights: HashMap::new(),
             counters: HashMap::new(),
             pushes: Vec::new(),
+            requested: Vec::new(),
             finished: Vec::new(),
             building: Vec::new(),
             plans: Vec::new(),
@@ -133,6 +135,10 @@ impl World {
 
     fn push(&mut self, commit: &str) {
         self.pushes.push(commit.to_owned());
+    }
+
+    fn request(&mut self, commit: &str) {
+        self.requested.push(commit.to_owned());
     }
 
     fn env(&self, name: &str) -> &EnvState {
@@ -236,6 +242,7 @@ impl World {
             readings,
             pushes: std::mem::take(&mut self.pushes),
             finished_builds: std::mem::take(&mut self.finished),
+            requested_builds: std::mem::take(&mut self.requested),
         };
         let p = plan(&self.spec, &observed, &self.overrides, self.now);
         check_invariants(&observed, &p);
@@ -850,4 +857,31 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_requested_build_of_any_commit_becomes_a_release_and_a_repeated_request_builds_nothing() {
+    let mut w = with_stable(7);
+    // a hotfix commit on another branch: asked for, not pushed to main
+    w.request("hotfix1");
+    assert!(w.run_until(10, 100, |w| {
+        w.state.releases.iter().any(|r| r.commit == "hotfix1")
+    }));
+    let starts = |w: &World| {
+        w.plans
+            .iter()
+            .flat_map(|p| &p.actions)
+            .filter(|a| matches!(a, Action::StartBuild { commit } if commit == "hotfix1"))
+            .count()
+    };
+    assert_eq!(starts(&w), 1);
+    w.request("hotfix1");
+    w.run_until(10, 20, |_| false);
+    assert_eq!(starts(&w), 1, "a built commit is not built again");
+    assert!(
+        w.plans
+            .iter()
+            .flat_map(|p| &p.notes)
+            .any(|n| n.contains("hotfix1 asked for: it is already built"))
+    );
 }

@@ -75,6 +75,7 @@ async fn one_service<W: World>(
         readings,
         pushes: events.pushes,
         finished_builds: events.finished,
+        requested_builds: events.requested,
     };
     // plan
     let plan = plan(spec, &observed, &l.overrides, now);

@@ -92,6 +92,20 @@ pub fn apply(
     actor: Actor,
     now: Time,
 ) -> Result<Applied, Refused> {
+    let mut next = overrides.clone();
+    let applied = apply_to(state, &mut next, environment, action, actor, now)?;
+    *overrides = next;
+    Ok(applied)
+}
+
+fn apply_to(
+    state: &ServiceState,
+    overrides: &mut Overrides,
+    environment: &str,
+    action: &OverrideAction,
+    actor: Actor,
+    now: Time,
+) -> Result<Applied, Refused> {
     let none = EnvState::default();
     let env = state.environments.get(environment).unwrap_or(&none);
     let rollout = active(env);

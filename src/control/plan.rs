@@ -177,6 +177,17 @@ fn plan_builds(spec: &PlanSpec, observed: &Observed, state: &mut ServiceState, o
             b.pending.push(commit.clone());
         }
     }
+    for commit in &observed.requested_builds {
+        let released = state.releases.iter().any(|r| &r.commit == commit);
+        if released || b.running.iter().any(|(c, _)| c == commit) {
+            out.notes.push(format!(
+                "build of {commit} asked for: it is already built or building"
+            ));
+        } else if !b.requested.contains(commit) {
+            b.pending.retain(|c| c != commit);
+            b.requested.push(commit.clone());
+        }
+    }
     let (decision, next) = builds::decide(&spec.build, b, now);
     *b = next;
     for commit in decision.start {

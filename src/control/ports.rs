@@ -74,6 +74,8 @@ pub struct SourceEvents {
     pub pushes: Vec<String>,
     /// Builds that ended, by commit.
     pub finished: Vec<(String, BuildOutcome)>,
+    /// Commits an operator asked to build (a hotfix on another branch, a rebuild), in order.
+    pub requested: Vec<String>,
     /// Acknowledge this once the tick is recorded; the same events come again until then.
     pub cursor: String,
 }

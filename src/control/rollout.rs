@@ -173,6 +173,9 @@ pub struct Observed {
     pub pushes: Vec<String>,
     /// Builds that ended since the last tick, by commit.
     pub finished_builds: Vec<(String, BuildOutcome)>,
+    /// Commits operators asked to build since the last tick.
+    #[serde(default)]
+    pub requested_builds: Vec<String>,
 }
 
 /// Who did something, and why.

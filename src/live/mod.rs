@@ -365,7 +365,7 @@ impl Up {
             .and_then(|p| p.parent())
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let builder = LocalBuilder::new(&services, &base, data, store.pool().clone())
+        let builder = LocalBuilder::new(&services, &catalog.service_files, &base, data, store.clone())
             .await
             .map_err(UpError::Adapter)?;
         let runtime = LocalRuntime::new(&services, builder.layout().clone(), data, store.pool().clone())

@@ -19,6 +19,7 @@ use crate::control::ports::{Builder, PortError, SourceEvents};
 use crate::control::rollout::{BuildOutcome, Release};
 use crate::control::time::Time;
 use crate::spec::objectives::{Artifact, ServiceSpec};
+use crate::store::SqlStore;
 use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,12 +54,15 @@ struct Recipe {
     command: String,
     files: Vec<String>,
     timeout: std::time::Duration,
+    /// The service's objectives file, kept with each build as its config.
+    spec_file: Option<PathBuf>,
 }
 
 /// The embedded builder.
 #[derive(Debug, Clone)]
 pub struct LocalBuilder {
     recipes: Arc<BTreeMap<String, Recipe>>,
+    store: SqlStore,
     pool: AnyPool,
     layout: oci::Layout,
     work: PathBuf,
@@ -93,9 +97,10 @@ impl LocalBuilder {
     /// checkouts in `data/work`. Builds a previous run left unfinished are started again.
     pub async fn new(
         services: &[ServiceSpec],
+        spec_files: &BTreeMap<String, PathBuf>,
         base: &Path,
         data: &Path,
-        pool: AnyPool,
+        store: SqlStore,
     ) -> Result<Self, String> {
         let mut recipes = BTreeMap::new();
         for s in services {
@@ -120,13 +125,15 @@ impl LocalBuilder {
                     command: s.build.command.clone(),
                     files: files.clone(),
                     timeout: s.build.timeout.0,
+                    spec_file: spec_files.get(&s.name).cloned(),
                 },
             );
         }
         let layout = oci::Layout::open(&data.join("artifacts")).map_err(|e| e.to_string())?;
         let builder = LocalBuilder {
             recipes: Arc::new(recipes),
-            pool,
+            pool: store.pool().clone(),
+            store,
             layout,
             work: data.join("work"),
         };
@@ -394,18 +401,63 @@ impl Builder for LocalBuilder {
             finished.push((commit, outcome));
             last = last.max(r.get::<i64, _>("seq"));
         }
+        // builds operators asked for: each commit resolved in the repository; one that is not
+        // there is recorded as a failed build, so the request is answered in the history
+        let asked: i64 = self
+            .cursor(service, "requests")
+            .await?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut requested = Vec::new();
+        let mut last_request = asked;
+        for (seq, commit, who, _) in self.store.build_requests(service, asked).await? {
+            last_request = seq;
+            match git(
+                &recipe.repository,
+                &["rev-parse", "--verify", &format!("{commit}^{{commit}}")],
+            )
+            .await
+            {
+                Ok(full) => {
+                    // the full id, so the build finds who asked for it (also after a restart)
+                    let _ = sqlx::query("UPDATE build_requests SET commit_sha = $2 WHERE seq = $1")
+                        .bind(seq)
+                        .bind(&full)
+                        .execute(&self.pool)
+                        .await;
+                    tracing::info!(%service, commit = %full, %who, "build requested");
+                    requested.push(full);
+                }
+                Err(e) => {
+                    tracing::warn!(%service, %commit, "a requested build names no commit: {e}");
+                    let now = wall_clock().millis() as i64;
+                    let _ = sqlx::query(
+                        "INSERT INTO builds (service, commit_sha, status, started_at, finished_at, error, source) \
+                         VALUES ($1, $2, 'failed', $3, $3, $4, 'request') ON CONFLICT(service, commit_sha) DO NOTHING",
+                    )
+                    .bind(service)
+                    .bind(&commit)
+                    .bind(now)
+                    .bind(format!("no commit `{commit}` in {}", recipe.repository.display()))
+                    .execute(&self.pool)
+                    .await;
+                }
+            }
+        }
         Ok(SourceEvents {
             pushes,
             finished,
-            cursor: format!("{tip} {last}"),
+            requested,
+            cursor: format!("{tip} {last} {last_request}"),
         })
     }
 
     async fn ack(&mut self, service: &str, cursor: &str) -> Result<(), PortError> {
-        let (tip, builds) = cursor
-            .split_once(' ')
-            .ok_or_else(|| PortError::fatal("builder", format!("bad cursor `{cursor}`")))?;
-        for (source, value) in [("git", tip), ("builds", builds)] {
+        let parts: Vec<&str> = cursor.split(' ').collect();
+        let [tip, builds, requests] = parts[..] else {
+            return Err(PortError::fatal("builder", format!("bad cursor `{cursor}`")));
+        };
+        for (source, value) in [("git", tip), ("builds", builds), ("requests", requests)] {
             sqlx::query(
                 "INSERT INTO cursors (service, source, cursor) VALUES ($1, $2, $3) \
                  ON CONFLICT(service, source) DO UPDATE SET cursor = excluded.cursor",
@@ -421,14 +473,33 @@ impl Builder for LocalBuilder {
     }
 
     async fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError> {
-        self.recipe(service)?;
+        let recipe = self.recipe(service)?;
+        // the objectives file as it is now is the config this release is built with
+        let config = recipe
+            .spec_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok());
+        let asked: Option<String> = sqlx::query_scalar(
+            "SELECT who FROM build_requests WHERE service = $1 AND commit_sha = $2 LIMIT 1",
+        )
+        .bind(service)
+        .bind(commit)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let source = match asked {
+            Some(who) => format!("request by {who}"),
+            None => "push".to_owned(),
+        };
         let inserted = sqlx::query(
-            "INSERT INTO builds (service, commit_sha, status, started_at) VALUES ($1, $2, 'running', $3) \
-             ON CONFLICT(service, commit_sha) DO NOTHING",
+            "INSERT INTO builds (service, commit_sha, status, started_at, source, config) \
+             VALUES ($1, $2, 'running', $3, $4, $5) ON CONFLICT(service, commit_sha) DO NOTHING",
         )
         .bind(service)
         .bind(commit)
         .bind(wall_clock().millis() as i64)
+        .bind(source)
+        .bind(config)
         .execute(&self.pool)
         .await
         .map_err(db)?

@@ -620,6 +620,7 @@ impl Builder for World {
         Ok(SourceEvents {
             pushes,
             finished,
+            requested: Vec::new(),
             cursor: now.millis().to_string(),
         })
     }

@@ -127,6 +127,8 @@ impl Report {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
     pub services: BTreeMap<String, ServiceSpec>,
+    /// The file each service was declared in.
+    pub service_files: BTreeMap<String, PathBuf>,
     pub sensors: BTreeMap<String, Sensor>,
     pub controllers: BTreeMap<String, ControllerSpec>,
     /// Simulation scenarios, with the file each came from.

@@ -210,6 +210,9 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
     for (file, svc) in service_files {
         check_service(&mut c, file, svc, &catalog, &broken_names);
         catalog.services.insert(svc.name.clone(), svc.clone());
+        catalog
+            .service_files
+            .insert(svc.name.clone(), std::path::PathBuf::from(&file.name));
     }
     catalog
 }
