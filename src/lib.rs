@@ -11,6 +11,7 @@
 //! - `control` (judge, plan): pure decision logic on top of `spec`; no I/O, no clock.
 //! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
 
+pub mod api;
 pub mod control;
 pub mod live;
 pub mod loadgen;

@@ -1,0 +1,935 @@
+//! The HTTP API (`/v1/…`, axum): read every service, release and audit record; act on
+//! rollouts (pause, resume, promote, roll back, weight, pin, freeze, approve); ask for builds;
+//! receive push webhooks. `autopilot up` serves it, and `autopilot api` serves it alone on
+//! the same store. The CLI and the web pages use it with the same tokens.
+//!
+//! # Guarantees
+//! - Every request is authenticated by a bearer token with a role (`viewer` < `operator` <
+//!   `admin`); tokens are stored hashed. Reads may be opened by configuration.
+//! - A mutation writes its effect, its audit record (who, what, why, when, from where) and its
+//!   idempotency record in one transaction; a refused one writes nothing.
+//! - Every error is JSON with a stable `code`, a message, and the field at fault; internals
+//!   (SQL, paths) never leak.
+//! - The OpenAPI document (`/v1/openapi.json`) is generated from the handlers and types.
+//!
+//! This module decides nothing about rollouts: actions go through
+//! [`crate::control::overrides`], and the controller acts on them at its next look.
+
+pub mod views;
+mod webhook;
+
+use crate::control::overrides::{self, OverrideAction, Refused};
+use crate::control::plan::PlanSpec;
+use crate::control::rollout::{Actor, Overrides, ServiceState};
+use crate::control::time::Time;
+use crate::spec::Catalog;
+use crate::spec::units::Weight;
+use crate::store::SqlStore;
+use crate::store::api::{AuditEntry, Effect, Idempotency, Mutated};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use views::*;
+
+/// The largest request body accepted (actions and webhooks are small; GitHub caps push
+/// payloads at 25 MB, but only the first commits matter and a larger one is refused whole).
+pub const BODY_LIMIT: usize = 1 << 20;
+/// The most items one page holds, and how many when the caller does not say.
+const PAGE_MAX: i64 = 200;
+const PAGE_DEFAULT: i64 = 50;
+/// The longest accepted `Idempotency-Key`.
+const KEY_MAX: usize = 200;
+
+/// An API error, answered as [`ErrorBody`].
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+    fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    fn store(e: crate::control::ports::PortError) -> Self {
+        // the store's own words stay in the log
+        tracing::error!("api: store: {e}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the store cannot be reached; try again",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(ErrorBody {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad_request(r.body_text()).field("path")
+    }
+}
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(r.body_text()).field("query")
+    }
+}
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {BODY_LIMIT} bytes"),
+            )
+        } else {
+            ApiError::bad_request(r.body_text()).field("body")
+        }
+    }
+}
+
+/// Parses a JSON body, naming the field at fault.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_owned()
+        } else {
+            format!("body.{path}")
+        };
+        ApiError::bad_request(format!("invalid body: {}", e.inner())).field(field)
+    })
+}
+
+/// The API's settings.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Reads need no token.
+    pub open_reads: bool,
+    /// The secret push webhooks are signed with (HMAC-SHA256; GitLab: the token itself).
+    pub webhook_secret: Option<String>,
+    /// How environments are reached: `{scheme}://{service}.{env}.{domain}{port}`.
+    pub domain: String,
+    pub public_port: Option<u16>,
+    pub scheme: &'static str,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: SqlStore,
+    pub catalog: Arc<Catalog>,
+    pub specs: Arc<Vec<PlanSpec>>,
+    pub settings: Arc<ApiSettings>,
+    /// The clock (injected, so tests say when things happen).
+    pub clock: Arc<dyn Fn() -> Time + Send + Sync>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiState")
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+    pub groups: Vec<String>,
+    /// The token's hash, which scopes idempotency keys.
+    pub token: String,
+}
+
+impl ApiState {
+    fn url(&self, service: &str, env: &str, release: Option<&str>) -> String {
+        let s = &self.settings;
+        let port = s.public_port.map(|p| format!(":{p}")).unwrap_or_default();
+        match release {
+            Some(r) => format!("{}://{r}.{service}.{env}.{}{port}/", s.scheme, s.domain),
+            None => format!("{}://{service}.{env}.{}{port}/", s.scheme, s.domain),
+        }
+    }
+
+    fn spec(&self, service: &str) -> Result<&PlanSpec, ApiError> {
+        self.specs
+            .iter()
+            .find(|s| s.service == service)
+            .ok_or_else(|| ApiError::not_found(format!("no service `{service}`")).field("path.service"))
+    }
+
+    /// Checks the bearer token against the store; `need` is the least role allowed.
+    async fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        let Some(secret) = bearer.filter(|s| !s.is_empty()) else {
+            if need == Role::Viewer && self.settings.open_reads {
+                return Ok(Caller {
+                    name: "anonymous".into(),
+                    role: Role::Viewer,
+                    groups: Vec::new(),
+                    token: String::new(),
+                });
+            }
+            return Err(ApiError::unauthorized(
+                "a bearer token is needed (Authorization: Bearer …)",
+            ));
+        };
+        let info = self
+            .store
+            .token(secret)
+            .await
+            .map_err(ApiError::store)?
+            .ok_or_else(|| ApiError::unauthorized("the token is not valid"))?;
+        let role = Role::parse(&info.role).unwrap_or(Role::Viewer);
+        if role < need {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{} is a {}; this needs a {} token",
+                    info.name,
+                    role.name(),
+                    need.name()
+                ),
+            ));
+        }
+        Ok(Caller {
+            name: info.name,
+            role,
+            groups: info.groups,
+            token: crate::store::api::token_hash(secret),
+        })
+    }
+
+    async fn state_of(&self, service: &str) -> Result<(ServiceState, Overrides), ApiError> {
+        let mut store = self.store.clone();
+        let loaded = crate::control::ports::Store::load(&mut store, service)
+            .await
+            .map_err(ApiError::store)?;
+        Ok((loaded.state, loaded.overrides))
+    }
+}
+
+/// The client's address, when served over a socket.
+#[derive(Debug, Clone)]
+pub struct Origin(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Origin {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Origin(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "local".to_owned(), |c| c.0.ip().to_string()),
+        ))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "autopilot",
+        description = "Progressive delivery: services, releases, rollouts, operator actions and their audit trail.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&Security),
+    tags((name = "read", description = "What runs where, and why"), (name = "act", description = "Operator actions, audited"))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API's routes and its OpenAPI document, from the same list.
+fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_services))
+        .routes(routes!(get_service))
+        .routes(routes!(list_releases))
+        .routes(routes!(get_release))
+        .routes(routes!(release_logs))
+        .routes(routes!(list_audit))
+        .routes(routes!(act))
+        .routes(routes!(request_build))
+        .routes(routes!(create_token))
+        .routes(routes!(webhook::push))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as served and as checked in (`src/api/openapi.json`).
+pub fn openapi_json() -> String {
+    let mut text = parts().1.to_pretty_json().expect("the document serialises");
+    text.push('\n');
+    text
+}
+
+/// The API as a router (no socket: tests call it with `oneshot`).
+pub fn router(state: ApiState) -> axum::Router {
+    let doc = openapi_json();
+    parts()
+        .0
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// How many (1–200, default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn page(q: &PageQuery) -> Result<(i64, Option<i64>), ApiError> {
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1–{PAGE_MAX}")).field("query.limit"));
+    }
+    let cursor = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave").field("query.cursor"))?,
+        ),
+    };
+    Ok((limit, cursor))
+}
+
+/// Every service and where each environment stands.
+#[utoipa::path(get, path = "/v1/services", tag = "read",
+    responses((status = 200, body = ServiceList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_services(State(api): State<ApiState>, headers: HeaderMap) -> Result<axum::Json<ServiceList>, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let mut services = Vec::new();
+    for spec in api.specs.iter() {
+        let (state, overrides) = api.state_of(&spec.service).await?;
+        services.push(service_view(
+            spec,
+            description(&api, &spec.service),
+            &state,
+            &overrides,
+            |env| api.url(&spec.service, env, None),
+        ));
+    }
+    Ok(axum::Json(ServiceList { services }))
+}
+
+fn description(api: &ApiState, service: &str) -> Option<String> {
+    api.catalog.services.get(service).and_then(|s| s.description.clone())
+}
+
+/// One service.
+#[utoipa::path(get, path = "/v1/services/{service}", tag = "read",
+    params(("service" = String, Path, description = "The service's name")),
+    responses((status = 200, body = ServiceView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_service(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<ServiceView>, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Path(service) = path?;
+    let spec = api.spec(&service)?;
+    let (state, overrides) = api.state_of(&service).await?;
+    Ok(axum::Json(service_view(
+        spec,
+        description(&api, &service),
+        &state,
+        &overrides,
+        |env| api.url(&service, env, None),
+    )))
+}
+
+/// A service's releases, newest first.
+#[utoipa::path(get, path = "/v1/services/{service}/releases", tag = "read",
+    params(("service" = String, Path, description = "The service's name"), PageQuery),
+    responses((status = 200, body = ReleasePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_releases(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<axum::Json<ReleasePage>, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Path(service) = path?;
+    let Query(q) = query?;
+    api.spec(&service)?;
+    let (limit, before) = page(&q)?;
+    let builds = api
+        .store
+        .releases(&service, before, limit + 1)
+        .await
+        .map_err(ApiError::store)?;
+    let (state, _) = api.state_of(&service).await?;
+    let more = builds.len() as i64 > limit;
+    let items: Vec<_> = builds
+        .iter()
+        .take(limit as usize)
+        .map(|b| release_summary(b, &state))
+        .collect();
+    let next_cursor = more.then(|| items.last().map(|r| r.build.to_string())).flatten();
+    Ok(axum::Json(ReleasePage { items, next_cursor }))
+}
+
+/// A release's whole story: config, build, deployments, verdicts, actions, URLs.
+#[utoipa::path(get, path = "/v1/releases/{release}", tag = "read",
+    params(("release" = String, Path, description = "The release's id")),
+    responses((status = 200, body = ReleaseView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_release(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<ReleaseView>, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Path(id) = path?;
+    let b = find_release(&api, &id).await?;
+    let service = b.service.clone();
+    let (state, _) = api.state_of(&service).await?;
+    let transitions = api
+        .store
+        .release_transitions(&service, &id)
+        .await
+        .map_err(ApiError::store)?;
+    let mut deployments: Vec<DeploymentView> = Vec::new();
+    for t in transitions {
+        let t = t.transition;
+        let new_attempt = t.from.is_none()
+            || !deployments
+                .iter()
+                .any(|d| d.environment == t.environment);
+        if new_attempt {
+            let attempt = deployments
+                .iter()
+                .filter(|d| d.environment == t.environment)
+                .count() as u32
+                + 1;
+            deployments.push(DeploymentView {
+                environment: t.environment.clone(),
+                attempt,
+                started_at: t.at.to_string(),
+                state: t.to.clone(),
+                transitions: Vec::new(),
+            });
+        }
+        let d = deployments
+            .iter_mut()
+            .rev()
+            .find(|d| d.environment == t.environment)
+            .expect("pushed above");
+        d.state = t.to.clone();
+        d.transitions.push(TransitionView {
+            from: t.from,
+            to: t.to,
+            weight: t.weight.0,
+            at: t.at.to_string(),
+            cause: crate::sim::report::short_cause(&t.cause),
+        });
+    }
+    let verdicts = api
+        .store
+        .release_evidence(&service, &id)
+        .await
+        .map_err(ApiError::store)?
+        .into_iter()
+        .map(|(e, at)| {
+            let j = &e.judgement;
+            VerdictView {
+                environment: e.environment,
+                objective: e.objective,
+                verdict: match j.verdict {
+                    crate::control::judge::Verdict::Regressed => "regressed",
+                    crate::control::judge::Verdict::Safe => "safe",
+                    crate::control::judge::Verdict::NotYet(_) => "not yet",
+                }
+                .to_owned(),
+                explanation: j.evidence.explanation.clone(),
+                canary_bad: j.evidence.canary.bad,
+                canary_total: j.evidence.canary.total,
+                stable_bad: j.evidence.stable.bad,
+                stable_total: j.evidence.stable.total,
+                at: at.map(|t| t.to_string()),
+            }
+        })
+        .collect();
+    let actions = api
+        .store
+        .audit(Some(&service), Some(&id), None, PAGE_MAX)
+        .await
+        .map_err(ApiError::store)?
+        .into_iter()
+        .map(audit_view)
+        .collect();
+    let mut urls = Vec::new();
+    for (env, st) in &state.environments {
+        let serves = st.stable.as_deref() == Some(id.as_str())
+            || st
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.release == id && !r.phase.is_finished() && r.phase.weight().0 > 0);
+        let routed = serves
+            || st
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.release == id && !r.phase.is_finished());
+        if serves {
+            urls.push(UrlView {
+                kind: "environment".into(),
+                environment: env.clone(),
+                url: api.url(&service, env, None),
+            });
+        }
+        if routed {
+            urls.push(UrlView {
+                kind: "preview".into(),
+                environment: env.clone(),
+                url: api.url(&service, env, Some(&id)),
+            });
+        }
+    }
+    let digest = b.digest.clone().unwrap_or_default();
+    Ok(axum::Json(ReleaseView {
+        artifact: format!("oci-layout:artifacts@{digest} (autopilot's data directory)"),
+        id: id.clone(),
+        service,
+        commit: b.commit.clone(),
+        digest,
+        source: b.source.clone(),
+        config: b.config.clone(),
+        build: BuildView {
+            number: b.seq,
+            commit: b.commit.clone(),
+            status: b.status.clone(),
+            started_at: b.started_at.to_string(),
+            finished_at: b.finished_at.map(|t| t.to_string()),
+            output_bytes: b.output.len() as u64,
+            logs: format!("/v1/releases/{id}/logs"),
+        },
+        deployments,
+        verdicts,
+        actions,
+        urls,
+    }))
+}
+
+async fn find_release(api: &ApiState, id: &str) -> Result<crate::store::StoredBuild, ApiError> {
+    api.store
+        .release(id)
+        .await
+        .map_err(ApiError::store)?
+        .filter(|b| api.specs.iter().any(|s| s.service == b.service))
+        .ok_or_else(|| ApiError::not_found(format!("no release `{id}`")).field("path.release"))
+}
+
+/// A release's full build output, as text.
+#[utoipa::path(get, path = "/v1/releases/{release}/logs", tag = "read",
+    params(("release" = String, Path, description = "The release's id")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn release_logs(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Path(id) = path?;
+    let b = find_release(&api, &id).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b.output).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Only this service's records.
+    service: Option<String>,
+    /// Only this release's records.
+    release: Option<String>,
+    /// How many (1–200, default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/v1/audit", tag = "read",
+    params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_audit(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<axum::Json<AuditPage>, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Query(q) = query?;
+    let (limit, before) = page(&PageQuery {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+    })?;
+    let records = api
+        .store
+        .audit(q.service.as_deref(), q.release.as_deref(), before, limit + 1)
+        .await
+        .map_err(ApiError::store)?;
+    let more = records.len() as i64 > limit;
+    let items: Vec<_> = records.into_iter().take(limit as usize).map(audit_view).collect();
+    let next_cursor = more.then(|| items.last().map(|a| a.id.to_string())).flatten();
+    Ok(axum::Json(AuditPage { items, next_cursor }))
+}
+
+fn idempotency(headers: &HeaderMap, caller: &Caller, request: String) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= KEY_MAX)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("Idempotency-Key must be 1–{KEY_MAX} visible ASCII characters"))
+                .field("header.Idempotency-Key")
+        })?;
+    Ok(Some(Idempotency {
+        token: caller.token.clone(),
+        key: key.to_owned(),
+        request: crate::store::api::token_hash(&request),
+    }))
+}
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::bad_request("say why: the reason is kept in the audit trail").field("body.reason"));
+    }
+    if reason.chars().count() > 1000 {
+        return Err(ApiError::bad_request("the reason is longer than 1000 characters").field("body.reason"));
+    }
+    Ok(())
+}
+
+fn mutated(m: Mutated<ApiError>) -> Result<Response, ApiError> {
+    match m {
+        Mutated::Done { status, body } => Ok((
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()),
+        Mutated::Refused(e) => Err(e),
+        Mutated::KeyReused => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+        )
+        .field("header.Idempotency-Key")),
+    }
+}
+
+/// Act on one environment: pause, resume, promote, roll back, hold a weight, pin, freeze,
+/// approve. The action wins over the controller until lifted, and is audited.
+#[utoipa::path(post, path = "/v1/services/{service}/environments/{environment}/actions", tag = "act",
+    params(("service" = String, Path, description = "The service's name"), ("environment" = String, Path, description = "The environment's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and changes nothing")),
+    request_body = ActionRequest,
+    responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn act(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Origin(origin): Origin,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = api.authorize(&headers, Role::Operator).await?;
+    let Path((service, environment)) = path?;
+    let spec = api.spec(&service)?;
+    if !spec.environments.iter().any(|e| e.name == environment) {
+        return Err(
+            ApiError::not_found(format!("`{service}` has no environment `{environment}`")).field("path.environment"),
+        );
+    }
+    let body = body?;
+    let req: ActionRequest = parse_body(&body)?;
+    check_reason(&req.reason)?;
+    let action = match req.action {
+        ActionName::Pause => OverrideAction::Pause,
+        ActionName::Resume => OverrideAction::Resume,
+        ActionName::Promote => OverrideAction::Promote,
+        ActionName::Rollback => OverrideAction::Rollback,
+        ActionName::Weight => match req.percent {
+            Some(p) if p <= 100 => OverrideAction::Weight(Weight(p)),
+            Some(_) => return Err(ApiError::bad_request("percent must be 0–100").field("body.percent")),
+            None => return Err(ApiError::bad_request("`weight` needs `percent`").field("body.percent")),
+        },
+        ActionName::ClearWeight => OverrideAction::ClearWeight,
+        ActionName::Pin => match &req.release {
+            Some(r) => OverrideAction::Pin(r.clone()),
+            None => return Err(ApiError::bad_request("`pin` needs `release`").field("body.release")),
+        },
+        ActionName::Unpin => OverrideAction::Unpin,
+        ActionName::Freeze => OverrideAction::Freeze,
+        ActionName::Unfreeze => OverrideAction::Unfreeze,
+        ActionName::Approve => OverrideAction::Approve {
+            release: req.release.clone(),
+            groups: caller.groups.clone(),
+        },
+    };
+    let idem = idempotency(
+        &headers,
+        &caller,
+        format!("act {service} {environment} {}", String::from_utf8_lossy(&body)),
+    )?;
+    let now = (api.clock)();
+    let actor = Actor {
+        who: caller.name.clone(),
+        reason: req.reason.clone(),
+    };
+    let changed_flag = std::sync::atomic::AtomicBool::new(false);
+    let detail = serde_json::to_value(&req).unwrap_or_default();
+    let m = api
+        .store
+        .mutate(
+            &service,
+            idem.as_ref(),
+            |state, ov| {
+                let applied = overrides::apply(state, ov, &environment, &action, actor.clone(), now)
+                    .map_err(|e| match e {
+                        Refused::Conflict(m) => ApiError::conflict(m),
+                        Refused::UnknownRelease(_) => ApiError::not_found(e.to_string()).field("body.release"),
+                    })?;
+                changed_flag.store(applied.changed, std::sync::atomic::Ordering::Relaxed);
+                Ok(Effect {
+                    audit: AuditEntry {
+                        environment: Some(environment.clone()),
+                        release: applied.release,
+                        action: action.name().to_owned(),
+                        detail: detail.clone(),
+                        who: caller.name.clone(),
+                        reason: req.reason.clone(),
+                        origin: origin.clone(),
+                        at: now,
+                    },
+                    overrides_changed: applied.changed,
+                    build: None,
+                })
+            },
+            |audit_id, state, ov| {
+                let view = environment_view(
+                    &environment,
+                    api.url(&service, &environment, None),
+                    state.environments.get(&environment),
+                    ov.environments.get(&environment),
+                    ov,
+                );
+                let result = ActionResult {
+                    audit_id,
+                    action: req.action,
+                    changed: changed_flag.load(std::sync::atomic::Ordering::Relaxed),
+                    environment: view,
+                };
+                (200, serde_json::to_string(&result).expect("serialises"))
+            },
+        )
+        .await
+        .map_err(ApiError::store)?;
+    if changed_flag.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(%service, %environment, action = action.name(), who = %caller.name, reason = %req.reason, "operator action");
+    }
+    mutated(m)
+}
+
+/// Build a commit of the service's repository (a hotfix, a cherry-pick). It becomes a release
+/// like any other, marked with who asked.
+#[utoipa::path(post, path = "/v1/services/{service}/builds", tag = "act",
+    params(("service" = String, Path, description = "The service's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and changes nothing")),
+    request_body = BuildRequest,
+    responses((status = 202, body = BuildAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn request_build(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Origin(origin): Origin,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = api.authorize(&headers, Role::Operator).await?;
+    let Path(service) = path?;
+    api.spec(&service)?;
+    let body = body?;
+    let req: BuildRequest = parse_body(&body)?;
+    check_reason(&req.reason)?;
+    let commit = req.commit.trim().to_ascii_lowercase();
+    if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("a commit is 4–64 hexadecimal characters").field("body.commit"));
+    }
+    let idem = idempotency(&headers, &caller, format!("build {service} {}", String::from_utf8_lossy(&body)))?;
+    let now = (api.clock)();
+    let m = api
+        .store
+        .mutate(
+            &service,
+            idem.as_ref(),
+            |_, _| {
+                Ok::<_, ApiError>(Effect {
+                    audit: AuditEntry {
+                        environment: None,
+                        release: None,
+                        action: "build".into(),
+                        detail: serde_json::json!({ "commit": commit }),
+                        who: caller.name.clone(),
+                        reason: req.reason.clone(),
+                        origin: origin.clone(),
+                        at: now,
+                    },
+                    overrides_changed: false,
+                    build: Some(commit.clone()),
+                })
+            },
+            |audit_id, _, _| {
+                let body = BuildAccepted {
+                    audit_id,
+                    service: service.clone(),
+                    commit: commit.clone(),
+                };
+                (202, serde_json::to_string(&body).expect("serialises"))
+            },
+        )
+        .await
+        .map_err(ApiError::store)?;
+    mutated(m)
+}
+
+/// Make (or replace) a token. Needs an admin token.
+#[utoipa::path(post, path = "/v1/tokens", tag = "act",
+    request_body = TokenRequest,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_token(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, Role::Admin).await?;
+    let req: TokenRequest = parse_body(&body?)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("a token's name is 1–100 visible characters").field("body.name"));
+    }
+    if let Some(g) = req.groups.iter().find(|g| g.is_empty() || g.contains(',')) {
+        return Err(ApiError::bad_request(format!("group `{g}`: no empty names, no commas")).field("body.groups"));
+    }
+    let token = api
+        .store
+        .create_token(name, req.role.name(), &req.groups)
+        .await
+        .map_err(ApiError::store)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TokenCreated {
+            name: name.to_owned(),
+            role: req.role,
+            token,
+        }),
+    )
+        .into_response())
+}
