@@ -12,6 +12,7 @@
 //! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
 
 pub mod api;
+pub mod cli;
 pub mod control;
 pub mod live;
 pub mod loadgen;

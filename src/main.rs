@@ -5,6 +5,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use autopilot::cli::Connection;
 use autopilot::spec::{self, LoadError, schema::SchemaKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -83,12 +84,108 @@ enum Command {
     /// The demo's sample service (run by the demo's releases): listens on $PORT, fails the share
     /// of requests its behaviour file says.
     #[command(hide = true)]
-    SampleService { behaviour: PathBuf },
+    SampleService {
+        behaviour: PathBuf,
+    },
+    /// Serve the HTTP API alone, on the store `autopilot up` uses (`--openapi`: print its
+    /// OpenAPI document instead).
+    Api {
+        /// The configuration (`kind: Autopilot`); default: `autopilot.yaml` if present.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        openapi: bool,
+    },
+    /// Where every service's environments stand: stable release, rollout, weight, state, and
+    /// what waits for a person.
+    Status {
+        service: Option<String>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Releases: `list SERVICE`, `view RELEASE`, `logs RELEASE`.
+    Release {
+        #[command(subcommand)]
+        command: autopilot::cli::ReleaseCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Hold a rollout where it is until `resume`.
+    Pause(Target),
+    /// Lift a pause (an operator's or a policy's), or a rollback's block.
+    Resume(Target),
+    /// Promote the canary now.
+    Promote(Target),
+    /// Roll the canary back now.
+    Rollback(Target),
+    /// Approve the release waiting at a gate (or `--release`, ahead of time).
+    Approve {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// Hold the canary at PERCENT (`off`: stop holding).
+    Weight {
+        #[command(flatten)]
+        target: Target,
+        percent: String,
+    },
+    /// Keep an environment on RELEASE until `unpin`.
+    Pin {
+        #[command(flatten)]
+        target: Target,
+        release: String,
+    },
+    Unpin(Target),
+    /// Start no new rollout in an environment until `unfreeze`.
+    Freeze(Target),
+    Unfreeze(Target),
+    /// Build a commit of the service's repository (a hotfix, a cherry-pick).
+    Build {
+        service: String,
+        #[arg(long)]
+        commit: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// The audit trail of operator actions, newest first.
+    Audit {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        release: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// API tokens: `create NAME --role viewer|operator|admin`.
+    Token {
+        #[command(subcommand)]
+        command: autopilot::cli::TokenCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Print the JSON Schema of a file kind (for editors and CI).
     Schema {
         #[arg(value_enum)]
         kind: SchemaKind,
     },
+}
+
+/// The environment an operator action is for, and why.
+#[derive(clap::Args)]
+struct Target {
+    service: String,
+    environment: String,
+    /// Why (kept in the audit trail).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    conn: Connection,
 }
 
 /// Options of `autopilot proxy`.
@@ -297,6 +394,55 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Up { config, log_format } => run_up(config, log_format),
+        Command::Api { config, openapi } => {
+            if openapi {
+                print!("{}", autopilot::api::openapi_json());
+                return ExitCode::SUCCESS;
+            }
+            run_api(config)
+        }
+        Command::Status { service, conn } => {
+            on_runtime(async move { autopilot::cli::status(&conn, service).await })
+        }
+        Command::Release { command, conn } => {
+            on_runtime(async move { autopilot::cli::release(&conn, command).await })
+        }
+        Command::Pause(t) => act(t, "pause", None, None),
+        Command::Resume(t) => act(t, "resume", None, None),
+        Command::Promote(t) => act(t, "promote", None, None),
+        Command::Rollback(t) => act(t, "rollback", None, None),
+        Command::Approve { target, release } => act(target, "approve", None, release),
+        Command::Weight { target, percent } => {
+            if percent == "off" {
+                return act(target, "clear-weight", None, None);
+            }
+            match percent.trim_end_matches('%').parse::<u8>() {
+                Ok(p) if p <= 100 => act(target, "weight", Some(p), None),
+                _ => {
+                    eprintln!("error: PERCENT is 0–100 (or `off`), not `{percent}`");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Pin { target, release } => act(target, "pin", None, Some(release)),
+        Command::Unpin(t) => act(t, "unpin", None, None),
+        Command::Freeze(t) => act(t, "freeze", None, None),
+        Command::Unfreeze(t) => act(t, "unfreeze", None, None),
+        Command::Build {
+            service,
+            commit,
+            reason,
+            conn,
+        } => on_runtime(async move { autopilot::cli::build(&conn, &service, &commit, &reason).await }),
+        Command::Audit {
+            service,
+            release,
+            limit,
+            conn,
+        } => on_runtime(async move { autopilot::cli::audit(&conn, service, release, limit).await }),
+        Command::Token { command, conn } => {
+            on_runtime(async move { autopilot::cli::token_create(&conn, command).await })
+        }
         Command::Demo {
             dir,
             interval,
@@ -365,16 +511,9 @@ async fn stop_signal() {
 }
 
 fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
-    use autopilot::live::{Up, config::AutopilotConfig};
+    use autopilot::live::Up;
     init_logs(log_format, "info");
-    let config = match config {
-        Some(path) => AutopilotConfig::load(&path),
-        None if PathBuf::from("autopilot.yaml").exists() => {
-            AutopilotConfig::load(&PathBuf::from("autopilot.yaml"))
-        }
-        None => Ok(AutopilotConfig::default()),
-    };
-    let config = match config {
+    let config = match load_config(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -404,7 +543,8 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         tracing::info!(
             proxy = %up.config.listen,
             admin = %up.config.admin,
-            store = %up.store.url(),
+            api = %up.config.api.listen,
+            store = %autopilot::store::redact(up.store.url()),
             services = up.specs.len(),
             "autopilot is up"
         );
@@ -412,6 +552,112 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         tracing::info!("stopping: children first, then the proxy; state is saved");
         up.stop().await;
         match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Runs a CLI command on a small runtime.
+fn on_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn act(t: Target, action: &str, percent: Option<u8>, release: Option<String>) -> ExitCode {
+    on_runtime(async move {
+        autopilot::cli::act(
+            &t.conn,
+            &t.service,
+            &t.environment,
+            action,
+            &t.reason,
+            percent,
+            release,
+        )
+        .await
+    })
+}
+
+fn load_config(config: Option<PathBuf>) -> Result<autopilot::live::config::AutopilotConfig, String> {
+    use autopilot::live::config::AutopilotConfig;
+    match config {
+        Some(path) => AutopilotConfig::load(&path),
+        None if PathBuf::from("autopilot.yaml").exists() => {
+            AutopilotConfig::load(&PathBuf::from("autopilot.yaml"))
+        }
+        None => Ok(AutopilotConfig::default()),
+    }
+}
+
+/// `autopilot api`: the API alone on the configured store, until Ctrl-C or SIGTERM.
+fn run_api(config: Option<PathBuf>) -> ExitCode {
+    use autopilot::control::plan::PlanSpec;
+    init_logs(LogFormat::Text, "info");
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let catalog = match spec::load(&config.specs) {
+        Ok(c) => c,
+        Err(LoadError::Invalid(r)) => {
+            eprint!("{}", r.render_text());
+            return ExitCode::FAILURE;
+        }
+        Err(LoadError::Usage(u)) => {
+            eprintln!("error: {u}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let store = match autopilot::live::open_store(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match autopilot::live::bootstrap_token(&store, &config).await {
+            Ok(Some(path)) => tracing::info!("an admin token was made: {}", path.display()),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {} (API): {e}", config.api.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let specs: Vec<PlanSpec> = catalog
+            .services
+            .keys()
+            .filter_map(|s| PlanSpec::resolve(&catalog, s))
+            .collect();
+        let state = autopilot::live::api_state(&config, std::sync::Arc::new(catalog), specs, store.clone());
+        tracing::info!(api = %config.api.listen, store = %autopilot::store::redact(store.url()), "the API is up");
+        let served = autopilot::api::serve(listener, state, stop_signal()).await;
+        store.close().await;
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

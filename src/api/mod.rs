@@ -105,8 +105,10 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         r
     }
@@ -141,7 +143,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." {
+        // a syntax error has no field: the body is at fault
+        let field = if path == "." || e.inner().is_syntax() || e.inner().is_eof() || path.contains('?') {
             "body".to_owned()
         } else {
             format!("body.{path}")
@@ -269,7 +272,10 @@ pub struct Origin(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Origin {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         Ok(Origin(
             parts
                 .extensions
@@ -377,15 +383,13 @@ fn page(q: &PageQuery) -> Result<(i64, Option<i64>), ApiError> {
     if !(1..=PAGE_MAX).contains(&limit) {
         return Err(ApiError::bad_request(format!("limit must be 1–{PAGE_MAX}")).field("query.limit"));
     }
-    let cursor = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave").field("query.cursor"))?,
-        ),
-    };
+    let cursor =
+        match &q.cursor {
+            None => None,
+            Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
+                ApiError::bad_request("cursor is not one this API gave").field("query.cursor")
+            })?),
+        };
     Ok((limit, cursor))
 }
 
@@ -393,7 +397,10 @@ fn page(q: &PageQuery) -> Result<(i64, Option<i64>), ApiError> {
 #[utoipa::path(get, path = "/v1/services", tag = "read",
     responses((status = 200, body = ServiceList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
-async fn list_services(State(api): State<ApiState>, headers: HeaderMap) -> Result<axum::Json<ServiceList>, ApiError> {
+async fn list_services(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<ServiceList>, ApiError> {
     api.authorize(&headers, Role::Viewer).await?;
     let mut services = Vec::new();
     for spec in api.specs.iter() {
@@ -410,7 +417,10 @@ async fn list_services(State(api): State<ApiState>, headers: HeaderMap) -> Resul
 }
 
 fn description(api: &ApiState, service: &str) -> Option<String> {
-    api.catalog.services.get(service).and_then(|s| s.description.clone())
+    api.catalog
+        .services
+        .get(service)
+        .and_then(|s| s.description.clone())
 }
 
 /// One service.
@@ -491,10 +501,7 @@ async fn get_release(
     let mut deployments: Vec<DeploymentView> = Vec::new();
     for t in transitions {
         let t = t.transition;
-        let new_attempt = t.from.is_none()
-            || !deployments
-                .iter()
-                .any(|d| d.environment == t.environment);
+        let new_attempt = t.from.is_none() || !deployments.iter().any(|d| d.environment == t.environment);
         if new_attempt {
             let attempt = deployments
                 .iter()
@@ -675,7 +682,11 @@ async fn list_audit(
     Ok(axum::Json(AuditPage { items, next_cursor }))
 }
 
-fn idempotency(headers: &HeaderMap, caller: &Caller, request: String) -> Result<Option<Idempotency>, ApiError> {
+fn idempotency(
+    headers: &HeaderMap,
+    caller: &Caller,
+    request: String,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -684,8 +695,10 @@ fn idempotency(headers: &HeaderMap, caller: &Caller, request: String) -> Result<
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= KEY_MAX)
         .ok_or_else(|| {
-            ApiError::bad_request(format!("Idempotency-Key must be 1–{KEY_MAX} visible ASCII characters"))
-                .field("header.Idempotency-Key")
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1–{KEY_MAX} visible ASCII characters"
+            ))
+            .field("header.Idempotency-Key")
         })?;
     Ok(Some(Idempotency {
         token: caller.token.clone(),
@@ -696,7 +709,9 @@ fn idempotency(headers: &HeaderMap, caller: &Caller, request: String) -> Result<
 
 fn check_reason(reason: &str) -> Result<(), ApiError> {
     if reason.trim().is_empty() {
-        return Err(ApiError::bad_request("say why: the reason is kept in the audit trail").field("body.reason"));
+        return Err(
+            ApiError::bad_request("say why: the reason is kept in the audit trail").field("body.reason"),
+        );
     }
     if reason.chars().count() > 1000 {
         return Err(ApiError::bad_request("the reason is longer than 1000 characters").field("body.reason"));
@@ -743,7 +758,8 @@ async fn act(
     let spec = api.spec(&service)?;
     if !spec.environments.iter().any(|e| e.name == environment) {
         return Err(
-            ApiError::not_found(format!("`{service}` has no environment `{environment}`")).field("path.environment"),
+            ApiError::not_found(format!("`{service}` has no environment `{environment}`"))
+                .field("path.environment"),
         );
     }
     let body = body?;
@@ -793,7 +809,9 @@ async fn act(
                 let applied = overrides::apply(state, ov, &environment, &action, actor.clone(), now)
                     .map_err(|e| match e {
                         Refused::Conflict(m) => ApiError::conflict(m),
-                        Refused::UnknownRelease(_) => ApiError::not_found(e.to_string()).field("body.release"),
+                        Refused::UnknownRelease(_) => {
+                            ApiError::not_found(e.to_string()).field("body.release")
+                        }
                     })?;
                 changed_flag.store(applied.changed, std::sync::atomic::Ordering::Relaxed);
                 Ok(Effect {
@@ -862,7 +880,11 @@ async fn request_build(
     if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("a commit is 4–64 hexadecimal characters").field("body.commit"));
     }
-    let idem = idempotency(&headers, &caller, format!("build {service} {}", String::from_utf8_lossy(&body)))?;
+    let idem = idempotency(
+        &headers,
+        &caller,
+        format!("build {service} {}", String::from_utf8_lossy(&body)),
+    )?;
     let now = (api.clock)();
     let m = api
         .store
@@ -916,7 +938,9 @@ async fn create_token(
         return Err(ApiError::bad_request("a token's name is 1–100 visible characters").field("body.name"));
     }
     if let Some(g) = req.groups.iter().find(|g| g.is_empty() || g.contains(',')) {
-        return Err(ApiError::bad_request(format!("group `{g}`: no empty names, no commas")).field("body.groups"));
+        return Err(
+            ApiError::bad_request(format!("group `{g}`: no empty names, no commas")).field("body.groups"),
+        );
     }
     let token = api
         .store

@@ -481,13 +481,21 @@ pub fn environment_view(
         Some(Phase::Paused { reason, .. }) => Some(format!("a paused rollout: {reason}")),
         _ => None,
     }
-    .or_else(|| view.paused.as_ref().map(|a| format!("a pause by {}: {}", a.who, a.reason)))
+    .or_else(|| {
+        view.paused
+            .as_ref()
+            .map(|a| format!("a pause by {}: {}", a.who, a.reason))
+    })
     .or_else(|| {
         view.pinned
             .as_ref()
             .map(|p| format!("a pin to {} by {}", p.release, p.by.who))
     })
-    .or_else(|| view.frozen.as_ref().map(|a| format!("a freeze by {}: {}", a.who, a.reason)))
+    .or_else(|| {
+        view.frozen
+            .as_ref()
+            .map(|a| format!("a freeze by {}: {}", a.who, a.reason))
+    })
     .or_else(|| {
         active
             .is_none()
@@ -542,7 +550,11 @@ pub fn running(state: &ServiceState, release: &str) -> Vec<String> {
         if st.stable.as_deref() == Some(release) {
             out.push(format!("{env} (stable)"));
         }
-        if let Some(r) = st.rollout.as_ref().filter(|r| r.release == release && !r.phase.is_finished()) {
+        if let Some(r) = st
+            .rollout
+            .as_ref()
+            .filter(|r| r.release == release && !r.phase.is_finished())
+        {
             out.push(format!("{env} ({} {}%)", r.phase.name(), r.phase.weight().0));
         }
     }

@@ -105,12 +105,23 @@ pub(super) async fn push(
         .get(&spec.service)
         .map(|s| s.source.branch.clone())
         .unwrap_or_default();
-    let (sender, event) = [("github", "x-github-event"), ("gitea", "x-gitea-event"), ("gitlab", "x-gitlab-event")]
-        .into_iter()
-        .find_map(|(who, h)| header(&headers, h).map(|e| (who, e.to_owned())))
-        .unwrap_or(("git", "push".to_owned()));
+    let (sender, event) = [
+        ("github", "x-github-event"),
+        ("gitea", "x-gitea-event"),
+        ("gitlab", "x-gitlab-event"),
+    ]
+    .into_iter()
+    .find_map(|(who, h)| header(&headers, h).map(|e| (who, e.to_owned())))
+    .unwrap_or(("git", "push".to_owned()));
     let ignored = |why: String| {
-        Ok((StatusCode::OK, axum::Json(PushAccepted { commit: None, ignored: Some(why) })).into_response())
+        Ok((
+            StatusCode::OK,
+            axum::Json(PushAccepted {
+                commit: None,
+                ignored: Some(why),
+            }),
+        )
+            .into_response())
     };
     if event == "ping" {
         return ignored("ping".into());

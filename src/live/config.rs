@@ -58,6 +58,54 @@ pub struct AutopilotConfig {
     /// relative to this file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSettings>,
+    /// The store's URL: `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE` (the password
+    /// from `PGPASSWORD`). Default: SQLite, `autopilot.db` in the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// The HTTP API (`/v1/…`) the CLI and the web pages use.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// Where the API listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The API's listener.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Reads need no token (mutations always do).
+    #[serde(default)]
+    pub open_reads: bool,
+    /// The environment variable holding an admin token to register at start (none set and no
+    /// token in the store: one is made and written to `admin.token` in the data directory).
+    #[serde(default = "default_api_token_variable")]
+    pub token_variable: String,
+    /// The environment variable holding the push webhooks' secret (unset: unsigned pushes are
+    /// accepted; they only build the branch's tip).
+    #[serde(default = "default_webhook_secret_variable")]
+    pub webhook_secret_variable: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            open_reads: false,
+            token_variable: default_api_token_variable(),
+            webhook_secret_variable: default_webhook_secret_variable(),
+        }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_api_token_variable() -> String {
+    "AUTOPILOT_TOKEN".into()
+}
+fn default_webhook_secret_variable() -> String {
+    "AUTOPILOT_WEBHOOK_SECRET".into()
 }
 
 fn default_data_dir() -> PathBuf {
@@ -98,6 +146,8 @@ impl Default for AutopilotConfig {
             domain: default_domain(),
             tick: default_tick(),
             auth: None,
+            store: None,
+            api: ApiConfig::default(),
         }
     }
 }

@@ -306,6 +306,10 @@ build:
             clients: Vec::new(),
             groups_claim: "groups".into(),
         }),
+        api: super::config::ApiConfig {
+            listen: addr("the API")?,
+            ..Default::default()
+        },
         ..AutopilotConfig::default()
     })
 }

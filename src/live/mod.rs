@@ -297,6 +297,82 @@ pub enum UpError {
     Proxy(#[from] crate::proxy::server::StartError),
 }
 
+/// Opens the store the configuration names (default: SQLite in the data directory).
+pub async fn open_store(config: &AutopilotConfig) -> Result<SqlStore, UpError> {
+    Ok(match &config.store {
+        Some(url) => SqlStore::open(url).await?,
+        None => SqlStore::open_dir(&config.data_dir).await?,
+    })
+}
+
+/// Makes sure someone can use the API: the token in `api.tokenVariable` is registered as the
+/// `admin` token; with none set and no token stored, one is made and written (mode 0600) to
+/// `admin.token` in the data directory. Returns that file when it was written.
+pub async fn bootstrap_token(
+    store: &SqlStore,
+    config: &AutopilotConfig,
+) -> Result<Option<std::path::PathBuf>, UpError> {
+    let err = |e: crate::control::ports::PortError| UpError::Adapter(e.to_string());
+    if let Ok(secret) = std::env::var(&config.api.token_variable)
+        && !secret.is_empty()
+    {
+        store
+            .add_token("admin", "admin", &[], &secret)
+            .await
+            .map_err(err)?;
+        return Ok(None);
+    }
+    if store.token_count().await.map_err(err)? > 0 {
+        return Ok(None);
+    }
+    let secret = store.create_token("admin", "admin", &[]).await.map_err(err)?;
+    let path = config.data_dir.join("admin.token");
+    let written = std::fs::create_dir_all(&config.data_dir).and_then(|_| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?
+            .write_all(secret.as_bytes())
+    });
+    written.map_err(|e| UpError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(path))
+}
+
+/// The API's shared state for this configuration.
+pub fn api_state(
+    config: &AutopilotConfig,
+    catalog: Arc<Catalog>,
+    specs: Vec<PlanSpec>,
+    store: SqlStore,
+) -> crate::api::ApiState {
+    let (scheme, port) = match config.tls_listen {
+        Some(t) => ("https", t.port()),
+        None => ("http", config.listen.port()),
+    };
+    crate::api::ApiState {
+        store,
+        catalog,
+        specs: Arc::new(specs),
+        settings: Arc::new(crate::api::ApiSettings {
+            open_reads: config.api.open_reads,
+            webhook_secret: std::env::var(&config.api.webhook_secret_variable)
+                .ok()
+                .filter(|s| !s.is_empty()),
+            domain: config.domain.clone(),
+            public_port: Some(port),
+            scheme,
+        }),
+        clock: Arc::new(wall_clock),
+    }
+}
+
 /// The live ports.
 pub type LivePorts = Ports<SqlStore, ProxySensors, LocalBuilder, LocalRuntime, ProxyRouter>;
 
@@ -309,6 +385,13 @@ pub struct Up {
     pub proxy: Option<ProxyHandle>,
     /// The store, for reading (the ports hold the writing one).
     pub store: SqlStore,
+    /// The API server, and how to stop it.
+    api: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+    /// Where a new admin token was written at start, if one was made.
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 fn check_port(addr: std::net::SocketAddr, what: &'static str) -> Result<(), UpError> {
@@ -356,7 +439,9 @@ impl Up {
             check_port(t, "proxy https")?;
         }
         check_port(config.admin, "admin")?;
-        let store = SqlStore::open_dir(data).await?;
+        check_port(config.api.listen, "API")?;
+        let store = open_store(&config).await?;
+        let admin_token_file = bootstrap_token(&store, &config).await?;
         let services: Vec<_> = catalog.services.values().cloned().collect();
         // the specs' folder is where relative repository paths start
         let base = config
@@ -416,6 +501,21 @@ impl Up {
             runtime: runtime.clone(),
             router: ProxyRouter::new(shared, runtime, &catalog),
         };
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| UpError::PortInUse {
+                addr: config.api.listen,
+                what: "API",
+                source,
+            })?;
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(crate::api::serve(
+            listener,
+            api_state(&config, catalog.clone(), specs.clone(), store.clone()),
+            async {
+                let _ = api_stopped.await;
+            },
+        ));
         let mut up = Up {
             config,
             catalog,
@@ -423,6 +523,8 @@ impl Up {
             ports,
             proxy: Some(proxy),
             store,
+            api: Some((stop_api, api)),
+            admin_token_file,
         };
         up.restore().await?;
         Ok(up)
@@ -559,6 +661,10 @@ impl Up {
 
     /// Stops the services' processes and the proxy, and closes the store.
     pub async fn stop(mut self) {
+        if let Some((stop, task)) = self.api.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         self.ports.runtime.stop_all().await;
         if let Some(p) = self.proxy.take() {
             tokio::task::spawn_blocking(move || p.stop()).await.ok();

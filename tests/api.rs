@@ -1,0 +1,652 @@
+//! The API as a client uses it: through `Router::oneshot` on SQLite, and over a real socket on
+//! a real PostgreSQL server; the same suite on both.
+
+use autopilot::api::{self, ApiSettings, ApiState};
+use autopilot::control::plan::PlanSpec;
+use autopilot::control::ports::Store;
+use autopilot::control::rollout::*;
+use autopilot::control::time::Time;
+use autopilot::spec::units::Weight;
+use autopilot::store::SqlStore;
+use autopilot::store::postgres::TempPostgres;
+use axum::body::Body;
+use hmac::{KeyInit, Mac};
+use http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const SECRET: &str = "webhook-secret";
+
+enum Client {
+    Oneshot(axum::Router),
+    Socket(String, reqwest::Client),
+}
+
+struct Answer {
+    status: StatusCode,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        match self {
+            Client::Oneshot(router) => {
+                let mut req = Request::builder().method(method).uri(path);
+                if let Some(t) = token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                if body.is_some() {
+                    req = req.header("content-type", "application/json");
+                }
+                let req = req
+                    .body(body.map(Body::from).unwrap_or_else(Body::empty))
+                    .unwrap();
+                let res = router.clone().oneshot(req).await.unwrap();
+                let status = res.status();
+                let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+                Answer {
+                    status,
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                }
+            }
+            Client::Socket(base, client) => {
+                let mut req = client.request(method, format!("{base}{path}"));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                if let Some(b) = body {
+                    req = req.header("content-type", "application/json").body(b);
+                }
+                let res = req.send().await.unwrap();
+                Answer {
+                    status: res.status(),
+                    text: res.text().await.unwrap(),
+                }
+            }
+        }
+    }
+    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.call(Method::GET, path, token, None, &[]).await
+    }
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call(
+            Method::POST,
+            path,
+            token,
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+        .await
+    }
+}
+
+struct Tokens {
+    admin: String,
+    operator: String,
+    viewer: String,
+}
+
+fn specs_dir() -> Vec<std::path::PathBuf> {
+    ["objectives", "sensors", "controllers"]
+        .map(|d| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
+        .to_vec()
+}
+
+/// A store with checkout's r1 stable everywhere and r2 a canary at 20% in prod, two builds,
+/// one transition history, and one token per role.
+async fn seeded(url: &str) -> (ApiState, Tokens) {
+    let catalog = autopilot::spec::load(&specs_dir()).unwrap();
+    let specs: Vec<PlanSpec> = catalog
+        .services
+        .keys()
+        .filter_map(|s| PlanSpec::resolve(&catalog, s))
+        .collect();
+    let mut store = SqlStore::open(url).await.unwrap();
+    let mut state = ServiceState::default();
+    for (i, id) in ["r1", "r2"].iter().enumerate() {
+        state.releases.push(Release {
+            id: (*id).into(),
+            commit: format!("{:040x}", i + 1),
+            digest: format!("sha256:{:064x}", i + 1),
+        });
+        sqlx::query(
+            "INSERT INTO builds (service, commit_sha, status, started_at, finished_at, digest, release, output, config) \
+             VALUES ('checkout', $1, 'built', $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(format!("{:040x}", i + 1))
+        .bind(1000 * i as i64)
+        .bind(1000 * i as i64 + 500)
+        .bind(format!("sha256:{:064x}", i + 1))
+        .bind(*id)
+        .bind(format!("building {id}\nok\n"))
+        .bind("kind: Service\nname: checkout\n")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    for env in ["dev", "staging", "prod"] {
+        let e = state.environments.entry(env.into()).or_default();
+        e.stable = Some("r1".into());
+    }
+    state.environments.get_mut("prod").unwrap().rollout = Some(Rollout {
+        release: "r2".into(),
+        phase: Phase::Canary {
+            step: 1,
+            weight: Weight(20),
+            since: Time::from_secs(60),
+        },
+        started_at: Time::from_secs(50),
+        judges: Default::default(),
+        excess_bad: 0.0,
+    });
+    let plan = Plan {
+        state,
+        actions: Vec::new(),
+        transitions: vec![
+            Transition {
+                environment: "prod".into(),
+                release: "r2".into(),
+                from: None,
+                to: "deploying".into(),
+                weight: Weight(0),
+                cause: Cause::GatesOpen,
+                at: Time::from_secs(50),
+            },
+            Transition {
+                environment: "prod".into(),
+                release: "r2".into(),
+                from: Some("deploying".into()),
+                to: "canary".into(),
+                weight: Weight(20),
+                cause: Cause::Ready,
+                at: Time::from_secs(60),
+            },
+        ],
+        evidence: Vec::new(),
+        notes: Vec::new(),
+        next_check: Time::ZERO,
+    };
+    store.record("checkout", 0, &plan, &[]).await.unwrap();
+    let tokens = Tokens {
+        admin: store.create_token("root", "admin", &[]).await.unwrap(),
+        operator: store
+            .create_token("ann", "operator", &["sre".into()])
+            .await
+            .unwrap(),
+        viewer: store.create_token("vic", "viewer", &[]).await.unwrap(),
+    };
+    let state = ApiState {
+        store,
+        catalog: Arc::new(catalog),
+        specs: Arc::new(specs),
+        settings: Arc::new(ApiSettings {
+            open_reads: false,
+            webhook_secret: Some(SECRET.into()),
+            domain: "example.test".into(),
+            public_port: Some(8080),
+            scheme: "http",
+        }),
+        clock: Arc::new(|| Time::from_secs(1_800_000_000)),
+    };
+    (state, tokens)
+}
+
+fn assert_error(a: &Answer, status: StatusCode, code: &str, field: Option<&str>) {
+    assert_eq!(a.status, status, "{}", a.text);
+    let j = a.json();
+    assert_eq!(j["code"], code, "{}", a.text);
+    assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()));
+    if let Some(f) = field {
+        assert_eq!(j["field"], f, "{}", a.text);
+    }
+}
+
+async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
+    let act = "/v1/services/checkout/environments/prod/actions";
+    // who may do what
+    assert_error(
+        &c.get("/v1/services", None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+    );
+    assert_error(
+        &c.get("/v1/services", Some("ap_nope")).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+    );
+    let pause = json!({"action": "pause", "reason": "looking at a latency graph"});
+    assert_error(
+        &c.post(act, Some(&t.viewer), pause.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    assert_error(
+        &c.post(
+            "/v1/tokens",
+            Some(&t.operator),
+            json!({"name": "x", "role": "viewer"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+
+    // reading
+    let list = c.get("/v1/services", Some(&t.viewer)).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let services = list.json();
+    let checkout = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "checkout")
+        .unwrap()
+        .clone();
+    let prod = checkout["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "prod")
+        .unwrap();
+    assert_eq!(prod["stable"], "r1");
+    assert_eq!(prod["rollout"]["release"], "r2");
+    assert_eq!(prod["rollout"]["state"], "canary");
+    assert_eq!(prod["rollout"]["weight"], 20);
+    assert_eq!(prod["url"], "http://checkout.prod.example.test:8080/");
+    assert_error(
+        &c.get("/v1/services/nope", Some(&t.viewer)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("path.service"),
+    );
+
+    // acting: pause, audited with who, why and from where; the state shows it
+    let a = c.post(act, Some(&t.operator), pause.clone()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let j = a.json();
+    assert_eq!(j["changed"], true);
+    assert_eq!(j["environment"]["overrides"]["paused"]["who"], "ann");
+    assert!(
+        j["environment"]["waiting_for_person"]
+            .as_str()
+            .unwrap()
+            .contains("pause by ann")
+    );
+    assert!(
+        store
+            .clone()
+            .load("checkout")
+            .await
+            .unwrap()
+            .overrides
+            .environments["prod"]
+            .pause
+            .is_some()
+    );
+    // conflicts: resume twice, promote while a rollback waits
+    let resume = json!({"action": "resume", "reason": "graph is fine"});
+    assert_eq!(
+        c.post(act, Some(&t.operator), resume.clone()).await.status,
+        StatusCode::OK
+    );
+    assert_error(
+        &c.post(act, Some(&t.operator), resume).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    );
+    // bad input names the field; nothing is written
+    let audits_before = store
+        .audit(Some("checkout"), None, None, 200)
+        .await
+        .unwrap()
+        .len();
+    for (body, field) in [
+        (
+            json!({"action": "weight", "reason": "r", "percent": 200}),
+            "body.percent",
+        ),
+        (json!({"action": "weight", "reason": "r"}), "body.percent"),
+        (json!({"action": "pin", "reason": "r"}), "body.release"),
+        (json!({"action": "jump", "reason": "r"}), "body.action"),
+        (
+            json!({"action": "pause", "reason": "r", "colour": "red"}),
+            "body.colour",
+        ),
+        (json!({"action": "pause", "reason": "  "}), "body.reason"),
+        (json!({"action": "pause"}), "body"),
+    ] {
+        assert_error(
+            &c.post(act, Some(&t.operator), body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(field),
+        );
+    }
+    assert_error(
+        &c.call(
+            Method::POST,
+            act,
+            Some(&t.operator),
+            Some(b"{not json".to_vec()),
+            &[],
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("body"),
+    );
+    assert_error(
+        &c.post(
+            "/v1/services/checkout/environments/production/actions",
+            Some(&t.operator),
+            json!({"action": "pause", "reason": "r"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("path.environment"),
+    );
+    assert_error(
+        &c.post(
+            act,
+            Some(&t.operator),
+            json!({"action": "pin", "reason": "r", "release": "r9"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("body.release"),
+    );
+    let huge = vec![b' '; api::BODY_LIMIT + 10];
+    assert_error(
+        &c.call(Method::POST, act, Some(&t.operator), Some(huge), &[])
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    assert_eq!(
+        store
+            .audit(Some("checkout"), None, None, 200)
+            .await
+            .unwrap()
+            .len(),
+        audits_before,
+        "a refusal was audited"
+    );
+
+    // idempotent retries: the same answer, one audit record; a reused key for another request
+    let weight = json!({"action": "weight", "reason": "hold here", "percent": 30})
+        .to_string()
+        .into_bytes();
+    let key = [("idempotency-key", "retry-1")];
+    let first = c
+        .call(Method::POST, act, Some(&t.operator), Some(weight.clone()), &key)
+        .await;
+    let again = c
+        .call(Method::POST, act, Some(&t.operator), Some(weight), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.text, again.text);
+    assert_eq!(
+        store
+            .audit(Some("checkout"), None, None, 200)
+            .await
+            .unwrap()
+            .len(),
+        audits_before + 1
+    );
+    let other = json!({"action": "weight", "reason": "hold here", "percent": 40})
+        .to_string()
+        .into_bytes();
+    assert_error(
+        &c.call(Method::POST, act, Some(&t.operator), Some(other), &key)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        None,
+    );
+
+    // releases, newest first, paged
+    let page = c
+        .get("/v1/services/checkout/releases?limit=1", Some(&t.viewer))
+        .await
+        .json();
+    assert_eq!(page["items"][0]["id"], "r2");
+    assert_eq!(page["items"][0]["running"][0], "prod (canary 20%)");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let page2 = c
+        .get(
+            &format!("/v1/services/checkout/releases?limit=1&cursor={cursor}"),
+            Some(&t.viewer),
+        )
+        .await
+        .json();
+    assert_eq!(page2["items"][0]["id"], "r1");
+    assert!(page2.get("next_cursor").is_none());
+    assert_error(
+        &c.get("/v1/services/checkout/releases?limit=0", Some(&t.viewer))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("query.limit"),
+    );
+    assert_error(
+        &c.get("/v1/services/checkout/releases?cursor=zz", Some(&t.viewer))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("query.cursor"),
+    );
+
+    // one release's story
+    let r = c.get("/v1/releases/r2", Some(&t.viewer)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = r.json();
+    assert_eq!(r["service"], "checkout");
+    assert_eq!(r["config"], "kind: Service\nname: checkout\n");
+    assert_eq!(r["build"]["status"], "built");
+    assert_eq!(r["deployments"][0]["environment"], "prod");
+    assert_eq!(r["deployments"][0]["state"], "canary");
+    assert_eq!(r["deployments"][0]["transitions"][1]["cause"], "instances ready");
+    let actions: Vec<&str> = r["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["weight", "resume", "pause"]);
+    assert_eq!(r["actions"][0]["who"], "ann");
+    let urls: Vec<&str> = r["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["url"].as_str().unwrap())
+        .collect();
+    assert!(
+        urls.contains(&"http://r2.checkout.prod.example.test:8080/"),
+        "{urls:?}"
+    );
+    let logs = c.get("/v1/releases/r2/logs", Some(&t.viewer)).await;
+    assert_eq!(logs.text, "building r2\nok\n");
+    assert_error(
+        &c.get("/v1/releases/r9", Some(&t.viewer)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("path.release"),
+    );
+
+    // the audit trail, narrowed and paged
+    let audit = c
+        .get("/v1/audit?service=checkout&limit=2", Some(&t.viewer))
+        .await
+        .json();
+    assert_eq!(audit["items"].as_array().unwrap().len(), 2);
+    assert!(audit["next_cursor"].is_string());
+
+    // a hotfix build of a named commit, and a push webhook
+    let b = c
+        .post(
+            "/v1/services/checkout/builds",
+            Some(&t.operator),
+            json!({"commit": "ABCDEF12", "reason": "hotfix"}),
+        )
+        .await;
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{}", b.text);
+    assert_error(
+        &c.post(
+            "/v1/services/checkout/builds",
+            Some(&t.operator),
+            json!({"commit": "main; rm -rf /", "reason": "x"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("body.commit"),
+    );
+    let payload = json!({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567", "pusher": {"name": "dev"}})
+        .to_string()
+        .into_bytes();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&payload);
+    let sig = format!(
+        "sha256={}",
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let hook = "/v1/webhooks/push/checkout";
+    let gh = [("x-github-event", "push"), ("x-hub-signature-256", sig.as_str())];
+    let w = c.call(Method::POST, hook, None, Some(payload.clone()), &gh).await;
+    assert_eq!(w.status, StatusCode::ACCEPTED, "{}", w.text);
+    let forged = [("x-github-event", "push"), ("x-hub-signature-256", "sha256=00")];
+    assert_error(
+        &c.call(Method::POST, hook, None, Some(payload.clone()), &forged)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+    );
+    let gitlab = [("x-gitlab-event", "Push Hook"), ("x-gitlab-token", SECRET)];
+    let other_branch = json!({"ref": "refs/heads/feature", "after": "0123456789abcdef0123456789abcdef01234567", "user_username": "gl"});
+    let w = c
+        .call(
+            Method::POST,
+            hook,
+            None,
+            Some(other_branch.to_string().into_bytes()),
+            &gitlab,
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::OK, "{}", w.text);
+    assert!(
+        w.json()["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("not checkout's branch")
+    );
+    let requests = store.build_requests("checkout", 0).await.unwrap();
+    let commits: Vec<&str> = requests.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(commits, ["abcdef12", "0123456789abcdef0123456789abcdef01234567"]);
+
+    // tokens: an admin makes one, and it works at once
+    let made = c
+        .post(
+            "/v1/tokens",
+            Some(&t.admin),
+            json!({"name": "ci", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let ci = made.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(c.get("/v1/services", Some(&ci)).await.status, StatusCode::OK);
+
+    // everything else is JSON too
+    assert_error(
+        &c.get("/v1/nothing", Some(&t.viewer)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &c.call(Method::DELETE, "/v1/services", Some(&t.viewer), None, &[])
+            .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    );
+    let doc = c.get("/v1/openapi.json", None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(
+        doc.json()["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn the_api_through_oneshot_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let (state, tokens) = seeded(&url).await;
+    let store = state.store.clone();
+    suite(&Client::Oneshot(api::router(state)), &tokens, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_a_socket_on_postgres() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pg = TempPostgres::start().expect("PostgreSQL starts (scripts/test installs it)");
+    let url = pg.database().await.unwrap();
+    let (state, tokens) = seeded(&url).await;
+    let store = state.store.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder().build().unwrap();
+    suite(&Client::Socket(format!("http://{addr}"), client), &tokens, &store).await;
+    // over a socket the audit knows where the request came from
+    let audit = store.audit(Some("checkout"), None, None, 1).await.unwrap();
+    assert_eq!(audit[0].origin, "127.0.0.1");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[test]
+fn the_checked_in_openapi_document_is_the_generated_one() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/openapi.json");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == api::openapi_json(),
+        "src/api/openapi.json has drifted from the API: run `cargo run -- api --openapi > src/api/openapi.json`"
+    );
+}
