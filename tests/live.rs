@@ -642,3 +642,218 @@ fn up_refuses_to_start_on_bad_specs_a_bad_config_a_busy_port_or_an_unwritable_da
     // nothing was started: no store in the real data directory
     assert!(!config.data_dir.join("autopilot.db").exists());
 }
+
+/// Runs the CLI against a running `autopilot up`; (exit code, stdout, stderr).
+fn cli(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(EXE)
+        .args(args)
+        .env("AUTOPILOT_URL", url)
+        .env("AUTOPILOT_TOKEN", token)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _creds, config_path) = prepare(dir.path());
+    let repo = dir.path().join("repo");
+    let log = dir.path().join("up.log");
+    let _up = up(&config_path, &log);
+    let show = || std::fs::read_to_string(&log).unwrap_or_default();
+    let url = format!("http://{}", config.api.listen);
+    // no token in the environment: `up` made an admin token and wrote it for the CLI
+    let token = wait_for("the admin token", Duration::from_secs(30), || {
+        let f = config.data_dir.join("admin.token");
+        async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
+    })
+    .await;
+    let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let v1 = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+    wait_for("v1 stable in dev", Duration::from_secs(60), || async {
+        matches!(phase(&store, "dev", &v1).await, Some((_, Phase::Promoted { .. }))).then_some(())
+    })
+    .await;
+    let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
+    wait_for("v2 a canary in dev", Duration::from_secs(60), || async {
+        phase(&store, "dev", &v2)
+            .await
+            .filter(|(_, p)| matches!(p, Phase::Canary { .. }))
+    })
+    .await;
+
+    // pause from the CLI: the loop holds the canary from its next tick, and says who did it
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &["pause", "shop", "dev", "--reason", "checking the graphs"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pause shop dev: done"), "{out}");
+    let held = wait_for("the loop to pause v2 in dev", Duration::from_secs(20), || async {
+        phase(&store, "dev", &v2).await.filter(|(_, p)| {
+            matches!(
+                p,
+                Phase::Paused {
+                    by_operator: true,
+                    ..
+                }
+            )
+        })
+    })
+    .await;
+    let paused_at = held.1.weight();
+    let (code, out, _) = cli(&url, &token, &["status", "shop", "--output", "json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dev = &status["services"][0]["environments"][0];
+    assert_eq!(dev["rollout"]["state"], "paused", "{out}");
+    assert_eq!(dev["overrides"]["paused"]["who"], "admin");
+    let (_, table, _) = cli(&url, &token, &["status"]);
+    assert!(table.contains("SERVICE") && table.contains("paused"), "{table}");
+    // held: still paused at the same weight a few ticks later
+    let ticks = || async {
+        let text = reqwest::get(format!("http://{}/metrics", config.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let line = text.lines().find(|l| l.starts_with("autopilot_ticks_total "))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    let seen = wait_for("the tick count", Duration::from_secs(10), ticks).await;
+    wait_for("more ticks", Duration::from_secs(20), || async {
+        ticks().await.filter(|t| *t >= seen + 4.0)
+    })
+    .await;
+    let (_, still) = phase(&store, "dev", &v2).await.unwrap();
+    assert!(
+        matches!(still, Phase::Paused { .. }) && still.weight() == paused_at,
+        "{still:?}"
+    );
+    // the audit trail says who, what and why
+    let (_, out, _) = cli(&url, &token, &["audit", "--service", "shop", "--output", "json"]);
+    let audit: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(audit["items"][0]["action"], "pause");
+    assert_eq!(audit["items"][0]["who"], "admin");
+    assert_eq!(audit["items"][0]["reason"], "checking the graphs");
+    assert_eq!(audit["items"][0]["origin"], "127.0.0.1");
+
+    // resume: the canary moves on; a second resume is a conflict (exit 4)
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &["resume", "shop", "dev", "--reason", "graphs are fine"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("v2 to move on in dev", Duration::from_secs(60), || async {
+        phase(&store, "dev", &v2)
+            .await
+            .filter(|(_, p)| !matches!(p, Phase::Paused { .. }))
+    })
+    .await;
+    let (code, _, err) = cli(&url, &token, &["resume", "shop", "dev", "--reason", "again"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("409"), "{err}");
+
+    // exit codes scripts rely on
+    assert_eq!(
+        cli(&url, &token, &["promote", "shop", "nowhere", "--reason", "x"]).0,
+        3
+    );
+    assert_eq!(cli(&url, "ap_wrong", &["status"]).0, 5);
+    assert_eq!(cli("http://127.0.0.1:1", &token, &["status"]).0, 6);
+    assert_eq!(
+        cli(&url, &token, &["weight", "shop", "dev", "150", "--reason", "x"]).0,
+        2
+    );
+    let (code, out, _) = cli(
+        &url,
+        &token,
+        &["token", "create", "vic", "--role", "viewer", "--output", "json"],
+    );
+    assert_eq!(code, 0);
+    let viewer = serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        cli(&url, &viewer, &["pause", "shop", "prod", "--reason", "x"]).0,
+        5
+    );
+    assert_eq!(cli(&url, &viewer, &["status"]).0, 0);
+
+    // the releases, one release's story and its build output
+    let (code, out, _) = cli(&url, &token, &["release", "list", "shop", "--output", "json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let newest = list["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list["items"][0]["commit"], v2.as_str());
+    let (code, view, _) = cli(&url, &token, &["release", "view", &newest]);
+    assert_eq!(code, 0);
+    assert!(view.contains("dev attempt 1"), "{view}");
+    assert!(view.contains("pause dev") || view.contains("dev pause"), "{view}");
+    let (code, logs, _) = cli(&url, &token, &["release", "logs", &newest]);
+    assert_eq!(code, 0);
+    let stored = store.builds(Some("shop")).await.unwrap();
+    let build = stored.iter().find(|b| b.commit == v2).unwrap();
+    assert_eq!(logs, build.output);
+
+    // a hotfix: a commit on another branch, built on request, becomes a release marked so
+    let sh = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    sh(&["checkout", "-q", "-b", "hotfix", &v1]);
+    std::fs::write(repo.join("HOTFIX"), "1").unwrap();
+    sh(&["add", "HOTFIX"]);
+    sh(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "-m",
+        "hotfix",
+    ]);
+    let hotfix = sh(&["rev-parse", "HEAD"]);
+    sh(&["checkout", "-q", "main"]);
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &["build", "shop", "--commit", &hotfix[..10], "--reason", "cve fix"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let built = wait_for("the hotfix release", Duration::from_secs(60), || async {
+        let (_, out, _) = cli(&url, &token, &["release", "list", "shop", "--output", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).ok()?;
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|r| r["commit"] == hotfix.as_str())
+            .cloned()
+    })
+    .await;
+    assert_eq!(built["source"], "request by admin", "{built}\n{}", show());
+}
