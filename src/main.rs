@@ -232,6 +232,18 @@ struct ProxyArgs {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The API's latency with 10,000 releases stored, on SQLite and on a throwaway PostgreSQL:
+    /// list releases and override round trips (p50/p99), beside the HTTP floor. Writes api.md
+    /// and api.csv.
+    Api {
+        #[arg(long, default_value_t = 10_000)]
+        releases: usize,
+        /// Requests per measured series.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Canary judgement: scenarios S0–S8, our judge against Flagger-, Argo- and Kayenta-style
     /// judges and a naive repeated test, next to the information floor. Writes detection.md,
     /// detection.csv and detection.svg.
@@ -358,6 +370,29 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::ProxyFixtures { out },
         } => proxy_fixtures(&out),
+        Command::Bench {
+            which:
+                Bench::Api {
+                    releases,
+                    requests,
+                    out,
+                },
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            on_runtime(async move {
+                match autopilot::api::bench::run(&out, releases, requests).await {
+                    Ok(md) => {
+                        print!("{md}");
+                        eprintln!("written: {}/api.md, api.csv", out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::Bench {
             which:
                 Bench::PingoraFloor {

@@ -15,6 +15,7 @@
 //! This module decides nothing about rollouts: actions go through
 //! [`crate::control::overrides`], and the controller acts on them at its next look.
 
+pub mod bench;
 pub mod views;
 mod webhook;
 

@@ -112,12 +112,14 @@ impl SqlStore {
     ) -> Result<Vec<StoredBuild>, PortError> {
         let sql = format!(
             "SELECT {BUILD_COLUMNS}, '' AS output, CAST(NULL AS TEXT) AS config FROM builds \
-             WHERE service = $1 AND status = 'built' AND release IS NOT NULL AND ($2 IS NULL OR seq < $2) \
+             WHERE service = $1 AND status = 'built' AND release IS NOT NULL AND seq < $2 \
              ORDER BY seq DESC LIMIT $3"
         );
+        // no cursor: from the newest (a plain range keeps the (service, seq) index usable; an
+        // `IS NULL OR` made PostgreSQL's generic plan scan and sort: 10 ms instead of 1)
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(service)
-            .bind(before)
+            .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -205,12 +207,12 @@ impl SqlStore {
     ) -> Result<Vec<AuditRecord>, PortError> {
         let rows = sqlx::query(
             "SELECT id, service, environment, release, action, detail, who, reason, origin, at FROM audit \
-             WHERE ($1 IS NULL OR service = $1) AND ($2 IS NULL OR release = $2) AND ($3 IS NULL OR id < $3) \
+             WHERE ($1 IS NULL OR service = $1) AND ($2 IS NULL OR release = $2) AND id < $3 \
              ORDER BY id DESC LIMIT $4",
         )
         .bind(service)
         .bind(release)
-        .bind(before)
+        .bind(before.unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(&self.pool)
         .await
