@@ -65,6 +65,61 @@ pub struct AutopilotConfig {
     /// The HTTP API (`/v1/…`) the CLI and the web pages use.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Where to tell people of rollbacks, promotions, approvals waiting and stuck rollouts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationSink>,
+}
+
+/// A webhook told of what happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationSink {
+    /// `slack` (a Slack-compatible incoming webhook: `{"text": …}`) or `webhook` (JSON with
+    /// the event's fields and links).
+    pub kind: NotificationKind,
+    /// The environment variable holding the URL (it is a secret for Slack).
+    pub url_variable: String,
+    /// Which events (default: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<NotificationEvent>,
+}
+
+/// A notification sink's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationKind {
+    Slack,
+    Webhook,
+}
+
+impl NotificationKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NotificationKind::Slack => "slack",
+            NotificationKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationEvent {
+    Rollback,
+    Promotion,
+    Approval,
+    Stuck,
+}
+
+impl NotificationEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NotificationEvent::Rollback => "rollback",
+            NotificationEvent::Promotion => "promotion",
+            NotificationEvent::Approval => "approval",
+            NotificationEvent::Stuck => "stuck",
+        }
+    }
 }
 
 /// Where the API listens and who may use it.
@@ -148,6 +203,7 @@ impl Default for AutopilotConfig {
             auth: None,
             store: None,
             api: ApiConfig::default(),
+            notifications: Vec::new(),
         }
     }
 }

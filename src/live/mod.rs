@@ -15,6 +15,7 @@
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod notify;
 
 use crate::control::driver::{self, Tick};
 use crate::control::judge::{Counts, Reading};
@@ -392,6 +393,9 @@ pub struct Up {
     )>,
     /// Where a new admin token was written at start, if one was made.
     pub admin_token_file: Option<std::path::PathBuf>,
+    notifier: notify::Notifier,
+    /// Approvals already announced.
+    announced: std::collections::HashSet<(String, String, String)>,
 }
 
 fn check_port(addr: std::net::SocketAddr, what: &'static str) -> Result<(), UpError> {
@@ -442,6 +446,13 @@ impl Up {
         check_port(config.api.listen, "API")?;
         let store = open_store(&config).await?;
         let admin_token_file = bootstrap_token(&store, &config).await?;
+        let notifier = notify::Notifier::start(
+            notify::resolve(&config.notifications).map_err(UpError::Adapter)?,
+            store.clone(),
+            format!("http://{}", config.api.listen),
+            None,
+        )
+        .map_err(UpError::Adapter)?;
         let services: Vec<_> = catalog.services.values().cloned().collect();
         // the specs' folder is where relative repository paths start
         let base = config
@@ -525,6 +536,8 @@ impl Up {
             store,
             api: Some((stop_api, api)),
             admin_token_file,
+            notifier,
+            announced: Default::default(),
         };
         up.restore().await?;
         Ok(up)
@@ -626,6 +639,8 @@ impl Up {
                         if canary_running || !tick.plan.state.builds.running.is_empty() {
                             next = next.min(now.plus(CANARY_LOOK));
                         }
+                        self.notifier
+                            .send(notify::events(service, &tick.plan, &mut self.announced));
                         on_tick(service, tick);
                     }
                     Err(e) => {
