@@ -885,3 +885,49 @@ fn a_requested_build_of_any_commit_becomes_a_release_and_a_repeated_request_buil
             .any(|n| n.contains("hotfix1 asked for: it is already built"))
     );
 }
+
+/// Guards against a resume that outlived the pause it lifted: it used to stay set, and then
+/// resumed the next policy pause (deadline, missing data) at once.
+#[test]
+fn a_resume_that_lifts_an_operators_pause_is_used_up_and_named_in_the_transition() {
+    let mut w = with_stable(8);
+    w.push("c2");
+    assert!(w.run_until(10, 100, |w| matches!(w.phase("dev"), Some(Phase::Canary { .. }))));
+    w.ov("dev").pause = Some(actor());
+    w.tick(10);
+    assert!(matches!(
+        w.phase("dev"),
+        Some(Phase::Paused {
+            by_operator: true,
+            ..
+        })
+    ));
+    // what the API's resume does: the pause goes, a resume one-shot comes
+    w.ov("dev").pause = None;
+    w.ov("dev").resume = Some(Actor {
+        who: "bob".into(),
+        reason: "graphs are fine".into(),
+    });
+    w.tick(10);
+    assert!(
+        matches!(w.phase("dev"), Some(Phase::Canary { .. })),
+        "{:?}",
+        w.phase("dev")
+    );
+    let t = w
+        .transitions()
+        .into_iter()
+        .rev()
+        .find(|t| t.from.as_deref() == Some("paused"))
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&t.cause, Cause::Operator { action, actor } if action == "resume" && actor.who == "bob"),
+        "{:?}",
+        t.cause
+    );
+    assert!(
+        w.overrides.environments["dev"].resume.is_none(),
+        "the resume lingers"
+    );
+}

@@ -135,9 +135,10 @@ fn apply_to(
                     "nothing to resume in {environment}: no rollout is paused and no rollback blocks it"
                 )));
             }
+            let changed = o.pause.is_some() || o.resume.is_none();
             o.pause = None;
-            o.resume = Some(actor);
-            true
+            o.resume.get_or_insert(actor);
+            changed
         }
         OverrideAction::Promote | OverrideAction::Rollback => {
             let verb = action.name();

@@ -553,11 +553,22 @@ fn step_rollout(
         } => {
             judge_all(ctx, r, out);
             let resume = if by_operator {
-                ctx.ov.pause.is_none().then(|| Cause::Operator {
-                    action: "lift pause".into(),
-                    actor: Actor {
-                        who: "operator".into(),
-                        reason: format!("pause lifted ({reason})"),
+                // lifted: by a resume (whose one-shot is used up here, so it cannot resume a
+                // later pause), or by the pause's removal alone
+                ctx.ov.pause.is_none().then(|| match &ctx.ov.resume {
+                    Some(a) => {
+                        out.actions.push(Action::ClearOverride {
+                            environment: ctx.name(),
+                            which: OneShot::Resume,
+                        });
+                        operator("resume", a)
+                    }
+                    None => Cause::Operator {
+                        action: "lift pause".into(),
+                        actor: Actor {
+                            who: "operator".into(),
+                            reason: format!("pause lifted ({reason})"),
+                        },
                     },
                 })
             } else {

@@ -212,7 +212,7 @@ source:
   branch: main
 build:
   # a real build: it packs the files the release runs with
-  command: mkdir -p dist && cp behaviour dist/behaviour && git rev-parse HEAD > dist/COMMIT
+  command: mkdir -p dist && cp behaviour dist/behaviour && git rev-parse HEAD > dist/COMMIT && echo "packed dist/ for $(cat dist/COMMIT)"
   artifact:
     files: [dist]
   timeout: 1m
@@ -462,6 +462,14 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         config.data_dir.join("ca/ca.pem").display(),
         summary.store
     );
+    if let Some(token) = &up.admin_token_file {
+        println!(
+            "  API {} — in another terminal: AUTOPILOT_URL=http://{} AUTOPILOT_TOKEN=$(cat {}) autopilot status",
+            config.api.listen,
+            config.api.listen,
+            token.display()
+        );
+    }
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let creds = Arc::new(creds);
