@@ -219,7 +219,7 @@ async fn the_loop_clearing_a_one_shot_never_loses_an_operators_write(url: &str) 
         reason: "now".into(),
     });
     s.set_overrides("svc", &ov).await.unwrap();
-    // forty clears and forty freezes/unfreezes, interleaved from two tasks
+    // forty clears from the loop's side, and three operators freezing and unfreezing at once
     let mut loop_side = s.clone();
     let clears = tokio::spawn(async move {
         for _ in 0..40 {
@@ -229,13 +229,23 @@ async fn the_loop_clearing_a_one_shot_never_loses_an_operators_write(url: &str) 
                 .unwrap();
         }
     });
-    for i in 0..40 {
-        let action = if i % 2 == 0 {
-            OverrideAction::Freeze
-        } else {
-            OverrideAction::Unfreeze
-        };
-        assert!(matches!(operate(&s, action, None).await, Mutated::Done { .. }));
+    let operators: Vec<_> = (0..3)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..30 {
+                    let action = if i % 2 == 0 {
+                        OverrideAction::Freeze
+                    } else {
+                        OverrideAction::Unfreeze
+                    };
+                    assert!(matches!(operate(&s, action, None).await, Mutated::Done { .. }));
+                }
+            })
+        })
+        .collect();
+    for o in operators {
+        o.await.unwrap();
     }
     operate(&s, OverrideAction::Freeze, None).await;
     clears.await.unwrap();

@@ -331,8 +331,19 @@ impl SqlStore {
         respond: impl Fn(i64, &ServiceState, &Overrides) -> (u16, String),
     ) -> Result<Mutated<E>, PortError> {
         let mut last_error = None;
-        for _ in 0..TRIES {
-            let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                // someone else wrote first: let them finish
+                tokio::time::sleep(std::time::Duration::from_millis(2 * attempt as u64)).await;
+            }
+            // SQLite: take the write lock up front (waiting for it with the busy timeout); a
+            // transaction that reads first and writes later cannot wait for the lock and fails
+            // with "database is locked" when another writer committed in between
+            let begin = match self.backend {
+                super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+                super::Backend::Postgres => self.pool.begin().await,
+            };
+            let mut tx = begin.map_err(db_err)?;
             if let Some(i) = idempotency {
                 let row = sqlx::query(
                     "SELECT request, status, response FROM idempotency WHERE token = $1 AND key = $2",
