@@ -400,6 +400,21 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
         "a refusal was audited"
     );
 
+    // an approval counts for the token's groups
+    let ok = c
+        .post(
+            act,
+            Some(&t.operator),
+            json!({"action": "approve", "reason": "reviewed", "release": "r2"}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    assert_eq!(
+        ok.json()["environment"]["overrides"]["approvals"][0]["groups"],
+        json!(["sre"])
+    );
+    let audits_before = audits_before + 1;
+
     // idempotent retries: the same answer, one audit record; a reused key for another request
     let weight = json!({"action": "weight", "reason": "hold here", "percent": 30})
         .to_string()
@@ -480,7 +495,7 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
         .iter()
         .map(|a| a["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["weight", "resume", "pause"]);
+    assert_eq!(actions, ["weight", "approve", "resume", "pause"]);
     assert_eq!(r["actions"][0]["who"], "ann");
     let urls: Vec<&str> = r["urls"]
         .as_array()
@@ -619,12 +634,9 @@ async fn the_api_through_oneshot_on_sqlite() {
     suite(&Client::Oneshot(api::router(state)), &tokens, &store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_over_a_socket_on_postgres() {
+async fn over_a_socket(url: &str) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let pg = TempPostgres::start().expect("PostgreSQL starts (scripts/test installs it)");
-    let url = pg.database().await.unwrap();
-    let (state, tokens) = seeded(&url).await;
+    let (state, tokens) = seeded(url).await;
     let store = state.store.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -639,6 +651,40 @@ async fn the_api_over_a_socket_on_postgres() {
     assert_eq!(audit[0].origin, "127.0.0.1");
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_through_oneshot_and_over_a_socket_on_postgres() {
+    let pg = TempPostgres::start().expect("PostgreSQL starts (scripts/test installs it)");
+    let (state, tokens) = seeded(&pg.database().await.unwrap()).await;
+    let store = state.store.clone();
+    suite(&Client::Oneshot(api::router(state)), &tokens, &store).await;
+    over_a_socket(&pg.database().await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_a_socket_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    over_a_socket(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
+}
+
+#[tokio::test]
+async fn open_reads_need_no_token_but_actions_still_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut state, _) = seeded(&format!("sqlite://{}", dir.path().join("o.db").display())).await;
+    let mut settings = (*state.settings).clone();
+    settings.open_reads = true;
+    state.settings = Arc::new(settings);
+    let c = Client::Oneshot(api::router(state));
+    assert_eq!(c.get("/v1/services/checkout", None).await.status, StatusCode::OK);
+    let a = c
+        .post(
+            "/v1/services/checkout/environments/prod/actions",
+            None,
+            json!({"action": "pause", "reason": "r"}),
+        )
+        .await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized", None);
 }
 
 #[test]
