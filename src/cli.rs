@@ -271,6 +271,18 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON prints"));
 }
 
+/// The columns of [`env_rows`].
+const ENV_HEADER: [&str; 7] = [
+    "SERVICE",
+    "ENV",
+    "STABLE",
+    "LATEST ROLLOUT",
+    "WEIGHT",
+    "STATE",
+    "WAITING FOR",
+];
+
+/// One row per environment of a service view.
 fn env_rows(service: &Value) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for e in service["environments"].as_array().into_iter().flatten() {
@@ -322,18 +334,7 @@ pub async fn status(c: &Connection, service: Option<String>) -> ExitCode {
             .flatten()
             .flat_map(env_rows)
             .collect();
-        table(
-            &[
-                "SERVICE",
-                "ENV",
-                "STABLE",
-                "LATEST ROLLOUT",
-                "WEIGHT",
-                "STATE",
-                "WAITING FOR",
-            ],
-            &rows,
-        );
+        table(&ENV_HEADER, &rows);
     })
 }
 
@@ -536,18 +537,7 @@ pub async fn act(
         );
         let e = &v["environment"];
         let rows = env_rows(&json!({ "name": service, "environments": [e] }));
-        table(
-            &[
-                "SERVICE",
-                "ENV",
-                "STABLE",
-                "LATEST ROLLOUT",
-                "WEIGHT",
-                "STATE",
-                "WAITING FOR",
-            ],
-            &rows,
-        );
+        table(&ENV_HEADER, &rows);
     })
 }
 

@@ -190,32 +190,26 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
         what: "store only: newest 50",
         samples: direct,
     });
-    let newest = time(n, |_| {
-        let f = get("/v1/services/checkout/releases?limit=50".into());
+    let listed = |path: String| {
+        let f = get(path);
         async move {
             match f.await? {
                 s if s.is_success() => Ok(()),
                 s => Err(format!("list releases: {s}")),
             }
         }
-    })
-    .await?;
+    };
+    let newest = time(n, |_| listed("/v1/services/checkout/releases?limit=50".into())).await?;
     out.push(Series {
         backend,
         what: "list releases: newest 50",
         samples: newest,
     });
     let middle = time(n, |_| {
-        let f = get(format!(
+        listed(format!(
             "/v1/services/checkout/releases?limit=50&cursor={}",
             releases / 2
-        ));
-        async move {
-            match f.await? {
-                s if s.is_success() => Ok(()),
-                s => Err(format!("list releases: {s}")),
-            }
-        }
+        ))
     })
     .await?;
     out.push(Series {
