@@ -857,3 +857,68 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
     .await;
     assert_eq!(built["source"], "request by admin", "{built}\n{}", show());
 }
+
+/// `autopilot up` on PostgreSQL: the whole loop (builds, processes, states, the API) keeps its
+/// records in a real server instead of SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autopilot_up_runs_on_a_postgresql_store() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pg = autopilot::store::postgres::TempPostgres::start()
+        .expect("PostgreSQL starts (scripts/test installs it)");
+    let url = pg.database().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _creds, config_path) = prepare(dir.path());
+    config.store = Some(url.clone());
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let log = dir.path().join("up.log");
+    let mut child = up(&config_path, &log);
+    let show = || std::fs::read_to_string(&log).unwrap_or_default();
+    let store = SqlStore::open(&url).await.unwrap();
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(dir.path().join("repo"))
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let v1 = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+    wait_for(
+        "v1 promoted in prod, recorded in PostgreSQL",
+        Duration::from_secs(90),
+        || async {
+            matches!(
+                phase(&store, "prod", &v1).await,
+                Some((_, Phase::Promoted { .. }))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(!config.data_dir.join("autopilot.db").exists(), "SQLite was used");
+    let builds = store.builds(Some(demo::SERVICE)).await.unwrap();
+    assert_eq!(builds.len(), 1, "{}", show());
+    assert!(!recorded_pids(&store).await.is_empty(), "the runtime's records");
+    // the API reads the same store
+    let token = std::fs::read_to_string(config.data_dir.join("admin.token")).unwrap();
+    let (code, out, err) = cli(
+        &format!("http://{}", config.api.listen),
+        &token,
+        &["release", "list", "shop", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&v1), "{out}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_for("autopilot to stop", Duration::from_secs(30), || {
+        let s = child.0.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{}", show());
+    assert!(
+        recorded_pids(&store).await.is_empty(),
+        "a clean stop leaves no process record"
+    );
+}
