@@ -76,6 +76,8 @@ pub enum TokenCommand {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
+    /// Revoke a token by name (needs an admin token); it stops working at once.
+    Revoke { name: String },
 }
 
 /// One call's failure, with its exit code.
@@ -596,8 +598,33 @@ pub async fn audit(c: &Connection, service: Option<String>, release: Option<Stri
 
 /// `autopilot token create`.
 pub async fn token_create(c: &Connection, command: TokenCommand) -> ExitCode {
-    let TokenCommand::Create { name, role, groups } = command;
     let api = Api::new(c);
+    let (name, role, groups) = match command {
+        TokenCommand::Create { name, role, groups } => (name, role, groups),
+        TokenCommand::Revoke { name } => {
+            return match api
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tokens/{}", enc(&name)),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    if c.output == Output::Json {
+                        print_json(&json!({ "revoked": name }));
+                    } else {
+                        println!("{name}: revoked");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    exit(f.code)
+                }
+            };
+        }
+    };
     let body = json!({ "name": name, "role": role, "groups": groups });
     let result = api.json(reqwest::Method::POST, "/v1/tokens", Some(&body)).await;
     finish(c, result, |v| {

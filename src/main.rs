@@ -162,7 +162,7 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
-    /// API tokens: `create NAME --role viewer|operator|admin`.
+    /// API tokens: `create NAME --role viewer|operator|admin`, `revoke NAME`.
     Token {
         #[command(subcommand)]
         command: autopilot::cli::TokenCommand,

@@ -602,6 +602,24 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
     let ci = made.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(c.get("/v1/services", Some(&ci)).await.status, StatusCode::OK);
+    // revoked: it stops working at once
+    let gone = c
+        .call(Method::DELETE, "/v1/tokens/ci", Some(&t.admin), None, &[])
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text);
+    assert_error(
+        &c.get("/v1/services", Some(&ci)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+    );
+    assert_error(
+        &c.call(Method::DELETE, "/v1/tokens/ci", Some(&t.admin), None, &[])
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("path.name"),
+    );
 
     // everything else is JSON too
     assert_error(

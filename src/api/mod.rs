@@ -323,6 +323,7 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(act))
         .routes(routes!(request_build))
         .routes(routes!(create_token))
+        .routes(routes!(revoke_token))
         .routes(routes!(webhook::push))
         .split_for_parts()
 }
@@ -920,6 +921,26 @@ async fn request_build(
         .await
         .map_err(ApiError::store)?;
     mutated(m)
+}
+
+/// Revoke a token: it stops working at once. Needs an admin token.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "act",
+    params(("name" = String, Path, description = "The token's name")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn revoke_token(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let caller = api.authorize(&headers, Role::Admin).await?;
+    let Path(name) = path?;
+    if api.store.revoke_token(&name).await.map_err(ApiError::store)? {
+        tracing::info!(token = %name, by = %caller.name, "token revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no token `{name}`")).field("path.name"))
+    }
 }
 
 /// Make (or replace) a token. Needs an admin token.

@@ -290,6 +290,16 @@ impl SqlStore {
         }))
     }
 
+    /// Revokes a token by name; false if there was none.
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, PortError> {
+        let done = sqlx::query("DELETE FROM tokens WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// How many tokens exist.
     pub async fn token_count(&self) -> Result<i64, PortError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
