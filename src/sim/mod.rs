@@ -11,7 +11,6 @@ pub mod report;
 pub mod world;
 
 use crate::control::driver;
-use crate::control::gates::Approval;
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::*;
@@ -140,38 +139,39 @@ fn signals(catalog: &Catalog, service: &str) -> Vec<(String, Signal)> {
         .collect()
 }
 
-fn apply_operator(world: &mut World, env: &str, by: &str, action: &OperatorKind, now: Time) {
+/// Applies a scenario's operator action the way the API does (the same checks: an action that
+/// contradicts the rollout's state is refused); a refusal is returned for the timeline.
+fn apply_operator(
+    world: &mut World,
+    env: &str,
+    by: &str,
+    action: &OperatorKind,
+    now: Time,
+) -> Option<String> {
+    use crate::control::overrides::{self, OverrideAction};
     let actor = Actor {
         who: by.to_owned(),
         reason: "scenario".into(),
     };
-    if let OperatorKind::Approve(a) = action {
-        world.overrides.approvals.push(Approval {
-            release: a.release.clone(),
-            environment: env.to_owned(),
-            by: by.to_owned(),
+    let action = match action {
+        OperatorKind::Pause => OverrideAction::Pause,
+        OperatorKind::Resume => OverrideAction::Resume,
+        OperatorKind::Promote => OverrideAction::Promote,
+        OperatorKind::Rollback => OverrideAction::Rollback,
+        OperatorKind::Weight(w) => OverrideAction::Weight(*w),
+        OperatorKind::ReleaseWeight => OverrideAction::ClearWeight,
+        OperatorKind::Freeze => OverrideAction::Freeze,
+        OperatorKind::Unfreeze => OverrideAction::Unfreeze,
+        OperatorKind::Pin(r) => OverrideAction::Pin(r.clone()),
+        OperatorKind::Unpin => OverrideAction::Unpin,
+        OperatorKind::Approve(a) => OverrideAction::Approve {
+            release: Some(a.release.clone()),
             groups: a.groups.clone(),
-            at: now,
-        });
-        return;
-    }
-    let o = world.overrides.environments.entry(env.to_owned()).or_default();
-    match action {
-        OperatorKind::Pause => o.pause = Some(actor),
-        OperatorKind::Resume => {
-            o.pause = None;
-            o.resume = Some(actor);
-        }
-        OperatorKind::Promote => o.promote = Some(actor),
-        OperatorKind::Rollback => o.rollback = Some(actor),
-        OperatorKind::Weight(w) => o.weight = Some((*w, actor)),
-        OperatorKind::ReleaseWeight => o.weight = None,
-        OperatorKind::Freeze => o.freeze = Some(actor),
-        OperatorKind::Unfreeze => o.freeze = None,
-        OperatorKind::Pin(r) => o.pin = Some((r.clone(), actor)),
-        OperatorKind::Unpin => o.pin = None,
-        OperatorKind::Approve(_) => unreachable!("handled above"),
-    }
+        },
+    };
+    overrides::apply(&world.state, &mut world.overrides, env, &action, actor, now)
+        .err()
+        .map(|e| format!("{} by {by} in {env} refused: {e}", action.name()))
 }
 
 /// Checks the invariants of one tick: weights within 0..=100; nothing promoted by the
@@ -347,7 +347,9 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
     while t < end {
         while next_operator < operators.len() && start.plus(operators[next_operator].at.0) <= t {
             let op = operators[next_operator];
-            apply_operator(&mut world, &op.environment, &op.by, &op.action, t);
+            if let Some(refused) = apply_operator(&mut world, &op.environment, &op.by, &op.action, t) {
+                result.notes.push((t, refused));
+            }
             next_operator += 1;
         }
         world.now = t;
