@@ -142,3 +142,42 @@ fn a_broken_scenario_is_reported_with_its_location() {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }
 }
+
+/// Guards against a scenario's operator action that makes no sense being kept: a rollback
+/// asked for when nothing rolls out used to wait and roll back the *next* canary.
+#[test]
+fn a_scenario_operator_action_that_conflicts_is_refused_and_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_scenario(
+        dir.path(),
+        r#"
+apiVersion: autopilot/v1
+kind: Simulation
+name: early-rollback
+specs: [SPECS]
+service: checkout
+duration: 40m
+traffic: {rate: 100}
+stable: {name: v1, errors: 0.05%}
+releases:
+  - {name: v2, pushedAt: 10m, errors: 0.05%}
+operators:
+  - {at: 2m, environment: dev, by: sam, action: rollback}
+expect:
+  - {release: v2, environment: dev, outcome: promoted}
+"#,
+    );
+    let result = sim::run_file(&path).unwrap();
+    assert!(
+        result
+            .notes
+            .iter()
+            .any(|(_, n)| n.contains("rollback by sam in dev refused: no rollout in progress")),
+        "{:?}",
+        result.notes
+    );
+    assert!(
+        result.checks.iter().all(|c| c.passed),
+        "the refused rollback still hit v2"
+    );
+}
