@@ -583,6 +583,12 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
             services = up.specs.len(),
             "autopilot is up"
         );
+        if let Some(path) = &up.admin_token_file {
+            tracing::info!(
+                "an admin token for the API was made: {} (the CLI reads it from there; `autopilot token create` makes more)",
+                path.display()
+            );
+        }
         let result = up.run(stop_signal(), |_, _| {}).await;
         tracing::info!("stopping: children first, then the proxy; state is saved");
         up.stop().await;

@@ -65,6 +65,7 @@ async fn operate(store: &SqlStore, action: OverrideAction, key: Option<&str>) ->
         token: "tokenhash".into(),
         key: k.into(),
         request: format!("{action:?}"),
+        now: Time::from_secs(100),
     });
     store
         .mutate(
@@ -207,6 +208,31 @@ async fn an_idempotency_key_gives_the_first_answer_again(url: &str) {
     // the same key for another request is refused
     let other = operate(&s, OverrideAction::Weight(Weight(50)), Some("k1")).await;
     assert!(matches!(other, Mutated::KeyReused), "{other:?}");
+    // a day later the key is forgotten: the same key is a new request
+    let later = Idempotency {
+        token: "tokenhash".into(),
+        key: "k1".into(),
+        request: "another".into(),
+        now: Time::from_secs(100 + 25 * 3600),
+    };
+    let next_day = s
+        .mutate(
+            "svc",
+            Some(&later),
+            |_, _| {
+                let mut audit = entry("freeze");
+                audit.at = Time::from_secs(100 + 25 * 3600);
+                Ok::<_, ()>(Effect {
+                    audit,
+                    overrides_changed: false,
+                    build: None,
+                })
+            },
+            |_, _, _| (200, "{}".into()),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(next_day, Mutated::Done { .. }), "{next_day:?}");
     s.close().await;
 }
 

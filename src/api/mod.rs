@@ -688,6 +688,7 @@ fn idempotency(
     headers: &HeaderMap,
     caller: &Caller,
     request: String,
+    now: Time,
 ) -> Result<Option<Idempotency>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -706,6 +707,7 @@ fn idempotency(
         token: caller.token.clone(),
         key: key.to_owned(),
         request: crate::store::api::token_hash(&request),
+        now,
     }))
 }
 
@@ -743,7 +745,7 @@ fn mutated(m: Mutated<ApiError>) -> Result<Response, ApiError> {
 /// approve. The action wins over the controller until lifted, and is audited.
 #[utoipa::path(post, path = "/v1/services/{service}/environments/{environment}/actions", tag = "act",
     params(("service" = String, Path, description = "The service's name"), ("environment" = String, Path, description = "The environment's name"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and changes nothing")),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (within 24 hours) gets the first answer and changes nothing")),
     request_body = ActionRequest,
     responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -790,12 +792,13 @@ async fn act(
             groups: caller.groups.clone(),
         },
     };
+    let now = (api.clock)();
     let idem = idempotency(
         &headers,
         &caller,
         format!("act {service} {environment} {}", String::from_utf8_lossy(&body)),
+        now,
     )?;
-    let now = (api.clock)();
     let actor = Actor {
         who: caller.name.clone(),
         reason: req.reason.clone(),
@@ -860,7 +863,7 @@ async fn act(
 /// like any other, marked with who asked.
 #[utoipa::path(post, path = "/v1/services/{service}/builds", tag = "act",
     params(("service" = String, Path, description = "The service's name"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and changes nothing")),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (within 24 hours) gets the first answer and changes nothing")),
     request_body = BuildRequest,
     responses((status = 202, body = BuildAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -882,12 +885,13 @@ async fn request_build(
     if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("a commit is 4–64 hexadecimal characters").field("body.commit"));
     }
+    let now = (api.clock)();
     let idem = idempotency(
         &headers,
         &caller,
         format!("build {service} {}", String::from_utf8_lossy(&body)),
+        now,
     )?;
-    let now = (api.clock)();
     let m = api
         .store
         .mutate(

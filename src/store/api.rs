@@ -18,6 +18,9 @@ use sqlx::Row;
 
 /// How many times a mutation is tried when another writer came first.
 const TRIES: usize = 20;
+/// How long an `Idempotency-Key` is remembered (as Stripe's API does): a client retrying
+/// later than this is making a new request.
+const KEY_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 /// One record of the audit trail.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -65,6 +68,8 @@ pub struct Idempotency {
     pub token: String,
     pub key: String,
     pub request: String,
+    /// When the request came: keys older than a day are forgotten.
+    pub now: Time,
 }
 
 /// How a mutation ended.
@@ -356,10 +361,11 @@ impl SqlStore {
             let mut tx = begin.map_err(db_err)?;
             if let Some(i) = idempotency {
                 let row = sqlx::query(
-                    "SELECT request, status, response FROM idempotency WHERE token = $1 AND key = $2",
+                    "SELECT request, status, response FROM idempotency WHERE token = $1 AND key = $2 AND at >= $3",
                 )
                 .bind(&i.token)
                 .bind(&i.key)
+                .bind(i.now.millis() as i64 - KEY_RETENTION_MS)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -428,6 +434,10 @@ impl SqlStore {
                 .get("id");
                 let (status, body) = respond(id, &state, &overrides);
                 if let Some(i) = idempotency {
+                    sqlx::query("DELETE FROM idempotency WHERE at < $1")
+                        .bind(i.now.millis() as i64 - KEY_RETENTION_MS)
+                        .execute(&mut *tx)
+                        .await?;
                     let stored = sqlx::query(
                         "INSERT INTO idempotency (token, key, request, status, response, at) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(token, key) DO NOTHING",
@@ -437,7 +447,7 @@ impl SqlStore {
                     .bind(&i.request)
                     .bind(i64::from(status))
                     .bind(&body)
-                    .bind(a.at.millis() as i64)
+                    .bind(i.now.millis() as i64)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
