@@ -218,7 +218,8 @@ async fn ctrl_c_stops_at_once() {
     signal(&p, "-INT");
     // well before the 30 s drain
     let status = exit_within(&mut p, Duration::from_secs(10)).await;
-    assert!(status.success(), "{status:?}");
+    wait_for_line(&p, "stop").await;
+    assert!(status.success(), "{status:?}\n{}", p.stderr());
     wait_for_line(&p, "stopped").await;
     assert!(p.stderr().contains("stopping"), "{}", p.stderr());
 }

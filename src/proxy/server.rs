@@ -588,6 +588,9 @@ pub enum StartError {
     Tls(#[from] super::tls::TlsError),
 }
 
+/// How long the admin listener may finish its requests after a stop.
+const ADMIN_STOP: Duration = Duration::from_secs(1);
+
 /// Starts the proxy, the prober, the reloader and the admin listener.
 pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
     let base = config
@@ -632,9 +635,20 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
                 let listener = tokio::net::TcpListener::from_std(admin_listener).expect("a tokio listener");
                 let app = super::admin::router(shared.clone(), config.admin_token.clone());
                 let mut stop_admin = stop_rx.clone();
-                let admin = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let mut stop_wait = stop_rx.clone();
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = stop_admin.wait_for(|s| *s).await;
                 });
+                // a stop is prompt: connections still open a second after it are dropped
+                let admin = async move {
+                    tokio::select! {
+                        _ = serve.into_future() => {}
+                        _ = async {
+                            let _ = stop_wait.wait_for(|s| *s).await;
+                            tokio::time::sleep(ADMIN_STOP).await;
+                        } => {}
+                    }
+                };
                 let prober = probe_loop(
                     shared.clone(),
                     config.probe_interval,
