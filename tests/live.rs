@@ -168,7 +168,18 @@ fn prepare(dir: &Path) -> (AutopilotConfig, demo::Credentials, PathBuf) {
 struct Child(std::process::Child);
 
 impl Drop for Child {
+    /// SIGTERM first, so `autopilot up` stops its services (a SIGKILL would leave them running
+    /// on, orphaned, into the next test binaries); SIGKILL if it has not stopped in 20 s.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
