@@ -86,8 +86,10 @@ struct Failure {
     message: String,
 }
 
-fn exit(code: u8) -> ExitCode {
-    ExitCode::from(code)
+/// Says what failed, and gives its exit code.
+fn fail(f: Failure) -> ExitCode {
+    eprintln!("error: {}", f.message);
+    ExitCode::from(f.code)
 }
 
 /// The exit code for an HTTP status.
@@ -354,10 +356,7 @@ fn finish(c: &Connection, result: Result<Value, Failure>, people: impl FnOnce(&V
             }
             ExitCode::SUCCESS
         }
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            exit(f.code)
-        }
+        Err(f) => fail(f),
     }
 }
 
@@ -493,10 +492,7 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    exit(f.code)
-                }
+                Err(f) => fail(f),
             }
         }
     }
@@ -618,10 +614,7 @@ pub async fn token_create(c: &Connection, command: TokenCommand) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    exit(f.code)
-                }
+                Err(f) => fail(f),
             };
         }
     };
