@@ -898,8 +898,8 @@ async fn request_build(
             &service,
             idem.as_ref(),
             |_, _| {
-                Ok::<_, ApiError>(Effect {
-                    audit: AuditEntry {
+                Ok::<_, ApiError>(Effect::build(
+                    AuditEntry {
                         environment: None,
                         release: None,
                         action: "build".into(),
@@ -909,9 +909,8 @@ async fn request_build(
                         origin: origin.clone(),
                         at: now,
                     },
-                    overrides_changed: false,
-                    build: Some(commit.clone()),
-                })
+                    commit.clone(),
+                ))
             },
             |audit_id, _, _| {
                 let body = BuildAccepted {

@@ -152,8 +152,8 @@ pub(super) async fn push(
             &service,
             None,
             |_, _| {
-                Ok::<_, ApiError>(Effect {
-                    audit: AuditEntry {
+                Ok::<_, ApiError>(Effect::build(
+                    AuditEntry {
                         environment: None,
                         release: None,
                         action: "push".into(),
@@ -163,9 +163,8 @@ pub(super) async fn push(
                         origin: origin.clone(),
                         at: now,
                     },
-                    overrides_changed: false,
-                    build: Some(commit.clone()),
-                })
+                    commit.clone(),
+                ))
             },
             |_, _, _| {
                 let body = PushAccepted {

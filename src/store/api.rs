@@ -62,6 +62,17 @@ pub struct Effect {
     pub build: Option<String>,
 }
 
+impl Effect {
+    /// A build of `commit` asked for, overrides untouched.
+    pub fn build(audit: AuditEntry, commit: String) -> Effect {
+        Effect {
+            audit,
+            overrides_changed: false,
+            build: Some(commit),
+        }
+    }
+}
+
 /// A caller's `Idempotency-Key`, scoped to their token, with a fingerprint of the request.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
