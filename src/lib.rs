@@ -16,6 +16,7 @@ pub mod cli;
 pub mod control;
 pub mod live;
 pub mod loadgen;
+pub mod prom;
 pub mod proxy;
 pub mod release;
 pub mod runtime;

@@ -328,7 +328,8 @@ fn main() -> ExitCode {
                 Ok(catalog) => {
                     match format {
                         Format::Text => println!(
-                            "ok: {} files, {} services, {} sensors, {} controllers, {} scenarios",
+                            "{}ok: {} files, {} services, {} sensors, {} controllers, {} scenarios",
+                            spec::render_warnings(&catalog.warnings),
                             catalog.files_checked,
                             catalog.services.len(),
                             catalog.sensors.len(),
@@ -341,6 +342,7 @@ fn main() -> ExitCode {
                                 "valid": true,
                                 "filesChecked": catalog.files_checked,
                                 "errors": [],
+                                "warnings": catalog.warnings,
                             })
                         ),
                     }

@@ -42,10 +42,7 @@ fn run_stream(seed: u64, p_stable: f64, p_canary: f64, cfg: &JudgeConfig) -> Out
         canary.bad += Binomial::new(nc, p_canary).unwrap().sample(&mut rng);
         stable.total += nb;
         stable.bad += Binomial::new(nb, p_stable).unwrap().sample(&mut rng);
-        let reading = Reading {
-            canary: Some(canary),
-            stable: Some(stable),
-        };
+        let reading = Reading::of(Some(canary), Some(stable));
         let (next, judgement) = observe(&state, reading, cfg, Time::from_secs(t));
         state = next;
         if judgement.verdict == Verdict::Regressed {

@@ -193,10 +193,7 @@ impl World {
                 let reading = if self.blackout {
                     Reading::default()
                 } else {
-                    Reading {
-                        canary: Some(entry.1),
-                        stable: Some(entry.2),
-                    }
+                    Reading::of(Some(entry.1), Some(entry.2))
                 };
                 out.insert(key, reading);
             }
@@ -594,18 +591,18 @@ fn a_gap_after_safe_evidence_still_holds_the_weight() {
     for o in &w.spec.environments[0].objectives {
         let mut judge = JudgeState::default();
         for i in 1..=100u64 {
-            let reading = Reading {
-                canary: Some(Counts::new(i, i * 1000)),
-                stable: Some(Counts::new(i * 10, i * 10_000)),
-            };
+            let reading = Reading::of(
+                Some(Counts::new(i, i * 1000)),
+                Some(Counts::new(i * 10, i * 10_000)),
+            );
             judge = observe(&judge, reading, &o.judge, w.now).0;
         }
         let (_, j) = observe(
             &judge,
-            Reading {
-                canary: Some(Counts::new(100, 100_000)),
-                stable: Some(Counts::new(1000, 1_000_000)),
-            },
+            Reading::of(
+                Some(Counts::new(100, 100_000)),
+                Some(Counts::new(1000, 1_000_000)),
+            ),
             &o.judge,
             w.now,
         );

@@ -68,11 +68,66 @@ impl Counts {
     }
 }
 
-/// What the sensors said at one moment; `None` is missing data (absent, or NaN upstream).
+/// What the sensors said at one moment; `None` is missing data, and `missing` says why.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Reading {
     pub canary: Option<Counts>,
     pub stable: Option<Counts>,
+    /// Why an arm has no counts (the canary's reason first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Missing>,
+}
+
+impl Reading {
+    /// Both arms read.
+    pub fn of(canary: Option<Counts>, stable: Option<Counts>) -> Reading {
+        Reading {
+            canary,
+            stable,
+            missing: None,
+        }
+    }
+}
+
+/// Why a sensor has no counts. Each is missing data — never zero requests, never a perfect
+/// canary — and the plan holds on it, then acts after the objective's `missingData.hold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missing {
+    /// No series matches the sensor's selector (nothing exported yet, or a wrong label).
+    NoSeries,
+    /// The series were there, and no sample has come since the staleness limit.
+    Stale,
+    /// Some of the arm's series were scraped recently, others not: the sum would be partial.
+    ScrapeGap,
+    /// A counter went down (its process restarted): what it counted since the last read is lost.
+    CounterReset,
+    /// The value is NaN or infinite.
+    NotANumber,
+    /// Prometheus (or the sensor's source) could not be reached.
+    Unreachable,
+    /// The source did not answer within its timeout.
+    Timeout,
+    /// The source answered with an error (a bad query, an overloaded server).
+    QueryError,
+    /// Nothing here reads this kind of sensor.
+    Unsupported,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Missing::NoSeries => "no series matches the sensor",
+            Missing::Stale => "the series went stale (no recent sample)",
+            Missing::ScrapeGap => "a scrape gap (some series have no recent sample)",
+            Missing::CounterReset => "a counter reset (what it counted since the last read is lost)",
+            Missing::NotANumber => "the value is not a number",
+            Missing::Unreachable => "the sensor's source is unreachable",
+            Missing::Timeout => "the sensor's source timed out",
+            Missing::QueryError => "the sensor's source answered with an error",
+            Missing::Unsupported => "no adapter here reads this sensor",
+        })
+    }
 }
 
 /// The judge's settings for one objective.
@@ -137,6 +192,9 @@ pub struct JudgeState {
     pub excess_bad: f64,
     /// When data started missing (for the canary, or for stable when comparing).
     pub missing_since: Option<Time>,
+    /// Why, as the latest reading without data said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_reason: Option<Missing>,
     /// When the last reading with data arrived.
     pub last_data_at: Option<Time>,
 }
@@ -308,9 +366,13 @@ pub fn observe(
     let has_data = reading.canary.is_some() && (reading.stable.is_some() || !cfg.compare_with_stable);
     if has_data {
         s.missing_since = None;
+        s.missing_reason = None;
         s.last_data_at = Some(now);
-    } else if s.missing_since.is_none() {
-        s.missing_since = Some(now);
+    } else {
+        if s.missing_since.is_none() {
+            s.missing_since = Some(now);
+        }
+        s.missing_reason = reading.missing.or(s.missing_reason);
     }
 
     if let Some(ci) = canary_inc {
@@ -504,9 +566,13 @@ fn explain(
             e(safe_e.max(safe_t)),
             safe_t
         ),
-        Verdict::NotYet(Waiting::NoDataYet) => format!("{counts}; waiting for the first data"),
+        Verdict::NotYet(Waiting::NoDataYet) => match s.missing_reason {
+            Some(why) => format!("{counts}; waiting for the first data ({why})"),
+            None => format!("{counts}; waiting for the first data"),
+        },
         Verdict::NotYet(Waiting::DataMissing { since }) => {
-            format!("{counts}; no data since {since}: holding (missing data is never evidence)")
+            let why = s.missing_reason.map(|w| format!(" ({w})")).unwrap_or_default();
+            format!("{counts}; no data since {since}{why}: holding (missing data is never evidence)")
         }
         Verdict::NotYet(Waiting::MoreEvidence) => format!(
             "{counts}; not yet conclusive: regression evidence {} < {reg_t:.0}, safety evidence {} < {safe_t:.0}",
@@ -550,10 +616,10 @@ mod tests {
         let mut state = JudgeState::default();
         let mut last = None;
         for (i, (c, s)) in readings.iter().enumerate() {
-            let reading = Reading {
-                canary: c.map(|(b, t)| Counts::new(b, t)),
-                stable: s.map(|(b, t)| Counts::new(b, t)),
-            };
+            let reading = Reading::of(
+                c.map(|(b, t)| Counts::new(b, t)),
+                s.map(|(b, t)| Counts::new(b, t)),
+            );
             let (next, j) = observe(&state, reading, cfg, Time::from_secs(i as u64));
             state = next;
             last = Some(j);

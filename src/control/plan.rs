@@ -798,7 +798,10 @@ fn step_canary(
                     objective: objective.clone(),
                     since: missing,
                 };
-                let reason = format!("no data for {objective} since {missing}");
+                let reason = match r.judges[objective].missing_reason {
+                    Some(why) => format!("no data for {objective} since {missing}: {why}"),
+                    None => format!("no data for {objective} since {missing}"),
+                };
                 stop(
                     ctx,
                     out,

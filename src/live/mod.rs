@@ -256,10 +256,7 @@ impl Sensors for ProxySensors {
                         rollout_key.clone(),
                     );
                     let base = self.baselines.entry(key).or_default();
-                    let reading = Reading {
-                        canary: since(&mut base.0, canary),
-                        stable: since(&mut base.1, stable),
-                    };
+                    let reading = Reading::of(since(&mut base.0, canary), since(&mut base.1, stable));
                     readings.insert((env.name.clone(), o.name.clone()), reading);
                 }
             }

@@ -171,6 +171,24 @@ impl LocalRuntime {
             .unwrap_or_default()
     }
 
+    /// Every release running here, with its instances' addresses, in order.
+    pub fn running(&self) -> Vec<(String, String, String, Vec<SocketAddr>)> {
+        let d = self.deployments.lock().expect("deployments lock");
+        let mut out: Vec<_> = d
+            .iter()
+            .map(|((s, e, r), d)| {
+                let addrs = d
+                    .instances
+                    .iter()
+                    .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
+                    .collect();
+                (s.clone(), e.clone(), r.clone(), addrs)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The addresses of the instances that pass their readiness probe now.
     pub fn ready_endpoints(&self, service: &str, environment: &str, release: &str) -> Vec<SocketAddr> {
         let d = self.deployments.lock().expect("deployments lock");

@@ -386,10 +386,7 @@ impl Detector for Ours {
                 Counts::new(bad, total)
             })
         };
-        let reading = Reading {
-            canary: conv(obs.canary),
-            stable: conv(obs.stable),
-        };
+        let reading = Reading::of(conv(obs.canary), conv(obs.stable));
         let (next, j) = judge::observe(&self.state, reading, &self.cfg, Time::from_secs(t));
         self.state = next;
         match j.verdict {

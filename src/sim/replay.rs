@@ -161,9 +161,12 @@ impl Recordings {
             x.at(since_first).map(|v| v.round().max(0.0) as u64)
         };
         let arm = |bad: &Series, total: &Series| Some(Counts::new(at(bad)?, at(total)?));
+        let (canary, stable) = (arm(&s[0], &s[1]), arm(&s[2], &s[3]));
+        let missing = (canary.is_none() || stable.is_none()).then_some(crate::control::judge::Missing::Stale);
         Some(Reading {
-            canary: arm(&s[0], &s[1]),
-            stable: arm(&s[2], &s[3]),
+            canary,
+            stable,
+            missing,
         })
     }
 }

@@ -441,6 +441,7 @@ impl World {
                     Reading {
                         canary: (!canary_blind).then(|| sub(c.canary, c.canary_offset)),
                         stable: (!stable_blind).then(|| sub(c.stable, c.stable_offset)),
+                        missing: self.blind_reason(canary_blind || stable_blind),
                     },
                 );
             }
@@ -509,6 +510,22 @@ impl World {
         }
     }
 
+    /// Why the sensors are blind now, as the real adapter would say it.
+    fn blind_reason(&self, blind: bool) -> Option<crate::control::judge::Missing> {
+        use crate::control::judge::Missing;
+        if !blind {
+            return None;
+        }
+        let outage = self
+            .active(self.now)
+            .any(|(_, what, _, _)| matches!(what, IncidentKind::PrometheusOutage));
+        Some(if outage {
+            Missing::Unreachable
+        } else {
+            Missing::ScrapeGap
+        })
+    }
+
     fn sensor_blind(&self, arm: Arm) -> bool {
         self.active(self.now).any(|(_, what, _, _)| match what {
             IncidentKind::Gap { arm: a } => *a == Arm::Both || *a == arm,
@@ -534,6 +551,7 @@ fn since_baseline(base: &mut Reading, raw: Reading, (canary_blind, stable_blind)
     Reading {
         canary: canary.filter(|_| !canary_blind),
         stable: stable.filter(|_| !stable_blind),
+        missing: raw.missing,
     }
 }
 
@@ -732,9 +750,8 @@ mod tests {
 
     #[test]
     fn recorded_counters_count_from_the_rollout_and_survive_a_reset() {
-        let r = |c: (u64, u64), s: (u64, u64)| Reading {
-            canary: Some(Counts::new(c.0, c.1)),
-            stable: Some(Counts::new(s.0, s.1)),
+        let r = |c: (u64, u64), s: (u64, u64)| {
+            Reading::of(Some(Counts::new(c.0, c.1)), Some(Counts::new(s.0, s.1)))
         };
         let mut base = Reading::default();
         // the first reading is the baseline: raw counters count from process start

@@ -8,6 +8,7 @@
 
 pub mod controllers;
 pub mod objectives;
+pub mod promql;
 pub mod schema;
 pub mod sensors;
 pub mod simulations;
@@ -67,6 +68,8 @@ pub struct Diagnostic {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub diagnostics: Vec<Diagnostic>,
+    /// Printed, but do not fail validation.
+    pub warnings: Vec<Diagnostic>,
     pub files_checked: usize,
     /// File texts, for showing the offending line.
     sources: BTreeMap<String, String>,
@@ -76,8 +79,13 @@ impl Report {
     /// Rust-compiler-style text: the location, the message, the line with a caret, the hint.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
-        for d in &self.diagnostics {
-            let _ = writeln!(out, "error: {}", d.message);
+        let tagged = self
+            .warnings
+            .iter()
+            .map(|d| ("warning", d))
+            .chain(self.diagnostics.iter().map(|d| ("error", d)));
+        for (tag, d) in tagged {
+            let _ = writeln!(out, "{tag}: {}", d.message);
             let at = if d.path.is_empty() {
                 String::new()
             } else {
@@ -118,9 +126,23 @@ impl Report {
             "valid": self.diagnostics.is_empty(),
             "filesChecked": self.files_checked,
             "errors": self.diagnostics,
+            "warnings": self.warnings,
         }))
         .expect("diagnostics serialize")
     }
+}
+
+/// Warnings of a catalog that loaded: the message, where, and the hint.
+pub fn render_warnings(warnings: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for d in warnings {
+        let _ = writeln!(out, "warning: {}", d.message);
+        let _ = writeln!(out, "  --> {}:{}:{} (at {})", d.file, d.line, d.column, d.path);
+        if let Some(hint) = &d.hint {
+            let _ = writeln!(out, "  = hint: {hint}");
+        }
+    }
+    out
 }
 
 /// The validated specs, with every cross-reference resolved.
@@ -134,6 +156,8 @@ pub struct Catalog {
     /// Simulation scenarios, with the file each came from.
     pub simulations: BTreeMap<String, (PathBuf, Scenario)>,
     pub files_checked: usize,
+    /// What works, but perhaps not as its author thinks (a latency threshold between buckets).
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// Why loading could not even start: the user named something that is not there.
@@ -218,6 +242,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Catalog, LoadError> {
             ..catalog
         })
     } else {
+        report.warnings = catalog.warnings;
         report
             .diagnostics
             .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));

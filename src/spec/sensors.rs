@@ -1,7 +1,7 @@
 //! The sensor library: named ways to count *bad* and *total* events for one service,
-//! environment and release. A sensor is a pair of PromQL templates, a latency histogram
-//! (requests slower than the objective's threshold, by bucket arithmetic), or one of the
-//! proxy's own counters.
+//! environment and release. A sensor is a Prometheus counter with a matcher for its bad
+//! series, a latency histogram (requests slower than the objective's threshold, by bucket
+//! arithmetic), a pair of free PromQL templates, or one of the proxy's own counters.
 //!
 //! Templates are checked here for their variables only; turning them into queries is the
 //! Prometheus adapter's job.
@@ -51,15 +51,33 @@ pub struct Sensor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum SensorSource {
+    /// A Prometheus counter of events, some of them bad (e.g. `http_requests_total` with
+    /// `code=~"5.."`). Read for every service, environment and release in one query per tick.
+    Counter(CounterSensor),
     /// Two PromQL templates that each return one number: bad events and all events. Variables:
     /// `{{service}}`, `{{environment}}`, `{{release}}`, `{{window}}` (time since the rollout
-    /// started, as a PromQL duration).
+    /// started, as a PromQL duration). Any PromQL works, at a price: one query per release
+    /// and arm each tick (prefer `counter` or `histogram`, which batch).
     Prometheus(PromQueries),
     /// A Prometheus latency histogram: bad = requests slower than the objective's threshold,
     /// computed as `_count` minus the `_bucket` at the threshold.
     Histogram(Histogram),
     /// The autopilot proxy's own per-release counters (no Prometheus needed).
     Proxy(ProxySignal),
+}
+
+/// A counter of events, and which of its series count bad ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CounterSensor {
+    /// The counter's name, e.g. `http_requests_total`.
+    pub metric: String,
+    /// The label matchers that select one service, environment and release, as a template: each
+    /// of `{{service}}`, `{{environment}}` and `{{release}}` once, as a label's whole value (e.g.
+    /// `service="{{service}}",env="{{environment}}",version="{{release}}",job="web"`).
+    pub selector: String,
+    /// The label matchers that pick the bad events among them, e.g. `code=~"5.."`.
+    pub bad: String,
 }
 
 /// A pair of PromQL templates.
@@ -110,6 +128,34 @@ impl HistogramUnit {
     }
 }
 
+impl HistogramUnit {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HistogramUnit::Seconds => "seconds",
+            HistogramUnit::Milliseconds => "milliseconds",
+        }
+    }
+}
+
+/// The bucket bound a latency threshold is counted at: the threshold itself if it is a bound,
+/// else the largest bound below it (stricter than asked: a request between the two counts as
+/// slow). `None` when every bound lies above the threshold.
+pub fn bucket_for(buckets: &[f64], threshold: f64) -> Option<f64> {
+    let eps = 1e-9 * threshold.abs().max(1.0);
+    buckets
+        .iter()
+        .copied()
+        .filter(|b| *b <= threshold + eps)
+        .fold(None, |best: Option<f64>, b| Some(best.map_or(b, |x| x.max(b))))
+        .map(|b| {
+            if (b - threshold).abs() <= eps {
+                threshold
+            } else {
+                b
+            }
+        })
+}
+
 /// The proxy's built-in counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -135,7 +181,9 @@ pub enum Measures {
 impl SensorSource {
     pub fn measures(&self) -> Measures {
         match self {
-            SensorSource::Prometheus(_) | SensorSource::Proxy(ProxySignal::Errors) => Measures::Ratio,
+            SensorSource::Counter(_)
+            | SensorSource::Prometheus(_)
+            | SensorSource::Proxy(ProxySignal::Errors) => Measures::Ratio,
             SensorSource::Histogram(_) | SensorSource::Proxy(ProxySignal::Latency) => Measures::Latency,
         }
     }

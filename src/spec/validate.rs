@@ -15,19 +15,31 @@ use std::collections::{BTreeMap, HashMap};
 
 struct Checker<'a> {
     diags: &'a mut Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
     fn error(&mut self, file: &SourceFile, path: &[Seg], message: String, hint: Option<String>) {
+        let d = Self::at(file, path, message, hint);
+        self.diags.push(d);
+    }
+
+    /// Something that works, but not the way its author may think.
+    fn warn(&mut self, file: &SourceFile, path: &[Seg], message: String, hint: Option<String>) {
+        let d = Self::at(file, path, message, hint);
+        self.warnings.push(d);
+    }
+
+    fn at(file: &SourceFile, path: &[Seg], message: String, hint: Option<String>) -> Diagnostic {
         let (pos, yaml_path) = file.locate(path);
-        self.diags.push(Diagnostic {
+        Diagnostic {
             file: file.name.clone(),
             line: pos.line,
             column: pos.column,
             path: yaml_path,
             message,
             hint,
-        });
+        }
     }
 }
 
@@ -44,6 +56,14 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.as_bytes()[0].is_ascii_lowercase()
         && !s.ends_with('-')
+}
+
+/// A Prometheus metric name.
+fn is_metric_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+        && !s.as_bytes()[0].is_ascii_digit()
 }
 
 /// A reference name (sensors, controllers, objectives): readable, safe in URLs and labels.
@@ -68,7 +88,10 @@ fn did_you_mean<'a>(given: &str, known: impl IntoIterator<Item = &'a String> + C
 
 /// Validates everything parsed so far and returns the catalog of what parsed.
 pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalog {
-    let mut c = Checker { diags };
+    let mut c = Checker {
+        diags,
+        warnings: Vec::new(),
+    };
     let mut catalog = Catalog::default();
     // names that exist but failed to parse: referencing them is not a *second* error
     let mut broken_names: HashMap<&'static str, Vec<String>> = HashMap::new();
@@ -214,6 +237,7 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
             .service_files
             .insert(svc.name.clone(), std::path::PathBuf::from(&file.name));
     }
+    catalog.warnings = c.warnings;
     catalog
 }
 
@@ -245,10 +269,10 @@ fn collect_broken(
 fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSource) {
     let templates: Vec<(&str, &str)> = match source {
         SensorSource::Prometheus(q) => vec![("bad", q.bad.as_str()), ("total", q.total.as_str())],
-        SensorSource::Histogram(h) => vec![("selector", h.selector.as_str())],
-        SensorSource::Proxy(_) => vec![],
+        SensorSource::Histogram(_) | SensorSource::Counter(_) | SensorSource::Proxy(_) => vec![],
     };
     let tag = match source {
+        SensorSource::Counter(_) => "counter",
         SensorSource::Prometheus(_) => "prometheus",
         SensorSource::Histogram(_) => "histogram",
         SensorSource::Proxy(_) => "proxy",
@@ -291,8 +315,57 @@ fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSou
             }
         }
     }
+    // the batched forms: the selector must say which label is which identity
+    let selector = match source {
+        SensorSource::Counter(s) => Some(s.selector.as_str()),
+        SensorSource::Histogram(h) => Some(h.selector.as_str()),
+        _ => None,
+    };
+    if let Some(selector) = selector
+        && let Err(e) = super::promql::identity_selector(selector)
+    {
+        c.error(
+            file,
+            &p!["sensors", i, "source", tag, "selector"],
+            e.message,
+            Some(r#"e.g. `service="{{service}}",env="{{environment}}",version="{{release}}"`"#.into()),
+        );
+    }
+    if let SensorSource::Counter(s) = source {
+        if !is_metric_name(&s.metric) {
+            c.error(
+                file,
+                &p!["sensors", i, "source", tag, "metric"],
+                format!("`{}` is not a metric name", s.metric),
+                Some("letters, digits, `_` and `:`, e.g. `http_requests_total`".into()),
+            );
+        }
+        match super::promql::parse_matchers(&s.bad) {
+            Ok(m) if m.is_empty() => c.error(
+                file,
+                &p!["sensors", i, "source", tag, "bad"],
+                "`bad` is empty: every event would count as good".into(),
+                Some(r#"e.g. `code=~"5.."`"#.into()),
+            ),
+            Ok(_) => {}
+            Err(e) => c.error(
+                file,
+                &p!["sensors", i, "source", tag, "bad"],
+                format!("at character {}: {}", e.offset + 1, e.message),
+                Some(r#"label matchers, e.g. `code=~"5.."`"#.into()),
+            ),
+        }
+    }
     if let SensorSource::Histogram(h) = source {
-        if h.metric.trim().is_empty() || h.metric.ends_with("_bucket") || h.metric.ends_with("_count") {
+        if !is_metric_name(&h.metric) {
+            c.error(
+                file,
+                &p!["sensors", i, "source", "histogram", "metric"],
+                format!("`{}` is not a metric name", h.metric),
+                None,
+            );
+        } else if h.metric.trim().is_empty() || h.metric.ends_with("_bucket") || h.metric.ends_with("_count")
+        {
             c.error(
                 file,
                 &p!["sensors", i, "source", "histogram", "metric"],
@@ -798,17 +871,27 @@ fn check_service(
                     && let Some(buckets) = &h.buckets
                 {
                     let t = h.unit.convert(threshold);
-                    if !buckets.iter().any(|b| (b - t).abs() <= 1e-9 * t.max(1.0)) {
-                        c.error(
+                    let used = super::sensors::bucket_for(buckets, t);
+                    if used.is_some_and(|b| b != t) || used.is_none() {
+                        let counted = match used {
+                            Some(b) => format!(
+                                "requests slower than {b} {} count as bad, a stricter line than {threshold}",
+                                h.unit.name()
+                            ),
+                            None => "no bucket lies at or below it, so nothing can be counted".into(),
+                        };
+                        c.warn(
                             file,
                             &p!["objectives", i, "target"],
-                            format!("sensor `{}` has no histogram bucket at {threshold}", obj.sensor),
+                            format!(
+                                "sensor `{}` has no histogram bucket at {threshold}: {counted}",
+                                obj.sensor
+                            ),
                             Some(
                                 format!(
-                                    "Prometheus can only count at bucket bounds: {buckets:?} ({:?})",
-                                    h.unit
-                                )
-                                .to_lowercase(),
+                                    "Prometheus can only count at bucket bounds: {buckets:?} ({}); add a bucket at the threshold to count exactly",
+                                    h.unit.name()
+                                ),
                             ),
                         );
                     }
