@@ -68,6 +68,10 @@ pub struct AutopilotConfig {
     /// Where to tell people of rollbacks, promotions, approvals waiting and stuck rollouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<NotificationSink>,
+    /// The Prometheus that `counter`, `histogram` and `prometheus` sensors read (none: only the
+    /// proxy's own sensors have data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<crate::prom::PromSettings>,
 }
 
 /// A webhook told of what happens.
@@ -204,6 +208,7 @@ impl Default for AutopilotConfig {
             store: None,
             api: ApiConfig::default(),
             notifications: Vec::new(),
+            prometheus: None,
         }
     }
 }
@@ -233,6 +238,10 @@ impl AutopilotConfig {
         };
         self.data_dir = join(&self.data_dir);
         self.specs = self.specs.iter().map(|p| join(p)).collect();
+        if let Some(p) = &mut self.prometheus {
+            p.file_sd = p.file_sd.as_deref().map(join);
+            p.ca_file = p.ca_file.as_deref().map(join);
+        }
         if let Some(a) = &mut self.auth
             && !a.jwks.contains("://")
         {

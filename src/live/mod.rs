@@ -256,7 +256,10 @@ impl Sensors for ProxySensors {
                         rollout_key.clone(),
                     );
                     let base = self.baselines.entry(key).or_default();
-                    let reading = Reading::of(since(&mut base.0, canary), since(&mut base.1, stable));
+                    let mut reading = Reading::of(since(&mut base.0, canary), since(&mut base.1, stable));
+                    if matches!(read, ProxyRead::Unsupported) {
+                        reading.missing = Some(crate::control::judge::Missing::Unsupported);
+                    }
                     readings.insert((env.name.clone(), o.name.clone()), reading);
                 }
             }
@@ -270,6 +273,35 @@ impl Sensors for ProxySensors {
             .map(|r| format!("{}@{}", r.release, r.started_at.millis()))
             .collect();
         self.baselines.retain(|k, _| live.contains(&k.3));
+        out
+    }
+}
+
+/// The sensors of the live loop: the proxy's own counters, and Prometheus when configured.
+/// Each objective is read by the adapter its sensor names; one call reads every service.
+pub struct LiveSensors {
+    pub proxy: ProxySensors,
+    pub prometheus: Option<crate::prom::PromSensors>,
+}
+
+impl std::fmt::Debug for LiveSensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveSensors")
+    }
+}
+
+impl Sensors for LiveSensors {
+    async fn read(
+        &mut self,
+        services: &[(&PlanSpec, &ServiceState)],
+        now: Time,
+    ) -> BTreeMap<String, Readings> {
+        let mut out = self.proxy.read(services, now).await;
+        if let Some(p) = &mut self.prometheus {
+            for (service, readings) in p.read(services, now).await {
+                out.entry(service).or_default().extend(readings);
+            }
+        }
         out
     }
 }
@@ -372,7 +404,7 @@ pub fn api_state(
 }
 
 /// The live ports.
-pub type LivePorts = Ports<SqlStore, ProxySensors, LocalBuilder, LocalRuntime, ProxyRouter>;
+pub type LivePorts = Ports<SqlStore, LiveSensors, LocalBuilder, LocalRuntime, ProxyRouter>;
 
 /// A running autopilot.
 pub struct Up {
@@ -502,9 +534,39 @@ impl Up {
             }
         }
         let shared = proxy.shared.clone();
+        let prometheus = match &config.prometheus {
+            Some(p) => Some(
+                crate::prom::PromSensors::new(p, &catalog)
+                    .map_err(|e| UpError::Adapter(format!("prometheus: {e}")))?,
+            ),
+            None => {
+                let unread: Vec<String> = catalog
+                    .services
+                    .values()
+                    .flat_map(|s| s.objectives.iter().map(move |o| (s, o)))
+                    .filter(|(_, o)| {
+                        catalog
+                            .sensors
+                            .get(&o.sensor)
+                            .is_some_and(|x| !matches!(x.source, SensorSource::Proxy(_)))
+                    })
+                    .map(|(s, o)| format!("{}/{} ({})", s.name, o.name, o.sensor))
+                    .collect();
+                if !unread.is_empty() {
+                    tracing::warn!(
+                        "these objectives read Prometheus, and autopilot.yaml has no `prometheus:`; their data will be missing: {}",
+                        unread.join(", ")
+                    );
+                }
+                None
+            }
+        };
         let ports = Ports {
             store: store.clone(),
-            sensors: ProxySensors::new(shared.clone(), &catalog),
+            sensors: LiveSensors {
+                proxy: ProxySensors::new(shared.clone(), &catalog),
+                prometheus,
+            },
             builder,
             runtime: runtime.clone(),
             router: ProxyRouter::new(shared, runtime, &catalog),
@@ -598,6 +660,20 @@ impl Up {
         let interval = self.config.tick.0;
         let mut latest: BTreeMap<String, crate::control::rollout::Plan> = BTreeMap::new();
         let mut stats = metrics::TickStats::default();
+        // Prometheus has news once a scrape: looking twice as often catches each one promptly
+        let look = match &self.config.prometheus {
+            Some(p)
+                if self
+                    .ports
+                    .sensors
+                    .prometheus
+                    .as_ref()
+                    .is_some_and(|s| s.reads_anything()) =>
+            {
+                (p.scrape_interval.0 / 2).max(CANARY_LOOK)
+            }
+            _ => CANARY_LOOK,
+        };
         loop {
             let now = wall_clock();
             let span = tracing::info_span!("tick", at = %now);
@@ -634,7 +710,7 @@ impl Up {
                             })
                         });
                         if canary_running || !tick.plan.state.builds.running.is_empty() {
-                            next = next.min(now.plus(CANARY_LOOK));
+                            next = next.min(now.plus(look));
                         }
                         self.notifier
                             .send(notify::events(service, &tick.plan, &mut self.announced));
@@ -653,6 +729,14 @@ impl Up {
             for (service, result) in results {
                 if let Ok(tick) = result {
                     latest.insert(service, tick.plan);
+                }
+            }
+            if let Some(path) = self.config.prometheus.as_ref().and_then(|p| p.file_sd.as_ref()) {
+                let text = crate::prom::file_sd::render(&self.ports.runtime.running());
+                match crate::prom::file_sd::write(path, &text) {
+                    Ok(true) => tracing::info!(path = %path.display(), "wrote Prometheus targets"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(path = %path.display(), "writing Prometheus targets: {e}"),
                 }
             }
             if let Some(p) = &self.proxy {

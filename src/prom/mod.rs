@@ -25,6 +25,7 @@
 //! Prometheus unreachable, timed out or answering an error. Never zero.
 
 pub mod file_sd;
+pub mod server;
 
 use crate::control::judge::{Counts, Missing, Reading};
 use crate::control::plan::PlanSpec;
@@ -747,11 +748,13 @@ impl PromSensors {
                 .replace("{{window}}", &promql_duration(window))
                 .replace("{{ window }}", &promql_duration(window))
         };
+        // total first: with no total there is no data; with a total, an empty `bad` answer is
+        // PromQL's `sum` over no bad series — zero bad events
         let mut values = [0.0; 2];
-        for (i, t) in [&q.bad, &q.total].into_iter().enumerate() {
+        for (i, t) in [(1, &q.total), (0, &q.bad)] {
             let data = self.query(w.objective, render(t), now).await.map_err(|e| e.0)?;
             let v = match data {
-                Data::Vector(v) if v.is_empty() => return Err(Missing::NoSeries),
+                Data::Vector(v) if v.is_empty() && i == 1 => return Err(Missing::NoSeries),
                 Data::Vector(v) => v.iter().map(|x| x.sample().value()).sum::<f64>(),
                 Data::Scalar(s) => s.value(),
                 _ => return Err(Missing::QueryError),
