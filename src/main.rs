@@ -169,10 +169,46 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Sensors, against Prometheus: `check` reads each objective of one environment now.
+    Sensors {
+        #[command(subcommand)]
+        which: SensorsCommand,
+    },
     /// Print the JSON Schema of a file kind (for editors and CI).
     Schema {
         #[arg(value_enum)]
         kind: SchemaKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum SensorsCommand {
+    /// A dry run of the analysis: per objective and per live release of the environment, the bad
+    /// and total counts and rates read from Prometheus right now, the PromQL run, and why
+    /// anything is missing. Starts nothing, writes nothing. Exit code 0: every objective read;
+    /// 1: something is missing; 2: usage.
+    Check {
+        /// The service: its file (`objectives/checkout.yaml`) or its name.
+        service: String,
+        #[arg(long)]
+        environment: String,
+        /// The configuration (`prometheus:`, `store:`, `specs:`); default `autopilot.yaml` if present.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Prometheus' URL (default: the configuration's `prometheus.url`).
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// The canary release to read (default: the store's rollout in the environment).
+        #[arg(long)]
+        canary: Option<String>,
+        /// The stable release to read (default: the store's).
+        #[arg(long)]
+        stable: Option<String>,
+        /// Count from this long ago when no rollout start is known.
+        #[arg(long, default_value = "10m")]
+        since: autopilot::spec::units::Duration,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
     },
 }
 
@@ -361,6 +397,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Sensors {
+            which:
+                SensorsCommand::Check {
+                    service,
+                    environment,
+                    config,
+                    prometheus,
+                    canary,
+                    stable,
+                    since,
+                    output,
+                },
+        } => sensors_check(SensorsCheck {
+            service,
+            environment,
+            config,
+            prometheus,
+            canary,
+            stable,
+            since,
+            output,
+        }),
         Command::Simulate {
             scenarios,
             out,
@@ -628,6 +686,106 @@ fn act(t: Target, action: &str, percent: Option<u8>, release: Option<String>) ->
             release,
         )
         .await
+    })
+}
+
+struct SensorsCheck {
+    service: String,
+    environment: String,
+    config: Option<PathBuf>,
+    prometheus: Option<String>,
+    canary: Option<String>,
+    stable: Option<String>,
+    since: autopilot::spec::units::Duration,
+    output: Format,
+}
+
+/// `autopilot sensors check`.
+fn sensors_check(a: SensorsCheck) -> ExitCode {
+    use autopilot::prom::check;
+    init_logs(LogFormat::Text, "error");
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let config = match load_config(a.config) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let settings = match (&a.prometheus, &config.prometheus) {
+        (Some(url), Some(p)) => autopilot::prom::PromSettings {
+            url: url.clone(),
+            ..p.clone()
+        },
+        (Some(url), None) => autopilot::prom::PromSettings::at(url),
+        (None, Some(p)) => p.clone(),
+        (None, None) => {
+            return usage("no Prometheus: give --prometheus URL, or `prometheus:` in autopilot.yaml".into());
+        }
+    };
+    let mut paths = config.specs.clone();
+    if std::path::Path::new(&a.service).exists() {
+        paths.push(PathBuf::from(&a.service));
+    }
+    let catalog = match spec::load(&paths) {
+        Ok(c) => c,
+        Err(LoadError::Invalid(r)) => {
+            eprint!("{}", r.render_text());
+            return ExitCode::from(2);
+        }
+        Err(LoadError::Usage(e)) => return usage(e.to_string()),
+    };
+    let service = match check::service_named(&catalog, &a.service) {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    if let Err(e) = check::environment_of(&catalog, &service, &a.environment) {
+        return usage(e);
+    }
+    on_runtime(async move {
+        let now = autopilot::release::wall_clock();
+        let fallback = autopilot::control::time::Time::from_millis(
+            now.millis().saturating_sub(a.since.0.as_millis() as u64),
+        );
+        let mut releases = check::Releases {
+            canary: None,
+            stable: None,
+            since: fallback,
+            origin: format!("--since {}", a.since),
+        };
+        if a.canary.is_none() && a.stable.is_none() {
+            // the store's view, if there is a store
+            let has_store = config.store.is_some() || config.data_dir.join("autopilot.db").exists();
+            if has_store
+                && let Ok(store) = autopilot::live::open_store(&config).await
+                && let Ok(states) = store.states().await
+                && let Some((_, state)) = states.iter().find(|(s, _)| *s == service)
+                && let Some(r) = check::Releases::from_state(state, &a.environment, fallback)
+            {
+                releases = r;
+            }
+        } else {
+            releases.canary = a.canary.clone();
+            releases.stable = a.stable.clone();
+            releases.origin = format!("named on the command line, {}", releases.origin);
+        }
+        match check::check(&catalog, &service, &a.environment, &settings, &releases, now).await {
+            Ok(report) => {
+                match a.output {
+                    Format::Text => print!("{}", report.render_text()),
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("report serializes")
+                    ),
+                }
+                if report.complete() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => usage(e),
+        }
     })
 }
 

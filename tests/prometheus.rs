@@ -500,3 +500,72 @@ async fn a_release_listed_in_file_sd_is_scraped_with_its_labels() {
     .await;
     scraped(&prom, r#"app_up{release="r9",environment="staging"}"#, 1.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_check_shows_counts_promql_and_reasons_without_starting_anything() {
+    let prom = prometheus();
+    let exporter = Exporter::start().await.unwrap();
+    add_target(&prom, "app", &exporter, ("x", "prod", "x"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("shop-a.yaml"),
+        service("shop-a", &format!("{ERRORS}{LATENCY}")),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("sensors.yaml"), SENSORS).unwrap();
+    std::fs::write(dir.path().join("progressive.yaml"), CONTROLLER).unwrap();
+    std::fs::write(
+        dir.path().join("autopilot.yaml"),
+        format!(
+            "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n  url: {}\n  scrapeInterval: 500ms\n",
+            prom.url()
+        ),
+    )
+    .unwrap();
+    exporter.set(
+        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
+        96.0,
+    );
+    exporter.set(
+        &series("http_requests_total", "shop-a", "r2", r#",code="500""#),
+        4.0,
+    );
+    exporter.set(
+        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
+        1000.0,
+    );
+    scraped(
+        &prom,
+        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
+        1000.0,
+    )
+    .await;
+    let run = |env: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+            .current_dir(dir.path())
+            .args(["sensors", "check", "shop-a.yaml", "--environment", env])
+            .args(["--canary", "r2", "--stable", "r1", "--since", "1h"])
+            .output()
+            .unwrap()
+    };
+    let out = run("prod");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "latency has no series: {text}");
+    assert!(
+        text.contains("availability") && text.contains("r2") && text.contains("4.000%"),
+        "{text}"
+    );
+    assert!(text.contains("1000"), "stable's count over the hour: {text}");
+    assert!(
+        text.contains("missing: no series matches"),
+        "the latency histogram is not exported: {text}"
+    );
+    assert!(
+        text.contains("http_requests_total{") && text.contains("[http-latency]"),
+        "the PromQL: {text}"
+    );
+    // a wrong environment is a usage error with a suggestion
+    let out = run("prd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `prod`"));
+}
