@@ -2,13 +2,16 @@
 //! the sensor readings of one environment, on the simulation's virtual clock.
 //!
 //! A series is read as a step function (the last sample at or before a moment); a sample older
-//! than Prometheus' staleness window counts as missing. Several series in one export are summed
-//! per timestamp. Values are rounded to whole events.
+//! than Prometheus' staleness window counts as missing. Several series are summed per
+//! timestamp after each is made reset-free on its own (a counter below its previous sample
+//! restarted, and counts from zero — as Prometheus' `increase()` does), so one pod's restart
+//! does not read as the whole arm's. Values are rounded to whole events.
 
 use crate::control::judge::{Counts, Reading};
 use crate::control::time::Time;
-use crate::spec::simulations::Replay;
-use std::collections::BTreeMap;
+use crate::spec::promql::{SeriesFilter, parse_matchers};
+use crate::spec::simulations::{RecordedObjective, Replay};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Prometheus marks a series stale after five minutes without a sample.
@@ -43,8 +46,62 @@ impl Series {
     }
 }
 
-/// Parses a `query_range` export.
-pub fn parse(path: &Path, text: &str) -> Result<Series, ReplayError> {
+/// One labelled series of an export: its labels and (Unix milliseconds, value) samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labelled {
+    pub labels: BTreeMap<String, String>,
+    pub points: Vec<(u64, f64)>,
+}
+
+impl Labelled {
+    /// The same samples made reset-free: each drop below the previous sample adds the value
+    /// lost, so the series only grows.
+    fn adjusted(&self) -> Vec<(u64, f64)> {
+        let mut out = Vec::with_capacity(self.points.len());
+        let (mut prev, mut offset) = (None::<f64>, 0.0);
+        for &(ts, v) in &self.points {
+            if let Some(p) = prev
+                && v < p
+            {
+                offset += p;
+            }
+            prev = Some(v);
+            out.push((ts, v + offset));
+        }
+        out
+    }
+}
+
+/// Sums reset-free series at the given timestamps (each series at its last sample at or
+/// before; zero before its first).
+fn sum_at(series: &[&Labelled], at: &BTreeSet<u64>) -> Vec<(u64, f64)> {
+    let adjusted: Vec<Vec<(u64, f64)>> = series.iter().map(|s| s.adjusted()).collect();
+    at.iter()
+        .map(|&t| {
+            let v = adjusted
+                .iter()
+                .map(|a| {
+                    let i = a.partition_point(|(ts, _)| *ts <= t);
+                    i.checked_sub(1).map_or(0.0, |i| a[i].1)
+                })
+                .sum();
+            (t, v)
+        })
+        .collect()
+}
+
+/// Every timestamp at which any of the series has a sample.
+fn timestamps(series: &[&Labelled]) -> BTreeSet<u64> {
+    series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect()
+}
+
+fn to_series(points: Vec<(u64, f64)>) -> Option<Series> {
+    let first_ms = points.first()?.0;
+    Some(Series { first_ms, points })
+}
+
+/// Parses a `query_range` export into its labelled series.
+pub fn parse_export(path: &Path, text: &str) -> Result<Vec<Labelled>, ReplayError> {
     let err = |message: String| ReplayError {
         path: path.to_path_buf(),
         message,
@@ -71,11 +128,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Series, ReplayError> {
     let results = v["data"]["result"]
         .as_array()
         .ok_or_else(|| err("`data.result` is not a list".into()))?;
-    let mut sum: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut out = Vec::new();
     for (i, r) in results.iter().enumerate() {
         let values = r["values"]
             .as_array()
             .ok_or_else(|| err(format!("result[{i}] has no `values`")))?;
+        let labels: BTreeMap<String, String> = r["metric"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut points = Vec::with_capacity(values.len());
         for (j, pair) in values.iter().enumerate() {
             let ts = pair[0]
                 .as_f64()
@@ -86,26 +152,80 @@ pub fn parse(path: &Path, text: &str) -> Result<Series, ReplayError> {
                 ))
             })?;
             if value.is_finite() {
-                *sum.entry((ts * 1000.0).round() as u64).or_default() += value;
+                points.push(((ts * 1000.0).round() as u64, value));
             }
         }
+        points.sort_by_key(|p| p.0);
+        out.push(Labelled { labels, points });
     }
-    let first_ms = *sum
-        .keys()
-        .next()
-        .ok_or_else(|| err("the export holds no samples".into()))?;
-    Ok(Series {
-        first_ms,
-        points: sum.into_iter().collect(),
+    if out.iter().all(|s| s.points.is_empty()) {
+        return Err(err("the export holds no samples".into()));
+    }
+    Ok(out)
+}
+
+/// Parses a `query_range` export of one counter: its series made reset-free and summed.
+pub fn parse(path: &Path, text: &str) -> Result<Series, ReplayError> {
+    let series = parse_export(path, text)?;
+    let refs: Vec<&Labelled> = series.iter().collect();
+    to_series(sum_at(&refs, &timestamps(&refs))).ok_or_else(|| ReplayError {
+        path: path.to_path_buf(),
+        message: "the export holds no samples".into(),
     })
+}
+
+/// The four counters of an objective recorded as one export: the arms' series picked by their
+/// matchers, the bad ones by `bad`.
+fn from_export(base: &Path, export: &str, o: &RecordedObjective) -> Result<[Series; 4], ReplayError> {
+    let path = base.join(export);
+    let err = |message: String| ReplayError {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let series = parse_export(&path, &text)?;
+    let filter = |what: &str, m: Option<&String>| -> Result<SeriesFilter, ReplayError> {
+        let m = m.ok_or_else(|| err(format!("`{what}` matchers are missing")))?;
+        parse_matchers(m)
+            .and_then(|ms| SeriesFilter::new(&ms))
+            .map_err(|e| err(format!("`{what}`: {}", e.message)))
+    };
+    let bad = filter("bad", o.bad.as_ref())?;
+    let mut out = Vec::new();
+    for (arm, rec) in [("canary", &o.canary), ("stable", &o.stable)] {
+        let pick = filter(&format!("{arm}.match"), rec.matches.as_ref())?;
+        let all: Vec<&Labelled> = series
+            .iter()
+            .filter(|s| pick.matches(|l| s.labels.get(l).map(String::as_str)))
+            .collect();
+        if all.is_empty() {
+            return Err(err(format!(
+                "no series matches the {arm}'s `{}`",
+                rec.matches.as_deref().unwrap_or_default()
+            )));
+        }
+        let bads: Vec<&Labelled> = all
+            .iter()
+            .copied()
+            .filter(|s| bad.matches(|l| s.labels.get(l).map(String::as_str)))
+            .collect();
+        let at = timestamps(&all);
+        let total = to_series(sum_at(&all, &at)).ok_or_else(|| err(format!("the {arm} has no samples")))?;
+        let bad = to_series(sum_at(&bads, &at)).ok_or_else(|| err(format!("the {arm} has no samples")))?;
+        out.push(bad);
+        out.push(total);
+    }
+    let [cb, ct, sb, st]: [Series; 4] = out.try_into().map_err(|_| err("four series".into()))?;
+    Ok([cb, ct, sb, st])
 }
 
 /// The loaded recordings of a scenario.
 #[derive(Debug, Clone)]
 pub struct Recordings {
     pub environment: String,
-    /// When (simulation time) the recordings start.
-    pub start: Time,
+    /// When (simulation time) the recordings start; `None` until the canary's rollout starts
+    /// in the environment (the default alignment).
+    pub start: Option<Time>,
     /// Per objective: canary (bad, total), stable (bad, total).
     pub series: BTreeMap<String, [Series; 4]>,
     first_ms: u64,
@@ -116,7 +236,15 @@ impl Recordings {
     pub fn load(replay: &Replay, base: &Path, sim_start: Time) -> Result<Recordings, ReplayError> {
         let mut series = BTreeMap::new();
         for (objective, rec) in &replay.objectives {
-            let read = |rel: &str| {
+            if let Some(export) = &rec.export {
+                series.insert(objective.clone(), from_export(base, export, rec)?);
+                continue;
+            }
+            let read = |rel: Option<&String>, what: &str| {
+                let rel = rel.ok_or_else(|| ReplayError {
+                    path: base.to_path_buf(),
+                    message: format!("replay.objectives.{objective}: no `{what}` file"),
+                })?;
                 let path = base.join(rel);
                 let text = std::fs::read_to_string(&path).map_err(|e| ReplayError {
                     path: path.clone(),
@@ -127,10 +255,10 @@ impl Recordings {
             series.insert(
                 objective.clone(),
                 [
-                    read(&rec.canary.bad)?,
-                    read(&rec.canary.total)?,
-                    read(&rec.stable.bad)?,
-                    read(&rec.stable.total)?,
+                    read(rec.canary.bad.as_ref(), "canary.bad")?,
+                    read(rec.canary.total.as_ref(), "canary.total")?,
+                    read(rec.stable.bad.as_ref(), "stable.bad")?,
+                    read(rec.stable.total.as_ref(), "stable.total")?,
                 ],
             );
         }
@@ -141,7 +269,7 @@ impl Recordings {
             .unwrap_or(0);
         Ok(Recordings {
             environment: replay.environment.clone(),
-            start: sim_start.plus(replay.at.map_or(std::time::Duration::ZERO, |d| d.0)),
+            start: replay.at.map(|d| sim_start.plus(d.0)),
             series,
             first_ms,
         })
@@ -150,10 +278,10 @@ impl Recordings {
     /// The raw recorded counters of an objective at simulation time `now`.
     pub fn raw(&self, objective: &str, now: Time) -> Option<Reading> {
         let s = self.series.get(objective)?;
-        if now < self.start {
+        let Some(start) = self.start.filter(|s| now >= *s) else {
             return Some(Reading::default());
-        }
-        let offset = now.since(self.start).as_millis() as u64;
+        };
+        let offset = now.since(start).as_millis() as u64;
         // every series on one clock: the earliest first sample of the recording
         let t_abs = self.first_ms + offset;
         let at = |x: &Series| {
@@ -184,8 +312,67 @@ mod tests {
         let s = parse(Path::new("x.json"), EXPORT).unwrap();
         assert_eq!(s.at(0), Some(11.0));
         assert_eq!(s.at(15_000), Some(14.0));
-        assert_eq!(s.at(20_000), Some(15.4));
+        // pod b has no sample at 20 s: what it counted still counts (a sum never drops)
+        assert_eq!(s.at(20_000), Some(17.4));
         assert_eq!(s.at(20_000 + STALENESS_MS + 1), None, "stale after five minutes");
+    }
+
+    #[test]
+    fn one_pod_restarting_is_not_a_reset_of_the_arm() {
+        // pod a restarts at 20 s (12 → 3); pod b keeps counting
+        let text = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"pod":"a"},"values":[[0,"10"],[10,"12"],[20,"3"],[30,"5"]]},
+            {"metric":{"pod":"b"},"values":[[0,"100"],[10,"110"],[20,"120"],[30,"130"]]}]}}"#;
+        let s = parse(Path::new("x.json"), text).unwrap();
+        let at: Vec<f64> = [0, 10_000, 20_000, 30_000]
+            .iter()
+            .map(|t| s.at(*t).unwrap())
+            .collect();
+        assert_eq!(
+            at,
+            [110.0, 122.0, 135.0, 147.0],
+            "each pod made reset-free, then summed"
+        );
+    }
+
+    #[test]
+    fn one_export_of_many_series_splits_into_arms_and_bad() {
+        use crate::spec::simulations::RecordedArm;
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"version":"v2","code":"200"},"values":[[0,"90"],[10,"180"]]},
+            {"metric":{"version":"v2","code":"503"},"values":[[10,"20"]]},
+            {"metric":{"version":"v1","code":"200"},"values":[[0,"1000"],[10,"1900"]]},
+            {"metric":{"version":"v1","code":"500"},"values":[[0,"1"],[10,"2"]]}]}}"#;
+        std::fs::write(dir.path().join("export.json"), text).unwrap();
+        let arm = |m: &str| RecordedArm {
+            matches: Some(m.into()),
+            bad: None,
+            total: None,
+        };
+        let o = RecordedObjective {
+            export: Some("export.json".into()),
+            bad: Some(r#"code=~"5..""#.into()),
+            canary: arm(r#"version="v2""#),
+            stable: arm(r#"version="v1""#),
+        };
+        let [cb, ct, sb, st] = from_export(dir.path(), "export.json", &o).unwrap();
+        assert_eq!(
+            (cb.at(0), ct.at(0)),
+            (Some(0.0), Some(90.0)),
+            "no bad series yet: zero bad"
+        );
+        assert_eq!((cb.at(10_000), ct.at(10_000)), (Some(20.0), Some(200.0)));
+        assert_eq!((sb.at(10_000), st.at(10_000)), (Some(2.0), Some(1902.0)));
+        let mut wrong = o.clone();
+        wrong.canary = arm(r#"version="v3""#);
+        let e = from_export(dir.path(), "export.json", &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("export.json") && e.contains(r#"no series matches the canary's `version="v3"`"#),
+            "{e}"
+        );
     }
 
     #[test]

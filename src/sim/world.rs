@@ -446,6 +446,17 @@ impl World {
                 );
             }
         }
+        // a recording starts with the canary's rollout in its environment, unless `at:` says
+        if let Some(rec) = &mut self.recordings
+            && rec.start.is_none()
+            && let Some(r) = state
+                .environments
+                .get(&rec.environment)
+                .and_then(|e| e.rollout.as_ref())
+                .filter(|r| !r.phase.is_finished())
+        {
+            rec.start = Some(r.started_at);
+        }
         if let Some(rec) = &self.recordings {
             let env = rec.environment.clone();
             let rollout = state

@@ -300,35 +300,53 @@ pub struct ApproveAction {
 }
 
 /// Recorded sensor data: exports of Prometheus range queries (the JSON that
-/// `/api/v1/query_range` returns), one per counter, for the canary and stable of one
-/// environment. Counters may be raw (they count from process start; resets are handled) or
-/// already `increase()`d.
+/// `/api/v1/query_range` returns) for the canary and stable of one environment. Either one
+/// export per objective holding many labelled series, with label matchers naming the canary's,
+/// stable's and the bad ones (what a real export is); or one pre-summed export per counter and
+/// arm. Counters may be raw (they count from process start): resets are handled per series
+/// before summing, as Prometheus does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Replay {
     /// The environment whose canary the recording shows.
     pub environment: String,
-    /// When the recording's first sample falls, from the simulation's start.
+    /// When the recording's first sample falls, from the simulation's start. Default: when the
+    /// canary's rollout starts in `environment`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Duration>,
     /// Per objective (by name), the recorded counters.
     pub objectives: BTreeMap<String, RecordedObjective>,
 }
 
-/// The four counters of one objective.
+/// The recorded counters of one objective.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordedObjective {
+    /// One export holding every series of the objective (both arms, good and bad), relative to
+    /// the scenario. With it, each arm names its series with `match`, and `bad` picks the bad ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<String>,
+    /// With `export`: label matchers picking the bad series, e.g. `code=~"5.."`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad: Option<String>,
     pub canary: RecordedArm,
     pub stable: RecordedArm,
 }
 
-/// Files (relative to the scenario) holding the bad and total counters of one arm.
+/// One arm: label matchers into the objective's `export`, or files of its bad and total
+/// counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordedArm {
-    pub bad: String,
-    pub total: String,
+    /// With the objective's `export`: label matchers picking this arm's series, e.g. `version="v2"`.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+    /// Without `export`: the file of this arm's bad events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad: Option<String>,
+    /// Without `export`: the file of all this arm's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<String>,
 }
 
 /// What must come out.

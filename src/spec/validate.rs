@@ -390,6 +390,91 @@ fn check_sensor(c: &mut Checker, file: &SourceFile, i: usize, source: &SensorSou
     }
 }
 
+/// A recording is either one export with matchers, or files per arm — never half of each.
+fn check_replay(c: &mut Checker, file: &SourceFile, replay: &super::simulations::Replay) {
+    for (name, o) in &replay.objectives {
+        let at = |rest: &[&str]| {
+            let mut v = vec![
+                Seg::from("replay"),
+                Seg::from("objectives"),
+                Seg::from(name.as_str()),
+            ];
+            v.extend(rest.iter().map(|s| Seg::from(*s)));
+            v
+        };
+        let matchers = |c: &mut Checker, text: &str, path: Vec<Seg>| {
+            if let Err(e) = super::promql::parse_matchers(text) {
+                c.error(
+                    file,
+                    &path,
+                    format!("at character {}: {}", e.offset + 1, e.message),
+                    Some(r#"label matchers, e.g. `version="v2"`"#.into()),
+                );
+            }
+        };
+        match &o.export {
+            Some(_) => {
+                match &o.bad {
+                    Some(b) => matchers(c, b, at(&["bad"])),
+                    None => c.error(
+                        file,
+                        &at(&["export"]),
+                        "an export needs `bad`: the matchers that pick its bad series".into(),
+                        Some(r#"e.g. `bad: code=~"5.."`"#.into()),
+                    ),
+                }
+                for (arm, rec) in [("canary", &o.canary), ("stable", &o.stable)] {
+                    match &rec.matches {
+                        Some(m) => matchers(c, m, at(&[arm, "match"])),
+                        None => c.error(
+                            file,
+                            &at(&[arm]),
+                            format!("with `export`, the {arm} names its series with `match`"),
+                            Some(r#"e.g. `match: version="v2"`"#.into()),
+                        ),
+                    }
+                    if rec.bad.is_some() || rec.total.is_some() {
+                        c.error(
+                            file,
+                            &at(&[arm]),
+                            "`bad`/`total` files and an `export` cannot be mixed".into(),
+                            Some("keep the export and `match`, or drop the export".into()),
+                        );
+                    }
+                }
+            }
+            None => {
+                if o.bad.is_some() {
+                    c.error(
+                        file,
+                        &at(&["bad"]),
+                        "`bad` matchers need an `export`".into(),
+                        None,
+                    );
+                }
+                for (arm, rec) in [("canary", &o.canary), ("stable", &o.stable)] {
+                    if rec.bad.is_none() || rec.total.is_none() {
+                        c.error(
+                            file,
+                            &at(&[arm]),
+                            format!("the {arm} needs `bad` and `total` files (or the objective an `export`)"),
+                            None,
+                        );
+                    }
+                    if rec.matches.is_some() {
+                        c.error(
+                            file,
+                            &at(&[arm, "match"]),
+                            "`match` needs the objective's `export`".into(),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::Scenario) {
     use super::simulations::IncidentKind;
     if super::units::utc_seconds(&sim.start).is_err() {
@@ -407,6 +492,9 @@ fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::
             "no spec files".into(),
             Some("list the objectives, sensors and controllers to use, relative to this file".into()),
         );
+    }
+    if let Some(replay) = &sim.replay {
+        check_replay(c, file, replay);
     }
     if !(sim.traffic.rate.is_finite() && sim.traffic.rate > 0.0) {
         c.error(
