@@ -169,6 +169,44 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Replay an incident straight from Prometheus: read the service's sensors in one
+    /// environment over a time range, save them as a scenario, and run the controller through
+    /// it as `simulate` does. Exit codes as `simulate`.
+    Replay {
+        /// The service: its file (`objectives/checkout.yaml`) or its name.
+        service: String,
+        #[arg(long)]
+        environment: String,
+        /// Start of the range, UTC: `2026-11-20T14:00Z` or `2026-11-20T14:00:00Z`.
+        #[arg(long)]
+        from: String,
+        /// End of the range, UTC.
+        #[arg(long)]
+        to: String,
+        /// The release that was the canary (its release label's value).
+        #[arg(long)]
+        canary: String,
+        /// The release that was stable.
+        #[arg(long)]
+        stable: String,
+        /// Resolution of the range query (default: the configured scrape interval).
+        #[arg(long)]
+        step: Option<autopilot::spec::units::Duration>,
+        /// Keep the scenario and its recordings in this folder (default: a temporary one).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Add an expectation for the canary in the environment: promoted, rolledBack, held.
+        #[arg(long)]
+        expect: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Prometheus' URL (default: the configuration's `prometheus.url`).
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// Print only the expectations' results.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Sensors, against Prometheus: `check` reads each objective of one environment now.
     Sensors {
         #[command(subcommand)]
@@ -397,6 +435,33 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Replay {
+            service,
+            environment,
+            from,
+            to,
+            canary,
+            stable,
+            step,
+            save,
+            expect,
+            config,
+            prometheus,
+            quiet,
+        } => replay(ReplayArgs {
+            service,
+            environment,
+            from,
+            to,
+            canary,
+            stable,
+            step,
+            save,
+            expect,
+            config,
+            prometheus,
+            quiet,
+        }),
         Command::Sensors {
             which:
                 SensorsCommand::Check {
@@ -687,6 +752,132 @@ fn act(t: Target, action: &str, percent: Option<u8>, release: Option<String>) ->
         )
         .await
     })
+}
+
+struct ReplayArgs {
+    service: String,
+    environment: String,
+    from: String,
+    to: String,
+    canary: String,
+    stable: String,
+    step: Option<autopilot::spec::units::Duration>,
+    save: Option<PathBuf>,
+    expect: Option<String>,
+    config: Option<PathBuf>,
+    prometheus: Option<String>,
+    quiet: bool,
+}
+
+/// The catalog and Prometheus settings a sensors command works with, and the service named.
+fn prometheus_context(
+    config: Option<PathBuf>,
+    prometheus: &Option<String>,
+    service: &str,
+    environment: &str,
+) -> Result<
+    (
+        autopilot::live::config::AutopilotConfig,
+        autopilot::prom::PromSettings,
+        autopilot::spec::Catalog,
+        Vec<PathBuf>,
+        String,
+    ),
+    String,
+> {
+    let config = load_config(config)?;
+    let settings = match (prometheus, &config.prometheus) {
+        (Some(url), Some(p)) => autopilot::prom::PromSettings {
+            url: url.clone(),
+            ..p.clone()
+        },
+        (Some(url), None) => autopilot::prom::PromSettings::at(url),
+        (None, Some(p)) => p.clone(),
+        (None, None) => {
+            return Err("no Prometheus: give --prometheus URL, or `prometheus:` in autopilot.yaml".into());
+        }
+    };
+    let mut paths = config.specs.clone();
+    if std::path::Path::new(service).exists() {
+        paths.push(PathBuf::from(service));
+    }
+    let catalog = match spec::load(&paths) {
+        Ok(c) => c,
+        Err(LoadError::Invalid(r)) => return Err(r.render_text()),
+        Err(LoadError::Usage(e)) => return Err(e.to_string()),
+    };
+    let name = autopilot::prom::check::service_named(&catalog, service)?;
+    autopilot::prom::check::environment_of(&catalog, &name, environment)?;
+    Ok((config, settings, catalog, paths, name))
+}
+
+/// `autopilot replay`.
+fn replay(a: ReplayArgs) -> ExitCode {
+    use autopilot::prom::replay;
+    init_logs(LogFormat::Text, "error");
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let (_, settings, catalog, paths, service) =
+        match prometheus_context(a.config, &a.prometheus, &a.service, &a.environment) {
+            Ok(x) => x,
+            Err(e) => return usage(e),
+        };
+    let (from, to) = match (replay::parse_time(&a.from), replay::parse_time(&a.to)) {
+        (Ok(f), Ok(t)) if f < t => (f, t),
+        (Ok(_), Ok(_)) => return usage("--from must come before --to".into()),
+        (Err(e), _) | (_, Err(e)) => return usage(e),
+    };
+    let specs: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let req = replay::ReplayRequest {
+        service,
+        environment: a.environment,
+        canary: a.canary,
+        stable: a.stable,
+        from,
+        to,
+        step: a.step.map_or(settings.scrape_interval.0, |s| s.0),
+        specs,
+        expect: a.expect,
+    };
+    let temp;
+    let dir = match &a.save {
+        Some(d) => d.clone(),
+        None => {
+            temp = match tempfile::tempdir() {
+                Ok(t) => t,
+                Err(e) => return usage(e.to_string()),
+            };
+            temp.path().to_path_buf()
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let recorded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(replay::record(&catalog, &settings, &req, &dir)));
+    let saved = match recorded {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "read {} series from {}; scenario: {}",
+        saved.series,
+        settings.url,
+        saved.scenario.display()
+    );
+    for s in &saved.skipped {
+        eprintln!("not replayed: {s}");
+    }
+    simulate(std::slice::from_ref(&saved.scenario), None, a.quiet)
 }
 
 struct SensorsCheck {

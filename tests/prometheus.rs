@@ -569,3 +569,117 @@ async fn sensors_check_shows_counts_promql_and_reasons_without_starting_anything
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `prod`"));
 }
+
+/// OpenMetrics history of shop-a in prod from `t0` for 30 minutes, one sample per 15 s: stable
+/// r1 at 20 requests/s with 0.5% errors; canary `release` at 5 requests/s, with errors jumping
+/// from 0.5% to 8% after `bad_after` steps (never, for a healthy canary).
+fn history(t0: u64, release: &str, bad_after: u64) -> String {
+    let mut out = String::from("# TYPE http_requests counter\n");
+    let (mut s_ok, mut s_bad, mut c_ok, mut c_bad) = (0u64, 0u64, 0u64, 0u64);
+    let mut lines = Vec::new();
+    for step in 0..=120u64 {
+        let t = t0 + step * 15;
+        // deterministic: stable fails 3 of every 600, the canary 3 of 600 then 6 of 75
+        s_bad += if step % 2 == 0 { 1 } else { 2 };
+        s_ok += 300 - if step % 2 == 0 { 1 } else { 2 };
+        let bad = if step >= bad_after {
+            6
+        } else {
+            u64::from(step % 3 == 0)
+        };
+        c_bad += bad;
+        c_ok += 75 - bad;
+        for (rel, code, v) in [
+            ("r1", "200", s_ok),
+            ("r1", "500", s_bad),
+            (release, "200", c_ok),
+            (release, "500", c_bad),
+        ] {
+            lines.push(format!(
+                "http_requests_total{{service=\"shop-a\",env=\"prod\",version=\"{rel}\",code=\"{code}\"}} {v} {t}\n"
+            ));
+        }
+    }
+    for l in lines {
+        out.push_str(&l);
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+#[test]
+fn replay_from_prometheus_reproduces_an_injected_regression() {
+    // two incidents in the real database, 3 hours and 2 hours ago: r2 went bad 5 minutes into
+    // its canary, r3 stayed healthy
+    let now = wall_clock().millis() / 1000;
+    let (t_bad, t_good) = (now - 3 * 3600, now - 2 * 3600);
+    let text = format!(
+        "{}{}",
+        history(t_bad, "r2", 20).trim_end_matches("# EOF\n"),
+        history(t_good, "r3", u64::MAX).replace("# TYPE http_requests counter\n", "")
+    );
+    let prom = TempPrometheus::start_with_history(SCRAPE, "", &text).expect("backfilled prometheus starts");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop-a.yaml"), service("shop-a", ERRORS)).unwrap();
+    std::fs::write(dir.path().join("sensors.yaml"), SENSORS).unwrap();
+    std::fs::write(dir.path().join("progressive.yaml"), CONTROLLER).unwrap();
+    std::fs::write(
+        dir.path().join("autopilot.yaml"),
+        format!(
+            "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n  url: {}\n  scrapeInterval: 15s\n",
+            prom.url()
+        ),
+    )
+    .unwrap();
+    let utc = |t: u64| Time::from_secs(t).to_string();
+    let replay = |t0: u64, canary: &str, save: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+            .current_dir(dir.path())
+            .args(["replay", "shop-a.yaml", "--environment", "prod"])
+            .args(["--from", &utc(t0), "--to", &utc(t0 + 30 * 60)])
+            .args([
+                "--canary",
+                canary,
+                "--stable",
+                "r1",
+                "--expect",
+                "rolledBack",
+                "--save",
+                save,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = replay(t_bad, "r2", "bad");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the regression is rolled back:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("availability regressed"), "{stdout}");
+    assert!(stderr.contains("read 4 series"), "{stderr}");
+    // the saved scenario is a scenario like any other: it validates and reruns
+    let saved = dir.path().join("bad/replay-shop-a-prod.yaml");
+    let rerun = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .args(["simulate", "--quiet"])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stdout)
+    );
+    // the healthy canary is not rolled back: the replay tells the two apart
+    let out = replay(t_good, "r3", "good");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a healthy canary must not be rolled back:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -26,6 +26,7 @@
 
 pub mod check;
 pub mod file_sd;
+pub mod replay;
 pub mod server;
 
 use crate::control::judge::{Counts, Missing, Reading};
@@ -242,7 +243,7 @@ impl std::fmt::Debug for PromSensors {
 }
 
 /// Why a query failed, as a missing reason and the words for the log.
-fn classify(e: &prometheus_http_query::Error) -> (Missing, String) {
+pub(crate) fn classify(e: &prometheus_http_query::Error) -> (Missing, String) {
     use prometheus_http_query::Error as E;
     let reason = match e {
         E::Prometheus(p) if p.is_timeout() || p.is_canceled() => Missing::Timeout,

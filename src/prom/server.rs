@@ -59,6 +59,34 @@ impl TempPrometheus {
         Ok(p)
     }
 
+    /// Like [`TempPrometheus::start`], with history already in its database: OpenMetrics text
+    /// (samples with timestamps, ending in `# EOF`) backfilled by `promtool tsdb
+    /// create-blocks-from openmetrics` before the server starts — real data over a past range.
+    pub fn start_with_history(
+        scrape_interval: Duration,
+        scrape_configs: &str,
+        openmetrics: &str,
+    ) -> Result<TempPrometheus, String> {
+        let mut p = Self::start(scrape_interval, scrape_configs)?;
+        p.pause();
+        let input = p.dir.path().join("history.om");
+        std::fs::write(&input, openmetrics).map_err(|e| e.to_string())?;
+        let out = Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&input)
+            .arg(p.dir.path().join("data"))
+            .output()
+            .map_err(|e| format!("cannot run promtool (apt-get install prometheus): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "promtool could not backfill: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        p.resume()?;
+        Ok(p)
+    }
+
     fn launch(&mut self) -> Result<(), String> {
         let config_file = self.dir.path().join("prometheus.yml");
         std::fs::write(&config_file, &self.config).map_err(|e| e.to_string())?;

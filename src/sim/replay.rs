@@ -74,7 +74,7 @@ impl Labelled {
 
 /// Sums reset-free series at the given timestamps (each series at its last sample at or
 /// before; zero before its first).
-fn sum_at(series: &[&Labelled], at: &BTreeSet<u64>) -> Vec<(u64, f64)> {
+pub fn sum_at(series: &[&Labelled], at: &BTreeSet<u64>) -> Vec<(u64, f64)> {
     let adjusted: Vec<Vec<(u64, f64)>> = series.iter().map(|s| s.adjusted()).collect();
     at.iter()
         .map(|&t| {
@@ -91,7 +91,7 @@ fn sum_at(series: &[&Labelled], at: &BTreeSet<u64>) -> Vec<(u64, f64)> {
 }
 
 /// Every timestamp at which any of the series has a sample.
-fn timestamps(series: &[&Labelled]) -> BTreeSet<u64> {
+pub fn timestamps(series: &[&Labelled]) -> BTreeSet<u64> {
     series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect()
 }
 
