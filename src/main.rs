@@ -321,6 +321,30 @@ enum Bench {
     /// Canary judgement: scenarios S0–S8, our judge against Flagger-, Argo- and Kayenta-style
     /// judges and a naive repeated test, next to the information floor. Writes detection.md,
     /// detection.csv and detection.svg.
+    /// The control loop at scale (BENCHMARKS.md §3): N services × 3 environments with a rollout
+    /// running in each, sensors from a real Prometheus; queries, CPU and wall time per tick,
+    /// memory; with the unbatched reference. Needs `prometheus` installed.
+    Sensors {
+        /// Service counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        services: Vec<usize>,
+        /// Measure the reference (free PromQL per arm) up to this many services.
+        #[arg(long, default_value_t = 100)]
+        reference_up_to: usize,
+        /// Ticks measured after the first.
+        #[arg(long, default_value_t = 5)]
+        ticks: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// The benchmark's exporter process (internal).
+    #[command(hide = true)]
+    Exporter {
+        #[arg(long)]
+        services: usize,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     Detection {
         /// A small run (a few percent of the documented runs) for CI.
         #[arg(long)]
@@ -489,6 +513,48 @@ fn main() -> ExitCode {
             out,
             quiet,
         } => simulate(&scenarios, out.as_deref(), quiet),
+        Command::Bench {
+            which:
+                Bench::Sensors {
+                    services,
+                    reference_up_to,
+                    ticks,
+                    out,
+                },
+        } => {
+            init_logs(LogFormat::Text, "error");
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            on_runtime(async move {
+                match autopilot::prom::bench::run(&exe, &services, reference_up_to, ticks, &out).await {
+                    Ok(md) => {
+                        print!("{md}");
+                        eprintln!("written: {}/sensors.md, sensors.csv", out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Bench {
+            which: Bench::Exporter { services, listen },
+        } => on_runtime(async move {
+            match autopilot::prom::bench::run_exporter(services, listen).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::Bench {
             which: Bench::Detection { quick, out },
         } => bench_detection(quick, &out),

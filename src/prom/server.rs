@@ -226,6 +226,11 @@ impl Exporter {
         Self::start_on("127.0.0.1:0".parse().expect("address"), Values::default()).await
     }
 
+    /// Serves `/metrics` on `addr`.
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<Exporter> {
+        Self::start_on(addr, Values::default()).await
+    }
+
     async fn start_on(addr: SocketAddr, values: Values) -> std::io::Result<Exporter> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
