@@ -933,3 +933,52 @@ async fn autopilot_up_runs_on_a_postgresql_store() {
         "a clean stop leaves no process record"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_follows_releases_a_real_prometheus_finds_each_new_release() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Prometheus configured once, with file-based discovery of the file `up` writes
+    let prom = autopilot::prom::server::TempPrometheus::start(
+        Duration::from_millis(500),
+        "  - job_name: autopilot-releases\n    file_sd_configs:\n      - files: ['{dir}/targets/*.json']\n        refresh_interval: 1s\n",
+    )
+    .expect("prometheus starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _creds, config_path) = prepare(dir.path());
+    let mut settings = autopilot::prom::PromSettings::at(&prom.url());
+    settings.file_sd = Some(prom.dir().join("targets/autopilot.json"));
+    config.prometheus = Some(settings);
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let log = dir.path().join("up.log");
+    let _child = up(&config_path, &log);
+    let client = autopilot::prom::PromSettings::at(&prom.url()).client().unwrap();
+    // v1 starts in dev: Prometheus finds its instance, labelled, with no change to its config
+    let found = wait_for(
+        "Prometheus to find the release in dev",
+        Duration::from_secs(90),
+        || {
+            let client = client.clone();
+            async move {
+                let targets = client.targets(None).await.ok()?;
+                targets
+                    .active()
+                    .iter()
+                    .find(|t| {
+                        let l = t.labels();
+                        l.get("service").map(String::as_str) == Some("shop")
+                            && l.get("environment").map(String::as_str) == Some("dev")
+                            && l.get("release").is_some_and(|r| !r.is_empty())
+                    })
+                    .map(|t| (t.labels().clone(), t.scrape_url().to_string()))
+            }
+        },
+    )
+    .await;
+    assert!(
+        found.1.starts_with("http://127.0.0.1:"),
+        "the instance's own address: {found:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let written = std::fs::read_to_string(prom.dir().join("targets/autopilot.json")).unwrap();
+    assert!(written.contains(&found.0["release"]), "{written}");
+}

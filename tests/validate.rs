@@ -327,3 +327,61 @@ fn a_valid_file_loses_nothing_in_the_round_trip_to_typed_specs() {
     .unwrap_or_else(|r| panic!("{}", r.render_text()));
     assert_eq!(&again.services["checkout"], checkout);
 }
+
+#[test]
+fn a_latency_threshold_between_buckets_warns_and_names_the_bucket_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let sensors = r#"apiVersion: autopilot/v1
+kind: Sensors
+sensors:
+  - name: coarse-latency
+    source:
+      histogram:
+        metric: http_request_duration_seconds
+        selector: service="{{service}}",env="{{environment}}",version="{{release}}"
+        buckets: [0.1, 0.25, 0.5]
+"#;
+    write(dir.path(), "sensors.yaml", sensors.as_bytes());
+    let service = std::fs::read_to_string(root().join("objectives/checkout.yaml"))
+        .unwrap()
+        .replace("sensor: http-latency", "sensor: coarse-latency");
+    write(dir.path(), "checkout.yaml", service.as_bytes());
+    std::fs::copy(
+        root().join("controllers/progressive.yaml"),
+        dir.path().join("progressive.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("controllers/careful.yaml"),
+        dir.path().join("careful.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(root().join("controllers/fast.yaml"), dir.path().join("fast.yaml")).unwrap();
+    std::fs::copy(root().join("sensors/http.yaml"), dir.path().join("http.yaml")).unwrap();
+    let catalog = spec::load(&[dir.path().to_path_buf()]).unwrap_or_else(|e| match e {
+        LoadError::Invalid(r) => panic!("a warning must not fail validation: {}", r.render_text()),
+        LoadError::Usage(u) => panic!("{u}"),
+    });
+    assert_eq!(catalog.warnings.len(), 1, "{:?}", catalog.warnings);
+    let w = &catalog.warnings[0];
+    assert!(
+        w.file.ends_with("checkout.yaml") && w.path == "objectives[1].target",
+        "{w:?}"
+    );
+    assert!(
+        w.message.contains("no histogram bucket at 300ms")
+            && w.message.contains("slower than 0.25 seconds count as bad"),
+        "{w:?}"
+    );
+    // the command line shows it and still says ok
+    let out = Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("warning: sensor `coarse-latency`") && text.contains("ok: "),
+        "{text}"
+    );
+}

@@ -135,7 +135,7 @@ impl Runtime for Steady {
         };
         Ok(ENVS
             .iter()
-            .flat_map(|e| ["r1", "r2"].map(|r| ((e.to_string(), r.to_owned()), ready.clone())))
+            .flat_map(|e| ["r1", "r2"].map(|r| ((e.to_string(), r.to_owned()), ready)))
             .collect())
     }
     async fn deploy(&mut self, _s: &str, _e: &str, _r: &Release) -> Result<(), PortError> {
