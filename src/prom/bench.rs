@@ -237,6 +237,9 @@ pub struct Row {
     pub queries_per_tick: f64,
     pub cpu_ms_per_tick: f64,
     pub wall_ms_per_tick: f64,
+    /// Of the wall time: reading the sensors, and of that, waiting for Prometheus' answers.
+    pub read_ms_per_tick: f64,
+    pub prometheus_ms_per_tick: f64,
     pub store_writes_per_tick: usize,
     pub rss_mib: f64,
     pub readings_with_data: usize,
@@ -310,12 +313,15 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
         queries_per_tick: 0.0,
         cpu_ms_per_tick: 0.0,
         wall_ms_per_tick: 0.0,
+        read_ms_per_tick: 0.0,
+        prometheus_ms_per_tick: 0.0,
         store_writes_per_tick: 0,
         rss_mib: 0.0,
         readings_with_data: 0,
         readings: 0,
     };
     let (mut cpu, mut wall, mut queries) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let (mut read, mut waited) = (Duration::ZERO, Duration::ZERO);
     for t in 0..=ticks {
         let q0 = ports.sensors.queries_total;
         let (c0, w0) = (cpu_time(), Instant::now());
@@ -332,6 +338,8 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
         } else {
             cpu += dc;
             wall += dw;
+            read += ports.sensors.last_read.0;
+            waited += ports.sensors.last_read.1;
             queries += dq;
             row.store_writes_per_tick = recorded;
             row.readings = 0;
@@ -353,6 +361,8 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
     row.queries_per_tick = queries as f64 / n;
     row.cpu_ms_per_tick = cpu.as_secs_f64() * 1000.0 / n;
     row.wall_ms_per_tick = wall.as_secs_f64() * 1000.0 / n;
+    row.read_ms_per_tick = read.as_secs_f64() * 1000.0 / n;
+    row.prometheus_ms_per_tick = waited.as_secs_f64() * 1000.0 / n;
     row.rss_mib = memory_mib("VmRSS:");
     row.series = services * ENVS.len() * 2 * 7;
     store.close().await;
@@ -439,15 +449,15 @@ pub async fn run(
     );
     let _ = writeln!(
         md,
-        "| services | sensors read by | series in Prometheus | queries, first tick | queries / tick | CPU ms / tick | wall ms / tick | store transactions / tick | readings with data | RSS MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| services | sensors read by | series in Prometheus | queries, first tick | queries / tick | CPU ms / tick | wall ms / tick | of which sensors read | of which Prometheus answering | store transactions / tick | readings with data | RSS MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut csv = String::from(
-        "services,how,series,queries_first,queries_per_tick,cpu_ms_per_tick,wall_ms_per_tick,store_writes_per_tick,readings_with_data,readings,rss_mib\n",
+        "services,how,series,queries_first,queries_per_tick,cpu_ms_per_tick,wall_ms_per_tick,read_ms_per_tick,prometheus_ms_per_tick,store_writes_per_tick,readings_with_data,readings,rss_mib\n",
     );
     for r in &rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {}/{} | {:.0} |",
+            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {}/{} | {:.0} |",
             r.services,
             r.how,
             r.series,
@@ -455,6 +465,8 @@ pub async fn run(
             r.queries_per_tick,
             r.cpu_ms_per_tick,
             r.wall_ms_per_tick,
+            r.read_ms_per_tick,
+            r.prometheus_ms_per_tick,
             r.store_writes_per_tick,
             r.readings_with_data,
             r.readings,
@@ -462,7 +474,7 @@ pub async fn run(
         );
         let _ = writeln!(
             csv,
-            "{},{},{},{},{:.2},{:.3},{:.3},{},{},{},{:.1}",
+            "{},{},{},{},{:.2},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1}",
             r.services,
             r.how,
             r.series,
@@ -470,6 +482,8 @@ pub async fn run(
             r.queries_per_tick,
             r.cpu_ms_per_tick,
             r.wall_ms_per_tick,
+            r.read_ms_per_tick,
+            r.prometheus_ms_per_tick,
             r.store_writes_per_tick,
             r.readings_with_data,
             r.readings,

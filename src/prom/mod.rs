@@ -224,15 +224,20 @@ pub struct PromSensors {
     reads: HashMap<(String, String), ObjectiveRead>,
     sensors: BTreeMap<String, Batched>,
     series: HashMap<String, SeriesState>,
+    /// The series of each (sensor, arm), so an arm's counts never scan every series.
+    by_arm: HashMap<(String, Arm), Vec<String>>,
     /// Per (rollout, series): the adjusted value at the rollout's start.
     bases: HashMap<(String, String), f64>,
     /// Per rollout and sensor: raw values at the rollout's start, once fetched.
     starts: HashMap<(String, String), HashMap<String, f64>>,
-    last_read: Option<Time>,
+    last_read_at: Option<Time>,
+    waited: std::time::Duration,
     /// Queries sent since this adapter was made.
     pub queries_total: u64,
     /// What the last tick asked.
     pub last_queries: Vec<QueryLog>,
+    /// How long the last read took (wall), and of that, waiting for Prometheus.
+    pub last_read: (std::time::Duration, std::time::Duration),
 }
 
 impl std::fmt::Debug for PromSensors {
@@ -372,11 +377,14 @@ impl PromSensors {
             reads,
             sensors,
             series: HashMap::new(),
+            by_arm: HashMap::new(),
             bases: HashMap::new(),
             starts: HashMap::new(),
-            last_read: None,
+            last_read_at: None,
+            waited: std::time::Duration::ZERO,
             queries_total: 0,
             last_queries: Vec::new(),
+            last_read: Default::default(),
         })
     }
 
@@ -437,6 +445,7 @@ impl PromSensors {
     ) -> Result<Data, (Missing, String)> {
         self.queries_total += 1;
         let timeout_ms = self.settings.timeout.0.as_millis() as i64;
+        let asked = std::time::Instant::now();
         let result = self
             .client
             .query(&promql_text)
@@ -444,6 +453,7 @@ impl PromSensors {
             .timeout(timeout_ms)
             .post()
             .await;
+        self.waited += asked.elapsed();
         let outcome = match &result {
             Ok(r) => Ok(match r.data() {
                 Data::Vector(v) => v.len(),
@@ -521,6 +531,10 @@ impl PromSensors {
                     reset_now: false,
                     present: false,
                 };
+                self.by_arm
+                    .entry((state.info.sensor.clone(), state.info.arm.clone()))
+                    .or_default()
+                    .push(key.clone());
                 self.series.insert(key.clone(), state);
             }
             let Some(state) = self.series.get_mut(&key) else {
@@ -554,6 +568,7 @@ impl PromSensors {
         let mut failed = HashMap::new();
         // per sensor: the new rollouts, each with its start and arms
         let mut per_sensor: BTreeMap<String, Vec<(&Wanted<'_>, BTreeSet<&Arm>)>> = BTreeMap::new();
+        let mut queued: HashSet<(&str, &str)> = HashSet::new();
         for w in wanted {
             let ObjectiveRead::Batched { sensor, .. } = w.read else {
                 continue;
@@ -561,10 +576,10 @@ impl PromSensors {
             if self.starts.contains_key(&(w.rollout.clone(), sensor.clone())) {
                 continue;
             }
-            let entry = per_sensor.entry(sensor.clone()).or_default();
-            if entry.iter().any(|(x, _)| x.rollout == w.rollout) {
+            if !queued.insert((sensor.as_str(), w.rollout.as_str())) {
                 continue;
             }
+            let entry = per_sensor.entry(sensor.clone()).or_default();
             let arms: BTreeSet<&Arm> = std::iter::once(&w.canary).chain(w.stable.as_ref()).collect();
             entry.push((w, arms));
         }
@@ -583,22 +598,24 @@ impl PromSensors {
                     )
                 })
                 .collect();
-            let now = self.last_read.unwrap_or(Time::ZERO);
+            let now = self.last_read_at.unwrap_or(Time::ZERO);
             match self.query(&sensor, parts.join(" or "), now).await {
                 Ok(Data::Vector(v)) => {
+                    let rollout_of: HashMap<&Arm, &str> = rollouts
+                        .iter()
+                        .flat_map(|(w, arms)| arms.iter().map(move |a| (*a, w.rollout.as_str())))
+                        .collect();
                     let mut by_rollout: HashMap<String, HashMap<String, f64>> = HashMap::new();
                     for iv in v {
                         let (labels, sample) = iv.into_inner();
                         let Some(info) = self.describe(&sensor, &b, &labels) else {
                             continue;
                         };
-                        for (w, arms) in &rollouts {
-                            if arms.contains(&info.arm) {
-                                by_rollout
-                                    .entry(w.rollout.clone())
-                                    .or_default()
-                                    .insert(series_key(&labels), sample.value());
-                            }
+                        if let Some(rollout) = rollout_of.get(&info.arm) {
+                            by_rollout
+                                .entry((*rollout).to_owned())
+                                .or_default()
+                                .insert(series_key(&labels), sample.value());
                         }
                     }
                     for (w, _) in &rollouts {
@@ -643,11 +660,10 @@ impl PromSensors {
         let now_s = now.millis() as f64 / 1000.0;
         let stale_after = self.stale_after().as_secs_f64();
         let keys: Vec<String> = self
-            .series
-            .iter()
-            .filter(|(_, s)| s.info.sensor == sensor && &s.info.arm == arm)
-            .map(|(k, _)| k.clone())
-            .collect();
+            .by_arm
+            .get(&(sensor.to_owned(), arm.clone()))
+            .cloned()
+            .unwrap_or_default();
         let bucket = match threshold {
             Some(t) => {
                 let bounds: Vec<f64> = keys
@@ -779,6 +795,8 @@ impl Sensors for PromSensors {
         now: Time,
     ) -> BTreeMap<String, Readings> {
         self.last_queries.clear();
+        let began = std::time::Instant::now();
+        self.waited = std::time::Duration::ZERO;
         let reads = std::mem::take(&mut self.reads);
         let mut wanted = Vec::new();
         for (spec, state) in services {
@@ -810,8 +828,10 @@ impl Sensors for PromSensors {
                 }
             }
         }
-        let since_last = self.last_read.map_or(std::time::Duration::ZERO, |t| now.since(t));
-        self.last_read = Some(now);
+        let since_last = self
+            .last_read_at
+            .map_or(std::time::Duration::ZERO, |t| now.since(t));
+        self.last_read_at = Some(now);
         // the window reaches back past the last read and over a scrape gap's threshold
         let window = (self.stale_after() * 2).max(since_last + self.settings.scrape_interval.0);
         let window = window.min(std::time::Duration::from_secs(600));
@@ -914,8 +934,11 @@ impl Sensors for PromSensors {
             .collect();
         self.series
             .retain(|_, s| arms.contains(&(s.info.sensor.as_str(), &s.info.arm)));
+        self.by_arm
+            .retain(|(sensor, arm), _| arms.contains(&(sensor.as_str(), arm)));
         drop(wanted);
         self.reads = reads;
+        self.last_read = (began.elapsed(), self.waited);
         out
     }
 }
