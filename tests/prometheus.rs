@@ -550,6 +550,7 @@ async fn sensors_check_shows_counts_promql_and_reasons_without_starting_anything
     };
     let out = run("prod");
     let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
     assert_eq!(out.status.code(), Some(1), "latency has no series: {text}");
     assert!(
         text.contains("availability") && text.contains("r2") && text.contains("4.000%"),
@@ -655,6 +656,7 @@ fn replay_from_prometheus_reproduces_an_injected_regression() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
+    println!("{stderr}{stdout}");
     assert_eq!(
         out.status.code(),
         Some(0),

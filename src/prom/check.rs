@@ -231,33 +231,29 @@ pub async fn check(
         let mut arms = Vec::new();
         if note.is_none() {
             let reading = reading.unwrap_or_default();
-            let why = |c: Option<Counts>| -> Option<String> {
-                match c {
-                    Some(_) => None,
-                    None => Some(reading.missing.unwrap_or(Missing::QueryError).to_string()),
+            let row = |arm: &'static str, release: &str, c: Option<Counts>| {
+                let own = sensors
+                    .last_arms
+                    .get(&(
+                        service.to_owned(),
+                        environment.to_owned(),
+                        o.name.clone(),
+                        release.to_owned(),
+                    ))
+                    .and_then(|r| r.err());
+                ArmRow {
+                    arm,
+                    release: release.to_owned(),
+                    counts: c,
+                    rate: c.filter(|c| c.total > 0).map(|c| c.bad as f64 / c.total as f64),
+                    missing: c
+                        .is_none()
+                        .then(|| own.or(reading.missing).unwrap_or(Missing::QueryError).to_string()),
                 }
-            };
-            let row = |arm: &'static str, release: &str, c: Option<Counts>| ArmRow {
-                arm,
-                release: release.to_owned(),
-                counts: c,
-                rate: c.filter(|c| c.total > 0).map(|c| c.bad as f64 / c.total as f64),
-                missing: why(c),
             };
             arms.push(row(first_arm, &release, reading.canary));
             if let Some(s) = &stable {
-                // the adapter names the first missing arm's reason; stable's own is only known
-                // when the canary had data
-                let mut r = row("stable", s, reading.stable);
-                if reading.stable.is_none() && reading.canary.is_none() {
-                    r.missing = Some("not known: the canary's data is missing too".into());
-                    if reading.missing.is_some_and(|m| {
-                        matches!(m, Missing::Unreachable | Missing::Timeout | Missing::QueryError)
-                    }) {
-                        r.missing = reading.missing.map(|m| m.to_string());
-                    }
-                }
-                arms.push(r);
+                arms.push(row("stable", s, reading.stable));
             }
         }
         objectives.push(ObjectiveRow {

@@ -236,6 +236,9 @@ pub struct PromSensors {
     pub queries_total: u64,
     /// What the last tick asked.
     pub last_queries: Vec<QueryLog>,
+    /// Every arm of the last read: (service, environment, objective, release) → counts or why
+    /// not (the reading itself carries one reason, the canary's first).
+    pub last_arms: BTreeMap<(String, String, String, String), Result<Counts, Missing>>,
     /// How long the last read took (wall), and of that, waiting for Prometheus.
     pub last_read: (std::time::Duration, std::time::Duration),
 }
@@ -385,6 +388,7 @@ impl PromSensors {
             queries_total: 0,
             last_queries: Vec::new(),
             last_read: Default::default(),
+            last_arms: BTreeMap::new(),
         })
     }
 
@@ -795,6 +799,7 @@ impl Sensors for PromSensors {
         now: Time,
     ) -> BTreeMap<String, Readings> {
         self.last_queries.clear();
+        self.last_arms.clear();
         let began = std::time::Instant::now();
         self.waited = std::time::Duration::ZERO;
         let reads = std::mem::take(&mut self.reads);
@@ -905,6 +910,18 @@ impl Sensors for PromSensors {
                     (c, s)
                 }
             };
+            let key = |arm: &Arm| {
+                (
+                    arm.0.clone(),
+                    arm.1.clone(),
+                    w.objective.to_owned(),
+                    arm.2.clone(),
+                )
+            };
+            self.last_arms.insert(key(&w.canary), canary);
+            if let (Some(a), Some(s)) = (&w.stable, &stable) {
+                self.last_arms.insert(key(a), *s);
+            }
             let missing = canary
                 .as_ref()
                 .err()
