@@ -209,6 +209,37 @@ async fn the_auth_matrix() {
     wrong_aud["aud"] = serde_json::json!("someone-else");
     let mut no_exp = claims(&["shop"]);
     no_exp.as_object_mut().unwrap().remove("exp");
+    // valid signature, issuer and audience, but not valid for another hour (nbf)
+    let mut not_yet = claims(&["shop"]);
+    not_yet["nbf"] = serde_json::json!(now() + 3600);
+    let mut nbf_garbage = claims(&["shop"]);
+    nbf_garbage["nbf"] = serde_json::json!("soon");
+    // an attacker's key, advertised by `jku`/`x5u`: never fetched, so never trusted
+    let with_header = |edit: &dyn Fn(&mut Header)| {
+        let mut hdr = Header::new(Algorithm::ES256);
+        hdr.kid = Some("k1".into());
+        edit(&mut hdr);
+        encode(&hdr, &claims(&["shop"]), &keys.other).unwrap()
+    };
+    // `crit` and `typ` are not in jsonwebtoken's Header: sign a hand-made header
+    let signed_with_raw_header = |raw: &str| {
+        let good = token(&keys.signing, &claims(&["shop"]));
+        let mut parts = good.split('.');
+        let (_, body) = (parts.next().unwrap(), parts.next().unwrap());
+        let signing_input = format!("{}.{body}", B64.encode(raw));
+        let sig =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &keys.signing, Algorithm::ES256).unwrap();
+        format!("{signing_input}.{sig}")
+    };
+    let crit = signed_with_raw_header(r#"{"alg":"ES256","kid":"k1","crit":["exp"],"exp":1}"#);
+    let wrong_typ = signed_with_raw_header(r#"{"alg":"ES256","kid":"k1","typ":"id+jwt"}"#);
+    let jku = with_header(&|h| h.jku = Some("https://evil.test/jwks.json".into()));
+    let x5u = with_header(&|h| h.x5u = Some("https://evil.test/cert.pem".into()));
+    let oversized = {
+        let mut big = claims(&["shop"]);
+        big["padding"] = serde_json::json!("x".repeat(10_000));
+        token(&keys.signing, &big)
+    };
     let alg_none = format!(
         "{}.{}.",
         B64.encode(r#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
@@ -237,6 +268,19 @@ async fn the_auth_matrix() {
             format!("Bearer {}", token(&keys.signing, &wrong_aud)),
         ),
         ("no exp", format!("Bearer {}", token(&keys.signing, &no_exp))),
+        (
+            "nbf an hour ahead",
+            format!("Bearer {}", token(&keys.signing, &not_yet)),
+        ),
+        (
+            "nbf not a number",
+            format!("Bearer {}", token(&keys.signing, &nbf_garbage)),
+        ),
+        ("crit header", format!("Bearer {crit}")),
+        ("typ of another token kind", format!("Bearer {wrong_typ}")),
+        ("over 8 KiB", format!("Bearer {oversized}")),
+        ("attacker key by jku", format!("Bearer {jku}")),
+        ("attacker key by x5u", format!("Bearer {x5u}")),
         (
             "wrong signature",
             format!("Bearer {}", token(&keys.other, &claims(&["shop"]))),

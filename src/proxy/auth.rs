@@ -196,6 +196,35 @@ fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Refuses header parameters this verifier does not honour: `crit` (RFC 7515 §4.1.11: an
+/// extension the recipient does not understand makes the token invalid), and a `typ` other than
+/// a JWT access token's (RFC 8725 §3.11: no token of another kind passes for one). `jku`,
+/// `x5u`, `x5c` and `jwk` are never followed: keys come only from the configured JWKS.
+fn check_header_parameters(token: &str) -> Result<(), Refused> {
+    use base64::Engine as _;
+    let first = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first.trim_end_matches('='))
+        .map_err(|_| Refused::Token("the header is not base64url".into()))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|_| Refused::Token("the header is not a JSON object".into()))?;
+    if header.contains_key("crit") {
+        return Err(Refused::Token(
+            "critical header extensions (`crit`) are not supported".into(),
+        ));
+    }
+    if let Some(typ) = header.get("typ") {
+        let ok = typ
+            .as_str()
+            .map(|t| t.to_ascii_lowercase())
+            .is_some_and(|t| matches!(t.as_str(), "jwt" | "at+jwt" | "application/at+jwt"));
+        if !ok {
+            return Err(Refused::Token(format!("`typ` {typ} is not a JWT access token")));
+        }
+    }
+    Ok(())
+}
+
 /// Clock skew tolerated on `exp`/`nbf` between the issuer and the proxy.
 const CLOCK_SKEW_SECS: u64 = 30;
 
@@ -204,6 +233,10 @@ const CLOCK_SKEW_SECS: u64 = 30;
 /// many times.
 const TOKEN_CACHE_SIZE: usize = 10_000;
 
+/// The longest bearer token looked at: a real one is well under 2 KiB; a larger one is refused
+/// before any decoding.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// Verifies credentials; built from the settings and the JWKS (a JWKS change builds a new one,
 /// which also drops the cache).
 pub struct Authenticator {
@@ -211,9 +244,9 @@ pub struct Authenticator {
     keys: HashMap<String, DecodingKey>,
     /// SHA-256 of an API key → its application.
     apps: HashMap<[u8; 32], Arc<str>>,
-    /// SHA-256 of a token → its verified identity and `exp`. Re-verifying the same bytes gives
-    /// the same answer, so only the expiry must be checked again on a hit.
-    verified: std::sync::RwLock<HashMap<[u8; 32], (Identity, u64)>>,
+    /// SHA-256 of a token → its verified identity, `nbf` and `exp`. Re-verifying the same bytes
+    /// gives the same answer but for time, so the validity window is checked again on a hit.
+    verified: std::sync::RwLock<HashMap<[u8; 32], (Identity, u64, u64)>>,
     /// Told when a token names a key not in the set (a fetched JWKS may be out of date).
     pub unknown_key: Option<Arc<tokio::sync::Notify>>,
     /// The credential headers' names, lowercase.
@@ -349,23 +382,29 @@ impl Authenticator {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if let Some((id, exp)) = self.verified.read().expect("token cache").get(&digest)
+        if let Some((id, nbf, exp)) = self.verified.read().expect("token cache").get(&digest)
+            && *nbf <= now + CLOCK_SKEW_SECS
             && *exp > now
         {
             return Ok(id.clone());
         }
         let identity = self.verify_token(token)?;
         let exp = identity.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
+        let nbf = identity.claims.get("nbf").and_then(|e| e.as_u64()).unwrap_or(0);
         let mut cache = self.verified.write().expect("token cache");
         if cache.len() >= TOKEN_CACHE_SIZE {
             cache.clear();
         }
-        cache.insert(digest, (identity.clone(), exp));
+        cache.insert(digest, (identity.clone(), nbf, exp));
         Ok(identity)
     }
 
     /// Checks a bearer token's signature and claims.
     fn verify_token(&self, token: &str) -> Result<Identity, Refused> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refused::Token(format!("longer than {MAX_TOKEN_BYTES} bytes")));
+        }
+        check_header_parameters(token)?;
         let header = decode_header(token).map_err(|e| Refused::Token(e.to_string()))?;
         let allowed: Vec<Algorithm> = self.settings.algorithms.iter().map(|a| a.jwt()).collect();
         if !allowed.contains(&header.alg) {
@@ -394,6 +433,8 @@ impl Authenticator {
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = CLOCK_SKEW_SECS;
+        // a token is valid from `nbf` (jsonwebtoken checks it only when asked)
+        validation.validate_nbf = true;
         let data = decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
             .map_err(|e| Refused::Token(e.to_string()))?;
         let claims = data.claims;
