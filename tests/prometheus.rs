@@ -685,3 +685,99 @@ fn replay_from_prometheus_reproduces_an_injected_regression() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_prometheus_with_basic_auth_is_read_with_its_ca_and_password() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = autopilot::proxy::tls::LocalCa::load_or_create(certs.path()).unwrap();
+    let (chain, key) = ca.issue(&["localhost".to_owned()]).unwrap();
+    std::fs::write(certs.path().join("server.pem"), chain).unwrap();
+    std::fs::write(certs.path().join("server.key"), key).unwrap();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = format!(
+        "tls_server_config:\n  cert_file: {0}/server.pem\n  key_file: {0}/server.key\nbasic_auth_users:\n  reader: {hash}\n",
+        certs.path().display()
+    );
+    let config = "  - job_name: releases\n    honor_labels: true\n    file_sd_configs:\n      - files: ['{dir}/targets/*.json']\n        refresh_interval: 1s\n";
+    let prom = TempPrometheus::start_with_web(SCRAPE, config, Some(&web)).expect("prometheus starts");
+    let exporter = Exporter::start().await.unwrap();
+    add_target(&prom, "app", &exporter, ("x", "prod", "x"));
+    exporter.set(
+        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
+        10.0,
+    );
+    exporter.set(
+        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
+        90.0,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop-a.yaml"), service("shop-a", ERRORS)).unwrap();
+    std::fs::write(dir.path().join("sensors.yaml"), SENSORS).unwrap();
+    std::fs::write(dir.path().join("progressive.yaml"), CONTROLLER).unwrap();
+    let url = prom.url().replace("http://127.0.0.1", "https://localhost");
+    let write_config = |ca: bool| {
+        let ca = if ca {
+            format!("  caFile: {}\n", certs.path().join("ca.pem").display())
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            dir.path().join("autopilot.yaml"),
+            format!(
+                "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n  url: {url}\n  scrapeInterval: 500ms\n  timeout: 5s\n  basicAuth: {{username: reader, passwordVariable: PROM_PASSWORD}}\n{ca}"
+            ),
+        )
+        .unwrap();
+    };
+    // the password comes from the environment named in autopilot.yaml, as a user runs it
+    let check = |password: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"));
+        c.current_dir(dir.path())
+            .args(["sensors", "check", "shop-a", "--environment", "prod"])
+            .args(["--canary", "r2", "--stable", "r1", "--since", "1h"])
+            .env_remove("PROM_PASSWORD");
+        if let Some(p) = password {
+            c.env("PROM_PASSWORD", p);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    write_config(true);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (code, text) = check(Some("s3cret"));
+        if code == Some(0) {
+            assert!(text.contains("10") && text.contains("90"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never read over https with basic auth: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, text) = check(Some("wrong"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("missing: the sensor's source answered with an error"),
+        "{text}"
+    );
+    let (code, text) = check(None);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("PROM_PASSWORD is not set"), "{text}");
+    // without the CA, the server's certificate is not trusted
+    write_config(false);
+    let (code, text) = check(Some("s3cret"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("→ error:") && text.contains("certificate"),
+        "{text}"
+    );
+}

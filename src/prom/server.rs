@@ -24,6 +24,8 @@ pub struct TempPrometheus {
     dir: tempfile::TempDir,
     port: u16,
     config: String,
+    /// `--web.config.file` (TLS, basic auth): readiness is then a listening port.
+    web_config: Option<String>,
 }
 
 fn free_port() -> Result<u16, String> {
@@ -38,6 +40,17 @@ impl TempPrometheus {
     /// a global scrape interval. `{dir}` in them is this server's own folder, which has an
     /// empty `targets/` for file_sd files.
     pub fn start(scrape_interval: Duration, scrape_configs: &str) -> Result<TempPrometheus, String> {
+        Self::start_with_web(scrape_interval, scrape_configs, None)
+    }
+
+    /// Like [`TempPrometheus::start`], with a web configuration (Prometheus'
+    /// `--web.config.file`: `tls_server_config`, `basic_auth_users`). `{dir}` in it is this
+    /// server's folder.
+    pub fn start_with_web(
+        scrape_interval: Duration,
+        scrape_configs: &str,
+        web_config: Option<&str>,
+    ) -> Result<TempPrometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("autopilot-prom-")
             .tempdir()
@@ -54,7 +67,9 @@ impl TempPrometheus {
             dir,
             port: free_port()?,
             config,
+            web_config: None,
         };
+        p.web_config = web_config.map(|w| w.replace("{dir}", &p.dir.path().display().to_string()));
         p.launch()?;
         Ok(p)
     }
@@ -91,7 +106,13 @@ impl TempPrometheus {
         let config_file = self.dir.path().join("prometheus.yml");
         std::fs::write(&config_file, &self.config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(self.dir.path().join("prometheus.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        if let Some(web) = &self.web_config {
+            let file = self.dir.path().join("web.yml");
+            std::fs::write(&file, web).map_err(|e| e.to_string())?;
+            command.arg(format!("--web.config.file={}", file.display()));
+        }
+        let child = command
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -115,6 +136,9 @@ impl TempPrometheus {
                 && let Ok(Some(status)) = c.try_wait()
             {
                 return Err(format!("prometheus exited ({status}): {}", self.log_tail()));
+            }
+            if self.web_config.is_some() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
             }
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
