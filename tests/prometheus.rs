@@ -19,28 +19,8 @@ const SCRAPE: Duration = Duration::from_millis(500);
 /// The longest any expected reading may take to show (a few scrapes, generously).
 const WAIT: Duration = Duration::from_secs(30);
 
-const SENSORS: &str = r#"
-apiVersion: autopilot/v1
-kind: Sensors
-sensors:
-  - name: http-errors
-    source:
-      counter:
-        metric: http_requests_total
-        selector: service="{{service}}",env="{{environment}}",version="{{release}}"
-        bad: code=~"5.."
-  - name: http-latency
-    source:
-      histogram:
-        metric: http_request_duration_seconds
-        selector: service="{{service}}",env="{{environment}}",version="{{release}}"
-        buckets: [0.1, 0.3, 1]
-  - name: http-errors-promql
-    source:
-      prometheus:
-        bad: sum(increase(http_requests_total{service="{{service}}",env="{{environment}}",version="{{release}}",code=~"5.."}[{{window}}]))
-        total: sum(increase(http_requests_total{service="{{service}}",env="{{environment}}",version="{{release}}"}[{{window}}]))
-"#;
+/// The sensor library the benchmark uses too: a counter, a histogram and a free PromQL pair.
+const SENSORS: &str = autopilot::prom::bench::SENSORS;
 
 const CONTROLLER: &str = include_str!("../controllers/progressive.yaml");
 
@@ -127,6 +107,27 @@ fn add_target(prom: &TempPrometheus, name: &str, exporter: &Exporter, labels: (&
         vec![exporter.addr],
     )]);
     file_sd::write(&prom.dir().join("targets").join(format!("{name}.json")), &text).unwrap();
+}
+
+/// A folder with shop-a's specs and an `autopilot.yaml` with this `prometheus:` block
+/// (indented fields).
+fn spec_dir(objectives: &str, prometheus: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_specs(dir.path(), objectives, prometheus);
+    dir
+}
+
+fn write_specs(dir: &std::path::Path, objectives: &str, prometheus: &str) {
+    std::fs::write(dir.join("shop-a.yaml"), service("shop-a", objectives)).unwrap();
+    std::fs::write(dir.join("sensors.yaml"), SENSORS).unwrap();
+    std::fs::write(dir.join("progressive.yaml"), CONTROLLER).unwrap();
+    std::fs::write(
+        dir.join("autopilot.yaml"),
+        format!(
+            "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n{prometheus}"
+        ),
+    )
+    .unwrap();
 }
 
 fn settings(prom: &TempPrometheus) -> PromSettings {
@@ -506,22 +507,10 @@ async fn sensors_check_shows_counts_promql_and_reasons_without_starting_anything
     let prom = prometheus();
     let exporter = Exporter::start().await.unwrap();
     add_target(&prom, "app", &exporter, ("x", "prod", "x"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("shop-a.yaml"),
-        service("shop-a", &format!("{ERRORS}{LATENCY}")),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("sensors.yaml"), SENSORS).unwrap();
-    std::fs::write(dir.path().join("progressive.yaml"), CONTROLLER).unwrap();
-    std::fs::write(
-        dir.path().join("autopilot.yaml"),
-        format!(
-            "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n  url: {}\n  scrapeInterval: 500ms\n",
-            prom.url()
-        ),
-    )
-    .unwrap();
+    let dir = spec_dir(
+        &format!("{ERRORS}{LATENCY}"),
+        &format!("  url: {}\n  scrapeInterval: 500ms\n", prom.url()),
+    );
     exporter.set(
         &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
         96.0,
@@ -620,18 +609,7 @@ fn replay_from_prometheus_reproduces_an_injected_regression() {
         history(t_good, "r3", u64::MAX).replace("# TYPE http_requests counter\n", "")
     );
     let prom = TempPrometheus::start_with_history(SCRAPE, "", &text).expect("backfilled prometheus starts");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("shop-a.yaml"), service("shop-a", ERRORS)).unwrap();
-    std::fs::write(dir.path().join("sensors.yaml"), SENSORS).unwrap();
-    std::fs::write(dir.path().join("progressive.yaml"), CONTROLLER).unwrap();
-    std::fs::write(
-        dir.path().join("autopilot.yaml"),
-        format!(
-            "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n  url: {}\n  scrapeInterval: 15s\n",
-            prom.url()
-        ),
-    )
-    .unwrap();
+    let dir = spec_dir(ERRORS, &format!("  url: {}\n  scrapeInterval: 15s\n", prom.url()));
     let utc = |t: u64| Time::from_secs(t).to_string();
     let replay = |t0: u64, canary: &str, save: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
@@ -711,9 +689,6 @@ async fn an_https_prometheus_with_basic_auth_is_read_with_its_ca_and_password() 
         90.0,
     );
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("shop-a.yaml"), service("shop-a", ERRORS)).unwrap();
-    std::fs::write(dir.path().join("sensors.yaml"), SENSORS).unwrap();
-    std::fs::write(dir.path().join("progressive.yaml"), CONTROLLER).unwrap();
     let url = prom.url().replace("http://127.0.0.1", "https://localhost");
     let write_config = |ca: bool| {
         let ca = if ca {
@@ -721,13 +696,13 @@ async fn an_https_prometheus_with_basic_auth_is_read_with_its_ca_and_password() 
         } else {
             String::new()
         };
-        std::fs::write(
-            dir.path().join("autopilot.yaml"),
-            format!(
-                "apiVersion: autopilot/v1\nkind: Autopilot\nspecs: [shop-a.yaml, sensors.yaml, progressive.yaml]\nprometheus:\n  url: {url}\n  scrapeInterval: 500ms\n  timeout: 5s\n  basicAuth: {{username: reader, passwordVariable: PROM_PASSWORD}}\n{ca}"
+        write_specs(
+            dir.path(),
+            ERRORS,
+            &format!(
+                "  url: {url}\n  scrapeInterval: 500ms\n  timeout: 5s\n  basicAuth: {{username: reader, passwordVariable: PROM_PASSWORD}}\n{ca}"
             ),
-        )
-        .unwrap();
+        );
     };
     // the password comes from the environment named in autopilot.yaml, as a user runs it
     let check = |password: Option<&str>| {
