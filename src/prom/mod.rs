@@ -511,7 +511,7 @@ impl PromSensors {
     }
 
     /// Folds a range query's raw samples into the series' adjusted counters.
-    fn absorb(&mut self, sensor: &str, data: Data) {
+    fn absorb(&mut self, sensor: &str, data: Data, wanted: &BTreeSet<&Arm>) {
         let Some(b) = self.sensors.get(sensor).cloned() else {
             return;
         };
@@ -520,7 +520,11 @@ impl PromSensors {
             let (labels, samples) = rv.into_inner();
             let key = series_key(&labels);
             if !self.series.contains_key(&key) {
-                let Some(info) = self.describe(sensor, &b, &labels) else {
+                // the label regexes match their cross product: keep only the arms asked for
+                let Some(info) = self
+                    .describe(sensor, &b, &labels)
+                    .filter(|i| wanted.contains(&i.arm))
+                else {
                     continue;
                 };
                 let Some(first) = samples.iter().find(|s| s.value().is_finite()) else {
@@ -868,7 +872,7 @@ impl Sensors for PromSensors {
                 promql_duration(window)
             );
             match self.query(sensor, q, now).await {
-                Ok(data) => self.absorb(sensor, data),
+                Ok(data) => self.absorb(sensor, data, arms),
                 Err(e) => {
                     failed.insert(sensor.clone(), e);
                 }
