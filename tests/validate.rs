@@ -283,6 +283,15 @@ fn hostile_files_fail_cleanly_without_a_panic() {
     let d = single_error(write(dir.path(), "latin1.yaml", b"name: caf\xe9\n"));
     assert!(d.message.contains("not UTF-8"), "{}", d.message);
 
+    // a device never ends and a FIFO blocks: both refused without reading (before, /dev/zero
+    // was read until memory ran out and a FIFO hung validate)
+    let d = single_error(PathBuf::from("/dev/zero"));
+    assert!(d.message.contains("not a regular file"), "{}", d.message);
+    let fifo = dir.path().join("pipe.yaml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let d = single_error(fifo);
+    assert!(d.message.contains("not a regular file"), "{}", d.message);
+
     // a list where a mapping belongs
     let d = single_error(write(dir.path(), "list.yaml", b"- a\n- b\n"));
     assert!(

@@ -377,20 +377,36 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), UsageError> {
 
 /// Reads a file as text, refusing what cannot be a spec (too large, binary, not UTF-8).
 fn read_text(path: &Path) -> Result<String, (String, Option<String>)> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| (format!("cannot read: {e}"), None))?
-        .len();
-    if size > MAX_FILE_BYTES {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path).map_err(|e| (format!("cannot read: {e}"), None))?;
+    // a device (/dev/zero) never ends and a FIFO blocks: only regular files are specs
+    if !meta.is_file() {
         return Err((
+            "not a regular file (a device, FIFO or socket)".into(),
+            Some("give YAML files, or folders of them".into()),
+        ));
+    }
+    let too_big = |size: u64| {
+        (
             format!(
                 "file is {:.1} MiB; specs may be at most {} MiB",
                 size as f64 / 1048576.0,
                 MAX_FILE_BYTES / 1048576
             ),
             Some("is this the right file? split large sensor libraries into several files".into()),
-        ));
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(meta.len()));
     }
-    let bytes = std::fs::read(path).map_err(|e| (format!("cannot read: {e}"), None))?;
+    // at most the cap and one byte, whatever the size said (a file can grow while read)
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| (format!("cannot read: {e}"), None))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
     text_from_bytes(bytes)
 }
 
