@@ -283,6 +283,17 @@ fn hostile_files_fail_cleanly_without_a_panic() {
     let d = single_error(write(dir.path(), "latin1.yaml", b"name: caf\xe9\n"));
     assert!(d.message.contains("not UTF-8"), "{}", d.message);
 
+    // Rust's type names are not the user's words; a negative duration is called negative
+    let seed = b"apiVersion: autopilot/v1\nkind: Simulation\nname: x\nspecs: [objectives]\nservice: checkout\nseed: -1\nduration: 1h\ntraffic: {rate: 1}\nstable: {name: v1, errors: 0%}\n";
+    let d = single_error(write(dir.path(), "seed.yaml", seed));
+    assert_eq!((d.line, d.column), (6, 7));
+    assert_eq!(d.message, "expected a whole number ≥ 0, found integer `-1`");
+    let negative = String::from_utf8_lossy(seed)
+        .replace("seed: -1", "seed: 1")
+        .replace("duration: 1h", "duration: -10s");
+    let d = single_error(write(dir.path(), "negative.yaml", negative.as_bytes()));
+    assert!(d.message.contains("`-10s` is negative"), "{}", d.message);
+
     // a device never ends and a FIFO blocks: both refused without reading (before, /dev/zero
     // was read until memory ran out and a FIFO hung validate)
     let d = single_error(PathBuf::from("/dev/zero"));

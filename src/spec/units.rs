@@ -50,6 +50,13 @@ impl FromStr for Duration {
         if text.is_empty() {
             return Err(bad());
         }
+        if let Some(positive) = text.strip_prefix('-')
+            && Duration::from_str(positive).is_ok()
+        {
+            return Err(format!(
+                "`{s}` is negative; durations here are lengths of time, write `{positive}`"
+            ));
+        }
         let mut total_ms: u64 = 0;
         let mut rest = text;
         while !rest.is_empty() {
@@ -475,6 +482,14 @@ mod tests {
             let e = bad.parse::<Duration>().unwrap_err();
             assert!(e.contains(bad.trim()) || bad.trim().is_empty(), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_negative_duration_is_called_negative_not_unitless() {
+        let e = "-10s".parse::<Duration>().unwrap_err();
+        assert!(e.contains("negative") && e.contains("write `10s`"), "{e}");
+        let e = "-x".parse::<Duration>().unwrap_err();
+        assert!(e.contains("not a duration"), "{e}");
     }
 
     #[test]

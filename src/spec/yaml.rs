@@ -521,17 +521,28 @@ fn suggestion(given: &str, expected: &[&str]) -> Option<String> {
     })
 }
 
+/// Rust's type names as people say them (`u64` → "a whole number ≥ 0").
+fn in_words(exp: &dyn de::Expected) -> String {
+    let exp = exp.to_string();
+    match exp.as_str() {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number ≥ 0".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        _ => exp,
+    }
+}
+
 impl de::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
         Error::pending(msg.to_string(), None)
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        Error::pending(format!("expected {exp}, found {unexp}"), None)
+        Error::pending(format!("expected {}, found {unexp}", in_words(exp)), None)
     }
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        Error::pending(format!("invalid value {unexp}: expected {exp}"), None)
+        Error::pending(format!("expected {}, found {unexp}", in_words(exp)), None)
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
