@@ -225,6 +225,53 @@ fn check_header_parameters(token: &str) -> Result<(), Refused> {
     Ok(())
 }
 
+/// Why a JWKS key must not verify signatures, if it must not: a key published for encryption,
+/// a shared secret (`oct`: in a public key set, anyone could sign with it), an RSA modulus under
+/// 2048 bits, EC coordinates of the wrong size for the curve, a key type not known here.
+fn unusable(jwk: &jsonwebtoken::jwk::Jwk) -> Option<String> {
+    use base64::Engine as _;
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
+    let len = |b64: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .ok()
+            .map(|b| b.iter().skip_while(|x| **x == 0).count())
+    };
+    if let Some(u) = &jwk.common.public_key_use
+        && *u != PublicKeyUse::Signature
+    {
+        return Some("its `use` is not `sig`".into());
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::OctetKey(_) => {
+            Some("a shared secret (`oct`) has no place in a public key set".into())
+        }
+        AlgorithmParameters::RSA(rsa) => match len(&rsa.n) {
+            Some(bytes) if bytes * 8 >= 2048 => None,
+            Some(bytes) => Some(format!(
+                "an RSA key of {} bits; at least 2048 are needed",
+                bytes * 8
+            )),
+            None => Some("its RSA modulus is not base64url".into()),
+        },
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let size = match ec.curve {
+                EllipticCurve::P256 => 32,
+                EllipticCurve::P384 => 48,
+                EllipticCurve::P521 => 66,
+                _ => return Some("an EC key on a curve not used for signatures here".into()),
+            };
+            // leading zero bytes may be dropped by some encoders: never longer, never empty
+            match (len(&ec.x), len(&ec.y)) {
+                (Some(x), Some(y)) if (1..=size).contains(&x) && (1..=size).contains(&y) => None,
+                _ => Some("EC coordinates of the wrong size for its curve".into()),
+            }
+        }
+        AlgorithmParameters::OctetKeyPair(_) => None,
+        _ => Some("a key type not known here".into()),
+    }
+}
+
 /// Clock skew tolerated on `exp`/`nbf` between the issuer and the proxy.
 const CLOCK_SKEW_SECS: u64 = 30;
 
@@ -288,6 +335,11 @@ impl Authenticator {
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let kid = jwk.common.key_id.clone().ok_or("a JWKS key without `kid`")?;
+            // one unusable key must not take the provider's other keys down with it
+            if let Some(why) = unusable(jwk) {
+                tracing::warn!(%kid, "JWKS key ignored: {why}");
+                continue;
+            }
             let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key `{kid}`: {e}"))?;
             keys.insert(kid, key);
         }
@@ -511,6 +563,37 @@ mod tests {
         }
         let a = Authenticator::new(&upper, &JwkSet { keys: vec![] }).unwrap();
         assert_eq!(a.verify(Some("foo"), None), Err(Refused::NoToken));
+    }
+
+    #[test]
+    fn unusable_jwks_keys_are_left_out_and_the_good_ones_kept() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        let (x, y) = (b64.encode(&raw[1..33]), b64.encode(&raw[33..65]));
+        let mut modulus = vec![0xc5u8; 128];
+        modulus[127] |= 1;
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "good", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "for-encryption", "use": "enc", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "long-x", "x": b64.encode([7u8; 40]), "y": y},
+            {"kty": "oct", "kid": "secret", "k": b64.encode(b"anyone can sign with this")},
+            {"kty": "RSA", "kid": "rsa-1024", "n": b64.encode(&modulus), "e": "AQAB"},
+        ]}))
+        .unwrap();
+        let a = Authenticator::new(
+            &settings(vec![SignatureAlgorithm::ES256, SignatureAlgorithm::RS256]),
+            &set,
+        )
+        .unwrap();
+        let kept: Vec<&String> = a.keys.keys().collect();
+        assert_eq!(kept, ["good"], "only the usable key");
+        let why = |i: usize| unusable(&set.keys[i]).unwrap();
+        assert!(why(1).contains("`use`"));
+        assert!(why(2).contains("wrong size"));
+        assert!(why(3).contains("shared secret"));
+        assert_eq!(why(4), "an RSA key of 1024 bits; at least 2048 are needed");
     }
 
     /// Regression: an allow-list mixing families (ES256 + RS256) once made every token fail,
