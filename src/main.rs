@@ -172,41 +172,7 @@ enum Command {
     /// Replay an incident straight from Prometheus: read the service's sensors in one
     /// environment over a time range, save them as a scenario, and run the controller through
     /// it as `simulate` does. Exit codes as `simulate`.
-    Replay {
-        /// The service: its file (`objectives/checkout.yaml`) or its name.
-        service: String,
-        #[arg(long)]
-        environment: String,
-        /// Start of the range, UTC: `2026-11-20T14:00Z` or `2026-11-20T14:00:00Z`.
-        #[arg(long)]
-        from: String,
-        /// End of the range, UTC.
-        #[arg(long)]
-        to: String,
-        /// The release that was the canary (its release label's value).
-        #[arg(long)]
-        canary: String,
-        /// The release that was stable.
-        #[arg(long)]
-        stable: String,
-        /// Resolution of the range query (default: the configured scrape interval).
-        #[arg(long)]
-        step: Option<autopilot::spec::units::Duration>,
-        /// Keep the scenario and its recordings in this folder (default: a temporary one).
-        #[arg(long)]
-        save: Option<PathBuf>,
-        /// Add an expectation for the canary in the environment: promoted, rolledBack, held.
-        #[arg(long)]
-        expect: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Prometheus' URL (default: the configuration's `prometheus.url`).
-        #[arg(long)]
-        prometheus: Option<String>,
-        /// Print only the expectations' results.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Replay(Box<ReplayArgs>),
     /// Sensors, against Prometheus: `check` reads each objective of one environment now.
     Sensors {
         #[command(subcommand)]
@@ -225,29 +191,7 @@ enum SensorsCommand {
     /// and total counts and rates read from Prometheus right now, the PromQL run, and why
     /// anything is missing. Starts nothing, writes nothing. Exit code 0: every objective read;
     /// 1: something is missing; 2: usage.
-    Check {
-        /// The service: its file (`objectives/checkout.yaml`) or its name.
-        service: String,
-        #[arg(long)]
-        environment: String,
-        /// The configuration (`prometheus:`, `store:`, `specs:`); default `autopilot.yaml` if present.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Prometheus' URL (default: the configuration's `prometheus.url`).
-        #[arg(long)]
-        prometheus: Option<String>,
-        /// The canary release to read (default: the store's rollout in the environment).
-        #[arg(long)]
-        canary: Option<String>,
-        /// The stable release to read (default: the store's).
-        #[arg(long)]
-        stable: Option<String>,
-        /// Count from this long ago when no rollout start is known.
-        #[arg(long, default_value = "10m")]
-        since: autopilot::spec::units::Duration,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        output: Format,
-    },
+    Check(Box<SensorsCheck>),
 }
 
 /// The environment an operator action is for, and why.
@@ -459,55 +403,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replay {
-            service,
-            environment,
-            from,
-            to,
-            canary,
-            stable,
-            step,
-            save,
-            expect,
-            config,
-            prometheus,
-            quiet,
-        } => replay(ReplayArgs {
-            service,
-            environment,
-            from,
-            to,
-            canary,
-            stable,
-            step,
-            save,
-            expect,
-            config,
-            prometheus,
-            quiet,
-        }),
+        Command::Replay(a) => replay(*a),
         Command::Sensors {
-            which:
-                SensorsCommand::Check {
-                    service,
-                    environment,
-                    config,
-                    prometheus,
-                    canary,
-                    stable,
-                    since,
-                    output,
-                },
-        } => sensors_check(SensorsCheck {
-            service,
-            environment,
-            config,
-            prometheus,
-            canary,
-            stable,
-            since,
-            output,
-        }),
+            which: SensorsCommand::Check(a),
+        } => sensors_check(*a),
         Command::Simulate {
             scenarios,
             out,
@@ -820,18 +719,40 @@ fn act(t: Target, action: &str, percent: Option<u8>, release: Option<String>) ->
     })
 }
 
+#[derive(clap::Args)]
 struct ReplayArgs {
+    /// The service: its file (`objectives/checkout.yaml`) or its name.
     service: String,
+    #[arg(long)]
     environment: String,
+    /// Start of the range, UTC: `2026-11-20T14:00Z` or `2026-11-20T14:00:00Z`.
+    #[arg(long)]
     from: String,
+    /// End of the range, UTC.
+    #[arg(long)]
     to: String,
+    /// The release that was the canary (its release label's value).
+    #[arg(long)]
     canary: String,
+    /// The release that was stable.
+    #[arg(long)]
     stable: String,
+    /// Resolution of the range query (default: the configured scrape interval).
+    #[arg(long)]
     step: Option<autopilot::spec::units::Duration>,
+    /// Keep the scenario and its recordings in this folder (default: a temporary one).
+    #[arg(long)]
     save: Option<PathBuf>,
+    /// Add an expectation for the canary in the environment: promoted, rolledBack, held.
+    #[arg(long)]
     expect: Option<String>,
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Prometheus' URL (default: the configuration's `prometheus.url`).
+    #[arg(long)]
     prometheus: Option<String>,
+    /// Print only the expectations' results.
+    #[arg(long)]
     quiet: bool,
 }
 
@@ -946,14 +867,28 @@ fn replay(a: ReplayArgs) -> ExitCode {
     simulate(std::slice::from_ref(&saved.scenario), None, a.quiet)
 }
 
+#[derive(clap::Args)]
 struct SensorsCheck {
+    /// The service: its file (`objectives/checkout.yaml`) or its name.
     service: String,
+    #[arg(long)]
     environment: String,
+    /// The configuration (`prometheus:`, `store:`, `specs:`); default `autopilot.yaml` if present.
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Prometheus' URL (default: the configuration's `prometheus.url`).
+    #[arg(long)]
     prometheus: Option<String>,
+    /// The canary release to read (default: the store's rollout in the environment).
+    #[arg(long)]
     canary: Option<String>,
+    /// The stable release to read (default: the store's).
+    #[arg(long)]
     stable: Option<String>,
+    /// Count from this long ago when no rollout start is known.
+    #[arg(long, default_value = "10m")]
     since: autopilot::spec::units::Duration,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
     output: Format,
 }
 
@@ -965,40 +900,11 @@ fn sensors_check(a: SensorsCheck) -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::from(2)
     };
-    let config = match load_config(a.config) {
-        Ok(c) => c,
-        Err(e) => return usage(e),
-    };
-    let settings = match (&a.prometheus, &config.prometheus) {
-        (Some(url), Some(p)) => autopilot::prom::PromSettings {
-            url: url.clone(),
-            ..p.clone()
-        },
-        (Some(url), None) => autopilot::prom::PromSettings::at(url),
-        (None, Some(p)) => p.clone(),
-        (None, None) => {
-            return usage("no Prometheus: give --prometheus URL, or `prometheus:` in autopilot.yaml".into());
-        }
-    };
-    let mut paths = config.specs.clone();
-    if std::path::Path::new(&a.service).exists() {
-        paths.push(PathBuf::from(&a.service));
-    }
-    let catalog = match spec::load(&paths) {
-        Ok(c) => c,
-        Err(LoadError::Invalid(r)) => {
-            eprint!("{}", r.render_text());
-            return ExitCode::from(2);
-        }
-        Err(LoadError::Usage(e)) => return usage(e.to_string()),
-    };
-    let service = match check::service_named(&catalog, &a.service) {
-        Ok(s) => s,
-        Err(e) => return usage(e),
-    };
-    if let Err(e) = check::environment_of(&catalog, &service, &a.environment) {
-        return usage(e);
-    }
+    let (config, settings, catalog, _, service) =
+        match prometheus_context(a.config.clone(), &a.prometheus, &a.service, &a.environment) {
+            Ok(x) => x,
+            Err(e) => return usage(e),
+        };
     on_runtime(async move {
         let now = autopilot::release::wall_clock();
         let fallback = autopilot::control::time::Time::from_millis(

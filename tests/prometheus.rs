@@ -92,6 +92,20 @@ fn series(metric: &str, service: &str, release: &str, extra: &str) -> String {
     format!(r#"{metric}{{service="{service}",env="prod",version="{release}"{extra}}}"#)
 }
 
+/// Sets or adds to `http_requests_total` of (service, release, code) in prod.
+fn requests(exporter: &Exporter, how: &str, (service, release, code): (&str, &str, &str), value: f64) {
+    let s = series(
+        "http_requests_total",
+        service,
+        release,
+        &format!(r#",code="{code}""#),
+    );
+    match how {
+        "set" => exporter.set(&s, value),
+        _ => exporter.add(&s, value),
+    }
+}
+
 /// Prometheus with a file_sd job reading every `*.json` in its folder's `targets/`.
 fn prometheus() -> TempPrometheus {
     let config = "  - job_name: releases\n    honor_labels: true\n    file_sd_configs:\n      - files: ['{dir}/targets/*.json']\n        refresh_interval: 1s\n";
@@ -219,22 +233,10 @@ async fn counts_are_exact_batched_and_missing_data_has_its_reason() {
     // known traffic after the start
     let a_canary = series("http_requests_total", "shop-a", "r2", r#",code="200""#);
     exporter.add(&a_canary, 117.0);
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r2", r#",code="503""#),
-        3.0,
-    );
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
-        495.0,
-    );
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r1", r#",code="500""#),
-        5.0,
-    );
-    exporter.add(
-        &series("http_requests_total", "shop-b", "r2", r#",code="200""#),
-        40.0,
-    );
+    requests(&exporter, "add", ("shop-a", "r2", "503"), 3.0);
+    requests(&exporter, "add", ("shop-a", "r1", "200"), 495.0);
+    requests(&exporter, "add", ("shop-a", "r1", "500"), 5.0);
+    requests(&exporter, "add", ("shop-b", "r2", "200"), 40.0);
     let seen = read_until(&mut sensors, &specs, "shop-a", "availability", |r| {
         r.canary == Some(Counts::new(3, 120)) && r.stable == Some(Counts::new(5, 500))
     })
@@ -264,10 +266,7 @@ async fn counts_are_exact_batched_and_missing_data_has_its_reason() {
     // a counter reset (the canary's process restarted): that tick is missing, then counting
     // goes on from the restart
     exporter.set(&a_canary, 0.0);
-    exporter.set(
-        &series("http_requests_total", "shop-a", "r2", r#",code="503""#),
-        0.0,
-    );
+    requests(&exporter, "set", ("shop-a", "r2", "503"), 0.0);
     exporter.add(&a_canary, 7.0);
     let seen = read_until(&mut sensors, &specs, "shop-a", "availability", |r| {
         r.canary == Some(Counts::new(3, 127))
@@ -312,14 +311,8 @@ async fn an_exporter_that_stops_goes_from_a_scrape_gap_to_stale() {
     let started = wall_clock();
     let specs = vec![(PlanSpec::resolve(&cat, "shop-a").unwrap(), canary_state(started))];
     let mut sensors = PromSensors::new(&settings(&prom), &cat).unwrap();
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
-        10.0,
-    );
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
-        90.0,
-    );
+    requests(&exporter, "add", ("shop-a", "r2", "200"), 10.0);
+    requests(&exporter, "add", ("shop-a", "r1", "200"), 90.0);
     read_until(&mut sensors, &specs, "shop-a", "availability", |r| {
         r.canary == Some(Counts::new(0, 10))
     })
@@ -340,10 +333,7 @@ async fn an_exporter_that_stops_goes_from_a_scrape_gap_to_stale() {
     );
     // the exporter comes back (the same process): data again, with nothing lost
     exporter.restart(false).await.unwrap();
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
-        5.0,
-    );
+    requests(&exporter, "add", ("shop-a", "r2", "200"), 5.0);
     read_until(&mut sensors, &specs, "shop-a", "availability", |r| {
         r.canary == Some(Counts::new(0, 15))
     })
@@ -361,14 +351,8 @@ async fn prometheus_down_or_frozen_is_missing_data_with_its_reason() {
         canary_state(wall_clock()),
     )];
     let mut sensors = PromSensors::new(&settings(&prom), &cat).unwrap();
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
-        10.0,
-    );
-    exporter.add(
-        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
-        90.0,
-    );
+    requests(&exporter, "add", ("shop-a", "r2", "200"), 10.0);
+    requests(&exporter, "add", ("shop-a", "r1", "200"), 90.0);
     read_until(&mut sensors, &specs, "shop-a", "availability", |r| {
         r.canary.is_some()
     })
@@ -448,28 +432,16 @@ async fn latency_counts_from_the_bucket_and_templates_still_work() {
     );
 
     // free PromQL templates: a query per arm (increase() extrapolates: roughly the count)
-    exporter.set(
-        &series("http_requests_total", "shop-b", "r2", r#",code="200""#),
-        0.0,
-    );
-    exporter.set(
-        &series("http_requests_total", "shop-b", "r1", r#",code="200""#),
-        0.0,
-    );
+    requests(&exporter, "set", ("shop-b", "r2", "200"), 0.0);
+    requests(&exporter, "set", ("shop-b", "r1", "200"), 0.0);
     scraped(
         &prom,
         &series("http_requests_total", "shop-b", "r1", r#",code="200""#),
         0.0,
     )
     .await;
-    exporter.set(
-        &series("http_requests_total", "shop-b", "r2", r#",code="200""#),
-        100.0,
-    );
-    exporter.set(
-        &series("http_requests_total", "shop-b", "r1", r#",code="200""#),
-        100.0,
-    );
+    requests(&exporter, "set", ("shop-b", "r2", "200"), 100.0);
+    requests(&exporter, "set", ("shop-b", "r1", "200"), 100.0);
     read_until(&mut sensors, &specs, "shop-b", "availability", |r| {
         r.canary.is_some_and(|c| c.total > 0 && c.bad == 0) && r.stable.is_some()
     })
@@ -511,18 +483,9 @@ async fn sensors_check_shows_counts_promql_and_reasons_without_starting_anything
         &format!("{ERRORS}{LATENCY}"),
         &format!("  url: {}\n  scrapeInterval: 500ms\n", prom.url()),
     );
-    exporter.set(
-        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
-        96.0,
-    );
-    exporter.set(
-        &series("http_requests_total", "shop-a", "r2", r#",code="500""#),
-        4.0,
-    );
-    exporter.set(
-        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
-        1000.0,
-    );
+    requests(&exporter, "set", ("shop-a", "r2", "200"), 96.0);
+    requests(&exporter, "set", ("shop-a", "r2", "500"), 4.0);
+    requests(&exporter, "set", ("shop-a", "r1", "200"), 1000.0);
     scraped(
         &prom,
         &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
@@ -680,14 +643,8 @@ async fn an_https_prometheus_with_basic_auth_is_read_with_its_ca_and_password() 
     let prom = TempPrometheus::start_with_web(SCRAPE, config, Some(&web)).expect("prometheus starts");
     let exporter = Exporter::start().await.unwrap();
     add_target(&prom, "app", &exporter, ("x", "prod", "x"));
-    exporter.set(
-        &series("http_requests_total", "shop-a", "r2", r#",code="200""#),
-        10.0,
-    );
-    exporter.set(
-        &series("http_requests_total", "shop-a", "r1", r#",code="200""#),
-        90.0,
-    );
+    requests(&exporter, "set", ("shop-a", "r2", "200"), 10.0);
+    requests(&exporter, "set", ("shop-a", "r1", "200"), 90.0);
     let dir = tempfile::tempdir().unwrap();
     let url = prom.url().replace("http://127.0.0.1", "https://localhost");
     let write_config = |ca: bool| {
