@@ -208,7 +208,7 @@ fn the_command_line_exit_codes_are_0_valid_1_invalid_2_usage() {
 
 #[test]
 fn the_checked_in_schemas_match_the_types() {
-    for kind in SchemaKind::ALL {
+    for &kind in SchemaKind::all() {
         let path = root().join(kind.checked_in_path());
         let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
@@ -237,6 +237,150 @@ fn single_error(path: PathBuf) -> spec::Diagnostic {
     let report = invalid(&[path]);
     assert_eq!(report.diagnostics.len(), 1, "{}", report.render_text());
     report.diagnostics[0].clone()
+}
+
+/// The `apiVersion` documents of a text: each kind's files, and the README's complete examples.
+fn json_documents(text: &str) -> Vec<serde_json::Value> {
+    let mut problems = Vec::new();
+    let docs = spec::yaml::parse_stream(text, &mut problems).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    docs.iter().map(|d| d.to_json()).collect()
+}
+
+#[test]
+fn every_example_passes_its_kinds_json_schema_as_an_editor_checks_it() {
+    let kinds = [
+        ("Service", SchemaKind::Objectives),
+        ("Sensors", SchemaKind::Sensors),
+        ("Controller", SchemaKind::Controllers),
+        ("Simulation", SchemaKind::Simulations),
+        ("Autopilot", SchemaKind::Autopilot),
+        ("Routes", SchemaKind::Routes),
+    ];
+    assert_eq!(
+        kinds.len(),
+        SchemaKind::all().len(),
+        "a kind without a schema check"
+    );
+    let validators: std::collections::HashMap<&str, jsonschema::Validator> = kinds
+        .iter()
+        .map(|(kind, schema)| {
+            let schema: serde_json::Value = serde_json::from_str(&schema.render()).unwrap();
+            (*kind, jsonschema::validator_for(&schema).unwrap())
+        })
+        .collect();
+    let mut files: Vec<(String, String)> = Vec::new();
+    for dir in ["objectives", "sensors", "controllers", "simulations"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push((
+                    path.display().to_string(),
+                    std::fs::read_to_string(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    // the README's examples that are whole files (no `…` left for the reader)
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for (i, block) in readme.split("```yaml\n").skip(1).enumerate() {
+        let block = block.split("```").next().unwrap();
+        if block.contains("apiVersion:") && !block.contains('…') {
+            files.push((format!("README.md yaml block {}", i + 1), block.to_owned()));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, text) in &files {
+        for doc in json_documents(text) {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+            let validator = validators
+                .get(kind.as_str())
+                .unwrap_or_else(|| panic!("{name}: kind `{kind}` has no schema"));
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{name} breaks the {kind} schema: {errors:#?}");
+            seen.insert(kind);
+        }
+    }
+    // the examples cover every kind but Autopilot (whose README example leaves secrets to fill)
+    for (kind, _) in kinds.iter().filter(|(k, _)| *k != "Autopilot") {
+        assert!(seen.contains(*kind), "no example of kind {kind} was checked");
+    }
+    // and the check can fail: an unknown field breaks it
+    let bad = json_documents("apiVersion: autopilot/v1\nkind: Routes\ndomain: x\nroutes: []\ncolour: red\n");
+    assert!(!validators["Routes"].is_valid(&bad[0]));
+}
+
+#[test]
+fn several_documents_per_file_and_merge_keys_are_read_as_kubernetes_users_write_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"# one file, two kinds, a shared block merged into both
+apiVersion: autopilot/v1
+kind: Sensors
+sensors:
+  - &errs
+    name: errs
+    source: {proxy: errors}
+  - <<: *errs
+    name: errs2
+---
+---
+apiVersion: autopilot/v1
+kind: Controller
+name: calm
+description: merged defaults
+ramp: {steps: [5, 50]}
+analysis: {interval: 30s, falseRollbackRate: 1%, tolerance: 20%}
+progressDeadline: 1h
+blastRadius: {budget: 50}
+missingData: {hold: 5m, then: pause}
+---
+apiVersion: autopilot/v1
+kind: Controller
+name: calmer
+ramp: {steps: [5, 50]}
+analysis: {interval: 1m, falseRollbackRate: 1%, tolerance: 20%}
+progressDeadline: 1h
+blastRadius: {budget: 50}
+missingData: {hold: 5m, then: pause}
+"#;
+    let path = write(dir.path(), "bundle.yaml", text.as_bytes());
+    let catalog = match spec::load(&[path.clone()]) {
+        Ok(c) => c,
+        Err(LoadError::Invalid(r)) => panic!("{}", r.render_text()),
+        Err(LoadError::Usage(u)) => panic!("{u}"),
+    };
+    assert_eq!(catalog.controllers.len(), 2);
+    // the merged mapping's own keys win; the rest come from the anchor
+    assert_eq!(catalog.sensors["errs2"].name, "errs2");
+    assert_eq!(catalog.sensors["errs2"].source, catalog.sensors["errs"].source);
+
+    // anchors belong to their document, as in YAML (and kubectl)
+    let across = text.replace("name: calmer", "name: calmer\ndescription: *errs");
+    let report = invalid(&[write(dir.path(), "across.yaml", across.as_bytes())]);
+    assert!(
+        report.render_text().contains("alias to an unknown anchor"),
+        "{}",
+        report.render_text()
+    );
+
+    // a mistake in the second document is reported at its own line
+    let broken = text.replace("name: calmer", "name: calmer\ncolour: red");
+    let report = invalid(&[write(dir.path(), "broken.yaml", broken.as_bytes())]);
+    assert_eq!(report.diagnostics.len(), 1, "{}", report.render_text());
+    assert_eq!(report.diagnostics[0].line, 25);
+    assert!(report.diagnostics[0].message.contains("colour"));
+
+    // a merge of a scalar says what `<<` takes
+    let scalar = "apiVersion: autopilot/v1\nkind: Sensors\nsensors: []\nx: &x 1\ny: {<<: *x}\n";
+    let report = invalid(&[write(dir.path(), "scalar.yaml", scalar.as_bytes())]);
+    assert!(
+        report.render_text().contains("`<<` merges a mapping"),
+        "{}",
+        report.render_text()
+    );
 }
 
 #[test]
@@ -273,11 +417,21 @@ fn hostile_files_fail_cleanly_without_a_panic() {
     let d = single_error(write(dir.path(), "bomb.yaml", bomb.as_bytes()));
     assert!(d.message.contains("expands to more than"), "{}", d.message);
 
-    // several documents in one file
+    // several documents in one file are each checked; every missing field at once
     let multi = b"apiVersion: autopilot/v1\nkind: Sensors\nsensors: []\n---\nkind: Sensors\n";
-    let d = single_error(write(dir.path(), "multi.yaml", multi));
-    assert_eq!((d.line, d.column), (4, 1));
-    assert!(d.message.contains("second YAML document"));
+    let report = invalid(&[write(dir.path(), "multi.yaml", multi)]);
+    let found: Vec<_> = report
+        .diagnostics
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (5, 1, "missing required field `apiVersion`"),
+            (5, 1, "missing required field `sensors`")
+        ]
+    );
 
     // not UTF-8
     let d = single_error(write(dir.path(), "latin1.yaml", b"name: caf\xe9\n"));

@@ -231,9 +231,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Catalog, LoadError> {
                 continue;
             }
         };
-        let file = parse_file(&name, &text, &mut report.diagnostics);
+        sources.extend(parse_file(&name, &text, &mut report.diagnostics));
         report.sources.insert(name, text);
-        sources.push(file);
     }
     let catalog = validate::check(&sources, &mut report.diagnostics);
     if report.diagnostics.is_empty() {
@@ -260,7 +259,7 @@ pub fn load_texts(texts: &[(&str, &str)]) -> Result<Catalog, Report> {
     };
     let mut sources = Vec::new();
     for (name, text) in texts {
-        sources.push(parse_file(name, text, &mut report.diagnostics));
+        sources.extend(parse_file(name, text, &mut report.diagnostics));
         report.sources.insert(name.to_string(), text.to_string());
     }
     let catalog = validate::check(&sources, &mut report.diagnostics);
@@ -288,7 +287,10 @@ fn diagnostic(file: &str, pos: Pos, path: &str, message: String, hint: Option<St
 
 /// Parses one YAML (or JSON) document of any spec type, reporting every problem with its
 /// location — for files outside the four kinds (the proxy's routes file).
-pub fn parse_document<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, Report> {
+pub fn parse_document<T: serde::de::DeserializeOwned + JsonSchema>(
+    name: &str,
+    text: &str,
+) -> Result<T, Report> {
     let mut report = Report {
         files_checked: 1,
         ..Report::default()
@@ -319,6 +321,7 @@ pub fn parse_document<T: serde::de::DeserializeOwned>(name: &str, text: &str) ->
         .extend(syntax.into_iter().map(|e| at(e.pos, "", e.message, e.hint)));
     let mut doc = Document::new(root);
     let value = doc.deserialize::<T>();
+    doc.require_all::<T>();
     report.diagnostics.extend(
         doc.problems()
             .into_iter()
@@ -441,26 +444,22 @@ const KINDS: [&str; 6] = [
     "Autopilot",
 ];
 
-/// Parses one file and deserializes it according to its `kind`, recording every problem.
-fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile {
-    let mut file = SourceFile {
-        name: name.to_owned(),
-        doc: None,
-        parsed: None,
-    };
+/// Parses one file — one document, or several separated by `---` — and deserializes each
+/// according to its `kind`, recording every problem.
+fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<SourceFile> {
     let at = |pos: Pos, path: &str, message: String, hint: Option<String>| {
         diagnostic(name, pos, path, message, hint)
     };
     let mut syntax = Vec::new();
-    let root = match yaml::parse(text, &mut syntax) {
-        Ok(r) => r,
+    let documents = match yaml::parse_stream(text, &mut syntax) {
+        Ok(d) => d,
         Err(e) => {
             diags.push(at(e.pos, "", e.message, e.hint));
-            return file;
+            return Vec::new();
         }
     };
     diags.extend(syntax.into_iter().map(|e| at(e.pos, "", e.message, e.hint)));
-    let Some(root) = root else {
+    if documents.is_empty() {
         diags.push(at(
             Pos { line: 1, column: 1 },
             "",
@@ -469,7 +468,22 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
                 "start with `apiVersion: autopilot/v1` and `kind: Service`, `Sensors` or `Controller`".into(),
             ),
         ));
-        return file;
+    }
+    documents
+        .into_iter()
+        .map(|root| parse_document_of_kind(name, root, diags))
+        .collect()
+}
+
+/// Deserializes one document according to its `kind`.
+fn parse_document_of_kind(name: &str, root: yaml::Node, diags: &mut Vec<Diagnostic>) -> SourceFile {
+    let mut file = SourceFile {
+        name: name.to_owned(),
+        doc: None,
+        parsed: None,
+    };
+    let at = |pos: Pos, path: &str, message: String, hint: Option<String>| {
+        diagnostic(name, pos, path, message, hint)
     };
     let kind = match &root.kind {
         yaml::NodeKind::Map(_) => root.get("kind").map(|k| (k.pos, k.scalar().unwrap_or(""))),
@@ -484,13 +498,18 @@ fn parse_file(name: &str, text: &str, diags: &mut Vec<Diagnostic>) -> SourceFile
         }
     };
     let mut doc = Document::new(root.clone());
+    fn typed<T: serde::de::DeserializeOwned + JsonSchema>(doc: &mut Document) -> Option<T> {
+        let value = doc.deserialize::<T>();
+        doc.require_all::<T>();
+        value
+    }
     let parsed = match kind {
-        Some((_, "Service")) => doc.deserialize().map(Parsed::Service),
-        Some((_, "Sensors")) => doc.deserialize().map(Parsed::Sensors),
-        Some((_, "Controller")) => doc.deserialize().map(Parsed::Controller),
-        Some((_, "Simulation")) => doc.deserialize().map(Parsed::Simulation),
-        Some((_, "Routes")) => doc.deserialize().map(|r| Parsed::Routes(Box::new(r))),
-        Some((_, "Autopilot")) => doc.deserialize().map(|r| Parsed::Autopilot(Box::new(r))),
+        Some((_, "Service")) => typed(&mut doc).map(Parsed::Service),
+        Some((_, "Sensors")) => typed(&mut doc).map(Parsed::Sensors),
+        Some((_, "Controller")) => typed(&mut doc).map(Parsed::Controller),
+        Some((_, "Simulation")) => typed(&mut doc).map(Parsed::Simulation),
+        Some((_, "Routes")) => typed(&mut doc).map(|r| Parsed::Routes(Box::new(r))),
+        Some((_, "Autopilot")) => typed(&mut doc).map(|r| Parsed::Autopilot(Box::new(r))),
         Some((pos, other)) => {
             let hint = match yaml::closest(other, KINDS) {
                 Some(c) => {

@@ -1,4 +1,4 @@
-//! JSON Schemas for the three file kinds, generated from the same types the loader uses, so
+//! JSON Schemas for every file kind, generated from the same types the loader uses, so
 //! an editor's red squiggles and `autopilot validate` never disagree on the shape of a file.
 //! The checked-in copies (`objectives/objectives.schema.json` …) are compared with these by a
 //! test, which fails when they drift.
@@ -17,15 +17,15 @@ pub enum SchemaKind {
     Simulations,
     /// `autopilot.yaml`, the configuration of `autopilot up`.
     Autopilot,
+    /// The proxy's routes file (`autopilot proxy --routes`).
+    Routes,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 4] = [
-        SchemaKind::Objectives,
-        SchemaKind::Sensors,
-        SchemaKind::Controllers,
-        SchemaKind::Autopilot,
-    ];
+    /// Every kind, in the order `autopilot schema --help` lists them.
+    pub fn all() -> &'static [SchemaKind] {
+        <SchemaKind as clap::ValueEnum>::value_variants()
+    }
 
     /// Where the checked-in copy lives, relative to the repository root.
     pub fn checked_in_path(&self) -> &'static str {
@@ -35,6 +35,7 @@ impl SchemaKind {
             SchemaKind::Controllers => "controllers/controllers.schema.json",
             SchemaKind::Simulations => "simulations/simulations.schema.json",
             SchemaKind::Autopilot => "src/live/autopilot.schema.json",
+            SchemaKind::Routes => "src/proxy/routes.schema.json",
         }
     }
 
@@ -46,6 +47,7 @@ impl SchemaKind {
             SchemaKind::Controllers => schemars::schema_for!(ControllerSpec),
             SchemaKind::Simulations => schemars::schema_for!(Scenario),
             SchemaKind::Autopilot => schemars::schema_for!(crate::live::config::AutopilotConfig),
+            SchemaKind::Routes => schemars::schema_for!(crate::proxy::routes::RoutesFile),
         };
         let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
         text.push('\n');

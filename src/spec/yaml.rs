@@ -113,6 +113,30 @@ impl Node {
         }
     }
 
+    /// The node as JSON, plain scalars read by the YAML 1.2 core schema (for checking a file
+    /// against its JSON Schema as an editor would).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match &self.kind {
+            NodeKind::Scalar { value, plain: false } => Value::String(value.clone()),
+            NodeKind::Scalar { value, plain: true } => match resolve_plain(value) {
+                Plain::Null => Value::Null,
+                Plain::Bool(b) => Value::Bool(b),
+                Plain::Int(i) => i.into(),
+                Plain::UInt(u) => u.into(),
+                Plain::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+                Plain::Str => Value::String(value.clone()),
+            },
+            NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeKind::Map(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar().unwrap_or_default().to_owned(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// What a user would call this node in "expected X, found Y".
     fn describe(&self) -> String {
         match &self.kind {
@@ -208,30 +232,39 @@ pub struct SyntaxError {
     pub hint: Option<String>,
 }
 
-/// Parses one YAML document. An empty document (nothing but comments) is `Ok(None)`.
+/// Parses a text that holds one YAML document. An empty document (nothing but comments) is
+/// `Ok(None)`; a second document is refused (for files that hold exactly one thing).
 /// Duplicate keys are reported in `problems` (the first occurrence wins) and parsing goes on.
 pub fn parse(text: &str, problems: &mut Vec<SyntaxError>) -> Result<Option<Node>, SyntaxError> {
+    let mut documents = parse_stream(text, problems)?;
+    if documents.len() > 1 {
+        return Err(SyntaxError {
+            pos: documents[1].pos,
+            message: "a second YAML document (`---`) in a file that holds one".into(),
+            hint: Some("put the second document in a file of its own".into()),
+        });
+    }
+    Ok(documents.pop())
+}
+
+/// Parses every document of a YAML stream (`---` separates them, as Kubernetes manifests do).
+/// Empty documents (nothing, or only comments, between separators) are left out.
+pub fn parse_stream(text: &str, problems: &mut Vec<SyntaxError>) -> Result<Vec<Node>, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    let mut documents = 0usize;
-    let mut root = None;
+    let mut documents = Vec::new();
     for event in &mut parser {
         let (event, span) = event.map_err(scan_error)?;
         let pos = Pos {
             line: span.start.line(),
             column: span.start.col() + 1,
         };
-        match event {
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+        let done = match event {
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => None,
             Event::DocumentStart(_) => {
-                documents += 1;
-                if documents > 1 {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "a second YAML document (`---`) in one file".into(),
-                        hint: Some("put each service, sensor library or controller in its own file".into()),
-                    });
-                }
+                // anchors are local to their document
+                builder.anchors.clear();
+                None
             }
             Event::Alias(id) => {
                 let node = builder.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
@@ -242,9 +275,7 @@ pub fn parse(text: &str, problems: &mut Vec<SyntaxError>) -> Result<Option<Node>
                 builder.count += count_nodes(&node);
                 builder.check_budget(pos)?;
                 let node = Node { pos, ..node };
-                if let Some(done) = builder.push_value(node, 0, problems) {
-                    root = Some(done);
-                }
+                builder.push_value(node, 0, problems)
             }
             Event::Scalar(value, style, anchor, _tag) => {
                 builder.count += 1;
@@ -256,21 +287,28 @@ pub fn parse(text: &str, problems: &mut Vec<SyntaxError>) -> Result<Option<Node>
                         plain: style == ScalarStyle::Plain,
                     },
                 };
-                if let Some(done) = builder.push_value(node, anchor, problems) {
-                    root = Some(done);
-                }
+                builder.push_value(node, anchor, problems)
             }
-            Event::SequenceStart(anchor, _) => builder.open(pos, anchor, true)?,
-            Event::MappingStart(anchor, _) => builder.open(pos, anchor, false)?,
+            Event::SequenceStart(anchor, _) => {
+                builder.open(pos, anchor, true)?;
+                None
+            }
+            Event::MappingStart(anchor, _) => {
+                builder.open(pos, anchor, false)?;
+                None
+            }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = builder.close();
-                if let Some(done) = builder.push_value(node, anchor, problems) {
-                    root = Some(done);
-                }
+                let (node, anchor) = builder.close(problems);
+                builder.push_value(node, anchor, problems)
             }
+        };
+        if let Some(root) = done
+            && !root.is_null()
+        {
+            documents.push(root);
         }
     }
-    Ok(root)
+    Ok(documents)
 }
 
 fn scan_error(e: ScanError) -> SyntaxError {
@@ -295,6 +333,40 @@ fn scan_error(e: ScanError) -> SyntaxError {
         message: format!("YAML syntax error: {info}"),
         hint,
     }
+}
+
+/// Applies YAML merge keys (`<<: *defaults`, `<<: [*a, *b]`): the merged mappings' entries are
+/// added where the mapping does not set the key itself; of several merged mappings the first
+/// that has a key wins. Only a plain `<<` merges; a quoted `"<<"` is an ordinary key.
+fn merge_keys(entries: Vec<(Node, Node)>, problems: &mut Vec<SyntaxError>) -> Vec<(Node, Node)> {
+    let is_merge = |k: &Node| matches!(&k.kind, NodeKind::Scalar { value, plain: true } if value == "<<");
+    if !entries.iter().any(|(k, _)| is_merge(k)) {
+        return entries;
+    }
+    let (merges, mut own): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(k, _)| is_merge(k));
+    for (_, value) in merges {
+        let sources = match value.kind {
+            NodeKind::Map(_) => vec![value],
+            NodeKind::Seq(items) => items,
+            NodeKind::Scalar { .. } => vec![value],
+        };
+        for source in sources {
+            let NodeKind::Map(merged) = source.kind else {
+                problems.push(SyntaxError {
+                    pos: source.pos,
+                    message: "`<<` merges a mapping or a list of mappings, not a scalar".into(),
+                    hint: Some("write `<<: *anchor` where `&anchor` names a mapping".into()),
+                });
+                continue;
+            };
+            for (k, v) in merged {
+                if !own.iter().any(|(o, _)| o.scalar() == k.scalar()) {
+                    own.push((k, v));
+                }
+            }
+        }
+    }
+    own
 }
 
 fn count_nodes(n: &Node) -> usize {
@@ -366,7 +438,7 @@ impl Builder {
         Ok(())
     }
 
-    fn close(&mut self) -> (Node, usize) {
+    fn close(&mut self, problems: &mut Vec<SyntaxError>) -> (Node, usize) {
         let open = self
             .stack
             .pop()
@@ -374,7 +446,7 @@ impl Builder {
         let kind = if open.seq {
             NodeKind::Seq(open.items)
         } else {
-            NodeKind::Map(open.entries)
+            NodeKind::Map(merge_keys(open.entries, problems))
         };
         (Node { pos: open.pos, kind }, open.anchor)
     }
@@ -637,6 +709,30 @@ impl Document {
         self.problems.clone()
     }
 
+    /// Reports every required field that is missing, in every mapping, using `T`'s JSON
+    /// Schema. Serde stops a struct at its first missing field, so a file missing five fields
+    /// would otherwise take five rounds of fixing; this finds the rest in one.
+    pub fn require_all<T: schemars::JsonSchema>(&mut self) {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+        let mut found = Vec::new();
+        missing_fields(&self.root, &schema, &schema, &mut Vec::new(), &mut found);
+        for (pos, path, field) in found {
+            let problem = Problem {
+                pos,
+                path: path_string(&path),
+                message: format!("missing required field `{field}`"),
+                hint: Some(format!("add `{field}:` to this mapping")),
+            };
+            if !self
+                .problems
+                .iter()
+                .any(|p| p.path == problem.path && p.message == problem.message)
+            {
+                self.problems.push(problem);
+            }
+        }
+    }
+
     /// Where the value at `path` (indices as in the typed model) starts, and its YAML path.
     /// Falls back to the deepest part of the path that exists (a missing optional field is
     /// reported where it should have been written).
@@ -665,6 +761,93 @@ impl Document {
             }
         }
         (node.pos, path_string(&yaml_path))
+    }
+}
+
+/// Follows `$ref`s within the root schema.
+fn resolve<'s>(schema: &'s serde_json::Value, root: &'s serde_json::Value) -> &'s serde_json::Value {
+    let mut s = schema;
+    for _ in 0..32 {
+        match s
+            .get("$ref")
+            .and_then(|r| r.as_str())
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+        {
+            Some(name) => match root.pointer(&format!("/$defs/{name}")) {
+                Some(target) => s = target,
+                None => break,
+            },
+            None => break,
+        }
+    }
+    s
+}
+
+/// Whether a mapping node can be the object `schema` describes: every key it has is one of the
+/// schema's properties (enum variants and `Option`s are told apart by their keys).
+fn fits(node: &Node, schema: &serde_json::Value) -> bool {
+    let NodeKind::Map(entries) = &node.kind else {
+        return false;
+    };
+    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return false;
+    };
+    schema.get("additionalProperties") != Some(&serde_json::Value::Bool(false))
+        || entries
+            .iter()
+            .all(|(k, _)| k.scalar().is_some_and(|k| props.contains_key(k)))
+}
+
+/// Collects (mapping position, mapping path, field) for every required field that is absent.
+fn missing_fields<'s>(
+    node: &Node,
+    schema: &'s serde_json::Value,
+    root: &'s serde_json::Value,
+    path: &mut Vec<Seg>,
+    found: &mut Vec<(Pos, Vec<Seg>, &'s str)>,
+) {
+    let schema = resolve(schema, root);
+    let branches = ["oneOf", "anyOf"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(|b| b.as_array()))
+        .flatten()
+        .map(|b| resolve(b, root))
+        .filter(|b| fits(node, b))
+        .collect::<Vec<_>>();
+    if let [only] = branches.as_slice() {
+        return missing_fields(node, only, root, path, found);
+    }
+    match &node.kind {
+        NodeKind::Map(entries) => {
+            let props = schema.get("properties").and_then(|p| p.as_object());
+            if let Some(required) = schema.get("required").and_then(|r| r.as_array()) {
+                for field in required.iter().filter_map(|f| f.as_str()) {
+                    if node.get(field).is_none() {
+                        found.push((node.pos, path.clone(), field));
+                    }
+                }
+            }
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, v) in entries {
+                let Some(key) = k.scalar() else { continue };
+                let Some(sub) = props.and_then(|p| p.get(key)).or(extra) else {
+                    continue;
+                };
+                path.push(Seg::Key(key.to_owned()));
+                missing_fields(v, sub, root, path, found);
+                path.pop();
+            }
+        }
+        NodeKind::Seq(items) => {
+            if let Some(sub) = schema.get("items").filter(|i| i.is_object()) {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    missing_fields(item, sub, root, path, found);
+                    path.pop();
+                }
+            }
+        }
+        NodeKind::Scalar { .. } => {}
     }
 }
 
