@@ -347,7 +347,7 @@ blastRadius: {budget: 50}
 missingData: {hold: 5m, then: pause}
 "#;
     let path = write(dir.path(), "bundle.yaml", text.as_bytes());
-    let catalog = match spec::load(&[path.clone()]) {
+    let catalog = match spec::load(std::slice::from_ref(&path)) {
         Ok(c) => c,
         Err(LoadError::Invalid(r)) => panic!("{}", r.render_text()),
         Err(LoadError::Usage(u)) => panic!("{u}"),
