@@ -559,3 +559,94 @@ sensors:
         "{text}"
     );
 }
+
+/// A JSON pointer as validate writes paths: `/a/0/b` is `a[0].b`.
+fn dotted(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').skip(1) {
+        if seg.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg.replace("~1", "/").replace("~0", "~"));
+        }
+    }
+    out
+}
+
+/// Every mapping of `value`, by JSON pointer.
+fn mappings(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(m) => {
+            out.push(at.clone());
+            for (k, v) in m {
+                mappings(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                mappings(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn an_unknown_field_in_any_mapping_of_any_example_is_refused_where_it_is() {
+    // the examples, loaded together as a user validates them; each file's mappings in turn get
+    // an unknown key
+    let mut files: Vec<(String, String)> = Vec::new();
+    for dir in ["objectives", "sensors", "controllers", "simulations"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let mut checked = 0;
+    for (i, (name, text)) in files.iter().enumerate() {
+        let docs = json_documents(text);
+        let [doc] = docs.as_slice() else {
+            panic!("{name}: one document expected");
+        };
+        let mut pointers = Vec::new();
+        mappings(doc, String::new(), &mut pointers);
+        // free-form maps whose keys are the user's own (a JWT's claims, environment variables)
+        pointers.retain(|p| !p.ends_with("/claims") && !p.ends_with("/run/env"));
+        for pointer in pointers {
+            let mut changed = doc.clone();
+            changed
+                .pointer_mut(&pointer)
+                .and_then(|m| m.as_object_mut())
+                .unwrap()
+                .insert("colour".into(), "red".into());
+            // JSON is YAML: the changed document under the file's own name
+            let changed = serde_json::to_string_pretty(&changed).unwrap();
+            let texts: Vec<(&str, &str)> = files
+                .iter()
+                .enumerate()
+                .map(|(j, (n, t))| (n.as_str(), if i == j { changed.as_str() } else { t.as_str() }))
+                .collect();
+            let report = match spec::load_texts(&texts) {
+                Ok(_) => panic!("{name}: `colour: red` at {pointer:?} was accepted"),
+                Err(r) => r,
+            };
+            // named, or (a one-key mapping that picks a variant) refused as a whole
+            let at = dotted(&pointer);
+            assert!(
+                report.diagnostics.iter().any(|d| d.file == *name
+                    && (d.message.contains("colour")
+                        || d.path.ends_with("colour")
+                        || (d.path == at && d.message.contains("exactly one")))),
+                "{name}: `colour` at {pointer:?} not named:\n{}",
+                report.render_text()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} mappings checked");
+}

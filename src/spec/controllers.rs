@@ -155,7 +155,7 @@ fn yes() -> bool {
 
 /// One gate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Gate {
     /// No condition: go as soon as the previous environment has promoted the release.
     Automatic,

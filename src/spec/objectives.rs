@@ -88,7 +88,7 @@ fn default_build_timeout() -> Duration {
 
 /// The build's product, which autopilot pins by its content digest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Artifact {
     /// An OCI image repository (e.g. `registry.example.com/shop/checkout`) that the build
     /// command pushes to; autopilot resolves what it pushed to a `sha256:` digest.
@@ -165,7 +165,7 @@ pub enum Visibility {
 
 /// Credential requirement of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Auth {
     /// Anyone who can reach the environment may call it.
     None,

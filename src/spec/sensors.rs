@@ -49,7 +49,7 @@ pub struct Sensor {
 
 /// Where a sensor's counts come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum SensorSource {
     /// A Prometheus counter of events, some of them bad (e.g. `http_requests_total` with
     /// `code=~"5.."`). Read for every service, environment and release in one query per tick.

@@ -200,7 +200,7 @@ pub struct Incident {
 
 /// Kinds of incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum IncidentKind {
     /// A release's error rate changes at once (a bug that starts late, a dependency failing).
     ErrorStep { release: String, errors: Percent },
@@ -271,7 +271,7 @@ fn default_operator() -> String {
 
 /// What an operator can do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum OperatorKind {
     Pause,
     /// Lift a pause (or a policy pause, or a rollback block).
