@@ -140,6 +140,7 @@ fn every_mistake_in_the_broken_corpus_is_reported_at_once_with_its_location() {
         "duplicate-env.yaml",
         "empty.yaml",
         "binary.yaml",
+        "bad-scenario.yaml",
     ] {
         assert!(
             expected.iter().any(|e| e.0 == file),
@@ -152,6 +153,8 @@ fn every_mistake_in_the_broken_corpus_is_reported_at_once_with_its_location() {
     assert!(text.contains("did you mean `{{service}}`?"), "{text}");
     assert!(text.contains("did you mean `http-errors`?"), "{text}");
     assert!(text.contains("did you mean `Controller`?"), "{text}");
+    assert!(text.contains("did you mean `staging`?"), "{text}");
+    assert!(text.contains("did you mean `checkout`?"), "{text}");
 }
 
 #[test]
@@ -438,7 +441,13 @@ fn hostile_files_fail_cleanly_without_a_panic() {
     assert!(d.message.contains("not UTF-8"), "{}", d.message);
 
     // Rust's type names are not the user's words; a negative duration is called negative
-    let seed = b"apiVersion: autopilot/v1\nkind: Simulation\nname: x\nspecs: [objectives]\nservice: checkout\nseed: -1\nduration: 1h\ntraffic: {rate: 1}\nstable: {name: v1, errors: 0%}\n";
+    let seed = format!(
+        "apiVersion: autopilot/v1\nkind: Simulation\nname: x\nspecs: [{}, {}, {}]\nservice: checkout\nseed: -1\nduration: 1h\ntraffic: {{rate: 1}}\nstable: {{name: v1, errors: 0%}}\n",
+        root().join("objectives").display(),
+        root().join("sensors").display(),
+        root().join("controllers").display()
+    );
+    let seed = seed.as_bytes();
     let d = single_error(write(dir.path(), "seed.yaml", seed));
     assert_eq!((d.line, d.column), (6, 7));
     assert_eq!(d.message, "expected a whole number ≥ 0, found integer `-1`");
@@ -582,7 +591,11 @@ fn mappings(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
         serde_json::Value::Object(m) => {
             out.push(at.clone());
             for (k, v) in m {
-                mappings(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+                mappings(
+                    v,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
             }
         }
         serde_json::Value::Array(items) => {
@@ -603,7 +616,10 @@ fn an_unknown_field_in_any_mapping_of_any_example_is_refused_where_it_is() {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml") {
-                files.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+                files.push((
+                    path.display().to_string(),
+                    std::fs::read_to_string(&path).unwrap(),
+                ));
             }
         }
     }

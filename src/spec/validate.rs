@@ -16,7 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 struct Checker<'a> {
     diags: &'a mut Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    /// The specs scenarios named, loaded once per set of paths: the catalog, or what to say
+    /// (path in the scenario, message, hint).
+    scenario_specs: HashMap<Vec<std::path::PathBuf>, Result<Catalog, ScenarioSpecsError>>,
 }
+
+type ScenarioSpecsError = (Vec<Seg>, String, Option<String>);
 
 impl Checker<'_> {
     fn error(&mut self, file: &SourceFile, path: &[Seg], message: String, hint: Option<String>) {
@@ -91,6 +96,7 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
     let mut c = Checker {
         diags,
         warnings: Vec::new(),
+        scenario_specs: HashMap::new(),
     };
     let mut catalog = Catalog::default();
     // names that exist but failed to parse: referencing them is not a *second* error
@@ -578,6 +584,150 @@ fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::
     }
     for (i, e) in sim.expect.iter().enumerate() {
         known(c, &p!["expect", i, "release"], &e.release);
+    }
+    for (i, o) in sim.operators.iter().enumerate() {
+        use super::simulations::OperatorKind;
+        match &o.action {
+            OperatorKind::Pin(release) => known(c, &p!["operators", i, "action", "pin"], release),
+            OperatorKind::Approve(a) => {
+                known(c, &p!["operators", i, "action", "approve", "release"], &a.release)
+            }
+            _ => {}
+        }
+    }
+    check_scenario_service(c, file, sim);
+}
+
+thread_local! {
+    /// Set while a scenario's own specs are loaded, so a scenario among them is not followed.
+    static IN_SCENARIO_SPECS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Loads a scenario's specs, or says what is wrong with them.
+fn load_scenario_specs(
+    sim: &super::simulations::Scenario,
+    paths: &[std::path::PathBuf],
+    base: &std::path::Path,
+) -> Result<Catalog, ScenarioSpecsError> {
+    IN_SCENARIO_SPECS.with(|f| f.set(true));
+    let loaded = super::load(paths);
+    IN_SCENARIO_SPECS.with(|f| f.set(false));
+    match loaded {
+        Ok(catalog) => Ok(catalog),
+        Err(super::LoadError::Usage(e)) => {
+            let at = match &e {
+                super::UsageError::NotFound(missing) => paths.iter().position(|p| p == missing),
+                _ => None,
+            };
+            let path = match at {
+                Some(i) => p!["specs", i].to_vec(),
+                None => p!["specs"].to_vec(),
+            };
+            Err((
+                path,
+                format!("the scenario's specs cannot be read: {e}"),
+                Some(format!("paths are relative to {}", base.display())),
+            ))
+        }
+        Err(super::LoadError::Invalid(report)) => {
+            let first = &report.diagnostics[0];
+            Err((
+                p!["specs"].to_vec(),
+                format!(
+                    "the scenario's specs have {} problem(s), the first at {}:{}:{}: {}",
+                    report.diagnostics.len(),
+                    first.file,
+                    first.line,
+                    first.column,
+                    first.message
+                ),
+                Some(format!("run `autopilot validate {}`", sim.specs.join(" "))),
+            ))
+        }
+    }
+}
+
+/// Loads the specs a scenario names (relative to its file) and checks that its service,
+/// environments and objectives are theirs: a misspelt environment would otherwise be ignored.
+fn check_scenario_service(c: &mut Checker, file: &SourceFile, sim: &super::simulations::Scenario) {
+    if IN_SCENARIO_SPECS.with(|f| f.get()) || sim.specs.is_empty() {
+        return;
+    }
+    let base = std::path::Path::new(&file.name)
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    let paths: Vec<std::path::PathBuf> = sim.specs.iter().map(|s| base.join(s)).collect();
+    let loaded = c
+        .scenario_specs
+        .entry(paths.clone())
+        .or_insert_with(|| load_scenario_specs(sim, &paths, base))
+        .clone();
+    let catalog = match loaded {
+        Ok(catalog) => catalog,
+        Err((path, message, hint)) => {
+            c.error(file, &path, message, hint);
+            return;
+        }
+    };
+    let Some(svc) = catalog.services.get(&sim.service) else {
+        let names: Vec<&str> = catalog.services.keys().map(String::as_str).collect();
+        let hint = match closest(&sim.service, names.iter().copied()) {
+            Some(n) => format!("did you mean `{n}`? (services: {})", names.join(", ")),
+            None => format!("services in the specs: {}", names.join(", ")),
+        };
+        c.error(
+            file,
+            &p!["service"],
+            format!("service `{}` is not in the scenario's specs", sim.service),
+            Some(hint),
+        );
+        return;
+    };
+    let envs: Vec<&str> = svc.environments.iter().map(|e| e.name.as_str()).collect();
+    let env_known = |c: &mut Checker, path: &[Seg], name: &str| {
+        if !envs.contains(&name) {
+            let hint = match closest(name, envs.iter().copied()) {
+                Some(n) => format!(
+                    "did you mean `{n}`? ({}'s environments: {})",
+                    svc.name,
+                    envs.join(", ")
+                ),
+                None => format!("{}'s environments: {}", svc.name, envs.join(", ")),
+            };
+            c.error(
+                file,
+                path,
+                format!("`{name}` is not an environment of {}", svc.name),
+                Some(hint),
+            );
+        }
+    };
+    for env in sim.traffic.environments.keys() {
+        env_known(c, &p!["traffic", "environments", env.as_str()], env);
+    }
+    for (i, o) in sim.operators.iter().enumerate() {
+        env_known(c, &p!["operators", i, "environment"], &o.environment);
+    }
+    for (i, e) in sim.expect.iter().enumerate() {
+        env_known(c, &p!["expect", i, "environment"], &e.environment);
+    }
+    if let Some(replay) = &sim.replay {
+        env_known(c, &p!["replay", "environment"], &replay.environment);
+        let objectives: Vec<&str> = svc.objectives.iter().map(|o| o.name.as_str()).collect();
+        for name in replay.objectives.keys() {
+            if !objectives.contains(&name.as_str()) {
+                let hint = match closest(name, objectives.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}`? (objectives: {})", objectives.join(", ")),
+                    None => format!("{}'s objectives: {}", svc.name, objectives.join(", ")),
+                };
+                c.error(
+                    file,
+                    &p!["replay", "objectives", name.as_str()],
+                    format!("`{name}` is not an objective of {}", svc.name),
+                    Some(hint),
+                );
+            }
+        }
     }
 }
 
