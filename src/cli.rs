@@ -509,13 +509,25 @@ pub async fn act(
     percent: Option<u8>,
     release: Option<String>,
 ) -> ExitCode {
+    let extra = json!({ "percent": percent, "release": release });
+    act_with(c, service, environment, action, reason, extra).await
+}
+
+/// An action with more fields in its body (`null` ones are left out).
+pub async fn act_with(
+    c: &Connection,
+    service: &str,
+    environment: &str,
+    action: &str,
+    reason: &str,
+    extra: serde_json::Value,
+) -> ExitCode {
     let api = Api::new(c);
     let mut body = json!({ "action": action, "reason": reason });
-    if let Some(p) = percent {
-        body["percent"] = json!(p);
-    }
-    if let Some(r) = release {
-        body["release"] = json!(r);
+    if let serde_json::Value::Object(fields) = extra {
+        for (k, v) in fields.into_iter().filter(|(_, v)| !v.is_null()) {
+            body[k] = v;
+        }
     }
     let path = format!(
         "/v1/services/{}/environments/{}/actions",

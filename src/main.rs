@@ -110,8 +110,15 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Hold a rollout where it is until `resume`.
-    Pause(Target),
+    /// Hold a rollout where it is until `resume`. A regression or a spent blast-radius budget
+    /// still rolls it back, unless `--regardless`.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+        /// Hold the canary even if it regresses or spends its budget (you take the risk).
+        #[arg(long)]
+        regardless: bool,
+    },
     /// Lift a pause (an operator's or a policy's), or a rollback's block.
     Resume(Target),
     /// Promote the canary now.
@@ -532,7 +539,14 @@ fn main() -> ExitCode {
         Command::Release { command, conn } => {
             on_runtime(async move { autopilot::cli::release(&conn, command).await })
         }
-        Command::Pause(t) => act(t, "pause", None, None),
+        Command::Pause { target, regardless } => {
+            let regardless = regardless.then_some(true);
+            on_runtime(async move {
+                let t = target;
+                let extra = serde_json::json!({ "regardless": regardless });
+                autopilot::cli::act_with(&t.conn, &t.service, &t.environment, "pause", &t.reason, extra).await
+            })
+        }
         Command::Resume(t) => act(t, "resume", None, None),
         Command::Promote(t) => act(t, "promote", None, None),
         Command::Rollback(t) => act(t, "rollback", None, None),

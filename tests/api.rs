@@ -307,6 +307,12 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
             .pause
             .is_some()
     );
+    // the same pause made regardless holds through a regression, and says so
+    let regardless = json!({"action": "pause", "reason": "hold it", "regardless": true});
+    let a = c.post(act, Some(&t.operator), regardless).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["changed"], true);
+    assert_eq!(a.json()["environment"]["overrides"]["paused_regardless"], true);
     // conflicts: resume twice, promote while a rollback waits
     let resume = json!({"action": "resume", "reason": "graph is fine"});
     assert_eq!(
@@ -338,6 +344,10 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
             "body.colour",
         ),
         (json!({"action": "pause", "reason": "  "}), "body.reason"),
+        (
+            json!({"action": "resume", "reason": "r", "regardless": true}),
+            "body.regardless",
+        ),
         (json!({"action": "pause"}), "body"),
     ] {
         assert_error(
@@ -495,7 +505,10 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
         .iter()
         .map(|a| a["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["weight", "approve", "resume", "pause"]);
+    assert_eq!(
+        actions,
+        ["weight", "approve", "resume", "pause-regardless", "pause"]
+    );
     assert_eq!(r["actions"][0]["who"], "ann");
     let urls: Vec<&str> = r["urls"]
         .as_array()

@@ -769,7 +769,11 @@ async fn act(
     let body = body?;
     let req: ActionRequest = parse_body(&body)?;
     check_reason(&req.reason)?;
+    if req.regardless && req.action != ActionName::Pause {
+        return Err(ApiError::bad_request("`regardless` goes with `pause` only").field("body.regardless"));
+    }
     let action = match req.action {
+        ActionName::Pause if req.regardless => OverrideAction::PauseRegardless,
         ActionName::Pause => OverrideAction::Pause,
         ActionName::Resume => OverrideAction::Resume,
         ActionName::Promote => OverrideAction::Promote,

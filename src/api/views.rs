@@ -111,6 +111,9 @@ pub struct ApprovalView {
 pub struct OverridesView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<ActorView>,
+    /// The pause holds the canary even through a regression.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused_regardless: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<WeightHold>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -302,6 +305,10 @@ pub struct ActionRequest {
     /// For `pin` (required) and `approve` (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    /// For `pause`: hold the canary even if it regresses or spends its blast-radius budget.
+    /// Without it a pause holds the ramp only, and a regression still rolls the canary back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regardless: bool,
 }
 
 /// What an action did.
@@ -445,6 +452,7 @@ pub fn environment_view(
     let mut view = OverridesView::default();
     if let Some(o) = ov {
         view.paused = o.pause.as_ref().map(actor);
+        view.paused_regardless = o.pause.is_some() && o.pause_regardless;
         view.weight = o.weight.as_ref().map(|(w, a)| WeightHold {
             percent: w.0,
             by: actor(a),

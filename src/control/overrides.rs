@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 /// One operator action on one environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OverrideAction {
+    /// Hold the ramp where it is; a regression or a spent budget still stops the rollout.
     Pause,
+    /// Hold the canary even through a regression or a spent budget (said loudly every look).
+    PauseRegardless,
     /// Lift a pause (an operator's or a policy's), or the block a rollback left.
     Resume,
     Promote,
@@ -41,6 +44,7 @@ impl OverrideAction {
     pub fn name(&self) -> &'static str {
         match self {
             OverrideAction::Pause => "pause",
+            OverrideAction::PauseRegardless => "pause-regardless",
             OverrideAction::Resume => "resume",
             OverrideAction::Promote => "promote",
             OverrideAction::Rollback => "rollback",
@@ -121,10 +125,12 @@ fn apply_to(
     let release = rollout.map(|(r, _)| r.to_owned());
     let o = overrides.environments.entry(environment.to_owned()).or_default();
     let changed = match action {
-        OverrideAction::Pause => {
+        OverrideAction::Pause | OverrideAction::PauseRegardless => {
             rollout.ok_or_else(|| nothing("pause"))?;
-            let changed = o.pause.is_none();
+            let regardless = *action == OverrideAction::PauseRegardless;
+            let changed = o.pause.is_none() || o.pause_regardless != regardless;
             o.pause.get_or_insert(actor);
+            o.pause_regardless = regardless;
             changed
         }
         OverrideAction::Resume => {
@@ -137,6 +143,7 @@ fn apply_to(
             }
             let changed = o.pause.is_some() || o.resume.is_none();
             o.pause = None;
+            o.pause_regardless = false;
             o.resume.get_or_insert(actor);
             changed
         }
@@ -330,6 +337,36 @@ mod tests {
                 .changed
         );
         assert_eq!(o, before);
+    }
+
+    #[test]
+    fn a_pause_regardless_is_its_own_choice_and_a_resume_lifts_it() {
+        let s = state(Some(canary()));
+        let mut o = Overrides::default();
+        apply(&s, &mut o, "prod", &OverrideAction::Pause, actor(), Time::ZERO).unwrap();
+        assert!(!o.environments["prod"].pause_regardless);
+        // making the pause regardless is a change; making it plain again too
+        let r = OverrideAction::PauseRegardless;
+        assert!(
+            apply(&s, &mut o, "prod", &r, actor(), Time::ZERO)
+                .unwrap()
+                .changed
+        );
+        assert!(o.environments["prod"].pause_regardless);
+        assert!(
+            !apply(&s, &mut o, "prod", &r, actor(), Time::ZERO)
+                .unwrap()
+                .changed
+        );
+        assert!(
+            apply(&s, &mut o, "prod", &OverrideAction::Pause, actor(), Time::ZERO)
+                .unwrap()
+                .changed
+        );
+        apply(&s, &mut o, "prod", &r, actor(), Time::ZERO).unwrap();
+        apply(&s, &mut o, "prod", &OverrideAction::Resume, actor(), Time::ZERO).unwrap();
+        let env = &o.environments["prod"];
+        assert!(env.pause.is_none() && !env.pause_regardless);
     }
 
     #[test]

@@ -551,7 +551,27 @@ fn step_rollout(
             by_operator,
             ..
         } => {
-            judge_all(ctx, r, out);
+            let verdicts = judge_all(ctx, r, out);
+            // a pause holds the ramp, not the brakes: a regression or a spent budget still
+            // rolls back — unless the policy's answer to it is this pause, or the operator
+            // paused regardless (then it is said loudly, every look)
+            if let Some(how) = brakes(ctx, r, &verdicts) {
+                let regardless = by_operator && ctx.ov.pause.is_some() && ctx.ov.pause_regardless;
+                if regardless {
+                    // the same words every look while it lasts (the numbers are in the evidence)
+                    let what = match &how.cause {
+                        Cause::Regressed { objective, .. } => format!("{objective} regressed"),
+                        _ => "the blast-radius budget is spent".into(),
+                    };
+                    out.notes.push(format!(
+                        "{release} in {}: {what}, and is NOT rolled back: held by a pause regardless ({reason})",
+                        ctx.env.name
+                    ));
+                } else if how.action == StopAction::Rollback {
+                    stop(ctx, out, env, r, how);
+                    return;
+                }
+            }
             let resume = if by_operator {
                 // lifted: by a resume (whose one-shot is used up here, so it cannot resume a
                 // later pause), or by the pause's removal alone
@@ -738,16 +758,13 @@ fn step_canary(
     let verdicts = judge_all(ctx, r, out);
     out.wake(now.plus(ctx.interval()));
 
-    // blast radius: bad canary requests beyond stable's, worst objective (counted per tick)
-    r.excess_bad = ctx
-        .env
-        .objectives
-        .iter()
-        .filter_map(|o| r.judges.get(&o.name))
-        .map(|j| j.excess_bad.max(0.0))
-        .fold(0.0, f64::max);
-
+    let stopping = brakes(ctx, r, &verdicts);
     if let Some(actor) = &ctx.ov.pause {
+        // a pause holds the ramp, not the brakes: a regression found now still stops it
+        if let Some(how) = stopping.filter(|_| !ctx.ov.pause_regardless) {
+            stop(ctx, out, env, r, how);
+            return;
+        }
         let reason = format!("paused by {}: {}", actor.who, actor.reason);
         let to = Phase::Paused {
             step,
@@ -759,30 +776,6 @@ fn step_canary(
         transition(ctx, out, r, to, operator("pause", actor));
         return;
     }
-    // a regression, or the blast-radius budget spent: stop the way the policy says
-    let regressed = verdicts.iter().find(|(_, j, _)| j.verdict == Verdict::Regressed);
-    let stopping = match regressed {
-        Some((objective, j, _)) => Some(Stop {
-            action: ctl.rollback.on_regression,
-            reason: format!("{objective} regressed: {}", j.evidence.explanation),
-            cause: Cause::Regressed {
-                objective: objective.clone(),
-                explanation: j.evidence.explanation.clone(),
-            },
-        }),
-        None if r.excess_bad >= ctl.blast_radius.budget as f64 => Some(Stop {
-            action: ctl.rollback.on_regression,
-            reason: format!(
-                "blast-radius budget spent: {:.0} bad requests ≥ {}",
-                r.excess_bad, ctl.blast_radius.budget
-            ),
-            cause: Cause::BlastRadius {
-                excess: r.excess_bad,
-                budget: ctl.blast_radius.budget,
-            },
-        }),
-        None => None,
-    };
     if let Some(how) = stopping {
         stop(ctx, out, env, r, how);
         return;
@@ -967,6 +960,46 @@ impl Stop {
             reason: reason.to_owned(),
             cause: Cause::Deadline,
         }
+    }
+}
+
+/// The brakes: a regression, or the blast-radius budget spent (bad canary requests beyond
+/// stable's, worst objective, counted per look). Updates the rollout's excess count.
+fn brakes(
+    ctx: &EnvCtx,
+    r: &mut Rollout,
+    verdicts: &[(String, judge::Judgement, MissingData)],
+) -> Option<Stop> {
+    let ctl = ctx.ctl();
+    r.excess_bad = ctx
+        .env
+        .objectives
+        .iter()
+        .filter_map(|o| r.judges.get(&o.name))
+        .map(|j| j.excess_bad.max(0.0))
+        .fold(0.0, f64::max);
+    let regressed = verdicts.iter().find(|(_, j, _)| j.verdict == Verdict::Regressed);
+    match regressed {
+        Some((objective, j, _)) => Some(Stop {
+            action: ctl.rollback.on_regression,
+            reason: format!("{objective} regressed: {}", j.evidence.explanation),
+            cause: Cause::Regressed {
+                objective: objective.clone(),
+                explanation: j.evidence.explanation.clone(),
+            },
+        }),
+        None if r.excess_bad >= ctl.blast_radius.budget as f64 => Some(Stop {
+            action: ctl.rollback.on_regression,
+            reason: format!(
+                "blast-radius budget spent: {:.0} bad requests ≥ {}",
+                r.excess_bad, ctl.blast_radius.budget
+            ),
+            cause: Cause::BlastRadius {
+                excess: r.excess_bad,
+                budget: ctl.blast_radius.budget,
+            },
+        }),
+        None => None,
     }
 }
 

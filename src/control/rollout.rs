@@ -190,7 +190,13 @@ pub struct Actor {
 /// plan once carried out.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EnvOverrides {
+    /// A pause holds the ramp; a regression or a spent blast-radius budget still stops the
+    /// rollout the policy's way, unless the pause was made `regardless`.
     pub pause: Option<Actor>,
+    /// The pause holds the canary even through a regression (the operator takes the risk; the
+    /// plan says so loudly every look).
+    #[serde(default)]
+    pub pause_regardless: bool,
     pub weight: Option<(Weight, Actor)>,
     pub promote: Option<Actor>,
     pub rollback: Option<Actor>,

@@ -19,6 +19,7 @@ use crate::spec::simulations::{ExpectedOutcome, OperatorKind, Scenario};
 use crate::spec::units::{Target, Weight};
 use crate::spec::{self, Catalog, LoadError};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use world::{Served, Signal, World};
 
@@ -155,6 +156,7 @@ fn apply_operator(
     };
     let action = match action {
         OperatorKind::Pause => OverrideAction::Pause,
+        OperatorKind::PauseRegardless => OverrideAction::PauseRegardless,
         OperatorKind::Resume => OverrideAction::Resume,
         OperatorKind::Promote => OverrideAction::Promote,
         OperatorKind::Rollback => OverrideAction::Rollback,
@@ -343,6 +345,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
     operators.sort_by_key(|o| o.at);
     let mut next_operator = 0;
     let mut t = start;
+    let mut samples = Samples::default();
     let mut last_notes: std::collections::BTreeSet<String> = Default::default();
     while t < end {
         while next_operator < operators.len() && start.plus(operators[next_operator].at.0) <= t {
@@ -379,7 +382,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
             result.notes.push((t, n.clone()));
         }
         last_notes = notes;
-        sample(&world, &tick.plan, t, &mut result.samples);
+        samples.add(&world, &tick.plan, t);
         // next look: when the plan asks, a scheduled event, or the tick, at least 1 s on
         let mut next = tick.plan.next_check.min(t.plus(scenario.tick.0));
         if let Some(e) = world.next_event_after(t) {
@@ -389,6 +392,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         world.advance(next);
         t = next;
     }
+    result.samples = samples.into_sorted();
     result.requests = world.served.values().map(|s| s.requests).sum::<u64>();
     result.generated = world.generated;
     result.outcomes = outcomes(scenario, &world, &result.transitions, start);
@@ -396,31 +400,74 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
     Ok(result)
 }
 
-fn sample(world: &World, plan: &Plan, t: Time, samples: &mut Vec<Sample>) {
-    for env in &world.environments {
-        let st = &plan.state.environments[env];
-        let rollout = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
-        let weight = match rollout {
-            Some(_) => world.routes.get(env).map_or(Weight(0), |r| r.2),
-            None => Weight(0),
-        };
-        let rates = plan
-            .evidence
-            .iter()
-            .filter(|e| &e.environment == env)
-            .map(|e| {
-                let (c, s) = (e.judgement.evidence.canary, e.judgement.evidence.stable);
-                let r = |x: crate::control::judge::Counts| (x.total > 0).then(|| x.ratio());
-                (e.objective.clone(), r(c), r(s))
-            })
-            .collect();
-        samples.push(Sample {
-            at: t,
-            environment: env.clone(),
-            release: rollout.map(|r| r.release.clone()),
-            weight: weight.0,
-            rates,
-        });
+/// The chart's history, bounded whatever the scenario's length: an environment is sampled
+/// only while a rollout runs there (and once as it ends), and when its samples reach
+/// [`Samples::CAP`] every other one is dropped and it is sampled half as often from then on.
+#[derive(Default)]
+struct Samples {
+    /// Per environment: the samples, every how many looks one is kept, looks since the last.
+    envs: BTreeMap<String, (Vec<Sample>, u64, u64)>,
+}
+
+/// At most this many chart samples are kept per environment, however long the scenario.
+pub const MAX_SAMPLES_PER_ENVIRONMENT: usize = 2000;
+
+impl Samples {
+    const CAP: usize = MAX_SAMPLES_PER_ENVIRONMENT;
+
+    fn add(&mut self, world: &World, plan: &Plan, t: Time) {
+        for env in &world.environments {
+            let st = &plan.state.environments[env];
+            let rollout = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
+            let (kept, stride, since) = self.envs.entry(env.clone()).or_insert((Vec::new(), 1, 0));
+            let was_running = kept.last().is_some_and(|s| s.release.is_some());
+            if rollout.is_none() && !was_running {
+                continue;
+            }
+            // the first and last look of a rollout are always kept
+            *since += 1;
+            let edge = rollout.is_none() || !was_running;
+            if !edge && *since < *stride {
+                continue;
+            }
+            *since = 0;
+            let weight = match rollout {
+                Some(_) => world.routes.get(env).map_or(Weight(0), |r| r.2),
+                None => Weight(0),
+            };
+            let rates = plan
+                .evidence
+                .iter()
+                .filter(|e| &e.environment == env)
+                .map(|e| {
+                    let (c, s) = (e.judgement.evidence.canary, e.judgement.evidence.stable);
+                    let r = |x: crate::control::judge::Counts| (x.total > 0).then(|| x.ratio());
+                    (e.objective.clone(), r(c), r(s))
+                })
+                .collect();
+            kept.push(Sample {
+                at: t,
+                environment: env.clone(),
+                release: rollout.map(|r| r.release.clone()),
+                weight: weight.0,
+                rates,
+            });
+            if kept.len() >= Self::CAP {
+                let mut i = 0;
+                kept.retain(|s| {
+                    i += 1;
+                    // keep every other sample, and every rollout's last
+                    i % 2 == 1 || s.release.is_none()
+                });
+                *stride *= 2;
+            }
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Sample> {
+        let mut all: Vec<Sample> = self.envs.into_values().flat_map(|(s, _, _)| s).collect();
+        all.sort_by_key(|s| s.at);
+        all
     }
 }
 

@@ -85,8 +85,6 @@ pub struct World {
     counters: BTreeMap<(String, String), Counters>,
     pub served: BTreeMap<(String, String), Served>,
     resets_done: BTreeSet<usize>,
-    /// Every plan recorded, in order.
-    pub records: Vec<Plan>,
     /// The store's version (one more per recorded tick).
     version: u64,
     /// Requests generated in every environment (the simulator's work).
@@ -180,7 +178,6 @@ impl World {
             counters: BTreeMap::new(),
             served: BTreeMap::new(),
             resets_done: BTreeSet::new(),
-            records: Vec::new(),
             version: 0,
             generated: 0,
             recordings: None,
@@ -592,7 +589,6 @@ impl Store for World {
         }
         self.version += 1;
         self.state = plan.state.clone();
-        self.records.push(plan.clone());
         Ok(())
     }
 

@@ -273,7 +273,10 @@ fn default_operator() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum OperatorKind {
+    /// Hold the ramp; a regression or a spent budget still stops the rollout.
     Pause,
+    /// Hold the canary even through a regression or a spent budget.
+    PauseRegardless,
     /// Lift a pause (or a policy pause, or a rollback block).
     Resume,
     Promote,

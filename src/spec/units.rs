@@ -64,7 +64,8 @@ impl FromStr for Duration {
             if digits == 0 {
                 return Err(bad());
             }
-            let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            let too_long = || format!("`{s}` is too long a duration (more than 500 million years)");
+            let number: u64 = rest[..digits].parse().map_err(|_| too_long())?;
             rest = &rest[digits..];
             let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
             let unit = &rest[..unit_len];
@@ -75,7 +76,7 @@ impl FromStr for Duration {
             total_ms = number
                 .checked_mul(*factor)
                 .and_then(|ms| total_ms.checked_add(ms))
-                .ok_or_else(|| format!("`{s}` is too long a duration"))?;
+                .ok_or_else(too_long)?;
         }
         if total_ms == 0 {
             return Err(format!("`{s}` is zero; a duration here must be positive"));
@@ -481,6 +482,14 @@ mod tests {
         ] {
             let e = bad.parse::<Duration>().unwrap_err();
             assert!(e.contains(bad.trim()) || bad.trim().is_empty(), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_absurdly_long_duration_is_called_too_long() {
+        for s in ["99999999999999999999999h", "9999999999999999d"] {
+            let e = Duration::from_str(s).unwrap_err();
+            assert!(e.contains("too long a duration"), "{e}");
         }
     }
 

@@ -510,6 +510,20 @@ fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::
             None,
         );
     }
+    // a year of simulated time takes minutes to run; more is a typo (`365d` meant, `100000000h`
+    // written), and would run for days
+    if sim.duration.0 > MAX_SCENARIO_DURATION {
+        c.error(
+            file,
+            &p!["duration"],
+            format!(
+                "{} is longer than a scenario may run ({} days at most)",
+                sim.duration,
+                MAX_SCENARIO_DURATION.as_secs() / 86400
+            ),
+            Some("replay the part of an incident that matters: hours or days, not years".into()),
+        );
+    }
     if sim.tick > sim.duration {
         c.error(
             file,
@@ -597,6 +611,9 @@ fn check_scenario(c: &mut Checker, file: &SourceFile, sim: &super::simulations::
     }
     check_scenario_service(c, file, sim);
 }
+
+/// The longest scenario: a year and a day.
+pub const MAX_SCENARIO_DURATION: std::time::Duration = std::time::Duration::from_secs(366 * 86400);
 
 thread_local! {
     /// Set while a scenario's own specs are loaded, so a scenario among them is not followed.
