@@ -39,8 +39,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print only the expectations' results.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "verbose")]
         quiet: bool,
+        /// Show every objective's full reasoning at every step.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Run the reverse proxy on its own: routes `{service}.{environment}.{domain}` by the routes
     /// file (reloaded when it changes) and by the admin API. Ctrl-C stops it.
@@ -418,7 +421,8 @@ fn main() -> ExitCode {
             scenarios,
             out,
             quiet,
-        } => simulate(&scenarios, out.as_deref(), quiet),
+            verbose,
+        } => simulate(&scenarios, out.as_deref(), quiet, verbose),
         Command::Bench {
             which:
                 Bench::Sensors {
@@ -878,7 +882,7 @@ fn replay(a: ReplayArgs) -> ExitCode {
     for s in &saved.skipped {
         eprintln!("not replayed: {s}");
     }
-    simulate(std::slice::from_ref(&saved.scenario), None, a.quiet)
+    simulate(std::slice::from_ref(&saved.scenario), None, a.quiet, false)
 }
 
 #[derive(clap::Args)]
@@ -1094,7 +1098,7 @@ fn run_demo(
     }
 }
 
-fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -> ExitCode {
+fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool, verbose: bool) -> ExitCode {
     use autopilot::sim;
     let mut failed = false;
     for path in scenarios {
@@ -1107,7 +1111,7 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
                 return ExitCode::from(2);
             }
         };
-        let text = sim::report::timeline(&result);
+        let text = sim::report::timeline(&result, verbose);
         if quiet {
             for c in &result.checks {
                 println!(
@@ -1122,19 +1126,25 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
             println!("{text}");
         }
         let wall = started.elapsed().as_secs_f64();
-        eprintln!(
-            "{}: {} ticks, {} simulated requests judged in {:.2} s ({:.0} per second)",
-            result.scenario,
-            result.ticks,
-            result.generated,
-            wall,
-            result.generated as f64 / wall.max(1e-9)
-        );
-        if let Some(dir) = out
-            && let Err(e) = write_outputs(dir, &result)
-        {
-            eprintln!("error: writing to {}: {e}", dir.display());
-            return ExitCode::from(2);
+        if !quiet {
+            eprintln!(
+                "{}: {} looks, {} simulated requests judged in {:.2} s ({:.0} per second)",
+                result.scenario,
+                result.ticks,
+                result.generated,
+                wall,
+                result.generated as f64 / wall.max(1e-9)
+            );
+        }
+        if let Some(dir) = out {
+            match write_outputs(dir, &result) {
+                Ok(written) if !quiet => eprintln!("written: {}", written.join(", ")),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("error: writing to {}: {e}", dir.display());
+                    return ExitCode::from(2);
+                }
+            }
         }
         failed |= !result.passed();
     }
@@ -1145,14 +1155,15 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool) -
     }
 }
 
-fn write_outputs(dir: &std::path::Path, result: &autopilot::sim::SimResult) -> std::io::Result<()> {
+/// Writes the record and the chart; returns their paths.
+fn write_outputs(dir: &std::path::Path, result: &autopilot::sim::SimResult) -> std::io::Result<Vec<String>> {
     use autopilot::sim::report;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join(format!("{}.json", result.scenario)),
-        report::json(result),
-    )?;
-    std::fs::write(dir.join(format!("{}.svg", result.scenario)), report::svg(result))
+    let json = dir.join(format!("{}.json", result.scenario));
+    std::fs::write(&json, report::json(result))?;
+    let svg = dir.join(format!("{}.svg", result.scenario));
+    std::fs::write(&svg, report::svg(result))?;
+    Ok(vec![json.display().to_string(), svg.display().to_string()])
 }
 
 fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {

@@ -422,7 +422,7 @@ fn a_healthy_release_walks_dev_staging_prod_as_the_same_digest() {
         .find(|t| t.environment == "prod" && t.to == "promoting" && t.release == "r-c2")
         .unwrap();
     assert!(
-        matches!(&promote.cause, Cause::Evidence { explanation } if explanation.contains("within target")),
+        matches!(&promote.cause, Cause::Evidence { explanation, .. } if explanation.contains("within target")),
         "{promote:?}"
     );
 }

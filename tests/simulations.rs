@@ -43,7 +43,7 @@ fn the_same_file_and_seed_give_byte_identical_output() {
         let (scenario, catalog) = sim::load(&path).unwrap();
         let r = sim::run(&scenario, &catalog).unwrap();
         (
-            sim::report::timeline(&r),
+            sim::report::timeline(&r, false),
             sim::report::json(&r),
             sim::report::svg(&r),
         )
@@ -75,6 +75,96 @@ fn memory_does_not_grow_with_the_scenarios_length() {
     assert!(
         samples[1] <= samples[0] + sim::MAX_SAMPLES_PER_ENVIRONMENT,
         "{samples:?}"
+    );
+}
+
+#[test]
+fn the_timeline_reads_in_words_with_operators_at_their_time_and_nothing_cut() {
+    let run = |name: &str, verbose: bool| {
+        let r = sim::run_file(&root().join("simulations").join(name)).unwrap();
+        sim::report::timeline(&r, verbose)
+    };
+    let text = run("operator-override.yaml", false);
+    // nothing is cut
+    assert!(!text.contains('…'), "{text}");
+    // operator actions at the time they were asked, attributed once
+    assert!(text.contains("+0:18:30  staging  ann asks: pause\n"), "{text}");
+    assert!(text.contains("+0:38:30  staging  ann asks: resume\n"), "{text}");
+    assert!(
+        text.contains("+0:40:00  prod     rita asks: approve v2 as release-managers"),
+        "{text}"
+    );
+    assert_eq!(text.matches("ann").count(), 2, "{text}");
+    assert!(
+        text.contains("paused 5%     carries out the operator's pause"),
+        "{text}"
+    );
+    // a promotion shows each objective on its own line, words first
+    let promotion = text.split("every objective is safe: promote\n").nth(1).unwrap();
+    let mut lines = promotion.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with("availability: canary 0.09% (2 of 2263) bad vs stable")
+    );
+    assert!(lines.next().unwrap().trim_start().starts_with("latency: canary"));
+    assert!(promotion.contains("no worse than allowed, and the judge is sure"));
+    // the unexplained statistics are gone from the default view, and all there with --verbose
+    assert!(!text.contains("= 1/α") && !text.contains("1e308"), "{text}");
+    let verbose = run("operator-override.yaml", true);
+    assert!(
+        verbose.contains("not yet conclusive: regression evidence"),
+        "{verbose}"
+    );
+    // a regression says what was worse, how sure, and what the rest was doing
+    let text = run("error-regression.yaml", false);
+    assert!(text.contains("availability regressed: roll back"), "{text}");
+    assert!(
+        text.contains("worse than stable by more than 100%, and the judge is sure"),
+        "{text}"
+    );
+    assert!(text.contains("needs about"), "{text}");
+    // every capped step says the budget capped it, and from what
+    let text = run("shared-burst.yaml", false);
+    // staging's controller (progressive) steps through 5, 10, 25, 50, 75
+    for line in text
+        .lines()
+        .filter(|l| l.contains("staging") && l.contains("canary → canary"))
+    {
+        let weight: u8 = line
+            .split("canary → canary ")
+            .nth(1)
+            .unwrap()
+            .split('%')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if ![5, 10, 25, 50, 75].contains(&weight) {
+            assert!(line.contains("capped by the blast-radius budget at"), "{line}");
+        }
+    }
+    assert!(text.contains("of the 50% the ramp asked"), "{text}");
+}
+
+#[test]
+fn the_chart_has_a_panel_per_environment_a_canary_reached_zoomed_and_labelled() {
+    let r = sim::run_file(&root().join("simulations/error-regression.yaml")).unwrap();
+    let svg = sim::report::svg(&r);
+    // v2 never reached staging or prod: no empty panels for them
+    assert!(svg.contains("dev: canary weight"), "{svg}");
+    assert!(!svg.contains("staging: canary weight") && !svg.contains("prod: canary weight"));
+    // a rollout of a few minutes in an hour-long scenario is drawn in minutes, not as a sliver
+    assert!(svg.contains("minutes since start"));
+    // the rollback marker is labelled, and red is the rollback's alone
+    assert!(svg.contains("v2 rolled back"));
+    assert_eq!(
+        svg.matches("stroke=\"#D62728\"").count(),
+        2,
+        "one marker per chart"
     );
 }
 
@@ -137,6 +227,39 @@ fn the_command_exits_1_on_a_failed_expectation_and_writes_record_and_chart() {
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("simulated requests judged in"), "{stderr}");
+    // it says where it wrote
+    assert!(
+        stderr.contains(&format!(
+            "written: {}",
+            out.join("wrong-expectation.json").display()
+        )),
+        "{stderr}"
+    );
+    // the record speaks the YAML's camelCase
+    assert!(
+        record["outcomes"][0]["pushedAt"].is_u64(),
+        "{}",
+        record["outcomes"][0]
+    );
+    assert!(record["outcomes"][0].get("pushed_at").is_none());
+    // --quiet is quiet: the expectations on stdout, nothing on stderr
+    let quiet = Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .args([
+            "simulate",
+            path.to_str().unwrap(),
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(quiet.status.code(), Some(1));
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout).lines().count(), 1);
 }
 
 #[test]
@@ -193,13 +316,20 @@ expect:
 "#,
     );
     let result = sim::run_file(&path).unwrap();
+    let asked = &result.operator_actions[0];
+    assert_eq!((asked.by.as_str(), asked.action.as_str()), ("sam", "rollback"));
     assert!(
-        result
-            .notes
-            .iter()
-            .any(|(_, n)| n.contains("rollback by sam in dev refused: no rollout in progress")),
-        "{:?}",
-        result.notes
+        asked
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("no rollout in progress")),
+        "{asked:?}"
+    );
+    // shown at the time it was asked, attributed, with why it was refused
+    let timeline = sim::report::timeline(&result, false);
+    assert!(
+        timeline.contains("+0:02:00  dev      sam asks: rollback — refused: no rollout in progress"),
+        "{timeline}"
     );
     assert!(
         result.checks.iter().all(|c| c.passed),

@@ -240,7 +240,11 @@ pub struct Evidence {
     pub safety_threshold: f64,
     /// An anytime-valid upper bound on the canary's bad share (at the safety level).
     pub canary_upper: f64,
+    /// Everything, for `--verbose` and the record: counts, the test, the e-values.
     pub explanation: String,
+    /// For people: the counts and the verdict in words first, the statistic second.
+    #[serde(default)]
+    pub words: String,
 }
 
 /// The judge's verdict and evidence.
@@ -496,6 +500,12 @@ pub fn observe(
             safety_e,
             safe_threshold,
         ),
+        words: in_words(
+            &s,
+            &verdict,
+            cfg,
+            [regression_e, reg_threshold, safety_e, safe_threshold],
+        ),
     };
     (s, Judgement { verdict, evidence })
 }
@@ -579,6 +589,127 @@ fn explain(
             e(reg_e),
             e(safe_e)
         ),
+    }
+}
+
+/// A share for people: `2.1% (21 of 1000)`.
+fn share(c: Counts) -> String {
+    if c.total == 0 {
+        return "no requests".into();
+    }
+    let p = 100.0 * c.ratio();
+    let digits = if p == 0.0 || p >= 10.0 {
+        0
+    } else if p >= 1.0 {
+        1
+    } else {
+        2
+    };
+    format!("{p:.digits$}% ({} of {})", c.bad, c.total)
+}
+
+/// An e-value said plainly: "overwhelming" beyond what a float holds.
+fn ev(v: f64) -> String {
+    if v.is_finite() {
+        e(v)
+    } else {
+        "overwhelming".into()
+    }
+}
+
+/// About how many more canary requests a test needs to reach its threshold, if the canary
+/// keeps behaving as observed: the log e-value grows by about KL(observed ‖ boundary) per
+/// request. `None` when the observed share sits on the boundary (it may never decide).
+fn requests_to_decide(c: Counts, boundary: f64, e_now: f64, threshold: f64) -> Option<u64> {
+    // half a bad request each way keeps a share of 0 or 1 away from the edges
+    let observed = (c.bad as f64 + 0.5) / (c.total as f64 + 1.0);
+    let boundary = boundary.clamp(1e-9, 1.0 - 1e-9);
+    let per_request = kl_bernoulli(observed, boundary);
+    let missing = (threshold.ln() - e_now.max(1e-300).ln()).max(0.0);
+    (per_request > 1e-9)
+        .then(|| (missing / per_request).ceil())
+        .filter(|n| *n < 1e9)
+        .map(|n| n as u64)
+}
+
+/// The judgement in words first and the statistic second: what the canary did, against what,
+/// whether the judge is sure, and (when not) about how much more it needs.
+fn in_words(
+    s: &JudgeState,
+    verdict: &Verdict,
+    cfg: &JudgeConfig,
+    [reg_e, reg_t, safe_e, safe_t]: [f64; 4],
+) -> String {
+    let shared = if s.shared_ticks > 0 {
+        format!(
+            ", {} look(s) of an incident shared with stable left out",
+            s.shared_ticks
+        )
+    } else {
+        String::new()
+    };
+    let (counts, boundary) = if cfg.compare_with_stable && s.stable.total > 0 {
+        (
+            format!(
+                "canary {} bad vs stable {}{shared}",
+                share(s.canary),
+                share(s.stable)
+            ),
+            s.stable.ratio() * (1.0 + cfg.tolerance),
+        )
+    } else {
+        (
+            format!(
+                "canary {} bad, target below {:.3}%",
+                share(s.canary),
+                100.0 * cfg.max_bad
+            ),
+            cfg.max_bad,
+        )
+    };
+    let alpha = 100.0 / reg_t;
+    match verdict {
+        Verdict::Regressed => {
+            let what = match s.regressed.map(|(t, _)| t) {
+                Some(Test::RelativeRegression) => {
+                    format!("worse than stable by more than {:.0}%", 100.0 * cfg.tolerance)
+                }
+                _ => format!("above the target {:.3}%", 100.0 * cfg.max_bad),
+            };
+            format!(
+                "{counts}: {what}, and the judge is sure (evidence {} ≥ {reg_t:.0}, which a healthy canary reaches less than {alpha}% of the time)",
+                ev(s.regressed.map_or(reg_e, |(_, c)| c.e_value))
+            )
+        }
+        Verdict::Safe => format!(
+            "{counts}: no worse than allowed, and the judge is sure (safety evidence {} ≥ {safe_t:.0})",
+            ev(safe_e.max(safe_t))
+        ),
+        Verdict::NotYet(Waiting::NoDataYet) => match s.missing_reason {
+            Some(why) => format!("{counts}: waiting for the first data ({why})"),
+            None => format!("{counts}: waiting for the first data"),
+        },
+        Verdict::NotYet(Waiting::DataMissing { since }) => {
+            let why = s.missing_reason.map(|w| format!(" ({w})")).unwrap_or_default();
+            format!("{counts}: no data since {since}{why}; holding, as missing data is never evidence")
+        }
+        Verdict::NotYet(Waiting::MoreEvidence) => {
+            let worse = s.canary.total > 0 && s.canary.ratio() > boundary;
+            let needs = if worse {
+                requests_to_decide(s.canary, boundary, reg_e, reg_t).map(|n| (n, "a regression"))
+            } else {
+                requests_to_decide(s.canary, boundary, safe_e, safe_t).map(|n| (n, "safety"))
+            };
+            let needs = match needs {
+                Some((n, what)) => format!("needs about {n} more canary requests to be sure of {what}"),
+                None => "the canary sits on the boundary; it may take long to decide".into(),
+            };
+            format!(
+                "{counts}: not yet sure — {needs} (regression evidence {} of {reg_t:.0}, safety evidence {} of {safe_t:.0})",
+                ev(reg_e),
+                ev(safe_e)
+            )
+        }
     }
 }
 

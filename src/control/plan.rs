@@ -855,7 +855,11 @@ fn step_canary(
                 out,
                 r,
                 Phase::Promoting { since: now },
-                Cause::Evidence { explanation },
+                Cause::Evidence {
+                    explanation,
+                    objectives: in_words(&verdicts),
+                    capped: None,
+                },
             );
             out.wake(now);
         } else if let Some(d) = min.duration {
@@ -879,14 +883,19 @@ fn step_canary(
     let cap = weight_cap(ctx, r, &evidence_arms(&verdicts));
     let new_w = Weight(wanted_w.0.min(cap.0).max(weight.0));
     if new_w > weight {
-        let explanation = if new_w < wanted_w {
-            format!(
-                "{}; step capped at {}% by the blast-radius budget",
+        let capped = (new_w < wanted_w).then(|| Capped {
+            wanted: wanted_w,
+            left: (ctl.blast_radius.budget as f64 - r.excess_bad).max(0.0),
+            budget: ctl.blast_radius.budget,
+        });
+        let explanation = match capped {
+            Some(c) => format!(
+                "{}; step capped at {}% (the ramp asked for {}%) by the blast-radius budget",
                 summary(&verdicts),
-                new_w.0
-            )
-        } else {
-            summary(&verdicts)
+                new_w.0,
+                c.wanted.0
+            ),
+            None => summary(&verdicts),
         };
         let new_step = if new_w == wanted_w {
             next_step_index
@@ -903,9 +912,32 @@ fn step_canary(
                 weight: new_w,
                 since: now,
             },
-            Cause::Evidence { explanation },
+            Cause::Evidence {
+                explanation,
+                objectives: in_words(&verdicts),
+                capped,
+            },
         );
     }
+}
+
+/// Every objective's judgement, for people.
+fn in_words(verdicts: &[(String, judge::Judgement, MissingData)]) -> Vec<ObjectiveWords> {
+    verdicts
+        .iter()
+        .map(|(o, j, _)| ObjectiveWords {
+            objective: o.clone(),
+            verdict: match j.verdict {
+                Verdict::Regressed => "regressed",
+                Verdict::Safe => "safe",
+                Verdict::NotYet(judge::Waiting::MoreEvidence) => "not yet sure",
+                Verdict::NotYet(_) => "no data",
+            }
+            .into(),
+            words: j.evidence.words.clone(),
+            explanation: j.evidence.explanation.clone(),
+        })
+        .collect()
 }
 
 fn summary(verdicts: &[(String, judge::Judgement, MissingData)]) -> String {
@@ -986,6 +1018,7 @@ fn brakes(
             cause: Cause::Regressed {
                 objective: objective.clone(),
                 explanation: j.evidence.explanation.clone(),
+                objectives: in_words(verdicts),
             },
         }),
         None if r.excess_bad >= ctl.blast_radius.budget as f64 => Some(Stop {

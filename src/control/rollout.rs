@@ -234,9 +234,23 @@ pub enum Cause {
     /// The instances cannot start.
     DeployFailed { reason: String },
     /// The judge found a regression.
-    Regressed { objective: String, explanation: String },
+    Regressed {
+        objective: String,
+        explanation: String,
+        /// Every objective's judgement at that look, in words.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        objectives: Vec<ObjectiveWords>,
+    },
     /// The evidence allows more traffic (or promotion).
-    Evidence { explanation: String },
+    Evidence {
+        explanation: String,
+        /// Every objective's judgement at that look, in words.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        objectives: Vec<ObjectiveWords>,
+        /// The step the ramp wanted, when the blast-radius budget allowed less.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capped: Option<Capped>,
+    },
     /// Data has been missing for longer than the policy holds.
     MissingData { objective: String, since: Time },
     /// The progress deadline passed.
@@ -249,6 +263,28 @@ pub enum Cause {
     NewerRelease { release: String },
     /// Traffic finished moving.
     Completed,
+}
+
+/// One objective's judgement at a decision, for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectiveWords {
+    pub objective: String,
+    /// `regressed`, `safe`, `not yet sure`, `no data`.
+    pub verdict: String,
+    /// The counts and the verdict in words, the statistic after.
+    pub words: String,
+    /// Everything the judge said (for `--verbose`).
+    pub explanation: String,
+}
+
+/// A ramp step the blast-radius budget made smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Capped {
+    /// The weight the ramp's step asked for.
+    pub wanted: Weight,
+    /// Bad canary requests (beyond stable's) the budget still allowed at that look.
+    pub left: f64,
+    pub budget: u64,
 }
 
 /// A recorded change of phase.

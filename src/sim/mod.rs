@@ -15,7 +15,7 @@ use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::*;
 use crate::control::time::Time;
-use crate::spec::simulations::{ExpectedOutcome, OperatorKind, Scenario};
+use crate::spec::simulations::{ExpectedOutcome, OperatorAction, OperatorKind, Scenario};
 use crate::spec::units::{Target, Weight};
 use crate::spec::{self, Catalog, LoadError};
 use serde::Serialize;
@@ -36,8 +36,23 @@ pub enum SimError {
     Invariant { at: Time, what: String },
 }
 
+/// An operator's action as the timeline shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorEntry {
+    pub at: Time,
+    pub environment: String,
+    pub by: String,
+    /// In words: `pause`, `approve v2 as release-managers`.
+    pub action: String,
+    pub reason: Option<String>,
+    /// Why it was refused (it contradicted the rollout's state), if it was.
+    pub refused: Option<String>,
+}
+
 /// One sample of an environment for the plot.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Sample {
     pub at: Time,
     pub environment: String,
@@ -49,6 +64,7 @@ pub struct Sample {
 
 /// How a release ended in an environment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Outcome {
     pub release: String,
     pub environment: String,
@@ -62,6 +78,7 @@ pub struct Outcome {
 
 /// The result of an expectation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Check {
     pub expectation: String,
     pub passed: bool,
@@ -70,6 +87,7 @@ pub struct Check {
 
 /// Everything a run produced.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SimResult {
     pub scenario: String,
     pub seed: u64,
@@ -79,6 +97,8 @@ pub struct SimResult {
     pub objectives: Vec<String>,
     pub transitions: Vec<Transition>,
     pub notes: Vec<(Time, String)>,
+    /// What operators did, at the time they did it (and whether it was refused).
+    pub operator_actions: Vec<OperatorEntry>,
     pub samples: Vec<Sample>,
     pub outcomes: Vec<Outcome>,
     pub checks: Vec<Check>,
@@ -141,20 +161,23 @@ fn signals(catalog: &Catalog, service: &str) -> Vec<(String, Signal)> {
 }
 
 /// Applies a scenario's operator action the way the API does (the same checks: an action that
-/// contradicts the rollout's state is refused); a refusal is returned for the timeline.
-fn apply_operator(
-    world: &mut World,
-    env: &str,
-    by: &str,
-    action: &OperatorKind,
-    now: Time,
-) -> Option<String> {
+/// contradicts the rollout's state is refused); returns what the timeline shows of it.
+fn apply_operator(world: &mut World, op: &OperatorAction, now: Time) -> OperatorEntry {
     use crate::control::overrides::{self, OverrideAction};
+    let (env, by) = (op.environment.as_str(), op.by.as_str());
     let actor = Actor {
         who: by.to_owned(),
-        reason: "scenario".into(),
+        reason: op.reason.clone().unwrap_or_else(|| "scenario".into()),
     };
-    let action = match action {
+    let what = match &op.action {
+        OperatorKind::Weight(w) => format!("hold the weight at {}%", w.0),
+        OperatorKind::Pin(r) => format!("pin {r}"),
+        OperatorKind::Approve(a) => format!("approve {} as {}", a.release, a.groups.join(", ")),
+        OperatorKind::PauseRegardless => "pause regardless of regressions".into(),
+        OperatorKind::ReleaseWeight => "stop holding the weight".into(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let action = match &op.action {
         OperatorKind::Pause => OverrideAction::Pause,
         OperatorKind::PauseRegardless => OverrideAction::PauseRegardless,
         OperatorKind::Resume => OverrideAction::Resume,
@@ -171,9 +194,24 @@ fn apply_operator(
             groups: a.groups.clone(),
         },
     };
-    overrides::apply(&world.state, &mut world.overrides, env, &action, actor, now)
-        .err()
-        .map(|e| format!("{} by {by} in {env} refused: {e}", action.name()))
+    let refused = overrides::apply(
+        &world.state,
+        &mut world.overrides,
+        env,
+        &action,
+        actor.clone(),
+        now,
+    )
+    .err()
+    .map(|e| e.to_string());
+    OperatorEntry {
+        at: now,
+        environment: env.to_owned(),
+        by: by.to_owned(),
+        action: what,
+        reason: op.reason.clone(),
+        refused,
+    }
 }
 
 /// Checks the invariants of one tick: weights within 0..=100; nothing promoted by the
@@ -330,6 +368,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         objectives,
         transitions: Vec::new(),
         notes: Vec::new(),
+        operator_actions: Vec::new(),
         samples: Vec::new(),
         outcomes: Vec::new(),
         checks: Vec::new(),
@@ -350,9 +389,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
     while t < end {
         while next_operator < operators.len() && start.plus(operators[next_operator].at.0) <= t {
             let op = operators[next_operator];
-            if let Some(refused) = apply_operator(&mut world, &op.environment, &op.by, &op.action, t) {
-                result.notes.push((t, refused));
-            }
+            result.operator_actions.push(apply_operator(&mut world, op, t));
             next_operator += 1;
         }
         world.now = t;
@@ -535,7 +572,7 @@ fn expectations(scenario: &Scenario, outcomes: &[Outcome], start: Time) -> Vec<C
                 crate::spec::units::Duration(std::time::Duration::from_secs(t.as_secs().max(1)))
             ));
         }
-        detail.push_str(&format!(", {bad} bad canary requests"));
+        detail.push_str(&format!(", {bad} failed canary requests"));
         let mut expectation = format!("{} in {}: {:?}", e.release, e.environment, e.outcome)
             .replace("RolledBack", "rolled back")
             .replace("NeverStarted", "never started");
@@ -546,7 +583,7 @@ fn expectations(scenario: &Scenario, outcomes: &[Outcome], start: Time) -> Vec<C
             expectation.push_str(&format!(" within {w}"));
         }
         if let Some(m) = e.max_blast_radius {
-            expectation.push_str(&format!(", at most {m} bad requests"));
+            expectation.push_str(&format!(", at most {m} failed canary requests"));
         }
         checks.push(Check {
             expectation,

@@ -24,8 +24,9 @@ pub fn short_cause(c: &crate::control::rollout::Cause) -> String {
         Cause::Regressed {
             objective,
             explanation,
+            ..
         } => format!("{objective} regressed: {explanation}"),
-        Cause::Evidence { explanation } => explanation.clone(),
+        Cause::Evidence { explanation, .. } => explanation.clone(),
         Cause::MissingData { objective, since } => format!("no data for {objective} since {since}"),
         Cause::Deadline => "progress deadline passed".into(),
         Cause::BlastRadius { excess, budget } => format!("blast radius {excess:.0} ≥ budget {budget}"),
@@ -44,57 +45,133 @@ pub fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// The timeline for the terminal (the JSON record has every explanation in full).
-pub fn timeline(r: &SimResult) -> String {
+/// A transition's cause for the timeline: words, never cut (the judge's numbers follow on
+/// lines of their own).
+fn cause_line(t: &crate::control::rollout::Transition) -> String {
+    use crate::control::rollout::Cause;
+    match &t.cause {
+        Cause::Evidence { capped: Some(c), .. } => format!(
+            "capped by the blast-radius budget at {}% of the {}% the ramp asked: higher, a canary as bad as still possible could spend the {:.0} bad requests left (of {}) before the next look",
+            t.weight.0, c.wanted.0, c.left, c.budget
+        ),
+        Cause::Evidence { objectives, .. } if t.to == "promoting" && !objectives.is_empty() => {
+            "every objective is safe: promote".into()
+        }
+        Cause::Evidence { objectives, .. } if !objectives.is_empty() => {
+            let states: Vec<String> = objectives
+                .iter()
+                .map(|o| format!("{} {}", o.objective, o.verdict))
+                .collect();
+            format!("next step, nothing regressed ({})", states.join(", "))
+        }
+        Cause::Regressed { objective, .. } => format!("{objective} regressed: roll back"),
+        // who asked, and why, is on the operator's own line, at the time they asked
+        Cause::Operator { action, .. } => format!("carries out the operator's {action}"),
+        other => short_cause(other),
+    }
+}
+
+/// The judge's lines under a transition: each objective on its own line in words, when the
+/// decision rests on them (a promotion, a regression, a capped step), or always with `verbose`
+/// (then with everything the judge said).
+fn objective_lines(t: &crate::control::rollout::Transition, verbose: bool, out: &mut String) {
+    use crate::control::rollout::Cause;
+    let (objectives, matters) = match &t.cause {
+        Cause::Evidence {
+            objectives, capped, ..
+        } => (objectives, t.to == "promoting" || capped.is_some()),
+        Cause::Regressed { objectives, .. } => (objectives, true),
+        _ => return,
+    };
+    if !(matters || verbose) {
+        return;
+    }
+    for o in objectives {
+        let text = if verbose { &o.explanation } else { &o.words };
+        let _ = writeln!(out, "{:14}{}: {text}", "", o.objective);
+    }
+}
+
+/// The timeline for the terminal: operator actions, transitions and notes in the order they
+/// happened; `verbose` shows every objective's full reasoning at every step.
+pub fn timeline(r: &SimResult, verbose: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "scenario {} (seed {}): {} → {}, {} ticks, {} canary requests",
+        "scenario {} (seed {}): {} → {}, {} looks, {} canary requests",
         r.scenario, r.seed, r.start, r.end, r.ticks, r.requests
     );
     let _ = writeln!(out);
-    for t in &r.transitions {
-        let from = t.from.as_deref().unwrap_or("·");
-        let to = if t.to == "canary" || t.to == "paused" {
-            format!("{} {}%", t.to, t.weight.0)
-        } else {
-            t.to.clone()
-        };
-        let _ = writeln!(
-            out,
-            "  {}  {:<8} {:<10} {:>12} → {:<13} {}",
-            rel(t.at, r.start),
-            t.environment,
-            t.release,
-            from,
-            to,
-            clip(&short_cause(&t.cause), 150)
-        );
-    }
-    if !r.notes.is_empty() {
-        let _ = writeln!(out, "\nnotes:");
-        for (at, n) in &r.notes {
-            let _ = writeln!(out, "  {}  {n}", rel(*at, r.start));
+    // at the same moment: what people did, then what the controller did, then what it noted
+    let mut entries: Vec<(Time, u8, usize)> = Vec::new();
+    entries.extend(r.operator_actions.iter().enumerate().map(|(i, o)| (o.at, 0, i)));
+    entries.extend(r.transitions.iter().enumerate().map(|(i, t)| (t.at, 1, i)));
+    entries.extend(r.notes.iter().enumerate().map(|(i, (at, _))| (*at, 2, i)));
+    entries.sort();
+    for (at, kind, i) in entries {
+        let when = rel(at, r.start);
+        match kind {
+            0 => {
+                let o = &r.operator_actions[i];
+                let refused = o
+                    .refused
+                    .as_ref()
+                    .map(|why| format!(" — refused: {why}"))
+                    .unwrap_or_default();
+                let why = o
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" (\"{r}\")"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {when}  {:<8} {} asks: {}{why}{refused}",
+                    o.environment, o.by, o.action
+                );
+            }
+            1 => {
+                let t = &r.transitions[i];
+                let from = t.from.as_deref().unwrap_or("·");
+                let to = if t.to == "canary" || t.to == "paused" {
+                    format!("{} {}%", t.to, t.weight.0)
+                } else {
+                    t.to.clone()
+                };
+                let _ = writeln!(
+                    out,
+                    "  {when}  {:<8} {:<10} {:>12} → {:<13} {}",
+                    t.environment,
+                    t.release,
+                    from,
+                    to,
+                    cause_line(t)
+                );
+                objective_lines(t, verbose, &mut out);
+            }
+            _ => {
+                let _ = writeln!(out, "  {when}  note: {}", r.notes[i].1);
+            }
         }
     }
-    let _ = writeln!(out, "\noutcomes:");
+    let _ = writeln!(
+        out,
+        "\noutcomes (served: every request the canary served there; failed: 5xx):"
+    );
     for o in &r.outcomes {
-        let when = o
-            .decided_at
-            .map(|d| {
-                format!(
-                    " {} after push",
-                    crate::spec::units::Duration(std::time::Duration::from_secs(
-                        d.since(o.pushed_at).as_secs().max(1)
-                    ))
-                )
-            })
-            .unwrap_or_default();
+        let when = match o.decided_at {
+            Some(d) => format!(
+                "{} after push",
+                crate::spec::units::Duration(std::time::Duration::from_secs(
+                    d.since(o.pushed_at).as_secs().max(1)
+                ))
+            ),
+            None => "undecided at the end".into(),
+        };
         let excess = (o.served.bad as f64 - o.served.stable_would_fail).max(0.0);
         let _ = writeln!(
             out,
-            "  {:<10} {:<8} {:<13}{}; served {} canary requests, {} bad (excess over stable {:.0})",
-            o.release, o.environment, o.phase, when, o.served.requests, o.served.bad, excess
+            "  {:<10} {:<8} {:<13} {when}; served {}, failed {} ({:.0} more than at stable's rate)",
+            o.release, o.environment, o.phase, o.served.requests, o.served.bad, excess
         );
     }
     if !r.checks.is_empty() {
@@ -115,18 +192,26 @@ pub fn json(r: &SimResult) -> String {
 /// (objective, canary share, stable share)
 type Rate = (String, Option<f64>, Option<f64>);
 
+/// The objectives' colours; red and green are kept for rollback and promotion markers.
 const PALETTE: [RGBColor; 4] = [
-    RGBColor(214, 39, 40),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
 ];
+const PROMOTED: RGBColor = RGBColor(44, 160, 44);
+const ROLLED_BACK: RGBColor = RGBColor(214, 39, 40);
 
-/// The SVG chart: per environment, the canary's weight and each objective's canary and stable
-/// bad shares over time, with a marker at every promotion and rollback.
+/// The SVG chart: a panel per environment where a canary ran (none for those it never
+/// reached), each zoomed to its rollouts: the canary's weight and each objective's canary and
+/// stable bad shares over time, with a labelled marker at every promotion and rollback.
 pub fn svg(r: &SimResult) -> String {
-    let envs = &r.environments;
-    let height = 260 * envs.len() as u32 + 40;
+    let envs: Vec<&String> = r
+        .environments
+        .iter()
+        .filter(|e| r.samples.iter().any(|s| &s.environment == *e))
+        .collect();
+    let height = 260 * envs.len().max(1) as u32 + 40;
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, (1100, height)).into_drawing_area();
@@ -134,50 +219,75 @@ pub fn svg(r: &SimResult) -> String {
         let (title, body) = root.split_vertically(40);
         let _ = title.draw(&Text::new(
             format!(
-                "{} (seed {}) — weights and bad shares; green: promoted, red: rolled back",
+                "{} (seed {}) — canary weight and bad shares; green: promoted, red: rolled back",
                 r.scenario, r.seed
             ),
             (10, 12),
             ("sans-serif", 16).into_font(),
         ));
-        let panels = body.split_evenly((envs.len(), 1));
-        let hours = |t: Time| t.since(r.start).as_secs_f64() / 3600.0;
-        let span = hours(r.end).max(1.0 / 60.0);
+        if envs.is_empty() {
+            let _ = body.draw(&Text::new(
+                "no release reached a canary in any environment",
+                (10, 20),
+                ("sans-serif", 14).into_font(),
+            ));
+        }
+        let panels = body.split_evenly((envs.len().max(1), 1));
         for (panel, env) in panels.iter().zip(envs) {
-            let (left, right) = panel.split_horizontally(520);
             let samples: Vec<_> = r.samples.iter().filter(|s| &s.environment == env).collect();
-            let markers: Vec<(f64, RGBColor)> = r
+            let markers: Vec<(Time, RGBColor, String)> = r
                 .transitions
                 .iter()
                 .filter(|t| &t.environment == env)
                 .filter_map(|t| match t.to.as_str() {
-                    "promoted" => Some((hours(t.at), RGBColor(44, 160, 44))),
-                    "rolled-back" => Some((hours(t.at), RGBColor(214, 39, 40))),
+                    "promoted" => Some((t.at, PROMOTED, format!("{} promoted", t.release))),
+                    "rolled-back" => Some((t.at, ROLLED_BACK, format!("{} rolled back", t.release))),
                     _ => None,
                 })
                 .collect();
+            // zoomed to this environment's rollouts, with a margin; minutes when short
+            let first = samples.first().map(|s| s.at).unwrap_or(r.start);
+            let last = samples
+                .iter()
+                .map(|s| s.at)
+                .chain(markers.iter().map(|m| m.0))
+                .max()
+                .unwrap_or(r.end);
+            let span_s = last.since(first).as_secs_f64().max(60.0);
+            let (unit, per) = if span_s < 3.0 * 3600.0 {
+                ("minutes since start", 60.0)
+            } else {
+                ("hours since start", 3600.0)
+            };
+            let x = |t: Time| t.since(r.start).as_secs_f64() / per;
+            let (x0, x1) = (
+                (x(first) - 0.05 * span_s / per).max(0.0),
+                x(last) + 0.05 * span_s / per,
+            );
+            let (left, right) = panel.split_horizontally(520);
             // weights
             if let Ok(mut chart) = ChartBuilder::on(&left)
                 .caption(format!("{env}: canary weight (%)"), ("sans-serif", 14))
                 .margin(8)
                 .x_label_area_size(28)
                 .y_label_area_size(36)
-                .build_cartesian_2d(0.0..span, 0.0..100.0)
+                .build_cartesian_2d(x0..x1, 0.0..100.0)
             {
-                let _ = chart
-                    .configure_mesh()
-                    .x_desc("hours")
-                    .light_line_style(WHITE)
-                    .draw();
+                let _ = chart.configure_mesh().x_desc(unit).light_line_style(WHITE).draw();
                 let _ = chart.draw_series(LineSeries::new(
-                    samples.iter().map(|s| (hours(s.at), f64::from(s.weight))),
+                    samples.iter().map(|s| (x(s.at), f64::from(s.weight))),
                     BLUE.stroke_width(2),
                 ));
-                for (x, color) in &markers {
+                for (at, color, label) in &markers {
                     let _ = chart.draw_series(LineSeries::new(
-                        vec![(*x, 0.0), (*x, 100.0)],
+                        vec![(x(*at), 0.0), (x(*at), 100.0)],
                         color.stroke_width(2),
                     ));
+                    let _ = chart.draw_series(std::iter::once(Text::new(
+                        label.clone(),
+                        (x(*at), 96.0),
+                        ("sans-serif", 12).into_font().color(color),
+                    )));
                 }
             }
             // bad shares
@@ -193,19 +303,15 @@ pub fn svg(r: &SimResult) -> String {
                 * 1.1;
             if let Ok(mut chart) = ChartBuilder::on(&right)
                 .caption(
-                    format!("{env}: bad share since rollout start (%) — canary solid, stable thin"),
+                    format!("{env}: bad share since rollout start (%) — canary thick, stable thin"),
                     ("sans-serif", 14),
                 )
                 .margin(8)
                 .x_label_area_size(28)
                 .y_label_area_size(44)
-                .build_cartesian_2d(0.0..span, 0.0..max_rate)
+                .build_cartesian_2d(x0..x1, 0.0..max_rate)
             {
-                let _ = chart
-                    .configure_mesh()
-                    .x_desc("hours")
-                    .light_line_style(WHITE)
-                    .draw();
+                let _ = chart.configure_mesh().x_desc(unit).light_line_style(WHITE).draw();
                 for (k, objective) in r.objectives.iter().enumerate() {
                     let color = PALETTE[k % PALETTE.len()];
                     let series = |pick: fn(&Rate) -> Option<f64>| {
@@ -213,15 +319,15 @@ pub fn svg(r: &SimResult) -> String {
                             .iter()
                             .filter_map(|s| {
                                 let v = s.rates.iter().find(|x| &x.0 == objective).and_then(pick)?;
-                                Some((hours(s.at), v * 100.0))
+                                Some((x(s.at), v * 100.0))
                             })
                             .collect::<Vec<_>>()
                     };
                     if let Ok(drawn) =
-                        chart.draw_series(LineSeries::new(series(|x| x.1), color.stroke_width(2)))
+                        chart.draw_series(LineSeries::new(series(|x| x.1), color.stroke_width(3)))
                     {
                         drawn.label(format!("{objective} canary")).legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                            PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(3))
                         });
                     }
                     if let Ok(drawn) =
@@ -232,9 +338,9 @@ pub fn svg(r: &SimResult) -> String {
                         });
                     }
                 }
-                for (x, color) in &markers {
+                for (at, color, _) in &markers {
                     let _ = chart.draw_series(LineSeries::new(
-                        vec![(*x, 0.0), (*x, max_rate)],
+                        vec![(x(*at), 0.0), (x(*at), max_rate)],
                         color.stroke_width(2),
                     ));
                 }

@@ -56,6 +56,7 @@ struct Counters {
 
 /// What each release served in each environment while it was a canary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Served {
     /// Requests served as canary.
     pub requests: u64,

@@ -263,6 +263,9 @@ pub struct OperatorAction {
     pub by: String,
     /// What.
     pub action: OperatorKind,
+    /// Why, as the operator would have said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn default_operator() -> String {
