@@ -26,12 +26,15 @@ const LIMIT_SECS: u64 = 30 * 60;
 struct Outcome {
     /// Canary requests served when the verdict became `Regressed`, if it did.
     regressed_after: Option<u64>,
+    /// Whether the verdict was ever `Safe` (what promotes a canary).
+    ever_safe: bool,
 }
 
 fn run_stream(seed: u64, p_stable: f64, p_canary: f64, cfg: &JudgeConfig) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut state = JudgeState::default();
     let (mut canary, mut stable) = (Counts::default(), Counts::default());
+    let mut ever_safe = false;
     let mut t = 0;
     while t < LIMIT_SECS {
         t += TICK_SECS;
@@ -45,14 +48,17 @@ fn run_stream(seed: u64, p_stable: f64, p_canary: f64, cfg: &JudgeConfig) -> Out
         let reading = Reading::of(Some(canary), Some(stable));
         let (next, judgement) = observe(&state, reading, cfg, Time::from_secs(t));
         state = next;
+        ever_safe |= judgement.verdict == Verdict::Safe;
         if judgement.verdict == Verdict::Regressed {
             return Outcome {
                 regressed_after: Some(canary.total),
+                ever_safe,
             };
         }
     }
     Outcome {
         regressed_after: None,
+        ever_safe,
     }
 }
 
@@ -96,6 +102,7 @@ fn healthy_canaries_are_rolled_back_at_most_at_rate_alpha() {
             alpha,
             alpha_safe: 0.05,
             tolerance: 0.0,
+            safety_tolerance: 0.0,
             max_bad: 0.01,
             compare_with_stable: true,
         };
@@ -128,6 +135,7 @@ fn regressions_are_detected_near_the_information_floor() {
         alpha,
         alpha_safe: 0.05,
         tolerance: 0.1,
+        safety_tolerance: 0.1,
         max_bad: 0.05,
         compare_with_stable: true,
     };
@@ -154,5 +162,68 @@ fn regressions_are_detected_near_the_information_floor() {
         assert!(rate >= 0.95, "1% → {p1}: detected only {rate}");
         assert!(ratio < max_ratio, "1% → {p1}: {ratio} times the floor");
     }
+    report(&out);
+}
+
+/// The indifference zone keeps both guarantees, each at its own boundary: a canary exactly
+/// δ_r = 10% worse than stable is rolled back at most at rate α, and one exactly δ_s = 50% worse
+/// is called safe (promoted) at most at the false-promotion rate; a canary twice as bad as
+/// stable is caught by nearly every stream.
+#[test]
+fn the_indifference_zone_keeps_both_guarantees_at_their_boundaries() {
+    const RUNS: u64 = 2_000;
+    let cfg = JudgeConfig {
+        alpha: 0.05,
+        alpha_safe: 0.05,
+        tolerance: 0.1,
+        safety_tolerance: 0.5,
+        // the target (3%) lets the absolute safety test pass; the tolerance as a share of it
+        // (50% of 3% = 1.5%) sits exactly at the canary's rate, so that path is at its boundary too
+        max_bad: 0.03,
+        compare_with_stable: true,
+    };
+    let mut out =
+        String::from("\n## Indifference zone δ_r 10%, δ_s 50% (2,000 streams each, α = α_s = 0.05)\n\n");
+    out.push_str("| canary | rolled back | called safe | Clopper–Pearson 95% of the guarded rate |\n|---|---|---|---|\n");
+    let runs: Vec<Outcome> = (0..RUNS)
+        .map(|seed| run_stream(3_000_000 + seed, 0.01, 0.011, &cfg))
+        .collect();
+    let rolled_back = runs.iter().filter(|o| o.regressed_after.is_some()).count() as u64;
+    let safe = runs.iter().filter(|o| o.ever_safe).count() as u64;
+    let (lo, hi) = clopper_pearson(rolled_back, RUNS);
+    let _ = writeln!(
+        out,
+        "| 1.1% (at δ_r) | {rolled_back}/{RUNS} | {safe}/{RUNS} | rollback [{lo:.4}, {hi:.4}] |"
+    );
+    assert!(
+        lo <= cfg.alpha,
+        "rolled back {rolled_back}/{RUNS} at the regression boundary"
+    );
+
+    let runs: Vec<Outcome> = (0..RUNS)
+        .map(|seed| run_stream(4_000_000 + seed, 0.01, 0.015, &cfg))
+        .collect();
+    let rolled_back = runs.iter().filter(|o| o.regressed_after.is_some()).count() as u64;
+    let safe = runs.iter().filter(|o| o.ever_safe).count() as u64;
+    let (lo, hi) = clopper_pearson(safe, RUNS);
+    let _ = writeln!(
+        out,
+        "| 1.5% (at δ_s) | {rolled_back}/{RUNS} | {safe}/{RUNS} | promotion [{lo:.4}, {hi:.4}] |"
+    );
+    assert!(
+        lo <= cfg.alpha_safe,
+        "called safe {safe}/{RUNS} at the safety boundary"
+    );
+
+    let runs: Vec<Outcome> = (0..500)
+        .map(|seed| run_stream(5_000_000 + seed, 0.01, 0.02, &cfg))
+        .collect();
+    let caught = runs.iter().filter(|o| o.regressed_after.is_some()).count();
+    let safe = runs.iter().filter(|o| o.ever_safe).count();
+    let _ = writeln!(out, "| 2% (2× stable) | {caught}/500 | {safe}/500 | |");
+    assert!(
+        caught >= 475,
+        "a 2× regression caught in only {caught}/500 streams"
+    );
     report(&out);
 }

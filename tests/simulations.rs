@@ -122,7 +122,7 @@ fn the_timeline_reads_in_words_with_operators_at_their_time_and_nothing_cut() {
     let text = run("error-regression.yaml", false);
     assert!(text.contains("availability regressed: roll back"), "{text}");
     assert!(
-        text.contains("worse than stable by more than 100%, and the judge is sure"),
+        text.contains("worse than stable by more than 25%, and the judge is sure"),
         "{text}"
     );
     assert!(text.contains("needs about"), "{text}");

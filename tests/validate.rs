@@ -666,3 +666,42 @@ fn an_unknown_field_in_any_mapping_of_any_example_is_refused_where_it_is() {
     }
     assert!(checked > 100, "only {checked} mappings checked");
 }
+
+#[test]
+fn a_tolerance_is_one_share_or_an_indifference_zone_and_a_wrong_one_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = |tolerance: &str| {
+        format!(
+            "apiVersion: autopilot/v1\nkind: Controller\nname: c\nramp: {{steps: [5, 50]}}\nanalysis: {{interval: 10s, falseRollbackRate: 1%, tolerance: {tolerance}}}\nprogressDeadline: 1h\nblastRadius: {{budget: 50}}\nmissingData: {{hold: 5m, then: pause}}\n"
+        )
+    };
+    let load = |name: &str, tolerance: &str| {
+        spec::load(&[write(dir.path(), name, controller(tolerance).as_bytes())])
+    };
+    // the old single share still means both boundaries
+    let one = load("one.yaml", "25%").unwrap_or_else(|_| panic!("25% is valid"));
+    let t = one.controllers["c"].analysis.tolerance;
+    assert_eq!((t.regression.0, t.safety.0), (0.25, 0.25));
+    let zone =
+        load("zone.yaml", "{regression: 10%, safety: 50%}").unwrap_or_else(|_| panic!("a zone is valid"));
+    let t = zone.controllers["c"].analysis.tolerance;
+    assert_eq!((t.regression.0, t.safety.0), (0.1, 0.5));
+    // mistakes, each at its place
+    for (tolerance, says) in [
+        ("{regression: 50%, safety: 10%}", "is above the safety tolerance"),
+        ("{regression: 10%}", "missing required field `safety`"),
+        (
+            "{regression: 10%, safety: 50%, colour: red}",
+            "unknown field `colour`",
+        ),
+        ("ten percent", "is not a percentage"),
+    ] {
+        let report = match load("bad.yaml", tolerance) {
+            Err(LoadError::Invalid(r)) => r,
+            _ => panic!("{tolerance} was accepted"),
+        };
+        let text = report.render_text();
+        assert!(text.contains(says), "{tolerance}: {text}");
+        assert!(report.diagnostics.iter().all(|d| d.line == 5), "{text}");
+    }
+}

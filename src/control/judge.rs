@@ -137,8 +137,12 @@ pub struct JudgeConfig {
     pub alpha: f64,
     /// The chance of calling a canary safe that is worse than tolerated, for this objective.
     pub alpha_safe: f64,
-    /// δ: how much worse than stable the canary may be, relative (0.1 = 10%).
+    /// δ_r: the regression test's boundary, relative to stable (0.1 = 10% worse): a canary
+    /// within it is rolled back with probability at most α.
     pub tolerance: f64,
+    /// δ_s ≥ δ_r: the safety test's boundary: a canary worse than it is promoted with
+    /// probability at most the false-promotion rate. Equal to δ_r: no indifference zone.
+    pub safety_tolerance: f64,
     /// The absolute target: the largest acceptable share of bad events.
     pub max_bad: f64,
     /// Judge against stable too (else only against the target).
@@ -407,17 +411,18 @@ pub fn observe(
     {
         let rho = ci.total as f64 / (ci.total + si.total) as f64;
         let (xc, xb) = (ci.bad as f64, si.bad as f64);
-        let boundary = 1.0 + cfg.tolerance;
-        let t0 = theta(boundary, rho);
-        let step = |r: f64| {
+        // each test against its own boundary: regression at 1 + δ_r, safety at 1 + δ_s
+        let step = |r: f64, boundary: f64| {
+            let t0 = theta(boundary, rho);
             let t = theta(r, rho).clamp(1e-15, 1.0 - 1e-15);
             xc * (t / t0).ln() + xb * ((1.0 - t) / (1.0 - t0)).ln()
         };
+        let (reg_boundary, safe_boundary) = (1.0 + cfg.tolerance, 1.0 + cfg.safety_tolerance);
         for (acc, m) in s.log_rel_regression.iter_mut().zip(REGRESSION_RATIOS) {
-            *acc += step(m * boundary);
+            *acc += step(m * reg_boundary, reg_boundary);
         }
         for (acc, r) in s.log_rel_safety.iter_mut().zip(SAFETY_RATIOS) {
-            *acc += step(r);
+            *acc += step(r, safe_boundary);
         }
     }
 
@@ -427,7 +432,7 @@ pub fn observe(
     let e_rel_safe = log_mean_exp(s.log_rel_safety.iter().copied()).exp();
     let e_abs_reg = log_binomial_mixture(s.canary_judged, cfg.max_bad, &ABS_REGRESSION_MULTIPLES).exp();
     let e_abs_safe = log_binomial_mixture(s.canary_judged, cfg.max_bad, &ABS_SAFETY_MULTIPLES).exp();
-    let moot_bound = cfg.tolerance * cfg.max_bad;
+    let moot_bound = cfg.safety_tolerance * cfg.max_bad;
     let e_moot = if moot_bound > 0.0 {
         log_binomial_mixture(s.canary_judged, moot_bound, &ABS_SAFETY_MULTIPLES).exp()
     } else {
@@ -655,7 +660,7 @@ fn in_words(
                 share(s.canary),
                 share(s.stable)
             ),
-            s.stable.ratio() * (1.0 + cfg.tolerance),
+            s.stable.ratio() * (1.0 + cfg.safety_tolerance),
         )
     } else {
         (
@@ -734,6 +739,7 @@ mod tests {
             alpha: 0.01,
             alpha_safe: 0.05,
             tolerance: 0.1,
+            safety_tolerance: 0.1,
             max_bad: 0.05,
             compare_with_stable: true,
         }

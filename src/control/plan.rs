@@ -78,7 +78,16 @@ impl PlanSpec {
                     judge: JudgeConfig {
                         alpha: controller.analysis.false_rollback_rate.fraction() / m,
                         alpha_safe: controller.analysis.false_promotion_rate.fraction() / m,
-                        tolerance: o.tolerance.unwrap_or(controller.analysis.tolerance).fraction(),
+                        tolerance: o
+                            .tolerance
+                            .unwrap_or(controller.analysis.tolerance)
+                            .regression
+                            .fraction(),
+                        safety_tolerance: o
+                            .tolerance
+                            .unwrap_or(controller.analysis.tolerance)
+                            .safety
+                            .fraction(),
                         max_bad: o.target.max_bad_ratio(),
                         compare_with_stable: o.compare_with_stable,
                     },

@@ -708,7 +708,25 @@ pub fn detectors() -> Vec<DetectorEntry> {
     vec![
         (
             "ours",
-            "α 5%, false-promotion rate 5%, tolerance 50%, target 1.5% bad (between baseline and regression)",
+            "α 5%, false-promotion rate 5%, indifference zone: roll back beyond 10% worse, promote within 50%, target 1.5% bad",
+            |s| {
+                Box::new(Ours {
+                    state: Default::default(),
+                    cfg: JudgeConfig {
+                        alpha: 0.05,
+                        alpha_safe: 0.05,
+                        tolerance: 0.1,
+                        safety_tolerance: 0.5,
+                        max_bad: 0.015,
+                        compare_with_stable: true,
+                    },
+                    metric: s.metric,
+                })
+            },
+        ),
+        (
+            "ours, one tolerance",
+            "as before the indifference zone: tolerance 50% for both tests",
             |s| {
                 Box::new(Ours {
                     state: Default::default(),
@@ -716,6 +734,7 @@ pub fn detectors() -> Vec<DetectorEntry> {
                         alpha: 0.05,
                         alpha_safe: 0.05,
                         tolerance: 0.5,
+                        safety_tolerance: 0.5,
                         max_bad: 0.015,
                         compare_with_stable: true,
                     },

@@ -2,7 +2,7 @@
 //! deadlines and budgets, gates before a release may enter an environment, rollback rules, and
 //! how often the service is built.
 
-use super::units::{Duration, Percent, TimeOfDay, UtcOffset, Weight};
+use super::units::{Duration, Percent, TimeOfDay, Tolerance, UtcOffset, Weight};
 use super::yaml::recover_vec;
 use super::{ApiVersion, MissingData};
 use schemars::JsonSchema;
@@ -95,8 +95,9 @@ pub struct Analysis {
     pub false_promotion_rate: Percent,
     /// How much worse than stable a canary may be, unless an objective sets its own: relative
     /// to stable (`50%`: up to 1.5 times stable's bad share) or as a share of the objective's
-    /// target, whichever is larger.
-    pub tolerance: Percent,
+    /// target, whichever is larger. One share for both decisions, or an indifference zone
+    /// `{regression: 10%, safety: 50%}`: roll back beyond 10%, promote within 50%.
+    pub tolerance: Tolerance,
     /// The least evidence before a canary may be promoted, however good it looks.
     #[serde(default)]
     pub min_evidence: MinEvidence,

@@ -4,7 +4,7 @@
 //! These types are the serde + JSON Schema model of the file; every field's doc comment is what
 //! an editor shows. Cross-file checks (does the sensor exist?) live in `validate`, not here.
 
-use super::units::{Duration, Percent, Target};
+use super::units::{Duration, Target, Tolerance};
 use super::yaml::recover_vec;
 use super::{ApiVersion, MissingData};
 use schemars::JsonSchema;
@@ -208,7 +208,7 @@ pub struct Objective {
     /// stable's bad share) or as a share of the target (`50%` of a `< 0.5%` target: 0.25%),
     /// whichever is larger. Defaults to the controller's `analysis.tolerance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerance: Option<Percent>,
+    pub tolerance: Option<Tolerance>,
     /// What a gap in this objective's data means, overriding the sensor's and the controller's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_data: Option<MissingData>,

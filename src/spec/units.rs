@@ -369,6 +369,115 @@ pub fn utc_seconds(s: &str) -> Result<u64, String> {
     Ok((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
 }
 
+/// How much worse than stable a canary may be. One share serves both decisions (`25%`: what
+/// files written before the indifference zone say); two make an indifference zone
+/// (`{regression: 10%, safety: 50%}`): roll back a canary surely worse than stable by more than
+/// `regression`, promote one surely no worse than `safety`; in between, either is acceptable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// δ_r: a canary within this of stable is never rolled back (but with probability α).
+    pub regression: Percent,
+    /// δ_s: a canary worse than this is never promoted (but with the false-promotion rate).
+    pub safety: Percent,
+}
+
+impl Tolerance {
+    /// One share for both decisions.
+    pub fn single(p: Percent) -> Tolerance {
+        Tolerance {
+            regression: p,
+            safety: p,
+        }
+    }
+
+    pub fn is_zone(&self) -> bool {
+        self.regression != self.safety
+    }
+}
+
+impl fmt::Display for Tolerance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_zone() {
+            write!(f, "{{regression: {}, safety: {}}}", self.regression, self.safety)
+        } else {
+            write!(f, "{}", self.regression)
+        }
+    }
+}
+
+impl Serialize for Tolerance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.is_zone() {
+            use serde::ser::SerializeStruct;
+            let mut m = s.serialize_struct("Tolerance", 2)?;
+            m.serialize_field("regression", &self.regression)?;
+            m.serialize_field("safety", &self.safety)?;
+            m.end()
+        } else {
+            self.regression.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tolerance {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Zone {
+            regression: Percent,
+            safety: Percent,
+        }
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Tolerance;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a percentage such as `25%`, or `{regression: 10%, safety: 50%}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Tolerance, E> {
+                v.parse().map(Tolerance::single).map_err(E::custom)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Tolerance, A::Error> {
+                let z = Zone::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if z.regression.0 > z.safety.0 {
+                    return Err(de::Error::custom(format!(
+                        "the regression tolerance ({}) is above the safety tolerance ({}): a canary between them would be both rolled back and promoted",
+                        z.regression, z.safety
+                    )));
+                }
+                Ok(Tolerance {
+                    regression: z.regression,
+                    safety: z.safety,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Tolerance {
+    fn schema_name() -> Cow<'static, str> {
+        "Tolerance".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let percent = g.subschema_for::<Percent>();
+        json_schema!({
+            "description": "How much worse than stable a canary may be: one percentage for both decisions, or an indifference zone `{regression, safety}` (roll back beyond `regression`, promote within `safety`).",
+            "oneOf": [
+                percent,
+                {
+                    "type": "object",
+                    "properties": {
+                        "regression": percent,
+                        "safety": percent
+                    },
+                    "required": ["regression", "safety"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// Serde and JSON Schema for a type that is written as a string.
 macro_rules! string_unit {
     ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
