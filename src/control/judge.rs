@@ -152,6 +152,11 @@ pub struct JudgeConfig {
 /// Alternatives for the relative regression test, as multiples of the boundary `1 + δ`: from a
 /// mild regression to a crash, so the mixture adapts to the unknown size of the effect.
 const REGRESSION_RATIOS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
+/// The mixture's weights over [`REGRESSION_RATIOS`] (they sum to 1, so the mixture stays a test
+/// martingale): most on the regressions that are hard to see (1.5–3× the boundary), where each
+/// nat of the mixture's price costs hundreds of requests; little on crashes, which pay it back
+/// within a few bad requests.
+const REGRESSION_WEIGHTS: [f64; 8] = [0.1, 0.3, 0.3, 0.14, 0.06, 0.04, 0.03, 0.03];
 /// Alternatives for the relative safety test, as multiples of stable's bad share.
 const SAFETY_RATIOS: [f64; 4] = [1.0, 0.8, 0.5, 0.25];
 /// Alternatives for the absolute regression test, as multiples of the target (capped below 1);
@@ -282,6 +287,20 @@ fn significantly_above(c: Counts, p0: f64) -> bool {
 
 fn theta(r: f64, rho: f64) -> f64 {
     r * rho / (r * rho + 1.0 - rho)
+}
+
+/// `ln Σ w_k e^{l_k}` with the given weights.
+fn log_weighted_sum_exp(logs: &[f64], weights: &[f64]) -> f64 {
+    let m = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + logs
+        .iter()
+        .zip(weights)
+        .map(|(l, w)| w * (l - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// `ln Σ w_k e^{l_k}` with equal weights.
@@ -428,7 +447,7 @@ pub fn observe(
 
     let reg_threshold = cfg.regression_threshold();
     let safe_threshold = cfg.safety_threshold();
-    let e_rel_reg = log_mean_exp(s.log_rel_regression.iter().copied()).exp();
+    let e_rel_reg = log_weighted_sum_exp(&s.log_rel_regression, &REGRESSION_WEIGHTS).exp();
     let e_rel_safe = log_mean_exp(s.log_rel_safety.iter().copied()).exp();
     let e_abs_reg = log_binomial_mixture(s.canary_judged, cfg.max_bad, &ABS_REGRESSION_MULTIPLES).exp();
     let e_abs_safe = log_binomial_mixture(s.canary_judged, cfg.max_bad, &ABS_SAFETY_MULTIPLES).exp();

@@ -1000,6 +1000,98 @@ pub fn markdown(rows: &[Row]) -> String {
             r.early_rollbacks,
         );
     }
+    out.push_str(&goals(rows));
+    out
+}
+
+/// The goals of the judge's second generation, cell by cell, met or not, for our judge
+/// (α 5% in this benchmark) against Flagger tuned t=10 in the same run.
+pub fn goals(rows: &[Row]) -> String {
+    let ours = |id: &str| rows.iter().find(|r| r.scenario == id && r.detector == "ours");
+    let flagger = |id: &str| {
+        rows.iter()
+            .find(|r| r.scenario == id && r.detector == "flagger tuned t=10")
+    };
+    let mut out =
+        String::from("\n## Goals\n\n| goal | scenario | ours | target | met |\n|---|---|---|---|---|\n");
+    let mut cell = |goal: &str,
+                    id: &str,
+                    value: Option<f64>,
+                    target: Option<f64>,
+                    shown: &dyn Fn(f64) -> String,
+                    at_most: bool| {
+        let met = match (value, target) {
+            (Some(v), Some(t)) if at_most => {
+                if v <= t {
+                    "met"
+                } else {
+                    "not met"
+                }
+            }
+            (Some(v), Some(t)) => {
+                if v >= t {
+                    "met"
+                } else {
+                    "not met"
+                }
+            }
+            _ => "not measured",
+        };
+        let v = value.map_or("–".to_owned(), shown);
+        let t = target.map_or("–".to_owned(), |t| {
+            format!("{} {}", if at_most { "≤" } else { "≥" }, shown(t))
+        });
+        let _ = writeln!(out, "| {goal} | {id} | {v} | {t} | {met} |");
+    };
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    let num = |v: f64| format!("{v:.1}");
+    for r in rows.iter().filter(|r| r.detector == "ours" && r.healthy) {
+        cell(
+            "false rollbacks ≤ α (CP upper ≤ α + 1%)",
+            r.scenario,
+            Some(r.rollback_ci.1),
+            Some(0.06),
+            &pct,
+            true,
+        );
+    }
+    for id in ["S1", "S3a", "S5b"] {
+        let target = flagger(id).map(|f| f.blast_radius / 5.0);
+        cell(
+            "blast radius ≤ 1/5 of Flagger tuned t=10",
+            id,
+            ours(id).map(|r| r.blast_radius),
+            target,
+            &num,
+            true,
+        );
+    }
+    for id in ["S1", "S3a", "S3b", "S5b", "S7", "S9"] {
+        cell(
+            "detected within the limit ≥ 95%",
+            id,
+            ours(id).map(|r| r.rollback_rate),
+            Some(0.95),
+            &pct,
+            false,
+        );
+    }
+    cell(
+        "mean canary requests ≤ 1.5× the floor",
+        "S1",
+        ours("S1").map(|r| r.efficiency),
+        Some(1.5),
+        &|v| format!("{v:.2}×"),
+        true,
+    );
+    cell(
+        "healthy promotion median no slower than 540 s",
+        "S0",
+        ours("S0").map(|r| r.time_secs[0]),
+        Some(540.0),
+        &|v| format!("{v:.0} s"),
+        true,
+    );
     out
 }
 
