@@ -11,6 +11,7 @@ use autopilot::control::ports::RouteWeights;
 use autopilot::control::rollout::*;
 use autopilot::control::time::Time;
 use autopilot::control::{PlanSpec, plan};
+use autopilot::spec::controllers::StopAction;
 use autopilot::spec::{self, units::Weight};
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -800,29 +801,46 @@ fn a_rollback_block_is_lifted_by_an_operator_and_a_pin_holds_the_environment() {
     assert!(w.run_until(10, 500, |w| w.env("dev").stable.as_deref() == Some("r-c3")));
 }
 
+/// A canary exactly at the tolerance: neither verdict can come. At the deadline it is held at
+/// its weight for a person (a deadline passed is no evidence against it) — or rolled back, when
+/// the policy says `onDeadline: rollback`.
 #[test]
-fn an_undecidable_canary_is_rolled_back_at_the_progress_deadline() {
-    let mut w = with_stable(9);
-    w.rate = 20; // little traffic, so the blast-radius budget lasts beyond the deadline
-    // 1.5 times stable's errors: exactly the tolerance, so neither verdict can be reached
-    w.errors.insert("r-c2".into(), HEALTHY_ERRORS * 1.5);
-    w.push("c2");
-    assert!(w.run_until(10, 1000, |w| matches!(
-        w.phase("dev"),
-        Some(Phase::RolledBack { .. })
-    )));
-    let t = w.first_rollback();
-    assert!(matches!(t.cause, Cause::Deadline), "{t:?}");
-    let Some(Phase::RolledBack { at, .. }) = w.phase("dev") else {
-        unreachable!()
-    };
-    let started = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.from.is_none() && t.environment == "dev")
-        .unwrap()
-        .at;
-    assert!(at.since(started).as_secs() >= 7200 && at.since(started).as_secs() < 7230);
+fn an_undecidable_canary_is_held_at_the_progress_deadline_unless_the_policy_rolls_back() {
+    for policy in [StopAction::Pause, StopAction::Rollback] {
+        let mut w = with_stable(9);
+        for env in &mut w.spec.environments {
+            env.controller.rollback.on_deadline = policy;
+        }
+        w.rate = 20; // little traffic, so the blast-radius budget lasts beyond the deadline
+        // 1.5 times stable's errors: exactly the tolerance, so neither verdict can be reached
+        w.errors.insert("r-c2".into(), HEALTHY_ERRORS * 1.5);
+        w.push("c2");
+        let stopped = |w: &World| {
+            matches!(
+                w.phase("dev"),
+                Some(Phase::RolledBack { .. } | Phase::Paused { .. })
+            )
+        };
+        assert!(w.run_until(10, 1000, stopped), "{policy:?}");
+        let t = w
+            .transitions()
+            .into_iter()
+            .find(|t| t.environment == "dev" && matches!(t.cause, Cause::Deadline))
+            .expect("stopped by the deadline");
+        let expected = match policy {
+            StopAction::Pause => "paused",
+            StopAction::Rollback => "rolling-back",
+        };
+        assert_eq!(t.to, expected, "{policy:?}");
+        let started = w
+            .transitions()
+            .into_iter()
+            .find(|t| t.from.is_none() && t.environment == "dev")
+            .unwrap()
+            .at;
+        let after = t.at.since(started).as_secs();
+        assert!((7200..7230).contains(&after), "{policy:?}: {after} s");
+    }
 }
 
 proptest! {

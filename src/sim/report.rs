@@ -65,6 +65,10 @@ fn cause_line(t: &crate::control::rollout::Transition) -> String {
             format!("next step, nothing regressed ({})", states.join(", "))
         }
         Cause::Regressed { objective, .. } => format!("{objective} regressed: roll back"),
+        Cause::Deadline if t.to == "paused" => {
+            "progress deadline passed without a decision: held at this weight for a person (no regression found)"
+                .into()
+        }
         // who asked, and why, is on the operator's own line, at the time they asked
         Cause::Operator { action, .. } => format!("carries out the operator's {action}"),
         other => short_cause(other),

@@ -223,8 +223,11 @@ pub struct Rollback {
     /// What to do when an objective regresses.
     #[serde(default = "rollback")]
     pub on_regression: StopAction,
-    /// What to do when the progress deadline passes.
-    #[serde(default = "rollback")]
+    /// What to do when the progress deadline passes. Default `pause`: a deadline passed is not
+    /// evidence against a release (a quiet service may simply not have sent enough requests),
+    /// so it is held at its weight and a person is asked (the `stuck` notification); a
+    /// regression found while it waits still rolls it back.
+    #[serde(default = "pause")]
     pub on_deadline: StopAction,
     /// After a rollback, keep the environment on its previous release until a newer release
     /// arrives or an operator lifts the pin.
@@ -236,10 +239,14 @@ impl Default for Rollback {
     fn default() -> Self {
         Rollback {
             on_regression: StopAction::Rollback,
-            on_deadline: StopAction::Rollback,
+            on_deadline: StopAction::Pause,
             pin_previous: true,
         }
     }
+}
+
+fn pause() -> StopAction {
+    StopAction::Pause
 }
 
 fn rollback() -> StopAction {
