@@ -1280,6 +1280,8 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         local_ca,
         specs,
     } = args;
+    // the proxy's warnings (a routes file or key set kept after a bad change) go to stderr
+    init_logs(LogFormat::Text, "warn");
     let tls = tls_listen.map(|listen| autopilot::proxy::server::TlsListen {
         listen,
         local_ca: tls_cert.is_empty().then_some(local_ca),

@@ -76,7 +76,13 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn get_routes(State(s): State<AdminState>, headers: HeaderMap) -> Result<Json<RoutesFile>, ApiError> {
     authorize(&s, &headers)?;
-    Ok(Json(s.shared.routes.lock().expect("routes lock").clone()))
+    Ok(Json(
+        s.shared
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
+    ))
 }
 
 async fn put_routes(

@@ -434,7 +434,11 @@ impl Authenticator {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if let Some((id, nbf, exp)) = self.verified.read().expect("token cache").get(&digest)
+        if let Some((id, nbf, exp)) = self
+            .verified
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
             && *nbf <= now + CLOCK_SKEW_SECS
             && *exp > now
         {
@@ -443,7 +447,10 @@ impl Authenticator {
         let identity = self.verify_token(token)?;
         let exp = identity.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
         let nbf = identity.claims.get("nbf").and_then(|e| e.as_u64()).unwrap_or(0);
-        let mut cache = self.verified.write().expect("token cache");
+        let mut cache = self
+            .verified
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= TOKEN_CACHE_SIZE {
             cache.clear();
         }

@@ -58,17 +58,24 @@ impl ReleaseMetrics {
     }
 
     /// The `proxy.errors` sensor: bad = 5xx and upstream errors.
+    ///
+    /// The counters are separate atomics updated one after the other, so a read in the middle
+    /// of a `record` can see a request's class before its total: the total is never taken as
+    /// less than what it must contain.
     pub fn errors(&self) -> Counts {
         let bad = self.by_class[4].load(Ordering::Relaxed) + self.upstream_errors.load(Ordering::Relaxed);
-        Counts::new(bad, self.total())
+        Counts::new(bad, self.total().max(bad))
     }
 
     /// The `proxy.latency` sensor: bad = slower than `threshold`, which must be a bucket bound.
+    /// One read of each counter (a request mid-`record` may be in its bucket and not yet in the
+    /// total: never a negative count).
     pub fn slower_than(&self, threshold: Duration) -> Option<Counts> {
         let t = threshold.as_secs_f64();
         let i = BUCKETS_SECONDS.iter().position(|b| (b - t).abs() < 1e-9)?;
         let within = self.latency_buckets[i].load(Ordering::Relaxed);
-        Some(Counts::new(self.total() - within, self.total()))
+        let total = self.total().max(within);
+        Some(Counts::new(total - within, total))
     }
 }
 
@@ -87,7 +94,10 @@ pub struct Registry {
 impl Registry {
     /// The metrics of a release, created on first use (at route-building time).
     pub fn release(&self, service: &str, environment: &str, release: &str) -> Arc<ReleaseMetrics> {
-        let mut map = self.releases.lock().expect("metrics registry lock");
+        let mut map = self
+            .releases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry((service.to_owned(), environment.to_owned(), release.to_owned()))
             .or_default()
             .clone()
@@ -95,14 +105,21 @@ impl Registry {
 
     /// A release's metrics if it has any.
     pub fn get(&self, service: &str, environment: &str, release: &str) -> Option<Arc<ReleaseMetrics>> {
-        let map = self.releases.lock().expect("metrics registry lock");
+        let map = self
+            .releases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(&(service.to_owned(), environment.to_owned(), release.to_owned()))
             .cloned()
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let map = self.releases.lock().expect("metrics registry lock").clone();
+        let map = self
+            .releases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let mut out = String::new();
         out.push_str(&self.extra.load());
         let labels = |(s, e, r): &(String, String, String)| {
@@ -202,6 +219,21 @@ mod tests {
             None,
             "not a bucket bound"
         );
+    }
+
+    #[test]
+    fn a_read_in_the_middle_of_a_record_never_counts_below_zero() {
+        // `record` bumps a request's class and buckets before the total; a sensor read between
+        // the two sees the request in its bucket but not in the total (it panicked on the
+        // subtraction, or wrapped to 2^64 in a release build)
+        let m = ReleaseMetrics::default();
+        m.record(Some(200), Duration::from_millis(40));
+        let bucket = BUCKETS_SECONDS.iter().position(|b| *b == 0.3).unwrap();
+        m.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        m.by_class[4].fetch_add(1, Ordering::Relaxed);
+        m.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(m.slower_than(Duration::from_millis(300)), Some(Counts::new(0, 2)));
+        assert_eq!(m.errors(), Counts::new(2, 2));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How the proxy runs.
@@ -96,7 +96,7 @@ impl Shared {
     ) -> Result<Arc<Shared>, String> {
         if let Some(catalog) = &access {
             for w in super::routes::apply_access(&mut routes, catalog) {
-                eprintln!("autopilot proxy: {w}");
+                tracing::warn!("{w}");
             }
         }
         let registry = Registry::default();
@@ -123,10 +123,14 @@ impl Shared {
         if let Some(catalog) = &self.access {
             super::routes::apply_access(&mut routes, catalog);
         }
-        let mut current = self.routes.lock().expect("routes lock");
+        let mut current = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.table.load_full();
         let mut table = RouteTable::build(&routes, Some(&previous), &self.registry);
-        let fetched = self.fetched_jwks.lock().expect("jwks lock").clone();
+        let fetched = self
+            .fetched_jwks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let fetched = fetched.as_ref().and_then(|(url, set)| {
             routes
                 .auth
@@ -142,13 +146,13 @@ impl Shared {
 
     /// Rebuilds the snapshot from the current routes (after the JWKS changed).
     pub fn refresh(&self) -> Result<(), String> {
-        let routes = self.routes.lock().expect("routes lock").clone();
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         self.set_routes(routes)
     }
 
     /// Upserts one service/environment route.
     pub fn set_route(&self, route: RouteSpec) -> Result<(), String> {
-        let mut routes = self.routes.lock().expect("routes lock").clone();
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         routes
             .routes
             .retain(|r| !(r.service == route.service && r.environment == route.environment));
@@ -165,7 +169,7 @@ impl Shared {
     }
 
     fn jwks_source(&self) -> Option<JwksSource> {
-        let routes = self.routes.lock().expect("routes lock");
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         routes.auth.as_ref().map(|a| a.jwks_source(&self.base))
     }
 
@@ -622,17 +626,26 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         addr: config.admin,
         source,
     })?;
+    // the runtime and the listener are made here, so a resource error is the caller's error
+    // (made in the thread, a failure would silently stop the prober, reloader and admin API)
+    let admin_error = |source| StartError::Admin {
+        addr: config.admin,
+        source,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(admin_error)?;
+    let listener = {
+        let _in_runtime = rt.enter();
+        tokio::net::TcpListener::from_std(admin_listener).map_err(admin_error)?
+    };
     {
         let shared = shared.clone();
         let config = config.clone();
         let stop_rx = stop_rx.clone();
         threads.push(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(admin_listener).expect("a tokio listener");
                 let app = super::admin::router(shared.clone(), config.admin_token.clone());
                 let mut stop_admin = stop_rx.clone();
                 let mut stop_wait = stop_rx.clone();
@@ -725,7 +738,7 @@ fn tls_resolver(t: &TlsListen, shared: &Arc<Shared>) -> Result<super::tls::SniRe
     if let Some(dir) = &t.local_ca {
         let ca = LocalCa::load_or_create(dir)?;
         // one certificate for the routes known now; the CA signs for hosts added later on demand
-        let names = host_patterns(&shared.routes.lock().expect("routes lock"));
+        let names = host_patterns(&shared.routes.lock().unwrap_or_else(PoisonError::into_inner));
         let (cert, key) = ca.issue(&names)?;
         let entries = vec![(names, Arc::new(certified_key(&cert, &key)?))];
         let table = shared.clone();
@@ -808,8 +821,15 @@ async fn jwks_loop(
     let mut tried: Option<String> = None;
     let mut backoff = Duration::from_secs(1);
     let mut unknown_key = false;
+    // one HTTP client (and its connection pool) for every fetch, rebuilt when the CA changes
+    let mut client: Option<JwksClient> = None;
     loop {
-        let settings = shared.routes.lock().expect("routes lock").auth.clone();
+        let settings = shared
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .auth
+            .clone();
         let url = settings.as_ref().and_then(|a| match a.jwks_source(&shared.base) {
             JwksSource::Url(u) => Some(u),
             JwksSource::File(_) => None,
@@ -820,7 +840,7 @@ async fn jwks_loop(
                 unknown_key = false;
                 last = Some(Instant::now());
                 tried = Some(url.clone());
-                match fetch_jwks(&settings, &shared.base, &url).await {
+                match fetch_jwks(&settings, &shared.base, &url, &mut client).await {
                     Ok(set) => {
                         shared.registry.jwks_fetched.fetch_add(1, Ordering::Relaxed);
                         backoff = Duration::from_secs(1);
@@ -828,20 +848,21 @@ async fn jwks_loop(
                         let changed = shared
                             .fetched_jwks
                             .lock()
-                            .expect("jwks lock")
+                            .unwrap_or_else(PoisonError::into_inner)
                             .as_ref()
                             .is_none_or(|(u, old)| u != &url || old != &set);
                         if changed {
-                            *shared.fetched_jwks.lock().expect("jwks lock") = Some((url, set));
+                            *shared.fetched_jwks.lock().unwrap_or_else(PoisonError::into_inner) =
+                                Some((url, set));
                             if let Err(e) = shared.refresh() {
-                                eprintln!("autopilot proxy: keeping the current keys: {e}");
+                                tracing::warn!("keeping the current keys: {e}");
                             }
                         }
                     }
                     Err(e) => {
                         shared.registry.jwks_failed.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "autopilot proxy: JWKS {url}: {e}; keeping the keys last fetched, again in {} s",
+                        tracing::warn!(
+                            "JWKS {url}: {e}; keeping the keys last fetched, again in {} s",
                             backoff.as_secs()
                         );
                         next = Instant::now() + backoff;
@@ -863,24 +884,50 @@ async fn jwks_loop(
 
 /// One fetch of a JWKS URL: a 200 with a key set the authenticator accepts, within 5 s and
 /// 1 MiB.
+/// The JWKS fetcher's HTTP client, with the CA bundle it trusts (`None`: the system roots).
+struct JwksClient {
+    ca: Option<Vec<u8>>,
+    client: reqwest::Client,
+}
+
 async fn fetch_jwks(
     settings: &super::auth::AuthSettings,
     base: &std::path::Path,
     url: &str,
+    cached: &mut Option<JwksClient>,
 ) -> Result<JwkSet, String> {
     // the process-wide TLS crypto provider (ring, as Pingora's rustls uses); set once
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(ca) = &settings.jwks_ca {
-        let path = base.join(ca);
-        let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-        client = client.tls_certs_only(certs);
-    }
-    let client = client.build().map_err(|e| format!("HTTP client: {e}"))?;
+    let ca = match &settings.jwks_ca {
+        Some(ca) => {
+            let path = base.join(ca);
+            Some(std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let client = match cached {
+        Some(c) if c.ca == ca => c.client.clone(),
+        _ => {
+            let mut builder = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(pem) = &ca {
+                let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                    format!(
+                        "{}: not PEM certificates: {e}",
+                        settings.jwks_ca.as_deref().unwrap_or_default()
+                    )
+                })?;
+                builder = builder.tls_certs_only(certs);
+            }
+            let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+            *cached = Some(JwksClient {
+                ca,
+                client: client.clone(),
+            });
+            client
+        }
+    };
     let mut resp = client.get(url).send().await.map_err(|e| format!("{e}"))?;
     if resp.status() != reqwest::StatusCode::OK {
         return Err(format!("answered {}", resp.status()));
@@ -919,14 +966,14 @@ async fn reload_loop(
             seen = now;
             let result = load_routes(&path).and_then(|routes| shared.set_routes(routes));
             if let Err(e) = result {
-                eprintln!("autopilot proxy: keeping the current routes: {e}");
+                tracing::warn!("keeping the current routes: {e}");
             }
         }
         let jwks_now = shared.jwks_path().and_then(|p| modified(&p));
         if jwks_now != seen_jwks {
             seen_jwks = jwks_now;
             if let Err(e) = shared.refresh() {
-                eprintln!("autopilot proxy: keeping the current keys: {e}");
+                tracing::warn!("keeping the current keys: {e}");
             }
         }
     }
