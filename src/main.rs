@@ -1102,51 +1102,60 @@ fn simulate(scenarios: &[PathBuf], out: Option<&std::path::Path>, quiet: bool, v
     use autopilot::sim;
     let mut failed = false;
     for path in scenarios {
-        let started = std::time::Instant::now();
-        let result = sim::run_file(path);
-        let result = match result {
-            Ok(r) => r,
+        // a file may hold several scenarios (documents separated by `---`): each runs
+        let loaded = match sim::load_all_with_base(path) {
+            Ok(l) => l,
             Err(e) => {
                 eprintln!("error: {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         };
-        let text = sim::report::timeline(&result, verbose);
-        if quiet {
-            for c in &result.checks {
-                println!(
-                    "{} {}: {} — {}",
-                    if c.passed { "ok  " } else { "FAIL" },
-                    result.scenario,
-                    c.expectation,
-                    c.detail
-                );
-            }
-        } else {
-            println!("{text}");
-        }
-        let wall = started.elapsed().as_secs_f64();
-        if !quiet {
-            eprintln!(
-                "{}: {} looks, {} simulated requests judged in {:.2} s ({:.0} per second)",
-                result.scenario,
-                result.ticks,
-                result.generated,
-                wall,
-                result.generated as f64 / wall.max(1e-9)
-            );
-        }
-        if let Some(dir) = out {
-            match write_outputs(dir, &result) {
-                Ok(written) if !quiet => eprintln!("written: {}", written.join(", ")),
-                Ok(_) => {}
+        for (scenario, catalog, base) in &loaded {
+            let started = std::time::Instant::now();
+            let result = match sim::run_in(scenario, catalog, base) {
+                Ok(r) => r,
                 Err(e) => {
-                    eprintln!("error: writing to {}: {e}", dir.display());
+                    eprintln!("error: {}: {}: {e}", path.display(), scenario.name);
                     return ExitCode::from(2);
                 }
+            };
+            let text = sim::report::timeline(&result, verbose);
+            if quiet {
+                for c in &result.checks {
+                    println!(
+                        "{} {}: {} — {}",
+                        if c.passed { "ok  " } else { "FAIL" },
+                        result.scenario,
+                        c.expectation,
+                        c.detail
+                    );
+                }
+            } else {
+                println!("{text}");
             }
+            let wall = started.elapsed().as_secs_f64();
+            if !quiet {
+                eprintln!(
+                    "{}: {} looks, {} simulated requests judged in {:.2} s ({:.0} per second)",
+                    result.scenario,
+                    result.ticks,
+                    result.generated,
+                    wall,
+                    result.generated as f64 / wall.max(1e-9)
+                );
+            }
+            if let Some(dir) = out {
+                match write_outputs(dir, &result) {
+                    Ok(written) if !quiet => eprintln!("written: {}", written.join(", ")),
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("error: writing to {}: {e}", dir.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            failed |= !result.passed();
         }
-        failed |= !result.passed();
     }
     if failed {
         ExitCode::from(1)

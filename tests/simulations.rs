@@ -168,6 +168,36 @@ fn the_chart_has_a_panel_per_environment_a_canary_reached_zoomed_and_labelled() 
     );
 }
 
+#[test]
+fn a_file_of_several_scenarios_runs_each_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = std::fs::read_to_string(root().join("simulations/paused-regression.yaml")).unwrap();
+    let two = std::fs::read_to_string(root().join("simulations/paused-regardless.yaml")).unwrap();
+    let specs = root().display().to_string();
+    let both = format!("{one}---\n{two}").replace("../", &format!("{specs}/"));
+    let path = dir.path().join("both.yaml");
+    std::fs::write(&path, both).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .args(["simulate", "--quiet", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("paused-regression: v2 in staging: rolled back"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("paused-regardless: v2 in staging: held"),
+        "{stdout}"
+    );
+}
+
 fn write_scenario(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("s.yaml");
     let text = text.replace(

@@ -121,28 +121,43 @@ pub fn load(path: &Path) -> Result<(Scenario, Catalog), SimError> {
     Ok((scenario, catalog))
 }
 
-/// Loads a scenario, its specs, and the folder its relative paths start from.
+/// Loads a scenario, its specs, and the folder its relative paths start from (the first
+/// scenario by name, when the file holds several).
 pub fn load_with_base(path: &Path) -> Result<(Scenario, Catalog, PathBuf), SimError> {
+    load_all_with_base(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| SimError::Specs(format!("{}: not a `kind: Simulation` file", path.display())))
+}
+
+/// Every scenario of a file (several documents may each be one), by name, each with its
+/// specs and the folder its relative paths start from.
+pub fn load_all_with_base(path: &Path) -> Result<Vec<(Scenario, Catalog, PathBuf)>, SimError> {
     let render = |e: LoadError| match e {
         LoadError::Invalid(r) => r.render_text(),
         LoadError::Usage(u) => u.to_string(),
     };
-    let catalog = spec::load(&[path.to_path_buf()]).map_err(|e| SimError::Specs(render(e)))?;
-    let (_, (_, scenario)) = catalog
-        .simulations
-        .into_iter()
-        .next()
-        .ok_or_else(|| SimError::Specs(format!("{}: not a `kind: Simulation` file", path.display())))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let specs: Vec<PathBuf> = scenario.specs.iter().map(|s| base.join(s)).collect();
-    let catalog = spec::load(&specs).map_err(|e| SimError::Specs(render(e)))?;
-    if !catalog.services.contains_key(&scenario.service) {
-        return Err(SimError::UnknownService {
-            service: scenario.service.clone(),
-            specs,
-        });
+    let file = spec::load(&[path.to_path_buf()]).map_err(|e| SimError::Specs(render(e)))?;
+    if file.simulations.is_empty() {
+        return Err(SimError::Specs(format!(
+            "{}: not a `kind: Simulation` file",
+            path.display()
+        )));
     }
-    Ok((scenario, catalog, base.to_path_buf()))
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut all = Vec::new();
+    for (_, (_, scenario)) in file.simulations {
+        let specs: Vec<PathBuf> = scenario.specs.iter().map(|s| base.join(s)).collect();
+        let catalog = spec::load(&specs).map_err(|e| SimError::Specs(render(e)))?;
+        if !catalog.services.contains_key(&scenario.service) {
+            return Err(SimError::UnknownService {
+                service: scenario.service.clone(),
+                specs,
+            });
+        }
+        all.push((scenario, catalog, base.to_path_buf()));
+    }
+    Ok(all)
 }
 
 /// What each of the service's objectives counts in the simulated world.
