@@ -554,9 +554,13 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                     t.release,
                     paint.c(colour, &format!("{:<12}", t.to)),
                     t.weight.0,
-                    // one line per transition (the store keeps the whole explanation)
-                    crate::sim::report::clip(&crate::sim::report::short_cause(&t.cause), 110)
+                    // in words; the judge's lines follow where a decision rests on them
+                    crate::sim::report::cause_line(t)
                 );
+                let mut judged = String::new();
+                crate::sim::report::objective_lines(t, false, &mut judged);
+                let line = format!("{line}\n{}", judged.trim_end_matches('\n'));
+                let line = line.trim_end().to_owned();
                 match &bar {
                     Some(b) => b.println(line),
                     None => println!("{line}"),
@@ -656,10 +660,19 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         .iter()
         .find(|t| t.transition.to == "rolling-back" && Some(&t.transition.release) == summary.releases.get(2))
     {
-        println!(
-            "  rolled back because {}",
-            crate::sim::report::short_cause(&t.transition.cause)
-        );
+        let because = match &t.transition.cause {
+            crate::control::rollout::Cause::Regressed {
+                objective,
+                objectives,
+                ..
+            } => objectives
+                .iter()
+                .find(|o| &o.objective == objective)
+                .map(|o| format!("{objective} regressed: {}", o.words))
+                .unwrap_or_else(|| crate::sim::report::short_cause(&t.transition.cause)),
+            other => crate::sim::report::short_cause(other),
+        };
+        println!("  rolled back because {because}");
     }
     if let Some(t) = summary.bad_push_to_rollback {
         println!("  from the bad push to its rollback: {t:.1} s (build, deploy, canary, judgement)");

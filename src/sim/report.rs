@@ -36,18 +36,9 @@ pub fn short_cause(c: &crate::control::rollout::Cause) -> String {
     }
 }
 
-/// `s` cut to `max` characters, with an ellipsis when cut.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
-}
-
 /// A transition's cause for the timeline: words, never cut (the judge's numbers follow on
 /// lines of their own).
-fn cause_line(t: &crate::control::rollout::Transition) -> String {
+pub fn cause_line(t: &crate::control::rollout::Transition) -> String {
     use crate::control::rollout::Cause;
     match &t.cause {
         Cause::Evidence { capped: Some(c), .. } => format!(
@@ -78,7 +69,7 @@ fn cause_line(t: &crate::control::rollout::Transition) -> String {
 /// The judge's lines under a transition: each objective on its own line in words, when the
 /// decision rests on them (a promotion, a regression, a capped step), or always with `verbose`
 /// (then with everything the judge said).
-fn objective_lines(t: &crate::control::rollout::Transition, verbose: bool, out: &mut String) {
+pub fn objective_lines(t: &crate::control::rollout::Transition, verbose: bool, out: &mut String) {
     use crate::control::rollout::Cause;
     let (objectives, matters) = match &t.cause {
         Cause::Evidence {
