@@ -135,6 +135,23 @@ impl Scenario {
 
     /// The floor in canary requests (α = β = 0.05): to detect the regression, or, for a healthy
     /// canary, to rule out a doubling.
+    /// The floor of the indifference zone's own hypotheses, for error scenarios: telling the
+    /// canary's share from the regression boundary `p0 (1 + δ_r)` (bad canaries), or from the
+    /// safety boundary `p0 (1 + δ_s)` (healthy ones). `None` where the plain floor is the one.
+    pub fn zone_floor(&self, delta_r: f64, delta_s: f64) -> Option<f64> {
+        if self.metric != Metric::Errors {
+            return None;
+        }
+        let (p0, p1) = self.bad_shares();
+        if self.healthy() {
+            Some(floor_requests(p0 * (1.0 + delta_s), p0, 0.05, 0.05))
+        } else if p1 > p0 * (1.0 + delta_r) {
+            Some(floor_requests(p0 * (1.0 + delta_r), p1, 0.05, 0.05))
+        } else {
+            None
+        }
+    }
+
     pub fn floor(&self) -> f64 {
         let (p0, p1) = self.bad_shares();
         if self.healthy() {
@@ -955,11 +972,20 @@ pub fn markdown(rows: &[Row]) -> String {
     let _ = writeln!(out, "## Scenarios\n");
     let _ = writeln!(
         out,
-        "| id | scenario | runs | floor (canary requests) |\n|---|---|---|---|"
+        "| id | scenario | runs | floor (canary requests) | floor at our zone's boundaries (δ_r 10%, δ_s 50%) |\n|---|---|---|---|---|"
     );
     for s in scenarios(1.0) {
         let runs = rows.iter().find(|r| r.scenario == s.id).map_or(0, |r| r.runs);
-        let _ = writeln!(out, "| {} | {} | {runs} | {:.0} |", s.id, s.what, s.floor());
+        let zone = s
+            .zone_floor(0.1, 0.5)
+            .map_or("–".to_owned(), |f| format!("{f:.0}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {runs} | {:.0} | {zone} |",
+            s.id,
+            s.what,
+            s.floor()
+        );
     }
     let _ = writeln!(out, "\n## Detectors\n\n| detector | setting |\n|---|---|");
     for (name, setting, _) in detectors() {
