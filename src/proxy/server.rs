@@ -751,19 +751,28 @@ fn tls_resolver(t: &TlsListen, shared: &Arc<Shared>) -> Result<super::tls::SniRe
 }
 
 /// Probes one upstream's readiness path: a 2xx within the timeout is ready.
+/// One readiness probe over HTTP/1.1 (hyper's client): 2xx within 800 ms is ready.
 async fn probe(addr: SocketAddr, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: autopilot-probe\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        let line = std::str::from_utf8(&buf[..n]).ok()?;
-        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some((200..300).contains(&code))
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .ok()?;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .header(http::header::USER_AGENT, "autopilot-probe")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        // the connection is driven beside the request, and dropped with it (no task outlives a
+        // probe of an upstream that never answers); if it ends first (an upstream that answers
+        // and closes), the answer it read is still there to take
+        let response = sender.send_request(request);
+        tokio::pin!(response);
+        let response = tokio::select! {
+            response = &mut response => response,
+            _ = conn => response.await,
+        };
+        Some(response.ok()?.status().is_success())
     };
     tokio::time::timeout(Duration::from_millis(800), attempt)
         .await
