@@ -12,108 +12,12 @@
 //!   as an environment that does not exist (see `server`).
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The `auth:` section of a routes file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthSettings {
-    /// The token issuer that must appear in `iss`.
-    pub issuer: String,
-    /// The audience that must appear in `aud`.
-    pub audience: String,
-    /// Accepted signature algorithms (asymmetric only).
-    pub algorithms: Vec<SignatureAlgorithm>,
-    /// The issuer's public keys (JWKS): a file (relative to the routes file), re-read when it
-    /// changes, or an `https://` URL (`http://` only on loopback), fetched at start, every
-    /// `jwksRefresh`, and at once (at most every 10 s) when a token names a key it does not
-    /// know (key rotation). A failed fetch keeps the keys last fetched.
-    pub jwks: String,
-    /// How often a JWKS URL is fetched again.
-    #[serde(default = "default_jwks_refresh")]
-    pub jwks_refresh: crate::spec::units::Duration,
-    /// A PEM file of CA certificates to trust for the JWKS URL instead of the system's (an
-    /// in-house identity provider); relative to the routes file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_ca: Option<String>,
-    /// Application credentials: application name → SHA-256 (hex) of its API key.
-    #[serde(default)]
-    pub api_keys: BTreeMap<String, String>,
-    /// The header carrying the API key.
-    #[serde(default = "default_api_key_header")]
-    pub api_key_header: String,
-    /// Applications may instead present a client JWT (client-credentials grant, same issuer,
-    /// audience and keys) in this header; the claim named by `clientClaim` names the application,
-    /// which must be listed in `clients`.
-    #[serde(default = "default_client_token_header")]
-    pub client_token_header: String,
-    /// The client token claim naming the application.
-    #[serde(default = "default_client_claim")]
-    pub client_claim: String,
-    /// Applications allowed to authenticate with a client token.
-    #[serde(default)]
-    pub clients: Vec<String>,
-    /// The token claim listing the user's groups.
-    #[serde(default = "default_groups_claim")]
-    pub groups_claim: String,
-}
-
-fn default_jwks_refresh() -> crate::spec::units::Duration {
-    crate::spec::units::Duration(std::time::Duration::from_secs(300))
-}
-
-/// Where the JWKS comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    File(std::path::PathBuf),
-    Url(String),
-}
-
-impl AuthSettings {
-    /// The JWKS source, a path resolved against `base`.
-    pub fn jwks_source(&self, base: &Path) -> JwksSource {
-        if self.jwks.starts_with("https://") || self.jwks.starts_with("http://") {
-            JwksSource::Url(self.jwks.clone())
-        } else {
-            JwksSource::File(base.join(&self.jwks))
-        }
-    }
-}
-
-fn default_api_key_header() -> String {
-    "x-api-key".into()
-}
-
-fn default_client_token_header() -> String {
-    "x-client-token".into()
-}
-
-fn default_client_claim() -> String {
-    "client_id".into()
-}
-
-fn default_groups_claim() -> String {
-    "groups".into()
-}
-
-/// Asymmetric JWT signature algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum SignatureAlgorithm {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-}
+pub use crate::spec::routes::{AccessRule, AuthSettings, JwksSource, SignatureAlgorithm};
 
 impl SignatureAlgorithm {
     fn jwt(self) -> Algorithm {
@@ -129,18 +33,6 @@ impl SignatureAlgorithm {
             SignatureAlgorithm::EdDSA => Algorithm::EdDSA,
         }
     }
-}
-
-/// Who may enter an environment (from the objectives' `allow`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AccessRule {
-    /// Members of any of these groups may enter.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Callers whose token has all these claims with these values may enter.
-    #[serde(default)]
-    pub claims: BTreeMap<String, String>,
 }
 
 impl AccessRule {
@@ -519,6 +411,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn settings(algorithms: Vec<SignatureAlgorithm>) -> AuthSettings {
         AuthSettings {

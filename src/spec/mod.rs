@@ -9,6 +9,7 @@
 pub mod controllers;
 pub mod objectives;
 pub mod promql;
+pub mod routes;
 pub mod schema;
 pub mod sensors;
 pub mod simulations;
@@ -185,7 +186,7 @@ pub(crate) enum Parsed {
     Controller(ControllerSpec),
     Simulation(Scenario),
     /// A proxy routes file (checked on its own: it names no other file's things).
-    Routes(Box<crate::proxy::routes::RoutesFile>),
+    Routes(Box<routes::RoutesFile>),
     /// `autopilot.yaml` (checked on its own, like a routes file).
     Autopilot(Box<crate::live::config::AutopilotConfig>),
 }

@@ -47,7 +47,7 @@ impl SchemaKind {
             SchemaKind::Controllers => schemars::schema_for!(ControllerSpec),
             SchemaKind::Simulations => schemars::schema_for!(Scenario),
             SchemaKind::Autopilot => schemars::schema_for!(crate::live::config::AutopilotConfig),
-            SchemaKind::Routes => schemars::schema_for!(crate::proxy::routes::RoutesFile),
+            SchemaKind::Routes => schemars::schema_for!(super::routes::RoutesFile),
         };
         let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
         text.push('\n');

@@ -1,0 +1,349 @@
+//! The proxy's routes file (`kind: Routes`): where each release of each service and
+//! environment runs, how traffic splits, and how callers are verified. The format lives here
+//! with the other kinds; the proxy (`crate::proxy`) builds its route table and authenticator
+//! from it.
+
+use super::ApiVersion;
+use super::units::Weight;
+use super::yaml::{Seg, recover_vec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The routes file: where each release of each service and environment runs, and how traffic
+/// splits. The controller writes it (or sets the same through the admin API); people may too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Version of this file format. Always `autopilot/v1`.
+    pub api_version: ApiVersion,
+    /// What this file declares. Always `Routes`.
+    pub kind: RoutesKind,
+    /// The base domain: `{service}.{environment}.{domain}` reaches an environment,
+    /// `{release}.{service}.{environment}.{domain}` one release of it.
+    pub domain: String,
+    /// Peers (exact IP addresses) whose forwarding headers are kept and extended; from anyone
+    /// else they are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How callers of `auth: required` environments are verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSettings>,
+    /// One entry per service and environment.
+    #[serde(deserialize_with = "recover_vec")]
+    pub routes: Vec<RouteSpec>,
+}
+
+impl RoutesFile {
+    /// A routes file for `domain` with these routes (no auth settings, no trusted proxies).
+    pub fn new(domain: &str, routes: Vec<RouteSpec>) -> RoutesFile {
+        RoutesFile {
+            api_version: ApiVersion::V1,
+            kind: RoutesKind::Routes,
+            domain: domain.to_owned(),
+            trusted_proxies: Vec::new(),
+            auth: None,
+            routes,
+        }
+    }
+
+    /// What the parser cannot see: names that are not DNS labels (they become host names),
+    /// a stable or canary release without upstreams listed, one service and environment named
+    /// twice. Every problem, each with its place (`routes[1].canary`).
+    pub fn check(&self) -> Result<(), String> {
+        let problems: Vec<String> = self
+            .problems()
+            .into_iter()
+            .map(|(path, message)| {
+                let mut text = String::new();
+                for seg in &path {
+                    match seg {
+                        Seg::Key(k) if text.is_empty() => text.push_str(k),
+                        Seg::Key(k) => {
+                            text.push('.');
+                            text.push_str(k);
+                        }
+                        Seg::Index(i) => text.push_str(&format!("[{i}]")),
+                    }
+                }
+                format!("{text}: {message}")
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The problems [`RoutesFile::check`] reports, each with the path of the value at fault
+    /// (for `autopilot validate`, which turns it into file:line:column).
+    pub fn problems(&self) -> Vec<(Vec<Seg>, String)> {
+        use crate::spec::is_dns_label;
+        let key = |k: &str| Seg::Key(k.to_owned());
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |rest: &[&str]| {
+                let mut path = vec![key("routes"), Seg::Index(i)];
+                path.extend(rest.iter().map(|k| key(k)));
+                path
+            };
+            for (field, name) in [("service", &r.service), ("environment", &r.environment)] {
+                if !is_dns_label(name) {
+                    problems.push((
+                        at(&[field]),
+                        format!("`{name}` is not a DNS label (lowercase letters, digits, `-`)"),
+                    ));
+                }
+            }
+            for name in r.releases.keys() {
+                if !is_dns_label(name) {
+                    problems.push((
+                        at(&["releases", name]),
+                        format!("`{name}` is not a DNS label (it becomes the preview host name)"),
+                    ));
+                }
+            }
+            for (field, name) in [("stable", &r.stable), ("canary", &r.canary)] {
+                if let Some(name) = name
+                    && !r.releases.contains_key(name)
+                {
+                    problems.push((at(&[field]), format!("release `{name}` is not among `releases`")));
+                }
+            }
+            if !seen.insert((r.service.as_str(), r.environment.as_str())) {
+                problems.push((
+                    at(&[]),
+                    format!("`{}` in `{}` is routed twice", r.service, r.environment),
+                ));
+            }
+        }
+        if let Some(auth) = &self.auth
+            && (auth.jwks.starts_with("http://") || auth.jwks.starts_with("https://"))
+        {
+            let at = vec![key("auth"), key("jwks")];
+            match reqwest::Url::parse(&auth.jwks) {
+                Err(e) => problems.push((at, format!("`{}` is not a URL: {e}", auth.jwks))),
+                Ok(url) if url.scheme() == "http" => {
+                    let loopback = match url.host() {
+                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                        Some(url::Host::Domain(d)) => d == "localhost",
+                        None => false,
+                    };
+                    if !loopback {
+                        problems.push((
+                            at,
+                            format!(
+                                "`{}`: keys over plain http only from loopback; use https",
+                                auth.jwks
+                            ),
+                        ));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        problems
+    }
+}
+
+/// The `kind` of a routes file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RoutesKind {
+    Routes,
+}
+
+/// One service in one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    pub service: String,
+    pub environment: String,
+    /// The release serving the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    /// The release being rolled out, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// The canary's share of traffic, 0–100.
+    #[serde(default = "zero")]
+    pub weight: Weight,
+    /// Keep each user on one side: hash this header's or cookie's value into buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    /// Upstream addresses per release.
+    pub releases: BTreeMap<String, Vec<SocketAddr>>,
+    /// `required`: callers need an application and a user credential (the default: closed).
+    #[serde(default)]
+    pub auth: crate::spec::objectives::Auth,
+    /// Who may enter, with `auth: required` (default: every authenticated caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<AccessRule>,
+    /// How long an upstream may stay silent while its answer is due (between reads) before the
+    /// request fails with 504 and counts against its release (default 60s, as nginx's
+    /// `proxy_read_timeout`): a hung release shows up in its metrics instead of holding
+    /// requests forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::spec::units::Duration>,
+    /// The path probed on this route's upstreams (2xx: ready); default: the proxy's
+    /// `--probe-path`. Services whose readiness paths differ need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<String>,
+}
+
+/// The cookie that, like the `x-canary` header (which wins), sends a caller to the canary
+/// (`always`) or keeps it on stable (`never`).
+pub const CANARY_COOKIE: &str = "canary";
+
+/// The upstream silence a route allows unless it says otherwise.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn zero() -> Weight {
+    Weight(0)
+}
+
+/// Where the stickiness key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+}
+
+/// Applies the objectives' access rules (`auth`, `allow`) to the routes of the environments they
+/// declare; returns a warning per route whose service or environment the objectives lack.
+pub fn apply_access(routes: &mut RoutesFile, catalog: &crate::spec::Catalog) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for r in &mut routes.routes {
+        let env = catalog
+            .services
+            .get(&r.service)
+            .and_then(|s| s.environments.iter().find(|e| e.name == r.environment));
+        match env {
+            Some(env) => {
+                r.auth = env.auth;
+                r.allow = env.allow.as_ref().map(|a| AccessRule {
+                    groups: a.groups.clone(),
+                    claims: a.claims.clone(),
+                });
+            }
+            None => warnings.push(format!(
+                "routes for {}/{} have no environment in the objectives; their own `auth` applies",
+                r.service, r.environment
+            )),
+        }
+    }
+    warnings
+}
+
+/// The `auth:` section of a routes file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The token issuer that must appear in `iss`.
+    pub issuer: String,
+    /// The audience that must appear in `aud`.
+    pub audience: String,
+    /// Accepted signature algorithms (asymmetric only).
+    pub algorithms: Vec<SignatureAlgorithm>,
+    /// The issuer's public keys (JWKS): a file (relative to the routes file), re-read when it
+    /// changes, or an `https://` URL (`http://` only on loopback), fetched at start, every
+    /// `jwksRefresh`, and at once (at most every 10 s) when a token names a key it does not
+    /// know (key rotation). A failed fetch keeps the keys last fetched.
+    pub jwks: String,
+    /// How often a JWKS URL is fetched again.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: crate::spec::units::Duration,
+    /// A PEM file of CA certificates to trust for the JWKS URL instead of the system's (an
+    /// in-house identity provider); relative to the routes file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca: Option<String>,
+    /// Application credentials: application name → SHA-256 (hex) of its API key.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, String>,
+    /// The header carrying the API key.
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    /// Applications may instead present a client JWT (client-credentials grant, same issuer,
+    /// audience and keys) in this header; the claim named by `clientClaim` names the application,
+    /// which must be listed in `clients`.
+    #[serde(default = "default_client_token_header")]
+    pub client_token_header: String,
+    /// The client token claim naming the application.
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+    /// Applications allowed to authenticate with a client token.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// The token claim listing the user's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+fn default_jwks_refresh() -> crate::spec::units::Duration {
+    crate::spec::units::Duration(std::time::Duration::from_secs(300))
+}
+
+/// Where the JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(std::path::PathBuf),
+    Url(String),
+}
+
+impl AuthSettings {
+    /// The JWKS source, a path resolved against `base`.
+    pub fn jwks_source(&self, base: &Path) -> JwksSource {
+        if self.jwks.starts_with("https://") || self.jwks.starts_with("http://") {
+            JwksSource::Url(self.jwks.clone())
+        } else {
+            JwksSource::File(base.join(&self.jwks))
+        }
+    }
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+fn default_client_token_header() -> String {
+    "x-client-token".into()
+}
+
+fn default_client_claim() -> String {
+    "client_id".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+/// Asymmetric JWT signature algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SignatureAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// Who may enter an environment (from the objectives' `allow`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    /// Members of any of these groups may enter.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Callers whose token has all these claims with these values may enter.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
