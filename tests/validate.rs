@@ -242,6 +242,23 @@ fn single_error(path: PathBuf) -> spec::Diagnostic {
     report.diagnostics[0].clone()
 }
 
+/// Every example file of the four folders users copy: (path, text).
+fn example_files() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for dir in ["objectives", "sensors", "controllers", "simulations"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push((
+                    path.display().to_string(),
+                    std::fs::read_to_string(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    files
+}
+
 /// The `apiVersion` documents of a text: each kind's files, and the README's complete examples.
 fn json_documents(text: &str) -> Vec<serde_json::Value> {
     let mut problems = Vec::new();
@@ -272,18 +289,7 @@ fn every_example_passes_its_kinds_json_schema_as_an_editor_checks_it() {
             (*kind, jsonschema::validator_for(&schema).unwrap())
         })
         .collect();
-    let mut files: Vec<(String, String)> = Vec::new();
-    for dir in ["objectives", "sensors", "controllers", "simulations"] {
-        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                files.push((
-                    path.display().to_string(),
-                    std::fs::read_to_string(&path).unwrap(),
-                ));
-            }
-        }
-    }
+    let mut files = example_files();
     // the README's examples that are whole files (no `…` left for the reader)
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     for (i, block) in readme.split("```yaml\n").skip(1).enumerate() {
@@ -611,18 +617,7 @@ fn mappings(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
 fn an_unknown_field_in_any_mapping_of_any_example_is_refused_where_it_is() {
     // the examples, loaded together as a user validates them; each file's mappings in turn get
     // an unknown key
-    let mut files: Vec<(String, String)> = Vec::new();
-    for dir in ["objectives", "sensors", "controllers", "simulations"] {
-        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                files.push((
-                    path.display().to_string(),
-                    std::fs::read_to_string(&path).unwrap(),
-                ));
-            }
-        }
-    }
+    let files = example_files();
     let mut checked = 0;
     for (i, (name, text)) in files.iter().enumerate() {
         let docs = json_documents(text);

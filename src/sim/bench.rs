@@ -688,6 +688,23 @@ impl Detector for Naive {
 /// A detector's name, its setting in words, and its constructor.
 pub type DetectorEntry = (&'static str, &'static str, fn(&Scenario) -> Box<dyn Detector>);
 
+/// Our judge as the benchmark runs it: α and the false-promotion rate 5%, the target between
+/// baseline and regression, regression and safety boundaries δ_r and δ_s.
+fn ours(s: &Scenario, delta_r: f64, delta_s: f64) -> Box<dyn Detector> {
+    Box::new(Ours {
+        state: Default::default(),
+        cfg: JudgeConfig {
+            alpha: 0.05,
+            alpha_safe: 0.05,
+            tolerance: delta_r,
+            safety_tolerance: delta_s,
+            max_bad: 0.015,
+            compare_with_stable: true,
+        },
+        metric: s.metric,
+    })
+}
+
 /// The detectors.
 pub fn detectors() -> Vec<DetectorEntry> {
     fn tuned_error_limit(s: &Scenario) -> f64 {
@@ -726,38 +743,12 @@ pub fn detectors() -> Vec<DetectorEntry> {
         (
             "ours",
             "α 5%, false-promotion rate 5%, indifference zone: roll back beyond 10% worse, promote within 50%, target 1.5% bad",
-            |s| {
-                Box::new(Ours {
-                    state: Default::default(),
-                    cfg: JudgeConfig {
-                        alpha: 0.05,
-                        alpha_safe: 0.05,
-                        tolerance: 0.1,
-                        safety_tolerance: 0.5,
-                        max_bad: 0.015,
-                        compare_with_stable: true,
-                    },
-                    metric: s.metric,
-                })
-            },
+            |s| ours(s, 0.1, 0.5),
         ),
         (
             "ours, one tolerance",
             "as before the indifference zone: tolerance 50% for both tests",
-            |s| {
-                Box::new(Ours {
-                    state: Default::default(),
-                    cfg: JudgeConfig {
-                        alpha: 0.05,
-                        alpha_safe: 0.05,
-                        tolerance: 0.5,
-                        safety_tolerance: 0.5,
-                        max_bad: 0.015,
-                        compare_with_stable: true,
-                    },
-                    metric: s.metric,
-                })
-            },
+            |s| ours(s, 0.5, 0.5),
         ),
         (
             "flagger t=1",
