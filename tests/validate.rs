@@ -462,6 +462,22 @@ fn hostile_files_fail_cleanly_without_a_panic() {
         .replace("duration: 1h", "duration: -10s");
     let d = single_error(write(dir.path(), "negative.yaml", negative.as_bytes()));
     assert!(d.message.contains("`-10s` is negative"), "{}", d.message);
+    // an absurd duration is refused at validation (simulate used to run out of memory on 365d
+    // and hang on 100000000h); one too large for any clock is called too long
+    for (duration, says) in [
+        (
+            "100000000h",
+            "is longer than a scenario may run (366 days at most)",
+        ),
+        ("99999999999999999999999h", "too long a duration"),
+    ] {
+        let text = String::from_utf8_lossy(seed)
+            .replace("seed: -1", "seed: 1")
+            .replace("duration: 1h", &format!("duration: {duration}"));
+        let d = single_error(write(dir.path(), "long.yaml", text.as_bytes()));
+        assert!(d.message.contains(says), "{duration}: {}", d.message);
+        assert_eq!(d.line, 7, "{duration}");
+    }
 
     // a device never ends and a FIFO blocks: both refused without reading (before, /dev/zero
     // was read until memory ran out and a FIFO hung validate)
