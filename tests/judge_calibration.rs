@@ -185,11 +185,17 @@ fn the_indifference_zone_keeps_both_guarantees_at_their_boundaries() {
     let mut out =
         String::from("\n## Indifference zone δ_r 10%, δ_s 50% (2,000 streams each, α = α_s = 0.05)\n\n");
     out.push_str("| canary | rolled back | called safe | Clopper–Pearson 95% of the guarded rate |\n|---|---|---|---|\n");
-    let runs: Vec<Outcome> = (0..RUNS)
-        .map(|seed| run_stream(3_000_000 + seed, 0.01, 0.011, &cfg))
-        .collect();
-    let rolled_back = runs.iter().filter(|o| o.regressed_after.is_some()).count() as u64;
-    let safe = runs.iter().filter(|o| o.ever_safe).count() as u64;
+    // (rolled back, called safe) of RUNS streams with the canary at `p_canary`
+    let counts = |first_seed: u64, p_canary: f64| {
+        let runs: Vec<Outcome> = (0..RUNS)
+            .map(|seed| run_stream(first_seed + seed, 0.01, p_canary, &cfg))
+            .collect();
+        (
+            runs.iter().filter(|o| o.regressed_after.is_some()).count() as u64,
+            runs.iter().filter(|o| o.ever_safe).count() as u64,
+        )
+    };
+    let (rolled_back, safe) = counts(3_000_000, 0.011);
     let (lo, hi) = clopper_pearson(rolled_back, RUNS);
     let _ = writeln!(
         out,
@@ -199,12 +205,7 @@ fn the_indifference_zone_keeps_both_guarantees_at_their_boundaries() {
         lo <= cfg.alpha,
         "rolled back {rolled_back}/{RUNS} at the regression boundary"
     );
-
-    let runs: Vec<Outcome> = (0..RUNS)
-        .map(|seed| run_stream(4_000_000 + seed, 0.01, 0.015, &cfg))
-        .collect();
-    let rolled_back = runs.iter().filter(|o| o.regressed_after.is_some()).count() as u64;
-    let safe = runs.iter().filter(|o| o.ever_safe).count() as u64;
+    let (rolled_back, safe) = counts(4_000_000, 0.015);
     let (lo, hi) = clopper_pearson(safe, RUNS);
     let _ = writeln!(
         out,

@@ -584,12 +584,7 @@ fn explain(
     match verdict {
         Verdict::Regressed => {
             let (test, c) = s.regressed.expect("regressed has a crossing");
-            let what = match test {
-                Test::RelativeRegression => {
-                    format!("worse than stable by more than {:.0}%", 100.0 * cfg.tolerance)
-                }
-                _ => format!("above the target {:.3}%", 100.0 * cfg.max_bad),
-            };
+            let what = regression_what(Some(test), cfg);
             format!(
                 "{counts}; {what}: evidence ratio {:.0} > {:.0} = 1/α",
                 c.e_value, reg_t
@@ -613,6 +608,16 @@ fn explain(
             e(reg_e),
             e(safe_e)
         ),
+    }
+}
+
+/// What a regression crossed, in words.
+fn regression_what(test: Option<Test>, cfg: &JudgeConfig) -> String {
+    match test {
+        Some(Test::RelativeRegression) => {
+            format!("worse than stable by more than {:.0}%", 100.0 * cfg.tolerance)
+        }
+        _ => format!("above the target {:.3}%", 100.0 * cfg.max_bad),
     }
 }
 
@@ -694,12 +699,7 @@ fn in_words(
     let alpha = 100.0 / reg_t;
     match verdict {
         Verdict::Regressed => {
-            let what = match s.regressed.map(|(t, _)| t) {
-                Some(Test::RelativeRegression) => {
-                    format!("worse than stable by more than {:.0}%", 100.0 * cfg.tolerance)
-                }
-                _ => format!("above the target {:.3}%", 100.0 * cfg.max_bad),
-            };
+            let what = regression_what(s.regressed.map(|(t, _)| t), cfg);
             format!(
                 "{counts}: {what}, and the judge is sure (evidence {} ≥ {reg_t:.0}, which a healthy canary reaches less than {alpha}% of the time)",
                 ev(s.regressed.map_or(reg_e, |(_, c)| c.e_value))
