@@ -23,3 +23,4 @@ pub mod runtime;
 pub mod sim;
 pub mod spec;
 pub mod store;
+pub mod web;

@@ -7,34 +7,18 @@
 
 use autopilot::control::ports::{Builder, Runtime};
 use autopilot::control::rollout::{BuildOutcome, Cause, Phase, Release};
-use autopilot::live::config::AutopilotConfig;
 use autopilot::live::demo;
 use autopilot::release::LocalBuilder;
 use autopilot::runtime::LocalRuntime;
 use autopilot::store::SqlStore;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 mod common;
+use common::up::{phase, prepare, up, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
-
-/// Polls `check` every 100 ms until it gives a value or `limit` passes.
-async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn alive(pid: u32) -> bool {
     // a zombie is not running
@@ -138,82 +122,6 @@ fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
         "requests that reached no release: {}",
         summary["failures"]
     );
-}
-
-/// Writes the demo's layout (repository with v1, specs, credentials) and its configuration as
-/// `autopilot.yaml` (JSON is YAML).
-fn prepare(dir: &Path) -> (AutopilotConfig, demo::Credentials, PathBuf) {
-    let opts = demo::DemoOptions {
-        dir: dir.to_owned(),
-        exe: PathBuf::from(EXE),
-        interval: "1s".parse().unwrap(),
-        fancy: false,
-        limit: Duration::from_secs(120),
-        bad_errors: demo::BAD_ERRORS,
-    };
-    let creds = demo::Credentials::generate(
-        &dir.join("specs"),
-        "https://id.autopilot.test",
-        "demo",
-        &["shop-team"],
-    )
-    .unwrap();
-    let config = demo::lay_out(&opts, &creds).unwrap();
-    demo::commit(&dir.join("repo"), "v1", 0.0, "v1").unwrap();
-    let path = dir.join("autopilot.yaml");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    (config, creds, path)
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    /// SIGTERM first, so `autopilot up` stops its services (a SIGKILL would leave them running
-    /// on, orphaned, into the next test binaries); SIGKILL if it has not stopped in 20 s.
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn up(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Child(
-        Command::new(EXE)
-            .args(["up", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn phase(store: &SqlStore, env: &str, commit: &str) -> Option<(String, Phase)> {
-    let states = store.states().await.ok()?;
-    let (_, st) = states.into_iter().find(|(s, _)| s == demo::SERVICE)?;
-    let release = st.releases.iter().find(|r| r.commit == commit)?.id.clone();
-    let e = st.environments.get(env)?;
-    if e.stable.as_deref() == Some(release.as_str()) {
-        return Some((
-            release,
-            Phase::Promoted {
-                at: autopilot::control::time::Time::ZERO,
-            },
-        ));
-    }
-    let r = e.rollout.as_ref().filter(|r| r.release == release)?;
-    Some((release, r.phase.clone()))
 }
 
 async fn recorded_pids(store: &SqlStore) -> Vec<u32> {

@@ -16,6 +16,7 @@
 //! [`crate::control::overrides`], and the controller acts on them at its next look.
 
 pub mod bench;
+pub mod events;
 pub mod views;
 mod webhook;
 
@@ -211,13 +212,17 @@ impl ApiState {
             .ok_or_else(|| ApiError::not_found(format!("no service `{service}`")).field("path.service"))
     }
 
-    /// Checks the bearer token against the store; `need` is the least role allowed.
-    async fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
+    /// Checks the bearer token against the store; `need` is the least role allowed. Reads also
+    /// take the token from the `autopilot_token` cookie the web pages set (a browser's
+    /// `EventSource` and page loads cannot send a header); actions never do, so a page of
+    /// another site cannot act with a signed-in user's cookie.
+    pub(crate) async fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
+            .map(str::trim)
+            .or_else(|| (need == Role::Viewer).then(|| token_cookie(headers)).flatten());
         let Some(secret) = bearer.filter(|s| !s.is_empty()) else {
             if need == Role::Viewer && self.settings.open_reads {
                 return Ok(Caller {
@@ -265,6 +270,20 @@ impl ApiState {
             .map_err(ApiError::store)?;
         Ok((loaded.state, loaded.overrides))
     }
+}
+
+/// The name of the cookie the web pages keep the user's token in.
+pub const TOKEN_COOKIE: &str = "autopilot_token";
+
+/// The token in the `autopilot_token` cookie, if any.
+fn token_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .map(str::trim)
 }
 
 /// The client's address, when served over a socket.
@@ -325,6 +344,7 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(webhook::push))
+        .routes(routes!(events::events))
         .split_for_parts()
 }
 
@@ -340,6 +360,7 @@ pub fn router(state: ApiState) -> axum::Router {
     let doc = openapi_json();
     parts()
         .0
+        .merge(crate::web::routes())
         .route(
             "/v1/openapi.json",
             axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
@@ -404,18 +425,33 @@ async fn list_services(
     headers: HeaderMap,
 ) -> Result<axum::Json<ServiceList>, ApiError> {
     api.authorize(&headers, Role::Viewer).await?;
+    Ok(axum::Json(services_view(&api).await?))
+}
+
+/// Every service and where each environment stands (the API's and the pages' view).
+pub(crate) async fn services_view(api: &ApiState) -> Result<ServiceList, ApiError> {
     let mut services = Vec::new();
     for spec in api.specs.iter() {
-        let (state, overrides) = api.state_of(&spec.service).await?;
-        services.push(service_view(
-            spec,
-            description(&api, &spec.service),
-            &state,
-            &overrides,
-            |env| api.url(&spec.service, env, None),
-        ));
+        services.push(one_service_view(api, spec).await?);
     }
-    Ok(axum::Json(ServiceList { services }))
+    Ok(ServiceList { services })
+}
+
+async fn one_service_view(api: &ApiState, spec: &PlanSpec) -> Result<ServiceView, ApiError> {
+    let (state, overrides) = api.state_of(&spec.service).await?;
+    let evidence = api
+        .store
+        .latest_evidence_of(&spec.service)
+        .await
+        .map_err(ApiError::store)?;
+    Ok(service_view(
+        spec,
+        description(api, &spec.service),
+        &state,
+        &overrides,
+        &evidence,
+        |env| api.url(&spec.service, env, None),
+    ))
 }
 
 fn description(api: &ApiState, service: &str) -> Option<String> {
@@ -438,14 +474,7 @@ async fn get_service(
     api.authorize(&headers, Role::Viewer).await?;
     let Path(service) = path?;
     let spec = api.spec(&service)?;
-    let (state, overrides) = api.state_of(&service).await?;
-    Ok(axum::Json(service_view(
-        spec,
-        description(&api, &service),
-        &state,
-        &overrides,
-        |env| api.url(&service, env, None),
-    )))
+    Ok(axum::Json(one_service_view(&api, spec).await?))
 }
 
 /// A service's releases, newest first.
@@ -462,14 +491,24 @@ async fn list_releases(
     api.authorize(&headers, Role::Viewer).await?;
     let Path(service) = path?;
     let Query(q) = query?;
-    api.spec(&service)?;
     let (limit, before) = page(&q)?;
+    Ok(axum::Json(releases_page(&api, &service, limit, before).await?))
+}
+
+/// A page of a service's releases, newest first, older than `before` (a build number).
+pub(crate) async fn releases_page(
+    api: &ApiState,
+    service: &str,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<ReleasePage, ApiError> {
+    api.spec(service)?;
     let builds = api
         .store
-        .releases(&service, before, limit + 1)
+        .releases(service, before, limit + 1)
         .await
         .map_err(ApiError::store)?;
-    let (state, _) = api.state_of(&service).await?;
+    let (state, _) = api.state_of(service).await?;
     let more = builds.len() as i64 > limit;
     let items: Vec<_> = builds
         .iter()
@@ -477,7 +516,7 @@ async fn list_releases(
         .map(|b| release_summary(b, &state))
         .collect();
     let next_cursor = more.then(|| items.last().map(|r| r.build.to_string())).flatten();
-    Ok(axum::Json(ReleasePage { items, next_cursor }))
+    Ok(ReleasePage { items, next_cursor })
 }
 
 /// A release's whole story: config, build, deployments, verdicts, actions, URLs.
@@ -492,7 +531,16 @@ async fn get_release(
 ) -> Result<axum::Json<ReleaseView>, ApiError> {
     api.authorize(&headers, Role::Viewer).await?;
     let Path(id) = path?;
-    let b = find_release(&api, &id).await?;
+    Ok(axum::Json(release_view(&api, &id).await?.0))
+}
+
+/// A release's whole story, and its build as stored (with the full output).
+pub(crate) async fn release_view(
+    api: &ApiState,
+    id: &str,
+) -> Result<(ReleaseView, crate::store::StoredBuild), ApiError> {
+    let id = id.to_owned();
+    let b = find_release(api, &id).await?;
     let service = b.service.clone();
     let (state, _) = api.state_of(&service).await?;
     let transitions = api
@@ -543,12 +591,7 @@ async fn get_release(
             VerdictView {
                 environment: e.environment,
                 objective: e.objective,
-                verdict: match j.verdict {
-                    crate::control::judge::Verdict::Regressed => "regressed",
-                    crate::control::judge::Verdict::Safe => "safe",
-                    crate::control::judge::Verdict::NotYet(_) => "not yet",
-                }
-                .to_owned(),
+                verdict: verdict_name(&j.verdict).to_owned(),
                 explanation: j.evidence.explanation.clone(),
                 canary_bad: j.evidence.canary.bad,
                 canary_total: j.evidence.canary.total,
@@ -594,7 +637,7 @@ async fn get_release(
         }
     }
     let digest = b.digest.clone().unwrap_or_default();
-    Ok(axum::Json(ReleaseView {
+    let view = ReleaseView {
         artifact: format!("oci-layout:artifacts@{digest} (autopilot's data directory)"),
         id: id.clone(),
         service,
@@ -615,7 +658,8 @@ async fn get_release(
         verdicts,
         actions,
         urls,
-    }))
+    };
+    Ok((view, b))
 }
 
 async fn find_release(api: &ApiState, id: &str) -> Result<crate::store::StoredBuild, ApiError> {
@@ -769,6 +813,11 @@ async fn act(
     let body = body?;
     let req: ActionRequest = parse_body(&body)?;
     check_reason(&req.reason)?;
+    let evidence = api
+        .store
+        .latest_evidence_of(&service)
+        .await
+        .map_err(ApiError::store)?;
     if req.regardless && req.action != ActionName::Pause {
         return Err(ApiError::bad_request("`regardless` goes with `pause` only").field("body.regardless"));
     }
@@ -845,6 +894,7 @@ async fn act(
                     state.environments.get(&environment),
                     ov.environments.get(&environment),
                     ov,
+                    &evidence,
                 );
                 let result = ActionResult {
                     audit_id,

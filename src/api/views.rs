@@ -2,7 +2,8 @@
 //! so the document and the server cannot disagree. Times are RFC 3339 strings.
 
 use crate::control::plan::PlanSpec;
-use crate::control::rollout::{Actor, EnvOverrides, EnvState, Overrides, Phase, ServiceState};
+use crate::control::judge::Verdict;
+use crate::control::rollout::{Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, ServiceState};
 use crate::store::StoredBuild;
 use crate::store::api::AuditRecord;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,19 @@ pub struct RolloutView {
     /// Why it is in this state, in words (what it waits on, why it paused or rolled back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The judge's latest word on each objective, while the rollout is active.
+    #[serde(default)]
+    pub verdicts: Vec<ObjectiveVerdict>,
+}
+
+/// The judge's latest word on one objective of a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ObjectiveVerdict {
+    pub objective: String,
+    /// `regressed`, `safe` or `not yet`.
+    pub verdict: String,
+    /// The counts and the verdict in words.
+    pub words: String,
 }
 
 /// Who did something, and why.
@@ -431,13 +445,24 @@ fn phase_since(phase: &Phase) -> crate::control::time::Time {
     }
 }
 
-/// One environment's view from its state and overrides.
+/// A verdict's name, as the API says it.
+pub fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Regressed => "regressed",
+        Verdict::Safe => "safe",
+        Verdict::NotYet(_) => "not yet",
+    }
+}
+
+/// One environment's view from its state, overrides and the judge's latest words (of the
+/// service; those of this environment's active rollout are shown).
 pub fn environment_view(
     name: &str,
     url: String,
     st: Option<&EnvState>,
     ov: Option<&EnvOverrides>,
     overrides: &Overrides,
+    evidence: &[ObjectiveEvidence],
 ) -> EnvironmentView {
     let none = EnvState::default();
     let st = st.unwrap_or(&none);
@@ -448,6 +473,19 @@ pub fn environment_view(
         started_at: r.started_at.to_string(),
         since: phase_since(&r.phase).to_string(),
         detail: phase_detail(&r.phase),
+        verdicts: evidence
+            .iter()
+            .filter(|e| !r.phase.is_finished() && e.environment == name && e.release == r.release)
+            .map(|e| ObjectiveVerdict {
+                objective: e.objective.clone(),
+                verdict: verdict_name(&e.judgement.verdict).to_owned(),
+                words: if e.judgement.evidence.words.is_empty() {
+                    e.judgement.evidence.explanation.clone()
+                } else {
+                    e.judgement.evidence.words.clone()
+                },
+            })
+            .collect(),
     });
     let mut view = OverridesView::default();
     if let Some(o) = ov {
@@ -529,6 +567,7 @@ pub fn service_view(
     description: Option<String>,
     state: &ServiceState,
     overrides: &Overrides,
+    evidence: &[ObjectiveEvidence],
     url: impl Fn(&str) -> String,
 ) -> ServiceView {
     ServiceView {
@@ -544,6 +583,7 @@ pub fn service_view(
                     state.environments.get(&e.name),
                     overrides.environments.get(&e.name),
                     overrides,
+                    evidence,
                 )
             })
             .collect(),

@@ -742,6 +742,8 @@ fn judge_all(ctx: &EnvCtx, r: &mut Rollout, out: &mut Out) -> Vec<(String, judge
             release: r.release.clone(),
             objective: o.name.clone(),
             judgement: judgement.clone(),
+            weight: r.phase.weight().0,
+            at: ctx.now,
         });
         results.push((o.name.clone(), judgement, o.missing_data.clone()));
     }

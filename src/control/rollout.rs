@@ -335,6 +335,12 @@ pub struct ObjectiveEvidence {
     pub release: String,
     pub objective: String,
     pub judgement: Judgement,
+    /// The canary's weight while this evidence came in.
+    #[serde(default)]
+    pub weight: u8,
+    /// When the judge gave its word.
+    #[serde(default)]
+    pub at: Time,
 }
 
 /// What `plan` decided.

@@ -2,7 +2,8 @@
 //! and an SVG chart (weights, canary vs stable bad shares, decision markers) for the story at a
 //! glance. Output is deterministic.
 
-use super::SimResult;
+use super::{Sample, SimResult};
+use crate::control::rollout::Transition;
 use crate::control::time::Time;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -201,22 +202,43 @@ const ROLLED_BACK: RGBColor = RGBColor(214, 39, 40);
 /// reached), each zoomed to its rollouts: the canary's weight and each objective's canary and
 /// stable bad shares over time, with a labelled marker at every promotion and rollback.
 pub fn svg(r: &SimResult) -> String {
-    let envs: Vec<&String> = r
-        .environments
+    chart(
+        &format!(
+            "{} (seed {}) — canary weight and bad shares; green: promoted, red: rolled back",
+            r.scenario, r.seed
+        ),
+        r.start,
+        r.end,
+        &r.environments,
+        &r.objectives,
+        &r.samples,
+        &r.transitions,
+    )
+}
+
+/// The rollout chart of [`svg`], for any samples and transitions (the release page draws its
+/// own): times are shown from `start`; `end` bounds an environment without samples.
+pub fn chart(
+    title: &str,
+    start: Time,
+    end: Time,
+    environments: &[String],
+    objectives: &[String],
+    samples: &[Sample],
+    transitions: &[Transition],
+) -> String {
+    let envs: Vec<&String> = environments
         .iter()
-        .filter(|e| r.samples.iter().any(|s| &s.environment == *e))
+        .filter(|e| samples.iter().any(|s| &s.environment == *e))
         .collect();
     let height = 260 * envs.len().max(1) as u32 + 40;
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, (1100, height)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let (title, body) = root.split_vertically(40);
-        let _ = title.draw(&Text::new(
-            format!(
-                "{} (seed {}) — canary weight and bad shares; green: promoted, red: rolled back",
-                r.scenario, r.seed
-            ),
+        let (heading, body) = root.split_vertically(40);
+        let _ = heading.draw(&Text::new(
+            title.to_owned(),
             (10, 12),
             ("sans-serif", 16).into_font(),
         ));
@@ -229,9 +251,8 @@ pub fn svg(r: &SimResult) -> String {
         }
         let panels = body.split_evenly((envs.len().max(1), 1));
         for (panel, env) in panels.iter().zip(envs) {
-            let samples: Vec<_> = r.samples.iter().filter(|s| &s.environment == env).collect();
-            let markers: Vec<(Time, RGBColor, String)> = r
-                .transitions
+            let samples: Vec<_> = samples.iter().filter(|s| &s.environment == env).collect();
+            let markers: Vec<(Time, RGBColor, String)> = transitions
                 .iter()
                 .filter(|t| &t.environment == env)
                 .filter_map(|t| match t.to.as_str() {
@@ -241,20 +262,20 @@ pub fn svg(r: &SimResult) -> String {
                 })
                 .collect();
             // zoomed to this environment's rollouts, with a margin; minutes when short
-            let first = samples.first().map(|s| s.at).unwrap_or(r.start);
+            let first = samples.first().map(|s| s.at).unwrap_or(start);
             let last = samples
                 .iter()
                 .map(|s| s.at)
                 .chain(markers.iter().map(|m| m.0))
                 .max()
-                .unwrap_or(r.end);
+                .unwrap_or(end);
             let span_s = last.since(first).as_secs_f64().max(60.0);
             let (unit, per) = if span_s < 3.0 * 3600.0 {
                 ("minutes since start", 60.0)
             } else {
                 ("hours since start", 3600.0)
             };
-            let x = |t: Time| t.since(r.start).as_secs_f64() / per;
+            let x = |t: Time| t.since(start).as_secs_f64() / per;
             let (x0, x1) = (
                 (x(first) - 0.05 * span_s / per).max(0.0),
                 x(last) + 0.05 * span_s / per,
@@ -307,7 +328,7 @@ pub fn svg(r: &SimResult) -> String {
                 .build_cartesian_2d(x0..x1, 0.0..max_rate)
             {
                 let _ = chart.configure_mesh().x_desc(unit).light_line_style(WHITE).draw();
-                for (k, objective) in r.objectives.iter().enumerate() {
+                for (k, objective) in objectives.iter().enumerate() {
                     let color = PALETTE[k % PALETTE.len()];
                     let series = |pick: fn(&Rate) -> Option<f64>| {
                         samples

@@ -9,6 +9,7 @@
 //!   loop's clearing of a one-shot never lose each other's write.
 
 use super::{SqlStore, StoredBuild, StoredTransition, db_err, json};
+use crate::control::judge::Counts;
 use crate::control::ports::PortError;
 use crate::control::rollout::{ObjectiveEvidence, Overrides, ServiceState};
 use crate::control::time::Time;
@@ -21,6 +22,23 @@ const TRIES: usize = 20;
 /// How long an `Idempotency-Key` is remembered (as Stripe's API does): a client retrying
 /// later than this is making a new request.
 const KEY_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// The most samples one release's chart reads (a day of looks every 5 s at three objectives
+/// is about 50,000; the chart keeps the newest).
+pub const SAMPLES_MAX: i64 = 20_000;
+
+/// The judge's counts for one objective at one look at a canary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    pub environment: String,
+    pub objective: String,
+    /// The canary's weight while these counts came in.
+    pub weight: u8,
+    /// Counted since the rollout started.
+    pub canary: Counts,
+    pub stable: Counts,
+    pub at: Time,
+}
 
 /// One record of the audit trail.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -110,6 +128,13 @@ pub fn token_hash(secret: &str) -> String {
         .collect()
 }
 
+/// An integer column, whatever width the backend gave it.
+fn r_i64(r: &sqlx::any::AnyRow, column: &str) -> Result<i64, PortError> {
+    r.try_get::<i64, _>(column)
+        .or_else(|_| r.try_get::<i32, _>(column).map(i64::from))
+        .map_err(db_err)
+}
+
 fn time(r: &sqlx::any::AnyRow, column: &str) -> Time {
     Time::from_millis(r.get::<i64, _>(column) as u64)
 }
@@ -173,6 +198,87 @@ impl SqlStore {
         .await
         .map_err(db_err)?;
         rows.iter().map(StoredTransition::from_row).collect()
+    }
+
+    /// Transitions recorded after the one numbered `after` (of one service, or all), oldest
+    /// first, at most `limit`, each with its number.
+    pub async fn transitions_after(
+        &self,
+        service: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, StoredTransition)>, PortError> {
+        let rows = sqlx::query(
+            "SELECT id, service, environment, release, from_phase, to_phase, weight, cause, at \
+             FROM transitions WHERE ($1 IS NULL OR service = $1) AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(service)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((r.get::<i64, _>("id"), StoredTransition::from_row(r)?)))
+            .collect()
+    }
+
+    /// Marks that change whenever something a display shows changes (of one service, or all):
+    /// the newest transition, the states' and overrides' versions, the newest audit record,
+    /// build and judge's look. Equal marks: nothing to show anew.
+    pub async fn change_marks(&self, service: Option<&str>) -> Result<[i64; 6], PortError> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT COALESCE(MAX(id), 0) FROM transitions WHERE ($1 IS NULL OR service = $1)) AS t, \
+             (SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM services WHERE ($1 IS NULL OR name = $1)) AS s, \
+             (SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM overrides WHERE ($1 IS NULL OR service = $1)) AS o, \
+             (SELECT COALESCE(MAX(id), 0) FROM audit WHERE ($1 IS NULL OR service = $1)) AS a, \
+             (SELECT COALESCE(MAX(seq), 0) + COUNT(finished_at) FROM builds WHERE ($1 IS NULL OR service = $1)) AS b, \
+             (SELECT COALESCE(MAX(id), 0) FROM samples WHERE ($1 IS NULL OR service = $1)) AS j",
+        )
+        .bind(service)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut marks = [0; 6];
+        for (m, c) in marks.iter_mut().zip(["t", "s", "o", "a", "b", "j"]) {
+            *m = r_i64(&row, c)?;
+        }
+        Ok(marks)
+    }
+
+    /// The judge's counts at each look at one release's canaries, oldest first (the newest
+    /// [`SAMPLES_MAX`] when there are more).
+    pub async fn release_samples(&self, service: &str, release: &str) -> Result<Vec<StoredSample>, PortError> {
+        let rows = sqlx::query(
+            "SELECT environment, objective, weight, canary_bad, canary_total, stable_bad, stable_total, at \
+             FROM samples WHERE release = $2 AND service = $1 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(service)
+        .bind(release)
+        .bind(SAMPLES_MAX)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let count = |r: &sqlx::any::AnyRow, c: &str| r.get::<i64, _>(c).max(0) as u64;
+        Ok(rows
+            .iter()
+            .rev()
+            .map(|r| StoredSample {
+                environment: r.get("environment"),
+                objective: r.get("objective"),
+                weight: r.get::<i64, _>("weight").clamp(0, 100) as u8,
+                canary: Counts {
+                    bad: count(r, "canary_bad"),
+                    total: count(r, "canary_total"),
+                },
+                stable: Counts {
+                    bad: count(r, "stable_bad"),
+                    total: count(r, "stable_total"),
+                },
+                at: time(r, "at"),
+            })
+            .collect())
     }
 
     /// The judge's word on one release at each of its transitions, oldest first, then the

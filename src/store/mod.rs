@@ -32,13 +32,15 @@ pub mod api;
 pub mod postgres;
 
 /// The schema, in order, per backend. Never edit a released migration: add one, to both.
-const SQLITE: [(i64, &str, &str); 2] = [
+const SQLITE: [(i64, &str, &str); 3] = [
     (1, "initial", include_str!("migrations/sqlite/0001_initial.sql")),
     (2, "api", include_str!("migrations/sqlite/0002_api.sql")),
+    (3, "samples", include_str!("migrations/sqlite/0003_samples.sql")),
 ];
-const POSTGRES: [(i64, &str, &str); 2] = [
+const POSTGRES: [(i64, &str, &str); 3] = [
     (1, "initial", include_str!("migrations/postgres/0001_initial.sql")),
     (2, "api", include_str!("migrations/postgres/0002_api.sql")),
+    (3, "samples", include_str!("migrations/postgres/0003_samples.sql")),
 ];
 
 /// How many times a compare-and-swap of the overrides is tried before giving up (each retry
@@ -273,13 +275,25 @@ impl SqlStore {
         Ok(rows.iter().map(StoredBuild::from_row).collect())
     }
 
-    /// The latest judgement per (service, environment, objective), as JSON values.
+    /// The latest judgement per (service, environment, objective).
     pub async fn latest_evidence(&self) -> Result<Vec<ObjectiveEvidence>, PortError> {
-        let rows =
-            sqlx::query("SELECT evidence FROM latest_evidence ORDER BY service, environment, objective")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
+        self.evidence_of(None).await
+    }
+
+    /// The judge's latest word on each objective of one service's environments.
+    pub async fn latest_evidence_of(&self, service: &str) -> Result<Vec<ObjectiveEvidence>, PortError> {
+        self.evidence_of(Some(service)).await
+    }
+
+    async fn evidence_of(&self, service: Option<&str>) -> Result<Vec<ObjectiveEvidence>, PortError> {
+        let query = match service {
+            Some(s) => sqlx::query(
+                "SELECT evidence FROM latest_evidence WHERE service = $1 ORDER BY environment, objective",
+            )
+            .bind(s),
+            None => sqlx::query("SELECT evidence FROM latest_evidence ORDER BY service, environment, objective"),
+        };
+        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
         rows.into_iter()
             .map(|r| {
                 serde_json::from_str(&r.get::<String, _>("evidence"))
@@ -488,6 +502,25 @@ impl Store for SqlStore {
             .bind(&e.objective)
             .bind(&e.release)
             .bind(&text)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let (c, st) = (&e.judgement.evidence.canary, &e.judgement.evidence.stable);
+            sqlx::query(
+                "INSERT INTO samples (service, environment, release, objective, weight, \
+                 canary_bad, canary_total, stable_bad, stable_total, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(service)
+            .bind(&e.environment)
+            .bind(&e.release)
+            .bind(&e.objective)
+            .bind(i64::from(e.weight))
+            .bind(c.bad as i64)
+            .bind(c.total as i64)
+            .bind(st.bad as i64)
+            .bind(st.total as i64)
+            .bind(e.at.millis() as i64)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;

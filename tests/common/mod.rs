@@ -2,6 +2,8 @@
 //! bounded waits on real servers.
 #![allow(dead_code)]
 
+pub mod up;
+
 use autopilot::proxy::routes::RouteSpec;
 use autopilot::proxy::server::{ProxyConfig, ProxyHandle, RELEASE_HEADER};
 use autopilot::spec::objectives::Auth;
