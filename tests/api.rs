@@ -727,3 +727,196 @@ fn the_checked_in_openapi_document_is_the_generated_one() {
         "src/api/openapi.json has drifted from the API: run `cargo run -- api --openapi > src/api/openapi.json`"
     );
 }
+
+/// The pages read what the API reads, with the same tokens: from the cookie the sign-in form
+/// sets, which serves reads only (an action with it alone is refused).
+async fn pages(c: &Client, t: &Tokens) {
+    let cookie = |tok: &str| format!("theme=dark; autopilot_token={tok}");
+    let page = |path: &'static str, tok: Option<String>| async move {
+        let headers = tok.map(|t| vec![("cookie".to_owned(), t)]).unwrap_or_default();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        c.call(Method::GET, path, None, None, &headers).await
+    };
+    // no token: the sign-in page, with 401
+    let a = page("/", None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.text.contains("sign-in-form"), "{}", a.text);
+    let a = page("/", Some(cookie("ap_wrong"))).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.text.contains("the token is not valid"), "{}", a.text);
+    // the central page: where each environment stands, what the judge says, the buttons
+    let a = page("/", Some(cookie(&t.viewer))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    for needle in [
+        "Reading as vic (viewer)",
+        "href=\"/releases/r1\"",
+        "data-environment=\"prod\"",
+        "canary",
+        "aria-label=\"canary weight 20%\"",
+        "data-action=\"pause\"",
+        "data-action=\"rollback\"",
+        "data-events=\"/v1/events\"",
+    ] {
+        assert!(a.text.contains(needle), "the central page lacks `{needle}`:\n{}", a.text);
+    }
+    // a release's page: its build output and config, its deployments, escaped
+    let a = page("/releases/r2", Some(cookie(&t.viewer))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    for needle in ["building r2", "kind: Service", "prod, attempt 1", "instances ready"] {
+        assert!(a.text.contains(needle), "the release page lacks `{needle}`:\n{}", a.text);
+    }
+    let a = page("/releases/nope", Some(cookie(&t.viewer))).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(a.text.contains("no release `nope`"), "{}", a.text);
+    let a = page("/services/checkout", Some(cookie(&t.viewer))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text.contains("Releases of checkout, newest first"), "{}", a.text);
+    // the API reads with the cookie too, but never acts with it
+    let h = cookie(&t.admin);
+    let a = c
+        .call(Method::GET, "/v1/services", None, None, &[("cookie", h.as_str())])
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = c
+        .call(
+            Method::POST,
+            "/v1/services/checkout/environments/prod/actions",
+            None,
+            Some(json!({"action": "pause", "reason": "from a cookie"}).to_string().into_bytes()),
+            &[("cookie", h.as_str())],
+        )
+        .await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized", None);
+}
+
+#[tokio::test]
+async fn the_pages_read_with_the_cookie_and_never_act_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, tokens) = seeded(&format!("sqlite://{}", dir.path().join("p.db").display())).await;
+    pages(&Client::Oneshot(api::router(state)), &tokens).await;
+}
+
+/// Reads `stream` until an event of `kind` arrives (bounded); returns (id, data).
+async fn next_event(
+    res: &mut reqwest::Response,
+    buffer: &mut String,
+    kind: &str,
+) -> (Option<String>, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+            };
+            if field("event:").as_deref() == Some(kind) {
+                return (field("id:"), field("data:").unwrap_or_default());
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no `{kind}` event in 15 s");
+        match tokio::time::timeout(left, res.chunk()).await {
+            Ok(Ok(Some(c))) => buffer.push_str(&String::from_utf8_lossy(&c)),
+            Ok(other) => panic!("the stream ended: {other:?}"),
+            Err(_) => panic!("no `{kind}` event in 15 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_last_event_id() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("e.db").display())).await;
+    let mut store = state.store.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let open = |last: Option<&str>, query: &str| {
+        let mut r = client
+            .get(format!("{base}/v1/events{query}"))
+            .bearer_auth(&t.viewer);
+        if let Some(l) = last {
+            r = r.header("last-event-id", l);
+        }
+        r.send()
+    };
+    let mut res = open(None, "?service=checkout").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut buf = String::new();
+    let (_, ready) = next_event(&mut res, &mut buf, "ready").await;
+    let after: i64 = serde_json::from_str::<Value>(&ready).unwrap()["after"].as_i64().unwrap();
+    // the loop promotes r2 in prod: the stream says so, then that something changed
+    let loaded = store.load("checkout").await.unwrap();
+    let mut state = loaded.state.clone();
+    let prod = state.environments.get_mut("prod").unwrap();
+    prod.rollout.as_mut().unwrap().phase = Phase::Promoting {
+        since: Time::from_secs(120),
+    };
+    let plan = Plan {
+        state,
+        actions: Vec::new(),
+        transitions: vec![Transition {
+            environment: "prod".into(),
+            release: "r2".into(),
+            from: Some("canary".into()),
+            to: "promoting".into(),
+            weight: Weight(100),
+            cause: Cause::Completed,
+            at: Time::from_secs(120),
+        }],
+        evidence: Vec::new(),
+        notes: Vec::new(),
+        next_check: Time::ZERO,
+    };
+    store.record("checkout", loaded.version, &plan, &[]).await.unwrap();
+    let (id, data) = next_event(&mut res, &mut buf, "transition").await;
+    let id = id.expect("a transition carries its number as the event id");
+    assert_eq!(id, (after + 1).to_string());
+    let e: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (e["service"].as_str(), e["environment"].as_str(), e["release"].as_str(), e["to"].as_str()),
+        (Some("checkout"), Some("prod"), Some("r2"), Some("promoting")),
+        "{e}"
+    );
+    next_event(&mut res, &mut buf, "change").await;
+    // a client that lost the connection before that event gets it again, and only it
+    let mut again = open(Some(&after.to_string()), "").await.unwrap();
+    let mut buf2 = String::new();
+    let (id2, _) = next_event(&mut again, &mut buf2, "transition").await;
+    assert_eq!(id2.as_deref(), Some(id.as_str()));
+    // refused: no token, an id this API did not give, a service it does not run
+    let plain = client.get(format!("{base}/v1/events")).send().await.unwrap();
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    let bad = open(Some("yesterday"), "").await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["field"], "header.Last-Event-ID");
+    let nope = open(None, "?service=nope").await.unwrap();
+    assert_eq!(nope.status(), StatusCode::NOT_FOUND);
+    // stopping the server ends the open streams instead of waiting on them
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the server stops with streams open")
+        .unwrap()
+        .unwrap();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = res.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended with the server");
+    drop(again);
+}

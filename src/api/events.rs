@@ -33,6 +33,10 @@ pub(super) struct EventsQuery {
     service: Option<String>,
 }
 
+/// Set when the server stops: every stream ends.
+#[derive(Debug, Clone)]
+pub struct Closing(pub tokio::sync::watch::Receiver<bool>);
+
 /// A transition, as `event: transition` carries it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TransitionEvent {
@@ -61,6 +65,7 @@ pub struct TransitionEvent {
     security(("bearer" = [])))]
 pub(super) async fn events(
     State(api): State<ApiState>,
+    closing: Option<axum::Extension<Closing>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -95,9 +100,10 @@ pub(super) async fn events(
         after,
         marks,
         first: true,
+        closing: closing.map(|c| c.0 .0),
     };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
-        let events = f.next().await;
+        let events = f.next().await?;
         Some((futures_util::stream::iter(events.into_iter().map(Ok)), f))
     });
     use futures_util::StreamExt as _;
@@ -112,15 +118,26 @@ struct Follow {
     after: i64,
     marks: [i64; 6],
     first: bool,
+    /// The server is stopping (absent when served without a socket, as in tests).
+    closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Follow {
-    /// The next look's events (after waiting for it, but for the first).
-    async fn next(&mut self) -> Vec<Event> {
+    /// The next look's events (after waiting for it, but for the first); `None` when the
+    /// server stops.
+    async fn next(&mut self) -> Option<Vec<Event>> {
         if std::mem::take(&mut self.first) {
-            return vec![Event::default().event("ready").data(format!("{{\"after\":{}}}", self.after))];
+            return Some(vec![Event::default().event("ready").data(format!("{{\"after\":{}}}", self.after))]);
         }
-        tokio::time::sleep(EVENTS_POLL).await;
+        match &mut self.closing {
+            Some(closing) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(EVENTS_POLL) => {}
+                    _ = closing.wait_for(|c| *c) => return None,
+                }
+            }
+            None => tokio::time::sleep(EVENTS_POLL).await,
+        }
         let mut out = Vec::new();
         let store = &self.api.store;
         let service = self.service.as_deref();
@@ -158,6 +175,6 @@ impl Follow {
             Ok(_) => {}
             Err(e) => tracing::warn!("events: {e}"),
         }
-        out
+        Some(out)
     }
 }
