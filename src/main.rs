@@ -106,6 +106,13 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Rollouts as they move, live: a line per environment with a bar for the canary's weight
+    /// and the judge's word per objective, under a scrolling log of transitions (until Ctrl-C).
+    Watch {
+        service: Option<String>,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Releases: `list SERVICE`, `view RELEASE`, `logs RELEASE`.
     Release {
         #[command(subcommand)]
@@ -539,6 +546,9 @@ fn main() -> ExitCode {
         }
         Command::Status { service, conn } => {
             on_runtime(async move { autopilot::cli::status(&conn, service).await })
+        }
+        Command::Watch { service, conn } => {
+            on_runtime(async move { autopilot::cli::watch::watch(&conn, service).await })
         }
         Command::Release { command, conn } => {
             on_runtime(async move { autopilot::cli::release(&conn, command).await })

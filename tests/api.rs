@@ -757,20 +757,37 @@ async fn pages(c: &Client, t: &Tokens) {
         "data-action=\"rollback\"",
         "data-events=\"/v1/events\"",
     ] {
-        assert!(a.text.contains(needle), "the central page lacks `{needle}`:\n{}", a.text);
+        assert!(
+            a.text.contains(needle),
+            "the central page lacks `{needle}`:\n{}",
+            a.text
+        );
     }
     // a release's page: its build output and config, its deployments, escaped
     let a = page("/releases/r2", Some(cookie(&t.viewer))).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-    for needle in ["building r2", "kind: Service", "prod, attempt 1", "instances ready"] {
-        assert!(a.text.contains(needle), "the release page lacks `{needle}`:\n{}", a.text);
+    for needle in [
+        "building r2",
+        "kind: Service",
+        "prod, attempt 1",
+        "instances ready",
+    ] {
+        assert!(
+            a.text.contains(needle),
+            "the release page lacks `{needle}`:\n{}",
+            a.text
+        );
     }
     let a = page("/releases/nope", Some(cookie(&t.viewer))).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert!(a.text.contains("no release `nope`"), "{}", a.text);
     let a = page("/services/checkout", Some(cookie(&t.viewer))).await;
     assert_eq!(a.status, StatusCode::OK);
-    assert!(a.text.contains("Releases of checkout, newest first"), "{}", a.text);
+    assert!(
+        a.text.contains("Releases of checkout, newest first"),
+        "{}",
+        a.text
+    );
     // the API reads with the cookie too, but never acts with it
     let h = cookie(&t.admin);
     let a = c
@@ -782,7 +799,11 @@ async fn pages(c: &Client, t: &Tokens) {
             Method::POST,
             "/v1/services/checkout/environments/prod/actions",
             None,
-            Some(json!({"action": "pause", "reason": "from a cookie"}).to_string().into_bytes()),
+            Some(
+                json!({"action": "pause", "reason": "from a cookie"})
+                    .to_string()
+                    .into_bytes(),
+            ),
             &[("cookie", h.as_str())],
         )
         .await;
@@ -857,7 +878,9 @@ async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_l
     );
     let mut buf = String::new();
     let (_, ready) = next_event(&mut res, &mut buf, "ready").await;
-    let after: i64 = serde_json::from_str::<Value>(&ready).unwrap()["after"].as_i64().unwrap();
+    let after: i64 = serde_json::from_str::<Value>(&ready).unwrap()["after"]
+        .as_i64()
+        .unwrap();
     // the loop promotes r2 in prod: the stream says so, then that something changed
     let loaded = store.load("checkout").await.unwrap();
     let mut state = loaded.state.clone();
@@ -881,13 +904,21 @@ async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_l
         notes: Vec::new(),
         next_check: Time::ZERO,
     };
-    store.record("checkout", loaded.version, &plan, &[]).await.unwrap();
+    store
+        .record("checkout", loaded.version, &plan, &[])
+        .await
+        .unwrap();
     let (id, data) = next_event(&mut res, &mut buf, "transition").await;
     let id = id.expect("a transition carries its number as the event id");
     assert_eq!(id, (after + 1).to_string());
     let e: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(
-        (e["service"].as_str(), e["environment"].as_str(), e["release"].as_str(), e["to"].as_str()),
+        (
+            e["service"].as_str(),
+            e["environment"].as_str(),
+            e["release"].as_str(),
+            e["to"].as_str()
+        ),
         (Some("checkout"), Some("prod"), Some("r2"), Some("promoting")),
         "{e}"
     );

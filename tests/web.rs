@@ -43,7 +43,11 @@ async fn browser() -> Browser {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_for("chromedriver", Duration::from_secs(20), || async {
-        http.get(format!("{url}/status")).send().await.ok().filter(|r| r.status().is_success())
+        http.get(format!("{url}/status"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
     })
     .await;
     let profile = tempfile::tempdir().unwrap();
@@ -125,9 +129,19 @@ async fn act(c: &Client, env: &str, action: &str, reason: &str, token: Option<&s
         .await
         .unwrap();
     if let Some(t) = token {
-        c.find(Locator::Id("act-token")).await.unwrap().send_keys(t).await.unwrap();
+        c.find(Locator::Id("act-token"))
+            .await
+            .unwrap()
+            .send_keys(t)
+            .await
+            .unwrap();
     }
-    c.find(Locator::Id("act-confirm")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("act-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,10 +159,19 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     })
     .await;
     let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
-    let head = Command::new("git").arg("-C").arg(&repo).args(["rev-parse", "HEAD"]).output().unwrap();
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
     let v1 = String::from_utf8(head.stdout).unwrap().trim().to_owned();
     wait_for("v1 stable in prod", Duration::from_secs(90), || async {
-        matches!(phase(&store, "prod", &v1).await, Some((_, Phase::Promoted { .. }))).then_some(())
+        matches!(
+            phase(&store, "prod", &v1).await,
+            Some((_, Phase::Promoted { .. }))
+        )
+        .then_some(())
     })
     .await;
     let viewer = store.create_token("ada", "viewer", &[]).await.unwrap();
@@ -167,8 +190,18 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     // reads are closed: the central page asks for a token, and the sign-in form takes it
     c.goto(&format!("{base}/")).await.unwrap();
     wait_text(c, "h1", "Sign in", Duration::from_secs(10)).await;
-    c.find(Locator::Id("token")).await.unwrap().send_keys(&token).await.unwrap();
-    c.find(Locator::Css("#sign-in-form button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#sign-in-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(c, "h1", "Releases", Duration::from_secs(10)).await;
 
     // the central page: the service, each environment with its stable release, nothing waiting
@@ -182,12 +215,37 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     assert!(page.contains("Nothing waits for a person"), "{page}");
     assert!(page.contains("The newest releases of shop"), "{page}");
 
+    // `autopilot watch` follows the same stream in a terminal (piped here: plain lines)
+    let watch_out = dir.path().join("watch.out");
+    let watch = Child(
+        Command::new(common::up::EXE)
+            .args(["watch", "shop", "--url", &base, "--token", &token])
+            .stdout(std::fs::File::create(&watch_out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("watch's first board", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&watch_out)
+            .ok()
+            .filter(|t| t.contains("shop/prod"))
+    })
+    .await;
+
     // push v2 and hold its canary in dev (as an operator would, from the API): the open page
     // shows it arrive and stop, without a reload
     c.execute("window.notReloaded = 42", vec![]).await.unwrap();
-    wait_for("the page to follow its event stream", Duration::from_secs(10), || async {
-        (c.execute("return document.body.dataset.live", vec![]).await.ok()? == json!("on")).then_some(())
-    })
+    wait_for(
+        "the page to follow its event stream",
+        Duration::from_secs(10),
+        || async {
+            (c.execute("return document.body.dataset.live", vec![])
+                .await
+                .ok()?
+                == json!("on"))
+            .then_some(())
+        },
+    )
     .await;
     let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
     let v2_release = wait_for("v2 a canary in dev", Duration::from_secs(90), || async {
@@ -207,12 +265,22 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
         .unwrap();
     assert!(held.status().is_success(), "{}", held.text().await.unwrap());
     // the held canary keeps serving its share: let the judge see some of it, for the chart
-    wait_for("the judge's looks at the held canary", Duration::from_secs(60), || async {
-        let samples = store.release_samples("shop", &v2_release).await.ok()?;
-        samples.iter().any(|s| s.canary.total >= 20).then_some(())
-    })
+    wait_for(
+        "the judge's looks at the held canary",
+        Duration::from_secs(60),
+        || async {
+            let samples = store.release_samples("shop", &v2_release).await.ok()?;
+            samples.iter().any(|s| s.canary.total >= 20).then_some(())
+        },
+    )
     .await;
-    let row = wait_text(c, "tr[data-environment='dev']", &v2_release, Duration::from_secs(20)).await;
+    let row = wait_text(
+        c,
+        "tr[data-environment='dev']",
+        &v2_release,
+        Duration::from_secs(20),
+    )
+    .await;
     let row = if row.contains("paused") {
         row
     } else {
@@ -235,8 +303,16 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     wait_text(c, "#act-error", "403", Duration::from_secs(10)).await;
     let error = text(c, "#act-error").await.unwrap();
     assert!(error.contains("viewer"), "{error}");
-    c.find(Locator::Id("act-cancel")).await.unwrap().click().await.unwrap();
-    assert!(matches!(phase(&store, "dev", &v2).await, Some((_, Phase::Paused { .. }))));
+    c.find(Locator::Id("act-cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(matches!(
+        phase(&store, "dev", &v2).await,
+        Some((_, Phase::Paused { .. }))
+    ));
 
     // the release page: facts, where it runs, the judge, the build output, the config
     c.goto(&format!("{base}/releases/{v2_release}")).await.unwrap();
@@ -253,7 +329,10 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
         "Configuration as built",
         "hold v2 for the browser",
     ] {
-        assert!(page.contains(needle), "the release page lacks `{needle}`:\n{page}");
+        assert!(
+            page.contains(needle),
+            "the release page lacks `{needle}`:\n{page}"
+        );
     }
     let output = text(c, "pre.output").await.unwrap();
     assert!(!output.trim().is_empty(), "the build output is shown");
@@ -264,7 +343,14 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     .await;
 
     // roll back from the page's button (as an operator, asked for the token again) and see it
-    act(c, "dev", "rollback", "the browser test rolls v2 back", Some(&token)).await;
+    act(
+        c,
+        "dev",
+        "rollback",
+        "the browser test rolls v2 back",
+        Some(&token),
+    )
+    .await;
     wait_text(c, "#act-result", "done", Duration::from_secs(10)).await;
     wait_for("v2 rolled back in dev", Duration::from_secs(60), || async {
         phase(&store, "dev", &v2)
@@ -272,10 +358,25 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
             .filter(|(_, p)| matches!(p, Phase::RolledBack { .. }))
     })
     .await;
-    wait_text(c, "main", "the browser test rolls v2 back", Duration::from_secs(20)).await;
-    wait_text(c, "div.rollout-now, section", "rolled-back", Duration::from_secs(20)).await;
+    wait_text(
+        c,
+        "main",
+        "the browser test rolls v2 back",
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_text(
+        c,
+        "div.rollout-now, section",
+        "rolled-back",
+        Duration::from_secs(20),
+    )
+    .await;
     let timeline = wait_text(c, "ol.timeline", "rolled-back", Duration::from_secs(20)).await;
-    assert!(timeline.contains("carries out the operator's rollback"), "{timeline}");
+    assert!(
+        timeline.contains("carries out the operator's rollback"),
+        "{timeline}"
+    );
     let audit: serde_json::Value = client
         .get(format!("{base}/v1/audit?service=shop"))
         .bearer_auth(&token)
@@ -288,6 +389,25 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     assert_eq!(audit["items"][0]["action"], "rollback", "{audit}");
     assert_eq!(audit["items"][0]["who"], "admin");
     screenshot(c, "release.png").await;
+
+    // the terminal saw the same: a board line per environment, the held canary's bar, and
+    // each transition in the log
+    let seen = wait_for("watch to log the rollback", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&watch_out)
+            .ok()
+            .filter(|t| t.contains("rolling-back → rolled-back"))
+    })
+    .await;
+    drop(watch);
+    for needle in [
+        format!("shop/dev {v2_release} canary → paused at 10%: pause by admin (hold v2 for the browser)"),
+        format!("shop/dev {v2_release} paused → rolling-back at 0%"),
+        format!("paused {v2_release} [██"),
+        "waiting for a paused rollout".to_owned(),
+        "shop/staging".to_owned(),
+    ] {
+        assert!(seen.contains(&needle), "watch lacks `{needle}`:\n{seen}");
+    }
 
     // an unknown release is a page that says so
     c.goto(&format!("{base}/releases/r-nope")).await.unwrap();

@@ -100,7 +100,7 @@ pub(super) async fn events(
         after,
         marks,
         first: true,
-        closing: closing.map(|c| c.0 .0),
+        closing: closing.map(|c| c.0.0),
     };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
         let events = f.next().await?;
@@ -127,7 +127,11 @@ impl Follow {
     /// server stops.
     async fn next(&mut self) -> Option<Vec<Event>> {
         if std::mem::take(&mut self.first) {
-            return Some(vec![Event::default().event("ready").data(format!("{{\"after\":{}}}", self.after))]);
+            return Some(vec![
+                Event::default()
+                    .event("ready")
+                    .data(format!("{{\"after\":{}}}", self.after)),
+            ]);
         }
         match &mut self.closing {
             Some(closing) => {

@@ -1,9 +1,11 @@
 //! What the API answers and accepts, as types: the OpenAPI document is generated from these,
 //! so the document and the server cannot disagree. Times are RFC 3339 strings.
 
-use crate::control::plan::PlanSpec;
 use crate::control::judge::Verdict;
-use crate::control::rollout::{Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, ServiceState};
+use crate::control::plan::PlanSpec;
+use crate::control::rollout::{
+    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, ServiceState,
+};
 use crate::store::StoredBuild;
 use crate::store::api::AuditRecord;
 use serde::{Deserialize, Serialize};

@@ -249,7 +249,11 @@ impl SqlStore {
 
     /// The judge's counts at each look at one release's canaries, oldest first (the newest
     /// [`SAMPLES_MAX`] when there are more).
-    pub async fn release_samples(&self, service: &str, release: &str) -> Result<Vec<StoredSample>, PortError> {
+    pub async fn release_samples(
+        &self,
+        service: &str,
+        release: &str,
+    ) -> Result<Vec<StoredSample>, PortError> {
         let rows = sqlx::query(
             "SELECT environment, objective, weight, canary_bad, canary_total, stable_bad, stable_total, at \
              FROM samples WHERE release = $2 AND service = $1 ORDER BY id DESC LIMIT $3",

@@ -291,7 +291,9 @@ impl SqlStore {
                 "SELECT evidence FROM latest_evidence WHERE service = $1 ORDER BY environment, objective",
             )
             .bind(s),
-            None => sqlx::query("SELECT evidence FROM latest_evidence ORDER BY service, environment, objective"),
+            None => {
+                sqlx::query("SELECT evidence FROM latest_evidence ORDER BY service, environment, objective")
+            }
         };
         let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
         rows.into_iter()

@@ -434,35 +434,37 @@ async fn service_page(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Before>, QueryRejection>,
 ) -> Page {
-    page(async {
-        let who = reader(&api, &headers).await?;
-        let Path(service) = path?;
-        let Query(q) = query?;
-        let services = api::services_view(&api).await?;
-        let s = services
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .ok_or_else(|| ApiError::not_found(format!("no service `{service}`")))?;
-        let releases = api::releases_page(&api, &service, PER_PAGE, q.before).await?;
-        let body = html! {
-            p.crumbs { a href="/" { "Releases" } " › " (service) }
-            h1 { (service) }
-            @if let Some(d) = &s.description { p.description { (d) } }
-            (environments_table(s))
-            (releases_table(&service, &releases.items, &format!("Releases of {service}, newest first")))
-            @if let Some(c) = &releases.next_cursor {
-                p { a href={ "/services/" (service) "?before=" (c) } { "Older releases" } }
-            }
-        };
-        Ok(layout(
-            &service,
-            Some(&who),
-            Some(format!("/v1/events?service={service}")),
-            body,
-        ))
-    }
-    .await)
+    page(
+        async {
+            let who = reader(&api, &headers).await?;
+            let Path(service) = path?;
+            let Query(q) = query?;
+            let services = api::services_view(&api).await?;
+            let s = services
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .ok_or_else(|| ApiError::not_found(format!("no service `{service}`")))?;
+            let releases = api::releases_page(&api, &service, PER_PAGE, q.before).await?;
+            let body = html! {
+                p.crumbs { a href="/" { "Releases" } " › " (service) }
+                h1 { (service) }
+                @if let Some(d) = &s.description { p.description { (d) } }
+                (environments_table(s))
+                (releases_table(&service, &releases.items, &format!("Releases of {service}, newest first")))
+                @if let Some(c) = &releases.next_cursor {
+                    p { a href={ "/services/" (service) "?before=" (c) } { "Older releases" } }
+                }
+            };
+            Ok(layout(
+                &service,
+                Some(&who),
+                Some(format!("/v1/events?service={service}")),
+                body,
+            ))
+        }
+        .await,
+    )
 }
 
 /// One release's whole story: what it is, where it runs, how each rollout went (timeline and
@@ -472,37 +474,39 @@ async fn release_page(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Page {
-    page(async {
-        let who = reader(&api, &headers).await?;
-        let Path(id) = path?;
-        let (r, build) = api::release_view(&api, &id).await?;
-        let store = &api.store;
-        let transitions: Vec<Transition> = store
-            .release_transitions(&r.service, &id)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .map(|t| t.transition)
-            .collect();
-        let samples = store
-            .release_samples(&r.service, &id)
-            .await
-            .map_err(store_error)?;
-        let service = api::services_view(&api)
-            .await?
-            .services
-            .into_iter()
-            .find(|s| s.name == r.service);
-        let chart = chart(&r, &samples, &transitions);
-        let body = release_body(&r, &build, service.as_ref(), &transitions, chart);
-        Ok(layout(
-            &format!("{} {}", r.service, short(&id)),
-            Some(&who),
-            Some(format!("/v1/events?service={}", r.service)),
-            body,
-        ))
-    }
-    .await)
+    page(
+        async {
+            let who = reader(&api, &headers).await?;
+            let Path(id) = path?;
+            let (r, build) = api::release_view(&api, &id).await?;
+            let store = &api.store;
+            let transitions: Vec<Transition> = store
+                .release_transitions(&r.service, &id)
+                .await
+                .map_err(store_error)?
+                .into_iter()
+                .map(|t| t.transition)
+                .collect();
+            let samples = store
+                .release_samples(&r.service, &id)
+                .await
+                .map_err(store_error)?;
+            let service = api::services_view(&api)
+                .await?
+                .services
+                .into_iter()
+                .find(|s| s.name == r.service);
+            let chart = chart(&r, &samples, &transitions);
+            let body = release_body(&r, &build, service.as_ref(), &transitions, chart);
+            Ok(layout(
+                &format!("{} {}", r.service, short(&id)),
+                Some(&who),
+                Some(format!("/v1/events?service={}", r.service)),
+                body,
+            ))
+        }
+        .await,
+    )
 }
 
 fn store_error(e: crate::control::ports::PortError) -> ApiError {
@@ -696,10 +700,16 @@ fn shown_verdicts<'a>(
 fn objective_words(t: &Transition) -> Vec<(String, String)> {
     use crate::control::rollout::Cause;
     match &t.cause {
-        Cause::Regressed { objectives, .. } => objectives.iter().map(|o| (o.objective.clone(), o.words.clone())).collect(),
-        Cause::Evidence { objectives, capped, .. } if t.to == "promoting" || capped.is_some() => {
-            objectives.iter().map(|o| (o.objective.clone(), o.words.clone())).collect()
-        }
+        Cause::Regressed { objectives, .. } => objectives
+            .iter()
+            .map(|o| (o.objective.clone(), o.words.clone()))
+            .collect(),
+        Cause::Evidence {
+            objectives, capped, ..
+        } if t.to == "promoting" || capped.is_some() => objectives
+            .iter()
+            .map(|o| (o.objective.clone(), o.words.clone()))
+            .collect(),
         _ => Vec::new(),
     }
 }

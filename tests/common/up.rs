@@ -102,4 +102,3 @@ pub async fn phase(store: &SqlStore, env: &str, commit: &str) -> Option<(String,
     let r = e.rollout.as_ref().filter(|r| r.release == release)?;
     Some((release, r.phase.clone()))
 }
-

@@ -1,4 +1,4 @@
-//! The operator command line over the API: `autopilot status`, `release list|view|logs`,
+//! The operator command line over the API: `autopilot status`, `watch`, `release list|view|logs`,
 //! `pause|resume|promote|rollback|approve`, `weight`, `pin|unpin`, `freeze|unfreeze`, `build`,
 //! `audit`, `token create`. Tables for people, `--output json` for scripts.
 //!
@@ -16,6 +16,8 @@
 //! The API's address comes from `--url` or `AUTOPILOT_URL` (default `http://127.0.0.1:7070`);
 //! the token from `--token`, `AUTOPILOT_TOKEN`, or the `admin.token` file `autopilot up` wrote
 //! in `.autopilot/`. Colour only on a terminal and without `NO_COLOR`.
+
+pub mod watch;
 
 use serde_json::{Value, json};
 use std::io::IsTerminal;
