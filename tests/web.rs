@@ -92,14 +92,18 @@ async fn wait_text(c: &Client, css: &str, needle: &str, limit: Duration) -> Stri
 async fn screenshot(c: &Client, name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
+    // the window's height is the page's plus what the browser keeps for itself
     let height = c
-        .execute("return document.documentElement.scrollHeight", vec![])
+        .execute(
+            "return document.documentElement.scrollHeight + (window.outerHeight - window.innerHeight)",
+            vec![],
+        )
         .await
         .unwrap()
         .as_u64()
         .unwrap_or(1000)
-        .clamp(600, 4000);
-    c.set_window_size(WIDTH, height as u32 + 40).await.unwrap();
+        .clamp(600, 5000);
+    c.set_window_size(WIDTH, height as u32).await.unwrap();
     let path = dir.join(name);
     std::fs::write(&path, c.screenshot().await.unwrap()).unwrap();
     c.set_window_size(WIDTH, 1000).await.unwrap();
@@ -388,7 +392,7 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
         .unwrap();
     assert_eq!(audit["items"][0]["action"], "rollback", "{audit}");
     assert_eq!(audit["items"][0]["who"], "admin");
-    screenshot(c, "release.png").await;
+    screenshot(c, "release-rolled-back.png").await;
 
     // the terminal saw the same: a board line per environment, the held canary's bar, and
     // each transition in the log
@@ -408,6 +412,35 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
     ] {
         assert!(seen.contains(&needle), "watch lacks `{needle}`:\n{seen}");
     }
+
+    // lift the pause from the page (its token is remembered now), and a healthy v3 goes
+    // through dev's canary to promotion, on a page left open
+    act(c, "dev", "resume", "v2 is out; let the next one through", None).await;
+    wait_text(c, "#act-result", "done", Duration::from_secs(10)).await;
+    let v3 = demo::commit(&repo, "v3", 0.0, "v3").unwrap();
+    let v3_release = wait_for("v3 promoted in dev", Duration::from_secs(120), || async {
+        phase(&store, "dev", &v3)
+            .await
+            .filter(|(_, p)| matches!(p, Phase::Promoted { .. }))
+            .map(|(r, _)| r)
+    })
+    .await;
+    c.goto(&format!("{base}/releases/{v3_release}")).await.unwrap();
+    let timeline = wait_text(
+        c,
+        "ol.timeline",
+        "every objective is safe: promote",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(timeline.contains("promoted"), "{timeline}");
+    let judged = text(c, "table.verdicts-table").await.unwrap();
+    assert!(judged.contains("safe"), "{judged}");
+    c.find(Locator::Css("figure.chart svg")).await.unwrap();
+    screenshot(c, "release.png").await;
+    c.goto(&format!("{base}/services/shop")).await.unwrap();
+    wait_text(c, "table.releases", &v3_release, Duration::from_secs(10)).await;
+    screenshot(c, "service.png").await;
 
     // an unknown release is a page that says so
     c.goto(&format!("{base}/releases/r-nope")).await.unwrap();

@@ -464,10 +464,14 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     );
     if let Some(token) = &up.admin_token_file {
         println!(
-            "  API {} — in another terminal: AUTOPILOT_URL=http://{} AUTOPILOT_TOKEN=$(cat {}) autopilot status",
+            "  API {} — in another terminal: AUTOPILOT_URL=http://{} AUTOPILOT_TOKEN=$(cat {}) autopilot watch",
             config.api.listen,
             config.api.listen,
             token.display()
+        );
+        println!(
+            "  web http://{}/ — open it in a browser and sign in with that token",
+            config.api.listen
         );
     }
     let seen = Arc::new(Mutex::new(Seen::default()));
