@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::up::{phase, prepare, up, wait_for};
+use common::up::{phase, prepare, running, up, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
 
@@ -582,30 +582,9 @@ fn cli(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
 async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let (config, _creds, config_path) = prepare(dir.path());
-    let repo = dir.path().join("repo");
-    let log = dir.path().join("up.log");
-    let _up = up(&config_path, &log);
-    let show = || std::fs::read_to_string(&log).unwrap_or_default();
-    let url = format!("http://{}", config.api.listen);
-    // no token in the environment: `up` made an admin token and wrote it for the CLI
-    let token = wait_for("the admin token", Duration::from_secs(30), || {
-        let f = config.data_dir.join("admin.token");
-        async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
-    })
-    .await;
-    let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
-    let head = Command::new("git")
-        .arg("-C")
-        .arg(&repo)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    let v1 = String::from_utf8(head.stdout).unwrap().trim().to_owned();
-    wait_for("v1 stable in dev", Duration::from_secs(60), || async {
-        matches!(phase(&store, "dev", &v1).await, Some((_, Phase::Promoted { .. }))).then_some(())
-    })
-    .await;
+    let r = running(dir.path(), "dev").await;
+    let show = || r.log();
+    let (config, repo, url, token, store, v1) = (&r.config, &r.repo, &r.base, &r.token, &r.store, &r.v1);
     let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
     wait_for("v2 a canary in dev", Duration::from_secs(60), || async {
         phase(&store, "dev", &v2)

@@ -8,7 +8,6 @@
 
 use autopilot::control::rollout::Phase;
 use autopilot::live::demo;
-use autopilot::store::SqlStore;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::up::{Child, phase, prepare, up, wait_for};
+use common::up::{Child, phase, running, wait_for};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -152,38 +151,14 @@ async fn act(c: &Client, env: &str, action: &str, reason: &str, token: Option<&s
 async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let (config, creds, config_path) = prepare(dir.path());
-    let repo = dir.path().join("repo");
-    let log = dir.path().join("up.log");
-    let _up = up(&config_path, &log);
-    let base = format!("http://{}", config.api.listen);
-    let token = wait_for("the admin token", Duration::from_secs(30), || {
-        let f = config.data_dir.join("admin.token");
-        async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
-    })
-    .await;
-    let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
-    let head = Command::new("git")
-        .arg("-C")
-        .arg(&repo)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    let v1 = String::from_utf8(head.stdout).unwrap().trim().to_owned();
-    wait_for("v1 stable in prod", Duration::from_secs(90), || async {
-        matches!(
-            phase(&store, "prod", &v1).await,
-            Some((_, Phase::Promoted { .. }))
-        )
-        .then_some(())
-    })
-    .await;
+    let r = running(dir.path(), "prod").await;
+    let (config, repo, base, token, store, v1) = (&r.config, &r.repo, &r.base, &r.token, &r.store, &r.v1);
     let viewer = store.create_token("ada", "viewer", &[]).await.unwrap();
     // the demo's users: requests to every environment through the proxy, over HTTPS
     let (stop_traffic, stop_rx) = tokio::sync::watch::channel(false);
     let traffic = tokio::spawn(demo::traffic(
         config.clone(),
-        std::sync::Arc::new(creds),
+        r.creds.clone(),
         Default::default(),
         stop_rx,
     ));

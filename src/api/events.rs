@@ -8,7 +8,7 @@
 //! `event: change` if anything a display shows changed (a state, an override, an audit record,
 //! a build, a look by the judge).
 
-use super::views::ErrorBody;
+use super::views::{ErrorBody, TransitionView, transition_view};
 use super::{ApiError, ApiState, Role};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -45,14 +45,8 @@ pub struct TransitionEvent {
     pub service: String,
     pub environment: String,
     pub release: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    pub to: String,
-    /// The canary's weight after it.
-    pub weight: u8,
-    pub at: String,
-    /// Why, in words.
-    pub cause: String,
+    #[serde(flatten)]
+    pub transition: TransitionView,
 }
 
 /// Rollouts as they move: `transition` events (id: the transition's number; resume with
@@ -148,18 +142,15 @@ impl Follow {
         // a store that cannot be reached now may be back at the next look: say nothing
         match store.transitions_after(service, self.after, BATCH).await {
             Ok(ts) => {
-                for (id, t) in ts {
+                for (id, stored) in ts {
                     self.after = id;
+                    let t = &stored.transition;
                     let e = TransitionEvent {
                         id,
-                        service: t.service,
-                        environment: t.transition.environment,
-                        release: t.transition.release,
-                        from: t.transition.from,
-                        to: t.transition.to,
-                        weight: t.transition.weight.0,
-                        at: t.transition.at.to_string(),
-                        cause: crate::sim::report::short_cause(&t.transition.cause),
+                        service: stored.service.clone(),
+                        environment: t.environment.clone(),
+                        release: t.release.clone(),
+                        transition: transition_view(t),
                     };
                     out.push(
                         Event::default()

@@ -581,13 +581,7 @@ pub(crate) async fn release_view(
             .find(|d| d.environment == t.environment)
             .expect("pushed above");
         d.state = t.to.clone();
-        d.transitions.push(TransitionView {
-            from: t.from,
-            to: t.to,
-            weight: t.weight.0,
-            at: t.at.to_string(),
-            cause: crate::sim::report::short_cause(&t.cause),
-        });
+        d.transitions.push(transition_view(&t));
     }
     let verdicts = api
         .store

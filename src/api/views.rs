@@ -4,7 +4,7 @@
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::{
-    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, ServiceState,
+    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, ServiceState, Transition,
 };
 use crate::store::StoredBuild;
 use crate::store::api::AuditRecord;
@@ -622,6 +622,17 @@ pub fn release_summary(b: &StoredBuild, state: &ServiceState) -> ReleaseSummary 
         source: b.source.clone(),
         build: b.seq,
         built_at: b.finished_at.map(|t| t.to_string()),
+    }
+}
+
+/// A transition as the API shows it (the cause in words).
+pub fn transition_view(t: &Transition) -> TransitionView {
+    TransitionView {
+        from: t.from.clone(),
+        to: t.to.clone(),
+        weight: t.weight.0,
+        at: t.at.to_string(),
+        cause: crate::sim::report::short_cause(&t.cause),
     }
 }
 

@@ -102,3 +102,63 @@ pub async fn phase(store: &SqlStore, env: &str, commit: &str) -> Option<(String,
     let r = e.rollout.as_ref().filter(|r| r.release == release)?;
     Some((release, r.phase.clone()))
 }
+
+/// `autopilot up` on the demo's layout, started, with its admin token, its store, and v1 (the
+/// first commit) promoted in `env`.
+pub struct Running {
+    pub config: AutopilotConfig,
+    pub creds: std::sync::Arc<demo::Credentials>,
+    pub repo: PathBuf,
+    pub log: PathBuf,
+    pub base: String,
+    pub token: String,
+    pub store: SqlStore,
+    pub v1: String,
+    pub up: Child,
+}
+
+impl Running {
+    /// What `up` logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub async fn running(dir: &Path, env: &str) -> Running {
+    let (config, creds, config_path) = prepare(dir);
+    let repo = dir.join("repo");
+    let log = dir.join("up.log");
+    let up = up(&config_path, &log);
+    let base = format!("http://{}", config.api.listen);
+    // no token in the environment: `up` made an admin token and wrote it for the CLI
+    let token = wait_for("the admin token", Duration::from_secs(30), || {
+        let f = config.data_dir.join("admin.token");
+        async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
+    })
+    .await;
+    let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let v1 = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+    wait_for(
+        &format!("v1 stable in {env}"),
+        Duration::from_secs(90),
+        || async { matches!(phase(&store, env, &v1).await, Some((_, Phase::Promoted { .. }))).then_some(()) },
+    )
+    .await;
+    Running {
+        config,
+        creds: std::sync::Arc::new(creds),
+        repo,
+        log,
+        base,
+        token,
+        store,
+        v1,
+        up,
+    }
+}
