@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::up::{phase, prepare, running, up, wait_for};
+use common::up::{Running, phase, prepare, running, up, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
 
@@ -582,9 +582,18 @@ fn cli(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
 async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let r = running(dir.path(), "dev").await;
-    let show = || r.log();
-    let (config, repo, url, token, store, v1) = (&r.config, &r.repo, &r.base, &r.token, &r.store, &r.v1);
+    let Running {
+        config,
+        repo,
+        base: url,
+        token,
+        store,
+        v1,
+        log,
+        up: _up,
+        ..
+    } = running(dir.path(), "dev").await;
+    let show = || std::fs::read_to_string(&log).unwrap_or_default();
     let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
     wait_for("v2 a canary in dev", Duration::from_secs(60), || async {
         phase(&store, "dev", &v2)

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::up::{Child, phase, running, wait_for};
+use common::up::{Child, Running, phase, running, wait_for};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -151,17 +151,21 @@ async fn act(c: &Client, env: &str, action: &str, reason: &str, token: Option<&s
 async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let r = running(dir.path(), "prod").await;
-    let (config, repo, base, token, store, v1) = (&r.config, &r.repo, &r.base, &r.token, &r.store, &r.v1);
+    let Running {
+        config,
+        creds,
+        repo,
+        base,
+        token,
+        store,
+        v1,
+        up: _up,
+        ..
+    } = running(dir.path(), "prod").await;
     let viewer = store.create_token("ada", "viewer", &[]).await.unwrap();
     // the demo's users: requests to every environment through the proxy, over HTTPS
     let (stop_traffic, stop_rx) = tokio::sync::watch::channel(false);
-    let traffic = tokio::spawn(demo::traffic(
-        config.clone(),
-        r.creds.clone(),
-        Default::default(),
-        stop_rx,
-    ));
+    let traffic = tokio::spawn(demo::traffic(config.clone(), creds, Default::default(), stop_rx));
 
     let b = browser().await;
     let c = &b.client;

@@ -117,13 +117,6 @@ pub struct Running {
     pub up: Child,
 }
 
-impl Running {
-    /// What `up` logged so far (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 pub async fn running(dir: &Path, env: &str) -> Running {
     let (config, creds, config_path) = prepare(dir);
     let repo = dir.join("repo");
