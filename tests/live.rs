@@ -9,6 +9,8 @@ use autopilot::control::ports::{Builder, Runtime};
 use autopilot::control::rollout::{BuildOutcome, Cause, Phase, Release};
 use autopilot::live::demo;
 use autopilot::release::LocalBuilder;
+use autopilot::release::oci;
+use autopilot::release::registry::{Credentials, Registry, TempRegistry};
 use autopilot::runtime::LocalRuntime;
 use autopilot::store::SqlStore;
 use std::path::Path;
@@ -877,4 +879,159 @@ async fn monitoring_follows_releases_a_real_prometheus_finds_each_new_release() 
     );
     let written = std::fs::read_to_string(prom.dir().join("targets/autopilot.json")).unwrap();
     assert!(written.contains(&found.0["release"]), "{written}");
+}
+
+/// `skopeo inspect --raw` of an image reference (`docker://…`, `oci:…`): the manifest's bytes.
+fn skopeo_raw(target: &str) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", target])
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_pushed_to_a_real_registry_comes_back_byte_for_byte_and_standard_tools_read_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = TempRegistry::start().expect("docker-registry starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(src.join("app.txt"), "hello\n").unwrap();
+    // a megabyte of seeded noise: a layer that does not fit in one chunk
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+    let noise: Vec<u8> = (0..1 << 20).map(|_| rand::Rng::random::<u8>(&mut rng)).collect();
+    std::fs::write(src.join("bin/blob"), &noise).unwrap();
+    let layout = oci::Layout::open(&dir.path().join("layout")).unwrap();
+    let digest = layout
+        .pack(&src, &["app.txt".into(), "bin".into()], "shop:c1")
+        .unwrap();
+    let r = Registry::new(&registry.host(), "team", Credentials::Anonymous).unwrap();
+    let reference = r.push(&layout, "shop", &digest, "c1").await.unwrap();
+    assert_eq!(reference, format!("{}/team/shop@{digest}", registry.host()));
+    // again: nothing to send, the same answer
+    assert_eq!(r.push(&layout, "shop", &digest, "c1").await.unwrap(), reference);
+    // pulled back by digest into another layout: the same manifest and blobs, byte for byte
+    let other = oci::Layout::open(&dir.path().join("other")).unwrap();
+    assert_eq!(r.pull(&reference, &other, "shop:c1").await.unwrap(), digest);
+    let (manifest, blobs) = layout.parts(&digest).unwrap();
+    let (manifest2, blobs2) = other.parts(&digest).unwrap();
+    assert_eq!(manifest, manifest2);
+    assert_eq!(blobs, blobs2);
+    for b in &blobs {
+        assert_eq!(layout.blob(&b.digest).unwrap(), other.blob(&b.digest).unwrap());
+    }
+    let unpacked = dir.path().join("unpacked");
+    other.unpack(&digest, &unpacked).unwrap();
+    assert_eq!(std::fs::read(unpacked.join("bin/blob")).unwrap(), noise);
+    // standard tools read both: the registry's copy by digest, the layout by name
+    assert_eq!(sha256_of(&skopeo_raw(&format!("docker://{reference}"))), digest);
+    let tagged = skopeo_raw(&format!("docker://{}/team/shop:c1", registry.host()));
+    assert_eq!(
+        sha256_of(&tagged),
+        digest,
+        "the commit's tag names the same manifest"
+    );
+    let local = skopeo_raw(&format!("oci:{}:shop:c1", dir.path().join("layout").display()));
+    assert_eq!(sha256_of(&local), digest);
+    // refused: a tag (it may move), and a digest the registry does not hold
+    let e = r
+        .pull(&format!("{}/team/shop:c1", registry.host()), &other, "x")
+        .await
+        .unwrap_err();
+    assert!(e.contains("names no digest"), "{e}");
+    let missing = format!("{}/team/shop@sha256:{}", registry.host(), "0".repeat(64));
+    assert!(r.pull(&missing, &other, "x").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_is_a_release_only_once_its_artifact_is_in_the_registry_which_is_retried_until_back() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut registry = TempRegistry::start().expect("docker-registry starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, commit) = repo_with(dir.path(), "mkdir -p out && cp app.txt out/ && echo built it");
+    let data = dir.path().join("data");
+    let store = SqlStore::open_dir(&data).await.unwrap();
+    // the registry is down when the build ends
+    registry.stop();
+    let r = Registry::new(&registry.host(), "autopilot", Credentials::Anonymous).unwrap();
+    let mut b = LocalBuilder::with_registry(
+        std::slice::from_ref(&spec),
+        &Default::default(),
+        dir.path(),
+        &data,
+        store.clone(),
+        Some(r.clone()),
+    )
+    .await
+    .unwrap();
+    b.events("svc").await.unwrap();
+    b.start_build("svc", &commit).await.unwrap();
+    let pushing = wait_for("a failed push recorded", Duration::from_secs(20), || async {
+        let builds = store.builds(Some("svc")).await.unwrap();
+        builds
+            .into_iter()
+            .find(|x| x.status == "pushing" && x.output.contains("push failed"))
+    })
+    .await;
+    assert!(
+        pushing.output.contains("built it"),
+        "the build's own output stays: {}",
+        pushing.output
+    );
+    assert!(pushing.artifact.is_none());
+    // not a release yet: nothing finished
+    assert!(b.events("svc").await.unwrap().finished.is_empty());
+    // autopilot restarts while the registry is still down; then the registry comes back
+    drop(b);
+    let mut b = LocalBuilder::with_registry(
+        &[spec],
+        &Default::default(),
+        dir.path(),
+        &data,
+        store.clone(),
+        Some(r),
+    )
+    .await
+    .unwrap();
+    registry.resume().unwrap();
+    let done = wait_for("the push to succeed", Duration::from_secs(120), || {
+        let mut b = b.clone();
+        async move {
+            let e = b.events("svc").await.unwrap();
+            (!e.finished.is_empty()).then_some(e.finished)
+        }
+    })
+    .await;
+    let BuildOutcome::Built(release) = &done[0].1 else {
+        panic!("{done:?}")
+    };
+    let build = store.builds(Some("svc")).await.unwrap().remove(0);
+    assert_eq!(build.status, "built");
+    let reference = build.artifact.clone().expect("the registry reference is kept");
+    assert_eq!(
+        reference,
+        format!("{}/autopilot/svc@{}", registry.host(), release.digest)
+    );
+    assert!(build.output.contains("pushed"), "{}", build.output);
+    assert_eq!(
+        sha256_of(&skopeo_raw(&format!("docker://{reference}"))),
+        release.digest
+    );
+    let cursor = b.events("svc").await.unwrap().cursor;
+    b.ack("svc", &cursor).await.unwrap();
 }

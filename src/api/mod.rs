@@ -641,7 +641,10 @@ pub(crate) async fn release_view(
     }
     let digest = b.digest.clone().unwrap_or_default();
     let view = ReleaseView {
-        artifact: format!("oci-layout:artifacts@{digest} (autopilot's data directory)"),
+        artifact: b
+            .artifact
+            .clone()
+            .unwrap_or_else(|| format!("oci-layout:artifacts@{digest} (autopilot's data directory)")),
         id: id.clone(),
         service,
         commit: b.commit.clone(),

@@ -196,7 +196,8 @@ pub struct ReleaseView {
 pub struct BuildView {
     pub number: i64,
     pub commit: String,
-    /// `running`, `built` or `failed`.
+    /// `running`, `pushing` (built; its artifact is not in the registry yet), `built` or
+    /// `failed`.
     pub status: String,
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -72,6 +72,68 @@ pub struct AutopilotConfig {
     /// proxy's own sensors have data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<crate::prom::PromSettings>,
+    /// The OCI registry every release's artifact is pushed to and pinned in by digest (none:
+    /// artifacts stay in the data directory's OCI layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryConfig>,
+}
+
+/// An OCI registry, and how to sign in to it. Credentials come from the environment, never
+/// from this file: a bearer token, or a username and password, or none (anonymous).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The registry's host and port: `registry.example.com`, `ghcr.io`, `127.0.0.1:5000`
+    /// (plain HTTP for loopback hosts only).
+    pub host: String,
+    /// Where under the host each service's repository goes: `{host}/{namespace}/{service}`.
+    #[serde(default = "default_registry_namespace")]
+    pub namespace: String,
+    /// The environment variable holding the username (with `passwordVariable`).
+    #[serde(default = "default_registry_username")]
+    pub username_variable: String,
+    #[serde(default = "default_registry_password")]
+    pub password_variable: String,
+    /// The environment variable holding a bearer token (wins over a username and password).
+    #[serde(default = "default_registry_token")]
+    pub token_variable: String,
+}
+
+fn default_registry_namespace() -> String {
+    "autopilot".into()
+}
+fn default_registry_username() -> String {
+    "AUTOPILOT_REGISTRY_USERNAME".into()
+}
+fn default_registry_password() -> String {
+    "AUTOPILOT_REGISTRY_PASSWORD".into()
+}
+fn default_registry_token() -> String {
+    "AUTOPILOT_REGISTRY_TOKEN".into()
+}
+
+impl RegistryConfig {
+    /// The registry, signed in with what the environment holds.
+    pub fn open(&self) -> Result<crate::release::registry::Registry, String> {
+        use crate::release::registry::{Credentials, Registry};
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let credentials = match (
+            var(&self.token_variable),
+            var(&self.username_variable),
+            var(&self.password_variable),
+        ) {
+            (Some(t), _, _) => Credentials::Bearer(t),
+            (None, Some(username), Some(password)) => Credentials::Basic { username, password },
+            (None, Some(_), None) => {
+                return Err(format!(
+                    "registry: {} is set but {} is not",
+                    self.username_variable, self.password_variable
+                ));
+            }
+            _ => Credentials::Anonymous,
+        };
+        Registry::new(&self.host, &self.namespace, credentials).map_err(|e| format!("registry: {e}"))
+    }
 }
 
 /// A webhook told of what happens.
@@ -209,6 +271,7 @@ impl Default for AutopilotConfig {
             api: ApiConfig::default(),
             notifications: Vec::new(),
             prometheus: None,
+            registry: None,
         }
     }
 }

@@ -490,9 +490,22 @@ impl Up {
             .and_then(|p| p.parent())
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let builder = LocalBuilder::new(&services, &catalog.service_files, &base, data, store.clone())
-            .await
+        let registry = config
+            .registry
+            .as_ref()
+            .map(|r| r.open())
+            .transpose()
             .map_err(UpError::Adapter)?;
+        let builder = LocalBuilder::with_registry(
+            &services,
+            &catalog.service_files,
+            &base,
+            data,
+            store.clone(),
+            registry,
+        )
+        .await
+        .map_err(UpError::Adapter)?;
         let runtime = LocalRuntime::new(&services, builder.layout().clone(), data, store.pool().clone())
             .await
             .map_err(UpError::Adapter)?;

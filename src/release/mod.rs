@@ -2,6 +2,7 @@
 //! `git worktree` at the exact commit, its files packed into an OCI image layout on disk.
 //!
 //! - [`oci`] — the layout (pack, unpack, reproducible digests).
+//! - [`registry`] — pushing artifacts to an OCI registry and pulling them back by digest.
 //! - [`LocalBuilder`] — the [`Builder`] port. Builds run as background tasks; their status and
 //!   full output (stdout and stderr, interleaved) are kept in the store's `builds` table, and
 //!   their end reaches `plan` as a finished-build event.
@@ -10,10 +11,14 @@
 //! - A commit is built at most once (`start_build` of a built or running commit does nothing);
 //!   a build interrupted by a stop of autopilot is run again at the next start.
 //! - A build that fails or times out is recorded with its output and never becomes a release.
+//! - With a registry, a build is a release only once its artifact is in the registry: until
+//!   then it is `pushing`, retried with backoff (each failure in its output), and carried on
+//!   after a restart.
 //! - Events are acknowledged by cursor: pushes and finished builds come again until the tick
 //!   that used them is recorded.
 
 pub mod oci;
+pub mod registry;
 
 use crate::control::ports::{Builder, PortError, SourceEvents};
 use crate::control::rollout::{BuildOutcome, Release};
@@ -29,6 +34,9 @@ use tokio::io::AsyncReadExt;
 
 /// A build's output beyond this is cut from the front (the end says why it failed).
 const MAX_OUTPUT: usize = 1 << 20;
+/// The first wait after a failed push, doubled after each failure up to [`PUSH_BACKOFF_MAX`].
+const PUSH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+const PUSH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The wall clock, for the records of adapters (never for decisions).
 pub fn wall_clock() -> Time {
@@ -66,6 +74,8 @@ pub struct LocalBuilder {
     pool: AnyPool,
     layout: oci::Layout,
     work: PathBuf,
+    /// Where artifacts are pushed (none: they stay in the layout).
+    registry: Option<Arc<registry::Registry>>,
 }
 
 async fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
@@ -102,6 +112,19 @@ impl LocalBuilder {
         data: &Path,
         store: SqlStore,
     ) -> Result<Self, String> {
+        Self::with_registry(services, spec_files, base, data, store, None).await
+    }
+
+    /// As [`LocalBuilder::new`], pushing every artifact to `registry` too (a release is made
+    /// only once its artifact is there); pushes a previous run left unfinished go on.
+    pub async fn with_registry(
+        services: &[ServiceSpec],
+        spec_files: &BTreeMap<String, PathBuf>,
+        base: &Path,
+        data: &Path,
+        store: SqlStore,
+        registry: Option<registry::Registry>,
+    ) -> Result<Self, String> {
         let mut recipes = BTreeMap::new();
         for s in services {
             let Artifact::Files(files) = &s.build.artifact else {
@@ -136,16 +159,33 @@ impl LocalBuilder {
             store,
             layout,
             work: data.join("work"),
+            registry: registry.map(Arc::new),
         };
-        let interrupted = sqlx::query("SELECT service, commit_sha FROM builds WHERE status = 'running'")
-            .fetch_all(&builder.pool)
-            .await
-            .map_err(|e| e.to_string())?;
+        let interrupted = sqlx::query(
+            "SELECT service, commit_sha, status, digest, output FROM builds WHERE status IN ('running', 'pushing')",
+        )
+        .fetch_all(&builder.pool)
+        .await
+        .map_err(|e| e.to_string())?;
         for row in interrupted {
             let (service, commit): (String, String) = (row.get("service"), row.get("commit_sha"));
-            if builder.recipes.contains_key(&service) {
-                tracing::info!(%service, %commit, "building again a build interrupted by the last stop");
-                builder.spawn(service, commit);
+            if !builder.recipes.contains_key(&service) {
+                continue;
+            }
+            match (
+                row.get::<String, _>("status").as_str(),
+                row.get::<Option<String>, _>("digest"),
+            ) {
+                ("pushing", Some(digest)) if builder.registry.is_some() => {
+                    tracing::info!(%service, %commit, "pushing again an artifact the last stop interrupted");
+                    let me = builder.clone();
+                    let output: String = row.get("output");
+                    tokio::spawn(async move { me.push_until_done(&service, &commit, &digest, output).await });
+                }
+                _ => {
+                    tracing::info!(%service, %commit, "building again a build interrupted by the last stop");
+                    builder.spawn(service, commit);
+                }
             }
         }
         Ok(builder)
@@ -177,26 +217,100 @@ impl LocalBuilder {
         tokio::spawn(async move {
             let recipe = me.recipes[&service].clone();
             let (result, output) = me.run_build(&service, &recipe, &commit).await;
-            let (status, digest, release, error) = match result {
-                Ok(digest) => ("built", Some(digest.clone()), Some(release_id(&digest)), None),
-                Err(e) => ("failed", None, None, Some(e)),
-            };
-            tracing::info!(%service, %commit, status, ?digest, ?error, "build finished");
-            let _ = sqlx::query(
-                "UPDATE builds SET status = $3, finished_at = $4, digest = $5, release = $6, output = $7, error = $8 \
-                 WHERE service = $1 AND commit_sha = $2",
-            )
-            .bind(&service)
-            .bind(&commit)
-            .bind(status)
-            .bind(wall_clock().millis() as i64)
-            .bind(digest)
-            .bind(release)
-            .bind(output)
-            .bind(error)
-            .execute(&me.pool)
-            .await;
+            match result {
+                Ok(digest) if me.registry.is_some() => {
+                    tracing::info!(%service, %commit, %digest, "built; pushing the artifact");
+                    me.finish(&service, &commit, "pushing", Some(&digest), &output, None, None)
+                        .await;
+                    me.push_until_done(&service, &commit, &digest, output).await;
+                }
+                Ok(digest) => {
+                    tracing::info!(%service, %commit, %digest, "build finished");
+                    me.finish(&service, &commit, "built", Some(&digest), &output, None, None)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::info!(%service, %commit, error = %e, "build failed");
+                    me.finish(&service, &commit, "failed", None, &output, Some(&e), None)
+                        .await;
+                }
+            }
         });
+    }
+
+    /// Records where a build stands: `pushing` (built, not deployable yet), `built` or `failed`.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        service: &str,
+        commit: &str,
+        status: &str,
+        digest: Option<&str>,
+        output: &str,
+        error: Option<&str>,
+        artifact: Option<&str>,
+    ) {
+        let written = sqlx::query(
+            "UPDATE builds SET status = $3, finished_at = $4, digest = $5, release = $6, output = $7, error = $8, \
+             artifact = $9 WHERE service = $1 AND commit_sha = $2",
+        )
+        .bind(service)
+        .bind(commit)
+        .bind(status)
+        .bind(wall_clock().millis() as i64)
+        .bind(digest)
+        .bind(digest.map(release_id))
+        .bind(output)
+        .bind(error)
+        .bind(artifact)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = written {
+            tracing::error!(%service, %commit, "recording the build: {e}");
+        }
+    }
+
+    /// Pushes a built artifact until the registry has it, waiting longer after each failure
+    /// (each written to the build's output); then the build is a release.
+    async fn push_until_done(&self, service: &str, commit: &str, digest: &str, mut output: String) {
+        let Some(registry) = self.registry.clone() else {
+            return;
+        };
+        let mut wait = PUSH_BACKOFF;
+        loop {
+            let started = std::time::Instant::now();
+            match registry.push(&self.layout, service, digest, commit).await {
+                Ok(reference) => {
+                    output.push_str(&format!(
+                        "\n[autopilot] pushed {reference} in {:.1} s\n",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    tracing::info!(%service, %commit, %reference, "artifact pushed");
+                    self.finish(
+                        service,
+                        commit,
+                        "built",
+                        Some(digest),
+                        &output,
+                        None,
+                        Some(&reference),
+                    )
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    output.push_str(&format!(
+                        "\n[autopilot] push failed: {e}; trying again in {}\n",
+                        crate::spec::units::Duration(wait)
+                    ));
+                    tracing::warn!(%service, %commit, "push failed: {e}; trying again in {wait:?}");
+                    self.finish(service, commit, "pushing", Some(digest), &output, None, None)
+                        .await;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(PUSH_BACKOFF_MAX);
+                }
+            }
+        }
     }
 
     /// Checks out `commit` in a fresh worktree, runs the recipe with its timeout, packs the
@@ -365,12 +479,12 @@ impl Builder for LocalBuilder {
             .await?
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        // finished builds after the cursor, up to the first still running (so the cursor never
-        // passes a build that has not ended)
+        // finished builds after the cursor, up to the first still running or pushing (so the
+        // cursor never passes a build that has not ended)
         let rows = sqlx::query(
             "SELECT seq, commit_sha, status, digest, error FROM builds \
-             WHERE service = $1 AND seq > $2 AND status != 'running' AND seq < COALESCE( \
-               (SELECT MIN(seq) FROM builds WHERE service = $1 AND status = 'running' AND seq > $2), \
+             WHERE service = $1 AND seq > $2 AND status NOT IN ('running', 'pushing') AND seq < COALESCE( \
+               (SELECT MIN(seq) FROM builds WHERE service = $1 AND status IN ('running', 'pushing') AND seq > $2), \
                9223372036854775807) \
              ORDER BY seq",
         )

@@ -13,7 +13,8 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.autopilot.release.v1";
 pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The empty config of an artifact with no config of its own.
 const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// An OCI image manifest (an artifact's manifest is one, with an `artifactType`).
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// The annotation naming a manifest in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -55,8 +56,11 @@ pub struct Descriptor {
 #[serde(rename_all = "camelCase")]
 struct Manifest {
     schema_version: u32,
+    #[serde(default)]
     media_type: String,
-    artifact_type: String,
+    /// Ours always say what they are; an image's manifest may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
     config: Descriptor,
     layers: Vec<Descriptor>,
 }
@@ -156,7 +160,7 @@ impl Layout {
         let manifest = Manifest {
             schema_version: 2,
             media_type: MANIFEST_TYPE.into(),
-            artifact_type: ARTIFACT_TYPE.into(),
+            artifact_type: Some(ARTIFACT_TYPE.into()),
             config: Descriptor {
                 media_type: EMPTY_CONFIG_TYPE.into(),
                 digest: config_digest,
@@ -174,6 +178,44 @@ impl Layout {
         };
         let bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
         let (digest, size) = self.put_blob(&bytes)?;
+        self.name(&digest, size, name)?;
+        Ok(digest)
+    }
+
+    /// The manifest `digest` (its bytes) and the blobs it names (config first, then layers).
+    pub fn parts(&self, digest: &str) -> Result<(Vec<u8>, Vec<Descriptor>), OciError> {
+        let bytes = self.blob(digest)?;
+        let blobs = blobs_of(&bytes)?;
+        Ok((bytes, blobs))
+    }
+
+    /// Adds an artifact fetched from elsewhere: `blobs` in the order [`blobs_of`] names them,
+    /// each checked against its digest, then the manifest, named `name`. Returns its digest.
+    pub fn add(&self, manifest: &[u8], blobs: &[Vec<u8>], name: &str) -> Result<String, OciError> {
+        let named = blobs_of(manifest)?;
+        if named.len() != blobs.len() {
+            return Err(OciError::Invalid(format!(
+                "the manifest names {} blobs; {} were given",
+                named.len(),
+                blobs.len()
+            )));
+        }
+        for (d, bytes) in named.iter().zip(blobs) {
+            let (digest, _) = self.put_blob(bytes)?;
+            if digest != d.digest {
+                return Err(OciError::Invalid(format!(
+                    "blob {} has digest {digest}",
+                    d.digest
+                )));
+            }
+        }
+        let (digest, size) = self.put_blob(manifest)?;
+        self.name(&digest, size, name)?;
+        Ok(digest)
+    }
+
+    /// Names the manifest `digest` in the index (once).
+    fn name(&self, digest: &str, size: u64, name: &str) -> Result<(), OciError> {
         let mut index = self.read_index()?;
         if !index
             .manifests
@@ -182,14 +224,14 @@ impl Layout {
         {
             index.manifests.push(Descriptor {
                 media_type: MANIFEST_TYPE.into(),
-                digest: digest.clone(),
+                digest: digest.to_owned(),
                 size,
                 artifact_type: Some(ARTIFACT_TYPE.into()),
                 annotations: [(REF_NAME.to_owned(), name.to_owned())].into(),
             });
             self.write_index(&index)?;
         }
-        Ok(digest)
+        Ok(())
     }
 
     /// Unpacks the artifact `digest` into `into` (made fresh).
@@ -208,6 +250,13 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// The blobs a manifest names: its config, then its layers.
+pub fn blobs_of(manifest: &[u8]) -> Result<Vec<Descriptor>, OciError> {
+    let m: Manifest =
+        serde_json::from_slice(manifest).map_err(|e| OciError::Invalid(format!("a manifest: {e}")))?;
+    Ok(std::iter::once(m.config).chain(m.layers).collect())
 }
 
 /// A reproducible tar of `files` under `dir`.

@@ -140,7 +140,7 @@ fn time(r: &sqlx::any::AnyRow, column: &str) -> Time {
 }
 
 const BUILD_COLUMNS: &str =
-    "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source";
+    "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source, artifact";
 
 impl SqlStore {
     /// A service's releases (successful builds), newest first: at most `limit`, older than the

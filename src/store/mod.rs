@@ -32,15 +32,21 @@ pub mod api;
 pub mod postgres;
 
 /// The schema, in order, per backend. Never edit a released migration: add one, to both.
-const SQLITE: [(i64, &str, &str); 3] = [
+const SQLITE: [(i64, &str, &str); 4] = [
     (1, "initial", include_str!("migrations/sqlite/0001_initial.sql")),
     (2, "api", include_str!("migrations/sqlite/0002_api.sql")),
     (3, "samples", include_str!("migrations/sqlite/0003_samples.sql")),
+    (4, "artifact", include_str!("migrations/sqlite/0004_artifact.sql")),
 ];
-const POSTGRES: [(i64, &str, &str); 3] = [
+const POSTGRES: [(i64, &str, &str); 4] = [
     (1, "initial", include_str!("migrations/postgres/0001_initial.sql")),
     (2, "api", include_str!("migrations/postgres/0002_api.sql")),
     (3, "samples", include_str!("migrations/postgres/0003_samples.sql")),
+    (
+        4,
+        "artifact",
+        include_str!("migrations/postgres/0004_artifact.sql"),
+    ),
 ];
 
 /// How many times a compare-and-swap of the overrides is tried before giving up (each retry
@@ -125,6 +131,8 @@ pub struct StoredBuild {
     pub source: String,
     /// The service's objectives file as it was when the build started.
     pub config: Option<String>,
+    /// Where the artifact can be pulled from (`registry/repository@sha256:…`), once pushed.
+    pub artifact: Option<String>,
 }
 
 impl StoredTransition {
@@ -165,6 +173,7 @@ impl StoredBuild {
             error: r.get("error"),
             source: r.get("source"),
             config: r.get("config"),
+            artifact: r.get("artifact"),
         }
     }
 }
@@ -266,7 +275,7 @@ impl SqlStore {
     pub async fn builds(&self, service: Option<&str>) -> Result<Vec<StoredBuild>, PortError> {
         let rows = sqlx::query(
             "SELECT seq, service, commit_sha, status, started_at, finished_at, digest, release, output, error, \
-             source, config FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
+             source, config, artifact FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
         )
         .bind(service)
         .fetch_all(&self.pool)
