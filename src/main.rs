@@ -267,6 +267,18 @@ struct ProxyArgs {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// A large artifact pushed to and pulled from a throwaway docker-registry on loopback, by
+    /// autopilot and by `skopeo copy` (the reference), in MB/s. Writes registry.md and
+    /// registry.csv. Needs `docker-registry` and `skopeo` installed.
+    Registry {
+        /// The artifact's size in MB.
+        #[arg(long, default_value_t = 100)]
+        megabytes: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// The API's latency with 10,000 releases stored, on SQLite and on a throwaway PostgreSQL:
     /// list releases and override round trips (p50/p99), beside the HTTP floor. Writes api.md
     /// and api.csv.
@@ -475,6 +487,29 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::Detection { quick, out },
         } => bench_detection(quick, &out),
+        Command::Bench {
+            which:
+                Bench::Registry {
+                    megabytes,
+                    rounds,
+                    out,
+                },
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            on_runtime(async move {
+                match autopilot::release::bench::run(&out, megabytes, rounds).await {
+                    Ok(md) => {
+                        print!("{md}");
+                        eprintln!("written: {}/registry.md, registry.csv", out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::Bench {
             which: Bench::ProxyFixtures { out },
         } => proxy_fixtures(&out),

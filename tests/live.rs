@@ -1035,3 +1035,115 @@ async fn a_build_is_a_release_only_once_its_artifact_is_in_the_registry_which_is
     let cursor = b.events("svc").await.unwrap().cursor;
     b.ack("svc", &cursor).await.unwrap();
 }
+
+/// Runs git in `dir` as a person would (author set), asserting it worked; its stdout.
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    // a developer's clone, and the remote they push to (a bare repository, over file://)
+    let (_, first) = repo_with(dir.path(), "mkdir -p out && cp app.txt out/");
+    let work = dir.path().join("repo");
+    let origin = dir.path().join("origin.git");
+    git_in(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &origin.to_string_lossy(),
+        ],
+    );
+    git_in(&work, &["remote", "add", "origin", &origin.to_string_lossy()]);
+    let url = format!("file://{}", origin.display());
+    let yaml = format!(
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: \"{url}\", pollInterval: 1s}}\n\
+         build: {{command: \"mkdir -p out && cp app.txt out/\", artifact: {{files: [out]}}, timeout: 10s}}\n\
+         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n"
+    );
+    let spec: autopilot::spec::objectives::ServiceSpec =
+        autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    let data = dir.path().join("data");
+    let store = SqlStore::open_dir(&data).await.unwrap();
+    let mut b = LocalBuilder::new(&[spec], &Default::default(), dir.path(), &data, store.clone())
+        .await
+        .unwrap();
+    // the first look fetches the remote into a mirror, and builds from it
+    let e = b.events("svc").await.unwrap();
+    assert_eq!(e.pushes, vec![first.clone()]);
+    b.ack("svc", &e.cursor).await.unwrap();
+    assert!(data.join("mirrors/svc.git/HEAD").exists());
+    b.start_build("svc", &first).await.unwrap();
+    let done = finished(&mut b).await;
+    assert!(matches!(done[0].1, BuildOutcome::Built(_)), "{done:?}");
+    // a push to the remote is seen at the next interval
+    std::fs::write(work.join("app.txt"), "two\n").unwrap();
+    git_in(&work, &["commit", "-qam", "two"]);
+    git_in(&work, &["push", "-q", "origin", "main"]);
+    let second = git_in(&work, &["rev-parse", "HEAD"]);
+    let seen = wait_for("the push fetched", Duration::from_secs(20), || {
+        let mut b = b.clone();
+        let second = second.clone();
+        async move {
+            let e = b.events("svc").await.unwrap();
+            (e.pushes == [second]).then_some(e)
+        }
+    })
+    .await;
+    b.ack("svc", &seen.cursor).await.unwrap();
+    // the remote goes away: looks go on from the mirror, and the builder says what is wrong
+    let away = dir.path().join("away.git");
+    std::fs::rename(&origin, &away).unwrap();
+    let problem = wait_for("the fetch to fail", Duration::from_secs(20), || {
+        let mut b = b.clone();
+        async move {
+            let e = b.events("svc").await.unwrap();
+            assert!(e.pushes.is_empty(), "{e:?}");
+            b.source_problem("svc")
+        }
+    })
+    .await;
+    assert!(
+        problem.contains("origin.git") || problem.contains("does not appear"),
+        "{problem}"
+    );
+    // back, with a hotfix on another branch: a build of that commit, asked for, is fetched and
+    // resolved at once
+    std::fs::rename(&away, &origin).unwrap();
+    git_in(&work, &["checkout", "-qb", "hotfix", &first]);
+    std::fs::write(work.join("app.txt"), "fixed\n").unwrap();
+    git_in(&work, &["commit", "-qam", "hotfix"]);
+    git_in(&work, &["push", "-q", "origin", "hotfix"]);
+    let fix = git_in(&work, &["rev-parse", "HEAD"]);
+    sqlx::query("INSERT INTO build_requests (service, commit_sha, who, reason, at) VALUES ('svc', $1, 'ann', 'hotfix', 0)")
+        .bind(&fix[..10])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let e = b.events("svc").await.unwrap();
+    assert_eq!(
+        e.requested,
+        vec![fix.clone()],
+        "the request names a commit fetched just now"
+    );
+    assert!(b.source_problem("svc").is_none());
+}

@@ -1,5 +1,7 @@
-//! The embedded builder: a local git repository polled on its branch, each build run in a clean
-//! `git worktree` at the exact commit, its files packed into an OCI image layout on disk.
+//! The embedded builder: a git repository polled on its branch — a local path read directly, or
+//! a remote (`https://`, `ssh://`, `git@host:`, `file://`) fetched into a bare mirror in the
+//! data directory — each build run in a clean `git worktree` at the exact commit, its files
+//! packed into an OCI image layout on disk (and pushed to a registry when one is configured).
 //!
 //! - [`oci`] — the layout (pack, unpack, reproducible digests).
 //! - [`registry`] — pushing artifacts to an OCI registry and pulling them back by digest.
@@ -16,7 +18,11 @@
 //!   after a restart.
 //! - Events are acknowledged by cursor: pushes and finished builds come again until the tick
 //!   that used them is recorded.
+//! - A remote that cannot be reached is fetched again at each interval (and said so once per
+//!   outage); builds go on from the mirror's last state. Git never prompts: credentials come
+//!   from the environment (an SSH agent or key, a credential helper, a token in the URL).
 
+pub mod bench;
 pub mod oci;
 pub mod registry;
 
@@ -37,6 +43,8 @@ const MAX_OUTPUT: usize = 1 << 20;
 /// The first wait after a failed push, doubled after each failure up to [`PUSH_BACKOFF_MAX`].
 const PUSH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 const PUSH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest a fetch of a remote may take.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The wall clock, for the records of adapters (never for decisions).
 pub fn wall_clock() -> Time {
@@ -53,10 +61,33 @@ pub fn release_id(digest: &str) -> String {
     format!("r{}", &hex[..hex.len().min(12)])
 }
 
+/// A repository named by URL (fetched into a mirror) rather than by a local path.
+pub fn is_remote(repository: &str) -> bool {
+    if repository.contains("://") {
+        return true;
+    }
+    // scp-like `user@host:path` (a local path has no `:` before its first `/`)
+    match repository.split_once(':') {
+        Some((host, _)) => !host.is_empty() && !host.contains('/'),
+        None => false,
+    }
+}
+
+/// A remote's last fetch: when it was tried, and why it failed if it did.
+#[derive(Debug, Clone)]
+struct Fetched {
+    at: std::time::Instant,
+    problem: Option<String>,
+}
+
 /// What the builder needs of one service.
 #[derive(Debug, Clone)]
 struct Recipe {
+    /// The repository builds read: the local one, or the mirror of the remote.
     repository: PathBuf,
+    /// The remote's URL, fetched into `repository` every `poll`.
+    remote: Option<String>,
+    poll: std::time::Duration,
     branch: String,
     path: Option<String>,
     command: String,
@@ -76,6 +107,8 @@ pub struct LocalBuilder {
     work: PathBuf,
     /// Where artifacts are pushed (none: they stay in the layout).
     registry: Option<Arc<registry::Registry>>,
+    /// Each remote's last fetch.
+    fetched: Arc<std::sync::Mutex<BTreeMap<String, Fetched>>>,
 }
 
 async fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
@@ -84,6 +117,13 @@ async fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
         .arg(repo)
         .args(args)
         .stdin(Stdio::null())
+        // never wait on a person: no password prompt, no host-key question
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env(
+            "GIT_SSH_COMMAND",
+            std::env::var("GIT_SSH_COMMAND").unwrap_or_else(|_| "ssh -o BatchMode=yes".into()),
+        )
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| format!("git {}: {e}", args.join(" ")))?;
@@ -96,6 +136,17 @@ async fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// The bare mirror of a remote (made if absent; its `origin` set to `url`, which may change).
+async fn mirror(mirrors: &Path, service: &str, url: &str) -> Result<PathBuf, String> {
+    let dir = mirrors.join(format!("{service}.git"));
+    if !dir.join("HEAD").exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        git(&dir, &["init", "--bare", "-q"]).await?;
+    }
+    git(&dir, &["config", "remote.origin.url", url]).await?;
+    Ok(dir)
 }
 
 fn db(e: sqlx::Error) -> PortError {
@@ -133,16 +184,24 @@ impl LocalBuilder {
                     s.name
                 ));
             };
-            let repo = Path::new(&s.source.repository);
-            let repository = if repo.is_absolute() {
-                repo.to_owned()
-            } else {
-                base.join(repo)
+            let remote = is_remote(&s.source.repository).then(|| s.source.repository.clone());
+            let repository = match &remote {
+                Some(url) => mirror(&data.join("mirrors"), &s.name, url).await?,
+                None => {
+                    let repo = Path::new(&s.source.repository);
+                    if repo.is_absolute() {
+                        repo.to_owned()
+                    } else {
+                        base.join(repo)
+                    }
+                }
             };
             recipes.insert(
                 s.name.clone(),
                 Recipe {
                     repository,
+                    remote,
+                    poll: s.source.poll_interval.0,
                     branch: s.source.branch.clone(),
                     path: s.source.path.clone(),
                     command: s.build.command.clone(),
@@ -160,6 +219,7 @@ impl LocalBuilder {
             layout,
             work: data.join("work"),
             registry: registry.map(Arc::new),
+            fetched: Default::default(),
         };
         let interrupted = sqlx::query(
             "SELECT service, commit_sha, status, digest, output FROM builds WHERE status IN ('running', 'pushing')",
@@ -194,6 +254,73 @@ impl LocalBuilder {
     /// The OCI layout holding every release.
     pub fn layout(&self) -> &oci::Layout {
         &self.layout
+    }
+
+    /// Why the last fetch of `service`'s remote failed, while it does.
+    pub fn source_problem(&self, service: &str) -> Option<String> {
+        let fetched = self
+            .fetched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        fetched.get(service).and_then(|f| f.problem.clone())
+    }
+
+    /// Fetches the remote into its mirror when its interval has passed (or `now`): every
+    /// branch, so any commit reachable from one can be built on request.
+    async fn fetch(&self, service: &str, recipe: &Recipe, now: bool) {
+        let Some(url) = &recipe.remote else {
+            return;
+        };
+        let last = {
+            let fetched = self
+                .fetched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            fetched.get(service).cloned()
+        };
+        if !now && last.as_ref().is_some_and(|f| f.at.elapsed() < recipe.poll) {
+            return;
+        }
+        let args = [
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "origin",
+            "+refs/heads/*:refs/heads/*",
+        ];
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, git(&recipe.repository, &args)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(format!(
+                "no answer in {}",
+                crate::spec::units::Duration(FETCH_TIMEOUT)
+            )),
+        };
+        let was = last.and_then(|f| f.problem);
+        let problem = match result {
+            Ok(()) => {
+                if was.is_some() {
+                    tracing::info!(%service, %url, "the git remote answers again");
+                }
+                None
+            }
+            Err(e) => {
+                if was.is_none() {
+                    tracing::warn!(%service, %url, "cannot fetch the git remote ({e}); trying again every {}", crate::spec::units::Duration(recipe.poll));
+                }
+                Some(e)
+            }
+        };
+        let mut fetched = self
+            .fetched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        fetched.insert(
+            service.to_owned(),
+            Fetched {
+                at: std::time::Instant::now(),
+                problem,
+            },
+        );
     }
 
     fn recipe(&self, service: &str) -> Result<&Recipe, PortError> {
@@ -442,6 +569,16 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, into: Arc<std::sync::Mut
 impl Builder for LocalBuilder {
     async fn events(&mut self, service: &str) -> Result<SourceEvents, PortError> {
         let recipe = self.recipe(service)?.clone();
+        if recipe.remote.is_some() {
+            // a build asked for (by a person or a push webhook) may name a commit just pushed
+            let asked: i64 = self
+                .cursor(service, "requests")
+                .await?
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let waiting = !self.store.build_requests(service, asked).await?.is_empty();
+            self.fetch(service, &recipe, waiting).await;
+        }
         let tip = git(
             &recipe.repository,
             &[

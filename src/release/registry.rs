@@ -114,6 +114,9 @@ impl Registry {
             auth,
             client: Client::new(ClientConfig {
                 protocol,
+                // one request per blob: a quarter faster than chunks here (bench registry),
+                // as fast as skopeo, and what the big registries accept
+                use_monolithic_push: true,
                 ..Default::default()
             }),
         })

@@ -63,10 +63,19 @@ pub struct Source {
     /// nothing under it do not build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// How often a remote repository (`https://…`, `ssh://…`, `git@host:…`, `file://…`) is
+    /// fetched; a push webhook or a requested build fetches at once. A local path is read at
+    /// every look.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Duration,
 }
 
 fn default_branch() -> String {
     "main".into()
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How to build one commit.
