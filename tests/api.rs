@@ -223,6 +223,37 @@ fn assert_error(a: &Answer, status: StatusCode, code: &str, field: Option<&str>)
 
 async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
     let act = "/v1/services/checkout/environments/prod/actions";
+    // builds of every outcome, newest first, each with its output
+    let builds = c
+        .get("/v1/services/checkout/builds?limit=1", Some(&t.viewer))
+        .await;
+    assert_eq!(builds.status, StatusCode::OK, "{}", builds.text);
+    let page = builds.json();
+    assert_eq!(page["items"][0]["release"], "r2", "{page}");
+    assert_eq!(page["items"][0]["status"], "built");
+    let older = c
+        .get(
+            &format!(
+                "/v1/services/checkout/builds?limit=1&cursor={}",
+                page["next_cursor"].as_str().unwrap()
+            ),
+            Some(&t.viewer),
+        )
+        .await
+        .json();
+    assert_eq!(older["items"][0]["release"], "r1", "{older}");
+    let logs = c
+        .get(page["items"][0]["logs"].as_str().unwrap(), Some(&t.viewer))
+        .await;
+    assert_eq!(logs.status, StatusCode::OK);
+    assert_eq!(logs.text, "building r2\nok\n");
+    assert_error(
+        &c.get("/v1/services/checkout/builds/999/logs", Some(&t.viewer))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("path.number"),
+    );
     // who may do what
     assert_error(
         &c.get("/v1/services", None).await,

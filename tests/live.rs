@@ -1147,3 +1147,40 @@ async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while
     );
     assert!(b.source_problem("svc").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_build_s_output_is_readable_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spec, commit) = repo_with(
+        dir.path(),
+        "echo compiling the first half; sleep 3; echo second half; mkdir -p out && cp app.txt out/",
+    );
+    spec.build.timeout = autopilot::spec::units::Duration(Duration::from_secs(30));
+    let data = dir.path().join("data");
+    let store = SqlStore::open_dir(&data).await.unwrap();
+    let mut b = LocalBuilder::new(&[spec], &Default::default(), dir.path(), &data, store.clone())
+        .await
+        .unwrap();
+    b.events("svc").await.unwrap();
+    b.start_build("svc", &commit).await.unwrap();
+    let partial = wait_for(
+        "the first half of the output, while it runs",
+        Duration::from_secs(20),
+        || async {
+            let builds = store.builds(Some("svc")).await.unwrap();
+            builds
+                .into_iter()
+                .find(|x| x.status == "running" && x.output.contains("first half"))
+        },
+    )
+    .await;
+    assert!(!partial.output.contains("second half"), "{}", partial.output);
+    let done = finished(&mut b).await;
+    assert!(matches!(done[0].1, BuildOutcome::Built(_)), "{done:?}");
+    let build = store.builds(Some("svc")).await.unwrap().remove(0);
+    assert!(
+        build.output.contains("first half") && build.output.contains("second half"),
+        "{}",
+        build.output
+    );
+}

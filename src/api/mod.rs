@@ -338,6 +338,8 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_releases))
         .routes(routes!(get_release))
         .routes(routes!(release_logs))
+        .routes(routes!(list_builds))
+        .routes(routes!(build_logs))
         .routes(routes!(list_audit))
         .routes(routes!(act))
         .routes(routes!(request_build))
@@ -526,6 +528,67 @@ pub(crate) async fn releases_page(
         .collect();
     let next_cursor = more.then(|| items.last().map(|r| r.build.to_string())).flatten();
     Ok(ReleasePage { items, next_cursor })
+}
+
+/// A service's builds of every outcome (failed ones too), newest first.
+#[utoipa::path(get, path = "/v1/services/{service}/builds", tag = "read",
+    params(("service" = String, Path, description = "The service's name"), PageQuery),
+    responses((status = 200, body = BuildPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_builds(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<axum::Json<BuildPage>, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Path(service) = path?;
+    let Query(q) = query?;
+    let (limit, before) = page(&q)?;
+    Ok(axum::Json(builds_page(&api, &service, limit, before).await?))
+}
+
+/// A page of a service's builds, newest first, older than `before` (a build number).
+pub(crate) async fn builds_page(
+    api: &ApiState,
+    service: &str,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<BuildPage, ApiError> {
+    api.spec(service)?;
+    let builds = api
+        .store
+        .builds_page(service, before, limit + 1)
+        .await
+        .map_err(ApiError::store)?;
+    let more = builds.len() as i64 > limit;
+    let items: Vec<_> = builds.iter().take(limit as usize).map(build_summary).collect();
+    let next_cursor = more.then(|| items.last().map(|b| b.number.to_string())).flatten();
+    Ok(BuildPage { items, next_cursor })
+}
+
+/// A build's output as text, as far as it has come (a running build's grows each second).
+#[utoipa::path(get, path = "/v1/services/{service}/builds/{number}/logs", tag = "read",
+    params(("service" = String, Path, description = "The service's name"), ("number" = i64, Path, description = "The build's number")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn build_logs(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<(String, i64)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, Role::Viewer).await?;
+    let Path((service, number)) = path?;
+    api.spec(&service)?;
+    let b = api
+        .store
+        .build(&service, number)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("`{service}` has no build {number}")).field("path.number")
+        })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b.output).into_response())
 }
 
 /// A release's whole story: config, build, deployments, verdicts, actions, URLs.

@@ -207,6 +207,40 @@ pub struct BuildView {
     pub logs: String,
 }
 
+/// A build of any outcome, in a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildSummary {
+    pub number: i64,
+    pub commit: String,
+    /// `running`, `pushing` (built; its artifact is not in the registry yet), `built` or
+    /// `failed`.
+    pub status: String,
+    /// `push`, or `request by WHO`.
+    pub source: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The release it made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Where its artifact can be pulled from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its output as text (while it runs too).
+    pub logs: String,
+}
+
+/// A page of builds, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildPage {
+    pub items: Vec<BuildSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// One attempt to bring a release into an environment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentView {
@@ -610,6 +644,21 @@ pub fn running(state: &ServiceState, release: &str) -> Vec<String> {
         }
     }
     out
+}
+
+pub fn build_summary(b: &StoredBuild) -> BuildSummary {
+    BuildSummary {
+        number: b.seq,
+        commit: b.commit.clone(),
+        status: b.status.clone(),
+        source: b.source.clone(),
+        started_at: b.started_at.to_string(),
+        finished_at: b.finished_at.map(|t| t.to_string()),
+        release: b.release.clone().filter(|_| b.status == "built"),
+        artifact: b.artifact.clone(),
+        error: b.error.clone(),
+        logs: format!("/v1/services/{}/builds/{}/logs", b.service, b.seq),
+    }
 }
 
 pub fn release_summary(b: &StoredBuild, state: &ServiceState) -> ReleaseSummary {

@@ -474,7 +474,12 @@ impl LocalBuilder {
             Some(p) => dir.join(p),
             None => dir.clone(),
         };
-        let result = run_command(&recipe.command, &folder, recipe.timeout, &mut output).await;
+        let live = Live {
+            pool: self.pool.clone(),
+            service: service.to_owned(),
+            commit: commit.to_owned(),
+        };
+        let result = run_command(&recipe.command, &folder, recipe.timeout, &mut output, Some(live)).await;
         let result = match result {
             Ok(()) => self
                 .layout
@@ -491,13 +496,31 @@ impl LocalBuilder {
     }
 }
 
-/// Runs `command` with `sh -c` in `dir`, output (both streams) appended to `output`, killed
-/// (its whole process group) at the timeout.
+/// Where a running build's output is written as it comes (its row in `builds`).
+struct Live {
+    pool: AnyPool,
+    service: String,
+    commit: String,
+}
+
+/// How often a running build's output is written to the store.
+const OUTPUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The newest [`MAX_OUTPUT`] bytes of `bytes`, as text.
+fn tail_text(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(MAX_OUTPUT);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Runs `command` with `sh -c` in `dir`, output (both streams) appended to `output` — and, with
+/// `live`, written to the store every second while it runs — killed (its whole process group)
+/// at the timeout.
 async fn run_command(
     command: &str,
     dir: &Path,
     timeout: std::time::Duration,
     output: &mut String,
+    live: Option<Live>,
 ) -> Result<(), String> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
@@ -520,7 +543,36 @@ async fn run_command(
         child.stderr.take().expect("piped stderr"),
         collected.clone(),
     ));
+    let flusher = live.map(|live| {
+        let collected = collected.clone();
+        let before = output.clone();
+        tokio::spawn(async move {
+            let mut written = 0;
+            loop {
+                tokio::time::sleep(OUTPUT_FLUSH).await;
+                let (len, text) = {
+                    let bytes = collected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (bytes.len(), tail_text(&bytes))
+                };
+                if len == written {
+                    continue;
+                }
+                written = len;
+                let _ = sqlx::query(
+                    "UPDATE builds SET output = $3 WHERE service = $1 AND commit_sha = $2 AND status = 'running'",
+                )
+                .bind(&live.service)
+                .bind(&live.commit)
+                .bind(format!("{before}{text}"))
+                .execute(&live.pool)
+                .await;
+            }
+        })
+    });
     let waited = tokio::time::timeout(timeout, child.wait()).await;
+    if let Some(f) = flusher {
+        f.abort();
+    }
     let result = match waited {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("the build command failed ({status})")),
@@ -544,9 +596,10 @@ async fn run_command(
         let _ = b.await;
     })
     .await;
-    let bytes = collected.lock().expect("output lock").clone();
-    let start = bytes.len().saturating_sub(MAX_OUTPUT);
-    output.push_str(&String::from_utf8_lossy(&bytes[start..]));
+    let bytes = collected
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    output.push_str(&tail_text(&bytes));
     result
 }
 
@@ -557,7 +610,7 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, into: Arc<std::sync::Mut
         if n == 0 {
             break;
         }
-        let mut out = into.lock().expect("output lock");
+        let mut out = into.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.extend_from_slice(&buf[..n]);
         if out.len() > 2 * MAX_OUTPUT {
             let cut = out.len() - MAX_OUTPUT;

@@ -168,6 +168,41 @@ impl SqlStore {
         Ok(rows.iter().map(StoredBuild::from_row).collect())
     }
 
+    /// A service's builds of every outcome (running, pushing, built, failed), newest first:
+    /// at most `limit`, older than the build `before`. Without their output and config.
+    pub async fn builds_page(
+        &self,
+        service: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<StoredBuild>, PortError> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS}, '' AS output, CAST(NULL AS TEXT) AS config FROM builds \
+             WHERE service = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(service)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(StoredBuild::from_row).collect())
+    }
+
+    /// One build of a service by its number, with its output (as far as it has come).
+    pub async fn build(&self, service: &str, number: i64) -> Result<Option<StoredBuild>, PortError> {
+        let sql =
+            format!("SELECT {BUILD_COLUMNS}, output, config FROM builds WHERE service = $1 AND seq = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(service)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.as_ref().map(StoredBuild::from_row))
+    }
+
     /// The newest build of a release, with its output and config.
     pub async fn release(&self, id: &str) -> Result<Option<StoredBuild>, PortError> {
         let sql = format!(

@@ -446,6 +446,7 @@ async fn service_page(
                 .find(|s| s.name == service)
                 .ok_or_else(|| ApiError::not_found(format!("no service `{service}`")))?;
             let releases = api::releases_page(&api, &service, PER_PAGE, q.before).await?;
+        let builds = api::builds_page(&api, &service, RECENT, None).await?;
             let body = html! {
                 p.crumbs { a href="/" { "Releases" } " › " (service) }
                 h1 { (service) }
@@ -454,6 +455,22 @@ async fn service_page(
                 (releases_table(&service, &releases.items, &format!("Releases of {service}, newest first")))
                 @if let Some(c) = &releases.next_cursor {
                     p { a href={ "/services/" (service) "?before=" (c) } { "Older releases" } }
+                }
+                table.builds {
+                    caption { "The newest builds of " (service) ", failed ones too" }
+                    thead { tr { th scope="col" { "Build" } th scope="col" { "Commit" } th scope="col" { "Status" } th scope="col" { "Started" } th scope="col" { "From" } th scope="col" { "Made" } } }
+                    tbody {
+                        @for b in &builds.items {
+                            tr {
+                                td { a href=(b.logs) { "#" (b.number) " output" } }
+                                td { code { (short(&b.commit)) } }
+                                td { (badge(&b.status)) @if let Some(e) = &b.error { br; small.detail { (e) } } }
+                                td { (when(&b.started_at)) }
+                                td { (b.source) }
+                                td { @if let Some(r) = &b.release { (release_link(r)) } @else { span.quiet { "—" } } }
+                            }
+                        }
+                    }
                 }
             };
             Ok(layout(
