@@ -739,6 +739,14 @@ async fn open_reads_need_no_token_but_actions_still_do() {
     state.settings = Arc::new(settings);
     let c = Client::Oneshot(api::router(state));
     assert_eq!(c.get("/v1/services/checkout", None).await.status, StatusCode::OK);
+    // the pages too: read without signing in
+    let page = c.get("/", None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text.contains("not signed in (reads are open)"),
+        "{}",
+        page.text
+    );
     let a = c
         .post(
             "/v1/services/checkout/environments/prod/actions",

@@ -1184,3 +1184,28 @@ async fn a_running_build_s_output_is_readable_while_it_runs() {
         build.output
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_asks_for_a_password_gets_it_and_a_wrong_one_is_refused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let registry = TempRegistry::start_with_htpasswd(&format!("ci:{hash}\n"))
+        .expect("docker-registry starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.txt"), "hello\n").unwrap();
+    let layout = oci::Layout::open(&dir.path().join("layout")).unwrap();
+    let digest = layout.pack(dir.path(), &["app.txt".into()], "shop:c1").unwrap();
+    let basic = |password: &str| Credentials::Basic {
+        username: "ci".into(),
+        password: password.into(),
+    };
+    let wrong = Registry::new(&registry.host(), "team", basic("guess")).unwrap();
+    let e = wrong.push(&layout, "shop", &digest, "c1").await.unwrap_err();
+    assert!(e.contains("team/shop"), "{e}");
+    let anonymous = Registry::new(&registry.host(), "team", Credentials::Anonymous).unwrap();
+    assert!(anonymous.push(&layout, "shop", &digest, "c1").await.is_err());
+    let right = Registry::new(&registry.host(), "team", basic("s3cret")).unwrap();
+    let reference = right.push(&layout, "shop", &digest, "c1").await.unwrap();
+    let other = oci::Layout::open(&dir.path().join("other")).unwrap();
+    assert_eq!(right.pull(&reference, &other, "shop:c1").await.unwrap(), digest);
+}

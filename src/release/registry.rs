@@ -293,6 +293,16 @@ pub struct TempRegistry {
 impl TempRegistry {
     /// Starts a registry on a free loopback port.
     pub fn start() -> Result<TempRegistry, String> {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that asks for HTTP basic auth, checked against `htpasswd` (lines of
+    /// `user:bcrypt-hash`).
+    pub fn start_with_htpasswd(htpasswd: &str) -> Result<TempRegistry, String> {
+        Self::start_with(Some(htpasswd))
+    }
+
+    fn start_with(htpasswd: Option<&str>) -> Result<TempRegistry, String> {
         let dir = tempfile::Builder::new()
             .prefix("autopilot-registry-")
             .tempdir()
@@ -301,10 +311,18 @@ impl TempRegistry {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.path().join("storage").display()
         );
+        if let Some(lines) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, lines).map_err(|e| e.to_string())?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: autopilot-test\n    path: {}\n",
+                path.display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), config).map_err(|e| e.to_string())?;
         let mut r = TempRegistry {
             child: None,
