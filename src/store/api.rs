@@ -151,21 +151,13 @@ impl SqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<StoredBuild>, PortError> {
-        let sql = format!(
-            "SELECT {BUILD_COLUMNS}, '' AS output, CAST(NULL AS TEXT) AS config FROM builds \
-             WHERE service = $1 AND status = 'built' AND release IS NOT NULL AND seq < $2 \
-             ORDER BY seq DESC LIMIT $3"
-        );
-        // no cursor: from the newest (a plain range keeps the (service, seq) index usable; an
-        // `IS NULL OR` made PostgreSQL's generic plan scan and sort: 10 ms instead of 1)
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(service)
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(rows.iter().map(StoredBuild::from_row).collect())
+        self.builds_paged(
+            service,
+            before,
+            limit,
+            "AND status = 'built' AND release IS NOT NULL",
+        )
+        .await
     }
 
     /// A service's builds of every outcome (running, pushing, built, failed), newest first:
@@ -176,10 +168,22 @@ impl SqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<StoredBuild>, PortError> {
+        self.builds_paged(service, before, limit, "").await
+    }
+
+    async fn builds_paged(
+        &self,
+        service: &str,
+        before: Option<i64>,
+        limit: i64,
+        only: &'static str,
+    ) -> Result<Vec<StoredBuild>, PortError> {
         let sql = format!(
             "SELECT {BUILD_COLUMNS}, '' AS output, CAST(NULL AS TEXT) AS config FROM builds \
-             WHERE service = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+             WHERE service = $1 {only} AND seq < $2 ORDER BY seq DESC LIMIT $3"
         );
+        // no cursor: from the newest (a plain range keeps the (service, seq) index usable; an
+        // `IS NULL OR` made PostgreSQL's generic plan scan and sort: 10 ms instead of 1)
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(service)
             .bind(before.unwrap_or(i64::MAX))
