@@ -702,6 +702,7 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
     let (code, view, _) = cli(&url, &token, &["release", "view", &newest]);
     assert_eq!(code, 0);
     assert!(view.contains("dev attempt 1"), "{view}");
+    assert!(view.contains("artifact oci-layout:artifacts@sha256:"), "{view}");
     assert!(view.contains("pause dev") || view.contains("dev pause"), "{view}");
     let (code, logs, _) = cli(&url, &token, &["release", "logs", &newest]);
     assert_eq!(code, 0);

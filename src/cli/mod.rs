@@ -411,6 +411,7 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                 println!("release  {}  ({})", s(&r["id"]), s(&r["service"]));
                 println!("commit   {}", s(&r["commit"]));
                 println!("digest   {}", s(&r["digest"]));
+                println!("artifact {}", s(&r["artifact"]));
                 println!("source   {}", s(&r["source"]));
                 let b = &r["build"];
                 println!(
