@@ -97,6 +97,76 @@ async fn suite(open: impl AsyncFn() -> String) {
     the_loop_clearing_a_one_shot_never_loses_an_operators_write(&open().await).await;
     releases_page_newest_first_with_a_cursor(&open().await).await;
     tokens_are_stored_hashed(&open().await).await;
+    the_chart_keeps_a_sample_every_few_seconds_and_one_at_each_transition(&open().await).await;
+}
+
+/// The judge's word on `objective` of r2 in prod at `secs`, with `total` canary requests.
+fn evidence(objective: &str, secs: u64, total: u64) -> ObjectiveEvidence {
+    use autopilot::control::judge::{Counts, Evidence, Judgement, Verdict};
+    ObjectiveEvidence {
+        environment: "prod".into(),
+        release: "r2".into(),
+        objective: objective.into(),
+        judgement: Judgement {
+            verdict: Verdict::Safe,
+            evidence: Evidence {
+                canary: Counts { bad: 0, total },
+                stable: Counts {
+                    bad: 0,
+                    total: 10 * total,
+                },
+                regression_e: 1.0,
+                regression_threshold: 200.0,
+                safety_e: 1.0,
+                safety_threshold: 120.0,
+                canary_upper: 0.01,
+                explanation: String::new(),
+                words: String::new(),
+            },
+        },
+        weight: 20,
+        at: Time::from_secs(secs),
+    }
+}
+
+async fn the_chart_keeps_a_sample_every_few_seconds_and_one_at_each_transition(url: &str) {
+    let mut s = SqlStore::open(url).await.unwrap();
+    // a look every second for 25 s; a transition at 13 s
+    for (version, secs) in (0..25u64).enumerate() {
+        let mut p = plan_with(canary_state());
+        p.evidence = vec![
+            evidence("errors", secs, secs * 10),
+            evidence("latency", secs, secs * 10),
+        ];
+        if secs == 13 {
+            p.transitions.push(Transition {
+                environment: "prod".into(),
+                release: "r2".into(),
+                from: Some("canary".into()),
+                to: "canary".into(),
+                weight: Weight(50),
+                cause: Cause::Ready,
+                at: Time::from_secs(secs),
+            });
+        }
+        s.record("svc", version as u64, &p, &[]).await.unwrap();
+    }
+    let samples = s.release_samples("svc", "r2").await.unwrap();
+    let times = |o: &str| -> Vec<u64> {
+        samples
+            .iter()
+            .filter(|x| x.objective == o)
+            .map(|x| x.at.millis() / 1000)
+            .collect()
+    };
+    assert_eq!(
+        times("errors"),
+        vec![0, 10, 13, 23],
+        "every 10 s after the last, and at the transition"
+    );
+    assert_eq!(times("latency"), times("errors"));
+    assert_eq!(samples[0].canary.total, 0);
+    assert_eq!(samples.last().unwrap().canary.total, 230);
 }
 
 async fn a_stale_version_is_refused_and_nothing_of_it_is_written(url: &str) {

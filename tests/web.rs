@@ -74,9 +74,34 @@ async fn browser() -> Browser {
     }
 }
 
+/// How often a step is tried again when the live region was swapped under it (the page
+/// replaces it on every change: an element found a moment ago may be stale).
+const STALE_TRIES: usize = 10;
+
 /// The text of the first element matching `css`, if there is one.
 async fn text(c: &Client, css: &str) -> Option<String> {
-    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+    for _ in 0..STALE_TRIES {
+        let e = c.find(Locator::Css(css)).await.ok()?;
+        if let Ok(t) = e.text().await {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// Clicks the first element matching `css` (found again if it went stale).
+async fn click(c: &Client, css: &str) {
+    let mut last = String::new();
+    for _ in 0..STALE_TRIES {
+        match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.click().await {
+                Ok(()) => return,
+                Err(err) => last = err.to_string(),
+            },
+            Err(err) => last = err.to_string(),
+        }
+    }
+    panic!("cannot click {css}: {last}");
 }
 
 /// Waits until the element matching `css` holds `needle`.
@@ -112,14 +137,11 @@ async fn screenshot(c: &Client, name: &str) -> PathBuf {
 /// Opens the action dialog from the button `action` of `env`'s row, gives `reason` (and
 /// `token` when the dialog asks for one) and confirms.
 async fn act(c: &Client, env: &str, action: &str, reason: &str, token: Option<&str>) {
-    c.find(Locator::Css(&format!(
-        "[data-environment='{env}'] button.act[data-action='{action}']"
-    )))
-    .await
-    .unwrap_or_else(|_| panic!("a {action} button in {env}'s row"))
-    .click()
-    .await
-    .unwrap();
+    click(
+        c,
+        &format!("[data-environment='{env}'] button.act[data-action='{action}']"),
+    )
+    .await;
     let dialog_open = c
         .execute("return document.getElementById('act-dialog').open", vec![])
         .await

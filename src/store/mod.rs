@@ -49,6 +49,10 @@ const POSTGRES: [(i64, &str, &str); 4] = [
     ),
 ];
 
+/// The chart's resolution: at most one sample per objective of a rollout this often (and one at
+/// every transition). A 30-minute canary with three objectives keeps about 540 rows.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How many times a compare-and-swap of the overrides is tried before giving up (each retry
 /// follows a write by someone else, so this is only reached under a storm of writers).
 const CAS_TRIES: usize = 20;
@@ -516,6 +520,22 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            // the chart needs a point every few seconds, not every look: a look within
+            // SAMPLE_EVERY of the last is kept only when it came with a transition
+            let decided = plan.transitions.iter().any(|t| t.environment == e.environment);
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(at) FROM samples WHERE release = $1 AND environment = $2 AND objective = $3",
+            )
+            .bind(&e.release)
+            .bind(&e.environment)
+            .bind(&e.objective)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let recent = last.is_some_and(|l| (e.at.millis() as i64) - l < SAMPLE_EVERY.as_millis() as i64);
+            if recent && !decided {
+                continue;
+            }
             let (c, st) = (&e.judgement.evidence.canary, &e.judgement.evidence.stable);
             sqlx::query(
                 "INSERT INTO samples (service, environment, release, objective, weight, \
@@ -537,7 +557,7 @@ impl Store for SqlStore {
             .map_err(db_err)?;
             // the evidence behind a transition is kept for good
             if let Some(at) = now
-                && plan.transitions.iter().any(|t| t.environment == e.environment)
+                && decided
             {
                 sqlx::query(
                     "INSERT INTO evidence (service, environment, release, objective, evidence, at) \

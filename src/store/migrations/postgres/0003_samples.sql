@@ -12,4 +12,6 @@ CREATE TABLE samples (
     stable_total BIGINT NOT NULL,
     at BIGINT NOT NULL
 );
-CREATE INDEX samples_by_release ON samples (release, id);
+CREATE INDEX samples_by_release ON samples (release, environment, objective, at);
+-- the event stream's look for anything new of a service
+CREATE INDEX samples_by_service ON samples (service, id);
