@@ -49,7 +49,8 @@ pub struct ProxyConfig {
     /// runtime per thread (`false`: about 15% more requests per core, measured with
     /// `scripts/bench-proxy`). Pingora 0.9 hands a no-steal runtime started after an earlier
     /// one shut down in the same process the dead runtime's handles (cloudflare/pingora#981),
-    /// so only a process running one proxy for its whole life (the CLI) may use `false`.
+    /// and cannot stop at once without hanging now and then (see [`ProxyHandle::stop`]), so
+    /// only a process running one proxy for its whole life (the CLI) may use `false`.
     pub work_stealing: bool,
     /// Validated objectives whose environments' access rules override the routes'.
     pub access: Option<Arc<crate::spec::Catalog>>,
@@ -532,6 +533,8 @@ impl AutopilotProxy {
 struct StopSignal {
     stop: tokio::sync::watch::Receiver<bool>,
     drain: Arc<std::sync::atomic::AtomicBool>,
+    /// Pingora's quick shutdown is safe only on one work-stealing runtime (see [`ProxyHandle::stop`]).
+    quick: bool,
 }
 
 #[async_trait]
@@ -543,7 +546,7 @@ impl ShutdownSignalWatch for StopSignal {
                 break;
             }
         }
-        if self.drain.load(Ordering::SeqCst) {
+        if self.drain.load(Ordering::SeqCst) || !self.quick {
             ShutdownSignal::GracefulTerminate
         } else {
             ShutdownSignal::FastShutdown
@@ -558,23 +561,42 @@ pub struct ProxyHandle {
     pub shared: Arc<Shared>,
     stop: tokio::sync::watch::Sender<bool>,
     drain: Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    work_stealing: bool,
+    /// The admin thread (listener, prober, reloader, JWKS).
+    background: std::thread::JoinHandle<()>,
+    /// Pingora's thread.
+    pingora: std::thread::JoinHandle<()>,
 }
 
 impl ProxyHandle {
     /// Stops every part at once (requests in flight are cut) and waits for them.
+    ///
+    /// With [`ProxyConfig::work_stealing`] `false` it waits for the admin thread only. Pingora
+    /// 0.9's quick shutdown stops its per-thread runtimes one after the other while the accept
+    /// loops still run, and an accept loop whose listener was registered with a runtime
+    /// already stopped gets "a Tokio context … being shutdown" from every `accept()` at once
+    /// and loops on it without yielding, so its thread never takes its own stop (seen: the
+    /// CLI hung until its 5 s bound, about one stop in ten). There the stop closes the
+    /// listeners (Pingora's graceful stop, which ends the accept loops first) and leaves
+    /// Pingora's thread, sleeping its grace period, to the process's exit: the one use of
+    /// `false` is a process that exits right after (the CLI).
     pub fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.finish(false);
     }
 
     /// Stops taking connections, lets requests in flight finish for the configured
     /// [`ProxyConfig::drain`] period, then stops every part (what a supervisor's SIGTERM asks).
     pub fn drain(self) {
         self.drain.store(true, Ordering::SeqCst);
-        self.stop();
+        self.finish(true);
+    }
+
+    fn finish(self, drain: bool) {
+        let _ = self.stop.send(true);
+        let _ = self.background.join();
+        if drain || self.work_stealing {
+            let _ = self.pingora.join();
+        }
     }
 }
 
@@ -609,7 +631,6 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (first_fetch_tx, first_fetch_rx) = std::sync::mpsc::channel::<()>();
-    let mut threads = Vec::new();
 
     // the admin listener and the background tasks share one small runtime
     let admin_listener = std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Admin {
@@ -640,11 +661,11 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         let _in_runtime = rt.enter();
         tokio::net::TcpListener::from_std(admin_listener).map_err(admin_error)?
     };
-    {
+    let background = {
         let shared = shared.clone();
         let config = config.clone();
         let stop_rx = stop_rx.clone();
-        threads.push(std::thread::spawn(move || {
+        std::thread::spawn(move || {
             rt.block_on(async move {
                 let app = super::admin::router(shared.clone(), config.admin_token.clone());
                 let mut stop_admin = stop_rx.clone();
@@ -672,8 +693,8 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
                 let jwks = jwks_loop(shared.clone(), first_fetch_tx, stop_rx.clone());
                 let _ = tokio::join!(admin, prober, reloader, jwks);
             });
-        }));
-    }
+        })
+    };
     // with a JWKS URL, serve with keys from the first request on: wait (bounded) for the first
     // fetch; if it fails, start anyway, refusing tokens until a fetch succeeds
     if matches!(shared.jwks_source(), Some(JwksSource::Url(_))) {
@@ -714,21 +735,25 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
     server.add_service(service);
     let drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drain_flag = drain.clone();
-    threads.push(std::thread::spawn(move || {
+    let quick = config.work_stealing;
+    let pingora = std::thread::spawn(move || {
         server.run(RunArgs {
             shutdown_signal: Box::new(StopSignal {
                 stop: stop_rx,
                 drain: drain_flag,
+                quick,
             }),
         });
-    }));
+    });
     Ok(ProxyHandle {
         listen: config.listen,
         admin: admin_addr,
         shared,
         stop: stop_tx,
         drain,
-        threads,
+        work_stealing: config.work_stealing,
+        background,
+        pingora,
     })
 }
 
