@@ -632,7 +632,7 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
             .contains("not checkout's branch")
     );
     let requests = store.build_requests("checkout", 0).await.unwrap();
-    let commits: Vec<&str> = requests.iter().map(|r| r.1.as_str()).collect();
+    let commits: Vec<&str> = requests.iter().map(|r| r.commit.as_str()).collect();
     assert_eq!(commits, ["abcdef12", "0123456789abcdef0123456789abcdef01234567"]);
 
     // tokens: an admin makes one, and it works at once

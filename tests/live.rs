@@ -915,7 +915,7 @@ async fn an_artifact_pushed_to_a_real_registry_comes_back_byte_for_byte_and_stan
     assert_eq!(r.push(&layout, "shop", &digest, "c1").await.unwrap(), reference);
     // pulled back by digest into another layout: the same manifest and blobs, byte for byte
     let other = oci::Layout::open(&dir.path().join("other")).unwrap();
-    assert_eq!(r.pull(&reference, &other, "shop:c1").await.unwrap(), digest);
+    assert_eq!(r.pull(&reference, &other, "shop:c1").await.unwrap().0, digest);
     let (manifest, blobs) = layout.parts(&digest).unwrap();
     let (manifest2, blobs2) = other.parts(&digest).unwrap();
     assert_eq!(manifest, manifest2);
@@ -941,7 +941,7 @@ async fn an_artifact_pushed_to_a_real_registry_comes_back_byte_for_byte_and_stan
         .pull(&format!("{}/team/shop:c1", registry.host()), &other, "x")
         .await
         .unwrap_err();
-    assert!(e.contains("names no digest"), "{e}");
+    assert!(e.message.contains("names no digest") && !e.transient, "{e}");
     let missing = format!("{}/team/shop@sha256:{}", registry.host(), "0".repeat(64));
     assert!(r.pull(&missing, &other, "x").await.is_err());
 }
@@ -1143,7 +1143,7 @@ async fn a_running_build_s_output_is_readable_while_it_runs() {
         dir.path(),
         "echo compiling the first half; sleep 3; echo second half; mkdir -p out && cp app.txt out/",
     );
-    spec.build.timeout = autopilot::spec::units::Duration(Duration::from_secs(30));
+    spec.build.as_mut().unwrap().timeout = autopilot::spec::units::Duration(Duration::from_secs(30));
     let data = dir.path().join("data");
     let store = SqlStore::open_dir(&data).await.unwrap();
     let mut b = LocalBuilder::new(&[spec], &Default::default(), dir.path(), &data, store.clone())
@@ -1195,5 +1195,120 @@ async fn a_registry_that_asks_for_a_password_gets_it_and_a_wrong_one_is_refused(
     let right = Registry::new(&registry.host(), "team", basic("s3cret")).unwrap();
     let reference = right.push(&layout, "shop", &digest, "c1").await.unwrap();
     let other = oci::Layout::open(&dir.path().join("other")).unwrap();
-    assert_eq!(right.pull(&reference, &other, "shop:c1").await.unwrap(), digest);
+    assert_eq!(right.pull(&reference, &other, "shop:c1").await.unwrap().0, digest);
+}
+
+/// A service whose build pushes a container image itself (skopeo here, `docker buildx … --push`
+/// in a real CI): autopilot pins the digest the tag names, pulls it by digest (verified) and can
+/// run it; a tag that moves during the build is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_build_is_pinned_by_the_digest_its_tag_names_and_a_tag_moved_during_the_build_is_refused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = TempRegistry::start().expect("docker-registry starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    // a two-platform index whose second layer deletes a file of the first (a whiteout)
+    common::image::write(
+        &repo.join("image"),
+        &[
+            &[("serve.sh", "#!/bin/sh\necho v1\n"), ("old.txt", "gone\n")],
+            &[(".wh.old.txt", ""), ("app.txt", "hello\n")],
+        ],
+        true,
+    );
+    let push = "skopeo copy --quiet --all --dest-tls-verify=false --digestfile \"$AUTOPILOT_DIGEST_FILE\" \
+                oci:image:latest \"docker://$AUTOPILOT_IMAGE\" && echo pushed $AUTOPILOT_IMAGE";
+    std::fs::write(repo.join("build.sh"), format!("set -e\n{push}\n")).unwrap();
+    let git = |args: &[&str]| git_in(&repo, args);
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "one"]);
+    let c1 = git(&["rev-parse", "HEAD"]);
+    let image_repo = format!("{}/shop/svc", registry.host());
+    let yaml = format!(
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: {}}}\n\
+         build: {{command: sh build.sh, artifact: {{image: {image_repo}}}, timeout: 60s}}\n\
+         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n",
+        repo.display()
+    );
+    let spec: autopilot::spec::objectives::ServiceSpec =
+        autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    let data = dir.path().join("data");
+    let store = SqlStore::open_dir(&data).await.unwrap();
+    // no `registry:` in autopilot.yaml: the build pushes where its recipe says
+    let mut b = LocalBuilder::new(
+        std::slice::from_ref(&spec),
+        &Default::default(),
+        dir.path(),
+        &data,
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    b.events("svc").await.unwrap();
+    b.start_build("svc", &c1).await.unwrap();
+    let done = finished(&mut b).await;
+    let BuildOutcome::Built(release) = &done[0].1 else {
+        panic!("{done:?}\n{:?}", store.builds(Some("svc")).await.unwrap())
+    };
+    // pinned: the digest the commit's tag names in the registry (the index, every platform)
+    let tagged = skopeo_raw(&format!("docker://{image_repo}:{c1}"));
+    assert_eq!(sha256_of(&tagged), release.digest);
+    let build = store.builds(Some("svc")).await.unwrap().remove(0);
+    assert_eq!(
+        build.artifact.as_deref(),
+        Some(format!("{image_repo}@{}", release.digest).as_str())
+    );
+    assert!(
+        build.output.contains("pushed") && build.output.contains("resolved to"),
+        "{}",
+        build.output
+    );
+    assert!(build.size.unwrap_or(0) > tagged.len() as i64, "{:?}", build.size);
+    // pulled for this machine's platform: gzip layers applied in order, the whiteout honoured
+    let unpacked = dir.path().join("unpacked");
+    b.layout().unpack(&release.digest, &unpacked).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join("app.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(!unpacked.join("old.txt").exists(), "the whiteout removed old.txt");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(unpacked.join("serve.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "serve.sh stays executable");
+    let cursor = b.events("svc").await.unwrap().cursor;
+    b.ack("svc", &cursor).await.unwrap();
+
+    // the next build pushes, and before autopilot looks, someone else's push moves the tag
+    common::image::write(&repo.join("other"), &[&[("app.txt", "not ours\n")]], false);
+    let moved = push
+        .replace("oci:image:latest", "oci:other:latest")
+        .replace(" --digestfile \"$AUTOPILOT_DIGEST_FILE\"", "");
+    std::fs::write(repo.join("build.sh"), format!("set -e\n{push}\n{moved}\n")).unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "two"]);
+    let c2 = git(&["rev-parse", "HEAD"]);
+    b.start_build("svc", &c2).await.unwrap();
+    let done = finished(&mut b).await;
+    let BuildOutcome::Failed { reason } = &done[0].1 else {
+        panic!("a moved tag must not be pinned: {done:?}")
+    };
+    assert!(reason.contains("moved during the build"), "{reason}");
+    let failed = store
+        .builds(Some("svc"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.commit == c2)
+        .unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(failed.digest.is_none() && failed.artifact.is_none());
+    assert!(
+        failed.output.contains("pushed"),
+        "the build's output is kept: {}",
+        failed.output
+    );
 }

@@ -81,6 +81,7 @@ async fn operate(store: &SqlStore, action: OverrideAction, key: Option<&str>) ->
                     audit: entry(action.name()),
                     overrides_changed: applied.changed,
                     build: None,
+                    image: None,
                 })
             },
             |id, _, ov| (200, serde_json::json!({"audit": id, "overrides": ov}).to_string()),
@@ -296,6 +297,7 @@ async fn an_idempotency_key_gives_the_first_answer_again(url: &str) {
                     audit,
                     overrides_changed: false,
                     build: None,
+                    image: None,
                 })
             },
             |_, _, _| (200, "{}".into()),

@@ -343,6 +343,7 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_audit))
         .routes(routes!(act))
         .routes(routes!(request_build))
+        .routes(routes!(announce_release))
         .routes(routes!(create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(webhook::push))
@@ -708,6 +709,7 @@ pub(crate) async fn release_view(
             .artifact
             .clone()
             .unwrap_or_else(|| format!("oci-layout:artifacts@{digest} (autopilot's data directory)")),
+        size: b.size.map(|s| s as u64),
         id: id.clone(),
         service,
         commit: b.commit.clone(),
@@ -954,6 +956,7 @@ async fn act(
                     },
                     overrides_changed: applied.changed,
                     build: None,
+                    image: None,
                 })
             },
             |audit_id, state, ov| {
@@ -1040,6 +1043,119 @@ async fn request_build(
                     audit_id,
                     service: service.clone(),
                     commit: commit.clone(),
+                };
+                (202, serde_json::to_string(&body).expect("serialises"))
+            },
+        )
+        .await
+        .map_err(ApiError::store)?;
+    mutated(m)
+}
+
+/// Announce a release built elsewhere (a service without `build`): an image pinned by digest in
+/// the service's repository. Autopilot pulls it (verifying every byte against its digest) and
+/// rolls it out like a release it built.
+#[utoipa::path(post, path = "/v1/services/{service}/releases", tag = "act",
+    params(("service" = String, Path, description = "The service's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (within 24 hours) gets the first answer and changes nothing")),
+    request_body = ReleaseAnnouncement,
+    responses((status = 202, body = ReleaseAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn announce_release(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Origin(origin): Origin,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = api.authorize(&headers, Role::Operator).await?;
+    let Path(service) = path?;
+    api.spec(&service)?;
+    let body = body?;
+    let req: ReleaseAnnouncement = parse_body(&body)?;
+    check_reason(&req.reason)?;
+    let spec = api.catalog.services.get(&service);
+    let repository = match spec {
+        Some(s) if s.build.is_some() => {
+            return Err(ApiError::conflict(format!(
+                "{service} builds its own releases (it has `build`): push to its repository, or ask for a build of a commit (POST /v1/services/{service}/builds)"
+            )));
+        }
+        Some(s) => s.run.image.clone().unwrap_or_default(),
+        None => String::new(),
+    };
+    let image = req.image.trim().to_owned();
+    let Some((from, digest)) = image.split_once('@') else {
+        return Err(ApiError::bad_request(format!(
+            "`{image}` names no digest: announce `{repository}@sha256:…` (a tag may move)"
+        ))
+        .field("body.image"));
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ApiError::bad_request(format!(
+            "`{digest}` is not a sha256 digest (`sha256:` and 64 lowercase hexadecimal digits)"
+        ))
+        .field("body.image"));
+    }
+    if from != repository {
+        return Err(ApiError::bad_request(format!(
+            "`{from}` is not {service}'s repository `{repository}` (run.image)"
+        ))
+        .field("body.image"));
+    }
+    let commit = match &req.commit {
+        Some(c) => {
+            let c = c.trim().to_ascii_lowercase();
+            if !(4..=64).contains(&c.len()) || !c.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(
+                    ApiError::bad_request("a commit is 4–64 hexadecimal characters").field("body.commit")
+                );
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let release = crate::release::release_id(digest);
+    let now = (api.clock)();
+    let idem = idempotency(
+        &headers,
+        &caller,
+        format!("release {service} {}", String::from_utf8_lossy(&body)),
+        now,
+    )?;
+    let m = api
+        .store
+        .mutate(
+            &service,
+            idem.as_ref(),
+            |_, _| {
+                Ok::<_, ApiError>(Effect::release(
+                    AuditEntry {
+                        environment: None,
+                        release: Some(release.clone()),
+                        action: "announce".into(),
+                        detail: serde_json::json!({ "image": image, "commit": commit }),
+                        who: caller.name.clone(),
+                        reason: req.reason.clone(),
+                        origin: origin.clone(),
+                        at: now,
+                    },
+                    image.clone(),
+                    commit.clone(),
+                ))
+            },
+            |audit_id, _, _| {
+                let body = ReleaseAccepted {
+                    audit_id,
+                    service: service.clone(),
+                    image: image.clone(),
+                    release: release.clone(),
                 };
                 (202, serde_json::to_string(&body).expect("serialises"))
             },

@@ -177,6 +177,9 @@ pub struct ReleaseView {
     pub source: String,
     /// How to fetch the artifact with standard tools.
     pub artifact: String,
+    /// The artifact's size in bytes (manifest and blobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// The service's objectives file as it was when the release was built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
@@ -196,8 +199,8 @@ pub struct ReleaseView {
 pub struct BuildView {
     pub number: i64,
     pub commit: String,
-    /// `running`, `pushing` (built; its artifact is not in the registry yet), `built` or
-    /// `failed`.
+    /// `running`, `pushing` (built; its artifact is not in the registry yet), `pulling` (an
+    /// announced image being fetched and verified), `built` or `failed`.
     pub status: String,
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,10 +215,10 @@ pub struct BuildView {
 pub struct BuildSummary {
     pub number: i64,
     pub commit: String,
-    /// `running`, `pushing` (built; its artifact is not in the registry yet), `built` or
-    /// `failed`.
+    /// `running`, `pushing` (built; its artifact is not in the registry yet), `pulling` (an
+    /// announced image being fetched and verified), `built` or `failed`.
     pub status: String,
-    /// `push`, or `request by WHO`.
+    /// `push`, `request by WHO`, or `announced by WHO` (a release built elsewhere).
     pub source: String,
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -383,6 +386,32 @@ pub struct BuildRequest {
     pub commit: String,
     #[schema(min_length = 1, max_length = 1000)]
     pub reason: String,
+}
+
+/// Announce a release built elsewhere (your own CI): an image pinned by digest, from the
+/// service's repository (`run.image`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseAnnouncement {
+    /// `REPOSITORY@sha256:…` (a tag is refused: it may move).
+    #[schema(min_length = 1, max_length = 512)]
+    pub image: String,
+    /// The commit the image was built from, if known (full or abbreviated).
+    #[serde(default)]
+    #[schema(min_length = 4, max_length = 64)]
+    pub commit: Option<String>,
+    #[schema(min_length = 1, max_length = 1000)]
+    pub reason: String,
+}
+
+/// A release announced: autopilot pulls and verifies the image, then rolls it out.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseAccepted {
+    pub audit_id: i64,
+    pub service: String,
+    pub image: String,
+    /// The release's id (made of the digest).
+    pub release: String,
 }
 
 /// A build asked for.

@@ -64,6 +64,19 @@ pub enum ReleaseCommand {
     View { release: String },
     /// A release's full build output.
     Logs { release: String },
+    /// Announce a release built elsewhere (a service without `build`): an image pinned by
+    /// digest. Autopilot pulls it, verifies it and rolls it out.
+    Create {
+        service: String,
+        /// `REPOSITORY@sha256:…` in the service's `run.image` repository.
+        #[arg(long)]
+        image: String,
+        /// The commit the image was built from.
+        #[arg(long)]
+        commit: Option<String>,
+        #[arg(long, default_value = "released by CI")]
+        reason: String,
+    },
 }
 
 /// `autopilot token …`.
@@ -399,6 +412,33 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                 }
             })
         }
+        ReleaseCommand::Create {
+            service,
+            image,
+            commit,
+            reason,
+        } => {
+            let mut body = json!({ "image": image, "reason": reason });
+            if let Some(c) = commit {
+                body["commit"] = json!(c);
+            }
+            let result = api
+                .json(
+                    reqwest::Method::POST,
+                    &format!("/v1/services/{}/releases", enc(&service)),
+                    Some(&body),
+                )
+                .await;
+            finish(c, result, |v| {
+                println!(
+                    "release {} of {} announced (audit #{}): autopilot pulls {} and rolls it out",
+                    s(&v["release"]),
+                    s(&v["service"]),
+                    s(&v["audit_id"]),
+                    s(&v["image"])
+                );
+            })
+        }
         ReleaseCommand::View { release } => {
             let result = api
                 .json(
@@ -412,6 +452,9 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                 println!("commit   {}", s(&r["commit"]));
                 println!("digest   {}", s(&r["digest"]));
                 println!("artifact {}", s(&r["artifact"]));
+                if let Some(n) = r["size"].as_u64() {
+                    println!("size     {n} bytes");
+                }
                 println!("source   {}", s(&r["source"]));
                 let b = &r["build"];
                 println!(

@@ -87,7 +87,9 @@ pub async fn run(out: &Path, megabytes: usize, rounds: usize) -> Result<String, 
         rows[0].seconds.push(started.elapsed().as_secs_f64());
         let into = Layout::open(&dir.path().join(format!("pulled{round}"))).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        ours.pull(&reference, &into, "bench:v1").await?;
+        ours.pull(&reference, &into, "bench:v1")
+            .await
+            .map_err(|e| e.to_string())?;
         rows[1].seconds.push(started.elapsed().as_secs_f64());
         let theirs = format!("docker://{}/bench/bench:v1", other.host());
         let from = format!("oci:{}:bench:v1", layout_dir.display());

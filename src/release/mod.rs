@@ -91,7 +91,7 @@ struct Recipe {
     branch: String,
     path: Option<String>,
     command: String,
-    files: Vec<String>,
+    artifact: Artifact,
     timeout: std::time::Duration,
     /// The service's objectives file, kept with each build as its config.
     spec_file: Option<PathBuf>,
@@ -109,6 +109,15 @@ pub struct LocalBuilder {
     registry: Option<Arc<registry::Registry>>,
     /// Each remote's last fetch.
     fetched: Arc<std::sync::Mutex<BTreeMap<String, Fetched>>>,
+    /// Services whose releases are built elsewhere: the image repository each comes from.
+    external: Arc<BTreeMap<String, String>>,
+}
+
+/// What a successful build made: the digest, and where the artifact already is when the build
+/// put it in a registry itself (an image).
+struct Made {
+    digest: String,
+    artifact: Option<String>,
 }
 
 async fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
@@ -177,18 +186,27 @@ impl LocalBuilder {
         registry: Option<registry::Registry>,
     ) -> Result<Self, String> {
         let mut recipes = BTreeMap::new();
+        let mut external = BTreeMap::new();
         for s in services {
-            let Artifact::Files(files) = &s.build.artifact else {
-                return Err(format!(
-                    "{}: the embedded builder packs `artifact.files`; an `image` artifact needs a registry",
-                    s.name
-                ));
+            let (Some(source), Some(build)) = (&s.source, &s.build) else {
+                match &s.run.image {
+                    Some(image) if s.build.is_none() => {
+                        external.insert(s.name.clone(), image.clone());
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{}: a service needs `build` and `source`, or `run.image` (releases built elsewhere)",
+                            s.name
+                        ));
+                    }
+                }
+                continue;
             };
-            let remote = is_remote(&s.source.repository).then(|| s.source.repository.clone());
+            let remote = is_remote(&source.repository).then(|| source.repository.clone());
             let repository = match &remote {
                 Some(url) => mirror(&data.join("mirrors"), &s.name, url).await?,
                 None => {
-                    let repo = Path::new(&s.source.repository);
+                    let repo = Path::new(&source.repository);
                     if repo.is_absolute() {
                         repo.to_owned()
                     } else {
@@ -201,12 +219,12 @@ impl LocalBuilder {
                 Recipe {
                     repository,
                     remote,
-                    poll: s.source.poll_interval.0,
-                    branch: s.source.branch.clone(),
-                    path: s.source.path.clone(),
-                    command: s.build.command.clone(),
-                    files: files.clone(),
-                    timeout: s.build.timeout.0,
+                    poll: source.poll_interval.0,
+                    branch: source.branch.clone(),
+                    path: source.path.clone(),
+                    command: build.command.clone(),
+                    artifact: build.artifact.clone(),
+                    timeout: build.timeout.0,
                     spec_file: spec_files.get(&s.name).cloned(),
                 },
             );
@@ -220,15 +238,27 @@ impl LocalBuilder {
             work: data.join("work"),
             registry: registry.map(Arc::new),
             fetched: Default::default(),
+            external: Arc::new(external),
         };
         let interrupted = sqlx::query(
-            "SELECT service, commit_sha, status, digest, output FROM builds WHERE status IN ('running', 'pushing')",
+            "SELECT service, commit_sha, status, digest, output, artifact FROM builds WHERE status IN ('running', 'pushing', 'pulling')",
         )
         .fetch_all(&builder.pool)
         .await
         .map_err(|e| e.to_string())?;
         for row in interrupted {
             let (service, commit): (String, String) = (row.get("service"), row.get("commit_sha"));
+            if row.get::<String, _>("status") == "pulling" {
+                if let Some(reference) = row.get::<Option<String>, _>("artifact") {
+                    tracing::info!(%service, %reference, "pulling again an image the last stop interrupted");
+                    let me = builder.clone();
+                    let output: String = row.get("output");
+                    tokio::spawn(
+                        async move { me.pull_until_done(&service, &commit, &reference, output).await },
+                    );
+                }
+                continue;
+            }
             if !builder.recipes.contains_key(&service) {
                 continue;
             }
@@ -345,13 +375,29 @@ impl LocalBuilder {
             let recipe = me.recipes[&service].clone();
             let (result, output) = me.run_build(&service, &recipe, &commit).await;
             match result {
-                Ok(digest) if me.registry.is_some() => {
+                Ok(Made {
+                    digest,
+                    artifact: Some(reference),
+                }) => {
+                    tracing::info!(%service, %commit, %digest, "build finished; its image is pinned");
+                    me.finish(
+                        &service,
+                        &commit,
+                        "built",
+                        Some(&digest),
+                        &output,
+                        None,
+                        Some(&reference),
+                    )
+                    .await;
+                }
+                Ok(Made { digest, .. }) if me.registry.is_some() => {
                     tracing::info!(%service, %commit, %digest, "built; pushing the artifact");
                     me.finish(&service, &commit, "pushing", Some(&digest), &output, None, None)
                         .await;
                     me.push_until_done(&service, &commit, &digest, output).await;
                 }
-                Ok(digest) => {
+                Ok(Made { digest, .. }) => {
                     tracing::info!(%service, %commit, %digest, "build finished");
                     me.finish(&service, &commit, "built", Some(&digest), &output, None, None)
                         .await;
@@ -394,6 +440,14 @@ impl LocalBuilder {
         .await;
         if let Err(e) = written {
             tracing::error!(%service, %commit, "recording the build: {e}");
+        }
+        if let Some(size) = digest.and_then(|d| self.layout.size(d).ok()) {
+            let _ = sqlx::query("UPDATE builds SET size = $3 WHERE service = $1 AND commit_sha = $2")
+                .bind(service)
+                .bind(commit)
+                .bind(size as i64)
+                .execute(&self.pool)
+                .await;
         }
     }
 
@@ -447,7 +501,7 @@ impl LocalBuilder {
         service: &str,
         recipe: &Recipe,
         commit: &str,
-    ) -> (Result<String, String>, String) {
+    ) -> (Result<Made, String>, String) {
         let dir = self.work.join(service).join(commit);
         let mut output = String::new();
         let _ = git(
@@ -479,13 +533,29 @@ impl LocalBuilder {
             service: service.to_owned(),
             commit: commit.to_owned(),
         };
-        let result = run_command(&recipe.command, &folder, recipe.timeout, &mut output, Some(live)).await;
-        let result = match result {
-            Ok(()) => self
-                .layout
-                .pack(&folder, &recipe.files, &format!("{service}:{commit}"))
-                .map_err(|e| format!("packing the artifact failed: {e}")),
-            Err(e) => Err(e),
+        let result = match &recipe.artifact {
+            Artifact::Files(files) => run_command(
+                &recipe.command,
+                &folder,
+                recipe.timeout,
+                &mut output,
+                Some(live),
+                &[],
+            )
+            .await
+            .and_then(|()| {
+                self.layout
+                    .pack(&folder, files, &format!("{service}:{commit}"))
+                    .map_err(|e| format!("packing the artifact failed: {e}"))
+            })
+            .map(|digest| Made {
+                digest,
+                artifact: None,
+            }),
+            Artifact::Image(repository) => {
+                self.build_image(service, recipe, commit, repository, &folder, &mut output, live)
+                    .await
+            }
         };
         let _ = git(
             &recipe.repository,
@@ -493,6 +563,159 @@ impl LocalBuilder {
         )
         .await;
         (result, output)
+    }
+
+    /// An image build: the command pushes `$AUTOPILOT_IMAGE` (`REPO:COMMIT`); the tag is
+    /// resolved to its digest (checked against the digest the command reports, if it does),
+    /// and the image pulled by digest into the layout (verified) for the local runtime.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_image(
+        &self,
+        service: &str,
+        recipe: &Recipe,
+        commit: &str,
+        repository: &str,
+        folder: &Path,
+        output: &mut String,
+        live: Live,
+    ) -> Result<Made, String> {
+        let tag = format!("{repository}:{commit}");
+        let digest_file = self.work.join(service).join(format!("{commit}.digest"));
+        let _ = std::fs::remove_file(&digest_file);
+        let env = [
+            ("AUTOPILOT_IMAGE".to_owned(), tag.clone()),
+            ("AUTOPILOT_COMMIT".to_owned(), commit.to_owned()),
+            (
+                "AUTOPILOT_DIGEST_FILE".to_owned(),
+                digest_file.to_string_lossy().into_owned(),
+            ),
+        ];
+        run_command(&recipe.command, folder, recipe.timeout, output, Some(live), &env).await?;
+        let registry = registry::Registry::for_reference(&tag, self.registry.as_deref())?;
+        let digest = registry
+            .resolve(&tag)
+            .await
+            .map_err(|e| format!("the build pushed no image to {tag} ({e})"))?;
+        let reported = match std::fs::read_to_string(&digest_file) {
+            Ok(text) => Some(reported_digest(&text).map_err(|e| format!("$AUTOPILOT_DIGEST_FILE: {e}"))?),
+            Err(_) => None,
+        };
+        let _ = std::fs::remove_file(&digest_file);
+        if let Some(pushed) = &reported
+            && pushed != &digest
+        {
+            return Err(format!(
+                "the tag {tag} moved during the build: the build pushed {pushed}, the tag now names {digest}; neither is pinned"
+            ));
+        }
+        let pinned = format!("{repository}@{digest}");
+        output.push_str(&format!(
+            "\n[autopilot] {tag} resolved to {digest}{}\n",
+            if reported.is_some() {
+                " (the digest the build reported)"
+            } else {
+                ""
+            }
+        ));
+        let (pulled, size) = registry
+            .pull(&pinned, &self.layout, &format!("{service}:{commit}"))
+            .await
+            .map_err(|e| format!("pulling the image the build pushed: {e}"))?;
+        output.push_str(&format!("[autopilot] pulled {pinned} ({size} bytes, verified)\n"));
+        Ok(Made {
+            digest: pulled,
+            artifact: Some(pinned),
+        })
+    }
+
+    /// Pulls an announced image (by digest) into the layout until it is there, waiting longer
+    /// after each transient failure (the registry down); a permanent one (no such image, a
+    /// digest that does not match) fails the release.
+    async fn pull_until_done(&self, service: &str, key: &str, reference: &str, mut output: String) {
+        let mut wait = PUSH_BACKOFF;
+        loop {
+            let started = std::time::Instant::now();
+            let pulled = match registry::Registry::for_reference(reference, self.registry.as_deref()) {
+                Ok(r) => r.pull(reference, &self.layout, &format!("{service}:{key}")).await,
+                Err(e) => Err(registry::PullError::permanent(e)),
+            };
+            match pulled {
+                Ok((digest, size)) => {
+                    output.push_str(&format!(
+                        "[autopilot] pulled {reference} ({size} bytes, verified) in {:.1} s\n",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    tracing::info!(%service, %reference, "announced image pulled");
+                    self.finish(
+                        service,
+                        key,
+                        "built",
+                        Some(&digest),
+                        &output,
+                        None,
+                        Some(reference),
+                    )
+                    .await;
+                    return;
+                }
+                Err(e) if e.transient => {
+                    output.push_str(&format!(
+                        "[autopilot] pull failed: {e}; trying again in {}\n",
+                        crate::spec::units::Duration(wait)
+                    ));
+                    tracing::warn!(%service, %reference, "pull failed: {e}; trying again in {wait:?}");
+                    self.finish(service, key, "pulling", None, &output, None, Some(reference))
+                        .await;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(PUSH_BACKOFF_MAX);
+                }
+                Err(e) => {
+                    output.push_str(&format!("[autopilot] pull failed: {e}\n"));
+                    tracing::warn!(%service, %reference, "announced image refused: {e}");
+                    self.finish(
+                        service,
+                        key,
+                        "failed",
+                        None,
+                        &output,
+                        Some(&e.message),
+                        Some(reference),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The digest a build reports having pushed: buildx's metadata file
+/// (`containerimage.digest`), or a text naming exactly one `sha256:` digest (`crane push`).
+fn reported_digest(text: &str) -> Result<String, String> {
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(text)
+        && let Some(d) = m.get("containerimage.digest").and_then(|d| d.as_str())
+    {
+        return Ok(d.to_owned());
+    }
+    let mut found: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("sha256:") {
+        let hex: String = rest[i + 7..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        if hex.len() == 64 {
+            let d = format!("sha256:{}", hex.to_ascii_lowercase());
+            if !found.contains(&d) {
+                found.push(d);
+            }
+        }
+        rest = &rest[i + 7..];
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err("names no sha256 digest".into()),
+        n => Err(format!("names {n} different digests; write only the one pushed")),
     }
 }
 
@@ -521,10 +744,12 @@ async fn run_command(
     timeout: std::time::Duration,
     output: &mut String,
     live: Option<Live>,
+    env: &[(String, String)],
 ) -> Result<(), String> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -619,8 +844,146 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, into: Arc<std::sync::Mut
     }
 }
 
+impl LocalBuilder {
+    /// Finished builds of `service` after the cursor `after`, up to the first still running,
+    /// pushing or pulling (so the cursor never passes one that has not ended); and the new
+    /// cursor.
+    async fn finished(
+        &self,
+        service: &str,
+        after: i64,
+    ) -> Result<(Vec<(String, BuildOutcome)>, i64), PortError> {
+        let rows = sqlx::query(
+            "SELECT seq, commit_sha, status, digest, error FROM builds \
+             WHERE service = $1 AND seq > $2 AND status NOT IN ('running', 'pushing', 'pulling') AND seq < COALESCE( \
+               (SELECT MIN(seq) FROM builds WHERE service = $1 AND status IN ('running', 'pushing', 'pulling') AND seq > $2), \
+               9223372036854775807) \
+             ORDER BY seq",
+        )
+        .bind(service)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut last = after;
+        let mut finished = Vec::new();
+        for r in rows {
+            let commit: String = r.get("commit_sha");
+            let outcome = match (
+                r.get::<String, _>("status").as_str(),
+                r.get::<Option<String>, _>("digest"),
+            ) {
+                ("built", Some(digest)) => BuildOutcome::Built(Release {
+                    id: release_id(&digest),
+                    commit: commit.clone(),
+                    digest,
+                }),
+                _ => BuildOutcome::Failed {
+                    reason: r
+                        .get::<Option<String>, _>("error")
+                        .unwrap_or_else(|| "failed".into()),
+                },
+            };
+            finished.push((commit, outcome));
+            last = last.max(r.get::<i64, _>("seq"));
+        }
+        Ok((finished, last))
+    }
+
+    /// Takes an announced image: recorded as a release being pulled (keyed by its commit, or
+    /// by its digest when it names none), then pulled and verified in the background. An image
+    /// outside the service's repository, or a key already taken, is recorded as failed.
+    async fn announce(
+        &self,
+        service: &str,
+        repository: &str,
+        ask: &crate::store::api::BuildAsk,
+        image: &str,
+    ) {
+        let digest = image
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default();
+        let key = if ask.commit.is_empty() {
+            digest.clone()
+        } else {
+            ask.commit.clone()
+        };
+        let from = image.split_once('@').map_or(image, |(repo, _)| repo);
+        let refused = (from != repository)
+            .then(|| format!("{image} is not in {service}'s repository {repository} (run.image)"));
+        let now = wall_clock().millis() as i64;
+        let inserted = sqlx::query(
+            "INSERT INTO builds (service, commit_sha, status, started_at, finished_at, error, source, artifact, output) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '') ON CONFLICT(service, commit_sha) DO NOTHING",
+        )
+        .bind(service)
+        .bind(&key)
+        .bind(if refused.is_some() { "failed" } else { "pulling" })
+        .bind(now)
+        .bind(refused.as_ref().map(|_| now))
+        .bind(&refused)
+        .bind(format!("announced by {}", ask.who))
+        .bind(image)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(r) if r.rows_affected() == 1 => {
+                if let Some(why) = refused {
+                    tracing::warn!(%service, %image, "announced image refused: {why}");
+                    return;
+                }
+                tracing::info!(%service, %image, who = %ask.who, "release announced; pulling its image");
+                let me = self.clone();
+                let (service, image) = (service.to_owned(), image.to_owned());
+                tokio::spawn(async move { me.pull_until_done(&service, &key, &image, String::new()).await });
+            }
+            Ok(_) => {
+                tracing::warn!(%service, %image, %key, "announced again: `{key}` has a release already; ignored")
+            }
+            Err(e) => tracing::error!(%service, %image, "recording an announced release: {e}"),
+        }
+    }
+
+    /// The events of a service whose releases are built elsewhere: announced images, and the
+    /// releases they became once pulled.
+    async fn external_events(&self, service: &str, repository: &str) -> Result<SourceEvents, PortError> {
+        let asked: i64 = self
+            .cursor(service, "requests")
+            .await?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut last_request = asked;
+        for ask in self.store.build_requests(service, asked).await? {
+            last_request = ask.seq;
+            match &ask.image {
+                Some(image) => self.announce(service, repository, &ask, image).await,
+                None => {
+                    tracing::warn!(%service, commit = %ask.commit, "a build asked of a service without `build`: ignored")
+                }
+            }
+        }
+        let after: i64 = self
+            .cursor(service, "builds")
+            .await?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let (finished, last) = self.finished(service, after).await?;
+        let tip = self.cursor(service, "git").await?.unwrap_or_else(|| "-".into());
+        Ok(SourceEvents {
+            pushes: Vec::new(),
+            finished,
+            requested: Vec::new(),
+            cursor: format!("{tip} {last} {last_request}"),
+        })
+    }
+}
+
 impl Builder for LocalBuilder {
     async fn events(&mut self, service: &str) -> Result<SourceEvents, PortError> {
+        if let Some(repository) = self.external.get(service).cloned() {
+            return self.external_events(service, &repository).await;
+        }
         let recipe = self.recipe(service)?.clone();
         if recipe.remote.is_some() {
             // a build asked for (by a person or a push webhook) may name a commit just pushed
@@ -669,42 +1032,7 @@ impl Builder for LocalBuilder {
             .await?
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        // finished builds after the cursor, up to the first still running or pushing (so the
-        // cursor never passes a build that has not ended)
-        let rows = sqlx::query(
-            "SELECT seq, commit_sha, status, digest, error FROM builds \
-             WHERE service = $1 AND seq > $2 AND status NOT IN ('running', 'pushing') AND seq < COALESCE( \
-               (SELECT MIN(seq) FROM builds WHERE service = $1 AND status IN ('running', 'pushing') AND seq > $2), \
-               9223372036854775807) \
-             ORDER BY seq",
-        )
-        .bind(service)
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        let mut last = after;
-        let mut finished = Vec::new();
-        for r in rows {
-            let commit: String = r.get("commit_sha");
-            let outcome = match (
-                r.get::<String, _>("status").as_str(),
-                r.get::<Option<String>, _>("digest"),
-            ) {
-                ("built", Some(digest)) => BuildOutcome::Built(Release {
-                    id: release_id(&digest),
-                    commit: commit.clone(),
-                    digest,
-                }),
-                _ => BuildOutcome::Failed {
-                    reason: r
-                        .get::<Option<String>, _>("error")
-                        .unwrap_or_else(|| "failed".into()),
-                },
-            };
-            finished.push((commit, outcome));
-            last = last.max(r.get::<i64, _>("seq"));
-        }
+        let (finished, last) = self.finished(service, after).await?;
         // builds operators asked for: each commit resolved in the repository; one that is not
         // there is recorded as a failed build, so the request is answered in the history
         let asked: i64 = self
@@ -714,8 +1042,13 @@ impl Builder for LocalBuilder {
             .unwrap_or(0);
         let mut requested = Vec::new();
         let mut last_request = asked;
-        for (seq, commit, who, _) in self.store.build_requests(service, asked).await? {
+        for ask in self.store.build_requests(service, asked).await? {
+            let (seq, commit, who) = (ask.seq, ask.commit, ask.who);
             last_request = seq;
+            if ask.image.is_some() {
+                tracing::warn!(%service, "an image announced for a service that builds its own releases: ignored");
+                continue;
+            }
             match git(
                 &recipe.repository,
                 &["rev-parse", "--verify", &format!("{commit}^{{commit}}")],

@@ -15,7 +15,7 @@ pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// An OCI image manifest (an artifact's manifest is one, with an `artifactType`).
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// The annotation naming a manifest in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -234,9 +234,35 @@ impl Layout {
         Ok(())
     }
 
-    /// Unpacks the artifact `digest` into `into` (made fresh).
+    /// The size in bytes of the artifact `digest`: its manifest and every blob it names (for an
+    /// index, the index and this platform's image).
+    pub fn size(&self, digest: &str) -> Result<u64, OciError> {
+        let bytes = self.blob(digest)?;
+        if let Some(chosen) = platform_manifest(&bytes)? {
+            return Ok(bytes.len() as u64 + self.size(&chosen)?);
+        }
+        Ok(bytes.len() as u64 + blobs_of(&bytes)?.iter().map(|b| b.size).sum::<u64>())
+    }
+
+    /// Keeps an image index pulled with its platform's manifest (added before), named `name`.
+    pub fn add_index(&self, index: &[u8], name: &str) -> Result<String, OciError> {
+        if platform_manifest(index)?.is_none() {
+            return Err(OciError::Invalid("not an image index".into()));
+        }
+        let (digest, size) = self.put_blob(index)?;
+        self.name(&digest, size, name)?;
+        Ok(digest)
+    }
+
+    /// Unpacks the artifact or image `digest` into `into` (made fresh): its layers in order,
+    /// plain or gzip tars, with an image's whiteouts (`.wh.NAME` deletes `NAME`, `.wh..wh..opq`
+    /// empties its folder); an index by the manifest of this machine's platform.
     pub fn unpack(&self, digest: &str, into: &Path) -> Result<(), OciError> {
-        let manifest: Manifest = serde_json::from_slice(&self.blob(digest)?)
+        let bytes = self.blob(digest)?;
+        if let Some(chosen) = platform_manifest(&bytes)? {
+            return self.unpack(&chosen, into);
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| OciError::Invalid(format!("manifest {digest}: {e}")))?;
         if into.exists() {
             std::fs::remove_dir_all(into).map_err(io(into))?;
@@ -244,12 +270,119 @@ impl Layout {
         std::fs::create_dir_all(into).map_err(io(into))?;
         for layer in &manifest.layers {
             let bytes = self.blob(&layer.digest)?;
-            tar::Archive::new(bytes.as_slice())
-                .unpack(into)
-                .map_err(io(into))?;
+            let t = &layer.media_type;
+            if t.ends_with("+zstd") || t.ends_with(".zstd") {
+                return Err(OciError::Invalid(format!(
+                    "layer {} is zstd-compressed ({t}); push the image with gzip layers",
+                    layer.digest
+                )));
+            }
+            if t.ends_with("+gzip") || t.ends_with(".gzip") {
+                unpack_layer(flate2::read::GzDecoder::new(bytes.as_slice()), into)?;
+            } else {
+                unpack_layer(bytes.as_slice(), into)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Applies one layer's tar to `into`.
+fn unpack_layer(r: impl std::io::Read, into: &Path) -> Result<(), OciError> {
+    let mut archive = tar::Archive::new(r);
+    archive.set_preserve_permissions(true);
+    for entry in archive.entries().map_err(io(into))? {
+        let mut entry = entry.map_err(io(into))?;
+        let path = entry.path().map_err(io(into))?.into_owned();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            // a whiteout: what an earlier layer put there is gone (paths stay inside `into`)
+            if path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                continue;
+            }
+            let parent = into.join(path.parent().unwrap_or(Path::new("")));
+            if hidden == ".wh..opq" {
+                if let Ok(children) = std::fs::read_dir(&parent) {
+                    for child in children.flatten() {
+                        let p = child.path();
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
+                    }
+                }
+            } else {
+                let gone = parent.join(hidden);
+                let _ = if gone.is_dir() {
+                    std::fs::remove_dir_all(&gone)
+                } else {
+                    std::fs::remove_file(&gone)
+                };
+            }
+            continue;
+        }
+        // `unpack_in` refuses paths that leave `into`
+        entry.unpack_in(into).map_err(io(into))?;
+    }
+    Ok(())
+}
+
+/// For an image index, the digest of the manifest for this machine's platform (Linux, this
+/// CPU); `None` for a single manifest.
+pub fn platform_manifest(bytes: &[u8]) -> Result<Option<String>, OciError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        digest: String,
+        #[serde(default)]
+        platform: Option<Platform>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Platform {
+        os: String,
+        architecture: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        manifests: Option<Vec<Entry>>,
+    }
+    let probe: Probe =
+        serde_json::from_slice(bytes).map_err(|e| OciError::Invalid(format!("not a manifest: {e}")))?;
+    let Some(entries) = probe.manifests else {
+        return Ok(None);
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    entries
+        .iter()
+        .find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .map(|e| Some(e.digest.clone()))
+        .ok_or_else(|| {
+            let offered: Vec<String> = entries
+                .iter()
+                .filter_map(|e| e.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
+            OciError::Invalid(format!(
+                "the image index has no linux/{arch} image (it has: {})",
+                if offered.is_empty() {
+                    "none named".to_owned()
+                } else {
+                    offered.join(", ")
+                }
+            ))
+        })
 }
 
 /// The blobs a manifest names: its config, then its layers.

@@ -191,43 +191,160 @@ impl Registry {
         Ok(format!("{}@{digest}", self.repository(service)))
     }
 
-    /// Pulls the artifact `reference` (`host/repository@sha256:…`, by digest only) into
-    /// `layout`, named `name`, verifying every byte. Returns the digest.
-    pub async fn pull(&self, reference: &str, layout: &Layout, name: &str) -> Result<String, String> {
+    /// The registry host (`registry.example.com`, `127.0.0.1:5000`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A client for the registry `reference` lives in: this one (its credentials) when it is
+    /// the same host, else an anonymous one (HTTPS, plain HTTP only on loopback).
+    pub fn for_reference(reference: &str, known: Option<&Registry>) -> Result<Registry, String> {
         let r: Reference = reference
             .parse()
-            .map_err(|e| format!("`{reference}` is not a reference: {e}"))?;
-        let digest = r
-            .digest()
-            .ok_or_else(|| format!("`{reference}` names no digest (`…@sha256:…`): a tag may move"))?
-            .to_owned();
-        let (manifest, _) = self
-            .client
-            .pull_manifest_raw(&r, &self.auth, &[oci::MANIFEST_TYPE])
-            .await
-            .map_err(|e| format!("pulling {reference}: {e}"))?;
-        if sha256(&manifest) != digest {
-            return Err(format!(
-                "{reference}: the registry's manifest does not match its digest"
-            ));
+            .map_err(|e| format!("`{reference}` is not an image reference: {e}"))?;
+        match known {
+            Some(k) if k.host == r.registry() => Ok(k.clone()),
+            _ => Registry::new(r.registry(), "", Credentials::Anonymous),
         }
-        let blobs = oci::blobs_of(&manifest).map_err(|e| e.to_string())?;
+    }
+
+    /// The manifest digest a reference (`repo:tag`) names now.
+    pub async fn resolve(&self, reference: &str) -> Result<String, PullError> {
+        let r: Reference = reference
+            .parse()
+            .map_err(|e| PullError::permanent(format!("`{reference}` is not an image reference: {e}")))?;
+        self.client
+            .fetch_manifest_digest(&r, &self.auth)
+            .await
+            .map_err(|e| PullError::from_oci(&format!("resolving {reference}"), e))
+    }
+
+    async fn manifest(&self, r: &Reference, what: &str) -> Result<Vec<u8>, PullError> {
+        let digest = r.digest().unwrap_or_default().to_owned();
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(r, &self.auth, MANIFEST_TYPES)
+            .await
+            .map_err(|e| PullError::from_oci(&format!("pulling {what}"), e))?;
+        if sha256(&bytes) != digest {
+            return Err(PullError::permanent(format!(
+                "{what}: the registry's manifest does not match its digest"
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Pulls the artifact or image `reference` (`host/repository@sha256:…`, by digest only)
+    /// into `layout`, named `name`, verifying every byte against its digest. An image index
+    /// (several platforms) is kept with the manifest of this machine's platform. Returns the
+    /// digest pinned (the index's, for an index) and the bytes pulled.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        layout: &Layout,
+        name: &str,
+    ) -> Result<(String, u64), PullError> {
+        let r: Reference = reference
+            .parse()
+            .map_err(|e| PullError::permanent(format!("`{reference}` is not a reference: {e}")))?;
+        if r.digest().is_none() {
+            return Err(PullError::permanent(format!(
+                "`{reference}` names no digest (`…@sha256:…`): a tag may move"
+            )));
+        }
+        let top = self.manifest(&r, reference).await?;
+        let (manifest, index) = match oci::platform_manifest(&top)
+            .map_err(|e| PullError::permanent(format!("{reference}: {e}")))?
+        {
+            None => (top, None),
+            Some(chosen) => {
+                let pinned = Reference::with_digest(
+                    r.registry().to_owned(),
+                    r.repository().to_owned(),
+                    chosen.clone(),
+                );
+                let what = format!("{reference} (platform manifest {chosen})");
+                (self.manifest(&pinned, &what).await?, Some(top))
+            }
+        };
+        let blobs = oci::blobs_of(&manifest).map_err(|e| PullError::permanent(e.to_string()))?;
         let mut contents = Vec::new();
+        let mut size = manifest.len() as u64;
         for b in &blobs {
             let mut bytes = Vec::with_capacity(b.size as usize);
             self.client
                 .pull_blob(&r, b.digest.as_str(), &mut bytes)
                 .await
-                .map_err(|e| format!("pulling {} of {reference}: {e}", b.digest))?;
+                .map_err(|e| PullError::from_oci(&format!("pulling {} of {reference}", b.digest), e))?;
             if sha256(&bytes) != b.digest {
-                return Err(format!(
+                return Err(PullError::permanent(format!(
                     "{reference}: blob {} does not match its digest",
                     b.digest
-                ));
+                )));
             }
+            size += bytes.len() as u64;
             contents.push(bytes);
         }
-        layout.add(&manifest, &contents, name).map_err(|e| e.to_string())
+        let added = layout
+            .add(&manifest, &contents, name)
+            .map_err(|e| PullError::permanent(e.to_string()))?;
+        match index {
+            None => Ok((added, size)),
+            Some(index) => {
+                let at = layout
+                    .add_index(&index, name)
+                    .map_err(|e| PullError::permanent(e.to_string()))?;
+                Ok((at, size + index.len() as u64))
+            }
+        }
+    }
+}
+
+/// The manifests a pull accepts: OCI and Docker, single images and indexes.
+const MANIFEST_TYPES: &[&str] = &[
+    oci::MANIFEST_TYPE,
+    oci::INDEX_TYPE,
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Why a pull (or a resolve) failed, and whether trying again may help (the registry down or
+/// overloaded) or not (no such image, a digest that does not match, no access).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullError {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl PullError {
+    pub fn permanent(message: String) -> PullError {
+        PullError {
+            message,
+            transient: false,
+        }
+    }
+
+    fn from_oci(what: &str, e: oci_client::errors::OciDistributionError) -> PullError {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+        let transient = match &e {
+            E::RequestError(_) | E::IoError(_) => true,
+            E::ServerError { code, .. } => *code >= 500 || *code == 429,
+            E::RegistryError { envelope, .. } => envelope
+                .errors
+                .iter()
+                .any(|x| matches!(x.code, OciErrorCode::Toomanyrequests)),
+            _ => false,
+        };
+        PullError {
+            message: format!("{what}: {e}"),
+            transient,
+        }
     }
 }
 

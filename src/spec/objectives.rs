@@ -26,10 +26,15 @@ pub struct ServiceSpec {
     /// A sentence for people reading the release list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Where the code lives; every push to `branch` becomes a release.
-    pub source: Source,
-    /// How one commit becomes one immutable artifact.
-    pub build: Build,
+    /// Where the code lives; with `build`, every push to `branch` becomes a release. Without
+    /// `build` it is optional (commits announced with a release are then looked up here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// How one commit becomes one immutable artifact. Without it, releases are built elsewhere
+    /// (your own CI) and announced as image digests (`autopilot release create SERVICE --image
+    /// REPO@sha256:…`, `POST /v1/services/{service}/releases`) from the repository `run.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
     /// How to run the artifact.
     pub run: Run,
     /// The environments a release passes through, in order (e.g. dev, staging, prod).
@@ -100,7 +105,11 @@ fn default_build_timeout() -> Duration {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Artifact {
     /// An OCI image repository (e.g. `registry.example.com/shop/checkout`) that the build
-    /// command pushes to; autopilot resolves what it pushed to a `sha256:` digest.
+    /// command pushes to, tagged with the commit: the command finds the reference to push in
+    /// `$AUTOPILOT_IMAGE` (`REPO:COMMIT`). Autopilot resolves the tag to its manifest digest and
+    /// pins that; if the command writes the digest it pushed to `$AUTOPILOT_DIGEST_FILE`
+    /// (`docker buildx build --push --metadata-file`, `crane push … > file`), a tag that moved
+    /// to anything else during the build is refused.
     Image(String),
     /// Files (paths relative to the build folder) that autopilot packs into an OCI artifact.
     Files(Vec<String>),
@@ -121,8 +130,9 @@ pub struct Run {
     /// How many instances of each release to run.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// The container image to run on Kubernetes (pinned by digest at deploy time); defaults to
-    /// the build's image artifact.
+    /// The image repository releases come from when they are built elsewhere (no `build`):
+    /// an announced image must be in it. On Kubernetes, the image to run (pinned by digest at
+    /// deploy time); defaults to the build's image artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Extra environment variables for every instance.

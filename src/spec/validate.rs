@@ -948,6 +948,36 @@ fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
     }
 }
 
+/// An image repository (`registry.example.com/team/app`): no tag, no digest (a release is
+/// pinned by the digest of each artifact, never by a tag).
+pub(crate) fn check_image_repository(repo: &str) -> Result<(), String> {
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    if repo.contains('@') || last.contains(':') {
+        return Err(format!(
+            "`{repo}` names a tag or a digest; write the repository alone (releases are pinned by digest)"
+        ));
+    }
+    let ok = !repo.is_empty()
+        && repo.split('/').enumerate().all(|(i, part)| {
+            !part.is_empty()
+                && (if i == 0 && repo.contains('/') {
+                    // a registry host (`host`, `host:port`) or the first path component
+                    part.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:_[]".contains(&b))
+                } else {
+                    part.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+                })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{repo}` is not an image repository (lowercase path components under a registry host, e.g. `registry.example.com/shop/checkout`)"
+        ))
+    }
+}
+
 fn check_service(
     c: &mut Checker,
     file: &SourceFile,
@@ -960,7 +990,9 @@ fn check_service(
         c.error(file, &p!["name"], format!("service name `{}` is not a DNS label", svc.name),
             Some("use lowercase letters, digits and `-`, starting with a letter (it becomes part of host names)".into()));
     }
-    if svc.source.repository.trim().is_empty() {
+    if let Some(source) = &svc.source
+        && source.repository.trim().is_empty()
+    {
         c.error(
             file,
             &p!["source", "repository"],
@@ -968,23 +1000,56 @@ fn check_service(
             None,
         );
     }
-    if svc.build.command.trim().is_empty() {
-        c.error(
-            file,
-            &p!["build", "command"],
-            "the build command is empty".into(),
-            None,
-        );
+    match &svc.build {
+        Some(build) => {
+            if svc.source.is_none() {
+                c.error(
+                    file,
+                    &p!["build"],
+                    "`build` needs `source`: the repository whose commits are built".into(),
+                    Some("add `source: {repository: …, branch: main}`, or remove `build` if your own CI builds the releases (then set `run.image`)".into()),
+                );
+            }
+            if build.command.trim().is_empty() {
+                c.error(
+                    file,
+                    &p!["build", "command"],
+                    "the build command is empty".into(),
+                    None,
+                );
+            }
+            match &build.artifact {
+                super::objectives::Artifact::Files(f) if f.is_empty() => {
+                    c.error(
+                        file,
+                        &p!["build", "artifact", "files"],
+                        "no files to pack".into(),
+                        None,
+                    );
+                }
+                super::objectives::Artifact::Image(repo) => {
+                    if let Err(e) = check_image_repository(repo) {
+                        c.error(file, &p!["build", "artifact", "image"], e, None);
+                    }
+                }
+                super::objectives::Artifact::Files(_) => {}
+            }
+        }
+        None => {
+            if svc.run.image.is_none() {
+                c.error(
+                    file,
+                    &p!["run"],
+                    "no way for a release to arrive: the service has no `build` and no `run.image`".into(),
+                    Some("add `build` (autopilot builds each commit of `source`), or `run.image: REGISTRY/REPOSITORY` (your CI builds images and announces each digest with `autopilot release create`)".into()),
+                );
+            }
+        }
     }
-    if let super::objectives::Artifact::Files(f) = &svc.build.artifact
-        && f.is_empty()
+    if let Some(repo) = &svc.run.image
+        && let Err(e) = check_image_repository(repo)
     {
-        c.error(
-            file,
-            &p!["build", "artifact", "files"],
-            "no files to pack".into(),
-            None,
-        );
+        c.error(file, &p!["run", "image"], e, None);
     }
     if svc.run.command.trim().is_empty() {
         c.error(

@@ -78,6 +78,8 @@ pub struct Effect {
     pub overrides_changed: bool,
     /// A commit to build.
     pub build: Option<String>,
+    /// An image announced as a release (pinned by digest), built from `build` if it is not empty.
+    pub image: Option<String>,
 }
 
 impl Effect {
@@ -87,8 +89,32 @@ impl Effect {
             audit,
             overrides_changed: false,
             build: Some(commit),
+            image: None,
         }
     }
+
+    /// A release built elsewhere announced: the image `image` (by digest), from `commit` if
+    /// known.
+    pub fn release(audit: AuditEntry, image: String, commit: Option<String>) -> Effect {
+        Effect {
+            audit,
+            overrides_changed: false,
+            build: Some(commit.unwrap_or_default()),
+            image: Some(image),
+        }
+    }
+}
+
+/// A build asked for, or an image announced, waiting for the builder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildAsk {
+    pub seq: i64,
+    /// The commit to build (or the announced image's commit; empty if unknown).
+    pub commit: String,
+    pub who: String,
+    pub reason: String,
+    /// An announced image (`repo@sha256:…`): a release built elsewhere.
+    pub image: Option<String>,
 }
 
 /// A caller's `Idempotency-Key`, scoped to their token, with a fingerprint of the request.
@@ -139,8 +165,7 @@ fn time(r: &sqlx::any::AnyRow, column: &str) -> Time {
     Time::from_millis(r.get::<i64, _>(column) as u64)
 }
 
-const BUILD_COLUMNS: &str =
-    "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source, artifact";
+const BUILD_COLUMNS: &str = "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source, artifact, size";
 
 impl SqlStore {
     /// A service's releases (successful builds), newest first: at most `limit`, older than the
@@ -474,14 +499,10 @@ impl SqlStore {
         Ok(row.get("n"))
     }
 
-    /// Build requests of a service after `after`, oldest first: (seq, commit, who, reason).
-    pub async fn build_requests(
-        &self,
-        service: &str,
-        after: i64,
-    ) -> Result<Vec<(i64, String, String, String)>, PortError> {
+    /// Build requests and announced images of a service after `after`, oldest first.
+    pub async fn build_requests(&self, service: &str, after: i64) -> Result<Vec<BuildAsk>, PortError> {
         let rows = sqlx::query(
-            "SELECT seq, commit_sha, who, reason FROM build_requests WHERE service = $1 AND seq > $2 ORDER BY seq",
+            "SELECT seq, commit_sha, who, reason, image FROM build_requests WHERE service = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(service)
         .bind(after)
@@ -490,7 +511,13 @@ impl SqlStore {
         .map_err(db_err)?;
         Ok(rows
             .iter()
-            .map(|r| (r.get("seq"), r.get("commit_sha"), r.get("who"), r.get("reason")))
+            .map(|r| BuildAsk {
+                seq: r.get("seq"),
+                commit: r.get("commit_sha"),
+                who: r.get("who"),
+                reason: r.get("reason"),
+                image: r.get("image"),
+            })
             .collect())
     }
 
@@ -565,13 +592,14 @@ impl SqlStore {
                 }
                 if let Some(commit) = &done.build {
                     sqlx::query(
-                        "INSERT INTO build_requests (service, commit_sha, who, reason, at) VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO build_requests (service, commit_sha, who, reason, at, image) VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind(service)
                     .bind(commit)
                     .bind(&done.audit.who)
                     .bind(&done.audit.reason)
                     .bind(done.audit.at.millis() as i64)
+                    .bind(&done.image)
                     .execute(&mut *tx)
                     .await?;
                 }

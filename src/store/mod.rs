@@ -32,13 +32,14 @@ pub mod api;
 pub mod postgres;
 
 /// The schema, in order, per backend. Never edit a released migration: add one, to both.
-const SQLITE: [(i64, &str, &str); 4] = [
+const SQLITE: [(i64, &str, &str); 5] = [
     (1, "initial", include_str!("migrations/sqlite/0001_initial.sql")),
     (2, "api", include_str!("migrations/sqlite/0002_api.sql")),
     (3, "samples", include_str!("migrations/sqlite/0003_samples.sql")),
     (4, "artifact", include_str!("migrations/sqlite/0004_artifact.sql")),
+    (5, "images", include_str!("migrations/sqlite/0005_images.sql")),
 ];
-const POSTGRES: [(i64, &str, &str); 4] = [
+const POSTGRES: [(i64, &str, &str); 5] = [
     (1, "initial", include_str!("migrations/postgres/0001_initial.sql")),
     (2, "api", include_str!("migrations/postgres/0002_api.sql")),
     (3, "samples", include_str!("migrations/postgres/0003_samples.sql")),
@@ -47,6 +48,7 @@ const POSTGRES: [(i64, &str, &str); 4] = [
         "artifact",
         include_str!("migrations/postgres/0004_artifact.sql"),
     ),
+    (5, "images", include_str!("migrations/postgres/0005_images.sql")),
 ];
 
 /// The chart's resolution: at most one sample per objective of a rollout this often (and one at
@@ -137,6 +139,8 @@ pub struct StoredBuild {
     pub config: Option<String>,
     /// Where the artifact can be pulled from (`registry/repository@sha256:…`), once pushed.
     pub artifact: Option<String>,
+    /// The artifact's size in bytes (manifest and blobs), once it is in the layout.
+    pub size: Option<i64>,
 }
 
 impl StoredTransition {
@@ -178,6 +182,7 @@ impl StoredBuild {
             source: r.get("source"),
             config: r.get("config"),
             artifact: r.get("artifact"),
+            size: r.try_get::<Option<i64>, _>("size").ok().flatten(),
         }
     }
 }
@@ -279,7 +284,7 @@ impl SqlStore {
     pub async fn builds(&self, service: Option<&str>) -> Result<Vec<StoredBuild>, PortError> {
         let rows = sqlx::query(
             "SELECT seq, service, commit_sha, status, started_at, finished_at, digest, release, output, error, \
-             source, config, artifact FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
+             source, config, artifact, size FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
         )
         .bind(service)
         .fetch_all(&self.pool)

@@ -570,7 +570,7 @@ fn release_body(
             dt { "Service" } dd { (r.service) }
             dt { "Commit" } dd { code { (r.commit) } }
             dt { "Digest" } dd { code { (r.digest) } }
-            dt { "Artifact" } dd { code { (r.artifact) } }
+            dt { "Artifact" } dd { code { (r.artifact) } @if let Some(n) = r.size { " (" (n) " bytes)" } }
             dt { "From" } dd { (r.source) }
             dt { "Build" } dd { "#" (r.build.number) " " (badge(&r.build.status)) " started " (when(&r.build.started_at))
                 @if let Some(f) = &r.build.finished_at { ", finished " (when(f)) } }

@@ -2,6 +2,7 @@
 //! bounded waits on real servers.
 #![allow(dead_code)]
 
+pub mod image;
 pub mod up;
 
 use autopilot::proxy::routes::RouteSpec;
