@@ -1312,3 +1312,183 @@ async fn an_image_build_is_pinned_by_the_digest_its_tag_names_and_a_tag_moved_du
         failed.output
     );
 }
+
+/// The objectives file of the demo's service made into one whose releases are built elsewhere:
+/// no `source`, no `build`; `run.image` names the repository CI pushes to.
+fn without_build(spec: &Path, image_repo: &str) {
+    let text = std::fs::read_to_string(spec).unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line == "source:" || line == "build:" {
+            skipping = true;
+            continue;
+        }
+        if skipping && line.starts_with("  ") {
+            continue;
+        }
+        skipping = false;
+        if line == "run:" {
+            out.push_str(&format!("run:\n  image: {image_repo}\n"));
+            continue;
+        }
+        if line.starts_with("  command: exec") {
+            out.push_str(&format!(
+                "  command: exec '{}' sample-service behaviour\n",
+                common::up::EXE
+            ));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(spec, out).unwrap();
+}
+
+/// Coming from Flagger: the team's CI builds and pushes images; autopilot only judges and
+/// promotes. A release is announced from the CLI by digest, pulled and verified, and rolled out;
+/// a tag, an image from another repository and a digest the registry does not have are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_built_elsewhere_is_announced_from_the_cli_pulled_by_digest_and_rolled_out() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = TempRegistry::start().expect("docker-registry starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _creds, config_path) = prepare(dir.path());
+    let image_repo = format!("{}/shop/shop", registry.host());
+    without_build(&dir.path().join("specs/objectives/shop.yaml"), &image_repo);
+    let (code, out, err) = {
+        let o = Command::new(common::up::EXE)
+            .args(["validate"])
+            .arg(dir.path().join("specs"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "a service without build validates:\n{out}{err}");
+    // CI built v1 and pushed it
+    let layout = dir.path().join("ci-v1");
+    common::image::write(&layout, &[&[("behaviour", "errors = 0\nmessage = v1\n")]], false);
+    let d1 = common::image::push(&layout, &format!("{image_repo}:build-1"));
+    let log = dir.path().join("up.log");
+    let _up = up(&config_path, &log);
+    let show = || std::fs::read_to_string(&log).unwrap_or_default();
+    let url = format!("http://{}", config.api.listen);
+    let token = wait_for("the admin token", Duration::from_secs(30), || {
+        let f = config.data_dir.join("admin.token");
+        async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
+    })
+    .await;
+    let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+
+    // refused at the door, each with its reason: a tag, another repository, a build request
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &[
+            "release",
+            "create",
+            "shop",
+            "--image",
+            &format!("{image_repo}:build-1"),
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("names no digest"), "{err}");
+    let (code, _, err) = cli(
+        &url,
+        &token,
+        &[
+            "release",
+            "create",
+            "shop",
+            "--image",
+            &format!("{}/elsewhere/shop@{d1}", registry.host()),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("is not shop's repository"), "{err}");
+    let (code, _, err) = cli(
+        &url,
+        &token,
+        &["build", "shop", "--commit", "abcdef12", "--reason", "hotfix"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("has no `build`"), "{err}");
+
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &[
+            "release",
+            "create",
+            "shop",
+            "--image",
+            &format!("{image_repo}@{d1}"),
+            "--commit",
+            commit,
+            "--reason",
+            "CI run 1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("announced"), "{out}");
+    wait_for(
+        "the announced release stable in dev",
+        Duration::from_secs(90),
+        || async {
+            matches!(
+                phase(&store, "dev", commit).await,
+                Some((_, Phase::Promoted { .. }))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    let build = store.builds(Some("shop")).await.unwrap().remove(0);
+    assert_eq!(build.status, "built", "{}", show());
+    assert_eq!(build.digest.as_deref(), Some(d1.as_str()));
+    assert_eq!(build.source, "announced by admin");
+    let release = autopilot::release::release_id(&d1);
+    let (code, out, _) = cli(&url, &token, &["release", "view", &release]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("artifact {image_repo}@{d1}")), "{out}");
+    assert!(out.contains("size     "), "{out}");
+    assert!(out.contains("announced by admin"), "{out}");
+
+    // a digest of the right form the registry does not have: recorded as failed, never deployed
+    let missing = format!("sha256:{}", "ab".repeat(32));
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &[
+            "release",
+            "create",
+            "shop",
+            "--image",
+            &format!("{image_repo}@{missing}"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let failed = wait_for(
+        "the missing image recorded as failed",
+        Duration::from_secs(30),
+        || async {
+            store
+                .builds(Some("shop"))
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|b| b.commit == missing && b.status == "failed")
+        },
+    )
+    .await;
+    assert!(
+        failed.error.as_deref().unwrap_or_default().contains("pulling"),
+        "{failed:?}"
+    );
+}

@@ -992,7 +992,7 @@ async fn act(
         ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (within 24 hours) gets the first answer and changes nothing")),
     request_body = BuildRequest,
     responses((status = 202, body = BuildAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn request_build(
     State(api): State<ApiState>,
@@ -1007,6 +1007,16 @@ async fn request_build(
     let body = body?;
     let req: BuildRequest = parse_body(&body)?;
     check_reason(&req.reason)?;
+    if api
+        .catalog
+        .services
+        .get(&service)
+        .is_some_and(|s| s.build.is_none())
+    {
+        return Err(ApiError::conflict(format!(
+            "{service} has no `build`: its releases are built elsewhere and announced (POST /v1/services/{service}/releases)"
+        )));
+    }
     let commit = req.commit.trim().to_ascii_lowercase();
     if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("a commit is 4–64 hexadecimal characters").field("body.commit"));

@@ -1143,7 +1143,12 @@ fn check_service(
         }
     }
 
-    if svc.objectives.is_empty() {
+    // (objectives that are there but broken were reported already, each where it is)
+    let broken_objective = c
+        .diags
+        .iter()
+        .any(|d| d.file == file.name && d.path.starts_with("objectives["));
+    if svc.objectives.is_empty() && !broken_objective {
         c.error(
             file,
             &p!["objectives"],
