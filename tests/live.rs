@@ -354,9 +354,9 @@ async fn a_build_packs_its_files_once_and_a_failing_or_hung_build_keeps_its_outp
             vec![commit.clone()],
             "the first look reports the tip"
         );
-        b.start_build("svc", &commit).await.unwrap();
+        b.start_build("svc", &commit, &[]).await.unwrap();
         // asking again (a replayed tick) builds nothing more
-        b.start_build("svc", &commit).await.unwrap();
+        b.start_build("svc", &commit, &[]).await.unwrap();
         let done = finished(&mut b).await;
         assert_eq!(done.len(), 1);
         let builds = store.builds(Some("svc")).await.unwrap();
@@ -968,7 +968,7 @@ async fn a_build_is_a_release_only_once_its_artifact_is_in_the_registry_which_is
     .await
     .unwrap();
     b.events("svc").await.unwrap();
-    b.start_build("svc", &commit).await.unwrap();
+    b.start_build("svc", &commit, &[]).await.unwrap();
     let pushing = wait_for("a failed push recorded", Duration::from_secs(20), || async {
         let builds = store.builds(Some("svc")).await.unwrap();
         builds
@@ -1080,7 +1080,7 @@ async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while
     assert_eq!(e.pushes, vec![first.clone()]);
     b.ack("svc", &e.cursor).await.unwrap();
     assert!(data.join("mirrors/svc.git/HEAD").exists());
-    b.start_build("svc", &first).await.unwrap();
+    b.start_build("svc", &first, &[]).await.unwrap();
     let done = finished(&mut b).await;
     assert!(matches!(done[0].1, BuildOutcome::Built(_)), "{done:?}");
     // a push to the remote is seen at the next interval
@@ -1150,7 +1150,7 @@ async fn a_running_build_s_output_is_readable_while_it_runs() {
         .await
         .unwrap();
     b.events("svc").await.unwrap();
-    b.start_build("svc", &commit).await.unwrap();
+    b.start_build("svc", &commit, &[]).await.unwrap();
     let partial = wait_for(
         "the first half of the output, while it runs",
         Duration::from_secs(20),
@@ -1246,7 +1246,7 @@ async fn an_image_build_is_pinned_by_the_digest_its_tag_names_and_a_tag_moved_du
     .await
     .unwrap();
     b.events("svc").await.unwrap();
-    b.start_build("svc", &c1).await.unwrap();
+    b.start_build("svc", &c1, &[]).await.unwrap();
     let done = finished(&mut b).await;
     let BuildOutcome::Built(release) = &done[0].1 else {
         panic!("{done:?}\n{:?}", store.builds(Some("svc")).await.unwrap())
@@ -1291,7 +1291,7 @@ async fn an_image_build_is_pinned_by_the_digest_its_tag_names_and_a_tag_moved_du
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "two"]);
     let c2 = git(&["rev-parse", "HEAD"]);
-    b.start_build("svc", &c2).await.unwrap();
+    b.start_build("svc", &c2, &[]).await.unwrap();
     let done = finished(&mut b).await;
     let BuildOutcome::Failed { reason } = &done[0].1 else {
         panic!("a moved tag must not be pinned: {done:?}")
@@ -1490,5 +1490,113 @@ async fn a_release_built_elsewhere_is_announced_from_the_cli_pulled_by_digest_an
     assert!(
         failed.error.as_deref().unwrap_or_default().contains("pulling"),
         "{failed:?}"
+    );
+}
+
+/// Five pushes while a build runs make two builds — the one running and the newest commit,
+/// which records the three it made moot — and `maxPerHour` holds the next build back, saying
+/// so. The real builder, the real loop, a real git repository; builds wait on a gate file the
+/// test opens, so nothing depends on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_during_a_slow_build_are_coalesced_and_the_hourly_limit_holds_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _creds, config_path) = prepare(dir.path());
+    let gate = dir.path().join("gate");
+    let spec = dir.path().join("specs/objectives/shop.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "  command: mkdir -p dist",
+        &format!(
+            "  command: while [ ! -e '{}' ]; do sleep 0.05; done; mkdir -p dist",
+            gate.display()
+        ),
+    );
+    std::fs::write(&spec, text).unwrap();
+    let ctl = dir.path().join("specs/controllers/demo.yaml");
+    let text = std::fs::read_to_string(&ctl)
+        .unwrap()
+        .replace("maxPerHour: 60", "maxPerHour: 3");
+    std::fs::write(&ctl, text).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let log = dir.path().join("up.log");
+    let _up = up(&config_path, &log);
+    let show = || std::fs::read_to_string(&log).unwrap_or_default();
+    let store = wait_for("the store", Duration::from_secs(30), || {
+        let d = config.data_dir.clone();
+        async move {
+            if d.join("admin.token").exists() {
+                SqlStore::open_dir(&d).await.ok()
+            } else {
+                None
+            }
+        }
+    })
+    .await;
+    let repo = dir.path().join("repo");
+    let built = |commit: String| {
+        let store = store.clone();
+        async move {
+            store
+                .builds(Some("shop"))
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|b| b.commit == commit && b.status == "built")
+        }
+    };
+    let v1 = git_in(&repo, &["rev-parse", "HEAD"]);
+    wait_for("v1 built", Duration::from_secs(60), || built(v1.clone())).await;
+
+    // the gate closes; c1 starts building and waits on it; four more pushes arrive meanwhile
+    std::fs::remove_file(&gate).unwrap();
+    let c1 = demo::commit(&repo, "c1", 0.0, "c1").unwrap();
+    wait_for("c1 building", Duration::from_secs(30), || async {
+        let builds = store.builds(Some("shop")).await.unwrap();
+        builds
+            .into_iter()
+            .find(|b| b.commit == c1 && b.status == "running")
+    })
+    .await;
+    let later: Vec<String> = (2..=5)
+        .map(|i| demo::commit(&repo, &format!("c{i}"), 0.0, &format!("c{i}")).unwrap())
+        .collect();
+    // the loop sees them all while c1 still builds
+    wait_for("the pushes seen", Duration::from_secs(30), || async {
+        let states = store.states().await.unwrap();
+        let st = &states.iter().find(|(s, _)| s == "shop")?.1;
+        (st.builds.pending.last() == later.last()).then_some(())
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let c5 = later.last().unwrap().clone();
+    let newest = wait_for("c5 built", Duration::from_secs(60), || built(c5.clone())).await;
+    assert_eq!(
+        newest.skipped,
+        later[..3].to_vec(),
+        "c5's build records the commits it made moot"
+    );
+    let commits: Vec<String> = store
+        .builds(Some("shop"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.commit)
+        .collect();
+    assert_eq!(
+        commits,
+        [v1.clone(), c1.clone(), c5.clone()],
+        "five pushes, two builds:\n{}",
+        show()
+    );
+
+    // three builds this hour (v1, c1, c5) is the limit: the next push waits, and the log says why
+    let c6 = demo::commit(&repo, "c6", 0.0, "c6").unwrap();
+    wait_for("the limit said", Duration::from_secs(30), || async {
+        show().contains("build limit of 3 per hour reached").then_some(())
+    })
+    .await;
+    let builds = store.builds(Some("shop")).await.unwrap();
+    assert!(
+        !builds.iter().any(|b| b.commit == c6),
+        "c6 must wait for the hour: {builds:?}"
     );
 }

@@ -256,7 +256,7 @@ impl World {
         }
         for action in &p.actions {
             match action {
-                Action::StartBuild { commit } => self.building.push(commit.clone()),
+                Action::StartBuild { commit, .. } => self.building.push(commit.clone()),
                 Action::Deploy { environment, release } => {
                     self.deployed.insert((environment.clone(), release.clone()));
                 }
@@ -886,7 +886,7 @@ fn a_requested_build_of_any_commit_becomes_a_release_and_a_repeated_request_buil
         w.plans
             .iter()
             .flat_map(|p| &p.actions)
-            .filter(|a| matches!(a, Action::StartBuild { commit } if commit == "hotfix1"))
+            .filter(|a| matches!(a, Action::StartBuild { commit, .. } if commit == "hotfix1"))
             .count()
     };
     assert_eq!(starts(&w), 1);

@@ -232,6 +232,9 @@ pub struct BuildSummary {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Pushed commits not built because this newer one was (coalescing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
     /// Its output as text (while it runs too).
     pub logs: String,
 }
@@ -686,6 +689,7 @@ pub fn build_summary(b: &StoredBuild) -> BuildSummary {
         release: b.release.clone().filter(|_| b.status == "built"),
         artifact: b.artifact.clone(),
         error: b.error.clone(),
+        skipped: b.skipped.clone(),
         logs: format!("/v1/services/{}/builds/{}/logs", b.service, b.seq),
     }
 }

@@ -109,7 +109,7 @@ pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec
     let mut failures = Vec::new();
     for action in &plan.actions {
         let result = match action {
-            Action::StartBuild { commit } => world.start_build(service, commit).await,
+            Action::StartBuild { commit, skipped } => world.start_build(service, commit, skipped).await,
             Action::Deploy { environment, release } => match releases.get(release.as_str()) {
                 Some(r) => world.deploy(service, environment, r).await,
                 None => Err(PortError::fatal(

@@ -199,8 +199,15 @@ fn plan_builds(spec: &PlanSpec, observed: &Observed, state: &mut ServiceState, o
     }
     let (decision, next) = builds::decide(&spec.build, b, now);
     *b = next;
-    for commit in decision.start {
-        out.actions.push(Action::StartBuild { commit });
+    // the commits skipped go with the newest build started (the one that made them moot)
+    let newest = decision.start.len().saturating_sub(1);
+    for (i, commit) in decision.start.into_iter().enumerate() {
+        let skipped = if i == newest {
+            decision.skipped.clone()
+        } else {
+            Vec::new()
+        };
+        out.actions.push(Action::StartBuild { commit, skipped });
     }
     if !decision.skipped.is_empty() {
         out.notes.push(format!(

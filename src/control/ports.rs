@@ -127,8 +127,10 @@ pub trait Builder {
     async fn events(&mut self, service: &str) -> Result<SourceEvents, PortError>;
     /// Marks the events up to `cursor` as used.
     async fn ack(&mut self, service: &str, cursor: &str) -> Result<(), PortError>;
-    /// Starts a build of `commit` (a no-op if it is built or building already).
-    async fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError>;
+    /// Starts a build of `commit` (a no-op if it is built or building already); `skipped` are
+    /// the pushed commits it makes moot, for its history.
+    async fn start_build(&mut self, service: &str, commit: &str, skipped: &[String])
+    -> Result<(), PortError>;
 }
 
 /// The runtime: instances of releases.
@@ -237,8 +239,13 @@ impl<St, Se, Bu: Builder, Ru, Ro> Builder for Ports<St, Se, Bu, Ru, Ro> {
     async fn ack(&mut self, service: &str, cursor: &str) -> Result<(), PortError> {
         self.builder.ack(service, cursor).await
     }
-    async fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError> {
-        self.builder.start_build(service, commit).await
+    async fn start_build(
+        &mut self,
+        service: &str,
+        commit: &str,
+        skipped: &[String],
+    ) -> Result<(), PortError> {
+        self.builder.start_build(service, commit, skipped).await
     }
 }
 

@@ -306,6 +306,9 @@ pub struct Transition {
 pub enum Action {
     StartBuild {
         commit: String,
+        /// Pushed commits not built because this newer one is (kept in its build's history).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<String>,
     },
     Deploy {
         environment: String,

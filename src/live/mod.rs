@@ -687,6 +687,8 @@ impl Up {
             }
             _ => CANARY_LOOK,
         };
+        // each service's notes of the last tick: a note is said when it first appears
+        let mut noted: BTreeMap<String, Vec<String>> = BTreeMap::new();
         loop {
             let now = wall_clock();
             let span = tracing::info_span!("tick", at = %now);
@@ -713,6 +715,11 @@ impl Up {
                         for (action, e) in &tick.failures {
                             tracing::warn!(%service, ?action, "action failed: {e}");
                         }
+                        let before = noted.entry(service.clone()).or_default();
+                        for note in tick.plan.notes.iter().filter(|n| !before.contains(n)) {
+                            tracing::info!(%service, "{note}");
+                        }
+                        *before = tick.plan.notes.clone();
                         next = next.min(tick.plan.next_check);
                         let canary_running = tick.plan.state.environments.values().any(|e| {
                             e.rollout.as_ref().is_some_and(|r| {
@@ -761,9 +768,12 @@ impl Up {
             tracing::debug!(took_ms = (took * 1000.0) as u64, "tick done");
             let wait = Duration::from_millis(next.millis().saturating_sub(wall_clock().millis()))
                 .max(Duration::from_millis(100));
+            // an operator's action or a push webhook (through the API in this process) is acted
+            // on at once, not at the next interval
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
+                () = self.store.changed() => {}
             }
         }
     }

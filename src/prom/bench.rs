@@ -123,7 +123,12 @@ impl Builder for Steady {
     async fn ack(&mut self, _service: &str, _cursor: &str) -> Result<(), PortError> {
         Ok(())
     }
-    async fn start_build(&mut self, _service: &str, _commit: &str) -> Result<(), PortError> {
+    async fn start_build(
+        &mut self,
+        _service: &str,
+        _commit: &str,
+        _skipped: &[String],
+    ) -> Result<(), PortError> {
         Ok(())
     }
 }

@@ -1109,7 +1109,12 @@ impl Builder for LocalBuilder {
         Ok(())
     }
 
-    async fn start_build(&mut self, service: &str, commit: &str) -> Result<(), PortError> {
+    async fn start_build(
+        &mut self,
+        service: &str,
+        commit: &str,
+        skipped: &[String],
+    ) -> Result<(), PortError> {
         let recipe = self.recipe(service)?;
         // the objectives file as it is now is the config this release is built with
         let config = recipe
@@ -1129,14 +1134,15 @@ impl Builder for LocalBuilder {
             None => "push".to_owned(),
         };
         let inserted = sqlx::query(
-            "INSERT INTO builds (service, commit_sha, status, started_at, source, config) \
-             VALUES ($1, $2, 'running', $3, $4, $5) ON CONFLICT(service, commit_sha) DO NOTHING",
+            "INSERT INTO builds (service, commit_sha, status, started_at, source, config, skipped) \
+             VALUES ($1, $2, 'running', $3, $4, $5, $6) ON CONFLICT(service, commit_sha) DO NOTHING",
         )
         .bind(service)
         .bind(commit)
         .bind(wall_clock().millis() as i64)
         .bind(source)
         .bind(config)
+        .bind((!skipped.is_empty()).then(|| skipped.join(" ")))
         .execute(&self.pool)
         .await
         .map_err(db)?

@@ -663,7 +663,12 @@ impl Builder for World {
         Ok(())
     }
 
-    async fn start_build(&mut self, _service: &str, commit: &str) -> Result<(), PortError> {
+    async fn start_build(
+        &mut self,
+        _service: &str,
+        commit: &str,
+        _skipped: &[String],
+    ) -> Result<(), PortError> {
         self.up(PortName::Builder)?;
         let time = self
             .behaviours

@@ -165,7 +165,7 @@ fn time(r: &sqlx::any::AnyRow, column: &str) -> Time {
     Time::from_millis(r.get::<i64, _>(column) as u64)
 }
 
-const BUILD_COLUMNS: &str = "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source, artifact, size";
+const BUILD_COLUMNS: &str = "seq, service, commit_sha, status, started_at, finished_at, digest, release, error, source, artifact, size, skipped";
 
 impl SqlStore {
     /// A service's releases (successful builds), newest first: at most `limit`, older than the
@@ -649,7 +649,10 @@ impl SqlStore {
             .await;
             match written {
                 Ok(Some((status, body))) => match tx.commit().await {
-                    Ok(()) => return Ok(Mutated::Done { status, body }),
+                    Ok(()) => {
+                        self.changed.notify_one();
+                        return Ok(Mutated::Done { status, body });
+                    }
                     Err(e) => last_error = Some(e),
                 },
                 // another writer came first: roll back and try again on what it wrote

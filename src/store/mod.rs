@@ -101,6 +101,9 @@ pub struct SqlStore {
     pool: AnyPool,
     url: String,
     backend: Backend,
+    /// Told after every operator mutation, so a loop in the same process acts on it at once
+    /// (another process on the same database sees it at its next tick).
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> PortError {
@@ -141,6 +144,8 @@ pub struct StoredBuild {
     pub artifact: Option<String>,
     /// The artifact's size in bytes (manifest and blobs), once it is in the layout.
     pub size: Option<i64>,
+    /// Pushed commits this build made moot (skipped by coalescing).
+    pub skipped: Vec<String>,
 }
 
 impl StoredTransition {
@@ -183,6 +188,12 @@ impl StoredBuild {
             config: r.get("config"),
             artifact: r.get("artifact"),
             size: r.try_get::<Option<i64>, _>("size").ok().flatten(),
+            skipped: r
+                .try_get::<Option<String>, _>("skipped")
+                .ok()
+                .flatten()
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -248,7 +259,14 @@ impl SqlStore {
             pool,
             url: url.to_owned(),
             backend,
+            changed: Default::default(),
         })
+    }
+
+    /// Resolves after the next operator mutation through this store (or at once if one came
+    /// since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Which database this is.
@@ -284,7 +302,7 @@ impl SqlStore {
     pub async fn builds(&self, service: Option<&str>) -> Result<Vec<StoredBuild>, PortError> {
         let rows = sqlx::query(
             "SELECT seq, service, commit_sha, status, started_at, finished_at, digest, release, output, error, \
-             source, config, artifact, size FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
+             source, config, artifact, size, skipped FROM builds WHERE ($1 IS NULL OR service = $1) ORDER BY seq",
         )
         .bind(service)
         .fetch_all(&self.pool)
