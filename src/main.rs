@@ -279,6 +279,15 @@ enum Bench {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// From a push webhook to its build starting, with `autopilot up` building the demo's
+    /// service from a remote repository; beside the webhook's own HTTP answer and a plain `git
+    /// fetch`. Writes webhook.md and webhook.csv.
+    Webhook {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// The API's latency with 10,000 releases stored, on SQLite and on a throwaway PostgreSQL:
     /// list releases and override round trips (p50/p99), beside the HTTP floor. Writes api.md
     /// and api.csv.
@@ -487,6 +496,31 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::Detection { quick, out },
         } => bench_detection(quick, &out),
+        Command::Bench {
+            which: Bench::Webhook { rounds, out },
+        } => {
+            init_logs(LogFormat::Text, "warn");
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: where am I? {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            on_runtime(async move {
+                match autopilot::release::bench::run_webhook(&exe, &out, rounds).await {
+                    Ok(md) => {
+                        print!("{md}");
+                        eprintln!("written: {}/webhook.md, webhook.csv", out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::Bench {
             which:
                 Bench::Registry {

@@ -128,3 +128,234 @@ pub async fn run(out: &Path, megabytes: usize, rounds: usize) -> Result<String, 
     std::fs::write(out.join("registry.csv"), &csv).map_err(|e| e.to_string())?;
     Ok(md)
 }
+
+/// `autopilot bench webhook`: how long from a push webhook to its build starting, with
+/// `autopilot up` running the demo's service from a *remote* repository (a bare repository
+/// named by a `file://` URL, polled only every hour, so only the webhook can start a build).
+/// Each round commits, pushes to the remote, sends a GitHub push webhook and polls the store
+/// (every 2 ms) until the commit's build runs; the next round waits for that build to end.
+/// The references, measured in the same rounds: the webhook's own HTTP answer, and a `git
+/// fetch` of the same remote into a mirror of its own. Writes `webhook.md` and `webhook.csv`.
+pub async fn run_webhook(exe: &Path, out: &Path, rounds: usize) -> Result<String, String> {
+    use crate::live::demo;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let opts = demo::DemoOptions {
+        dir: dir.path().to_owned(),
+        exe: exe.to_owned(),
+        interval: "1s".parse().map_err(|e| format!("{e:?}"))?,
+        fancy: false,
+        limit: std::time::Duration::from_secs(600),
+        bad_errors: demo::BAD_ERRORS,
+    };
+    let creds = demo::Credentials::generate(
+        &dir.path().join("specs"),
+        "https://id.autopilot.test",
+        "bench",
+        &["shop-team"],
+    )?;
+    let config = demo::lay_out(&opts, &creds)?;
+    let work = dir.path().join("repo");
+    demo::commit(&work, "v1", 0.0, "v1")?;
+    // the remote: a bare clone, named by URL, polled hourly
+    let remote = dir.path().join("remote.git");
+    let git = |args: &[&str], at: &Path| -> Result<String, String> {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(at)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        }
+    };
+    git(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &remote.to_string_lossy(),
+        ],
+        dir.path(),
+    )?;
+    git(&["remote", "add", "origin", &remote.to_string_lossy()], &work)?;
+    let spec = dir.path().join("specs/objectives/shop.yaml");
+    let text = std::fs::read_to_string(&spec).map_err(|e| e.to_string())?;
+    let text = text.replace(
+        &format!("  repository: {}\n", work.display()),
+        &format!("  repository: file://{}\n  pollInterval: 1h\n", remote.display()),
+    );
+    std::fs::write(&spec, text).map_err(|e| e.to_string())?;
+    let config_path = dir.path().join("autopilot.yaml");
+    std::fs::write(
+        &config_path,
+        serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(dir.path().join("up.log")).map_err(|e| e.to_string())?;
+    let mut up = Command::new(exe)
+        .args(["up", "--config"])
+        .arg(&config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = webhook_rounds(&config, &work, &remote, dir.path(), rounds, &git).await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::SIGTERM,
+    );
+    let _ = up.wait();
+    let rows = result?;
+    let mut md = format!(
+        "# From a push webhook to its build starting\n\n`autopilot up` (the demo's service, its \
+         repository a remote polled hourly), {rounds} rounds: commit, push to the remote, send a \
+         GitHub push webhook, poll the store every 2 ms until the build runs. References in the same \
+         rounds: the webhook's HTTP answer, and a `git fetch` of the remote by itself.\n\n\
+         | what | p50 ms | p90 ms | max ms |\n|---|---:|---:|---:|\n"
+    );
+    let mut csv = String::from("what,round,ms\n");
+    for r in &rows {
+        let mut s = r.seconds.clone();
+        s.sort_by(f64::total_cmp);
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] * 1000.0;
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} |\n",
+            r.what,
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        ));
+        for (i, x) in r.seconds.iter().enumerate() {
+            csv.push_str(&format!("{},{i},{:.2}\n", r.what, x * 1000.0));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("webhook.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("webhook.csv"), &csv).map_err(|e| e.to_string())?;
+    Ok(md)
+}
+
+async fn webhook_rounds(
+    config: &crate::live::config::AutopilotConfig,
+    work: &Path,
+    remote: &Path,
+    dir: &Path,
+    rounds: usize,
+    git: &dyn Fn(&[&str], &Path) -> Result<String, String>,
+) -> Result<Vec<Row>, String> {
+    use std::time::Duration;
+    let deadline = |what: &str, started: Instant, limit: Duration| -> Result<(), String> {
+        if started.elapsed() > limit {
+            Err(format!(
+                "timed out waiting for {what} (see {}/up.log)",
+                dir.display()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    // the store exists once `up` wrote its admin token
+    let started = Instant::now();
+    while !config.data_dir.join("admin.token").exists() {
+        deadline("autopilot up to start", started, Duration::from_secs(60))?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = crate::store::SqlStore::open_dir(&config.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = |commit: String| {
+        let store = store.clone();
+        async move {
+            store
+                .builds(Some(crate::live::demo::SERVICE))
+                .await
+                .ok()
+                .and_then(|b| b.into_iter().find(|b| b.commit == commit))
+                .map(|b| b.status)
+        }
+    };
+    // the first release (v1, found by the first fetch) is built before the rounds
+    let v1 = git(&["rev-parse", "HEAD"], work)?;
+    let started = Instant::now();
+    while status(v1.clone()).await.as_deref() != Some("built") {
+        deadline("v1's build", started, Duration::from_secs(120))?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::new();
+    let url = format!(
+        "http://{}/v1/webhooks/push/{}",
+        config.api.listen,
+        crate::live::demo::SERVICE
+    );
+    let mirror = dir.join("reference-mirror.git");
+    git(&["init", "-q", "--bare", &mirror.to_string_lossy()], dir)?;
+    let mut rows = vec![
+        Row {
+            who: "autopilot",
+            what: "webhook → build running",
+            seconds: Vec::new(),
+        },
+        Row {
+            who: "reference",
+            what: "the webhook's HTTP answer",
+            seconds: Vec::new(),
+        },
+        Row {
+            who: "reference",
+            what: "git fetch of the remote alone",
+            seconds: Vec::new(),
+        },
+    ];
+    for round in 0..rounds {
+        let commit = crate::live::demo::commit(work, &format!("round {round}"), 0.0, &format!("r{round}"))?;
+        git(&["push", "-q", "origin", "main"], work)?;
+        let body = serde_json::json!({
+            "ref": "refs/heads/main", "after": commit, "pusher": {"name": "bench"}
+        });
+        let t0 = Instant::now();
+        let answer = client
+            .post(&url)
+            .header("x-github-event", "push")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let http = t0.elapsed().as_secs_f64();
+        if !answer.status().is_success() {
+            return Err(format!("the webhook answered {}", answer.status()));
+        }
+        while status(commit.clone()).await.is_none() {
+            deadline("the build to start", t0, Duration::from_secs(60))?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        rows[0].seconds.push(t0.elapsed().as_secs_f64());
+        rows[1].seconds.push(http);
+        let t = Instant::now();
+        git(
+            &[
+                "fetch",
+                "-q",
+                "--no-tags",
+                &format!("file://{}", remote.display()),
+                "+refs/heads/*:refs/heads/*",
+            ],
+            &mirror,
+        )?;
+        rows[2].seconds.push(t.elapsed().as_secs_f64());
+        // one build at a time: the next round's commit must not wait behind this one
+        let t = Instant::now();
+        while status(commit.clone()).await.as_deref() == Some("running") {
+            deadline("the build to end", t, Duration::from_secs(60))?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(rows)
+}
