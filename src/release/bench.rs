@@ -243,13 +243,16 @@ pub async fn run_webhook(exe: &Path, out: &Path, rounds: usize) -> Result<String
     Ok(md)
 }
 
+/// Runs git in a folder: its stdout, or why not.
+type Git = dyn Fn(&[&str], &Path) -> Result<String, String>;
+
 async fn webhook_rounds(
     config: &crate::live::config::AutopilotConfig,
     work: &Path,
     remote: &Path,
     dir: &Path,
     rounds: usize,
-    git: &dyn Fn(&[&str], &Path) -> Result<String, String>,
+    git: &Git,
 ) -> Result<Vec<Row>, String> {
     use std::time::Duration;
     let deadline = |what: &str, started: Instant, limit: Duration| -> Result<(), String> {
