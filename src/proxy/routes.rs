@@ -452,7 +452,7 @@ mod tests {
         .map_err(|_| ())
         .unwrap();
         let mut file = RoutesFile::new("example.test", vec![]);
-        for (svc, env) in [("checkout", "dev"), ("checkout", "staging"), ("search", "prod")] {
+        for (svc, env) in [("checkout", "dev"), ("checkout", "staging"), ("inventory", "prod")] {
             file.routes.push(RouteSpec {
                 service: svc.into(),
                 environment: env.into(),
@@ -475,7 +475,7 @@ mod tests {
         );
         assert_eq!(file.routes[1].allow.as_ref().unwrap().groups, ["shop-engineers"]);
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("search/prod"));
+        assert!(warnings[0].contains("inventory/prod"));
     }
 
     #[test]
