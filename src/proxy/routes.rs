@@ -452,7 +452,11 @@ mod tests {
         .map_err(|_| ())
         .unwrap();
         let mut file = RoutesFile::new("example.test", vec![]);
-        for (svc, env) in [("checkout", "dev"), ("checkout", "staging"), ("inventory", "prod")] {
+        for (svc, env) in [
+            ("checkout", "dev"),
+            ("checkout", "staging"),
+            ("inventory", "prod"),
+        ] {
             file.routes.push(RouteSpec {
                 service: svc.into(),
                 environment: env.into(),
