@@ -635,6 +635,117 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
     let commits: Vec<&str> = requests.iter().map(|r| r.commit.as_str()).collect();
     assert_eq!(commits, ["abcdef12", "0123456789abcdef0123456789abcdef01234567"]);
 
+    // releases built elsewhere (objectives/search.yaml has no build): announced by digest, by
+    // an operator or by the registry's push notification; tags, other repositories refused
+    let digest = format!("sha256:{}", "5e".repeat(32));
+    let image = format!("registry.example.com/shop/search@{digest}");
+    let w = c
+        .post(
+            "/v1/services/search/releases",
+            Some(&t.operator),
+            json!({"image": image, "commit": "ABCDEF12", "reason": "CI run 7"}),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::ACCEPTED, "{}", w.text);
+    assert_eq!(w.json()["release"], "r5e5e5e5e5e5e");
+    for (body, field) in [
+        (
+            json!({"image": "registry.example.com/shop/search:latest", "reason": "x"}),
+            "body.image",
+        ),
+        (
+            json!({"image": "registry.example.com/shop/search@sha256:12", "reason": "x"}),
+            "body.image",
+        ),
+        (
+            json!({"image": format!("registry.example.com/other/search@{digest}"), "reason": "x"}),
+            "body.image",
+        ),
+        (
+            json!({"image": image, "commit": "not-hex", "reason": "x"}),
+            "body.commit",
+        ),
+    ] {
+        assert_error(
+            &c.post("/v1/services/search/releases", Some(&t.operator), body)
+                .await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(field),
+        );
+    }
+    assert_error(
+        &c.post(
+            "/v1/services/search/releases",
+            Some(&t.viewer),
+            json!({"image": image, "reason": "x"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
+    let w = c
+        .post(
+            "/v1/services/checkout/releases",
+            Some(&t.operator),
+            json!({"image": image, "reason": "x"}),
+        )
+        .await;
+    assert_eq!(
+        w.status,
+        StatusCode::CONFLICT,
+        "checkout builds its own releases: {}",
+        w.text
+    );
+    let w = c
+        .post(
+            "/v1/services/search/builds",
+            Some(&t.operator),
+            json!({"commit": "abcdef12", "reason": "x"}),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::CONFLICT, "search has no build: {}", w.text);
+    let pushed = format!("sha256:{}", "7a".repeat(32));
+    let events = json!({"events": [
+        {"action": "push", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": pushed,
+            "repository": "shop/search", "url": format!("https://registry.example.com/v2/shop/search/manifests/{pushed}"), "tag": "1.4.2"},
+         "request": {"host": "registry.example.com"}},
+        {"action": "pull", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": pushed,
+            "repository": "shop/search", "url": "https://registry.example.com/v2/shop/search/manifests/x", "tag": "1.4.2"}},
+        {"action": "push", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": pushed,
+            "repository": "shop/search", "url": "https://registry.example.com/v2/shop/search/manifests/x"}},
+        {"action": "push", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": pushed,
+            "repository": "shop/unknown", "url": "https://registry.example.com/v2/shop/unknown/manifests/x", "tag": "1"}}
+    ]});
+    let hook = "/v1/webhooks/registry";
+    assert_error(
+        &c.post(hook, None, events.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+    );
+    let w = c.post(hook, Some(&t.operator), events).await;
+    assert_eq!(w.status, StatusCode::ACCEPTED, "{}", w.text);
+    assert_eq!(
+        w.json()["announced"][0]["image"],
+        format!("registry.example.com/shop/search@{pushed}")
+    );
+    assert_eq!(w.json()["ignored"].as_array().unwrap().len(), 3, "{}", w.text);
+    let asks = store.build_requests("search", 0).await.unwrap();
+    let images: Vec<(&str, Option<&str>)> = asks
+        .iter()
+        .map(|a| (a.commit.as_str(), a.image.as_deref()))
+        .collect();
+    let pushed_image = format!("registry.example.com/shop/search@{pushed}");
+    assert_eq!(
+        images,
+        [
+            ("abcdef12", Some(image.as_str())),
+            ("", Some(pushed_image.as_str()))
+        ]
+    );
+
     // tokens: an admin makes one, and it works at once
     let made = c
         .post(

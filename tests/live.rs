@@ -1491,6 +1491,34 @@ async fn a_release_built_elsewhere_is_announced_from_the_cli_pulled_by_digest_an
         failed.error.as_deref().unwrap_or_default().contains("pulling"),
         "{failed:?}"
     );
+
+    // or the registry says so itself: its push notifications (with an operator token) announce
+    // each pushed tag of the repository; CI only pushes
+    let mut registry = registry;
+    registry
+        .notify(&format!("{url}/v1/webhooks/registry"), &token)
+        .unwrap();
+    let layout = dir.path().join("ci-v2");
+    common::image::write(&layout, &[&[("behaviour", "errors = 0\nmessage = v2\n")]], false);
+    let d2 = common::image::push(&layout, &format!("{image_repo}:build-2"));
+    wait_for(
+        "the pushed tag rolling out in dev",
+        Duration::from_secs(60),
+        || async { phase(&store, "dev", &d2).await },
+    )
+    .await;
+    let announced = store
+        .builds(Some("shop"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.commit == d2)
+        .unwrap();
+    assert_eq!(
+        announced.artifact.as_deref(),
+        Some(format!("{image_repo}@{d2}").as_str())
+    );
+    assert_eq!(announced.source, "announced by admin", "{}", show());
 }
 
 /// Five pushes while a build runs make two builds — the one running and the newest commit,

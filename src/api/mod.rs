@@ -347,6 +347,7 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(webhook::push))
+        .routes(routes!(webhook::registry))
         .routes(routes!(events::events))
         .split_for_parts()
 }

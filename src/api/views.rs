@@ -482,6 +482,16 @@ pub struct PushAccepted {
     pub ignored: Option<String>,
 }
 
+/// What a registry's push notification announced.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegistryEventsAccepted {
+    /// The releases announced: one per pushed tag of a service's `run.image` repository.
+    pub announced: Vec<ReleaseAccepted>,
+    /// Events that announced nothing, and why (a pull, a blob, an untagged manifest, another
+    /// repository).
+    pub ignored: Vec<String>,
+}
+
 fn actor(a: &Actor) -> ActorView {
     ActorView {
         who: a.who.clone(),

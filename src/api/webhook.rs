@@ -8,7 +8,7 @@
 //!   for a build of the service's own branch tip, which polling would build anyway.
 //! - Pushes to other branches, deletions and pings build nothing.
 
-use super::views::{ErrorBody, PushAccepted};
+use super::views::{ErrorBody, PushAccepted, RegistryEventsAccepted, ReleaseAccepted, Role};
 use super::{ApiError, ApiState, Origin, parse_body};
 use crate::store::api::{AuditEntry, Effect};
 use axum::body::Bytes;
@@ -181,4 +181,162 @@ pub(super) async fn push(
         .await
         .map_err(ApiError::store)?;
     super::mutated(m)
+}
+
+/// A registry's notification (the CNCF distribution's `notifications` envelope).
+#[derive(Debug, Deserialize)]
+struct RegistryEvents {
+    events: Vec<RegistryEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegistryEvent {
+    #[serde(default)]
+    action: String,
+    target: RegistryTarget,
+    #[serde(default)]
+    request: Option<RegistryRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistryTarget {
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegistryRequest {
+    #[serde(default)]
+    host: String,
+}
+
+/// The manifests a push of a tag may carry (an image, or a multi-platform index).
+const PUSHED_MANIFESTS: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// A registry's push notification (docker-registry / CNCF distribution `notifications`, with an
+/// operator token in its `Authorization` header): each push of a **tag** to the repository a
+/// service without `build` names in `run.image` announces a release of that digest, as
+/// `release create` would. Everything else is ignored, with the reason.
+#[utoipa::path(post, path = "/v1/webhooks/registry", tag = "act",
+    request_body(content = String, description = "The registry's event envelope (`{\"events\": [...]}`)", content_type = "application/vnd.docker.distribution.events.v1+json"),
+    responses((status = 200, body = RegistryEventsAccepted, description = "Nothing announced (each event ignored, with why)"),
+        (status = 202, body = RegistryEventsAccepted, description = "Releases announced"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn registry(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    Origin(origin): Origin,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = api.authorize(&headers, Role::Operator).await?;
+    let body = body?;
+    let envelope: RegistryEvents = parse_body(&body)?;
+    let mut announced = Vec::new();
+    let mut ignored = Vec::new();
+    for e in envelope.events {
+        let t = &e.target;
+        let what = format!("{} {}@{}", e.action, t.repository, t.digest);
+        let Some(tag) = t.tag.as_deref().filter(|t| !t.is_empty()) else {
+            ignored.push(format!("{what}: not a push of a tag"));
+            continue;
+        };
+        if e.action != "push" || !PUSHED_MANIFESTS.contains(&t.media_type.as_str()) {
+            ignored.push(format!("{what}: not a pushed image manifest"));
+            continue;
+        }
+        let hex = t.digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            ignored.push(format!("{what}: not a sha256 digest"));
+            continue;
+        }
+        // the registry as the URL it gives names it, or as the request reached it
+        let url_host = t
+            .url
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let request_host = e.request.as_ref().map(|r| r.host.clone()).unwrap_or_default();
+        let names = [
+            format!("{url_host}/{}", t.repository),
+            format!("{request_host}/{}", t.repository),
+        ];
+        let service = api
+            .catalog
+            .services
+            .values()
+            .find(|s| s.build.is_none() && s.run.image.as_ref().is_some_and(|i| names.contains(i)));
+        let Some(service) = service else {
+            ignored.push(format!(
+                "{what}: no service without `build` takes releases from {}",
+                names[0]
+            ));
+            continue;
+        };
+        let (service, repository) = (
+            service.name.clone(),
+            service.run.image.clone().unwrap_or_default(),
+        );
+        let image = format!("{repository}@{}", t.digest);
+        let release = crate::release::release_id(&t.digest);
+        let now = (api.clock)();
+        let m = api
+            .store
+            .mutate(
+                &service,
+                None,
+                |_, _| {
+                    Ok::<_, ApiError>(Effect::release(
+                        AuditEntry {
+                            environment: None,
+                            release: Some(release.clone()),
+                            action: "announce".into(),
+                            detail: serde_json::json!({ "image": image, "tag": tag, "by": "registry notification" }),
+                            who: caller.name.clone(),
+                            reason: format!("pushed to the registry as {tag}"),
+                            origin: origin.clone(),
+                            at: now,
+                        },
+                        image.clone(),
+                        None,
+                    ))
+                },
+                |audit_id, _, _| (202, audit_id.to_string()),
+            )
+            .await
+            .map_err(ApiError::store)?;
+        if let crate::store::api::Mutated::Done { body, .. } = m {
+            tracing::info!(%service, %image, %tag, "release announced by the registry");
+            announced.push(ReleaseAccepted {
+                audit_id: body.parse().unwrap_or_default(),
+                service,
+                image,
+                release,
+            });
+        }
+    }
+    let status = if announced.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, axum::Json(RegistryEventsAccepted { announced, ignored })).into_response())
 }

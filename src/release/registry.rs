@@ -450,6 +450,19 @@ impl TempRegistry {
         Ok(r)
     }
 
+    /// Restarts the registry (same port, same storage) sending its push notifications to `url`
+    /// with `Authorization: Bearer TOKEN`, as an operator configures docker-registry to tell
+    /// autopilot of new images.
+    pub fn notify(&mut self, url: &str, token: &str) -> Result<(), String> {
+        let path = self.dir.path().join("config.yml");
+        let mut config = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        config.push_str(&format!(
+            "notifications:\n  endpoints:\n    - name: autopilot\n      url: {url}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n"
+        ));
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        self.resume()
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
