@@ -4,13 +4,19 @@
 //!
 //! - [`routes`]: the routing snapshot and the split decision (pure, unit-tested).
 //! - [`metrics`]: per-release counters, Prometheus text, in-process sensor counts.
-//! - [`server`]: the Pingora service, the readiness prober, routes-file reloading and the admin
-//!   listener, started on their own threads with a shutdown handle.
+//! - [`server`]: the lifecycle: the Pingora service and the admin listener started on their own
+//!   threads, and stopped through one handle.
+//! - [`state`]: what the request path, the admin API and the background loops share.
+//! - [`request`]: the request path, with the forwarding-header rules as a pure function.
+//! - [`background`]: the readiness prober, the JWKS fetcher, the routes-file reloader.
 
 pub mod admin;
 pub mod auth;
+pub mod background;
 pub mod floor;
 pub mod metrics;
+pub mod request;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod tls;
