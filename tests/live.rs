@@ -839,10 +839,36 @@ async fn monitoring_follows_releases_a_real_prometheus_finds_each_new_release() 
     let _child = up(&config_path, &log);
     let client = autopilot::prom::PromSettings::at(&prom.url()).client().unwrap();
     // v1 starts in dev: Prometheus finds its instance, labelled, with no change to its config
-    let found = wait_for(
-        "Prometheus to find the release in dev",
-        Duration::from_secs(90),
-        || {
+    // (this wait timed out once in a full run, with nothing to tell why: it now says what `up`
+    // logged and wrote, and what Prometheus saw)
+    let why = {
+        let (log, targets) = (log.clone(), prom.dir().join("targets/autopilot.json"));
+        let url = prom.url();
+        move || {
+            let seen = std::process::Command::new("curl")
+                .args(["-s", &format!("{url}/api/v1/targets")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            format!(
+                "targets file: {:?}\nPrometheus targets: {seen}\nup.log (last 60 lines):\n{tail}",
+                std::fs::read_to_string(&targets).ok()
+            )
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let found = loop {
+        let attempt = {
             let client = client.clone();
             async move {
                 let targets = client.targets(None).await.ok()?;
@@ -857,9 +883,17 @@ async fn monitoring_follows_releases_a_real_prometheus_finds_each_new_release() 
                     })
                     .map(|t| (t.labels().clone(), t.scrape_url().to_string()))
             }
-        },
-    )
-    .await;
+        };
+        if let Some(found) = attempt.await {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus did not find the release in dev within 90 s\n{}",
+            why()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         found.1.starts_with("http://127.0.0.1:"),
         "the instance's own address: {found:?}\n{}",

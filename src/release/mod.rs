@@ -369,6 +369,15 @@ impl LocalBuilder {
         Ok(row.map(|r| r.get("cursor")))
     }
 
+    /// A numeric cursor (a sequence number), 0 before the first.
+    async fn cursor_seq(&self, service: &str, source: &str) -> Result<i64, PortError> {
+        Ok(self
+            .cursor(service, source)
+            .await?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
+    }
+
     fn spawn(&self, service: String, commit: String) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -948,11 +957,7 @@ impl LocalBuilder {
     /// The events of a service whose releases are built elsewhere: announced images, and the
     /// releases they became once pulled.
     async fn external_events(&self, service: &str, repository: &str) -> Result<SourceEvents, PortError> {
-        let asked: i64 = self
-            .cursor(service, "requests")
-            .await?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let asked: i64 = self.cursor_seq(service, "requests").await?;
         let mut last_request = asked;
         for ask in self.store.build_requests(service, asked).await? {
             last_request = ask.seq;
@@ -963,11 +968,7 @@ impl LocalBuilder {
                 }
             }
         }
-        let after: i64 = self
-            .cursor(service, "builds")
-            .await?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let after: i64 = self.cursor_seq(service, "builds").await?;
         let (finished, last) = self.finished(service, after).await?;
         let tip = self.cursor(service, "git").await?.unwrap_or_else(|| "-".into());
         Ok(SourceEvents {
@@ -987,11 +988,7 @@ impl Builder for LocalBuilder {
         let recipe = self.recipe(service)?.clone();
         if recipe.remote.is_some() {
             // a build asked for (by a person or a push webhook) may name a commit just pushed
-            let asked: i64 = self
-                .cursor(service, "requests")
-                .await?
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
+            let asked: i64 = self.cursor_seq(service, "requests").await?;
             let waiting = !self.store.build_requests(service, asked).await?.is_empty();
             self.fetch(service, &recipe, waiting).await;
         }
@@ -1027,19 +1024,11 @@ impl Builder for LocalBuilder {
             // the first look: the newest commit only, not the whole history
             None => vec![tip.clone()],
         };
-        let after: i64 = self
-            .cursor(service, "builds")
-            .await?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let after: i64 = self.cursor_seq(service, "builds").await?;
         let (finished, last) = self.finished(service, after).await?;
         // builds operators asked for: each commit resolved in the repository; one that is not
         // there is recorded as a failed build, so the request is answered in the history
-        let asked: i64 = self
-            .cursor(service, "requests")
-            .await?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let asked: i64 = self.cursor_seq(service, "requests").await?;
         let mut requested = Vec::new();
         let mut last_request = asked;
         for ask in self.store.build_requests(service, asked).await? {
