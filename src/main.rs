@@ -469,17 +469,11 @@ fn main() -> ExitCode {
                 }
             };
             on_runtime(async move {
-                match autopilot::prom::bench::run(&exe, &services, reference_up_to, ticks, &out).await {
-                    Ok(md) => {
-                        print!("{md}");
-                        eprintln!("written: {}/sensors.md, sensors.csv", out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                bench_done(
+                    autopilot::prom::bench::run(&exe, &services, reference_up_to, ticks, &out).await,
+                    &out,
+                    "sensors",
+                )
             })
         }
         Command::Bench {
@@ -508,17 +502,11 @@ fn main() -> ExitCode {
                 }
             };
             on_runtime(async move {
-                match autopilot::release::bench::run_webhook(&exe, &out, rounds).await {
-                    Ok(md) => {
-                        print!("{md}");
-                        eprintln!("written: {}/webhook.md, webhook.csv", out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                bench_done(
+                    autopilot::release::bench::run_webhook(&exe, &out, rounds).await,
+                    &out,
+                    "webhook",
+                )
             })
         }
         Command::Bench {
@@ -531,17 +519,11 @@ fn main() -> ExitCode {
         } => {
             init_logs(LogFormat::Text, "warn");
             on_runtime(async move {
-                match autopilot::release::bench::run(&out, megabytes, rounds).await {
-                    Ok(md) => {
-                        print!("{md}");
-                        eprintln!("written: {}/registry.md, registry.csv", out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                bench_done(
+                    autopilot::release::bench::run(&out, megabytes, rounds).await,
+                    &out,
+                    "registry",
+                )
             })
         }
         Command::Bench {
@@ -557,17 +539,11 @@ fn main() -> ExitCode {
         } => {
             init_logs(LogFormat::Text, "warn");
             on_runtime(async move {
-                match autopilot::api::bench::run(&out, releases, requests).await {
-                    Ok(md) => {
-                        print!("{md}");
-                        eprintln!("written: {}/api.md, api.csv", out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                bench_done(
+                    autopilot::api::bench::run(&out, releases, requests).await,
+                    &out,
+                    "api",
+                )
             })
         }
         Command::Bench {
@@ -1252,6 +1228,21 @@ fn write_outputs(dir: &std::path::Path, result: &autopilot::sim::SimResult) -> s
     let svg = dir.join(format!("{}.svg", result.scenario));
     std::fs::write(&svg, report::svg(result))?;
     Ok(vec![json.display().to_string(), svg.display().to_string()])
+}
+
+/// A benchmark's end: its table printed and where its files went, or why it failed.
+fn bench_done(result: Result<String, String>, out: &std::path::Path, name: &str) -> ExitCode {
+    match result {
+        Ok(md) => {
+            print!("{md}");
+            eprintln!("written: {}/{name}.md, {name}.csv", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::up::{Running, phase, prepare, running, up, wait_for};
+use common::up::{Running, phase, prepare, running, store_of, up, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
 
@@ -158,17 +158,7 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
     let log1 = dir.path().join("up1.log");
     let mut first = up(&config_path, &log1);
     let show = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
-    let store = wait_for("the store", Duration::from_secs(30), || {
-        let data = config.data_dir.clone();
-        async move {
-            if data.join("autopilot.db").exists() {
-                SqlStore::open_dir(&data).await.ok()
-            } else {
-                None
-            }
-        }
-    })
-    .await;
+    let store = store_of(&config.data_dir).await;
     wait_for("v1 promoted in prod", Duration::from_secs(60), || async {
         matches!(
             phase(&store, "prod", &v1).await,
@@ -1582,17 +1572,7 @@ async fn pushes_during_a_slow_build_are_coalesced_and_the_hourly_limit_holds_the
     let log = dir.path().join("up.log");
     let _up = up(&config_path, &log);
     let show = || std::fs::read_to_string(&log).unwrap_or_default();
-    let store = wait_for("the store", Duration::from_secs(30), || {
-        let d = config.data_dir.clone();
-        async move {
-            if d.join("admin.token").exists() {
-                SqlStore::open_dir(&d).await.ok()
-            } else {
-                None
-            }
-        }
-    })
-    .await;
+    let store = store_of(&config.data_dir).await;
     let repo = dir.path().join("repo");
     let built = |commit: String| {
         let store = store.clone();

@@ -205,6 +205,21 @@ impl ApiState {
         }
     }
 
+    /// Refuses (409) a build asked of a service whose releases are built elsewhere.
+    fn builds_its_own(&self, service: &str) -> Result<(), ApiError> {
+        if self
+            .catalog
+            .services
+            .get(service)
+            .is_some_and(|s| s.build.is_none())
+        {
+            return Err(ApiError::conflict(format!(
+                "{service} has no `build`: its releases are built elsewhere and announced (POST /v1/services/{service}/releases)"
+            )));
+        }
+        Ok(())
+    }
+
     fn spec(&self, service: &str) -> Result<&PlanSpec, ApiError> {
         self.specs
             .iter()
@@ -1008,16 +1023,7 @@ async fn request_build(
     let body = body?;
     let req: BuildRequest = parse_body(&body)?;
     check_reason(&req.reason)?;
-    if api
-        .catalog
-        .services
-        .get(&service)
-        .is_some_and(|s| s.build.is_none())
-    {
-        return Err(ApiError::conflict(format!(
-            "{service} has no `build`: its releases are built elsewhere and announced (POST /v1/services/{service}/releases)"
-        )));
-    }
+    api.builds_its_own(&service)?;
     let commit = req.commit.trim().to_ascii_lowercase();
     if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("a commit is 4–64 hexadecimal characters").field("body.commit"));

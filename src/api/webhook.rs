@@ -99,12 +99,8 @@ pub(super) async fn push(
         verify(secret, &headers, &body)?;
     }
     let spec = api.spec(&service)?;
+    api.builds_its_own(&spec.service)?;
     let service_spec = api.catalog.services.get(&spec.service);
-    if service_spec.is_some_and(|s| s.build.is_none()) {
-        return Err(ApiError::conflict(format!(
-            "{service} has no `build`: its releases are built elsewhere and announced (POST /v1/services/{service}/releases)"
-        )));
-    }
     let branch = service_spec
         .and_then(|s| s.source.as_ref())
         .map(|s| s.branch.clone())

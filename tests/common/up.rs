@@ -86,6 +86,22 @@ pub fn up(config: &Path, log: &Path) -> Child {
     )
 }
 
+/// The store of the `up` using `data_dir`, once it is open (`up` writes its admin token after
+/// opening and migrating the store).
+pub async fn store_of(data_dir: &Path) -> SqlStore {
+    wait_for("the store", Duration::from_secs(30), || {
+        let d = data_dir.to_owned();
+        async move {
+            if d.join("admin.token").exists() {
+                SqlStore::open_dir(&d).await.ok()
+            } else {
+                None
+            }
+        }
+    })
+    .await
+}
+
 pub async fn phase(store: &SqlStore, env: &str, commit: &str) -> Option<(String, Phase)> {
     let states = store.states().await.ok()?;
     let (_, st) = states.into_iter().find(|(s, _)| s == demo::SERVICE)?;
