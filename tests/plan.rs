@@ -217,6 +217,7 @@ impl World {
                         ready: if failed { 0 } else { 1 },
                         desired: 1,
                         failed,
+                        reason: None,
                     },
                 )
             })

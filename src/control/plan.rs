@@ -496,7 +496,7 @@ fn step_rollout(
                 out.wake(now.plus(ctx.interval()));
                 return;
             };
-            let Some(ready) = instances.get(&(ctx.env.name.clone(), release.clone())).copied() else {
+            let Some(ready) = instances.get(&(ctx.env.name.clone(), release.clone())).cloned() else {
                 // the runtime runs no instance of it: the deploy did not take; ask again
                 out.actions.push(Action::Deploy {
                     environment: ctx.name(),
@@ -506,7 +506,10 @@ fn step_rollout(
                 return;
             };
             if ready.failed {
-                let reason = "instances cannot start".to_owned();
+                let reason = match &ready.reason {
+                    Some(why) => format!("instances cannot start: {why}"),
+                    None => "instances cannot start".to_owned(),
+                };
                 start_rollback(ctx, out, env, r, reason.clone(), Cause::DeployFailed { reason });
             } else if ready.desired > 0 && ready.ready >= ready.desired {
                 if env.stable.is_none() {

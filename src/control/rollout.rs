@@ -141,12 +141,15 @@ impl ServiceState {
 }
 
 /// Instances of one release in one environment, as the runtime reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Readiness {
     pub ready: u32,
     pub desired: u32,
     /// The instances cannot start (crash loop, image missing …).
     pub failed: bool,
+    /// Why they cannot, as the runtime tells it (`CrashLoopBackOff …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A finished build.

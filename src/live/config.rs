@@ -76,6 +76,28 @@ pub struct AutopilotConfig {
     /// artifacts stay in the data directory's OCI layout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryConfig>,
+    /// Where releases run: `local` (processes on this machine, the default) or
+    /// `{kubernetes: {…}}` (Deployments pinned by digest, one namespace per environment, each
+    /// environment in the cluster it names).
+    #[serde(default, skip_serializing_if = "RuntimeConfig::is_local")]
+    pub runtime: RuntimeConfig,
+}
+
+/// Where releases run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum RuntimeConfig {
+    /// Processes on this machine, with readiness checks.
+    #[default]
+    Local,
+    /// Kubernetes: Deployments and Services applied with server-side apply.
+    Kubernetes(crate::runtime::kubernetes::KubernetesConfig),
+}
+
+impl RuntimeConfig {
+    pub fn is_local(&self) -> bool {
+        matches!(self, RuntimeConfig::Local)
+    }
 }
 
 /// An OCI registry, and how to sign in to it. Credentials come from the environment, never
@@ -272,6 +294,7 @@ impl Default for AutopilotConfig {
             notifications: Vec::new(),
             prometheus: None,
             registry: None,
+            runtime: RuntimeConfig::Local,
         }
     }
 }
@@ -304,6 +327,9 @@ impl AutopilotConfig {
         if let Some(p) = &mut self.prometheus {
             p.file_sd = p.file_sd.as_deref().map(join);
             p.ca_file = p.ca_file.as_deref().map(join);
+        }
+        if let RuntimeConfig::Kubernetes(k) = &mut self.runtime {
+            k.rebase(base);
         }
         if let Some(a) = &mut self.auth
             && !a.jwks.contains("://")

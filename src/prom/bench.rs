@@ -139,10 +139,11 @@ impl Runtime for Steady {
             ready: 1,
             desired: 1,
             failed: false,
+            reason: None,
         };
         Ok(ENVS
             .iter()
-            .flat_map(|e| ["r1", "r2"].map(|r| ((e.to_string(), r.to_owned()), ready)))
+            .flat_map(|e| ["r1", "r2"].map(|r| ((e.to_string(), r.to_owned()), ready.clone())))
             .collect())
     }
     async fn deploy(&mut self, _s: &str, _e: &str, _r: &Release) -> Result<(), PortError> {

@@ -15,6 +15,9 @@
 //! - `deploy` and `retire` are idempotent.
 //! - An instance's port stays the same across restarts, so routes need not change.
 
+pub mod kubernetes;
+pub mod manifests;
+
 use crate::control::ports::{Instances, PortError, Runtime};
 use crate::control::rollout::{Readiness, Release};
 use crate::release::{oci::Layout, wall_clock};
@@ -403,6 +406,7 @@ impl Runtime for LocalRuntime {
                         ready,
                         desired: d.instances.len() as u32,
                         failed,
+                        reason: failed.then(|| format!("{CRASH_LOOP_EXITS} exits in a row without becoming ready")),
                     },
                 )
             })

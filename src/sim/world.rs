@@ -694,6 +694,7 @@ impl Runtime for World {
                         ready: u32::from(ready),
                         desired: 1,
                         failed: crash && self.now >= at.plus(STARTUP),
+                        reason: None,
                     },
                 )
             })

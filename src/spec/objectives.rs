@@ -138,6 +138,22 @@ pub struct Run {
     /// Extra environment variables for every instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// What each instance asks for and may use, in Kubernetes quantities (`cpu: 250m`,
+    /// `memory: 256Mi`); the local runtime ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// An instance's compute resources, as Kubernetes takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// What the scheduler reserves (`cpu`, `memory`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    /// The most an instance may use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
 }
 
 fn default_port_variable() -> String {

@@ -1,0 +1,572 @@
+//! The Kubernetes runtime: each release of each service in each environment is a Deployment
+//! pinned by digest and a Service ([`super::manifests`]), applied with **server-side apply**
+//! (field manager `autopilot`).
+//!
+//! - `deploy` applies the environment's Namespace (not forced: a namespace is shared, and a
+//!   conflict on it is reported, never taken), then the release's Service and Deployment
+//!   (forced: autopilot is their controller, so a conflict on a field it sets — image, replicas,
+//!   labels, probe — is taken back; fields it does not set, such as an operator's annotations,
+//!   tolerations or sidecars, stay theirs).
+//! - `instances` reads, per environment, the Deployments, Pods and EndpointSlices labelled with
+//!   the service: ready is the number of ready endpoints in the release Service's
+//!   EndpointSlices (what can take traffic); a pod waiting in `CrashLoopBackOff`,
+//!   `ImagePullBackOff` (and their kin) or a Deployment past its progress deadline is `failed`
+//!   with that reason, which `plan` rolls back on. The ready endpoints are kept for the router
+//!   and the discovery API until the next look.
+//! - `retire` scales the release to zero and marks when; a retired release is deleted once
+//!   `retention` has passed (checked at every look). Nothing is remembered in memory: after a
+//!   restart everything is found again by its labels.
+//! - Each environment may live in its own cluster (a kubeconfig context, or the in-cluster
+//!   config): one autopilot promotes across clusters.
+
+use super::manifests::{
+    self, ANNOTATION_RETIRED, FIELD_MANAGER, LABEL_ENVIRONMENT, LABEL_RELEASE, LABEL_SERVICE, Manifests,
+};
+use crate::control::ports::{Instances, PortError, Runtime};
+use crate::control::rollout::{Readiness, Release};
+use crate::control::time::Time;
+use crate::spec::objectives::ServiceSpec;
+use crate::spec::units::Duration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// `runtime.kubernetes` in `autopilot.yaml`: where releases run on Kubernetes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The cluster of every environment that does not name its own.
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// Per environment (by name): its own cluster or namespace, e.g. prod in another cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, Placement>,
+    /// Each environment's namespace; `{service}` and `{environment}` are replaced.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// How long a retired release (scaled to zero) is kept before it is deleted.
+    #[serde(default = "default_retention")]
+    pub retention: Duration,
+    /// How releases whose artifact is files run (needed only by such services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesOnKubernetes>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            cluster: Cluster::default(),
+            environments: BTreeMap::new(),
+            namespace: default_namespace(),
+            retention: default_retention(),
+            files: None,
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "{service}-{environment}".into()
+}
+fn default_retention() -> Duration {
+    Duration(std::time::Duration::from_secs(24 * 3600))
+}
+
+/// A cluster and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// A context of the kubeconfig. None: the in-cluster configuration when autopilot runs in
+    /// a pod, else the kubeconfig's current context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The kubeconfig file (default: `$KUBECONFIG`, then `~/.kube/config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// One environment's place: its cluster (default: `cluster`) and namespace (default: the
+/// `namespace` pattern).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// How a files artifact runs on Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesOnKubernetes {
+    /// The image the files run in (with a shell and what `run.command` calls), best pinned by
+    /// digest; a service's `run.image` wins.
+    pub image: String,
+    /// An image with autopilot in it, whose `autopilot artifact pull REF --into DIR` (an init
+    /// container) fetches the artifact by digest and verifies it.
+    pub fetcher: String,
+}
+
+impl KubernetesConfig {
+    /// The namespace of `service`'s `environment`.
+    pub fn namespace_of(&self, service: &str, environment: &str) -> String {
+        match self.environments.get(environment).and_then(|p| p.namespace.clone()) {
+            Some(ns) => ns,
+            None => self
+                .namespace
+                .replace("{service}", service)
+                .replace("{environment}", environment),
+        }
+    }
+
+    /// The cluster `environment` lives in.
+    pub fn cluster_of(&self, environment: &str) -> Cluster {
+        match self.environments.get(environment) {
+            Some(p) if p.context.is_some() || p.kubeconfig.is_some() => Cluster {
+                context: p.context.clone().or_else(|| self.cluster.context.clone()),
+                kubeconfig: p.kubeconfig.clone().or_else(|| self.cluster.kubeconfig.clone()),
+            },
+            _ => self.cluster.clone(),
+        }
+    }
+
+    /// Makes relative kubeconfig paths relative to `base` (the configuration's folder).
+    pub fn rebase(&mut self, base: &std::path::Path) {
+        let join = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
+        };
+        join(&mut self.cluster.kubeconfig);
+        for p in self.environments.values_mut() {
+            join(&mut p.kubeconfig);
+        }
+    }
+}
+
+impl Cluster {
+    /// A client for this cluster.
+    pub async fn connect(&self) -> Result<Client, String> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
+                let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            (None, Some(context)) => Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| format!("kubeconfig context `{context}`: {e}"))?,
+            (None, None) => Config::infer().await.map_err(|e| e.to_string())?,
+        };
+        Client::try_from(config).map_err(|e| e.to_string())
+    }
+}
+
+/// A port error from a Kubernetes error: refusals that will not change by themselves (a bad
+/// object, no permission) are fatal; the rest (conflicts, throttling, the API down) retried.
+fn port_error(what: &str, e: kube::Error) -> PortError {
+    match &e {
+        kube::Error::Api(status) if matches!(status.code, 400 | 401 | 403 | 404 | 422) => {
+            PortError::fatal("runtime", format!("{what}: {} ({})", status.message, status.code))
+        }
+        _ => PortError::retry("runtime", format!("{what}: {e}")),
+    }
+}
+
+/// Pod waiting reasons that mean the release cannot start.
+const FAILING: [&str; 7] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Ready endpoints per (service, environment, release), as last seen.
+type Endpoints = BTreeMap<(String, String, String), Vec<SocketAddr>>;
+
+/// The Kubernetes runtime.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    services: Arc<BTreeMap<String, ServiceSpec>>,
+    config: Arc<KubernetesConfig>,
+    /// `host/namespace` of the registry files artifacts are pushed to.
+    registry: Option<String>,
+    /// A client per environment name.
+    clients: Arc<BTreeMap<String, Client>>,
+    endpoints: Arc<Mutex<Endpoints>>,
+    clock: Arc<dyn Fn() -> Time + Send + Sync>,
+}
+
+impl std::fmt::Debug for KubeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeRuntime")
+            .field("environments", &self.clients.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// RFC 3339 of a time.
+fn rfc3339(t: Time) -> String {
+    jiff::Timestamp::from_millisecond(t.millis() as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn parse_rfc3339(s: &str) -> Option<Time> {
+    let t: jiff::Timestamp = s.parse().ok()?;
+    Some(Time::from_millis(t.as_millisecond().max(0) as u64))
+}
+
+impl KubeRuntime {
+    /// A runtime for `services`, connecting to each environment's cluster (one client per
+    /// distinct cluster).
+    pub async fn connect(
+        services: &[ServiceSpec],
+        config: KubernetesConfig,
+        registry: Option<String>,
+    ) -> Result<Self, String> {
+        let mut by_cluster: BTreeMap<Cluster, Client> = BTreeMap::new();
+        let mut clients = BTreeMap::new();
+        for env in services.iter().flat_map(|s| &s.environments) {
+            let cluster = config.cluster_of(&env.name);
+            let client = match by_cluster.get(&cluster) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = cluster
+                        .connect()
+                        .await
+                        .map_err(|e| format!("the cluster of `{}`: {e}", env.name))?;
+                    by_cluster.insert(cluster, c.clone());
+                    c
+                }
+            };
+            clients.insert(env.name.clone(), client);
+        }
+        Ok(Self::with_clients(services, config, registry, clients))
+    }
+
+    /// A runtime talking through the given clients (per environment name): tests use kube's
+    /// mock service here.
+    pub fn with_clients(
+        services: &[ServiceSpec],
+        config: KubernetesConfig,
+        registry: Option<String>,
+        clients: BTreeMap<String, Client>,
+    ) -> Self {
+        KubeRuntime {
+            services: Arc::new(services.iter().map(|s| (s.name.clone(), s.clone())).collect()),
+            config: Arc::new(config),
+            registry,
+            clients: Arc::new(clients),
+            endpoints: Arc::default(),
+            clock: Arc::new(crate::release::wall_clock),
+        }
+    }
+
+    /// Reads the time from `clock` (for retention) instead of the wall clock.
+    pub fn with_clock(mut self, clock: impl Fn() -> Time + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn client(&self, environment: &str) -> Result<Client, PortError> {
+        self.clients
+            .get(environment)
+            .cloned()
+            .ok_or_else(|| PortError::fatal("runtime", format!("no cluster for environment `{environment}`")))
+    }
+
+    fn spec(&self, service: &str) -> Result<&ServiceSpec, PortError> {
+        self.services
+            .get(service)
+            .ok_or_else(|| PortError::fatal("runtime", format!("no service `{service}`")))
+    }
+
+    /// The objects of a release, as they would be applied.
+    pub fn manifests(
+        &self,
+        service: &str,
+        environment: &str,
+        release: &Release,
+        retired_at: Option<&str>,
+    ) -> Result<Manifests, PortError> {
+        let spec = self.spec(service)?;
+        let repository = self.registry.as_ref().map(|r| format!("{r}/{service}"));
+        manifests::manifests(
+            spec,
+            environment,
+            release,
+            &self.config,
+            repository.as_deref(),
+            retired_at,
+        )
+        .map_err(|e| PortError::fatal("runtime", e))
+    }
+
+    /// The ready endpoints of a release, as of the last look.
+    pub fn ready_endpoints(&self, service: &str, environment: &str, release: &str) -> Vec<SocketAddr> {
+        let e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        e.get(&(service.to_owned(), environment.to_owned(), release.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every release seen running at the last look, with its ready endpoints.
+    pub fn running(&self) -> Vec<(String, String, String, Vec<SocketAddr>)> {
+        let e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        e.iter()
+            .map(|((s, env, r), a)| (s.clone(), env.clone(), r.clone(), a.clone()))
+            .collect()
+    }
+
+    async fn apply(&self, m: &Manifests, environment: &str) -> Result<(), PortError> {
+        let client = self.client(environment)?;
+        let ns = m.deployment.metadata.namespace.clone().unwrap_or_default();
+        let name = m.deployment.metadata.name.clone().unwrap_or_default();
+        let namespace_name = m.namespace.metadata.name.clone().unwrap_or_default();
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &namespace_name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&m.namespace),
+            )
+            .await
+            .map_err(|e| port_error(&format!("applying namespace {namespace_name}"), e))?;
+        let forced = PatchParams::apply(FIELD_MANAGER).force();
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .patch(&name, &forced, &Patch::Apply(&m.service))
+            .await
+            .map_err(|e| port_error(&format!("applying service {ns}/{name}"), e))?;
+        Api::<Deployment>::namespaced(client, &ns)
+            .patch(&name, &forced, &Patch::Apply(&m.deployment))
+            .await
+            .map_err(|e| port_error(&format!("applying deployment {ns}/{name}"), e))?;
+        Ok(())
+    }
+
+    /// Deletes a retired release's Deployment and Service.
+    async fn delete(&self, client: &Client, ns: &str, name: &str) -> Result<(), PortError> {
+        let gone = |r: Result<(), kube::Error>| match r {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(port_error(&format!("deleting {ns}/{name}"), e)),
+        };
+        let dp = DeleteParams::background();
+        gone(Api::<Deployment>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop))?;
+        gone(Api::<Service>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop))
+    }
+
+    /// One environment's releases: readiness, and the ready endpoints seen.
+    async fn look(
+        &self,
+        service: &str,
+        environment: &str,
+        out: &mut Instances,
+        seen: &mut Endpoints,
+    ) -> Result<(), PortError> {
+        let client = self.client(environment)?;
+        let ns = self.config.namespace_of(service, environment);
+        let selector = format!("{LABEL_SERVICE}={service},{LABEL_ENVIRONMENT}={environment}");
+        let lp = ListParams::default().labels(&selector);
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .map_err(|e| port_error(&format!("listing deployments in {ns}"), e))?;
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .map_err(|e| port_error(&format!("listing pods in {ns}"), e))?;
+        let slices = Api::<EndpointSlice>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .map_err(|e| port_error(&format!("listing endpointslices in {ns}"), e))?;
+        let now = (self.clock)();
+        for d in deployments.items {
+            let labels = d.metadata.labels.clone().unwrap_or_default();
+            let Some(release) = labels.get(LABEL_RELEASE).cloned() else {
+                continue;
+            };
+            let name = d.metadata.name.clone().unwrap_or_default();
+            let desired = d.spec.replicas.unwrap_or(1).max(0) as u32;
+            let retired = d
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_RETIRED))
+                .and_then(|t| parse_rfc3339(t));
+            if let Some(at) = retired {
+                if now.millis() >= at.millis() + self.config.retention.0.as_millis() as u64 {
+                    tracing::info!(service, environment, release, "deleting a release retired past its retention");
+                    self.delete(&client, &ns, &name).await?;
+                }
+                continue;
+            }
+            let ready_addrs = ready_endpoints(&slices.items, &name);
+            let mut reason = failing_reason(&pods.items, &release);
+            if reason.is_none() {
+                reason = stalled(&d);
+            }
+            out.insert(
+                (environment.to_owned(), release.clone()),
+                Readiness {
+                    ready: (ready_addrs.len() as u32).min(desired),
+                    desired,
+                    failed: reason.is_some(),
+                    reason,
+                },
+            );
+            seen.insert((service.to_owned(), environment.to_owned(), release), ready_addrs);
+        }
+        Ok(())
+    }
+}
+
+/// The ready addresses (on the `http` port) in the EndpointSlices of Service `name`.
+fn ready_endpoints(slices: &[EndpointSlice], name: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in slices {
+        let of = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"));
+        if of.map(String::as_str) != Some(name) {
+            continue;
+        }
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("http"))
+            .and_then(|p| p.port);
+        let Some(port) = port else { continue };
+        for e in s.endpoints.iter().flatten() {
+            // absent `ready` means ready (the API's own rule)
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    out.push(SocketAddr::new(ip, port as u16));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why a release's pods cannot start, if one of them says so.
+fn failing_reason(pods: &[Pod], release: &str) -> Option<String> {
+    for p in pods {
+        if p.metadata.labels.as_ref().and_then(|l| l.get(LABEL_RELEASE)).map(String::as_str) != Some(release) {
+            continue;
+        }
+        let status = p.status.as_ref()?;
+        let all = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for c in all {
+            let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                continue;
+            };
+            let why = waiting.reason.as_deref().unwrap_or_default();
+            if FAILING.contains(&why) {
+                let pod = p.metadata.name.as_deref().unwrap_or("?");
+                let message = waiting.message.as_deref().unwrap_or_default();
+                return Some(format!("pod {pod}, container {}: {why} {message}", c.name).trim_end().to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// A Deployment past its progress deadline.
+fn stalled(d: &Deployment) -> Option<String> {
+    let conditions = d.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False"))
+        .map(|c| {
+            format!(
+                "deployment {}: {} {}",
+                d.metadata.name.as_deref().unwrap_or("?"),
+                c.reason.as_deref().unwrap_or("not progressing"),
+                c.message.as_deref().unwrap_or_default()
+            )
+            .trim_end()
+            .to_owned()
+        })
+}
+
+impl Runtime for KubeRuntime {
+    async fn instances(&mut self, service: &str) -> Result<Instances, PortError> {
+        let environments: Vec<String> = self.spec(service)?.environments.iter().map(|e| e.name.clone()).collect();
+        let mut out = Instances::new();
+        let mut seen = Endpoints::new();
+        for env in &environments {
+            self.look(service, env, &mut out, &mut seen).await?;
+        }
+        let mut e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        e.retain(|(s, _, _), _| s != service);
+        e.extend(seen);
+        Ok(out)
+    }
+
+    async fn deploy(&mut self, service: &str, environment: &str, release: &Release) -> Result<(), PortError> {
+        let m = self.manifests(service, environment, release, None)?;
+        self.apply(&m, environment).await
+    }
+
+    async fn retire(&mut self, service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+        let client = self.client(environment)?;
+        let ns = self.config.namespace_of(service, environment);
+        let name = manifests::object_name(service, release);
+        // the digest and commit are the Deployment's own (annotations), so retiring needs
+        // nothing remembered
+        let d = match Api::<Deployment>::namespaced(client, &ns).get_opt(&name).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(port_error(&format!("reading deployment {ns}/{name}"), e)),
+        };
+        let annotations = d.metadata.annotations.unwrap_or_default();
+        if annotations.contains_key(ANNOTATION_RETIRED) {
+            return Ok(());
+        }
+        let r = Release {
+            id: release.to_owned(),
+            commit: annotations.get(manifests::ANNOTATION_COMMIT).cloned().unwrap_or_default(),
+            digest: annotations.get(manifests::ANNOTATION_DIGEST).cloned().unwrap_or_default(),
+        };
+        let at = rfc3339((self.clock)());
+        let m = self.manifests(service, environment, &r, Some(&at))?;
+        self.apply(&m, environment).await?;
+        let mut e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        e.remove(&(service.to_owned(), environment.to_owned(), release.to_owned()));
+        Ok(())
+    }
+}
