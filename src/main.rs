@@ -195,10 +195,53 @@ enum Command {
         #[command(subcommand)]
         which: SensorsCommand,
     },
+    /// Print what autopilot would apply for a release, exactly: `render kubernetes
+    /// objectives/checkout.yaml --environment staging --release sha256:…` (YAML on stdout).
+    Render {
+        #[command(subcommand)]
+        what: RenderCommand,
+    },
+    /// OCI artifacts: `pull HOST/REPO@sha256:… --into DIR` fetches one by digest, verifies every
+    /// byte and unpacks it (what a files release's init container runs on Kubernetes).
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCommand,
+    },
     /// Print the JSON Schema of a file kind (for editors and CI).
     Schema {
         #[arg(value_enum)]
         kind: SchemaKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum RenderCommand {
+    /// The Namespace, Service and Deployment of one release in one environment.
+    Kubernetes {
+        /// The service's objectives file.
+        file: PathBuf,
+        #[arg(long)]
+        environment: String,
+        /// The release's digest (`sha256:…`).
+        #[arg(long)]
+        release: String,
+        /// The commit it was built from (an annotation).
+        #[arg(long)]
+        commit: Option<String>,
+        /// The configuration (`runtime.kubernetes`, `registry`); default: `autopilot.yaml` if present.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactCommand {
+    /// Fetch an artifact by digest and unpack it.
+    Pull {
+        /// `host/repository@sha256:…`
+        reference: String,
+        #[arg(long)]
+        into: PathBuf,
     },
 }
 
@@ -582,6 +625,49 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Up { config, log_format } => run_up(config, log_format),
+        Command::Render {
+            what:
+                RenderCommand::Kubernetes {
+                    file,
+                    environment,
+                    release,
+                    commit,
+                    config,
+                },
+        } => {
+            let out = load_config(config).and_then(|c| {
+                autopilot::cli::kubernetes::render(&file, &environment, &release, commit.as_deref(), &c)
+            });
+            match out {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Artifact {
+            command: ArtifactCommand::Pull { reference, into },
+        } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let out = rt
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(autopilot::cli::kubernetes::artifact_pull(&reference, &into)));
+            match out {
+                Ok((digest, size)) => {
+                    println!("{digest} ({size} bytes) unpacked into {}", into.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Api { config, openapi } => {
             if openapi {
                 print!("{}", autopilot::api::openapi_json());

@@ -500,3 +500,59 @@ fn files_artifacts_run_in_a_base_image_after_an_init_container_pulls_them_by_dig
     let err = autopilot::runtime::manifests::manifests(checkout, "qa", &r, &config, Some("x/y"), None).unwrap_err();
     assert!(err.contains("no environment `qa`"), "{err}");
 }
+
+/// `autopilot render kubernetes` against its golden files; `UPDATE_GOLDEN=1` rewrites them
+/// (and the diff is then reviewed like code).
+#[test]
+fn render_prints_exactly_what_is_applied_and_matches_its_golden_files() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let cases: [(&str, &str, &[&str]); 2] = [
+        ("search-prod.yaml", "objectives/search.yaml", &["--environment", "prod"]),
+        (
+            "checkout-staging.yaml",
+            "objectives/checkout.yaml",
+            &["--environment", "staging", "--config", "docs/autopilot-kubernetes.yaml"],
+        ),
+    ];
+    for (golden, file, args) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+            .current_dir(&root)
+            .args(["render", "kubernetes", file, "--release", &digest, "--commit", "0a1b2c3"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {stderr}");
+        let yaml = String::from_utf8(out.stdout).unwrap();
+        let path = root.join("tests/golden").join(golden);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &yaml).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            yaml,
+            want,
+            "`render` changed for {file}: if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
+        );
+        // each document reads back as the Kubernetes object it claims to be
+        let docs: Vec<&str> = yaml.split("---\n").collect();
+        assert_eq!(docs.len(), 3);
+        let _: k8s_openapi::api::core::v1::Namespace = serde_saphyr::from_str(docs[0]).unwrap();
+        let _: k8s_openapi::api::core::v1::Service = serde_saphyr::from_str(docs[1]).unwrap();
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_saphyr::from_str(docs[2]).unwrap();
+        // pinned by digest: the image, or (files) what the init container pulls
+        let pod = d.spec.template.spec.unwrap();
+        let image = pod.containers[0].image.clone().unwrap();
+        let pulled = pod.init_containers.iter().flatten().flat_map(|c| c.args.iter().flatten()).any(|a| a.ends_with(&format!("@{digest}")));
+        assert!(image.ends_with(&format!("@{digest}")) || pulled, "pinned by digest: {image}");
+    }
+    // a tag instead of a digest, an unknown environment: refused, with what is wrong
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .current_dir(&root)
+        .args(["render", "kubernetes", "objectives/search.yaml", "--environment", "qa", "--release", &digest])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no environment `qa` (it has staging, prod)"));
+}

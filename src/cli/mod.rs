@@ -17,6 +17,7 @@
 //! the token from `--token`, `AUTOPILOT_TOKEN`, or the `admin.token` file `autopilot up` wrote
 //! in `.autopilot/`. Colour only on a terminal and without `NO_COLOR`.
 
+pub mod kubernetes;
 pub mod watch;
 
 use serde_json::{Value, json};

@@ -341,10 +341,12 @@ fn meta_labels(labels: BTreeMap<String, String>) -> ObjectMeta {
 
 /// The manifests as YAML documents (Namespace, Service, Deployment), fields in a stable order.
 pub fn to_yaml(m: &Manifests) -> Result<String, String> {
+    // plain scalars (a long image reference folded over two lines reads as two things)
+    let options = || serde_saphyr::ser_options! { prefer_block_scalars: false };
     let docs = [
-        serde_saphyr::to_string(&m.namespace),
-        serde_saphyr::to_string(&m.service),
-        serde_saphyr::to_string(&m.deployment),
+        serde_saphyr::to_string_with_options(&m.namespace, options()),
+        serde_saphyr::to_string_with_options(&m.service, options()),
+        serde_saphyr::to_string_with_options(&m.deployment, options()),
     ];
     let mut out = String::new();
     for (i, d) in docs.into_iter().enumerate() {
