@@ -556,3 +556,48 @@ fn render_prints_exactly_what_is_applied_and_matches_its_golden_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no environment `qa` (it has staging, prod)"));
 }
+
+/// What a files release's init container runs, against a real registry (docker-registry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_container_s_artifact_pull_fetches_by_digest_and_refuses_what_does_not_match() {
+    use autopilot::release::oci::Layout;
+    use autopilot::release::registry::{Credentials, Registry, TempRegistry};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = TempRegistry::start().expect("docker-registry starts (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("config")).unwrap();
+    std::fs::write(src.join("checkout"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(src.join("config/checkout.toml"), "port = 1\n").unwrap();
+    let layout = Layout::open(&dir.path().join("layout")).unwrap();
+    let digest = layout
+        .pack(&src, &["checkout".into(), "config".into()], "checkout:c1")
+        .unwrap();
+    let r = Registry::new(&registry.host(), "shop", Credentials::Anonymous).unwrap();
+    let reference = r.push(&layout, "checkout", &digest, "c1").await.unwrap();
+    let pull = |reference: String, into: PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+                .args(["artifact", "pull", &reference, "--into"])
+                .arg(&into)
+                .output()
+                .unwrap()
+        })
+    };
+    let into = dir.path().join("release");
+    let out = pull(reference.clone(), into.clone()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&digest));
+    assert_eq!(std::fs::read_to_string(into.join("config/checkout.toml")).unwrap(), "port = 1\n");
+    assert_eq!(std::fs::read_to_string(into.join("checkout")).unwrap(), "#!/bin/sh\necho hi\n");
+    // a tag, and a digest the registry does not have: refused, exit 1, nothing unpacked
+    let tag = format!("{}/shop/checkout:c1", registry.host());
+    let missing = format!("{}/shop/checkout@sha256:{}", registry.host(), "0".repeat(64));
+    for bad in [tag, missing] {
+        let empty = dir.path().join("empty");
+        let out = pull(bad.clone(), empty.clone()).await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(!empty.join("checkout").exists());
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "), "{bad}");
+    }
+}
