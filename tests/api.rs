@@ -207,6 +207,7 @@ async fn seeded(url: &str) -> (ApiState, Tokens) {
             scheme: "http",
         }),
         clock: Arc::new(|| Time::from_secs(1_800_000_000)),
+        discovery: None,
     };
     (state, tokens)
 }

@@ -13,6 +13,7 @@ use autopilot::release::oci;
 use autopilot::release::registry::{Credentials, Registry, TempRegistry};
 use autopilot::runtime::LocalRuntime;
 use autopilot::store::SqlStore;
+use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -420,7 +421,7 @@ async fn instances_become_ready_restart_after_a_crash_and_stop_on_retire() {
         let mut rt = rt.clone();
         async move {
             let i = rt.instances("svc").await.unwrap();
-            i.get(&("dev".into(), "r1".into())).copied()
+            i.get(&("dev".into(), "r1".into())).cloned()
         }
     };
     let r = ready(&rt).await.unwrap();
@@ -602,6 +603,51 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
     })
     .await;
     let paused_at = held.1.weight();
+
+    // discovery: the public URL; stable and canary with their shares and ready endpoints,
+    // which are the addresses the proxy routes to and answer when called directly
+    let v1_id = phase(&store, "dev", &v1).await.unwrap().0;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            let r = http.get(format!("{url}{path}")).bearer_auth(&token).send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (code, d) = get("/v1/discovery/shop/dev".into()).await;
+    assert_eq!(code, 200, "{d}");
+    let (scheme, port) = match config.tls_listen {
+        Some(t) => ("https", t.port()),
+        None => ("http", config.listen.port()),
+    };
+    assert_eq!(d["url"], format!("{scheme}://shop.dev.{}:{port}/", config.domain), "{d}");
+    let releases = d["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 2, "{d}");
+    assert_eq!(
+        (&releases[0]["release"], &releases[0]["role"], &releases[0]["weight"]),
+        (&json!(v1_id), &json!("stable"), &json!(100 - paused_at.0)),
+        "{d}"
+    );
+    assert_eq!(
+        (&releases[1]["release"], &releases[1]["role"], &releases[1]["weight"]),
+        (&json!(held.0), &json!("canary"), &json!(paused_at.0)),
+        "{d}"
+    );
+    for r in releases {
+        let endpoints = r["endpoints"].as_array().unwrap();
+        assert!(!endpoints.is_empty(), "{d}");
+        for e in endpoints {
+            let answer = http.get(format!("http://{}/healthz", e.as_str().unwrap())).send().await.unwrap();
+            assert!(answer.status().is_success(), "{e} answers");
+        }
+    }
+    let (code, one) = get(format!("/v1/discovery/shop/dev/{}", held.0)).await;
+    assert_eq!((code, &one), (200, &releases[1]));
+    let (code, e) = get("/v1/discovery/shop/dev/r000000000000".into()).await;
+    assert_eq!((code, e["field"].as_str()), (404, Some("path.release")), "{e}");
+    let (code, e) = get("/v1/discovery/shop/qa".into()).await;
+    assert_eq!((code, e["field"].as_str()), (404, Some("path.environment")), "{e}");
     let (code, out, _) = cli(&url, &token, &["status", "shop", "--output", "json"]);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -144,6 +144,7 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
             scheme: "http",
         }),
         clock: Arc::new(crate::release::wall_clock),
+        discovery: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

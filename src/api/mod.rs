@@ -16,6 +16,7 @@
 //! [`crate::control::overrides`], and the controller acts on them at its next look.
 
 pub mod bench;
+pub mod discovery;
 pub mod events;
 pub mod views;
 mod webhook;
@@ -60,7 +61,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -177,6 +178,8 @@ pub struct ApiState {
     pub settings: Arc<ApiSettings>,
     /// The clock (injected, so tests say when things happen).
     pub clock: Arc<dyn Fn() -> Time + Send + Sync>,
+    /// Where releases answer (the runtime of `autopilot up`); none: discovery is unavailable.
+    pub discovery: Option<Arc<dyn crate::runtime::Discovery>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -364,6 +367,8 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhook::push))
         .routes(routes!(webhook::registry))
         .routes(routes!(events::events))
+        .routes(routes!(discovery::environment))
+        .routes(routes!(discovery::release))
         .split_for_parts()
 }
 

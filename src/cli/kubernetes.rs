@@ -48,11 +48,16 @@ pub fn render(
 
 /// Where a service's files artifacts are in the registry: `host/namespace/service`.
 pub fn files_repository(registry: &RegistryConfig, service: &str) -> String {
+    format!("{}/{service}", registry_prefix(registry))
+}
+
+/// The part of every service's repository before its name: `host/namespace` (or `host`).
+pub fn registry_prefix(registry: &RegistryConfig) -> String {
     let namespace = registry.namespace.trim_matches('/');
     if namespace.is_empty() {
-        format!("{}/{service}", registry.host)
+        registry.host.clone()
     } else {
-        format!("{}/{namespace}/{service}", registry.host)
+        format!("{}/{namespace}", registry.host)
     }
 }
 

@@ -26,12 +26,12 @@ use crate::control::time::Time;
 use crate::proxy::routes::{RouteSpec, RoutesFile};
 use crate::proxy::server::{ProxyConfig, ProxyHandle, Shared, TlsListen};
 use crate::release::{LocalBuilder, wall_clock};
-use crate::runtime::LocalRuntime;
+use crate::runtime::{AnyRuntime, LocalRuntime};
 use crate::spec::Catalog;
 use crate::spec::sensors::{ProxySignal, SensorSource};
 use crate::spec::units::{Target, Weight};
 use crate::store::SqlStore;
-use config::AutopilotConfig;
+use config::{AutopilotConfig, RuntimeConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,7 @@ const PROXY_START: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct ProxyRouter {
     shared: Arc<Shared>,
-    runtime: LocalRuntime,
+    runtime: AnyRuntime,
     /// Each service's readiness path (`run.readiness`), probed by the proxy too.
     readiness: Arc<BTreeMap<String, String>>,
 }
@@ -60,7 +60,7 @@ impl std::fmt::Debug for ProxyRouter {
 }
 
 impl ProxyRouter {
-    pub fn new(shared: Arc<Shared>, runtime: LocalRuntime, catalog: &Catalog) -> Self {
+    pub fn new(shared: Arc<Shared>, runtime: AnyRuntime, catalog: &Catalog) -> Self {
         let readiness = catalog
             .services
             .iter()
@@ -400,11 +400,12 @@ pub fn api_state(
             scheme,
         }),
         clock: Arc::new(wall_clock),
+        discovery: None,
     }
 }
 
 /// The live ports.
-pub type LivePorts = Ports<SqlStore, LiveSensors, LocalBuilder, LocalRuntime, ProxyRouter>;
+pub type LivePorts = Ports<SqlStore, LiveSensors, LocalBuilder, AnyRuntime, ProxyRouter>;
 
 /// A running autopilot.
 pub struct Up {
@@ -506,9 +507,35 @@ impl Up {
         )
         .await
         .map_err(UpError::Adapter)?;
-        let runtime = LocalRuntime::new(&services, builder.layout().clone(), data, store.pool().clone())
-            .await
-            .map_err(UpError::Adapter)?;
+        let runtime = match &config.runtime {
+            RuntimeConfig::Local => AnyRuntime::Local(
+                LocalRuntime::new(&services, builder.layout().clone(), data, store.pool().clone())
+                    .await
+                    .map_err(UpError::Adapter)?,
+            ),
+            RuntimeConfig::Kubernetes(k) => {
+                let registry = config
+                    .registry
+                    .as_ref()
+                    .map(crate::cli::kubernetes::registry_prefix);
+                for s in &services {
+                    // what a deploy would refuse, refused before anything starts
+                    let probe = crate::control::rollout::Release {
+                        id: "r000000000000".into(),
+                        commit: String::new(),
+                        digest: format!("sha256:{}", "0".repeat(64)),
+                    };
+                    let repository = registry.as_ref().map(|r| format!("{r}/{}", s.name));
+                    crate::runtime::manifests::workload(s, &probe, k, repository.as_deref())
+                        .map_err(|e| UpError::Adapter(format!("runtime.kubernetes: {e}")))?;
+                }
+                AnyRuntime::Kubernetes(
+                    crate::runtime::kubernetes::KubeRuntime::connect(&services, k.clone(), registry)
+                        .await
+                        .map_err(|e| UpError::Adapter(format!("runtime.kubernetes: {e}")))?,
+                )
+            }
+        };
         let catalog = Arc::new(catalog);
         let mut routes = RoutesFile::new(&config.domain, Vec::new());
         routes.auth = config.auth.clone();
@@ -582,7 +609,7 @@ impl Up {
             },
             builder,
             runtime: runtime.clone(),
-            router: ProxyRouter::new(shared, runtime, &catalog),
+            router: ProxyRouter::new(shared, runtime.clone(), &catalog),
         };
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
@@ -594,7 +621,10 @@ impl Up {
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(crate::api::serve(
             listener,
-            api_state(&config, catalog.clone(), specs.clone(), store.clone()),
+            crate::api::ApiState {
+                discovery: Some(Arc::new(runtime.clone())),
+                ..api_state(&config, catalog.clone(), specs.clone(), store.clone())
+            },
             async {
                 let _ = api_stopped.await;
             },

@@ -471,3 +471,88 @@ impl Runtime for LocalRuntime {
         self.stop(service, environment, release).await
     }
 }
+
+/// The runtime `autopilot up` drives: local processes (the embedded default) or Kubernetes.
+#[derive(Debug, Clone)]
+pub enum AnyRuntime {
+    Local(LocalRuntime),
+    Kubernetes(kubernetes::KubeRuntime),
+}
+
+impl AnyRuntime {
+    /// The addresses a release's route should name: every local instance (the proxy probes
+    /// them itself), or the ready endpoints Kubernetes reports.
+    pub fn endpoints(&self, service: &str, environment: &str, release: &str) -> Vec<SocketAddr> {
+        match self {
+            AnyRuntime::Local(l) => l.endpoints(service, environment, release),
+            AnyRuntime::Kubernetes(k) => k.ready_endpoints(service, environment, release),
+        }
+    }
+
+    /// The addresses that are ready now.
+    pub fn ready_endpoints(&self, service: &str, environment: &str, release: &str) -> Vec<SocketAddr> {
+        match self {
+            AnyRuntime::Local(l) => l.ready_endpoints(service, environment, release),
+            AnyRuntime::Kubernetes(k) => k.ready_endpoints(service, environment, release),
+        }
+    }
+
+    /// Every release running, with its instances' addresses, in order.
+    pub fn running(&self) -> Vec<(String, String, String, Vec<SocketAddr>)> {
+        match self {
+            AnyRuntime::Local(l) => l.running(),
+            AnyRuntime::Kubernetes(k) => k.running(),
+        }
+    }
+
+    /// Stops what autopilot itself runs: local processes. Releases on Kubernetes keep serving
+    /// when autopilot stops (the cluster runs them, not autopilot).
+    pub async fn stop_all(&self) {
+        if let AnyRuntime::Local(l) = self {
+            l.stop_all().await;
+        }
+    }
+}
+
+impl Runtime for AnyRuntime {
+    async fn instances(&mut self, service: &str) -> Result<Instances, PortError> {
+        match self {
+            AnyRuntime::Local(l) => l.instances(service).await,
+            AnyRuntime::Kubernetes(k) => k.instances(service).await,
+        }
+    }
+
+    async fn deploy(&mut self, service: &str, environment: &str, release: &Release) -> Result<(), PortError> {
+        match self {
+            AnyRuntime::Local(l) => l.deploy(service, environment, release).await,
+            AnyRuntime::Kubernetes(k) => k.deploy(service, environment, release).await,
+        }
+    }
+
+    async fn retire(&mut self, service: &str, environment: &str, release: &str) -> Result<(), PortError> {
+        match self {
+            AnyRuntime::Local(l) => l.retire(service, environment, release).await,
+            AnyRuntime::Kubernetes(k) => k.retire(service, environment, release).await,
+        }
+    }
+}
+
+/// Where each release of an environment answers: what the discovery API serves, from the
+/// same source as the proxy's upstreams.
+pub trait Discovery: Send + Sync {
+    /// The releases running in `environment` of `service`, each with its ready addresses.
+    fn ready(&self, service: &str, environment: &str) -> Vec<(String, Vec<SocketAddr>)>;
+}
+
+impl Discovery for AnyRuntime {
+    fn ready(&self, service: &str, environment: &str) -> Vec<(String, Vec<SocketAddr>)> {
+        self.running()
+            .into_iter()
+            .filter(|(s, e, _, _)| s == service && e == environment)
+            .map(|(_, _, r, _)| {
+                let ready = self.ready_endpoints(service, environment, &r);
+                (r, ready)
+            })
+            .collect()
+    }
+}
