@@ -540,6 +540,18 @@ fn up_refuses_to_start_on_bad_specs_a_bad_config_a_busy_port_or_an_unwritable_da
     assert!(err.contains("data directory") && err.contains("a-file"), "{err}");
     // nothing was started: no store in the real data directory
     assert!(!config.data_dir.join("autopilot.db").exists());
+    // Kubernetes: what it could not run is refused at start, with why
+    let (code, err) = up_once(&with("runtime", serde_json::json!({"kubernetes": {}})), dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`shop` builds files") && err.contains("runtime.kubernetes.files"), "{err}");
+    let mut v = base.clone();
+    v["registry"] = serde_json::json!({"host": "127.0.0.1:9"});
+    v["runtime"] = serde_json::json!({"kubernetes": {
+        "cluster": {"kubeconfig": dir.path().join("no-such-kubeconfig")},
+        "files": {"image": "debian:bookworm-slim", "fetcher": "registry.example.com/autopilot:0.1"}}});
+    let (code, err) = up_once(&serde_json::to_string_pretty(&v).unwrap(), dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("runtime.kubernetes: the cluster of `dev`") && err.contains("no-such-kubeconfig"), "{err}");
 }
 
 /// Runs the CLI against a running `autopilot up`; (exit code, stdout, stderr).
