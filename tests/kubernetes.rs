@@ -86,7 +86,10 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 /// Answers the adapter's requests from `script`, asserting each; returns how many were made.
-fn serve(mut handle: Handle<Request<Body>, Response<Body>>, script: Vec<Exchange>) -> tokio::task::JoinHandle<usize> {
+fn serve(
+    mut handle: Handle<Request<Body>, Response<Body>>,
+    script: Vec<Exchange>,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut n = 0;
         for (i, x) in script.into_iter().enumerate() {
@@ -95,10 +98,21 @@ fn serve(mut handle: Handle<Request<Body>, Response<Body>>, script: Vec<Exchange
                 .await
                 .unwrap_or_else(|| panic!("request {i} ({} {}) was never made", x.method, x.uri));
             let uri = req.uri().to_string();
-            assert_eq!((req.method(), uri.as_str()), (&x.method, x.uri.as_str()), "request {i}");
+            assert_eq!(
+                (req.method(), uri.as_str()),
+                (&x.method, x.uri.as_str()),
+                "request {i}"
+            );
             if let Some(want) = &x.body {
-                let ct = req.headers().get(http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
-                assert_eq!(ct.as_deref(), Some(APPLY), "request {i} ({uri}) is a server-side apply");
+                let ct = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(
+                    ct.as_deref(),
+                    Some(APPLY),
+                    "request {i} ({uri}) is a server-side apply"
+                );
                 let bytes = req.into_body().collect_bytes().await.unwrap();
                 let got: Value = serde_json::from_slice(&bytes).unwrap();
                 assert_eq!(&got, want, "request {i} ({uri}): the applied object");
@@ -123,7 +137,8 @@ fn mock_client() -> (kube::Client, Handle<Request<Body>, Response<Body>>) {
 
 /// The `search` example (an image built elsewhere, 3 replicas, resources) in staging and prod.
 fn search_runtime(config: KubernetesConfig, clients: BTreeMap<String, kube::Client>) -> KubeRuntime {
-    KubeRuntime::with_clients(&services(), config, None, clients).with_clock(|| Time::from_secs(1_800_000_000))
+    KubeRuntime::with_clients(&services(), config, None, clients)
+        .with_clock(|| Time::from_secs(1_800_000_000))
 }
 
 /// The Deployment autopilot applies for `search` release `r` in `env`.
@@ -200,7 +215,10 @@ fn namespace(ns: &str, env: &str) -> Value {
 fn applies(ns: &str, env: &str, r: &Release, replicas: i64, retired: Option<&str>) -> Vec<Exchange> {
     let name = format!("search-{}", r.id);
     vec![
-        apply(&format!("/api/v1/namespaces/{ns}?&fieldManager=autopilot"), namespace(ns, env)),
+        apply(
+            &format!("/api/v1/namespaces/{ns}?&fieldManager=autopilot"),
+            namespace(ns, env),
+        ),
         apply(
             &format!("/api/v1/namespaces/{ns}/services/{name}?&force=true&fieldManager=autopilot"),
             search_service(ns, env, r),
@@ -221,8 +239,14 @@ const SELECTOR: &str = "labelSelector=autopilot.dev%2Fservice%3Dsearch%2Cautopil
 /// The three lists of one environment's look: Deployments, Pods, EndpointSlices.
 fn look(ns: &str, env: &str, deployments: Vec<Value>, pods: Vec<Value>, slices: Vec<Value>) -> Vec<Exchange> {
     vec![
-        get(&format!("/apis/apps/v1/namespaces/{ns}/deployments?&{SELECTOR}{env}"), list("Deployment", deployments)),
-        get(&format!("/api/v1/namespaces/{ns}/pods?&{SELECTOR}{env}"), list("Pod", pods)),
+        get(
+            &format!("/apis/apps/v1/namespaces/{ns}/deployments?&{SELECTOR}{env}"),
+            list("Deployment", deployments),
+        ),
+        get(
+            &format!("/api/v1/namespaces/{ns}/pods?&{SELECTOR}{env}"),
+            list("Pod", pods),
+        ),
         get(
             &format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices?&{SELECTOR}{env}"),
             list("EndpointSlice", slices),
@@ -256,10 +280,13 @@ fn pod(name: &str, release: &str, waiting: Option<(&str, &str)>) -> Value {
 #[tokio::test]
 async fn a_release_is_applied_by_digest_with_server_side_apply_and_a_new_digest_is_a_new_deployment() {
     let (client, handle) = mock_client();
-    let mut rt = search_runtime(KubernetesConfig::default(), BTreeMap::from([
-        ("staging".to_owned(), client.clone()),
-        ("prod".to_owned(), client),
-    ]));
+    let mut rt = search_runtime(
+        KubernetesConfig::default(),
+        BTreeMap::from([
+            ("staging".to_owned(), client.clone()),
+            ("prod".to_owned(), client),
+        ]),
+    );
     let (r1, r2) = (release(D1, "c1"), release(D2, "c2"));
     let mut script = applies("search-staging", "staging", &r1, 3, None);
     script.extend(applies("search-staging", "staging", &r2, 3, None));
@@ -271,21 +298,32 @@ async fn a_release_is_applied_by_digest_with_server_side_apply_and_a_new_digest_
 }
 
 #[tokio::test]
-async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_reason_and_old_releases_are_deleted() {
+async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_reason_and_old_releases_are_deleted()
+ {
     let (client, handle) = mock_client();
     let config = KubernetesConfig {
         retention: autopilot::spec::units::Duration(std::time::Duration::from_secs(3600)),
         ..KubernetesConfig::default()
     };
-    let mut rt = search_runtime(config, BTreeMap::from([
-        ("staging".to_owned(), client.clone()),
-        ("prod".to_owned(), client),
-    ]));
+    let mut rt = search_runtime(
+        config,
+        BTreeMap::from([
+            ("staging".to_owned(), client.clone()),
+            ("prod".to_owned(), client),
+        ]),
+    );
     let (r1, r2) = (release(D1, "c1"), release(D2, "c2"));
-    let r0 = release("sha256:0000000000000000000000000000000000000000000000000000000000000000", "c0");
+    let r0 = release(
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "c0",
+    );
     let now = Time::from_secs(1_800_000_000);
-    let two_hours_ago = jiff::Timestamp::from_second(now.millis() as i64 / 1000 - 7200).unwrap().to_string();
-    let ten_minutes_ago = jiff::Timestamp::from_second(now.millis() as i64 / 1000 - 600).unwrap().to_string();
+    let two_hours_ago = jiff::Timestamp::from_second(now.millis() as i64 / 1000 - 7200)
+        .unwrap()
+        .to_string();
+    let ten_minutes_ago = jiff::Timestamp::from_second(now.millis() as i64 / 1000 - 600)
+        .unwrap()
+        .to_string();
     let mut script = look(
         "search-staging",
         "staging",
@@ -297,20 +335,40 @@ async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_re
         ],
         vec![
             pod("search-r1-a", &r1.id, None),
-            pod("search-r2-a", &r2.id, Some(("CrashLoopBackOff", "back-off 40s restarting failed container"))),
+            pod(
+                "search-r2-a",
+                &r2.id,
+                Some(("CrashLoopBackOff", "back-off 40s restarting failed container")),
+            ),
         ],
         vec![slice(
             &format!("search-{}", r1.id),
-            &[("10.0.0.1", Some(true)), ("10.0.0.2", None), ("10.0.0.3", Some(false))],
+            &[
+                ("10.0.0.1", Some(true)),
+                ("10.0.0.2", None),
+                ("10.0.0.3", Some(false)),
+            ],
         )],
     );
-    script.push(delete(&format!("/apis/apps/v1/namespaces/search-staging/deployments/search-{}?", r0.id)));
-    script.push(delete(&format!("/api/v1/namespaces/search-staging/services/search-{}?", r0.id)));
+    script.push(delete(&format!(
+        "/apis/apps/v1/namespaces/search-staging/deployments/search-{}?",
+        r0.id
+    )));
+    script.push(delete(&format!(
+        "/api/v1/namespaces/search-staging/services/search-{}?",
+        r0.id
+    )));
     script.extend(look(
         "search-prod",
         "prod",
         // retired ten minutes ago: kept, but not running
-        vec![search_deployment("search-prod", "prod", &r1, 0, Some(&ten_minutes_ago))],
+        vec![search_deployment(
+            "search-prod",
+            "prod",
+            &r1,
+            0,
+            Some(&ten_minutes_ago),
+        )],
         vec![],
         vec![],
     ));
@@ -333,7 +391,11 @@ async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_re
         r2_ready.reason.as_deref(),
         Some("pod search-r2-a, container search: CrashLoopBackOff back-off 40s restarting failed container")
     );
-    assert_eq!(instances.len(), 2, "retired releases are not running: {instances:?}");
+    assert_eq!(
+        instances.len(),
+        2,
+        "retired releases are not running: {instances:?}"
+    );
     let addrs: Vec<SocketAddr> = vec!["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:8080".parse().unwrap()];
     assert_eq!(rt.ready_endpoints("search", "staging", &r1.id), addrs);
     drop(rt);
@@ -344,10 +406,13 @@ async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_re
 async fn retiring_scales_to_zero_from_what_the_cluster_says_not_from_memory() {
     let (client, handle) = mock_client();
     // a fresh runtime (as after a restart) retires a release it never deployed
-    let mut rt = search_runtime(KubernetesConfig::default(), BTreeMap::from([
-        ("staging".to_owned(), client.clone()),
-        ("prod".to_owned(), client),
-    ]));
+    let mut rt = search_runtime(
+        KubernetesConfig::default(),
+        BTreeMap::from([
+            ("staging".to_owned(), client.clone()),
+            ("prod".to_owned(), client),
+        ]),
+    );
     let r1 = release(D1, "c1");
     let name = format!("search-{}", r1.id);
     let at = "2027-01-15T08:00:00Z";
@@ -365,7 +430,11 @@ async fn retiring_scales_to_zero_from_what_the_cluster_says_not_from_memory() {
         status: StatusCode::NOT_FOUND,
         ..get(
             "/apis/apps/v1/namespaces/search-prod/deployments/search-r222222222222",
-            status(404, "NotFound", "deployments.apps \"search-r222222222222\" not found"),
+            status(
+                404,
+                "NotFound",
+                "deployments.apps \"search-r222222222222\" not found",
+            ),
         )
     });
     let server = serve(handle, script);
@@ -393,10 +462,10 @@ async fn each_environment_talks_to_its_own_cluster_and_namespace() {
     };
     assert_eq!(config.cluster_of("prod").context.as_deref(), Some("prod-eu"));
     assert_eq!(config.cluster_of("staging").context, None);
-    let mut rt = search_runtime(config, BTreeMap::from([
-        ("staging".to_owned(), staging),
-        ("prod".to_owned(), prod),
-    ]));
+    let mut rt = search_runtime(
+        config,
+        BTreeMap::from([("staging".to_owned(), staging), ("prod".to_owned(), prod)]),
+    );
     let r1 = release(D1, "c1");
     let staging_server = serve(staging_handle, applies("search-staging", "staging", &r1, 3, None));
     let prod_server = serve(prod_handle, applies("shop", "prod", &r1, 3, None));
@@ -410,12 +479,19 @@ async fn each_environment_talks_to_its_own_cluster_and_namespace() {
 #[tokio::test]
 async fn refusals_are_fatal_outages_are_retried_and_an_unreadable_cluster_is_unknown() {
     let (client, handle) = mock_client();
-    let mut rt = search_runtime(KubernetesConfig::default(), BTreeMap::from([
-        ("staging".to_owned(), client.clone()),
-        ("prod".to_owned(), client),
-    ]));
+    let mut rt = search_runtime(
+        KubernetesConfig::default(),
+        BTreeMap::from([
+            ("staging".to_owned(), client.clone()),
+            ("prod".to_owned(), client),
+        ]),
+    );
     let r1 = release(D1, "c1");
-    let forbidden = status(403, "Forbidden", "namespaces \"search-staging\" is forbidden: no permission to patch");
+    let forbidden = status(
+        403,
+        "Forbidden",
+        "namespaces \"search-staging\" is forbidden: no permission to patch",
+    );
     let script = vec![
         Exchange {
             status: StatusCode::FORBIDDEN,
@@ -426,7 +502,11 @@ async fn refusals_are_fatal_outages_are_retried_and_an_unreadable_cluster_is_unk
         },
         Exchange {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            answer: status(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+            answer: status(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
             ..apply(
                 "/api/v1/namespaces/search-staging?&fieldManager=autopilot",
                 namespace("search-staging", "staging"),
@@ -448,7 +528,10 @@ async fn refusals_are_fatal_outages_are_retried_and_an_unreadable_cluster_is_unk
     let e = rt.deploy("search", "staging", &r1).await.unwrap_err();
     assert!(e.retryable, "{e:?}");
     let e = rt.instances("search").await.unwrap_err();
-    assert!(e.retryable && e.message.contains("etcd is down"), "unknown, never `not ready`: {e:?}");
+    assert!(
+        e.retryable && e.message.contains("etcd is down"),
+        "unknown, never `not ready`: {e:?}"
+    );
     drop(rt);
     assert_eq!(server.await.unwrap(), 3);
 }
@@ -459,8 +542,15 @@ fn files_artifacts_run_in_a_base_image_after_an_init_container_pulls_them_by_dig
     let checkout = services.iter().find(|s| s.name == "checkout").unwrap();
     let config = KubernetesConfig::default();
     let r = release(D1, "c1");
-    let err = autopilot::runtime::manifests::manifests(checkout, "staging", &r, &config, Some("reg.example.com/autopilot/checkout"), None)
-        .unwrap_err();
+    let err = autopilot::runtime::manifests::manifests(
+        checkout,
+        "staging",
+        &r,
+        &config,
+        Some("reg.example.com/autopilot/checkout"),
+        None,
+    )
+    .unwrap_err();
     assert!(err.contains("runtime.kubernetes.files"), "{err}");
     let config = KubernetesConfig {
         files: Some(FilesOnKubernetes {
@@ -469,7 +559,8 @@ fn files_artifacts_run_in_a_base_image_after_an_init_container_pulls_them_by_dig
         }),
         ..KubernetesConfig::default()
     };
-    let err = autopilot::runtime::manifests::manifests(checkout, "staging", &r, &config, None, None).unwrap_err();
+    let err =
+        autopilot::runtime::manifests::manifests(checkout, "staging", &r, &config, None, None).unwrap_err();
     assert!(err.contains("`registry`"), "{err}");
     let m = autopilot::runtime::manifests::manifests(
         checkout,
@@ -484,20 +575,31 @@ fn files_artifacts_run_in_a_base_image_after_an_init_container_pulls_them_by_dig
     let init = &pod.init_containers.unwrap()[0];
     assert_eq!(
         init.args.as_deref().unwrap(),
-        ["artifact", "pull", &format!("reg.example.com/autopilot/checkout@{D1}"), "--into", "/release"]
+        [
+            "artifact",
+            "pull",
+            &format!("reg.example.com/autopilot/checkout@{D1}"),
+            "--into",
+            "/release"
+        ]
     );
     let main = &pod.containers[0];
     assert_eq!(main.image.as_deref(), Some("debian:bookworm-slim"));
     assert_eq!(main.working_dir.as_deref(), Some("/release"));
-    assert_eq!(main.command.as_deref().unwrap()[..2], ["sh".to_owned(), "-c".to_owned()]);
+    assert_eq!(
+        main.command.as_deref().unwrap()[..2],
+        ["sh".to_owned(), "-c".to_owned()]
+    );
     // a bad digest or environment is refused with what is wrong
     let bad = Release {
         digest: "sha256:abc".into(),
         ..r.clone()
     };
-    let err = autopilot::runtime::manifests::manifests(checkout, "staging", &bad, &config, Some("x/y"), None).unwrap_err();
+    let err = autopilot::runtime::manifests::manifests(checkout, "staging", &bad, &config, Some("x/y"), None)
+        .unwrap_err();
     assert!(err.contains("not a digest"), "{err}");
-    let err = autopilot::runtime::manifests::manifests(checkout, "qa", &r, &config, Some("x/y"), None).unwrap_err();
+    let err =
+        autopilot::runtime::manifests::manifests(checkout, "qa", &r, &config, Some("x/y"), None).unwrap_err();
     assert!(err.contains("no environment `qa`"), "{err}");
 }
 
@@ -508,17 +610,34 @@ fn render_prints_exactly_what_is_applied_and_matches_its_golden_files() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let digest = format!("sha256:{}", "ab".repeat(32));
     let cases: [(&str, &str, &[&str]); 2] = [
-        ("search-prod.yaml", "objectives/search.yaml", &["--environment", "prod"]),
+        (
+            "search-prod.yaml",
+            "objectives/search.yaml",
+            &["--environment", "prod"],
+        ),
         (
             "checkout-staging.yaml",
             "objectives/checkout.yaml",
-            &["--environment", "staging", "--config", "docs/autopilot-kubernetes.yaml"],
+            &[
+                "--environment",
+                "staging",
+                "--config",
+                "docs/autopilot-kubernetes.yaml",
+            ],
         ),
     ];
     for (golden, file, args) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
             .current_dir(&root)
-            .args(["render", "kubernetes", file, "--release", &digest, "--commit", "0a1b2c3"])
+            .args([
+                "render",
+                "kubernetes",
+                file,
+                "--release",
+                &digest,
+                "--commit",
+                "0a1b2c3",
+            ])
             .args(args)
             .output()
             .unwrap();
@@ -531,8 +650,7 @@ fn render_prints_exactly_what_is_applied_and_matches_its_golden_files() {
         }
         let want = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(
-            yaml,
-            want,
+            yaml, want,
             "`render` changed for {file}: if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
         );
         // each document reads back as the Kubernetes object it claims to be
@@ -544,13 +662,29 @@ fn render_prints_exactly_what_is_applied_and_matches_its_golden_files() {
         // pinned by digest: the image, or (files) what the init container pulls
         let pod = d.spec.template.spec.unwrap();
         let image = pod.containers[0].image.clone().unwrap();
-        let pulled = pod.init_containers.iter().flatten().flat_map(|c| c.args.iter().flatten()).any(|a| a.ends_with(&format!("@{digest}")));
-        assert!(image.ends_with(&format!("@{digest}")) || pulled, "pinned by digest: {image}");
+        let pulled = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .flat_map(|c| c.args.iter().flatten())
+            .any(|a| a.ends_with(&format!("@{digest}")));
+        assert!(
+            image.ends_with(&format!("@{digest}")) || pulled,
+            "pinned by digest: {image}"
+        );
     }
     // a tag instead of a digest, an unknown environment: refused, with what is wrong
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
         .current_dir(&root)
-        .args(["render", "kubernetes", "objectives/search.yaml", "--environment", "qa", "--release", &digest])
+        .args([
+            "render",
+            "kubernetes",
+            "objectives/search.yaml",
+            "--environment",
+            "qa",
+            "--release",
+            &digest,
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -588,8 +722,14 @@ async fn the_init_container_s_artifact_pull_fetches_by_digest_and_refuses_what_d
     let out = pull(reference.clone(), into.clone()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&digest));
-    assert_eq!(std::fs::read_to_string(into.join("config/checkout.toml")).unwrap(), "port = 1\n");
-    assert_eq!(std::fs::read_to_string(into.join("checkout")).unwrap(), "#!/bin/sh\necho hi\n");
+    assert_eq!(
+        std::fs::read_to_string(into.join("config/checkout.toml")).unwrap(),
+        "port = 1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(into.join("checkout")).unwrap(),
+        "#!/bin/sh\necho hi\n"
+    );
     // a tag, and a digest the registry does not have: refused, exit 1, nothing unpacked
     let tag = format!("{}/shop/checkout:c1", registry.host());
     let missing = format!("{}/shop/checkout@sha256:{}", registry.host(), "0".repeat(64));
@@ -598,6 +738,9 @@ async fn the_init_container_s_artifact_pull_fetches_by_digest_and_refuses_what_d
         let out = pull(bad.clone(), empty.clone()).await.unwrap();
         assert_eq!(out.status.code(), Some(1), "{bad}");
         assert!(!empty.join("checkout").exists());
-        assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error: "),
+            "{bad}"
+        );
     }
 }

@@ -541,9 +541,15 @@ fn up_refuses_to_start_on_bad_specs_a_bad_config_a_busy_port_or_an_unwritable_da
     // nothing was started: no store in the real data directory
     assert!(!config.data_dir.join("autopilot.db").exists());
     // Kubernetes: what it could not run is refused at start, with why
-    let (code, err) = up_once(&with("runtime", serde_json::json!({"kubernetes": {}})), dir.path());
+    let (code, err) = up_once(
+        &with("runtime", serde_json::json!({"kubernetes": {}})),
+        dir.path(),
+    );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("`shop` builds files") && err.contains("runtime.kubernetes.files"), "{err}");
+    assert!(
+        err.contains("`shop` builds files") && err.contains("runtime.kubernetes.files"),
+        "{err}"
+    );
     let mut v = base.clone();
     v["registry"] = serde_json::json!({"host": "127.0.0.1:9"});
     v["runtime"] = serde_json::json!({"kubernetes": {
@@ -551,7 +557,10 @@ fn up_refuses_to_start_on_bad_specs_a_bad_config_a_busy_port_or_an_unwritable_da
         "files": {"image": "debian:bookworm-slim", "fetcher": "registry.example.com/autopilot:0.1"}}});
     let (code, err) = up_once(&serde_json::to_string_pretty(&v).unwrap(), dir.path());
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("runtime.kubernetes: the cluster of `dev`") && err.contains("no-such-kubeconfig"), "{err}");
+    assert!(
+        err.contains("runtime.kubernetes: the cluster of `dev`") && err.contains("no-such-kubeconfig"),
+        "{err}"
+    );
 }
 
 /// Runs the CLI against a running `autopilot up`; (exit code, stdout, stderr).
@@ -623,7 +632,12 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
     let get = |path: String| {
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
         async move {
-            let r = http.get(format!("{url}{path}")).bearer_auth(&token).send().await.unwrap();
+            let r = http
+                .get(format!("{url}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
         }
     };
@@ -633,16 +647,28 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
         Some(t) => ("https", t.port()),
         None => ("http", config.listen.port()),
     };
-    assert_eq!(d["url"], format!("{scheme}://shop.dev.{}:{port}/", config.domain), "{d}");
+    assert_eq!(
+        d["url"],
+        format!("{scheme}://shop.dev.{}:{port}/", config.domain),
+        "{d}"
+    );
     let releases = d["releases"].as_array().unwrap();
     assert_eq!(releases.len(), 2, "{d}");
     assert_eq!(
-        (&releases[0]["release"], &releases[0]["role"], &releases[0]["weight"]),
+        (
+            &releases[0]["release"],
+            &releases[0]["role"],
+            &releases[0]["weight"]
+        ),
         (&json!(v1_id), &json!("stable"), &json!(100 - paused_at.0)),
         "{d}"
     );
     assert_eq!(
-        (&releases[1]["release"], &releases[1]["role"], &releases[1]["weight"]),
+        (
+            &releases[1]["release"],
+            &releases[1]["role"],
+            &releases[1]["weight"]
+        ),
         (&json!(held.0), &json!("canary"), &json!(paused_at.0)),
         "{d}"
     );
@@ -650,7 +676,11 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
         let endpoints = r["endpoints"].as_array().unwrap();
         assert!(!endpoints.is_empty(), "{d}");
         for e in endpoints {
-            let answer = http.get(format!("http://{}/healthz", e.as_str().unwrap())).send().await.unwrap();
+            let answer = http
+                .get(format!("http://{}/healthz", e.as_str().unwrap()))
+                .send()
+                .await
+                .unwrap();
             assert!(answer.status().is_success(), "{e} answers");
         }
     }
@@ -659,7 +689,11 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
     let (code, e) = get("/v1/discovery/shop/dev/r000000000000".into()).await;
     assert_eq!((code, e["field"].as_str()), (404, Some("path.release")), "{e}");
     let (code, e) = get("/v1/discovery/shop/qa".into()).await;
-    assert_eq!((code, e["field"].as_str()), (404, Some("path.environment")), "{e}");
+    assert_eq!(
+        (code, e["field"].as_str()),
+        (404, Some("path.environment")),
+        "{e}"
+    );
     let (code, out, _) = cli(&url, &token, &["status", "shop", "--output", "json"]);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();

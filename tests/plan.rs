@@ -217,7 +217,7 @@ impl World {
                         ready: if failed { 0 } else { 1 },
                         desired: 1,
                         failed,
-                        reason: None,
+                        reason: failed.then(|| "pod p-1, container app: CrashLoopBackOff".to_owned()),
                     },
                 )
             })
@@ -478,7 +478,11 @@ fn a_crash_at_deploy_is_rolled_back_without_traffic() {
         Some(Phase::RolledBack { .. })
     )));
     let t = w.first_rollback();
-    assert!(matches!(t.cause, Cause::DeployFailed { .. }));
+    // the runtime's reason is the rollout's, for the people reading it
+    assert!(
+        matches!(&t.cause, Cause::DeployFailed { reason } if reason == "instances cannot start: pod p-1, container app: CrashLoopBackOff"),
+        "{t:?}"
+    );
     assert!(!w.transitions().iter().any(|t| t.to == "canary"));
 }
 

@@ -2,8 +2,8 @@
 //! same source the proxy's upstreams come from — whatever the runtime (local processes, or
 //! Kubernetes' EndpointSlices).
 
-use super::{ApiError, ApiState, ErrorBody, one_service_view};
 use super::views::Role;
+use super::{ApiError, ApiState, ErrorBody, one_service_view};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,7 +45,8 @@ async fn discover(api: &ApiState, service: &str, environment: &str) -> Result<Di
         .iter()
         .find(|e| e.name == environment)
         .ok_or_else(|| {
-            ApiError::not_found(format!("{service} has no environment `{environment}`")).field("path.environment")
+            ApiError::not_found(format!("{service} has no environment `{environment}`"))
+                .field("path.environment")
         })?;
     let Some(discovery) = &api.discovery else {
         return Err(ApiError::new(
@@ -131,6 +132,7 @@ pub(super) async fn release(
         .find(|r| r.release == release)
         .map(axum::Json)
         .ok_or_else(|| {
-            ApiError::not_found(format!("{release} does not run in {service}/{environment}")).field("path.release")
+            ApiError::not_found(format!("{release} does not run in {service}/{environment}"))
+                .field("path.release")
         })
 }

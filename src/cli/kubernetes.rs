@@ -38,11 +38,15 @@ pub fn render(
         commit: commit.unwrap_or_default().to_owned(),
         digest: digest.to_owned(),
     };
-    let repository = config
-        .registry
-        .as_ref()
-        .map(|r| files_repository(r, &spec.name));
-    let m = manifests::manifests(&spec, environment, &release, &kubernetes, repository.as_deref(), None)?;
+    let repository = config.registry.as_ref().map(|r| files_repository(r, &spec.name));
+    let m = manifests::manifests(
+        &spec,
+        environment,
+        &release,
+        &kubernetes,
+        repository.as_deref(),
+        None,
+    )?;
     manifests::to_yaml(&m)
 }
 
@@ -69,8 +73,8 @@ pub async fn artifact_pull(reference: &str, into: &Path) -> Result<(String, u64)
         .split_once('/')
         .map(|(h, _)| h)
         .ok_or_else(|| format!("`{reference}` is not `host/repository@sha256:…`"))?;
-    let config: RegistryConfig = serde_json::from_value(serde_json::json!({ "host": host }))
-        .map_err(|e| e.to_string())?;
+    let config: RegistryConfig =
+        serde_json::from_value(serde_json::json!({ "host": host })).map_err(|e| e.to_string())?;
     let registry = config.open()?;
     let registry = Registry::for_reference(reference, Some(&registry))?;
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;

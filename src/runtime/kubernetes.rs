@@ -121,7 +121,11 @@ pub struct FilesOnKubernetes {
 impl KubernetesConfig {
     /// The namespace of `service`'s `environment`.
     pub fn namespace_of(&self, service: &str, environment: &str) -> String {
-        match self.environments.get(environment).and_then(|p| p.namespace.clone()) {
+        match self
+            .environments
+            .get(environment)
+            .and_then(|p| p.namespace.clone())
+        {
             Some(ns) => ns,
             None => self
                 .namespace
@@ -373,8 +377,18 @@ impl KubeRuntime {
             Err(e) => Err(port_error(&format!("deleting {ns}/{name}"), e)),
         };
         let dp = DeleteParams::background();
-        gone(Api::<Deployment>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop))?;
-        gone(Api::<Service>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop))
+        gone(
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .delete(name, &dp)
+                .await
+                .map(drop),
+        )?;
+        gone(
+            Api::<Service>::namespaced(client.clone(), ns)
+                .delete(name, &dp)
+                .await
+                .map(drop),
+        )
     }
 
     /// One environment's releases: readiness, and the ready endpoints seen.
@@ -417,7 +431,12 @@ impl KubeRuntime {
                 .and_then(|t| parse_rfc3339(t));
             if let Some(at) = retired {
                 if now.millis() >= at.millis() + self.config.retention.0.as_millis() as u64 {
-                    tracing::info!(service, environment, release, "deleting a release retired past its retention");
+                    tracing::info!(
+                        service,
+                        environment,
+                        release,
+                        "deleting a release retired past its retention"
+                    );
                     self.delete(&client, &ns, &name).await?;
                 }
                 continue;
@@ -481,7 +500,13 @@ fn ready_endpoints(slices: &[EndpointSlice], name: &str) -> Vec<SocketAddr> {
 /// Why a release's pods cannot start, if one of them says so.
 fn failing_reason(pods: &[Pod], release: &str) -> Option<String> {
     for p in pods {
-        if p.metadata.labels.as_ref().and_then(|l| l.get(LABEL_RELEASE)).map(String::as_str) != Some(release) {
+        if p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_RELEASE))
+            .map(String::as_str)
+            != Some(release)
+        {
             continue;
         }
         let status = p.status.as_ref()?;
@@ -498,7 +523,11 @@ fn failing_reason(pods: &[Pod], release: &str) -> Option<String> {
             if FAILING.contains(&why) {
                 let pod = p.metadata.name.as_deref().unwrap_or("?");
                 let message = waiting.message.as_deref().unwrap_or_default();
-                return Some(format!("pod {pod}, container {}: {why} {message}", c.name).trim_end().to_owned());
+                return Some(
+                    format!("pod {pod}, container {}: {why} {message}", c.name)
+                        .trim_end()
+                        .to_owned(),
+                );
             }
         }
     }
@@ -525,7 +554,12 @@ fn stalled(d: &Deployment) -> Option<String> {
 
 impl Runtime for KubeRuntime {
     async fn instances(&mut self, service: &str) -> Result<Instances, PortError> {
-        let environments: Vec<String> = self.spec(service)?.environments.iter().map(|e| e.name.clone()).collect();
+        let environments: Vec<String> = self
+            .spec(service)?
+            .environments
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
         let mut out = Instances::new();
         let mut seen = Endpoints::new();
         for env in &environments {
@@ -559,8 +593,14 @@ impl Runtime for KubeRuntime {
         }
         let r = Release {
             id: release.to_owned(),
-            commit: annotations.get(manifests::ANNOTATION_COMMIT).cloned().unwrap_or_default(),
-            digest: annotations.get(manifests::ANNOTATION_DIGEST).cloned().unwrap_or_default(),
+            commit: annotations
+                .get(manifests::ANNOTATION_COMMIT)
+                .cloned()
+                .unwrap_or_default(),
+            digest: annotations
+                .get(manifests::ANNOTATION_DIGEST)
+                .cloned()
+                .unwrap_or_default(),
         };
         let at = rfc3339((self.clock)());
         let m = self.manifests(service, environment, &r, Some(&at))?;

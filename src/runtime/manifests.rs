@@ -59,14 +59,20 @@ pub enum Workload {
     Image(String),
     /// A files artifact (`repository@sha256:…`) pulled by `fetcher` into a volume that `base`
     /// runs `run.command` in.
-    Files { artifact: String, base: String, fetcher: String },
+    Files {
+        artifact: String,
+        base: String,
+        fetcher: String,
+    },
 }
 
 /// Whether `digest` is `sha256:` and 64 lowercase hex digits.
 pub fn is_digest(digest: &str) -> bool {
-    digest
-        .strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// The Deployment's and Service's name of a release.
@@ -111,7 +117,10 @@ pub fn workload(
     files_repository: Option<&str>,
 ) -> Result<Workload, String> {
     if !is_digest(&release.digest) {
-        return Err(format!("`{}` is not a digest (`sha256:` and 64 hex digits)", release.digest));
+        return Err(format!(
+            "`{}` is not a digest (`sha256:` and 64 hex digits)",
+            release.digest
+        ));
     }
     let pinned = |repository: &str| format!("{repository}@{}", release.digest);
     match spec.build.as_ref().map(|b| &b.artifact) {
@@ -154,7 +163,11 @@ fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -
 }
 
 fn quantities(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
-    (!map.is_empty()).then(|| map.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
+    (!map.is_empty()).then(|| {
+        map.iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
+    })
 }
 
 /// The objects of `release` of `spec` in `environment`, with `replicas` instances (the
@@ -286,7 +299,11 @@ pub fn manifests(
     let deployment = Deployment {
         metadata: deployment_meta,
         spec: DeploymentSpec {
-            replicas: Some(if retired_at.is_some() { 0 } else { run.replicas as i32 }),
+            replicas: Some(if retired_at.is_some() {
+                0
+            } else {
+                run.replicas as i32
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 ..LabelSelector::default()
@@ -319,7 +336,10 @@ pub fn manifests(
             &namespace,
             None,
             BTreeMap::from([
-                ("app.kubernetes.io/managed-by".to_owned(), FIELD_MANAGER.to_owned()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    FIELD_MANAGER.to_owned(),
+                ),
                 (LABEL_ENVIRONMENT.to_owned(), environment.to_owned()),
             ]),
         ),

@@ -406,7 +406,8 @@ impl Runtime for LocalRuntime {
                         ready,
                         desired: d.instances.len() as u32,
                         failed,
-                        reason: failed.then(|| format!("{CRASH_LOOP_EXITS} exits in a row without becoming ready")),
+                        reason: failed
+                            .then(|| format!("{CRASH_LOOP_EXITS} exits in a row without becoming ready")),
                     },
                 )
             })
