@@ -141,6 +141,16 @@ fn search_runtime(config: KubernetesConfig, clients: BTreeMap<String, kube::Clie
         .with_clock(|| Time::from_secs(1_800_000_000))
 }
 
+/// The `search` runtime with staging and prod in one (mock) cluster.
+fn one_cluster(config: KubernetesConfig) -> (KubeRuntime, Handle<Request<Body>, Response<Body>>) {
+    let (client, handle) = mock_client();
+    let clients = BTreeMap::from([
+        ("staging".to_owned(), client.clone()),
+        ("prod".to_owned(), client),
+    ]);
+    (search_runtime(config, clients), handle)
+}
+
 /// The Deployment autopilot applies for `search` release `r` in `env`.
 fn search_deployment(ns: &str, env: &str, r: &Release, replicas: i64, retired: Option<&str>) -> Value {
     let name = format!("search-{}", r.id);
@@ -279,14 +289,7 @@ fn pod(name: &str, release: &str, waiting: Option<(&str, &str)>) -> Value {
 
 #[tokio::test]
 async fn a_release_is_applied_by_digest_with_server_side_apply_and_a_new_digest_is_a_new_deployment() {
-    let (client, handle) = mock_client();
-    let mut rt = search_runtime(
-        KubernetesConfig::default(),
-        BTreeMap::from([
-            ("staging".to_owned(), client.clone()),
-            ("prod".to_owned(), client),
-        ]),
-    );
+    let (mut rt, handle) = one_cluster(KubernetesConfig::default());
     let (r1, r2) = (release(D1, "c1"), release(D2, "c2"));
     let mut script = applies("search-staging", "staging", &r1, 3, None);
     script.extend(applies("search-staging", "staging", &r2, 3, None));
@@ -300,18 +303,10 @@ async fn a_release_is_applied_by_digest_with_server_side_apply_and_a_new_digest_
 #[tokio::test]
 async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_reason_and_old_releases_are_deleted()
  {
-    let (client, handle) = mock_client();
-    let config = KubernetesConfig {
+    let (mut rt, handle) = one_cluster(KubernetesConfig {
         retention: autopilot::spec::units::Duration(std::time::Duration::from_secs(3600)),
         ..KubernetesConfig::default()
-    };
-    let mut rt = search_runtime(
-        config,
-        BTreeMap::from([
-            ("staging".to_owned(), client.clone()),
-            ("prod".to_owned(), client),
-        ]),
-    );
+    });
     let (r1, r2) = (release(D1, "c1"), release(D2, "c2"));
     let r0 = release(
         "sha256:0000000000000000000000000000000000000000000000000000000000000000",
@@ -404,15 +399,8 @@ async fn readiness_comes_from_endpoint_slices_a_crash_loop_is_failed_with_its_re
 
 #[tokio::test]
 async fn retiring_scales_to_zero_from_what_the_cluster_says_not_from_memory() {
-    let (client, handle) = mock_client();
     // a fresh runtime (as after a restart) retires a release it never deployed
-    let mut rt = search_runtime(
-        KubernetesConfig::default(),
-        BTreeMap::from([
-            ("staging".to_owned(), client.clone()),
-            ("prod".to_owned(), client),
-        ]),
-    );
+    let (mut rt, handle) = one_cluster(KubernetesConfig::default());
     let r1 = release(D1, "c1");
     let name = format!("search-{}", r1.id);
     let at = "2027-01-15T08:00:00Z";
@@ -478,14 +466,7 @@ async fn each_environment_talks_to_its_own_cluster_and_namespace() {
 
 #[tokio::test]
 async fn refusals_are_fatal_outages_are_retried_and_an_unreadable_cluster_is_unknown() {
-    let (client, handle) = mock_client();
-    let mut rt = search_runtime(
-        KubernetesConfig::default(),
-        BTreeMap::from([
-            ("staging".to_owned(), client.clone()),
-            ("prod".to_owned(), client),
-        ]),
-    );
+    let (mut rt, handle) = one_cluster(KubernetesConfig::default());
     let r1 = release(D1, "c1");
     let forbidden = status(
         403,
