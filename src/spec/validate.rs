@@ -978,6 +978,49 @@ pub(crate) fn check_image_repository(repo: &str) -> Result<(), String> {
     }
 }
 
+/// A Kubernetes resource (`cpu`, `memory`, `ephemeral-storage`, `hugepages-2Mi`, or an
+/// extended resource with a domain, `nvidia.com/gpu`) and a quantity (`250m`, `1.5`, `256Mi`,
+/// `1e3`).
+pub(crate) fn check_resource(name: &str, quantity: &str) -> Result<(), String> {
+    let standard = matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-");
+    let extended = name.split_once('/').is_some_and(|(domain, rest)| {
+        domain.contains('.')
+            && !rest.is_empty()
+            && (domain.bytes().chain(rest.bytes()))
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    });
+    if !standard && !extended {
+        return Err(format!(
+            "`{name}` is not a Kubernetes resource: `cpu`, `memory`, `ephemeral-storage`, `hugepages-SIZE`, or `DOMAIN/NAME`"
+        ));
+    }
+    let number_end = quantity
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.' || *c == '+'))
+        .map_or(quantity.len(), |(i, _)| i);
+    let (number, suffix) = quantity.split_at(number_end);
+    let number_ok = !number.is_empty()
+        && number
+            .trim_start_matches('+')
+            .parse::<f64>()
+            .is_ok_and(|v| v.is_finite() && v >= 0.0);
+    let exponent = suffix
+        .strip_prefix(['e', 'E'])
+        .is_some_and(|e| e.trim_start_matches(['+', '-']).parse::<u32>().is_ok());
+    let suffix_ok = exponent
+        || matches!(
+            suffix,
+            "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+        );
+    if number_ok && suffix_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{quantity}` is not a Kubernetes quantity for `{name}` (a number with an optional suffix: m, k, M, G, Ki, Mi, Gi …)"
+        ))
+    }
+}
+
 fn check_service(
     c: &mut Checker,
     file: &SourceFile,
@@ -1050,6 +1093,20 @@ fn check_service(
         && let Err(e) = check_image_repository(repo)
     {
         c.error(file, &p!["run", "image"], e, None);
+    }
+    if let Some(r) = &svc.run.resources {
+        for (which, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+            for (name, quantity) in map {
+                if let Err(e) = check_resource(name, quantity) {
+                    c.error(
+                        file,
+                        &p!["run", "resources", which, name.as_str()],
+                        e,
+                        Some("e.g. `cpu: 250m`, `memory: 256Mi`, `ephemeral-storage: 1Gi`, `nvidia.com/gpu: 1`".into()),
+                    );
+                }
+            }
+        }
     }
     if svc.run.command.trim().is_empty() {
         c.error(
@@ -1251,6 +1308,38 @@ fn check_service(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_resources_and_quantities() {
+        for (name, q) in [
+            ("cpu", "250m"),
+            ("cpu", "1.5"),
+            ("memory", "256Mi"),
+            ("memory", "1e3"),
+            ("ephemeral-storage", "2Gi"),
+            ("hugepages-2Mi", "64Mi"),
+            ("nvidia.com/gpu", "1"),
+        ] {
+            assert!(check_resource(name, q).is_ok(), "{name}: {q}");
+        }
+        assert!(
+            check_resource("colour", "1")
+                .unwrap_err()
+                .contains("`colour` is not a Kubernetes resource")
+        );
+        assert!(
+            check_resource("gpu", "1").is_err(),
+            "an extended resource needs its domain"
+        );
+        for q in ["", "lots", "256MB", "-1", "1.5.2", "m"] {
+            assert!(
+                check_resource("memory", q)
+                    .unwrap_err()
+                    .contains("not a Kubernetes quantity"),
+                "{q:?}"
+            );
+        }
+    }
 
     #[test]
     fn dns_labels() {
