@@ -3,6 +3,8 @@
 //! label selectors), content type and body — and answered as an API server would.
 //! What this does not show (it needs a real cluster) is listed in the README.
 
+mod common;
+
 use autopilot::control::ports::{PortError, Runtime};
 use autopilot::control::rollout::{Readiness, Release};
 use autopilot::control::time::Time;
@@ -724,4 +726,87 @@ async fn the_init_container_s_artifact_pull_fetches_by_digest_and_refuses_what_d
             "{bad}"
         );
     }
+}
+
+/// Pods move (a restart, a reschedule): the proxy's upstreams follow the EndpointSlices without
+/// a rollout step. The real proxy, real upstreams, the Kubernetes adapter on the mock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_follows_pods_that_move_to_new_addresses() {
+    use autopilot::control::ports::Router;
+    use autopilot::live::ProxyRouter;
+    use autopilot::runtime::AnyRuntime;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (a, b) = (common::upstream("pod-a").await, common::upstream("pod-b").await);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let catalog = autopilot::spec::load(&[
+        root.join("objectives"),
+        root.join("sensors"),
+        root.join("controllers"),
+    ])
+    .unwrap();
+    let mut config = common::config("token", None);
+    config.access = Some(std::sync::Arc::new(catalog.clone()));
+    let proxy = autopilot::proxy::server::start(
+        config,
+        autopilot::proxy::routes::RoutesFile::new("example.test", Vec::new()),
+    )
+    .unwrap();
+    let (kube, handle) = one_cluster(KubernetesConfig::default());
+    let r1 = release(D1, "c1");
+    let at = |addr: SocketAddr| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "x", "labels": {"kubernetes.io/service-name": format!("search-{}", r1.id)}},
+            "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}],
+        })
+    };
+    let deployment = search_deployment("search-prod", "prod", &r1, 1, None);
+    let mut script = Vec::new();
+    for pod in [a.addr, b.addr] {
+        script.extend(look("search-staging", "staging", vec![], vec![], vec![]));
+        script.extend(look(
+            "search-prod",
+            "prod",
+            vec![deployment.clone()],
+            vec![],
+            vec![at(pod)],
+        ));
+    }
+    let server = serve(handle, script);
+    let mut runtime = AnyRuntime::Kubernetes(kube);
+    let mut router = ProxyRouter::new(proxy.shared.clone(), runtime.clone(), &catalog);
+    let c = common::client();
+    let host = "search.prod.example.test";
+
+    runtime.instances("search").await.unwrap();
+    router
+        .set_weights(
+            "search",
+            "prod",
+            None,
+            &r1.id,
+            autopilot::spec::units::Weight::MAX,
+        )
+        .await
+        .unwrap();
+    let (status, release, body) = common::get(&c, &proxy, host, &[]).await;
+    assert_eq!(
+        (status, release.as_deref(), body["name"].as_str()),
+        (200, Some(r1.id.as_str()), Some("pod-a"))
+    );
+
+    // the pod is rescheduled: the next look sees it elsewhere, and the route follows
+    runtime.instances("search").await.unwrap();
+    assert_eq!(router.refresh_upstreams(), 1);
+    assert_eq!(
+        router.refresh_upstreams(),
+        0,
+        "a route that matches is left alone"
+    );
+    let (status, _, body) = common::get(&c, &proxy, host, &[]).await;
+    assert_eq!((status, body["name"].as_str()), (200, Some("pod-b")));
+    drop((runtime, router));
+    assert_eq!(server.await.unwrap(), 12);
+    proxy.stop();
 }

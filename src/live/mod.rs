@@ -132,11 +132,17 @@ impl Router for ProxyRouter {
         self.shared
             .set_route(route)
             .map_err(|e| PortError::retry("router", e))?;
-        // upstreams new to the proxy start "not ready" until its own probe passes; the runtime
-        // has just seen these pass the same probe, so they serve from the first request
-        let ready: Vec<_> = stable
-            .iter()
-            .chain(canary.iter())
+        self.mark_ready(service, environment, stable.iter().chain(canary.iter()).copied());
+        Ok(())
+    }
+}
+
+impl ProxyRouter {
+    /// Upstreams new to the proxy start "not ready" until its own probe passes; the runtime has
+    /// just seen these releases' ready instances pass the same probe, so they serve from the
+    /// first request.
+    fn mark_ready<'a>(&self, service: &str, environment: &str, releases: impl Iterator<Item = &'a str>) {
+        let ready: Vec<_> = releases
             .flat_map(|r| self.runtime.ready_endpoints(service, environment, r))
             .collect();
         for u in self.shared.table.load().upstreams() {
@@ -144,7 +150,40 @@ impl Router for ProxyRouter {
                 u.ready.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        Ok(())
+    }
+
+    /// Brings every route's upstreams up to what the runtime reports now, keeping its weights:
+    /// Kubernetes moves pods (a restart, a reschedule: new addresses) without a rollout step.
+    /// Routes that already match are left alone. Returns how many routes changed.
+    pub fn refresh_upstreams(&self) -> usize {
+        let routes = self.shared.routes.lock().expect("routes lock").routes.clone();
+        let mut changed = 0;
+        for mut route in routes {
+            let releases: BTreeMap<String, Vec<std::net::SocketAddr>> = route
+                .releases
+                .keys()
+                .map(|r| {
+                    (
+                        r.clone(),
+                        self.runtime.endpoints(&route.service, &route.environment, r),
+                    )
+                })
+                .collect();
+            if releases == route.releases {
+                continue;
+            }
+            let names: Vec<String> = releases.keys().cloned().collect();
+            route.releases = releases;
+            let (service, environment) = (route.service.clone(), route.environment.clone());
+            match self.shared.set_route(route) {
+                Ok(()) => {
+                    self.mark_ready(&service, &environment, names.iter().map(String::as_str));
+                    changed += 1;
+                }
+                Err(e) => tracing::warn!(%service, %environment, "refreshing upstreams: {e}"),
+            }
+        }
+        changed
     }
 }
 
@@ -779,6 +818,13 @@ impl Up {
             for (service, result) in results {
                 if let Ok(tick) = result {
                     latest.insert(service, tick.plan);
+                }
+            }
+            // pods move on Kubernetes; local instances keep their ports (nothing to do)
+            if matches!(self.ports.runtime, AnyRuntime::Kubernetes(_)) {
+                let changed = self.ports.router.refresh_upstreams();
+                if changed > 0 {
+                    tracing::info!(routes = changed, "upstreams follow the runtime's endpoints");
                 }
             }
             if let Some(path) = self.config.prometheus.as_ref().and_then(|p| p.file_sd.as_ref()) {
