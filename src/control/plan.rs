@@ -1063,9 +1063,16 @@ fn stop(ctx: &EnvCtx, out: &mut Out, env: &EnvState, r: &mut Rollout, how: Stop)
     match how.action {
         StopAction::Rollback => start_rollback(ctx, out, env, r, how.reason, how.cause),
         StopAction::Pause => {
+            // every phase named: a new phase must say what its step is
             let step = match r.phase {
                 Phase::Canary { step, .. } | Phase::Paused { step, .. } => step,
-                _ => 0,
+                Phase::Waiting { .. }
+                | Phase::Deploying { .. }
+                | Phase::Promoting { .. }
+                | Phase::Promoted { .. }
+                | Phase::RollingBack { .. }
+                | Phase::RolledBack { .. }
+                | Phase::Superseded { .. } => 0,
             };
             let to = Phase::Paused {
                 step,
