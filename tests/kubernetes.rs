@@ -153,17 +153,22 @@ fn one_cluster(config: KubernetesConfig) -> (KubeRuntime, Handle<Request<Body>, 
     (search_runtime(config, clients), handle)
 }
 
-/// The Deployment autopilot applies for `search` release `r` in `env`.
-fn search_deployment(ns: &str, env: &str, r: &Release, replicas: i64, retired: Option<&str>) -> Value {
-    let name = format!("search-{}", r.id);
-    let labels = json!({
-        "app.kubernetes.io/instance": name,
+/// The labels of everything `search` release `r` is made of in `env`.
+fn search_labels(env: &str, r: &Release) -> Value {
+    json!({
+        "app.kubernetes.io/instance": format!("search-{}", r.id),
         "app.kubernetes.io/managed-by": "autopilot",
         "app.kubernetes.io/name": "search",
         "autopilot.dev/environment": env,
         "autopilot.dev/release": r.id,
         "autopilot.dev/service": "search",
-    });
+    })
+}
+
+/// The Deployment autopilot applies for `search` release `r` in `env`.
+fn search_deployment(ns: &str, env: &str, r: &Release, replicas: i64, retired: Option<&str>) -> Value {
+    let name = format!("search-{}", r.id);
+    let labels = search_labels(env, r);
     let mut annotations = json!({"autopilot.dev/commit": r.commit, "autopilot.dev/digest": r.digest});
     if let Some(at) = retired {
         annotations["autopilot.dev/retired-at"] = json!(at);
@@ -203,14 +208,7 @@ fn search_service(ns: &str, env: &str, r: &Release) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "labels": {
-            "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/managed-by": "autopilot",
-            "app.kubernetes.io/name": "search",
-            "autopilot.dev/environment": env,
-            "autopilot.dev/release": r.id,
-            "autopilot.dev/service": "search",
-        }},
+        "metadata": {"name": name, "namespace": ns, "labels": search_labels(env, r)},
         "spec": {
             "selector": {"autopilot.dev/environment": env, "autopilot.dev/release": r.id, "autopilot.dev/service": "search"},
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
