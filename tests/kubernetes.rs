@@ -139,8 +139,10 @@ fn mock_client() -> (kube::Client, Handle<Request<Body>, Response<Body>>) {
 
 /// The `search` example (an image built elsewhere, 3 replicas, resources) in staging and prod.
 fn search_runtime(config: KubernetesConfig, clients: BTreeMap<String, kube::Client>) -> KubeRuntime {
+    // every look lists (the once-a-second reuse has its own test)
     KubeRuntime::with_clients(&services(), config, None, clients)
         .with_clock(|| Time::from_secs(1_800_000_000))
+        .with_min_look(std::time::Duration::ZERO)
 }
 
 /// The `search` runtime with staging and prod in one (mock) cluster.
@@ -807,4 +809,40 @@ async fn the_proxy_follows_pods_that_move_to_new_addresses() {
     drop((runtime, router));
     assert_eq!(server.await.unwrap(), 12);
     proxy.stop();
+}
+
+#[tokio::test]
+async fn a_service_is_listed_at_most_once_a_second_unless_it_was_just_changed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let clock = Arc::new(AtomicU64::new(1_800_000_000_000));
+    let c = clock.clone();
+    let (client, handle) = mock_client();
+    let clients = BTreeMap::from([
+        ("staging".to_owned(), client.clone()),
+        ("prod".to_owned(), client),
+    ]);
+    let mut rt = KubeRuntime::with_clients(&services(), KubernetesConfig::default(), None, clients)
+        .with_clock(move || Time::from_millis(c.load(Relaxed)));
+    let r1 = release(D1, "c1");
+    let both = || {
+        let mut v = look("search-staging", "staging", vec![], vec![], vec![]);
+        v.extend(look("search-prod", "prod", vec![], vec![], vec![]));
+        v
+    };
+    // a look; none 500 ms later; one a second after the first; the deploy; a look right after
+    let mut script = both();
+    script.extend(both());
+    script.extend(applies("search-staging", "staging", &r1, 3, None));
+    script.extend(both());
+    let server = serve(handle, script);
+    rt.instances("search").await.unwrap();
+    clock.fetch_add(500, Relaxed);
+    rt.instances("search").await.unwrap();
+    clock.fetch_add(500, Relaxed);
+    rt.instances("search").await.unwrap();
+    rt.deploy("search", "staging", &r1).await.unwrap();
+    rt.instances("search").await.unwrap();
+    drop(rt);
+    assert_eq!(server.await.unwrap(), 6 + 6 + 3 + 6);
 }

@@ -8,7 +8,7 @@
 //!   labels, probe — is taken back; fields it does not set, such as an operator's annotations,
 //!   tolerations or sidecars, stay theirs).
 //! - `instances` reads, per environment, the Deployments, Pods and EndpointSlices labelled with
-//!   the service: ready is the number of ready endpoints in the release Service's
+//!   the service (at most once a second per service; a deploy or retire looks afresh): ready is the number of ready endpoints in the release Service's
 //!   EndpointSlices (what can take traffic); a pod waiting in `CrashLoopBackOff`,
 //!   `ImagePullBackOff` (and their kin) or a Deployment past its progress deadline is `failed`
 //!   with that reason, which `plan` rolls back on. The ready endpoints are kept for the router
@@ -209,6 +209,9 @@ const FAILING: [&str; 7] = [
     "RunContainerError",
 ];
 
+/// The least time between two lists of one service's objects.
+const MIN_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Ready endpoints per (service, environment, release), as last seen.
 type Endpoints = BTreeMap<(String, String, String), Vec<SocketAddr>>;
 
@@ -223,6 +226,10 @@ pub struct KubeRuntime {
     clients: Arc<BTreeMap<String, Client>>,
     endpoints: Arc<Mutex<Endpoints>>,
     clock: Arc<dyn Fn() -> Time + Send + Sync>,
+    /// The last look at each service, reused for `min_look` (the live loop looks every 250 ms
+    /// while a canary runs; the API server need not be listed that often).
+    looked: Arc<Mutex<BTreeMap<String, (Time, Instances)>>>,
+    min_look: std::time::Duration,
 }
 
 impl std::fmt::Debug for KubeRuntime {
@@ -288,7 +295,22 @@ impl KubeRuntime {
             clients: Arc::new(clients),
             endpoints: Arc::default(),
             clock: Arc::new(crate::release::wall_clock),
+            looked: Arc::default(),
+            min_look: MIN_LOOK,
         }
+    }
+
+    /// Lists a service's objects at most once per `every` (a deploy or retire looks afresh).
+    pub fn with_min_look(mut self, every: std::time::Duration) -> Self {
+        self.min_look = every;
+        self
+    }
+
+    fn forget_look(&self, service: &str) {
+        self.looked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(service);
     }
 
     /// Reads the time from `clock` (for retention) instead of the wall clock.
@@ -557,6 +579,12 @@ fn stalled(d: &Deployment) -> Option<String> {
 
 impl Runtime for KubeRuntime {
     async fn instances(&mut self, service: &str) -> Result<Instances, PortError> {
+        let now = (self.clock)();
+        if let Some((at, seen)) = self.looked.lock().unwrap_or_else(|p| p.into_inner()).get(service)
+            && now.millis() < at.millis() + self.min_look.as_millis() as u64
+        {
+            return Ok(seen.clone());
+        }
         let environments: Vec<String> = self
             .spec(service)?
             .environments
@@ -571,11 +599,16 @@ impl Runtime for KubeRuntime {
         let mut e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         e.retain(|(s, _, _), _| s != service);
         e.extend(seen);
+        self.looked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.to_owned(), (now, out.clone()));
         Ok(out)
     }
 
     async fn deploy(&mut self, service: &str, environment: &str, release: &Release) -> Result<(), PortError> {
         let m = self.manifests(service, environment, release, None)?;
+        self.forget_look(service);
         self.apply(&m, environment).await
     }
 
@@ -583,6 +616,7 @@ impl Runtime for KubeRuntime {
         let client = self.client(environment)?;
         let ns = self.config.namespace_of(service, environment);
         let name = manifests::object_name(service, release);
+        self.forget_look(service);
         // the digest and commit are the Deployment's own (annotations), so retiring needs
         // nothing remembered
         let d = match Api::<Deployment>::namespaced(client, &ns).get_opt(&name).await {
