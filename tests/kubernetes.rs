@@ -523,17 +523,12 @@ async fn refusals_are_fatal_outages_are_retried_and_an_unreadable_cluster_is_unk
 fn files_artifacts_run_in_a_base_image_after_an_init_container_pulls_them_by_digest() {
     let services = services();
     let checkout = services.iter().find(|s| s.name == "checkout").unwrap();
-    let config = KubernetesConfig::default();
     let r = release(D1, "c1");
-    let err = autopilot::runtime::manifests::manifests(
-        checkout,
-        "staging",
-        &r,
-        &config,
-        Some("reg.example.com/autopilot/checkout"),
-        None,
-    )
-    .unwrap_err();
+    let repository = Some("reg.example.com/autopilot/checkout");
+    let staging = |config: &KubernetesConfig, repository: Option<&str>| {
+        autopilot::runtime::manifests::manifests(checkout, "staging", &r, config, repository, None)
+    };
+    let err = staging(&KubernetesConfig::default(), repository).unwrap_err();
     assert!(err.contains("runtime.kubernetes.files"), "{err}");
     let config = KubernetesConfig {
         files: Some(FilesOnKubernetes {
@@ -542,18 +537,9 @@ fn files_artifacts_run_in_a_base_image_after_an_init_container_pulls_them_by_dig
         }),
         ..KubernetesConfig::default()
     };
-    let err =
-        autopilot::runtime::manifests::manifests(checkout, "staging", &r, &config, None, None).unwrap_err();
+    let err = staging(&config, None).unwrap_err();
     assert!(err.contains("`registry`"), "{err}");
-    let m = autopilot::runtime::manifests::manifests(
-        checkout,
-        "staging",
-        &r,
-        &config,
-        Some("reg.example.com/autopilot/checkout"),
-        None,
-    )
-    .unwrap();
+    let m = staging(&config, repository).unwrap();
     let pod = m.deployment.spec.template.spec.unwrap();
     let init = &pod.init_containers.unwrap()[0];
     assert_eq!(

@@ -1158,16 +1158,14 @@ async fn announce_release(
             idem.as_ref(),
             |_, _| {
                 Ok::<_, ApiError>(Effect::release(
-                    AuditEntry {
-                        environment: None,
-                        release: Some(release.clone()),
-                        action: "announce".into(),
-                        detail: serde_json::json!({ "image": image, "commit": commit }),
-                        who: caller.name.clone(),
-                        reason: req.reason.clone(),
-                        origin: origin.clone(),
-                        at: now,
-                    },
+                    announcement(
+                        &release,
+                        serde_json::json!({ "image": image, "commit": commit }),
+                        &caller,
+                        req.reason.clone(),
+                        &origin,
+                        now,
+                    ),
                     image.clone(),
                     commit.clone(),
                 ))
@@ -1185,6 +1183,27 @@ async fn announce_release(
         .await
         .map_err(ApiError::store)?;
     mutated(m)
+}
+
+/// The audit entry of a release announced (from the API or a registry's notification).
+pub(crate) fn announcement(
+    release: &str,
+    detail: serde_json::Value,
+    caller: &Caller,
+    reason: String,
+    origin: &str,
+    at: Time,
+) -> AuditEntry {
+    AuditEntry {
+        environment: None,
+        release: Some(release.to_owned()),
+        action: "announce".into(),
+        detail,
+        who: caller.name.clone(),
+        reason,
+        origin: origin.to_owned(),
+        at,
+    }
 }
 
 /// Revoke a token: it stops working at once. Needs an admin token.

@@ -301,16 +301,14 @@ pub(super) async fn registry(
                 None,
                 |_, _| {
                     Ok::<_, ApiError>(Effect::release(
-                        AuditEntry {
-                            environment: None,
-                            release: Some(release.clone()),
-                            action: "announce".into(),
-                            detail: serde_json::json!({ "image": image, "tag": tag, "by": "registry notification" }),
-                            who: caller.name.clone(),
-                            reason: format!("pushed to the registry as {tag}"),
-                            origin: origin.clone(),
-                            at: now,
-                        },
+                        super::announcement(
+                            &release,
+                            serde_json::json!({ "image": image, "tag": tag, "by": "registry notification" }),
+                            &caller,
+                            format!("pushed to the registry as {tag}"),
+                            &origin,
+                            now,
+                        ),
                         image.clone(),
                         None,
                     ))
