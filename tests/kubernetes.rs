@@ -773,6 +773,7 @@ async fn the_proxy_follows_pods_that_move_to_new_addresses() {
             None,
             &r1.id,
             autopilot::spec::units::Weight::MAX,
+            None,
         )
         .await
         .unwrap();

@@ -97,7 +97,9 @@ struct World {
     /// While true, the router can be neither asked nor changed.
     router_down: bool,
     deployed: HashSet<(String, String)>,
-    weights: HashMap<String, (Option<String>, String, Weight)>,
+    /// Per environment: stable, canary, the canary's weight, the share of stable's requests
+    /// copied to the canary (a preview's mirror).
+    weights: HashMap<String, (Option<String>, String, Weight, f64)>,
     /// Counters since the current rollout started, per env: (canary release, canary, stable).
     counters: HashMap<(String, String), (String, Counts, Counts)>,
     pushes: Vec<String>,
@@ -111,8 +113,12 @@ const HEALTHY_ERRORS: f64 = 0.005;
 
 impl World {
     fn new(seed: u64) -> World {
+        World::with_spec(seed, spec())
+    }
+
+    fn with_spec(seed: u64, spec: PlanSpec) -> World {
         World {
-            spec: spec(),
+            spec,
             state: ServiceState::default(),
             overrides: Overrides::default(),
             now: Time::from_secs(1_796_025_600), // 2026-11-30T08:00:00Z, a Monday
@@ -165,13 +171,15 @@ impl World {
             .map(|e| e.name.clone())
             .collect::<Vec<_>>()
         {
-            let Some((stable, canary, weight)) = self.weights.get(&env).cloned() else {
+            let Some((stable, canary, weight, mirror)) = self.weights.get(&env).cloned() else {
                 continue;
             };
             let n = self.rate * secs;
             let nc = Binomial::new(n, f64::from(weight.0) / 100.0)
                 .unwrap()
                 .sample(&mut self.rng);
+            // copies of stable's requests: the canary's evidence, served to no user
+            let nm = Binomial::new(n - nc, mirror).unwrap().sample(&mut self.rng);
             for objective in ["errors", "latency"] {
                 let key = (env.clone(), objective.to_owned());
                 let entry = self
@@ -187,8 +195,8 @@ impl World {
                     .and_then(|s| self.errors.get(s))
                     .copied()
                     .unwrap_or(HEALTHY_ERRORS);
-                entry.1.total += nc;
-                entry.1.bad += Binomial::new(nc, pc).unwrap().sample(&mut self.rng);
+                entry.1.total += nc + nm;
+                entry.1.bad += Binomial::new(nc + nm, pc).unwrap().sample(&mut self.rng);
                 entry.2.total += n - nc;
                 entry.2.bad += Binomial::new(n - nc, pb).unwrap().sample(&mut self.rng);
                 let reading = if self.blackout {
@@ -225,7 +233,7 @@ impl World {
         let routes = self
             .weights
             .iter()
-            .map(|(env, (stable, canary, weight))| {
+            .map(|(env, (stable, canary, weight, _))| {
                 let route = RouteWeights {
                     stable: stable.clone(),
                     canary: Some(canary.clone()),
@@ -267,10 +275,15 @@ impl World {
                     stable,
                     canary,
                     canary_weight,
+                    preview,
                 } => {
+                    let mirror = preview
+                        .as_ref()
+                        .and_then(|p| p.mirror.as_ref())
+                        .map_or(0.0, |m| m.share.fraction());
                     self.weights.insert(
                         environment.clone(),
-                        (stable.clone(), canary.clone(), *canary_weight),
+                        (stable.clone(), canary.clone(), *canary_weight, mirror),
                     );
                 }
                 Action::Retire { environment, release } => {
@@ -295,8 +308,10 @@ impl World {
             if let (Some(stable), Some(r)) = (&st.stable, &st.rollout)
                 && matches!(r.phase, Phase::Promoted { .. })
             {
-                self.weights
-                    .insert(env.clone(), (Some(stable.clone()), stable.clone(), Weight(0)));
+                self.weights.insert(
+                    env.clone(),
+                    (Some(stable.clone()), stable.clone(), Weight(0), 0.0),
+                );
             }
         }
         // counters count from the start of each rollout
@@ -950,4 +965,226 @@ fn a_resume_that_lifts_an_operators_pause_is_used_up_and_named_in_the_transition
         w.overrides.environments["dev"].resume.is_none(),
         "the resume lingers"
     );
+}
+
+/// The shop with strategies: dev judges on copies first (`shadow`), prod switches blue/green
+/// (no gates, so a test need not approve).
+fn strategies_spec(rollback_window: &str) -> PlanSpec {
+    let service = SERVICE
+        .replace(
+            "{name: prod, controller: gated}",
+            "{name: prod, controller: switch}",
+        )
+        .replace(
+            "{name: dev, controller: quick}",
+            "{name: dev, controller: copies}",
+        );
+    let copies = controller("copies", "strategy: {shadow: {mirror: {share: 50%}}}");
+    let switch = format!(
+        r#"
+apiVersion: autopilot/v1
+kind: Controller
+name: switch
+strategy: {{blueGreen: {{mirror: {{share: 100%}}, rollbackWindow: {rollback_window}}}}}
+analysis: {{interval: 10s, falseRollbackRate: 1%, tolerance: 50%, minEvidence: {{requests: 500}}}}
+progressDeadline: 2h
+blastRadius: {{budget: 500}}
+missingData: {{hold: 1m, then: rollback}}
+"#
+    );
+    let steady = controller("steady", "");
+    let catalog = spec::load_texts(&[
+        ("shop.yaml", service.as_str()),
+        ("sensors.yaml", SENSORS),
+        ("copies.yaml", &copies),
+        ("steady.yaml", &steady),
+        ("switch.yaml", &switch),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render_text()));
+    PlanSpec::resolve(&catalog, "shop").unwrap()
+}
+
+fn strategies_with_stable(seed: u64, rollback_window: &str) -> World {
+    let mut w = World::with_spec(seed, strategies_spec(rollback_window));
+    w.push("c1");
+    assert!(w.run_until(10, 500, |w| {
+        w.state
+            .environments
+            .get("prod")
+            .is_some_and(|e| e.stable.as_deref() == Some("r-c1"))
+    }));
+    w.plans.clear();
+    w
+}
+
+/// The weights `release` was given in `env`, in order (with whether it was held at its
+/// preview, and the mirror's share then).
+fn weights_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<f64>)> {
+    w.plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter_map(|a| match a {
+            Action::SetWeights {
+                environment,
+                canary,
+                canary_weight,
+                preview,
+                ..
+            } if environment == env && canary == release => Some((
+                canary_weight.0,
+                preview
+                    .as_ref()
+                    .map(|p| p.mirror.as_ref().map_or(0.0, |m| m.share.fraction())),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn shadow_rolls_back_a_bad_release_on_copies_alone_and_ramps_a_good_one_judged_afresh() {
+    let mut w = strategies_with_stable(31, "30m");
+    w.errors.insert("r-bad".into(), 0.10);
+    w.push("bad");
+    assert!(w.run_until(10, 300, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    let t = w.first_rollback();
+    assert!(
+        matches!(&t.cause, Cause::Regressed { objective, .. } if objective == "errors"),
+        "{t:?}"
+    );
+    // no user ever met it: held at its preview with half of stable's requests copied, then out
+    let weights = weights_of(&w, "dev", "r-bad");
+    assert_eq!(weights.first(), Some(&(0, Some(0.5))), "{weights:?}");
+    assert!(weights.iter().all(|(weight, _)| *weight == 0), "{weights:?}");
+    assert_eq!(
+        weights.last(),
+        Some(&(0, None)),
+        "taken out of the route: {weights:?}"
+    );
+
+    w.plans.clear();
+    w.push("good");
+    assert!(w.run_until(10, 1000, |w| w.env("dev").stable.as_deref() == Some("r-good")));
+    let weights = weights_of(&w, "dev", "r-good");
+    assert_eq!(weights.first(), Some(&(0, Some(0.5))), "{weights:?}");
+    assert!(
+        weights.iter().any(|(weight, p)| *weight == 5 && p.is_none()),
+        "then the ramp: {weights:?}"
+    );
+    let afresh = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.environment == "dev" && t.release == "r-good" && t.weight.0 == 5)
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&afresh.cause, Cause::SafeOnCopies { explanation, objectives } if explanation.contains("errors") && objectives.iter().all(|o| o.verdict == "safe")),
+        "{afresh:?}"
+    );
+    // the users' evidence starts at the ramp: the judge that promoted it counted no copies
+    let promoted = w
+        .plans
+        .iter()
+        .flat_map(|p| &p.evidence)
+        .filter(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 0)
+        .map(|e| e.judgement.evidence.canary.total)
+        .max()
+        .unwrap();
+    let first_live = w
+        .plans
+        .iter()
+        .flat_map(|p| &p.evidence)
+        .find(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 5)
+        .map(|e| e.judgement.evidence.canary.total)
+        .unwrap();
+    assert!(
+        first_live < promoted,
+        "judged afresh: {first_live} live requests vs {promoted} copies"
+    );
+}
+
+#[test]
+fn blue_green_switches_at_once_keeps_the_previous_release_and_switches_back_in_one_step() {
+    let mut w = strategies_with_stable(32, "30m");
+    w.push("c2");
+    assert!(w.run_until(10, 2000, |w| w.env("prod").stable.as_deref() == Some("r-c2")));
+    // prod: held at its preview with every request copied, then all traffic at once
+    let weights = weights_of(&w, "prod", "r-c2");
+    assert_eq!(weights.first(), Some(&(0, Some(1.0))), "{weights:?}");
+    assert!(
+        weights.iter().all(|(weight, _)| *weight == 0 || *weight == 100),
+        "no ramp: {weights:?}"
+    );
+    let retired = |w: &World, release: &str| {
+        w.plans.iter().flat_map(|p| &p.actions).any(|a| {
+            matches!(a, Action::Retire { environment, release: r } if environment == "prod" && r == release)
+        })
+    };
+    // the previous release still runs, for the rollback window
+    assert!(!retired(&w, "r-c1"));
+    let kept = w.env("prod").previous.clone().expect("r-c1 kept");
+    assert_eq!(kept.release, "r-c1");
+
+    // an operator's rollback inside the window: one step back to r-c1
+    w.run_until(10, 30, |_| false);
+    w.ov("prod").rollback = Some(actor());
+    let p = w.tick(10);
+    let back = p
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SetWeights {
+                environment,
+                stable,
+                canary,
+                canary_weight,
+                ..
+            } if environment == "prod" => Some((stable.clone(), canary.clone(), canary_weight.0)),
+            _ => None,
+        })
+        .expect("the switch back");
+    assert_eq!(
+        back,
+        (Some("r-c1".into()), "r-c2".into(), 0),
+        "all traffic to r-c1 at once"
+    );
+    assert_eq!(w.env("prod").stable.as_deref(), Some("r-c1"));
+    assert!(w.run_until(10, 20, |w| matches!(
+        w.phase("prod"),
+        Some(Phase::RolledBack { .. })
+    )));
+    assert!(retired(&w, "r-c2") && !retired(&w, "r-c1"));
+    assert_eq!(w.env("prod").blocked.as_deref(), Some("r-c2"));
+    assert!(
+        w.overrides.environments["prod"].rollback.is_none(),
+        "the one-shot is used up"
+    );
+}
+
+#[test]
+fn blue_green_retires_the_previous_release_when_its_window_ends() {
+    let mut w = strategies_with_stable(33, "5m");
+    w.push("c2");
+    assert!(w.run_until(10, 2000, |w| w.env("prod").stable.as_deref() == Some("r-c2")));
+    let switched = w.now;
+    assert!(w.run_until(10, 100, |w| w.env("prod").previous.is_none()));
+    assert!(w.now.since(switched) >= std::time::Duration::from_secs(300));
+    let retire = w.plans.iter().flat_map(|p| &p.actions).any(|a| {
+        matches!(a, Action::Retire { environment, release } if environment == "prod" && release == "r-c1")
+    });
+    assert!(retire, "r-c1 retired after its window");
+    // with the window over, a rollback has nothing to switch back to: refused up front
+    let err = autopilot::control::overrides::apply(
+        &w.state,
+        &mut w.overrides.clone(),
+        "prod",
+        &autopilot::control::overrides::OverrideAction::Rollback,
+        actor(),
+        w.now,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no rollout in progress"), "{err}");
 }

@@ -83,6 +83,7 @@ fn canary_state(started: Time) -> ServiceState {
                 excess_bad: 0.0,
             }),
             blocked: None,
+            previous: None,
         },
     );
     s

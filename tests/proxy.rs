@@ -36,6 +36,7 @@ fn route(
         allow: None,
         timeout: None,
         readiness: None,
+        mirror: None,
     }
 }
 
@@ -586,5 +587,233 @@ async fn a_grpc_call_passes_through_with_its_trailers() {
     let trailers = body.trailers().await.unwrap().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["x-upstream-version"], "HTTP/2.0");
+    proxy.stop();
+}
+
+/// What a recording upstream received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// An upstream that records every request (but its probe) and answers 500 on `/fail…` and
+/// never on `/hang…` — or never at all once `hang` is set.
+async fn recording_upstream(hang: Arc<AtomicBool>) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Received>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let log = seen.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .fallback(move |req: axum::extract::Request| {
+            let (log, hang) = (log.clone(), hang.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                log.lock().unwrap().push(Received {
+                    method: parts.method.to_string(),
+                    path: parts.uri.to_string(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                        .collect(),
+                    body: body.to_vec(),
+                });
+                if hang.load(Ordering::Relaxed) || parts.uri.path().starts_with("/hang") {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                if parts.uri.path().starts_with("/fail") {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "broken")
+                } else {
+                    (axum::http::StatusCode::OK, "fine")
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, seen)
+}
+
+/// checkout/prod: stable `v1` serves every user, `v2` is held at weight 0; once both are
+/// ready, the mirror is switched on through the admin API (as the controller does), so that
+/// no request of the readiness wait is copied.
+async fn mirrored(
+    v1: SocketAddr,
+    v2: SocketAddr,
+    mirror: autopilot::spec::routes::Mirror,
+) -> (ProxyHandle, reqwest::Client) {
+    let mut spec = route(
+        "checkout",
+        "prod",
+        "v1",
+        Some("v2"),
+        0,
+        &[("v1", vec![v1]), ("v2", vec![v2])],
+    );
+    let proxy = start(routes(vec![spec.clone()]), None);
+    let c = client();
+    wait_ready(&c, &proxy, "checkout.prod.example.test").await;
+    wait_ready(&c, &proxy, "v2.checkout.prod.example.test").await;
+    spec.mirror = Some(mirror);
+    admin_put_route(&proxy, &spec).await;
+    (proxy, c)
+}
+
+/// Polls until `f` holds, for at most 15 s.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "not within 15 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mirror_copies_live_reads_to_the_held_release_and_users_only_ever_meet_stable() {
+    use autopilot::spec::routes::{Method, Mirror};
+    use autopilot::spec::units::{ByteSize, Percent};
+    let v1 = upstream("v1").await;
+    let (v2, seen) = recording_upstream(Arc::new(AtomicBool::new(false))).await;
+    let mirror = Mirror {
+        share: Percent(1.0),
+        max_body: ByteSize(1024),
+        methods: vec![Method::GET, Method::POST],
+    };
+    let (proxy, c) = mirrored(v1.addr, v2, mirror).await;
+    let host = "checkout.prod.example.test";
+    // the held release answers at its preview URL (weight 0 keeps it routed)
+    let preview = c
+        .get(format!("http://{}/preview", proxy.listen))
+        .header("host", "v2.checkout.prod.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.headers()[server::RELEASE_HEADER], "v2");
+    let before = seen.lock().unwrap().len();
+
+    // live reads: every one answered by v1; every one copied to v2, half of them failing there
+    for i in 0..40 {
+        let path = if i % 2 == 0 { "/fail/x?q=1" } else { "/ok?q=2" };
+        let r = c
+            .get(format!("http://{}{path}", proxy.listen))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), &r.headers()[server::RELEASE_HEADER]),
+            (200, &"v1".parse::<reqwest::header::HeaderValue>().unwrap())
+        );
+    }
+    eventually("40 copies reach v2", || seen.lock().unwrap().len() >= before + 40).await;
+    let copies: Vec<Received> = seen.lock().unwrap()[before..].to_vec();
+    assert_eq!(copies.len(), 40);
+    for copy in &copies {
+        assert_eq!(copy.method, "GET");
+        assert!(copy.path == "/fail/x?q=1" || copy.path == "/ok?q=2", "{copy:?}");
+        assert_eq!(
+            copy.headers.get("x-autopilot-mirror").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            copy.headers.get("x-forwarded-host").map(String::as_str),
+            Some(host),
+            "the forwarding headers the release would get"
+        );
+    }
+    // v2's answers are counted as v2's: 20 failures, 20 successes, none seen by a user
+    let m = proxy.shared.registry.get("checkout", "prod", "v2").unwrap();
+    eventually("v2's answers recorded", || m.errors().bad >= 20).await;
+    assert_eq!(m.errors().bad, 20, "the copies' 500s are v2's evidence");
+    assert_eq!(m.mirror_sent.load(Ordering::Relaxed), 40);
+    assert_eq!(
+        proxy
+            .shared
+            .registry
+            .get("checkout", "prod", "v1")
+            .unwrap()
+            .errors()
+            .bad,
+        0
+    );
+
+    // a write within the limit is copied with its body; one over the limit, or with a method
+    // not listed, is served and not copied
+    let before = seen.lock().unwrap().len();
+    let post = |body: Vec<u8>| {
+        c.post(format!("http://{}/orders", proxy.listen))
+            .header("host", host)
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post(b"{\"sku\": 7}".to_vec()).await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(post(vec![b'x'; 2048]).await.unwrap().status().as_u16(), 200);
+    let put = c
+        .put(format!("http://{}/orders/1", proxy.listen))
+        .header("host", host)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    eventually("the small write's copy reaches v2", || {
+        seen.lock().unwrap().len() > before
+    })
+    .await;
+    // copies are counted when handed over: 40 reads and the small write, nothing else
+    let text = common::metrics_text(proxy.admin).await;
+    assert!(
+        text.contains("autopilot_proxy_mirror_copies_total{service=\"checkout\",environment=\"prod\",release=\"v2\",result=\"sent\"} 41"),
+        "{text}"
+    );
+    let writes: Vec<Received> = seen.lock().unwrap()[before..].to_vec();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        (writes[0].method.as_str(), writes[0].body.as_slice()),
+        ("POST", &b"{\"sku\": 7}"[..])
+    );
+    common::promtool_check(&text);
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_mirrored_release_neither_slows_nor_fails_a_live_request() {
+    use autopilot::spec::routes::Mirror;
+    let v1 = upstream("v1").await;
+    let hang = Arc::new(AtomicBool::new(false));
+    let (v2, seen) = recording_upstream(hang.clone()).await;
+    let (proxy, c) = mirrored(v1.addr, v2, Mirror::all_safe_requests()).await;
+    let host = "checkout.prod.example.test";
+    // from now on v2 answers nothing: its copies pile up in flight, then in the queue, then
+    // are dropped; the users' requests go on being answered by v1
+    hang.store(true, Ordering::Relaxed);
+    let n = 2_000;
+    for i in 0..n {
+        let (status, release, _) = get(&c, &proxy, host, &[]).await;
+        assert_eq!((status, release.as_deref()), (200, Some("v1")), "request {i}");
+    }
+    let m = proxy.shared.registry.get("checkout", "prod", "v2").unwrap();
+    let (sent, dropped) = (
+        m.mirror_sent.load(Ordering::Relaxed),
+        m.mirror_dropped.load(Ordering::Relaxed),
+    );
+    assert_eq!(sent + dropped, n, "every request was copied or its copy dropped");
+    assert!(
+        dropped > 0 && sent >= 256,
+        "in flight and queued are bounded: sent {sent}, dropped {dropped}"
+    );
+    assert!(sent <= 256 + 1024 + 1, "sent {sent}: the queue is bounded");
+    eventually("the copies in flight reached v2", || {
+        seen.lock().unwrap().len() >= 256
+    })
+    .await;
     proxy.stop();
 }

@@ -122,9 +122,17 @@ pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec
                 stable,
                 canary,
                 canary_weight,
+                preview,
             } => {
                 world
-                    .set_weights(service, environment, stable.as_deref(), canary, *canary_weight)
+                    .set_weights(
+                        service,
+                        environment,
+                        stable.as_deref(),
+                        canary,
+                        *canary_weight,
+                        preview.as_ref(),
+                    )
                     .await
             }
             Action::Retire { environment, release } => world.retire(service, environment, release).await,

@@ -208,6 +208,19 @@ pub struct JudgeState {
     pub last_data_at: Option<Time>,
 }
 
+impl JudgeState {
+    /// A judge that starts over from now: no evidence, no verdict, but the last counters read
+    /// kept, so that only what comes after counts (a shadow rollout's copies are not the users'
+    /// evidence).
+    pub fn afresh(&self) -> JudgeState {
+        JudgeState {
+            last: self.last,
+            last_data_at: self.last_data_at,
+            ..JudgeState::default()
+        }
+    }
+}
+
 /// The judge's tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Test {

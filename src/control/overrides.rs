@@ -102,6 +102,15 @@ pub fn apply(
     Ok(applied)
 }
 
+/// After a blue/green switch, within its rollback window: the previous release still runs,
+/// and the switched-to one is stable by the last rollout.
+pub fn can_switch_back(env: &EnvState) -> bool {
+    env.previous.is_some()
+        && env.rollout.as_ref().is_some_and(|r| {
+            matches!(r.phase, Phase::Promoted { .. }) && env.stable.as_deref() == Some(r.release.as_str())
+        })
+}
+
 fn apply_to(
     state: &ServiceState,
     overrides: &mut Overrides,
@@ -145,6 +154,18 @@ fn apply_to(
             o.pause = None;
             o.pause_regardless = false;
             o.resume.get_or_insert(actor);
+            changed
+        }
+        OverrideAction::Rollback if rollout.is_none() && can_switch_back(env) => {
+            // blue/green, within its rollback window: all traffic back to the previous release
+            if let Some(a) = &o.promote {
+                return Err(Refused::Conflict(format!(
+                    "a promote by {} is already waiting to be carried out in {environment}",
+                    a.who
+                )));
+            }
+            let changed = o.rollback.is_none();
+            o.rollback.get_or_insert(actor);
             changed
         }
         OverrideAction::Promote | OverrideAction::Rollback => {

@@ -19,7 +19,7 @@ use super::gates::{self, GateInput, GateStatus};
 use super::judge::{self, Counts, JudgeConfig, Verdict};
 use super::rollout::*;
 use super::time::Time;
-use crate::spec::controllers::{ControllerSpec, Ramp, StopAction};
+use crate::spec::controllers::{ControllerSpec, Ramp, StopAction, Strategy};
 use crate::spec::units::Weight;
 use crate::spec::{Catalog, MissingData};
 use serde::Serialize;
@@ -304,7 +304,28 @@ fn set_weight(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str, weight
         stable: env.stable.clone(),
         canary: release.to_owned(),
         canary_weight: weight,
+        preview: None,
     });
+}
+
+/// Holds `release` with no public traffic while it is judged (blue/green, shadow): routed at
+/// its preview URL, sent copies of live requests if the strategy mirrors.
+fn hold_hidden(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str) {
+    out.actions.push(Action::SetWeights {
+        environment: ctx.name(),
+        stable: env.stable.clone(),
+        canary: release.to_owned(),
+        canary_weight: Weight(0),
+        preview: Some(Preview {
+            mirror: ctx.ctl().strategy.mirror().cloned(),
+        }),
+    });
+}
+
+/// Is a canary at `weight` in the hidden stage of its strategy (no public traffic, judged on
+/// preview and mirrored requests)?
+fn hidden(ctx: &EnvCtx, weight: Weight) -> bool {
+    weight.0 == 0 && ctx.ctl().strategy.starts_hidden()
 }
 
 fn operator(action: &str, actor: &Actor) -> Cause {
@@ -316,6 +337,7 @@ fn operator(action: &str, actor: &Actor) -> Cause {
 
 fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvState, out: &mut Out) {
     let active = |env: &EnvState| env.rollout.as_ref().is_some_and(|r| !r.phase.is_finished());
+    keep_or_retire_previous(ctx, env, out);
     // an operator lifts the block a rollback left
     let mut lifted = false;
     if !active(env)
@@ -389,6 +411,38 @@ fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvStat
         step_rollout(ctx, upstream, env, &mut rollout, out);
     }
     env.rollout = Some(rollout);
+}
+
+/// Blue/green: within the rollback window an operator's rollback switches all traffic back to
+/// the previous release in one step (the switched-to release then leaves as a rolled-back
+/// canary does); once the window ends the previous release is retired.
+fn keep_or_retire_previous(ctx: &EnvCtx, env: &mut EnvState, out: &mut Out) {
+    let Some(kept) = env.previous.clone() else {
+        return;
+    };
+    if let Some(actor) = &ctx.ov.rollback
+        && super::overrides::can_switch_back(env)
+        && let Some(mut r) = env.rollout.take()
+    {
+        env.previous = None;
+        env.stable = Some(kept.release.clone());
+        env.stable_since = Some(ctx.now);
+        let reason = format!("operator rollback: all traffic back to {}", kept.release);
+        start_rollback(ctx, out, env, &mut r, reason, operator("rollback", actor));
+        out.actions.push(Action::ClearOverride {
+            environment: ctx.name(),
+            which: OneShot::Rollback,
+        });
+        env.rollout = Some(r);
+    } else if ctx.now >= kept.until {
+        out.actions.push(Action::Retire {
+            environment: ctx.name(),
+            release: kept.release,
+        });
+        env.previous = None;
+    } else {
+        out.wake(kept.until);
+    }
 }
 
 fn step_rollout(
@@ -516,25 +570,23 @@ fn step_rollout(
                     set_weight(ctx, out, env, &release, Weight::MAX);
                     transition(ctx, out, r, Phase::Promoting { since: now }, Cause::FirstRelease);
                     out.wake(now);
+                } else if ctl.strategy.starts_hidden() {
+                    // blue/green, shadow: no user sees it until it is judged
+                    hold_hidden(ctx, out, env, &release);
+                    transition(
+                        ctx,
+                        out,
+                        r,
+                        Phase::Canary {
+                            step: 0,
+                            weight: Weight(0),
+                            since: now,
+                        },
+                        Cause::Ready,
+                    );
+                    out.wake(now.plus(ctx.interval()));
                 } else {
-                    // nothing is known about the canary yet: assume the worst (every request
-                    // bad) at stable's observed traffic, but expose at least 1%
-                    let arms: Vec<_> = ctx
-                        .env
-                        .objectives
-                        .iter()
-                        .filter_map(|o| ctx.observed.readings.get(&(ctx.env.name.clone(), o.name.clone())))
-                        .filter_map(|reading| reading.stable)
-                        .map(|s| (1.0, Counts::default(), s))
-                        .collect();
-                    let wanted = first_weight(&ctl.ramp);
-                    let weight = Weight(wanted.0.min(weight_cap(ctx, r, &arms).0.max(1)));
-                    if weight < wanted {
-                        out.notes.push(format!(
-                            "{release} starts at {}% in {} instead of {}%: the blast-radius budget caps it",
-                            weight.0, ctx.env.name, wanted.0
-                        ));
-                    }
+                    let weight = first_exposure(ctx, r, out);
                     set_weight(ctx, out, env, &release, weight);
                     transition(
                         ctx,
@@ -648,7 +700,24 @@ fn step_rollout(
             let old = env.stable.replace(release.clone());
             env.stable_since = Some(now);
             env.blocked = None;
-            if let Some(old) = old {
+            // blue/green keeps the release it switched from for its rollback window; a release
+            // kept from an earlier switch goes now
+            let kept = match &ctl.strategy {
+                Strategy::BlueGreen(bg) => old.clone().map(|old| Kept {
+                    release: old,
+                    until: now.plus(bg.rollback_window.0),
+                }),
+                Strategy::Canary | Strategy::Shadow(_) => None,
+            };
+            let retired = match &kept {
+                Some(_) => env.previous.take().map(|k| k.release),
+                None => old,
+            };
+            if let Some(k) = &kept {
+                out.wake(k.until);
+                env.previous = kept;
+            }
+            if let Some(old) = retired.filter(|r| *r != release) {
                 out.actions.push(Action::Retire {
                     environment: ctx.name(),
                     release: old,
@@ -687,28 +756,57 @@ fn step_rollout(
     }
 }
 
+/// The first public weight of a rollout: the ramp's first, capped so that a canary as bad as
+/// can be (nothing is known of its public traffic yet: every request bad) at stable's observed
+/// traffic stays within the blast-radius budget, but at least 1%.
+fn first_exposure(ctx: &EnvCtx, r: &Rollout, out: &mut Out) -> Weight {
+    let arms: Vec<_> = ctx
+        .env
+        .objectives
+        .iter()
+        .filter_map(|o| ctx.observed.readings.get(&(ctx.env.name.clone(), o.name.clone())))
+        .filter_map(|reading| reading.stable)
+        .map(|s| (1.0, Counts::default(), s))
+        .collect();
+    let wanted = first_weight(ctx.ctl().ramp.as_ref());
+    let weight = Weight(wanted.0.min(weight_cap(ctx, r, &arms).0.max(1)));
+    if weight < wanted {
+        out.notes.push(format!(
+            "{} starts at {}% in {} instead of {}%: the blast-radius budget caps it",
+            r.release, weight.0, ctx.env.name, wanted.0
+        ));
+    }
+    weight
+}
+
 /// The share of the environment's traffic the router gives `release` now (`None`: unknown).
 fn routed_share(ctx: &EnvCtx, release: &str) -> Option<u8> {
     let routes = ctx.observed.routes.as_ref()?;
     Some(routes.get(&ctx.env.name).map_or(0, |r| r.share_of(release)))
 }
 
-fn first_weight(ramp: &Ramp) -> Weight {
+/// The ramp's first weight (no ramp: blue/green goes straight to all traffic).
+fn first_weight(ramp: Option<&Ramp>) -> Weight {
     match ramp {
-        Ramp::Steps(steps) => steps.first().copied().unwrap_or(Weight::MAX),
-        Ramp::Adaptive(a) => a.start,
+        Some(Ramp::Steps(steps)) => steps.first().copied().unwrap_or(Weight::MAX),
+        Some(Ramp::Adaptive(a)) => a.start,
+        None => Weight::MAX,
     }
 }
 
-fn final_weight(ramp: &Ramp) -> Weight {
+/// The weight after which the release is promoted (no ramp: blue/green is promoted from its
+/// hidden stage, at 0).
+fn final_weight(ramp: Option<&Ramp>) -> Weight {
     match ramp {
-        Ramp::Steps(steps) => steps.last().copied().unwrap_or(Weight::MAX),
-        Ramp::Adaptive(a) => a.max,
+        Some(Ramp::Steps(steps)) => steps.last().copied().unwrap_or(Weight::MAX),
+        Some(Ramp::Adaptive(a)) => a.max,
+        None => Weight(0),
     }
 }
 
 /// The ramp's next weight after `weight` (at `step`), or `None` at the end.
-fn next_step(ramp: &Ramp, step: usize, weight: Weight) -> Option<(usize, Weight)> {
+fn next_step(ramp: Option<&Ramp>, step: usize, weight: Weight) -> Option<(usize, Weight)> {
+    let ramp = ramp?;
     match ramp {
         Ramp::Steps(steps) => steps
             .iter()
@@ -727,10 +825,11 @@ fn next_step(ramp: &Ramp, step: usize, weight: Weight) -> Option<(usize, Weight)
 }
 
 /// The step index of a weight on the ramp (for skipping ahead).
-fn step_of(ramp: &Ramp, weight: Weight, current: usize) -> usize {
+fn step_of(ramp: Option<&Ramp>, weight: Weight, current: usize) -> usize {
     match ramp {
-        Ramp::Steps(steps) => steps.iter().rposition(|w| *w <= weight).unwrap_or(current),
-        Ramp::Adaptive(_) => current + 1,
+        Some(Ramp::Steps(steps)) => steps.iter().rposition(|w| *w <= weight).unwrap_or(current),
+        Some(Ramp::Adaptive(_)) => current + 1,
+        None => current,
     }
 }
 
@@ -773,7 +872,14 @@ fn step_canary(
     let ctl = ctx.ctl();
     let release = r.release.clone();
     // level-triggered: a weight change that did not take (the router failed) is asked again
-    if routed_share(ctx, &release).is_some_and(|share| share != weight.0) {
+    if hidden(ctx, weight) {
+        let routed = ctx.observed.routes.as_ref().map(|routes| {
+            routes.get(&ctx.env.name).and_then(|r| r.canary.as_deref()) == Some(release.as_str())
+        });
+        if routed == Some(false) {
+            hold_hidden(ctx, out, env, &release);
+        }
+    } else if routed_share(ctx, &release).is_some_and(|share| share != weight.0) {
         set_weight(ctx, out, env, &release, weight);
     }
     let verdicts = judge_all(ctx, r, out);
@@ -858,7 +964,33 @@ fn step_canary(
     }
 
     let all_safe = verdicts.iter().all(|(_, j, _)| j.verdict == Verdict::Safe);
-    let final_w = final_weight(&ctl.ramp);
+    if hidden(ctx, weight) && all_safe && matches!(ctl.strategy, Strategy::Shadow(_)) {
+        // safe on copies: now the users, judged afresh on what they are really served
+        let explanation = summary(&verdicts);
+        let objectives = in_words(&verdicts);
+        for judge in r.judges.values_mut() {
+            *judge = judge.afresh();
+        }
+        r.excess_bad = 0.0;
+        let weight = first_exposure(ctx, r, out);
+        set_weight(ctx, out, env, &release, weight);
+        transition(
+            ctx,
+            out,
+            r,
+            Phase::Canary {
+                step: 0,
+                weight,
+                since: now,
+            },
+            Cause::SafeOnCopies {
+                explanation,
+                objectives,
+            },
+        );
+        return;
+    }
+    let final_w = final_weight(ctl.ramp.as_ref());
     let canary_requests = verdicts
         .iter()
         .map(|(_, j, _)| j.evidence.canary.total)
@@ -888,15 +1020,16 @@ fn step_canary(
         }
         return;
     }
-    if now.since(since) < ctx.interval() {
+    if now.since(since) < ctx.interval() || hidden(ctx, weight) {
+        // (hidden: only the judge's word ends the hidden stage)
         return;
     }
     // raise the weight: to the final step on strong evidence, else one step; capped so that a
     // canary as bad as the evidence still allows stays within the remaining budget
     let wanted = if all_safe {
-        Some((step_of(&ctl.ramp, final_w, step), final_w))
+        Some((step_of(ctl.ramp.as_ref(), final_w, step), final_w))
     } else {
-        next_step(&ctl.ramp, step, weight)
+        next_step(ctl.ramp.as_ref(), step, weight)
     };
     let Some((next_step_index, wanted_w)) = wanted else {
         return;
@@ -921,7 +1054,7 @@ fn step_canary(
         let new_step = if new_w == wanted_w {
             next_step_index
         } else {
-            step_of(&ctl.ramp, new_w, step)
+            step_of(ctl.ramp.as_ref(), new_w, step)
         };
         set_weight(ctx, out, env, &release, new_w);
         transition(
@@ -1042,7 +1175,8 @@ fn brakes(
                 objectives: in_words(verdicts),
             },
         }),
-        None if r.excess_bad >= ctl.blast_radius.budget as f64 => Some(Stop {
+        // the budget counts bad requests users were served: at weight 0 (preview, mirror) none
+        None if r.excess_bad >= ctl.blast_radius.budget as f64 && r.phase.weight().0 > 0 => Some(Stop {
             action: ctl.rollback.on_regression,
             reason: format!(
                 "blast-radius budget spent: {:.0} bad requests ≥ {}",

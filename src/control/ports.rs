@@ -174,7 +174,9 @@ impl RouteWeights {
 pub trait Router {
     /// What each environment of the service routes now.
     async fn routes(&mut self, service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError>;
-    /// Routes `canary_weight`% of the environment to `canary`, the rest to `stable`.
+    /// Routes `canary_weight`% of the environment to `canary`, the rest to `stable`. With
+    /// `preview` (at weight 0), `canary` stays routed at its preview URL and gets the copies of
+    /// live requests its mirror asks for; without, weight 0 takes it out of the route.
     async fn set_weights(
         &mut self,
         service: &str,
@@ -182,6 +184,7 @@ pub trait Router {
         stable: Option<&str>,
         canary: &str,
         canary_weight: Weight,
+        preview: Option<&super::rollout::Preview>,
     ) -> Result<(), PortError>;
 }
 
@@ -272,9 +275,10 @@ impl<St, Se, Bu, Ru, Ro: Router> Router for Ports<St, Se, Bu, Ru, Ro> {
         stable: Option<&str>,
         canary: &str,
         canary_weight: Weight,
+        preview: Option<&super::rollout::Preview>,
     ) -> Result<(), PortError> {
         self.router
-            .set_weights(service, environment, stable, canary, canary_weight)
+            .set_weights(service, environment, stable, canary, canary_weight, preview)
             .await
     }
 }

@@ -122,6 +122,17 @@ pub struct EnvState {
     /// After a rollback: the release rolled back. Only newer releases start until an operator
     /// pins another.
     pub blocked: Option<String>,
+    /// After a blue/green switch: the release that served before it, still deployed until the
+    /// rollback window ends, so that switching back is one step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Kept>,
+}
+
+/// A release kept deployed after it stopped serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub release: String,
+    pub until: Time,
 }
 
 /// A service's state as the store keeps it.
@@ -254,6 +265,13 @@ pub enum Cause {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capped: Option<Capped>,
     },
+    /// Shadow: judged safe on copies of live requests, the release now serves users and is
+    /// judged afresh on what they are served.
+    SafeOnCopies {
+        explanation: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        objectives: Vec<ObjectiveWords>,
+    },
     /// Data has been missing for longer than the policy holds.
     MissingData { objective: String, since: Time },
     /// The progress deadline passed.
@@ -304,6 +322,14 @@ pub struct Transition {
     pub at: Time,
 }
 
+/// A release held with no public traffic while it is judged: routed at its preview URL, and
+/// with a mirror, sent copies of live requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::spec::routes::Mirror>,
+}
+
 /// Something the executor must make true.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
@@ -323,6 +349,11 @@ pub enum Action {
         stable: Option<String>,
         canary: String,
         canary_weight: Weight,
+        /// At weight 0: keep `canary` routed at its preview URL while it is judged (blue/green,
+        /// shadow), with copies of live requests if this says so. `None` at weight 0: take
+        /// `canary` out of the route.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview: Option<Preview>,
     },
     Retire {
         environment: String,

@@ -99,14 +99,20 @@ impl Router for ProxyRouter {
         stable: Option<&str>,
         canary: &str,
         canary_weight: Weight,
+        preview: Option<&crate::control::rollout::Preview>,
     ) -> Result<(), PortError> {
-        // all traffic to the canary: it is the one release served; none: stable alone
+        // all traffic to the canary: it is the one release served; none: stable alone, unless
+        // the canary is held at its preview URL (blue/green, shadow) while it is judged
         let (stable, canary) = if canary_weight.0 >= 100 || (stable.is_none() && canary_weight.0 > 0) {
             (Some(canary), None)
-        } else if canary_weight.0 == 0 {
+        } else if canary_weight.0 == 0 && (preview.is_none() || stable.is_none()) {
             (stable, None)
         } else {
             (stable, Some(canary))
+        };
+        let mirror = match (preview, canary) {
+            (Some(p), Some(_)) if canary_weight.0 == 0 => p.mirror.clone(),
+            _ => None,
         };
         let mut releases = BTreeMap::new();
         for r in stable.iter().chain(canary.iter()) {
@@ -128,6 +134,7 @@ impl Router for ProxyRouter {
             allow: None,
             timeout: None,
             readiness: self.readiness.get(service).cloned(),
+            mirror,
         };
         self.shared
             .set_route(route)
@@ -697,7 +704,9 @@ impl Up {
             for (env, st) in &state.environments {
                 let active = st.rollout.as_ref().filter(|r| !r.phase.is_finished());
                 let mut weight = None;
-                for id in st.stable.iter().chain(active.map(|r| &r.release)) {
+                // (a blue/green switch's previous release runs until its rollback window ends)
+                let kept = st.previous.as_ref().map(|k| &k.release);
+                for id in st.stable.iter().chain(active.map(|r| &r.release)).chain(kept) {
                     if let Some(release) = find(id) {
                         let _ = self.ports.runtime.deploy(&service, env, &release).await;
                     }
@@ -712,13 +721,13 @@ impl Up {
                     (stable, Some((canary, w))) => {
                         self.ports
                             .router
-                            .set_weights(&service, env, stable.as_deref(), &canary, w)
+                            .set_weights(&service, env, stable.as_deref(), &canary, w, None)
                             .await
                     }
                     (Some(stable), None) => {
                         self.ports
                             .router
-                            .set_weights(&service, env, None, stable, Weight::MAX)
+                            .set_weights(&service, env, None, stable, Weight::MAX, None)
                             .await
                     }
                     (None, None) => Ok(()),

@@ -165,6 +165,7 @@ impl Router for Steady {
         stable: Option<&str>,
         canary: &str,
         canary_weight: Weight,
+        _preview: Option<&crate::control::rollout::Preview>,
     ) -> Result<(), PortError> {
         self.routes.entry(service.to_owned()).or_default().insert(
             environment.to_owned(),
@@ -205,6 +206,7 @@ fn seeded_state(started: Time) -> ServiceState {
                     excess_bad: 0.0,
                 }),
                 blocked: None,
+                previous: None,
             },
         );
     }
@@ -291,7 +293,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
             .map_err(|e| e.to_string())?;
         for env in ENVS {
             steady
-                .set_weights(&spec.service, env, Some("r1"), "r2", Weight(10))
+                .set_weights(&spec.service, env, Some("r1"), "r2", Weight(10), None)
                 .await
                 .ok();
         }

@@ -199,6 +199,7 @@ pub async fn check(
                 excess_bad: 0.0,
             }),
             blocked: None,
+            previous: None,
         },
     );
     let readings = sensors.read(&[(&spec, &state)], now).await;

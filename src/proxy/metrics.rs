@@ -28,6 +28,10 @@ pub struct ReleaseMetrics {
     pub latency_buckets: [AtomicU64; 13],
     /// Sum of latencies in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Copies of live requests sent to this release (shadow traffic; their answers are counted
+    /// above like any other), and copies dropped because the mirror's worker was behind.
+    pub mirror_sent: AtomicU64,
+    pub mirror_dropped: AtomicU64,
 }
 
 impl ReleaseMetrics {
@@ -182,6 +186,20 @@ impl Registry {
                 "autopilot_proxy_request_duration_seconds_count{{{}}} {total}",
                 labels(k)
             );
+        }
+        out.push_str(
+            "# HELP autopilot_proxy_mirror_copies_total Copies of live requests sent to a release (counted in its requests too), or dropped when the mirror was behind.\n",
+        );
+        out.push_str("# TYPE autopilot_proxy_mirror_copies_total counter\n");
+        for (k, m) in &map {
+            for (result, n) in [("sent", &m.mirror_sent), ("dropped", &m.mirror_dropped)] {
+                let _ = writeln!(
+                    out,
+                    "autopilot_proxy_mirror_copies_total{{{},result=\"{result}\"}} {}",
+                    labels(k),
+                    n.load(Ordering::Relaxed)
+                );
+            }
         }
         out.push_str("# HELP autopilot_proxy_jwks_fetches_total Fetches of the JWKS URL, by result.\n");
         out.push_str("# TYPE autopilot_proxy_jwks_fetches_total counter\n");

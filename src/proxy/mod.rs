@@ -9,12 +9,14 @@
 //! - [`state`]: what the request path, the admin API and the background loops share.
 //! - [`request`]: the request path, with the forwarding-header rules as a pure function.
 //! - [`background`]: the readiness prober, the JWKS fetcher, the routes-file reloader.
+//! - [`mirror`]: shadow traffic: copies of live requests sent to a release that serves no one.
 
 pub mod admin;
 pub mod auth;
 pub mod background;
 pub mod floor;
 pub mod metrics;
+pub mod mirror;
 pub mod request;
 pub mod routes;
 pub mod server;

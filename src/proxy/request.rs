@@ -24,6 +24,9 @@ pub struct Ctx {
     tried: Vec<SocketAddr>,
     started: Instant,
     host: String,
+    /// A copy of this request for the route's mirror, filled as the request passes and sent
+    /// once it is answered.
+    mirror: Option<super::mirror::Copy>,
 }
 
 /// The Pingora proxy.
@@ -171,7 +174,23 @@ impl ProxyHttp for AutopilotProxy {
             tried: Vec::new(),
             started: Instant::now(),
             host: String::new(),
+            mirror: None,
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(copy) = &mut ctx.mirror
+            && !copy.push(body.as_ref(), end_of_stream)
+        {
+            ctx.mirror = None;
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -290,6 +309,10 @@ impl ProxyHttp for AutopilotProxy {
         for (name, value) in f.set {
             upstream.insert_header(name, value)?;
         }
+        // the copy carries what the release would have been sent, forwarding headers included
+        if let Some(copy) = &mut ctx.mirror {
+            copy.headers = upstream.headers.clone();
+        }
         Ok(())
     }
 
@@ -309,6 +332,10 @@ impl ProxyHttp for AutopilotProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        // the live request is answered: now its copy may go (a request cut short is not copied)
+        if let Some(copy) = ctx.mirror.take().filter(|c| c.complete) {
+            self.shared.mirror.send(copy);
+        }
         let Some(release) = &ctx.release else { return };
         let upstream_failed =
             e.is_some_and(|e| *e.esource() == ErrorSource::Upstream) || ctx.upstream.is_none();
@@ -370,6 +397,13 @@ impl AutopilotProxy {
         ctx.host = host.to_owned();
         match decision {
             Decision::Release { release } => {
+                if target.release.is_none()
+                    && let Some(m) = &route.mirror
+                    && !Arc::ptr_eq(&m.to, &release)
+                    && self.shared.draw() < m.below
+                {
+                    ctx.mirror = copy_of(req, m);
+                }
                 ctx.release = Some(release);
                 Ok(())
             }
@@ -379,6 +413,24 @@ impl AutopilotProxy {
             }
         }
     }
+}
+
+/// A copy of a live request for a mirror, if the request may be copied (its body, if any,
+/// comes as it passes).
+fn copy_of(req: &RequestHeader, m: &super::routes::MirrorRoute) -> Option<super::mirror::Copy> {
+    let length = super::mirror::eligible(&req.method, &req.headers, &m.methods, m.max_body).ok()?;
+    Some(super::mirror::Copy {
+        to: m.to.clone(),
+        method: req.method.clone(),
+        path_and_query: req
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        headers: req.headers.clone(),
+        body: bytes::BytesMut::with_capacity(length as usize),
+        max_body: m.max_body,
+        complete: length == 0,
+    })
 }
 
 #[cfg(test)]

@@ -60,6 +60,19 @@ pub struct ReleaseRoute {
 }
 
 impl ReleaseRoute {
+    /// A release with no upstreams, for tests.
+    #[cfg(test)]
+    pub fn for_tests(release: &str) -> ReleaseRoute {
+        ReleaseRoute {
+            release: release.to_owned(),
+            header_value: http::HeaderValue::from_static("test"),
+            timeout: DEFAULT_TIMEOUT,
+            upstreams: Vec::new(),
+            next: AtomicU64::new(0),
+            metrics: Default::default(),
+        }
+    }
+
     /// A usable upstream, round-robin, skipping `tried`.
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
         let n = self.upstreams.len();
@@ -85,9 +98,36 @@ pub struct Route {
     pub allow: super::auth::AccessRule,
     /// The readiness path of this route's upstreams, if not the proxy's default.
     pub readiness: Option<String>,
+    /// Copies of live requests to the canary (shadow traffic), if the route mirrors.
+    pub mirror: Option<MirrorRoute>,
     /// Identifies the rollout for sticky bucketing: a new canary reshuffles, a weight change
     /// does not.
     rollout_id: String,
+}
+
+/// A route's mirror, ready for the request path.
+#[derive(Debug)]
+pub struct MirrorRoute {
+    pub to: Arc<ReleaseRoute>,
+    /// A request is copied when its draw (in `0..BUCKETS`) is below this.
+    pub below: u32,
+    pub max_body: u64,
+    pub methods: Vec<http::Method>,
+}
+
+impl MirrorRoute {
+    fn build(spec: &Mirror, to: Arc<ReleaseRoute>) -> MirrorRoute {
+        MirrorRoute {
+            to,
+            below: (spec.share.fraction().clamp(0.0, 1.0) * f64::from(BUCKETS)).round() as u32,
+            max_body: spec.max_body.0,
+            methods: spec
+                .methods
+                .iter()
+                .filter_map(|m| http::Method::from_bytes(m.as_str().as_bytes()).ok())
+                .collect(),
+        }
+    }
 }
 
 /// An immutable routing snapshot.
@@ -199,12 +239,17 @@ impl RouteTable {
                     }),
                 );
             }
+            let mirror = match (&spec.mirror, &spec.canary) {
+                (Some(m), Some(canary)) => releases.get(canary).map(|to| MirrorRoute::build(m, to.clone())),
+                _ => None,
+            };
             routes.insert(
                 (
                     spec.service.to_ascii_lowercase(),
                     spec.environment.to_ascii_lowercase(),
                 ),
                 Route {
+                    mirror,
                     rollout_id: format!(
                         "{}/{}/{}/{}",
                         spec.service,
@@ -360,6 +405,7 @@ mod tests {
             allow: None,
             timeout: None,
             readiness: Some("/ready".into()),
+            mirror: None,
         };
         let mut b = a.clone();
         b.service = "b".into();
@@ -404,6 +450,7 @@ mod tests {
                 allow: None,
                 timeout: None,
                 readiness: None,
+                mirror: None,
             }],
         );
         let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
@@ -469,6 +516,7 @@ mod tests {
                 allow: None,
                 timeout: None,
                 readiness: None,
+                mirror: None,
             });
         }
         let warnings = apply_access(&mut file, &catalog);
@@ -524,6 +572,7 @@ mod tests {
             allow: None,
             timeout: None,
             readiness: None,
+            mirror: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Shared {
     pub(super) fetched_jwks: Mutex<Option<(String, JwkSet)>>,
     /// Raised when a token names a key the current set lacks.
     pub(super) unknown_key: Arc<tokio::sync::Notify>,
+    /// Sends copies of live requests to mirrored releases (its worker starts on first use).
+    pub(super) mirror: super::mirror::Mirror,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             draws: AtomicU64::new(0x9e37_79b9),
             fetched_jwks: Mutex::new(None),
             unknown_key,
+            mirror: Default::default(),
         }))
     }
 

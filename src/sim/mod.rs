@@ -532,9 +532,10 @@ fn outcomes(scenario: &Scenario, world: &World, transitions: &[Transition], star
                 .filter(|t| &t.environment == env && t.release == r.name)
                 .collect();
             let Some(last) = mine.last() else { continue };
+            // the last decision (a blue/green switch rolled back in its window was promoted first)
             let decided_at = mine
                 .iter()
-                .find(|t| t.to == "promoted" || t.to == "rolled-back")
+                .rfind(|t| t.to == "promoted" || t.to == "rolled-back")
                 .map(|t| t.at);
             out.push(Outcome {
                 release: r.name.clone(),

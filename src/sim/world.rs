@@ -82,7 +82,9 @@ pub struct World {
     pushes: Vec<(Time, String)>,
     builds: Vec<(Time, String)>,
     deployed: BTreeMap<(String, String), Time>,
-    pub routes: BTreeMap<String, (Option<String>, String, Weight)>,
+    /// Per environment: stable, canary, the canary's weight and the share of stable's requests
+    /// copied to it (a preview's mirror).
+    pub routes: BTreeMap<String, (Option<String>, String, Weight, f64)>,
     counters: BTreeMap<(String, String), Counters>,
     pub served: BTreeMap<(String, String), Served>,
     resets_done: BTreeSet<usize>,
@@ -149,11 +151,12 @@ impl World {
                     stable_since: Some(Time::ZERO),
                     rollout: None,
                     blocked: None,
+                    previous: None,
                 },
             );
             routes.insert(
                 env.clone(),
-                (Some(stable.id.clone()), stable.id.clone(), Weight(0)),
+                (Some(stable.id.clone()), stable.id.clone(), Weight(0), 0.0),
             );
             deployed.insert((env.clone(), stable.id.clone()), Time::ZERO);
         }
@@ -309,7 +312,7 @@ impl World {
             }
         };
         for env in self.environments.clone() {
-            let Some((stable, canary, weight)) = self.routes.get(&env).cloned() else {
+            let Some((stable, canary, weight, mirror)) = self.routes.get(&env).cloned() else {
                 continue;
             };
             let mean = self.rate(&env, mid) * dt;
@@ -321,6 +324,12 @@ impl World {
             self.generated += n;
             let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
             let nb = n - nc;
+            // copies of stable's requests sent to the canary: its evidence, served to no user
+            let nm = if mirror > 0.0 && stable.is_some() {
+                Binomial::new(nb, mirror.min(1.0)).map_or(0, |b| b.sample(&mut self.rng))
+            } else {
+                0
+            };
             let stable_name = stable.clone().unwrap_or_else(|| canary.clone());
             let rollout_release = self
                 .state
@@ -339,6 +348,7 @@ impl World {
                 };
                 let bc = self.draw_bad(nc, pc);
                 let bb = self.draw_bad(nb, pb);
+                let bm = self.draw_bad(nm, pc);
                 if signal == Signal::Errors && canary_errors.is_none() {
                     canary_errors = Some((bc, pb));
                 }
@@ -350,8 +360,8 @@ impl World {
                         ..Default::default()
                     };
                 }
-                c.canary.total += nc;
-                c.canary.bad += bc;
+                c.canary.total += nc + nm;
+                c.canary.bad += bc + bm;
                 c.stable.total += nb;
                 c.stable.bad += bb;
             }
@@ -728,7 +738,7 @@ impl Router for World {
         Ok(self
             .routes
             .iter()
-            .map(|(env, (stable, canary, weight))| {
+            .map(|(env, (stable, canary, weight, _))| {
                 (
                     env.clone(),
                     RouteWeights {
@@ -748,11 +758,21 @@ impl Router for World {
         stable: Option<&str>,
         canary: &str,
         canary_weight: Weight,
+        preview: Option<&crate::control::rollout::Preview>,
     ) -> Result<(), PortError> {
         self.up(PortName::Router)?;
+        // the share of stable's requests copied to the canary (a preview's mirror)
+        let mirror = preview
+            .and_then(|p| p.mirror.as_ref())
+            .map_or(0.0, |m| m.share.fraction());
         self.routes.insert(
             environment.to_owned(),
-            (stable.map(str::to_owned), canary.to_owned(), canary_weight),
+            (
+                stable.map(str::to_owned),
+                canary.to_owned(),
+                canary_weight,
+                mirror,
+            ),
         );
         Ok(())
     }

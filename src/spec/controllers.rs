@@ -2,6 +2,7 @@
 //! deadlines and budgets, gates before a release may enter an environment, rollback rules, and
 //! how often the service is built.
 
+use super::routes::Mirror;
 use super::units::{Duration, Percent, TimeOfDay, Tolerance, UtcOffset, Weight};
 use super::yaml::recover_vec;
 use super::{ApiVersion, MissingData};
@@ -22,8 +23,14 @@ pub struct ControllerSpec {
     /// When to use this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// How the canary's traffic share grows.
-    pub ramp: Ramp,
+    /// How a new release meets traffic: `canary` (the default: a growing share of live
+    /// traffic, `ramp`), `blueGreen` (no public traffic until judged, then all of it at once) or
+    /// `shadow` (judged first on copies of live requests, then ramped as a canary).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// How the canary's traffic share grows (`canary` and `shadow`; `blueGreen` has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Ramp>,
     /// How the judge weighs evidence.
     pub analysis: Analysis,
     /// A rollout that has not finished within this time after it started is stopped
@@ -48,6 +55,80 @@ pub struct ControllerSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ControllerKind {
     Controller,
+}
+
+/// How a new release meets traffic.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Strategy {
+    /// A growing share of live traffic, step by step (`ramp`), judged on its own requests
+    /// against stable's.
+    #[default]
+    Canary,
+    /// The new release gets no public traffic while it is judged: on requests to its preview
+    /// URL (`{release}.{service}.{environment}.{domain}`, from a load generator or testers)
+    /// and, with `mirror`, on copies of live requests. Judged safe, it takes all traffic at once;
+    /// the previous release stays deployed for `rollbackWindow`, so switching back is one step.
+    BlueGreen(BlueGreen),
+    /// The new release first serves no user: a share of live requests is copied to it and its
+    /// answers discarded, its statuses and latencies judged against stable's. Judged safe, it
+    /// is ramped as a canary (`ramp`), judged afresh on the requests it really serves: copies
+    /// cannot show what only users do (writes, sessions).
+    Shadow(Shadow),
+}
+
+impl Strategy {
+    /// The copies of live requests a release gets while it serves no user, if any.
+    pub fn mirror(&self) -> Option<&Mirror> {
+        match self {
+            Strategy::Canary => None,
+            Strategy::BlueGreen(b) => b.mirror.as_ref(),
+            Strategy::Shadow(s) => Some(&s.mirror),
+        }
+    }
+
+    /// Does a rollout start with no public traffic (judged on preview and mirrored requests)?
+    pub fn starts_hidden(&self) -> bool {
+        match self {
+            Strategy::Canary => false,
+            Strategy::BlueGreen(_) | Strategy::Shadow(_) => true,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::BlueGreen(_) => "blueGreen",
+            Strategy::Shadow(_) => "shadow",
+        }
+    }
+}
+
+/// Blue/green: judged with no public traffic, then switched all at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Copies of live requests as evidence besides the preview URL's own traffic. Without it,
+    /// something must call the preview URL (a load generator, a smoke suite, testers), or the
+    /// judge gets no evidence and the progress deadline decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+    /// After the switch the previous release stays deployed this long: an operator's rollback
+    /// within it switches all traffic back in one step. Then it is retired.
+    #[serde(default = "default_rollback_window")]
+    pub rollback_window: Duration,
+}
+
+fn default_rollback_window() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+/// Shadow: judged first on copies of live requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Shadow {
+    /// Which live requests are copied to the new release.
+    pub mirror: Mirror,
 }
 
 /// How the canary's weight grows.

@@ -4,7 +4,7 @@
 //! from it.
 
 use super::ApiVersion;
-use super::units::Weight;
+use super::units::{ByteSize, Percent, Weight};
 use super::yaml::{Seg, recover_vec};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,12 @@ impl RoutesFile {
                     problems.push((at(&[field]), format!("release `{name}` is not among `releases`")));
                 }
             }
+            if r.mirror.is_some() && r.canary.is_none() {
+                problems.push((
+                    at(&["mirror"]),
+                    "copies go to the route's `canary`, and it names none".to_owned(),
+                ));
+            }
             if !seen.insert((r.service.as_str(), r.environment.as_str())) {
                 problems.push((
                     at(&[]),
@@ -193,6 +199,74 @@ pub struct RouteSpec {
     /// `--probe-path`. Services whose readiness paths differ need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<String>,
+    /// Shadow traffic: copies of live requests served by `stable` are also sent to `canary`,
+    /// whose answers are discarded and whose statuses and latencies count as the canary's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Copies of live requests sent to a release that serves no user: its answers are discarded,
+/// its statuses and latencies counted as its own. A copy is made after the live request is
+/// answered and sent by a worker of its own, so mirroring never slows or fails a live request;
+/// when that worker is behind, copies are dropped (and counted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// The share of eligible live requests copied (`100%`: every one).
+    pub share: Percent,
+    /// Requests with a larger body, or a body of unknown length, are not copied.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Only requests with these methods are copied. The default is the safe methods (`GET`,
+    /// `HEAD`, `OPTIONS`): a copied write would be written twice, once by each release. List
+    /// `POST`, `PUT`, `PATCH` or `DELETE` only for a release whose writes go nowhere real.
+    #[serde(default = "safe_methods", deserialize_with = "recover_vec")]
+    pub methods: Vec<Method>,
+}
+
+impl Mirror {
+    /// Every safe request, bodies up to the default size.
+    pub fn all_safe_requests() -> Mirror {
+        Mirror {
+            share: Percent(1.0),
+            max_body: default_max_body(),
+            methods: safe_methods(),
+        }
+    }
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+fn safe_methods() -> Vec<Method> {
+    vec![Method::GET, Method::HEAD, Method::OPTIONS]
+}
+
+/// An HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Method {
+    GET,
+    HEAD,
+    OPTIONS,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+}
+
+impl Method {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+        }
+    }
 }
 
 /// The cookie that, like the `x-canary` header (which wins), sends a caller to the canary

@@ -478,6 +478,55 @@ impl JsonSchema for Tolerance {
     }
 }
 
+/// An amount of bytes, written with a unit: `512B`, `64KiB`, `1MiB` (powers of 1024) or `10kB`,
+/// `2MB` (powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+const BYTE_UNITS: [(&str, u64); 7] = [
+    ("B", 1),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("kB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+];
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a size: write a whole number and a unit, such as `512B`, `64KiB` or `1MiB`")
+        };
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = t.split_at(split);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let (_, scale) = BYTE_UNITS
+            .iter()
+            .find(|(u, _)| *u == unit.trim())
+            .ok_or_else(bad)?;
+        number
+            .checked_mul(*scale)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (unit, scale) = BYTE_UNITS
+            .iter()
+            .filter(|(_, scale)| self.0 > 0 && self.0.is_multiple_of(*scale))
+            .max_by_key(|(_, scale)| *scale)
+            .copied()
+            .unwrap_or(("B", 1));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
 /// Serde and JSON Schema for a type that is written as a string.
 macro_rules! string_unit {
     ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
@@ -546,6 +595,12 @@ string_unit!(
     "a target such as `< 0.5%` (bad share), `> 99.9%` (good share) or `p99 < 300ms` (latency)"
 );
 string_unit!(
+    ByteSize,
+    "ByteSize",
+    r"^\s*[0-9]+\s*(B|KiB|MiB|GiB|kB|MB|GB)\s*$",
+    "a size such as `512B`, `64KiB` or `1MiB`"
+);
+string_unit!(
     TimeOfDay,
     "TimeOfDay",
     r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$",
@@ -564,6 +619,27 @@ mod tests {
 
     fn secs(s: &str) -> f64 {
         s.parse::<Duration>().unwrap().as_secs_f64()
+    }
+
+    #[test]
+    fn sizes_parse_in_both_kinds_of_unit_and_print_back() {
+        for (text, bytes) in [
+            ("512B", 512),
+            ("64KiB", 65_536),
+            ("1MiB", 1 << 20),
+            ("10kB", 10_000),
+            (" 2MB ", 2_000_000),
+            ("0B", 0),
+        ] {
+            let size: ByteSize = text.parse().unwrap();
+            assert_eq!(size.0, bytes, "{text}");
+            assert_eq!(size.to_string().parse::<ByteSize>().unwrap(), size);
+        }
+        assert_eq!(ByteSize(65_536).to_string(), "64KiB");
+        for bad in ["64", "KiB", "1.5MiB", "-1B", "64 kib", "99999999999999GiB"] {
+            let e = bad.parse::<ByteSize>().unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

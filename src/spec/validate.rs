@@ -748,9 +748,79 @@ fn check_scenario_service(c: &mut Checker, file: &SourceFile, sim: &super::simul
     }
 }
 
+/// The strategy and the ramp agree: a canary and a shadow rollout ramp, a blue/green switch
+/// does not; a mirror copies some requests.
+fn check_strategy(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
+    use crate::spec::controllers::Strategy;
+    match (&ctl.strategy, &ctl.ramp) {
+        (Strategy::Canary | Strategy::Shadow(_), None) => c.error(
+            file,
+            &p![],
+            format!(
+                "`ramp` is missing: a {} rollout ramps the release's share of traffic",
+                ctl.strategy.name()
+            ),
+            Some("add e.g. `ramp: {steps: [5, 25, 50]}`".into()),
+        ),
+        (Strategy::BlueGreen(_), Some(_)) => c.error(
+            file,
+            &p!["ramp"],
+            "a blueGreen rollout has no ramp: it switches all traffic at once".into(),
+            Some("remove `ramp`, or use `strategy: canary`".into()),
+        ),
+        _ => {}
+    }
+    let (variant, mirror) = match &ctl.strategy {
+        Strategy::Canary => return,
+        Strategy::BlueGreen(b) => ("blueGreen", b.mirror.as_ref()),
+        Strategy::Shadow(s) => ("shadow", Some(&s.mirror)),
+    };
+    if let Some(m) = mirror {
+        if m.share.fraction() <= 0.0 {
+            c.error(
+                file,
+                &p!["strategy", variant, "mirror", "share"],
+                "a share of 0% copies nothing: the release would be judged on no evidence".into(),
+                Some("copy a share above 0%, e.g. `25%`".into()),
+            );
+        }
+        if m.methods.is_empty() {
+            c.error(
+                file,
+                &p!["strategy", variant, "mirror", "methods"],
+                "no method is copied".into(),
+                Some("leave `methods` out to copy the safe ones (GET, HEAD, OPTIONS)".into()),
+            );
+        }
+        use crate::spec::routes::Method;
+        for (j, m) in m.methods.iter().enumerate() {
+            if matches!(m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+                c.warn(
+                    file,
+                    &p!["strategy", variant, "mirror", "methods", j],
+                    format!(
+                        "copied {} requests are carried out twice, once by each release",
+                        m.as_str()
+                    ),
+                    Some("copy writes only to a release whose writes go nowhere real".into()),
+                );
+            }
+        }
+    } else {
+        c.warn(
+            file,
+            &p!["strategy", variant],
+            "judged only on requests to the release's preview URL: if nothing calls it, there is no evidence and the progress deadline decides".into(),
+            Some("add `mirror: {share: 100%}` to judge it on copies of live requests too".into()),
+        );
+    }
+}
+
 fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
+    check_strategy(c, file, ctl);
     match &ctl.ramp {
-        Ramp::Steps(steps) => {
+        None => {}
+        Some(Ramp::Steps(steps)) => {
             if steps.is_empty() {
                 c.error(
                     file,
@@ -789,7 +859,7 @@ fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
                 }
             }
         }
-        Ramp::Adaptive(a) => {
+        Some(Ramp::Adaptive(a)) => {
             if a.start.0 == 0 {
                 c.error(
                     file,

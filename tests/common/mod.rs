@@ -126,6 +126,7 @@ pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) 
         allow: None,
         timeout: None,
         readiness: None,
+        mirror: None,
     }
 }
 
