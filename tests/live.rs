@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::up::{Running, phase, prepare, running, store_of, up, wait_for};
+use common::up::{Running, phase, prepare, running, running_with, store_of, up, wait_for};
 
 const EXE: &str = env!("CARGO_BIN_EXE_autopilot");
 
@@ -1732,5 +1732,178 @@ async fn pushes_during_a_slow_build_are_coalesced_and_the_hourly_limit_holds_the
     assert!(
         !builds.iter().any(|b| b.commit == c6),
         "c6 must wait for the hour: {builds:?}"
+    );
+}
+
+/// Blue/green through the whole product: `autopilot up`, its proxy, real processes. The held
+/// release serves no user while it is judged on copies of their requests, takes all traffic at
+/// once, and an operator's rollback inside the window gives it all back to the previous
+/// release, which was kept running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_is_judged_on_copies_switches_at_once_and_switches_back_in_one_step() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let Running {
+        config,
+        creds,
+        repo,
+        base: url,
+        token,
+        store,
+        v1,
+        log,
+        up: _up,
+        ..
+    } = running_with(dir.path(), "dev", |specs| {
+        let path = specs.join("controllers/demo.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let switched = text.replace(
+            "ramp:\n  steps: [10, 25, 50]\n",
+            "strategy:\n  blueGreen:\n    mirror: {share: 100%}\n    rollbackWindow: 10m\n",
+        );
+        assert_ne!(
+            switched, text,
+            "the demo's policy has the ramp this test replaces"
+        );
+        std::fs::write(path, switched).unwrap();
+    })
+    .await;
+    let show = || std::fs::read_to_string(&log).unwrap_or_default();
+    let v1_id = phase(&store, "dev", &v1).await.unwrap().0;
+    let host = format!("shop.dev.{}", config.domain);
+
+    // users: one request after another, each answer's release recorded in order
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ask = {
+        let (creds, listen) = (creds.clone(), config.listen);
+        move |host: String| {
+            let creds = creds.clone();
+            async move {
+                let r = reqwest::Client::new()
+                    .get(format!("http://{listen}/"))
+                    .header("host", host)
+                    .header("x-api-key", &creds.api_key)
+                    .bearer_auth(&creds.token)
+                    .send()
+                    .await
+                    .ok()?;
+                let release = r.headers().get("x-autopilot-release")?.to_str().ok()?.to_owned();
+                r.status().is_success().then_some(release)
+            }
+        }
+    };
+    let users = {
+        let (served, stop, ask, host) = (served.clone(), stop.clone(), ask.clone(), host.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(release) = ask(host.clone()).await {
+                    served.lock().unwrap().push(release);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
+    let held = wait_for("v2 held at weight 0 in dev", Duration::from_secs(60), || async {
+        phase(&store, "dev", &v2)
+            .await
+            .filter(|(_, p)| matches!(p, Phase::Canary { weight, .. } if weight.0 == 0))
+    })
+    .await;
+    let v2_id = held.0;
+    // held: reachable at its preview URL, while the public host is still all v1's
+    let preview = wait_for("v2's preview answers", Duration::from_secs(20), || {
+        ask(format!("{v2_id}.{host}"))
+    })
+    .await;
+    assert_eq!(preview, v2_id);
+
+    wait_for("v2 switched in dev", Duration::from_secs(90), || async {
+        matches!(phase(&store, "dev", &v2).await, Some((_, Phase::Promoted { .. }))).then_some(())
+    })
+    .await;
+    wait_for("a user served by v2", Duration::from_secs(20), || async {
+        (served.lock().unwrap().last() == Some(&v2_id)).then_some(())
+    })
+    .await;
+    // all at once: every answer before the switch from v1, every one after from v2
+    let seen = served.lock().unwrap().clone();
+    let first_v2 = seen.iter().position(|r| *r == v2_id).unwrap();
+    assert!(first_v2 > 0, "users were served before the switch");
+    assert!(
+        seen[..first_v2].iter().all(|r| *r == v1_id),
+        "before the switch: v1 alone"
+    );
+    assert!(
+        seen[first_v2..].iter().all(|r| *r == v2_id),
+        "after it: v2 alone, no ramp"
+    );
+    // the copies were its evidence: counted as copies in the proxy's metrics
+    let metrics = reqwest::get(format!("http://{}/metrics", config.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let copies: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("autopilot_proxy_mirror_copies_total")
+                && l.contains(&format!("release=\"{v2_id}\""))
+                && l.contains("result=\"sent\"")
+        })
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no copies counted for {v2_id}:\n{metrics}"));
+    assert!(copies >= 200.0, "the judge needed 200 requests: {copies} copies");
+
+    // v1 still runs (its rollback window); the operator's rollback gives it everything back
+    let (code, d) = {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/v1/discovery/shop/dev"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(code, 200);
+    assert!(
+        d["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["release"] == v1_id.as_str()),
+        "v1 kept running: {d}"
+    );
+    let before_rollback = served.lock().unwrap().len();
+    let (code, out, err) = cli(
+        &url,
+        &token,
+        &["rollback", "shop", "dev", "--reason", "the graphs look wrong"],
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", show());
+    wait_for("v2 rolled back in dev", Duration::from_secs(30), || async {
+        phase(&store, "dev", &v2)
+            .await
+            .filter(|(_, p)| matches!(p, Phase::RolledBack { .. }))
+    })
+    .await;
+    wait_for("users served by v1 again", Duration::from_secs(20), || async {
+        (served.lock().unwrap().last() == Some(&v1_id)).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    users.await.unwrap();
+    let after: Vec<String> = served.lock().unwrap()[before_rollback..].to_vec();
+    let back = after.iter().position(|r| *r == v1_id).unwrap();
+    assert!(
+        after[back..].iter().all(|r| *r == v1_id),
+        "one step back: v1 alone after it"
+    );
+    assert!(
+        matches!(phase(&store, "dev", &v1).await, Some((_, Phase::Promoted { .. }))),
+        "v1 stable again"
     );
 }

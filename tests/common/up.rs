@@ -134,7 +134,13 @@ pub struct Running {
 }
 
 pub async fn running(dir: &Path, env: &str) -> Running {
+    running_with(dir, env, |_| {}).await
+}
+
+/// As [`running`], with the laid-out specs (`dir/specs`) changed by `tweak` before `up` starts.
+pub async fn running_with(dir: &Path, env: &str, tweak: impl FnOnce(&Path)) -> Running {
     let (config, creds, config_path) = prepare(dir);
+    tweak(&dir.join("specs"));
     let repo = dir.join("repo");
     let log = dir.join("up.log");
     let up = up(&config_path, &log);
