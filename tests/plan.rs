@@ -458,9 +458,8 @@ fn with_stable(seed: u64) -> World {
     w
 }
 
-#[test]
-fn an_error_regression_is_rolled_back_and_the_environment_pinned_until_a_newer_release() {
-    let mut w = with_stable(2);
+/// Pushes `r-bad`, failing 10% of requests, and waits for dev to roll it back for its errors.
+fn roll_back_a_bad_release_in_dev(w: &mut World) {
     w.errors.insert("r-bad".into(), 0.10);
     w.push("bad");
     assert!(w.run_until(10, 300, |w| matches!(
@@ -472,6 +471,12 @@ fn an_error_regression_is_rolled_back_and_the_environment_pinned_until_a_newer_r
         matches!(&t.cause, Cause::Regressed { objective, .. } if objective == "errors"),
         "{t:?}"
     );
+}
+
+#[test]
+fn an_error_regression_is_rolled_back_and_the_environment_pinned_until_a_newer_release() {
+    let mut w = with_stable(2);
+    roll_back_a_bad_release_in_dev(&mut w);
     assert_eq!(w.env("dev").blocked.as_deref(), Some("r-bad"));
     assert_eq!(w.env("dev").stable.as_deref(), Some("r-c1"));
     // staging never saw it
@@ -1044,17 +1049,7 @@ fn weights_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<f64>)> {
 #[test]
 fn shadow_rolls_back_a_bad_release_on_copies_alone_and_ramps_a_good_one_judged_afresh() {
     let mut w = strategies_with_stable(31, "30m");
-    w.errors.insert("r-bad".into(), 0.10);
-    w.push("bad");
-    assert!(w.run_until(10, 300, |w| matches!(
-        w.phase("dev"),
-        Some(Phase::RolledBack { .. })
-    )));
-    let t = w.first_rollback();
-    assert!(
-        matches!(&t.cause, Cause::Regressed { objective, .. } if objective == "errors"),
-        "{t:?}"
-    );
+    roll_back_a_bad_release_in_dev(&mut w);
     // no user ever met it: held at its preview with half of stable's requests copied, then out
     let weights = weights_of(&w, "dev", "r-bad");
     assert_eq!(weights.first(), Some(&(0, Some(0.5))), "{weights:?}");

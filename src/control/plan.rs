@@ -586,19 +586,7 @@ fn step_rollout(
                     );
                     out.wake(now.plus(ctx.interval()));
                 } else {
-                    let weight = first_exposure(ctx, r, out);
-                    set_weight(ctx, out, env, &release, weight);
-                    transition(
-                        ctx,
-                        out,
-                        r,
-                        Phase::Canary {
-                            step: 0,
-                            weight,
-                            since: now,
-                        },
-                        Cause::Ready,
-                    );
+                    start_ramp(ctx, out, env, r, Cause::Ready);
                     out.wake(now.plus(ctx.interval()));
                 }
             } else if now.since(r.started_at) >= ctl.progress_deadline.0 {
@@ -754,6 +742,19 @@ fn step_rollout(
         }
         Phase::Promoted { .. } | Phase::RolledBack { .. } | Phase::Superseded { .. } => {}
     }
+}
+
+/// Starts the ramp: the first public weight (see [`first_exposure`]), routed and recorded.
+fn start_ramp(ctx: &EnvCtx, out: &mut Out, env: &EnvState, r: &mut Rollout, cause: Cause) {
+    let weight = first_exposure(ctx, r, out);
+    let release = r.release.clone();
+    set_weight(ctx, out, env, &release, weight);
+    let to = Phase::Canary {
+        step: 0,
+        weight,
+        since: ctx.now,
+    };
+    transition(ctx, out, r, to, cause);
 }
 
 /// The first public weight of a rollout: the ramp's first, capped so that a canary as bad as
@@ -972,17 +973,11 @@ fn step_canary(
             *judge = judge.afresh();
         }
         r.excess_bad = 0.0;
-        let weight = first_exposure(ctx, r, out);
-        set_weight(ctx, out, env, &release, weight);
-        transition(
+        start_ramp(
             ctx,
             out,
+            env,
             r,
-            Phase::Canary {
-                step: 0,
-                weight,
-                since: now,
-            },
             Cause::SafeOnCopies {
                 explanation,
                 objectives,

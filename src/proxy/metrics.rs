@@ -262,7 +262,8 @@ mod tests {
         let text = r.render();
         assert!(text.contains("autopilot_proxy_requests_total{service=\"checkout\",environment=\"prod\",release=\"v\\\"2\",code=\"2xx\"} 1"));
         assert!(text.contains("le=\"+Inf\"} 1"));
-        assert_eq!(text.matches("# TYPE").count(), 4);
+        assert_eq!(text.matches("# TYPE").count(), 5);
+        assert!(text.contains("autopilot_proxy_mirror_copies_total{service=\"checkout\",environment=\"prod\",release=\"v\\\"2\",result=\"sent\"} 0"));
         assert!(text.contains("autopilot_proxy_jwks_fetches_total{result=\"error\"} 0"));
     }
 }
