@@ -1498,6 +1498,7 @@ async fn a_release_built_elsewhere_is_announced_from_the_cli_pulled_by_digest_an
         async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
     })
     .await;
+    common::up::api_ready(&url).await;
     let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
     let commit = "0123456789abcdef0123456789abcdef01234567";
 

@@ -86,6 +86,18 @@ pub fn up(config: &Path, log: &Path) -> Child {
     )
 }
 
+/// Polls the API at `url` until it answers: `up` writes its admin token before its API
+/// listens, so the token alone does not say the API is there.
+pub async fn api_ready(url: &str) {
+    wait_for("the API to answer", Duration::from_secs(60), || async {
+        reqwest::get(format!("{url}/v1/openapi.json"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// The store of the `up` using `data_dir`, once it is open (`up` writes its admin token after
 /// opening and migrating the store).
 pub async fn store_of(data_dir: &Path) -> SqlStore {
@@ -151,6 +163,7 @@ pub async fn running_with(dir: &Path, env: &str, tweak: impl FnOnce(&Path)) -> R
         async move { std::fs::read_to_string(f).ok().filter(|t| !t.is_empty()) }
     })
     .await;
+    api_ready(&base).await;
     let store = SqlStore::open_dir(&config.data_dir).await.unwrap();
     let head = Command::new("git")
         .arg("-C")
