@@ -435,10 +435,15 @@ fn keep_or_retire_previous(ctx: &EnvCtx, env: &mut EnvState, out: &mut Out) {
         });
         env.rollout = Some(r);
     } else if ctx.now >= kept.until {
-        out.actions.push(Action::Retire {
-            environment: ctx.name(),
-            release: kept.release,
-        });
+        // (unless it serves again: an operator may have pinned the environment back to it)
+        let in_use = env.stable.as_deref() == Some(kept.release.as_str())
+            || env.rollout.as_ref().is_some_and(|r| r.release == kept.release);
+        if !in_use {
+            out.actions.push(Action::Retire {
+                environment: ctx.name(),
+                release: kept.release,
+            });
+        }
         env.previous = None;
     } else {
         out.wake(kept.until);
