@@ -1101,11 +1101,24 @@ fn shadow_rolls_back_a_bad_release_on_copies_alone_and_ramps_a_good_one_judged_a
     );
 }
 
-#[test]
-fn blue_green_switches_at_once_keeps_the_previous_release_and_switches_back_in_one_step() {
-    let mut w = strategies_with_stable(32, "30m");
+/// The strategies' shop with `r-c2` pushed and switched to in prod.
+fn switched_to_c2(seed: u64, rollback_window: &str) -> World {
+    let mut w = strategies_with_stable(seed, rollback_window);
     w.push("c2");
     assert!(w.run_until(10, 2000, |w| w.env("prod").stable.as_deref() == Some("r-c2")));
+    w
+}
+
+/// Was `release` retired in prod by any plan so far?
+fn retired_in_prod(w: &World, release: &str) -> bool {
+    w.plans.iter().flat_map(|p| &p.actions).any(
+        |a| matches!(a, Action::Retire { environment, release: r } if environment == "prod" && r == release),
+    )
+}
+
+#[test]
+fn blue_green_switches_at_once_keeps_the_previous_release_and_switches_back_in_one_step() {
+    let mut w = switched_to_c2(32, "30m");
     // prod: held at its preview with every request copied, then all traffic at once
     let weights = weights_of(&w, "prod", "r-c2");
     assert_eq!(weights.first(), Some(&(0, Some(1.0))), "{weights:?}");
@@ -1113,13 +1126,8 @@ fn blue_green_switches_at_once_keeps_the_previous_release_and_switches_back_in_o
         weights.iter().all(|(weight, _)| *weight == 0 || *weight == 100),
         "no ramp: {weights:?}"
     );
-    let retired = |w: &World, release: &str| {
-        w.plans.iter().flat_map(|p| &p.actions).any(|a| {
-            matches!(a, Action::Retire { environment, release: r } if environment == "prod" && r == release)
-        })
-    };
     // the previous release still runs, for the rollback window
-    assert!(!retired(&w, "r-c1"));
+    assert!(!retired_in_prod(&w, "r-c1"));
     let kept = w.env("prod").previous.clone().expect("r-c1 kept");
     assert_eq!(kept.release, "r-c1");
 
@@ -1151,7 +1159,7 @@ fn blue_green_switches_at_once_keeps_the_previous_release_and_switches_back_in_o
         w.phase("prod"),
         Some(Phase::RolledBack { .. })
     )));
-    assert!(retired(&w, "r-c2") && !retired(&w, "r-c1"));
+    assert!(retired_in_prod(&w, "r-c2") && !retired_in_prod(&w, "r-c1"));
     assert_eq!(w.env("prod").blocked.as_deref(), Some("r-c2"));
     assert!(
         w.overrides.environments["prod"].rollback.is_none(),
@@ -1161,16 +1169,11 @@ fn blue_green_switches_at_once_keeps_the_previous_release_and_switches_back_in_o
 
 #[test]
 fn blue_green_retires_the_previous_release_when_its_window_ends() {
-    let mut w = strategies_with_stable(33, "5m");
-    w.push("c2");
-    assert!(w.run_until(10, 2000, |w| w.env("prod").stable.as_deref() == Some("r-c2")));
+    let mut w = switched_to_c2(33, "5m");
     let switched = w.now;
     assert!(w.run_until(10, 100, |w| w.env("prod").previous.is_none()));
     assert!(w.now.since(switched) >= std::time::Duration::from_secs(300));
-    let retire = w.plans.iter().flat_map(|p| &p.actions).any(|a| {
-        matches!(a, Action::Retire { environment, release } if environment == "prod" && release == "r-c1")
-    });
-    assert!(retire, "r-c1 retired after its window");
+    assert!(retired_in_prod(&w, "r-c1"), "r-c1 retired after its window");
     // with the window over, a rollback has nothing to switch back to: refused up front
     let err = autopilot::control::overrides::apply(
         &w.state,
