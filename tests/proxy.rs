@@ -37,6 +37,7 @@ fn route(
         timeout: None,
         readiness: None,
         mirror: None,
+        segment: None,
     }
 }
 

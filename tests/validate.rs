@@ -166,7 +166,7 @@ fn the_command_line_exit_codes_are_0_valid_1_invalid_2_usage() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("4 services, 7 sensors, 6 controllers"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("5 services, 7 sensors, 7 controllers"));
 
     let bad = autopilot(&["validate", "tests/broken", "sensors", "controllers"]);
     assert_eq!(bad.status.code(), Some(1));

@@ -63,8 +63,15 @@ impl Counts {
     }
 
     fn add(&mut self, other: Counts) {
-        self.bad += other.bad;
-        self.total += other.total;
+        *self = *self + other;
+    }
+}
+
+impl std::ops::Add for Counts {
+    type Output = Counts;
+    /// Both arms' or series' counts together.
+    fn add(self, other: Counts) -> Counts {
+        Counts::new(self.bad + other.bad, self.total + other.total)
     }
 }
 
@@ -209,6 +216,17 @@ pub struct JudgeState {
 }
 
 impl JudgeState {
+    /// A judge for counters that count anew from zero (an A/B segment's stage ended: each arm
+    /// is now all of its release's requests, a different series): no evidence, no verdict,
+    /// no last counters; the bad requests served beyond stable's stay spent.
+    pub fn anew(&self) -> JudgeState {
+        JudgeState {
+            last_data_at: self.last_data_at,
+            excess_bad: self.excess_bad.max(0.0),
+            ..JudgeState::default()
+        }
+    }
+
     /// A judge that starts over from now: no evidence, no verdict, but the last counters read
     /// kept, so that only what comes after counts (a shadow rollout's copies are not the users'
     /// evidence).

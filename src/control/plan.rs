@@ -308,8 +308,9 @@ fn set_weight(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str, weight
     });
 }
 
-/// Holds `release` with no public traffic while it is judged (blue/green, shadow): routed at
-/// its preview URL, sent copies of live requests if the strategy mirrors.
+/// Holds `release` at weight 0 while it is judged (blue/green, shadow, A/B): routed at its
+/// preview URL, sent copies of live requests if the strategy mirrors, serving its segment's
+/// share of callers if it has one.
 fn hold_hidden(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str) {
     out.actions.push(Action::SetWeights {
         environment: ctx.name(),
@@ -318,6 +319,7 @@ fn hold_hidden(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str) {
         canary_weight: Weight(0),
         preview: Some(Preview {
             mirror: ctx.ctl().strategy.mirror().cloned(),
+            segment: ctx.ctl().strategy.segment().cloned(),
         }),
     });
 }
@@ -700,7 +702,7 @@ fn step_rollout(
                     release: old,
                     until: now.plus(bg.rollback_window.0),
                 }),
-                Strategy::Canary | Strategy::Shadow(_) => None,
+                Strategy::Canary | Strategy::Shadow(_) | Strategy::AbTest(_) => None,
             };
             let retired = match &kept {
                 Some(_) => env.previous.take().map(|k| k.release),
@@ -970,24 +972,32 @@ fn step_canary(
     }
 
     let all_safe = verdicts.iter().all(|(_, j, _)| j.verdict == Verdict::Safe);
-    if hidden(ctx, weight) && all_safe && matches!(ctl.strategy, Strategy::Shadow(_)) {
-        // safe on copies: now the users, judged afresh on what they are really served
+    if hidden(ctx, weight) && all_safe && ctl.ramp.is_some() {
+        // safe on copies or in the segment: now everyone, judged afresh on what they are served
         let explanation = summary(&verdicts);
         let objectives = in_words(&verdicts);
-        for judge in r.judges.values_mut() {
-            *judge = judge.afresh();
-        }
-        r.excess_bad = 0.0;
-        start_ramp(
-            ctx,
-            out,
-            env,
-            r,
-            Cause::SafeOnCopies {
+        let cause = match ctl.strategy.segment() {
+            Some(segment) => Cause::SafeInSegment {
+                segment: segment.name.clone(),
                 explanation,
                 objectives,
             },
-        );
+            None => Cause::SafeOnCopies {
+                explanation,
+                objectives,
+            },
+        };
+        // copies: the same series go on, counting users now; a segment: the arms become all
+        // of each release's requests, counted anew, and what its users were served badly
+        // stays spent
+        let segment = ctl.strategy.held_serves_users();
+        for judge in r.judges.values_mut() {
+            *judge = if segment { judge.anew() } else { judge.afresh() };
+        }
+        if !segment {
+            r.excess_bad = 0.0;
+        }
+        start_ramp(ctx, out, env, r, cause);
         return;
     }
     let final_w = final_weight(ctl.ramp.as_ref());
@@ -1002,18 +1012,22 @@ fn step_canary(
         let long_enough = min.duration.is_none_or(|d| now.since(since) >= d.0);
         if enough_requests && long_enough {
             let explanation = summary(&verdicts);
-            set_weight(ctx, out, env, &release, Weight::MAX);
-            transition(
-                ctx,
-                out,
-                r,
-                Phase::Promoting { since: now },
-                Cause::Evidence {
+            let objectives = in_words(&verdicts);
+            let cause = match ctl.strategy.segment() {
+                // A/B without a ramp: from the segment to everyone at once
+                Some(segment) if hidden(ctx, weight) => Cause::SafeInSegment {
+                    segment: segment.name.clone(),
                     explanation,
-                    objectives: in_words(&verdicts),
+                    objectives,
+                },
+                _ => Cause::Evidence {
+                    explanation,
+                    objectives,
                     capped: None,
                 },
-            );
+            };
+            set_weight(ctx, out, env, &release, Weight::MAX);
+            transition(ctx, out, r, Phase::Promoting { since: now }, cause);
             out.wake(now);
         } else if let Some(d) = min.duration {
             out.wake(since.plus(d.0));
@@ -1175,8 +1189,12 @@ fn brakes(
                 objectives: in_words(verdicts),
             },
         }),
-        // the budget counts bad requests users were served: at weight 0 (preview, mirror) none
-        None if r.excess_bad >= ctl.blast_radius.budget as f64 && r.phase.weight().0 > 0 => Some(Stop {
+        // the budget counts bad requests users were served: at weight 0 none (preview, mirror),
+        // unless a segment of users is (A/B)
+        None if r.excess_bad >= ctl.blast_radius.budget as f64
+            && (r.phase.weight().0 > 0 || ctl.strategy.held_serves_users()) =>
+        {
+            Some(Stop {
             action: ctl.rollback.on_regression,
             reason: format!(
                 "blast-radius budget spent: {:.0} bad requests ≥ {}",
@@ -1186,7 +1204,8 @@ fn brakes(
                 excess: r.excess_bad,
                 budget: ctl.blast_radius.budget,
             },
-        }),
+        })
+        }
         None => None,
     }
 }

@@ -98,6 +98,14 @@ impl Phase {
     }
 
     /// The canary's current weight.
+    /// Held at weight 0 while judged (a strategy's preview, copies or segment stage)?
+    pub fn held(&self) -> bool {
+        matches!(
+            self,
+            Phase::Canary { weight: Weight(0), .. } | Phase::Paused { weight: Weight(0), .. }
+        )
+    }
+
     pub fn weight(&self) -> Weight {
         match self {
             Phase::Canary { weight, .. } | Phase::Paused { weight, .. } => *weight,
@@ -272,6 +280,14 @@ pub enum Cause {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         objectives: Vec<ObjectiveWords>,
     },
+    /// A/B: judged safe on a segment of callers against the same segment's stable requests,
+    /// the release now meets everyone and is judged afresh.
+    SafeInSegment {
+        segment: String,
+        explanation: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        objectives: Vec<ObjectiveWords>,
+    },
     /// Data has been missing for longer than the policy holds.
     MissingData { objective: String, since: Time },
     /// The progress deadline passed.
@@ -322,12 +338,15 @@ pub struct Transition {
     pub at: Time,
 }
 
-/// A release held with no public traffic while it is judged: routed at its preview URL, and
-/// with a mirror, sent copies of live requests.
+/// A release held at weight 0 while it is judged: routed at its preview URL; with a mirror, sent
+/// copies of live requests; with a segment, serving that segment's share of callers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preview {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::spec::routes::Mirror>,
+    /// A/B: the segment of callers split between the release and stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<crate::spec::routes::Segment>,
 }
 
 /// Something the executor must make true.

@@ -102,7 +102,7 @@ impl Router for ProxyRouter {
         preview: Option<&crate::control::rollout::Preview>,
     ) -> Result<(), PortError> {
         // all traffic to the canary: it is the one release served; none: stable alone, unless
-        // the canary is held at its preview URL (blue/green, shadow) while it is judged
+        // the canary is held at its preview URL (blue/green, shadow, A/B) while it is judged
         let (stable, canary) = if canary_weight.0 >= 100 || (stable.is_none() && canary_weight.0 > 0) {
             (Some(canary), None)
         } else if canary_weight.0 == 0 && (preview.is_none() || stable.is_none()) {
@@ -110,9 +110,9 @@ impl Router for ProxyRouter {
         } else {
             (stable, Some(canary))
         };
-        let mirror = match (preview, canary) {
-            (Some(p), Some(_)) if canary_weight.0 == 0 => p.mirror.clone(),
-            _ => None,
+        let (mirror, segment) = match (preview, canary) {
+            (Some(p), Some(_)) if canary_weight.0 == 0 => (p.mirror.clone(), p.segment.clone()),
+            _ => (None, None),
         };
         let mut releases = BTreeMap::new();
         for r in stable.iter().chain(canary.iter()) {
@@ -135,6 +135,7 @@ impl Router for ProxyRouter {
             timeout: None,
             readiness: self.readiness.get(service).cloned(),
             mirror,
+            segment,
         };
         self.shared
             .set_route(route)
@@ -203,8 +204,8 @@ enum ProxyRead {
     Unsupported,
 }
 
-/// (service, environment, objective, rollout).
-type RolloutObjective = (String, String, String, String);
+/// (service, environment, objective, rollout, the A/B segment judged: empty outside one).
+type RolloutObjective = (String, String, String, String, String);
 
 /// The built-in sensors on the in-process proxy's counters.
 pub struct ProxySensors {
@@ -243,14 +244,18 @@ impl ProxySensors {
         }
     }
 
-    fn count(&self, service: &str, env: &str, release: &str, read: ProxyRead) -> Option<Counts> {
-        let m = self.shared.registry.get(service, env, release);
+    /// A release's counts: of one A/B segment's requests, or of all its requests.
+    fn count(&self, service: &str, env: &str, release: &str, segment: Option<&str>, read: ProxyRead) -> Option<Counts> {
+        let registry = &self.shared.registry;
+        let series = match segment {
+            Some(s) => registry.get_segment(service, env, release, s).into_iter().collect(),
+            None => registry.all(service, env, release),
+        };
         match read {
-            ProxyRead::Errors => Some(m.map_or_else(Counts::default, |m| m.errors())),
-            ProxyRead::SlowerThan(t) => match m {
-                Some(m) => m.slower_than(t),
-                None => Some(Counts::default()),
-            },
+            ProxyRead::Errors => Some(series.iter().map(|m| m.errors()).fold(Counts::default(), |a, b| a + b)),
+            ProxyRead::SlowerThan(t) => series
+                .iter()
+                .try_fold(Counts::default(), |a, m| Some(a + m.slower_than(t)?)),
             ProxyRead::Unsupported => None,
         }
     }
@@ -284,22 +289,32 @@ impl Sensors for ProxySensors {
                     continue;
                 };
                 let rollout_key = format!("{}@{}", rollout.release, rollout.started_at.millis());
+                // A/B: while the release serves only its segment, both arms are the segment's
+                // requests (like with like); after, all of each release's requests, counted
+                // from the moment the stage changes (the judge starts afresh then too)
+                let segment = env
+                    .controller
+                    .strategy
+                    .segment()
+                    .filter(|_| rollout.phase.held())
+                    .map(|s| s.name.as_str());
                 for o in &env.objectives {
                     let read = self
                         .reads
                         .get(&(spec.service.clone(), o.name.clone()))
                         .copied()
                         .unwrap_or(ProxyRead::Unsupported);
-                    let canary = self.count(&spec.service, &env.name, &rollout.release, read);
+                    let canary = self.count(&spec.service, &env.name, &rollout.release, segment, read);
                     let stable = st
                         .stable
                         .as_deref()
-                        .and_then(|s| self.count(&spec.service, &env.name, s, read));
+                        .and_then(|s| self.count(&spec.service, &env.name, s, segment, read));
                     let key = (
                         spec.service.clone(),
                         env.name.clone(),
                         o.name.clone(),
                         rollout_key.clone(),
+                        segment.unwrap_or_default().to_owned(),
                     );
                     let base = self.baselines.entry(key).or_default();
                     let mut reading = Reading::of(since(&mut base.0, canary), since(&mut base.1, stable));

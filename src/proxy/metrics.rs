@@ -83,10 +83,14 @@ impl ReleaseMetrics {
     }
 }
 
-/// All releases' metrics, by (service, environment, release).
+/// (service, environment, release, A/B segment: empty for requests outside any segment).
+type Key = (String, String, String, String);
+
+/// All releases' metrics, by (service, environment, release), and apart, each release's
+/// requests from an A/B segment: a request is counted in exactly one series.
 #[derive(Debug, Default)]
 pub struct Registry {
-    releases: Mutex<BTreeMap<(String, String, String), Arc<ReleaseMetrics>>>,
+    releases: Mutex<BTreeMap<Key, Arc<ReleaseMetrics>>>,
     /// Fetches of a JWKS URL that gave a usable key set, and that failed.
     pub jwks_fetched: std::sync::atomic::AtomicU64,
     pub jwks_failed: std::sync::atomic::AtomicU64,
@@ -98,23 +102,61 @@ pub struct Registry {
 impl Registry {
     /// The metrics of a release, created on first use (at route-building time).
     pub fn release(&self, service: &str, environment: &str, release: &str) -> Arc<ReleaseMetrics> {
+        self.segment(service, environment, release, "")
+    }
+
+    /// The metrics of a release's requests from an A/B segment, created on first use.
+    pub fn segment(&self, service: &str, environment: &str, release: &str, segment: &str) -> Arc<ReleaseMetrics> {
         let mut map = self
             .releases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry((service.to_owned(), environment.to_owned(), release.to_owned()))
-            .or_default()
-            .clone()
+        map.entry((
+            service.to_owned(),
+            environment.to_owned(),
+            release.to_owned(),
+            segment.to_owned(),
+        ))
+        .or_default()
+        .clone()
     }
 
-    /// A release's metrics if it has any.
+    /// A release's metrics outside any segment, if it has any.
     pub fn get(&self, service: &str, environment: &str, release: &str) -> Option<Arc<ReleaseMetrics>> {
+        self.get_segment(service, environment, release, "")
+    }
+
+    /// A release's metrics of one segment (`""`: outside any), if it has any.
+    pub fn get_segment(
+        &self,
+        service: &str,
+        environment: &str,
+        release: &str,
+        segment: &str,
+    ) -> Option<Arc<ReleaseMetrics>> {
         let map = self
             .releases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&(service.to_owned(), environment.to_owned(), release.to_owned()))
-            .cloned()
+        map.get(&(
+            service.to_owned(),
+            environment.to_owned(),
+            release.to_owned(),
+            segment.to_owned(),
+        ))
+        .cloned()
+    }
+
+    /// Every series of a release: outside any segment and in each (together, all its requests).
+    pub fn all(&self, service: &str, environment: &str, release: &str) -> Vec<Arc<ReleaseMetrics>> {
+        let map = self
+            .releases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .filter(|((s, e, r, _), _)| s == service && e == environment && r == release)
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// The Prometheus text exposition.
@@ -126,15 +168,19 @@ impl Registry {
             .clone();
         let mut out = String::new();
         out.push_str(&self.extra.load());
-        let labels = |(s, e, r): &(String, String, String)| {
-            format!(
+        let labels = |(s, e, r, seg): &Key| {
+            let mut l = format!(
                 "service=\"{}\",environment=\"{}\",release=\"{}\"",
                 esc(s),
                 esc(e),
                 esc(r)
-            )
+            );
+            if !seg.is_empty() {
+                let _ = write!(l, ",segment=\"{}\"", esc(seg));
+            }
+            l
         };
-        out.push_str("# HELP autopilot_proxy_requests_total Requests answered, by status class.\n");
+        out.push_str("# HELP autopilot_proxy_requests_total Requests answered, by status class (an A/B segment's requests only in the series labelled with it).\n");
         out.push_str("# TYPE autopilot_proxy_requests_total counter\n");
         for (k, m) in &map {
             for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {

@@ -27,6 +27,9 @@ pub struct Ctx {
     /// A copy of this request for the route's mirror, filled as the request passes and sent
     /// once it is answered.
     mirror: Option<super::mirror::Copy>,
+    /// A request of the route's A/B segment is counted here instead of in its release's
+    /// metrics.
+    segment: Option<Arc<super::metrics::ReleaseMetrics>>,
 }
 
 /// The Pingora proxy.
@@ -175,6 +178,7 @@ impl ProxyHttp for AutopilotProxy {
             started: Instant::now(),
             host: String::new(),
             mirror: None,
+            segment: None,
         }
     }
 
@@ -344,7 +348,8 @@ impl ProxyHttp for AutopilotProxy {
         } else {
             session.response_written().map(|r| r.status.as_u16())
         };
-        release.metrics.record(status, ctx.started.elapsed());
+        let metrics = ctx.segment.as_ref().unwrap_or(&release.metrics);
+        metrics.record(status, ctx.started.elapsed());
     }
 }
 
@@ -383,6 +388,8 @@ impl AutopilotProxy {
         let (Some(target), Some(route)) = (target.as_ref(), route) else {
             return Err((404, "not found\n"));
         };
+        let identity = ctx.identity.as_ref();
+        let claim = |name: &str| identity.and_then(|id| id.claims.get(name).cloned());
         let decision = RouteTable::choose_in(
             target,
             route,
@@ -391,12 +398,14 @@ impl AutopilotProxy {
                 canary_header: header("x-canary"),
                 header: &owned,
                 cookie: &cookie_fn,
+                claim: &claim,
                 draw: self.shared.draw(),
             },
         );
         ctx.host = host.to_owned();
         match decision {
-            Decision::Release { release } => {
+            Decision::Release { release, segment } => {
+                ctx.segment = segment;
                 if target.release.is_none()
                     && let Some(m) = &route.mirror
                     && !Arc::ptr_eq(&m.to, &release)

@@ -100,6 +100,8 @@ pub struct Route {
     pub readiness: Option<String>,
     /// Copies of live requests to the canary (shadow traffic), if the route mirrors.
     pub mirror: Option<MirrorRoute>,
+    /// The A/B segment split between canary and stable before the weight, if any.
+    pub segment: Option<SegmentRoute>,
     /// Identifies the rollout for sticky bucketing: a new canary reshuffles, a weight change
     /// does not.
     rollout_id: String,
@@ -128,6 +130,17 @@ impl MirrorRoute {
                 .collect(),
         }
     }
+}
+
+/// A route's A/B segment, ready for the request path.
+#[derive(Debug)]
+pub struct SegmentRoute {
+    pub spec: Segment,
+    /// A segment request goes to the canary when its bucket (in `0..BUCKETS`) is below this.
+    pub below: u32,
+    /// Per release of the route: the metrics of the segment's requests it serves (labelled
+    /// `segment`; they are not in the release's other series).
+    pub metrics: BTreeMap<String, Arc<super::metrics::ReleaseMetrics>>,
 }
 
 /// An immutable routing snapshot.
@@ -177,8 +190,12 @@ pub fn parse_host(host: &str, domain: &str) -> Option<Target> {
 /// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Send it to this release.
-    Release { release: Arc<ReleaseRoute> },
+    /// Send it to this release; a request of the route's A/B segment is counted in the
+    /// segment's metrics (`segment`) instead of the release's own.
+    Release {
+        release: Arc<ReleaseRoute>,
+        segment: Option<Arc<super::metrics::ReleaseMetrics>>,
+    },
     /// No such service, environment or release (or, later, not allowed to see it).
     NotFound,
     /// The release exists but none of its upstreams is ready.
@@ -194,6 +211,8 @@ pub struct RequestFacts<'a> {
     pub header: &'a dyn Fn(&str) -> Option<String>,
     /// Looks up a cookie by name.
     pub cookie: &'a dyn Fn(&str) -> Option<String>,
+    /// Looks up a claim of the caller's verified token (none without `auth: required`).
+    pub claim: &'a dyn Fn(&str) -> Option<serde_json::Value>,
     /// A uniform random draw in `0..BUCKETS` for requests without a sticky key.
     pub draw: u32,
 }
@@ -239,6 +258,18 @@ impl RouteTable {
                     }),
                 );
             }
+            let segment = spec.segment.as_ref().filter(|_| spec.canary.is_some()).map(|s| SegmentRoute {
+                spec: s.clone(),
+                below: (s.share.fraction().clamp(0.0, 1.0) * f64::from(BUCKETS)).round() as u32,
+                metrics: spec
+                    .releases
+                    .keys()
+                    .map(|r| {
+                        let m = registry.segment(&spec.service, &spec.environment, r, &s.name);
+                        (r.clone(), m)
+                    })
+                    .collect(),
+            });
             let mirror = match (&spec.mirror, &spec.canary) {
                 (Some(m), Some(canary)) => releases.get(canary).map(|to| MirrorRoute::build(m, to.clone())),
                 _ => None,
@@ -250,6 +281,7 @@ impl RouteTable {
                 ),
                 Route {
                     mirror,
+                    segment,
                     rollout_id: format!(
                         "{}/{}/{}/{}",
                         spec.service,
@@ -313,8 +345,8 @@ impl RouteTable {
     }
 
     /// Which release serves this request. Matches first (`x-canary: always|never`, else a
-    /// `canary` cookie with the same values), then stickiness, then the random draw against the
-    /// weight.
+    /// `canary` cookie with the same values), then the A/B segment (its share of it to the
+    /// canary), then, for everyone else, stickiness, then the random draw against the weight.
     pub fn choose(&self, req: &RequestFacts) -> Decision {
         let Some(target) = parse_host(req.host, &self.domain) else {
             return Decision::NotFound;
@@ -333,9 +365,12 @@ impl RouteTable {
 
     /// [`RouteTable::choose`] for a host already parsed and looked up.
     pub fn choose_in(target: &Target, route: &Route, req: &RequestFacts) -> Decision {
-        let release = match &target.release {
-            Some(r) => route.releases.get(r),
-            None => Self::split(route, req).and_then(|r| route.releases.get(r)),
+        let (release, in_segment) = match &target.release {
+            Some(r) => (route.releases.get(r), false),
+            None => {
+                let (name, in_segment) = Self::split(route, req);
+                (name.and_then(|r| route.releases.get(r)), in_segment)
+            }
         };
         let Some(release) = release else {
             return Decision::NotFound;
@@ -345,12 +380,18 @@ impl RouteTable {
                 release: release.release.clone(),
             };
         }
+        let segment = in_segment
+            .then(|| route.segment.as_ref())
+            .flatten()
+            .and_then(|s| s.metrics.get(&release.release).cloned());
         Decision::Release {
             release: release.clone(),
+            segment,
         }
     }
 
-    fn split<'r>(route: &'r Route, req: &RequestFacts) -> Option<&'r str> {
+    /// The release a request is split to, and whether it came by the A/B segment.
+    fn split<'r>(route: &'r Route, req: &RequestFacts) -> (Option<&'r str>, bool) {
         let (stable, canary) = (route.stable.as_deref(), route.canary.as_deref());
         // the header, else the cookie (the conventions of nginx-ingress canaries); anything
         // other than `always`/`never` is ignored
@@ -368,23 +409,36 @@ impl RouteTable {
             .canary_header
             .and_then(forced)
             .or_else(|| (req.cookie)(CANARY_COOKIE).as_deref().and_then(forced));
-        let arm = if let Some(arm) = forced {
-            arm
-        } else {
+        let bucket = || {
             let key = route.sticky.as_ref().and_then(|s| match s {
                 Sticky::Header(h) => (req.header)(&h.to_ascii_lowercase()),
                 Sticky::Cookie(c) => (req.cookie)(c),
             });
-            let bucket = match key {
+            match key {
                 Some(k) => traffic::bucket(&route.rollout_id, &k),
                 None => req.draw % BUCKETS,
-            };
-            traffic::arm(bucket, route.weight)
+            }
         };
-        match arm {
+        let mut in_segment = false;
+        let arm = if let Some(arm) = forced {
+            arm
+        } else if let Some(seg) = &route.segment
+            && seg.spec.matches(req.header, req.cookie, req.claim)
+        {
+            in_segment = true;
+            if bucket() < seg.below {
+                Arm::Canary
+            } else {
+                Arm::Stable
+            }
+        } else {
+            traffic::arm(bucket(), route.weight)
+        };
+        let chosen = match arm {
             Arm::Canary => canary.or(stable),
             Arm::Stable => stable.or(canary),
-        }
+        };
+        (chosen, in_segment)
     }
 }
 
@@ -406,6 +460,7 @@ mod tests {
             timeout: None,
             readiness: Some("/ready".into()),
             mirror: None,
+            segment: None,
         };
         let mut b = a.clone();
         b.service = "b".into();
@@ -451,6 +506,7 @@ mod tests {
                 timeout: None,
                 readiness: None,
                 mirror: None,
+                segment: None,
             }],
         );
         let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
@@ -481,6 +537,7 @@ mod tests {
             canary_header: canary,
             header: &header,
             cookie: &cookie,
+            claim: &|_| None,
             draw,
         }) {
             Decision::Release { release, .. } => release.release.clone(),
@@ -517,6 +574,7 @@ mod tests {
                 timeout: None,
                 readiness: None,
                 mirror: None,
+                segment: None,
             });
         }
         let warnings = apply_access(&mut file, &catalog);
@@ -573,6 +631,7 @@ mod tests {
             timeout: None,
             readiness: None,
             mirror: None,
+            segment: None,
         }
     }
 

@@ -484,7 +484,7 @@ impl Samples {
             }
             *since = 0;
             let weight = match rollout {
-                Some(_) => world.routes.get(env).map_or(Weight(0), |r| r.2),
+                Some(_) => world.routes.get(env).map_or(Weight(0), |r| r.weight),
                 None => Weight(0),
             };
             let rates = plan

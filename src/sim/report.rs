@@ -29,6 +29,9 @@ pub fn short_cause(c: &crate::control::rollout::Cause) -> String {
         } => format!("{objective} regressed: {explanation}"),
         Cause::Evidence { explanation, .. } => explanation.clone(),
         Cause::SafeOnCopies { explanation, .. } => format!("safe on copies of live requests: {explanation}"),
+        Cause::SafeInSegment {
+            segment, explanation, ..
+        } => format!("safe in segment {segment}: {explanation}"),
         Cause::MissingData { objective, since } => format!("no data for {objective} since {since}"),
         Cause::Deadline => "progress deadline passed".into(),
         Cause::BlastRadius { excess, budget } => format!("blast radius {excess:.0} ≥ budget {budget}"),
@@ -60,6 +63,12 @@ pub fn cause_line(t: &crate::control::rollout::Transition) -> String {
         Cause::SafeOnCopies { .. } => {
             "every objective is safe on copies of live requests: now serving users, judged afresh".into()
         }
+        Cause::SafeInSegment { segment, .. } if t.to == "promoting" => {
+            format!("every objective is safe in segment {segment}, against its stable requests: switch everyone")
+        }
+        Cause::SafeInSegment { segment, .. } => format!(
+            "every objective is safe in segment {segment}, against its stable requests: now everyone, judged afresh"
+        ),
         Cause::Regressed { objective, .. } => format!("{objective} regressed: roll back"),
         Cause::Deadline if t.to == "paused" => {
             "progress deadline passed without a decision: held at this weight for a person (no regression found)"
@@ -80,7 +89,9 @@ pub fn objective_lines(t: &crate::control::rollout::Transition, verbose: bool, o
         Cause::Evidence {
             objectives, capped, ..
         } => (objectives, t.to == "promoting" || capped.is_some()),
-        Cause::Regressed { objectives, .. } | Cause::SafeOnCopies { objectives, .. } => (objectives, true),
+        Cause::Regressed { objectives, .. }
+        | Cause::SafeOnCopies { objectives, .. }
+        | Cause::SafeInSegment { objectives, .. } => (objectives, true),
         _ => return,
     };
     if !(matters || verbose) {

@@ -38,6 +38,8 @@ pub enum Signal {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Behaviour {
     pub errors: f64,
+    /// The share of the A/B segment's requests that fail, if unlike the others'.
+    pub segment_errors: Option<f64>,
     pub latency: Latency,
     pub crash_on_deploy: bool,
     pub build_time: Duration,
@@ -47,6 +49,9 @@ pub struct Behaviour {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Counters {
     rollout_release: String,
+    /// Counting an A/B segment's requests (the proxy's segment series), not everyone's: the
+    /// counters start from zero when this changes, as the live sensor's do.
+    segment: bool,
     canary: Counts,
     stable: Counts,
     /// What was counted before a counter reset (subtracted from what is reported).
@@ -66,6 +71,20 @@ pub struct Served {
     pub stable_would_fail: f64,
 }
 
+/// One environment's route in the simulated router.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimRoute {
+    pub stable: Option<String>,
+    pub canary: String,
+    /// The canary's share of everyone outside the A/B segment.
+    pub weight: Weight,
+    /// The share of stable's requests copied to the canary (a preview's mirror).
+    pub mirror: f64,
+    /// A/B: the share of the segment's requests sent to the canary, while it serves the
+    /// segment (its counts are then the segment's only, as the proxy keeps them apart).
+    pub segment: Option<f64>,
+}
+
 /// The simulated world.
 pub struct World {
     pub service: String,
@@ -82,9 +101,8 @@ pub struct World {
     pushes: Vec<(Time, String)>,
     builds: Vec<(Time, String)>,
     deployed: BTreeMap<(String, String), Time>,
-    /// Per environment: stable, canary, the canary's weight and the share of stable's requests
-    /// copied to it (a preview's mirror).
-    pub routes: BTreeMap<String, (Option<String>, String, Weight, f64)>,
+    /// Per environment: what the router routes.
+    pub routes: BTreeMap<String, SimRoute>,
     counters: BTreeMap<(String, String), Counters>,
     pub served: BTreeMap<(String, String), Served>,
     resets_done: BTreeSet<usize>,
@@ -119,6 +137,7 @@ impl World {
             scenario.stable.name.clone(),
             Behaviour {
                 errors: scenario.stable.errors.fraction(),
+                segment_errors: None,
                 latency: scenario.stable.latency.clone(),
                 crash_on_deploy: false,
                 build_time: Duration::ZERO,
@@ -129,6 +148,7 @@ impl World {
                 r.name.clone(),
                 Behaviour {
                     errors: r.errors.fraction(),
+                    segment_errors: r.segment_errors.map(|p| p.fraction()),
                     latency: r.latency.clone(),
                     crash_on_deploy: r.crash_on_deploy,
                     build_time: r.build_time.0,
@@ -156,7 +176,13 @@ impl World {
             );
             routes.insert(
                 env.clone(),
-                (Some(stable.id.clone()), stable.id.clone(), Weight(0), 0.0),
+                SimRoute {
+                    stable: Some(stable.id.clone()),
+                    canary: stable.id.clone(),
+                    weight: Weight(0),
+                    mirror: 0.0,
+                    segment: None,
+                },
             );
             deployed.insert((env.clone(), stable.id.clone()), Time::ZERO);
         }
@@ -312,9 +338,16 @@ impl World {
             }
         };
         for env in self.environments.clone() {
-            let Some((stable, canary, weight, mirror)) = self.routes.get(&env).cloned() else {
+            let Some(route) = self.routes.get(&env).cloned() else {
                 continue;
             };
+            let SimRoute {
+                stable,
+                canary,
+                weight,
+                mirror,
+                segment,
+            } = route;
             let mean = self.rate(&env, mid) * dt;
             let n = if mean > 0.0 {
                 Poisson::new(mean).map_or(0.0, |p| p.sample(&mut self.rng)) as u64
@@ -322,8 +355,29 @@ impl World {
                 0
             };
             self.generated += n;
-            let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
-            let nb = n - nc;
+            // the segment's callers, when the scenario has them: (to canary, to stable, factor)
+            // (a scenario that does not say: a tenth of the callers, like everyone else)
+            let seg_traffic = self.scenario.traffic.segment.clone().or_else(|| {
+                segment.map(|_| crate::spec::simulations::SegmentTraffic {
+                    share: crate::spec::units::Percent(0.1),
+                    error_factor: 1.0,
+                })
+            });
+            let (nc, nb, seg) = match &seg_traffic {
+                None => {
+                    let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
+                    (nc, n - nc, None)
+                }
+                Some(st) => {
+                    let ns = Binomial::new(n, st.share.fraction().min(1.0)).map_or(0, |b| b.sample(&mut self.rng));
+                    let nr = n - ns;
+                    let w = f64::from(weight.0) / 100.0;
+                    let ncr = Binomial::new(nr, w).map_or(0, |b| b.sample(&mut self.rng));
+                    let to_canary = segment.unwrap_or(w).clamp(0.0, 1.0);
+                    let ncs = Binomial::new(ns, to_canary).map_or(0, |b| b.sample(&mut self.rng));
+                    (ncr, nr - ncr, Some((ncs, ns - ncs, st.error_factor)))
+                }
+            };
             // copies of stable's requests sent to the canary: its evidence, served to no user
             let nm = if mirror > 0.0 && stable.is_some() {
                 Binomial::new(nb, mirror.min(1.0)).map_or(0, |b| b.sample(&mut self.rng))
@@ -340,6 +394,20 @@ impl World {
                 .unwrap_or_default();
             let pe_c = (self.error_rate(&canary, mid) * load).min(1.0);
             let pe_b = (self.error_rate(&stable_name, mid) * load).min(1.0);
+            let seg_rate = |w: &World, release: &str, p: f64, factor: f64| {
+                w.behaviours
+                    .get(release)
+                    .and_then(|b| b.segment_errors)
+                    .map_or(p * factor, |s| s * load)
+                    .min(1.0)
+            };
+            let (pes_c, pes_b) = match seg {
+                Some((_, _, factor)) => (
+                    seg_rate(self, &canary, pe_c, factor),
+                    seg_rate(self, &stable_name, pe_b, factor),
+                ),
+                None => (pe_c, pe_b),
+            };
             let mut canary_errors = None;
             for (objective, signal) in self.signals.clone() {
                 let (pc, pb) = match signal {
@@ -349,21 +417,41 @@ impl World {
                 let bc = self.draw_bad(nc, pc);
                 let bb = self.draw_bad(nb, pb);
                 let bm = self.draw_bad(nm, pc);
+                // the segment's requests: (canary, bad), (stable, bad)
+                let (segc, segb) = match seg {
+                    Some((ncs, nbs, _)) => {
+                        let (psc, psb) = match signal {
+                            Signal::Errors => (pes_c, pes_b),
+                            Signal::SlowerThan(_) => (pc, pb),
+                        };
+                        let bcs = self.draw_bad(ncs, psc);
+                        let bbs = self.draw_bad(nbs, psb);
+                        (Counts::new(bcs, ncs), Counts::new(bbs, nbs))
+                    }
+                    None => (Counts::default(), Counts::default()),
+                };
                 if signal == Signal::Errors && canary_errors.is_none() {
-                    canary_errors = Some((bc, pb));
+                    let would_fail = nc as f64 * pb + segc.total as f64 * pes_b;
+                    canary_errors = Some((bc + segc.bad, would_fail));
                 }
                 let key = (env.clone(), objective.clone());
                 let c = self.counters.entry(key).or_default();
-                if c.rollout_release != rollout_release {
+                if c.rollout_release != rollout_release || c.segment != segment.is_some() {
                     *c = Counters {
                         rollout_release: rollout_release.clone(),
+                        segment: segment.is_some(),
                         ..Default::default()
                     };
                 }
-                c.canary.total += nc + nm;
-                c.canary.bad += bc + bm;
-                c.stable.total += nb;
-                c.stable.bad += bb;
+                if segment.is_some() {
+                    // A/B stage: the proxy counts the segment's requests apart, and the judge
+                    // reads both arms' segment series
+                    c.canary = c.canary + segc;
+                    c.stable = c.stable + segb;
+                } else {
+                    c.canary = c.canary + Counts::new(bc + bm, nc + nm) + segc;
+                    c.stable = c.stable + Counts::new(bb, nb) + segb;
+                }
             }
             let canary_rollout_active = self
                 .state
@@ -372,12 +460,14 @@ impl World {
                 .and_then(|e| e.rollout.as_ref())
                 .is_some_and(|r| r.release == canary && !r.phase.is_finished());
             let replayed = self.recordings.as_ref().is_some_and(|r| r.environment == env);
-            if nc > 0 && weight.0 > 0 && canary_rollout_active && !replayed {
-                let (bad, pb) = canary_errors.unwrap_or((0, pe_b));
+            // the users the canary served (copies are no one's)
+            let users = nc + seg.map_or(0, |(ncs, _, _)| ncs);
+            if users > 0 && canary_rollout_active && !replayed {
+                let (bad, would_fail) = canary_errors.unwrap_or((0, nc as f64 * pe_b));
                 let s = self.served.entry((env.clone(), canary.clone())).or_default();
-                s.requests += nc;
+                s.requests += users;
                 s.bad += bad;
-                s.stable_would_fail += nc as f64 * pb;
+                s.stable_would_fail += would_fail;
             }
         }
         // counter resets happen once, at their moment
@@ -738,13 +828,13 @@ impl Router for World {
         Ok(self
             .routes
             .iter()
-            .map(|(env, (stable, canary, weight, _))| {
+            .map(|(env, r)| {
                 (
                     env.clone(),
                     RouteWeights {
-                        stable: stable.clone(),
-                        canary: Some(canary.clone()),
-                        weight: *weight,
+                        stable: r.stable.clone(),
+                        canary: Some(r.canary.clone()),
+                        weight: r.weight,
                     },
                 )
             })
@@ -765,14 +855,19 @@ impl Router for World {
         let mirror = preview
             .and_then(|p| p.mirror.as_ref())
             .map_or(0.0, |m| m.share.fraction());
+        let segment = preview
+            .and_then(|p| p.segment.as_ref())
+            .filter(|_| canary_weight.0 == 0)
+            .map(|s| s.share.fraction());
         self.routes.insert(
             environment.to_owned(),
-            (
-                stable.map(str::to_owned),
-                canary.to_owned(),
-                canary_weight,
+            SimRoute {
+                stable: stable.map(str::to_owned),
+                canary: canary.to_owned(),
+                weight: canary_weight,
                 mirror,
-            ),
+                segment,
+            },
         );
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! deadlines and budgets, gates before a release may enter an environment, rollback rules, and
 //! how often the service is built.
 
-use super::routes::Mirror;
+use super::routes::{Mirror, Segment};
 use super::units::{Duration, Percent, TimeOfDay, Tolerance, UtcOffset, Weight};
 use super::yaml::recover_vec;
 use super::{ApiVersion, MissingData};
@@ -25,10 +25,12 @@ pub struct ControllerSpec {
     pub description: Option<String>,
     /// How a new release meets traffic: `canary` (the default: a growing share of live
     /// traffic, `ramp`), `blueGreen` (no public traffic until judged, then all of it at once) or
-    /// `shadow` (judged first on copies of live requests, then ramped as a canary).
+    /// `shadow` (judged first on copies of live requests, then ramped as a canary) or `abTest`
+    /// (a segment of callers first: by header, cookie or token claim).
     #[serde(default)]
     pub strategy: Strategy,
-    /// How the canary's traffic share grows (`canary` and `shadow`; `blueGreen` has none).
+    /// How the canary's traffic share grows (`canary` and `shadow`; `blueGreen` has none;
+    /// `abTest` ramps after its segment with one, or switches at once without).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<Ramp>,
     /// How the judge weighs evidence.
@@ -75,6 +77,12 @@ pub enum Strategy {
     /// is ramped as a canary (`ramp`), judged afresh on the requests it really serves: copies
     /// cannot show what only users do (writes, sessions).
     Shadow(Shadow),
+    /// A/B by request attributes: the release first serves only a segment of callers (a
+    /// header, a cookie or a claim of their verified token: employees, beta testers), split
+    /// with stable so that it is judged against the same segment's stable requests. Judged
+    /// safe, it is ramped as a canary for everyone (`ramp`), judged afresh; without a ramp it
+    /// takes all traffic at once.
+    AbTest(AbTest),
 }
 
 impl Strategy {
@@ -84,15 +92,31 @@ impl Strategy {
             Strategy::Canary => None,
             Strategy::BlueGreen(b) => b.mirror.as_ref(),
             Strategy::Shadow(s) => Some(&s.mirror),
+            Strategy::AbTest(_) => None,
         }
     }
 
-    /// Does a rollout start with no public traffic (judged on preview and mirrored requests)?
+    /// The segment a release serves first, if any (A/B).
+    pub fn segment(&self) -> Option<&Segment> {
+        match self {
+            Strategy::AbTest(a) => Some(&a.segment),
+            Strategy::Canary | Strategy::BlueGreen(_) | Strategy::Shadow(_) => None,
+        }
+    }
+
+    /// Does a rollout start held at weight 0, before any share of all traffic (judged on preview
+    /// and mirrored requests, or on a segment's)?
     pub fn starts_hidden(&self) -> bool {
         match self {
             Strategy::Canary => false,
-            Strategy::BlueGreen(_) | Strategy::Shadow(_) => true,
+            Strategy::BlueGreen(_) | Strategy::Shadow(_) | Strategy::AbTest(_) => true,
         }
+    }
+
+    /// Are users served by the release while it is held at weight 0 (a segment's)? Then the
+    /// blast-radius budget counts them.
+    pub fn held_serves_users(&self) -> bool {
+        matches!(self, Strategy::AbTest(_))
     }
 
     pub fn name(&self) -> &'static str {
@@ -100,6 +124,7 @@ impl Strategy {
             Strategy::Canary => "canary",
             Strategy::BlueGreen(_) => "blueGreen",
             Strategy::Shadow(_) => "shadow",
+            Strategy::AbTest(_) => "abTest",
         }
     }
 }
@@ -129,6 +154,14 @@ fn default_rollback_window() -> Duration {
 pub struct Shadow {
     /// Which live requests are copied to the new release.
     pub mirror: Mirror,
+}
+
+/// A/B: a segment of callers first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AbTest {
+    /// Who meets the release first, and which share of them.
+    pub segment: Segment,
 }
 
 /// How the canary's weight grows.

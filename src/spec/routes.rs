@@ -120,6 +120,19 @@ impl RoutesFile {
                     "copies go to the route's `canary`, and it names none".to_owned(),
                 ));
             }
+            if let Some(seg) = &r.segment {
+                problems.extend(seg.problems().into_iter().map(|(rest, m)| {
+                    let mut path = at(&["segment"]);
+                    path.extend(rest);
+                    (path, m)
+                }));
+                if r.canary.is_none() {
+                    problems.push((
+                        at(&["segment"]),
+                        "the segment is split with the route's `canary`, and it names none".to_owned(),
+                    ));
+                }
+            }
             if !seen.insert((r.service.as_str(), r.environment.as_str())) {
                 problems.push((
                     at(&[]),
@@ -203,6 +216,133 @@ pub struct RouteSpec {
     /// whose answers are discarded and whose statuses and latencies count as the canary's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// A/B: requests matching the segment's rule are split between `canary` and `stable`
+    /// before the weight applies to everyone else; each side's segment requests are counted
+    /// apart (`segment` label), so the judge compares the segment's canary with the segment's
+    /// stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Segment>,
+}
+
+/// A/B by request attributes: the requests that match `match` (any one rule) form the
+/// segment; `share` of them go to the canary, the rest stay on stable as the canary's
+/// baseline. Everyone outside the segment is routed by the weight as usual.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Segment {
+    /// The segment's name: the `segment` label of its requests' metrics.
+    #[serde(default = "default_segment_name")]
+    pub name: String,
+    /// A request is in the segment when any of these rules matches it.
+    #[serde(rename = "match", deserialize_with = "recover_vec")]
+    pub rules: Vec<Attribute>,
+    /// The segment's share sent to the canary (below 100%: the rest is the baseline the canary
+    /// is judged against). A caller keeps its side when the route is sticky.
+    #[serde(default = "half")]
+    pub share: Percent,
+}
+
+impl Segment {
+    /// What the parser cannot see: a segment that matches nothing, a share that leaves no
+    /// baseline or sends nobody, a name that is not a label value people can type. Each with
+    /// its path below the segment.
+    pub fn problems(&self) -> Vec<(Vec<Seg>, String)> {
+        let key = |k: &str| Seg::Key(k.to_owned());
+        let mut problems = Vec::new();
+        if self.rules.is_empty() {
+            problems.push((vec![key("match")], "no rule: the segment would be empty".to_owned()));
+        }
+        let share = self.share.fraction();
+        if share <= 0.0 {
+            problems.push((vec![key("share")], "a share of 0% sends the canary nobody".to_owned()));
+        } else if share >= 1.0 {
+            problems.push((
+                vec![key("share")],
+                "a share of 100% leaves the segment no stable requests to judge the canary against"
+                    .to_owned(),
+            ));
+        }
+        if !crate::spec::is_dns_label(&self.name) {
+            problems.push((
+                vec![key("name")],
+                format!("`{}` is not a DNS label (lowercase letters, digits, `-`)", self.name),
+            ));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let nv = match rule {
+                Attribute::Header(nv) | Attribute::Cookie(nv) | Attribute::Claim(nv) => nv,
+            };
+            if nv.name.trim().is_empty() {
+                problems.push((vec![key("match"), Seg::Index(i)], "the name is empty".to_owned()));
+            }
+        }
+        problems
+    }
+
+    /// Does a request with these attributes belong to the segment?
+    pub fn matches(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        cookie: &dyn Fn(&str) -> Option<String>,
+        claim: &dyn Fn(&str) -> Option<serde_json::Value>,
+    ) -> bool {
+        self.rules.iter().any(|rule| rule.matches(header, cookie, claim))
+    }
+}
+
+fn default_segment_name() -> String {
+    "ab".to_owned()
+}
+
+fn half() -> Percent {
+    Percent(0.5)
+}
+
+/// One rule of a segment: a header, a cookie, or a claim of the caller's verified token equals
+/// a value. Header names are case-insensitive; values are compared exactly. A claim that is a
+/// list (e.g. `groups`) matches when it contains the value; a number or a boolean matches its
+/// text. Claims are known only where the environment has `auth: required`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Attribute {
+    Header(NameValue),
+    Cookie(NameValue),
+    Claim(NameValue),
+}
+
+/// A name and the value it must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+impl Attribute {
+    pub fn matches(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        cookie: &dyn Fn(&str) -> Option<String>,
+        claim: &dyn Fn(&str) -> Option<serde_json::Value>,
+    ) -> bool {
+        match self {
+            Attribute::Header(nv) => header(&nv.name.to_ascii_lowercase()).is_some_and(|v| v == nv.value),
+            Attribute::Cookie(nv) => cookie(&nv.name).is_some_and(|v| v == nv.value),
+            Attribute::Claim(nv) => claim(&nv.name).is_some_and(|v| claim_has(&v, &nv.value)),
+        }
+    }
+}
+
+/// Does a claim's value equal `want` (a list: contain it)?
+fn claim_has(v: &serde_json::Value, want: &str) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s == want,
+        Value::Array(items) => items.iter().any(|i| claim_has(i, want)),
+        Value::Number(n) => n.to_string() == want,
+        Value::Bool(b) => b.to_string() == want,
+        Value::Null | Value::Object(_) => false,
+    }
 }
 
 /// Copies of live requests sent to a release that serves no user: its answers are discarded,

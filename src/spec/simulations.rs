@@ -97,6 +97,23 @@ pub struct Traffic {
     /// `1 + loadSensitivity × swing`.
     #[serde(default)]
     pub load_sensitivity: f64,
+    /// The callers an A/B strategy's segment matches (employees, beta testers), if they are
+    /// not like everyone else: their share of the requests, and how their requests fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentTraffic>,
+}
+
+/// The segment's callers in a simulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SegmentTraffic {
+    /// Their share of all requests.
+    pub share: Percent,
+    /// Their requests fail this many times as often as others', on every release (internal
+    /// users reach admin pages and edge cases): why a segment's canary is judged against the
+    /// same segment's stable requests, never against everyone's.
+    #[serde(default = "one")]
+    pub error_factor: f64,
 }
 
 fn default_swing_period() -> Duration {
@@ -179,6 +196,11 @@ pub struct PushedRelease {
     /// How long its build takes.
     #[serde(default = "default_build_time")]
     pub build_time: Duration,
+    /// Share of the segment's requests that fail, when the release treats them unlike the
+    /// others (a bug only its testers would never meet); default: `errors` × the segment's
+    /// `errorFactor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_errors: Option<Percent>,
 }
 
 fn default_build_time() -> Duration {

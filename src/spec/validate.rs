@@ -772,6 +772,14 @@ fn check_strategy(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
     }
     let (variant, mirror) = match &ctl.strategy {
         Strategy::Canary => return,
+        Strategy::AbTest(ab) => {
+            for (rest, message) in ab.segment.problems() {
+                let mut path: Vec<Seg> = p!["strategy", "abTest", "segment"].to_vec();
+                path.extend(rest);
+                c.error(file, &path, message, None);
+            }
+            return;
+        }
         Strategy::BlueGreen(b) => ("blueGreen", b.mirror.as_ref()),
         Strategy::Shadow(s) => ("shadow", Some(&s.mirror)),
     };
@@ -813,6 +821,49 @@ fn check_strategy(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
             "judged only on requests to the release's preview URL: if nothing calls it, there is no evidence and the progress deadline decides".into(),
             Some("add `mirror: {share: 100%}` to judge it on copies of live requests too".into()),
         );
+    }
+}
+
+/// An environment whose controller starts with a segment (A/B): claims need verified callers,
+/// and only the proxy's own sensors can tell the segment's requests from the others.
+fn check_segment_use(
+    c: &mut Checker,
+    file: &SourceFile,
+    svc: &ServiceSpec,
+    catalog: &Catalog,
+    i: usize,
+    ctl_name: &str,
+    segment: &crate::spec::routes::Segment,
+) {
+    use crate::spec::routes::Attribute;
+    let env = &svc.environments[i];
+    let claims = segment.rules.iter().any(|r| matches!(r, Attribute::Claim(_)));
+    if claims && env.auth == Auth::None {
+        c.warn(
+            file,
+            &p!["environments", i, "auth"],
+            format!(
+                "controller `{ctl_name}` picks its segment by token claims, and `auth: none` verifies no token: those rules match nobody"
+            ),
+            Some("set `auth: required`, or pick the segment by header or cookie".into()),
+        );
+    }
+    for (j, o) in svc.objectives.iter().enumerate() {
+        let proxy = catalog
+            .sensors
+            .get(&o.sensor)
+            .is_none_or(|s| matches!(s.source, SensorSource::Proxy(_)));
+        if !proxy {
+            c.warn(
+                file,
+                &p!["objectives", j, "sensor"],
+                format!(
+                    "in {} (controller `{ctl_name}`, abTest) sensor `{}` cannot tell the segment's requests from the others: the segment's canary is compared with all of stable's requests, not like with like",
+                    env.name, o.sensor
+                ),
+                Some("judge the segment on `proxy.errors` / `proxy.latency`, which count it apart".into()),
+            );
+        }
     }
 }
 
@@ -1259,6 +1310,10 @@ fn check_service(
         }
         if let Some(ctl) = &env.controller {
             controller_ref(c, &p!["environments", i, "controller"], ctl);
+        }
+        let ctl_name = env.controller.as_deref().unwrap_or(&svc.controller);
+        if let Some(segment) = catalog.controllers.get(ctl_name).and_then(|c| c.strategy.segment()) {
+            check_segment_use(c, file, svc, catalog, i, ctl_name, segment);
         }
         if env.auth == Auth::None && env.allow.is_some() {
             c.error(

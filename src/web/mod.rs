@@ -717,7 +717,9 @@ fn shown_verdicts<'a>(
 fn objective_words(t: &Transition) -> Vec<(String, String)> {
     use crate::control::rollout::Cause;
     match &t.cause {
-        Cause::Regressed { objectives, .. } | Cause::SafeOnCopies { objectives, .. } => objectives
+        Cause::Regressed { objectives, .. }
+        | Cause::SafeOnCopies { objectives, .. }
+        | Cause::SafeInSegment { objectives, .. } => objectives
             .iter()
             .map(|o| (o.objective.clone(), o.words.clone()))
             .collect(),

@@ -127,6 +127,7 @@ pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) 
         timeout: None,
         readiness: None,
         mirror: None,
+        segment: None,
     }
 }
 
