@@ -98,10 +98,12 @@ struct World {
     router_down: bool,
     deployed: HashSet<(String, String)>,
     /// Per environment: stable, canary, the canary's weight, the share of stable's requests
-    /// copied to the canary (a preview's mirror).
-    weights: HashMap<String, (Option<String>, String, Weight, f64)>,
-    /// Counters since the current rollout started, per env: (canary release, canary, stable).
-    counters: HashMap<(String, String), (String, Counts, Counts)>,
+    /// copied to the canary (a preview's mirror), the share of the A/B segment sent to the
+    /// canary (while it serves the segment).
+    weights: HashMap<String, (Option<String>, String, Weight, f64, Option<f64>)>,
+    /// Counters since the current rollout started (or its segment stage changed), per env:
+    /// (canary release, canary, stable, counting the segment's requests).
+    counters: HashMap<(String, String), (String, Counts, Counts, bool)>,
     pushes: Vec<String>,
     requested: Vec<String>,
     finished: Vec<(String, BuildOutcome)>,
@@ -171,23 +173,38 @@ impl World {
             .map(|e| e.name.clone())
             .collect::<Vec<_>>()
         {
-            let Some((stable, canary, weight, mirror)) = self.weights.get(&env).cloned() else {
+            let Some((stable, canary, weight, mirror, segment)) = self.weights.get(&env).cloned() else {
                 continue;
             };
             let n = self.rate * secs;
-            let nc = Binomial::new(n, f64::from(weight.0) / 100.0)
-                .unwrap()
-                .sample(&mut self.rng);
+            let (nc, nb) = match segment {
+                // an A/B segment: a tenth of the callers, split by its share; the proxy counts
+                // them apart, and only they are read while the canary serves the segment
+                Some(share) => {
+                    let ns = Binomial::new(n, 0.1).unwrap().sample(&mut self.rng);
+                    let nc = Binomial::new(ns, share).unwrap().sample(&mut self.rng);
+                    (nc, ns - nc)
+                }
+                None => {
+                    let nc = Binomial::new(n, f64::from(weight.0) / 100.0)
+                        .unwrap()
+                        .sample(&mut self.rng);
+                    (nc, n - nc)
+                }
+            };
             // copies of stable's requests: the canary's evidence, served to no user
-            let nm = Binomial::new(n - nc, mirror).unwrap().sample(&mut self.rng);
+            let nm = Binomial::new(nb, mirror).unwrap().sample(&mut self.rng);
             for objective in ["errors", "latency"] {
                 let key = (env.clone(), objective.to_owned());
-                let entry = self
-                    .counters
-                    .entry(key.clone())
-                    .or_insert_with(|| (canary.clone(), Counts::default(), Counts::default()));
-                if entry.0 != canary {
-                    *entry = (canary.clone(), Counts::default(), Counts::default());
+                let fresh = (
+                    canary.clone(),
+                    Counts::default(),
+                    Counts::default(),
+                    segment.is_some(),
+                );
+                let entry = self.counters.entry(key.clone()).or_insert_with(|| fresh.clone());
+                if entry.0 != canary || entry.3 != segment.is_some() {
+                    *entry = fresh;
                 }
                 let pc = self.errors.get(&canary).copied().unwrap_or(HEALTHY_ERRORS);
                 let pb = stable
@@ -197,8 +214,8 @@ impl World {
                     .unwrap_or(HEALTHY_ERRORS);
                 entry.1.total += nc + nm;
                 entry.1.bad += Binomial::new(nc + nm, pc).unwrap().sample(&mut self.rng);
-                entry.2.total += n - nc;
-                entry.2.bad += Binomial::new(n - nc, pb).unwrap().sample(&mut self.rng);
+                entry.2.total += nb;
+                entry.2.bad += Binomial::new(nb, pb).unwrap().sample(&mut self.rng);
                 let reading = if self.blackout {
                     Reading::default()
                 } else {
@@ -233,7 +250,7 @@ impl World {
         let routes = self
             .weights
             .iter()
-            .map(|(env, (stable, canary, weight, _))| {
+            .map(|(env, (stable, canary, weight, _, _))| {
                 let route = RouteWeights {
                     stable: stable.clone(),
                     canary: Some(canary.clone()),
@@ -281,9 +298,14 @@ impl World {
                         .as_ref()
                         .and_then(|p| p.mirror.as_ref())
                         .map_or(0.0, |m| m.share.fraction());
+                    let segment = preview
+                        .as_ref()
+                        .and_then(|p| p.segment.as_ref())
+                        .filter(|_| canary_weight.0 == 0)
+                        .map(|s| s.share.fraction());
                     self.weights.insert(
                         environment.clone(),
-                        (stable.clone(), canary.clone(), *canary_weight, mirror),
+                        (stable.clone(), canary.clone(), *canary_weight, mirror, segment),
                     );
                 }
                 Action::Retire { environment, release } => {
@@ -310,7 +332,7 @@ impl World {
             {
                 self.weights.insert(
                     env.clone(),
-                    (Some(stable.clone()), stable.clone(), Weight(0), 0.0),
+                    (Some(stable.clone()), stable.clone(), Weight(0), 0.0, None),
                 );
             }
         }
@@ -1185,4 +1207,166 @@ fn blue_green_retires_the_previous_release_when_its_window_ends() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("no rollout in progress"), "{err}");
+}
+
+/// The shop with an A/B policy in dev: a tenth of the callers (the world's segment), half of
+/// them to the release first; then the ramp, or (`ramp: false`) all traffic at once.
+fn ab_with_stable(seed: u64, budget: u64, ramp: bool) -> World {
+    let service = SERVICE.replace(
+        "{name: dev, controller: quick}",
+        "{name: dev, controller: staff-first}",
+    );
+    let staff_first = controller(
+        "staff-first",
+        "strategy: {abTest: {segment: {name: staff, match: [{header: {name: x-staff, value: '1'}}], share: 50%}}}",
+    )
+    .replace("blastRadius: {budget: 500}", &format!("blastRadius: {{budget: {budget}}}"));
+    let staff_first = if ramp {
+        staff_first
+    } else {
+        staff_first.replace("ramp: {steps: [5, 25, 50]}\n", "")
+    };
+    let steady = controller("steady", "");
+    let gated = controller("gated", "");
+    let catalog = spec::load_texts(&[
+        ("shop.yaml", service.as_str()),
+        ("sensors.yaml", SENSORS),
+        ("staff-first.yaml", &staff_first),
+        ("steady.yaml", &steady),
+        ("gated.yaml", &gated),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render_text()));
+    let mut w = World::with_spec(seed, PlanSpec::resolve(&catalog, "shop").unwrap());
+    w.push("c1");
+    assert!(w.run_until(10, 500, |w| {
+        w.state
+            .environments
+            .get("prod")
+            .is_some_and(|e| e.stable.as_deref() == Some("r-c1"))
+    }));
+    w.plans.clear();
+    w
+}
+
+/// The segment's share `release` was given in `env` at each weight change (`None`: no segment).
+fn segments_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<(String, f64)>)> {
+    w.plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter_map(|a| match a {
+            Action::SetWeights {
+                environment,
+                canary,
+                canary_weight,
+                preview,
+                ..
+            } if environment == env && canary == release => Some((
+                canary_weight.0,
+                preview
+                    .as_ref()
+                    .and_then(|p| p.segment.as_ref())
+                    .map(|s| (s.name.clone(), s.share.fraction())),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ab_test_serves_its_segment_first_judged_against_the_segment_then_ramps_judged_anew() {
+    let mut w = ab_with_stable(41, 500, true);
+    w.push("good");
+    assert!(w.run_until(10, 1000, |w| w.env("dev").stable.as_deref() == Some("r-good")));
+    let given = segments_of(&w, "dev", "r-good");
+    assert_eq!(
+        given.first(),
+        Some(&(0, Some(("staff".to_owned(), 0.5)))),
+        "the segment first, at weight 0: {given:?}"
+    );
+    assert!(
+        given.iter().any(|(weight, s)| *weight == 5 && s.is_none()),
+        "then the ramp, for everyone: {given:?}"
+    );
+    let ramped = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.environment == "dev" && t.release == "r-good" && t.weight.0 == 5)
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&ramped.cause, Cause::SafeInSegment { segment, objectives, .. } if segment == "staff" && objectives.iter().all(|o| o.verdict == "safe")),
+        "{ramped:?}"
+    );
+    // judged anew on the ramp: the segment's evidence is not carried into everyone's
+    let in_segment = w
+        .plans
+        .iter()
+        .flat_map(|p| &p.evidence)
+        .filter(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 0)
+        .map(|e| e.judgement.evidence.canary.total)
+        .max()
+        .unwrap();
+    let first_ramp = w
+        .plans
+        .iter()
+        .flat_map(|p| &p.evidence)
+        .find(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 5)
+        .map(|e| e.judgement.evidence.canary.total)
+        .unwrap();
+    assert!(
+        first_ramp < in_segment,
+        "judged anew: {first_ramp} requests on the ramp vs {in_segment} in the segment"
+    );
+}
+
+#[test]
+fn ab_test_rolls_back_a_bad_release_while_only_its_segment_meets_it() {
+    let mut w = ab_with_stable(42, 500, true);
+    roll_back_a_bad_release_in_dev(&mut w);
+    let given = segments_of(&w, "dev", "r-bad");
+    assert!(given.iter().all(|(weight, _)| *weight == 0), "{given:?}");
+    assert_eq!(given.first().map(|g| g.1.is_some()), Some(true), "{given:?}");
+    assert_eq!(
+        given.last(),
+        Some(&(0, None)),
+        "taken out of the route: {given:?}"
+    );
+}
+
+#[test]
+fn ab_test_s_budget_counts_what_the_segment_was_served() {
+    // a release twice as bad as stable, with a budget of 3 bad requests beyond stable's: the
+    // segment's users are served, so the brake stops it at weight 0
+    let mut w = ab_with_stable(43, 3, true);
+    w.errors.insert("r-worse".into(), 2.0 * HEALTHY_ERRORS);
+    w.push("worse");
+    assert!(w.run_until(10, 300, |w| matches!(
+        w.phase("dev"),
+        Some(Phase::RolledBack { .. })
+    )));
+    let t = w.first_rollback();
+    assert!(matches!(&t.cause, Cause::BlastRadius { budget: 3, .. }), "{t:?}");
+    assert_eq!(t.weight.0, 0, "{t:?}");
+}
+
+#[test]
+fn ab_test_without_a_ramp_switches_everyone_from_the_segment_at_once() {
+    let mut w = ab_with_stable(44, 500, false);
+    w.push("good");
+    assert!(w.run_until(10, 1000, |w| w.env("dev").stable.as_deref() == Some("r-good")));
+    let given = segments_of(&w, "dev", "r-good");
+    assert!(
+        given.iter().all(|(weight, _)| *weight == 0 || *weight == 100),
+        "no ramp: {given:?}"
+    );
+    let switched = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.environment == "dev" && t.release == "r-good" && t.to == "promoting")
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&switched.cause, Cause::SafeInSegment { segment, .. } if segment == "staff"),
+        "{switched:?}"
+    );
 }

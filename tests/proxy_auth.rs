@@ -418,3 +418,103 @@ async fn a_rotated_jwks_is_picked_up_without_a_restart() {
     );
     proxy.stop();
 }
+
+/// The release that answered, from the proxy's response header.
+async fn release_of(proxy: &ProxyHandle, host: &str, headers: &[(&str, &str)]) -> String {
+    let (status, h, body) = call(proxy, host, headers).await;
+    assert_eq!(status, 200, "{body}");
+    h["x-autopilot-release"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ab_segment_is_picked_by_claim_header_or_cookie_split_with_stable_and_counted_apart() {
+    use autopilot::proxy::routes::{Attribute, NameValue, Segment};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let nv = |name: &str, value: &str| NameValue {
+        name: name.into(),
+        value: value.into(),
+    };
+    let shop = RouteSpec {
+        canary: Some("v2".into()),
+        releases: BTreeMap::from([("v1".into(), vec![v1.addr]), ("v2".into(), vec![v2.addr])]),
+        sticky: Some(autopilot::proxy::routes::Sticky::Header("x-user".into())),
+        segment: Some(Segment {
+            name: "staff".into(),
+            rules: vec![
+                Attribute::Claim(nv("groups", "staff")),
+                Attribute::Header(nv("X-Staff", "1")),
+                Attribute::Cookie(nv("beta", "opted-in")),
+            ],
+            share: "50%".parse().unwrap(),
+        }),
+        ..common::route_v1("shop", "prod", v1.addr, Auth::Required)
+    };
+    let proxy = start(dir.path(), &keys, vec![shop]).await;
+    let host = "shop.prod.example.test";
+    let bearer = |groups: &[&str]| format!("Bearer {}", token(&keys.signing, &claims(groups)));
+    let (customer, staff) = (bearer(&["shop"]), bearer(&["shop", "staff"]));
+    let as_customer = [("x-api-key", API_KEY), ("authorization", customer.as_str())];
+    wait_ready(&proxy, host, &as_customer).await;
+    wait_ready(&proxy, "v2.shop.prod.example.test", &as_customer).await;
+
+    // outside the segment the weight (0) decides: stable only, whatever the sticky key
+    for i in 0..100 {
+        let user = format!("customer-{i}");
+        let h = [as_customer[0], as_customer[1], ("x-user", user.as_str())];
+        assert_eq!(release_of(&proxy, host, &h).await, "v1");
+    }
+    // a header with another value, or a claim that is not the rule's, is not the segment
+    let h = [as_customer[0], as_customer[1], ("x-staff", "2")];
+    assert_eq!(release_of(&proxy, host, &h).await, "v1");
+
+    // each rule picks the segment; half of it meets v2, the other half stays on v1 as its
+    // baseline; a caller keeps its side (sticky by `x-user`)
+    let mut seen: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    let by_claim = [("x-api-key", API_KEY), ("authorization", staff.as_str())];
+    for (rule, base, extra) in [
+        ("claim", by_claim, None),
+        ("header", as_customer, Some(("x-staff", "1"))),
+        (
+            "cookie",
+            as_customer,
+            Some(("cookie", "theme=dark; beta=opted-in")),
+        ),
+    ] {
+        for i in 0..120 {
+            let user = format!("{rule}-{i}");
+            let mut h = vec![base[0], base[1], ("x-user", user.as_str())];
+            h.extend(extra);
+            let first = release_of(&proxy, host, &h).await;
+            assert_eq!(release_of(&proxy, host, &h).await, first, "{user} keeps its side");
+            let e = seen.entry(rule).or_default();
+            if first == "v2" { e.0 += 2 } else { e.1 += 2 }
+        }
+    }
+    for (rule, (on_v2, on_v1)) in &seen {
+        // 120 callers, each side's count Binomial(120, 1/2): outside 30..90 once in 10^7
+        assert!(
+            (60..=180).contains(on_v2) && (60..=180).contains(on_v1),
+            "{rule}: {on_v2} requests on v2, {on_v1} on v1"
+        );
+    }
+
+    // the segment's requests are counted apart, by release; the rest are not in those series
+    let registry = &proxy.shared.registry;
+    let segment = |release: &str| {
+        registry
+            .get_segment("shop", "prod", release, "staff")
+            .map_or(0, |m| m.total())
+    };
+    let (on_v2, on_v1): (u32, u32) = seen.values().fold((0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
+    assert_eq!(segment("v2"), u64::from(on_v2));
+    assert_eq!(segment("v1"), u64::from(on_v1));
+    let v1_rest = registry.get("shop", "prod", "v1").unwrap().total();
+    assert!(v1_rest >= 101, "{v1_rest}");
+    let exposition = common::metrics_text(proxy.admin).await;
+    let line = format!(
+        "autopilot_proxy_requests_total{{service=\"shop\",environment=\"prod\",release=\"v2\",segment=\"staff\",code=\"2xx\"}} {on_v2}"
+    );
+    assert!(exposition.contains(&line), "{line} in:\n{exposition}");
+}

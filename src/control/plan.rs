@@ -1195,16 +1195,16 @@ fn brakes(
             && (r.phase.weight().0 > 0 || ctl.strategy.held_serves_users()) =>
         {
             Some(Stop {
-            action: ctl.rollback.on_regression,
-            reason: format!(
-                "blast-radius budget spent: {:.0} bad requests ≥ {}",
-                r.excess_bad, ctl.blast_radius.budget
-            ),
-            cause: Cause::BlastRadius {
-                excess: r.excess_bad,
-                budget: ctl.blast_radius.budget,
-            },
-        })
+                action: ctl.rollback.on_regression,
+                reason: format!(
+                    "blast-radius budget spent: {:.0} bad requests ≥ {}",
+                    r.excess_bad, ctl.blast_radius.budget
+                ),
+                cause: Cause::BlastRadius {
+                    excess: r.excess_bad,
+                    budget: ctl.blast_radius.budget,
+                },
+            })
         }
         None => None,
     }

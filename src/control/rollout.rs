@@ -102,7 +102,13 @@ impl Phase {
     pub fn held(&self) -> bool {
         matches!(
             self,
-            Phase::Canary { weight: Weight(0), .. } | Phase::Paused { weight: Weight(0), .. }
+            Phase::Canary {
+                weight: Weight(0),
+                ..
+            } | Phase::Paused {
+                weight: Weight(0),
+                ..
+            }
         )
     }
 

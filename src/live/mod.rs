@@ -245,14 +245,29 @@ impl ProxySensors {
     }
 
     /// A release's counts: of one A/B segment's requests, or of all its requests.
-    fn count(&self, service: &str, env: &str, release: &str, segment: Option<&str>, read: ProxyRead) -> Option<Counts> {
+    fn count(
+        &self,
+        service: &str,
+        env: &str,
+        release: &str,
+        segment: Option<&str>,
+        read: ProxyRead,
+    ) -> Option<Counts> {
         let registry = &self.shared.registry;
         let series = match segment {
-            Some(s) => registry.get_segment(service, env, release, s).into_iter().collect(),
+            Some(s) => registry
+                .get_segment(service, env, release, s)
+                .into_iter()
+                .collect(),
             None => registry.all(service, env, release),
         };
         match read {
-            ProxyRead::Errors => Some(series.iter().map(|m| m.errors()).fold(Counts::default(), |a, b| a + b)),
+            ProxyRead::Errors => Some(
+                series
+                    .iter()
+                    .map(|m| m.errors())
+                    .fold(Counts::default(), |a, b| a + b),
+            ),
             ProxyRead::SlowerThan(t) => series
                 .iter()
                 .try_fold(Counts::default(), |a, m| Some(a + m.slower_than(t)?)),
@@ -889,5 +904,116 @@ impl Up {
             tokio::task::spawn_blocking(move || p.stop()).await.ok();
         }
         self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::rollout::{EnvState, Rollout};
+    use std::path::PathBuf;
+
+    fn examples() -> Catalog {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        crate::spec::load(&[
+            root.join("objectives"),
+            root.join("sensors"),
+            root.join("controllers"),
+        ])
+        .map_err(|_| "the examples load")
+        .unwrap()
+    }
+
+    fn in_prod(phase: Phase) -> ServiceState {
+        let mut state = ServiceState::default();
+        state.environments.insert(
+            "prod".into(),
+            EnvState {
+                stable: Some("v1".into()),
+                stable_since: Some(Time::ZERO),
+                rollout: Some(Rollout {
+                    release: "v2".into(),
+                    phase,
+                    started_at: Time::from_secs(100),
+                    judges: BTreeMap::new(),
+                    excess_bad: 0.0,
+                }),
+                blocked: None,
+                previous: None,
+            },
+        );
+        state
+    }
+
+    fn record(m: &crate::proxy::metrics::ReleaseMetrics, ok: u64, failed: u64) {
+        for _ in 0..ok {
+            m.record(Some(200), Duration::from_millis(5));
+        }
+        for _ in 0..failed {
+            m.record(Some(503), Duration::from_millis(5));
+        }
+    }
+
+    /// While an A/B release serves its segment, both arms are read from the segment's series
+    /// (like with like); on the ramp, from all of each release's requests, counted from the
+    /// stage's first read.
+    #[tokio::test]
+    async fn an_ab_segment_is_judged_on_its_own_series_and_the_ramp_on_everyone_s() {
+        let catalog = examples();
+        let spec = PlanSpec::resolve(&catalog, "storefront").unwrap();
+        let shared = Shared::new(RoutesFile::new("example.test", vec![]), PathBuf::from("."), None).unwrap();
+        let r = &shared.registry;
+        let (v1, v2) = (
+            r.release("storefront", "prod", "v1"),
+            r.release("storefront", "prod", "v2"),
+        );
+        let (v1s, v2s) = (
+            r.segment("storefront", "prod", "v1", "staff"),
+            r.segment("storefront", "prod", "v2", "staff"),
+        );
+        let mut sensors = ProxySensors::new(shared.clone(), &catalog);
+        let held = in_prod(Phase::Canary {
+            step: 0,
+            weight: Weight(0),
+            since: Time::from_secs(120),
+        });
+        let errors =
+            |out: &BTreeMap<String, Readings>| out["storefront"][&("prod".to_owned(), "errors".to_owned())];
+        // the first read is the baseline
+        record(&v1, 1000, 1);
+        let out = sensors.read(&[(&spec, &held)], Time::from_secs(130)).await;
+        assert_eq!(
+            errors(&out),
+            Reading::of(Some(Counts::new(0, 0)), Some(Counts::new(0, 0)))
+        );
+        // everyone else's requests are not the segment's
+        record(&v1, 5000, 10);
+        record(&v1s, 40, 2);
+        record(&v2s, 30, 3);
+        let out = sensors.read(&[(&spec, &held)], Time::from_secs(140)).await;
+        assert_eq!(
+            errors(&out),
+            Reading::of(Some(Counts::new(3, 33)), Some(Counts::new(2, 42)))
+        );
+
+        // on the ramp: each release's requests, all of them, from the first read of the stage
+        let ramp = in_prod(Phase::Canary {
+            step: 0,
+            weight: Weight(10),
+            since: Time::from_secs(150),
+        });
+        let out = sensors.read(&[(&spec, &ramp)], Time::from_secs(150)).await;
+        assert_eq!(
+            errors(&out),
+            Reading::of(Some(Counts::new(0, 0)), Some(Counts::new(0, 0)))
+        );
+        record(&v1, 900, 0);
+        record(&v2, 99, 1);
+        record(&v1s, 10, 0);
+        let out = sensors.read(&[(&spec, &ramp)], Time::from_secs(160)).await;
+        assert_eq!(
+            errors(&out),
+            Reading::of(Some(Counts::new(1, 100)), Some(Counts::new(0, 910)))
+        );
     }
 }

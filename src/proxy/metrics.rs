@@ -106,7 +106,13 @@ impl Registry {
     }
 
     /// The metrics of a release's requests from an A/B segment, created on first use.
-    pub fn segment(&self, service: &str, environment: &str, release: &str, segment: &str) -> Arc<ReleaseMetrics> {
+    pub fn segment(
+        &self,
+        service: &str,
+        environment: &str,
+        release: &str,
+        segment: &str,
+    ) -> Arc<ReleaseMetrics> {
         let mut map = self
             .releases
             .lock()

@@ -258,18 +258,22 @@ impl RouteTable {
                     }),
                 );
             }
-            let segment = spec.segment.as_ref().filter(|_| spec.canary.is_some()).map(|s| SegmentRoute {
-                spec: s.clone(),
-                below: (s.share.fraction().clamp(0.0, 1.0) * f64::from(BUCKETS)).round() as u32,
-                metrics: spec
-                    .releases
-                    .keys()
-                    .map(|r| {
-                        let m = registry.segment(&spec.service, &spec.environment, r, &s.name);
-                        (r.clone(), m)
-                    })
-                    .collect(),
-            });
+            let segment = spec
+                .segment
+                .as_ref()
+                .filter(|_| spec.canary.is_some())
+                .map(|s| SegmentRoute {
+                    spec: s.clone(),
+                    below: (s.share.fraction().clamp(0.0, 1.0) * f64::from(BUCKETS)).round() as u32,
+                    metrics: spec
+                        .releases
+                        .keys()
+                        .map(|r| {
+                            let m = registry.segment(&spec.service, &spec.environment, r, &s.name);
+                            (r.clone(), m)
+                        })
+                        .collect(),
+                });
             let mirror = match (&spec.mirror, &spec.canary) {
                 (Some(m), Some(canary)) => releases.get(canary).map(|to| MirrorRoute::build(m, to.clone())),
                 _ => None,
@@ -758,5 +762,126 @@ mod tests {
         let ups = t2.upstreams();
         assert!(ups[0].usable(), "kept its health");
         assert!(!ups[1].usable(), "new: not ready until probed");
+    }
+
+    fn segment_table(share: &str) -> RouteTable {
+        let mut spec = table_spec_with_segment();
+        spec.sticky = Some(Sticky::Header("x-user".into()));
+        spec.segment = Some(Segment {
+            name: "staff".into(),
+            rules: vec![
+                Attribute::Claim(NameValue {
+                    name: "groups".into(),
+                    value: "staff".into(),
+                }),
+                Attribute::Claim(NameValue {
+                    name: "level".into(),
+                    value: "3".into(),
+                }),
+            ],
+            share: share.parse().unwrap(),
+        });
+        let file = RoutesFile::new("example.test", vec![spec]);
+        let t = RouteTable::build(&file, None, &super::super::metrics::Registry::default());
+        for u in t.upstreams() {
+            u.ready.store(true, Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// (release, counted in the segment) for a caller with these claims.
+    fn choose_by_claims(
+        t: &RouteTable,
+        claims: serde_json::Value,
+        forced: Option<&str>,
+        draw: u32,
+    ) -> (String, bool) {
+        let claims = claims.as_object().unwrap().clone();
+        let claim = move |name: &str| claims.get(name).cloned();
+        match t.choose(&RequestFacts {
+            host: "checkout.prod.example.test",
+            canary_header: forced,
+            header: &|_| None,
+            cookie: &|_| None,
+            claim: &claim,
+            draw,
+        }) {
+            Decision::Release { release, segment } => (release.release.clone(), segment.is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_segment_is_split_by_its_share_before_the_weight_and_counted_apart() {
+        use serde_json::json;
+        let t = segment_table("30%");
+        let below = BUCKETS * 3 / 10;
+        // a list claim contains the value; a number matches its text
+        for claims in [json!({"groups": ["shop", "staff"]}), json!({"level": 3})] {
+            assert_eq!(
+                choose_by_claims(&t, claims.clone(), None, below - 1),
+                ("v2".into(), true)
+            );
+            assert_eq!(choose_by_claims(&t, claims, None, below), ("v1".into(), true));
+        }
+        // outside the segment: the weight (0), and not counted in the segment's series
+        for claims in [
+            json!({"groups": ["shop"]}),
+            json!({"groups": "staffing"}),
+            json!({"level": 4}),
+            json!({}),
+        ] {
+            assert_eq!(choose_by_claims(&t, claims, None, 0), ("v1".into(), false));
+        }
+        // `x-canary` still wins, and is not the segment's evidence
+        assert_eq!(
+            choose_by_claims(&t, json!({"groups": ["staff"]}), Some("never"), 0),
+            ("v1".into(), false)
+        );
+        assert_eq!(
+            choose_by_claims(&t, json!({}), Some("always"), 0),
+            ("v2".into(), false)
+        );
+    }
+
+    #[test]
+    fn a_segment_needs_a_canary_to_split_with() {
+        let mut file = RoutesFile::new("example.test", Vec::new());
+        let mut spec = table_spec_with_segment();
+        spec.canary = None;
+        file.routes.push(spec);
+        let err = file.check().unwrap_err();
+        assert!(
+            err.contains("routes[0].segment: the segment is split with the route's `canary`"),
+            "{err}"
+        );
+    }
+
+    fn table_spec_with_segment() -> RouteSpec {
+        RouteSpec {
+            service: "checkout".into(),
+            environment: "prod".into(),
+            stable: Some("v1".into()),
+            canary: Some("v2".into()),
+            weight: Weight(0),
+            sticky: None,
+            releases: BTreeMap::from([
+                ("v1".into(), vec!["127.0.0.1:1001".parse().unwrap()]),
+                ("v2".into(), vec!["127.0.0.1:1002".parse().unwrap()]),
+            ]),
+            auth: crate::spec::objectives::Auth::None,
+            allow: None,
+            timeout: None,
+            readiness: None,
+            mirror: None,
+            segment: Some(Segment {
+                name: "ab".into(),
+                rules: vec![Attribute::Header(NameValue {
+                    name: "x-staff".into(),
+                    value: "1".into(),
+                })],
+                share: "50%".parse().unwrap(),
+            }),
+        }
     }
 }

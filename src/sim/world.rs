@@ -365,11 +365,13 @@ impl World {
             });
             let (nc, nb, seg) = match &seg_traffic {
                 None => {
-                    let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
+                    let nc =
+                        Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
                     (nc, n - nc, None)
                 }
                 Some(st) => {
-                    let ns = Binomial::new(n, st.share.fraction().min(1.0)).map_or(0, |b| b.sample(&mut self.rng));
+                    let ns =
+                        Binomial::new(n, st.share.fraction().min(1.0)).map_or(0, |b| b.sample(&mut self.rng));
                     let nr = n - ns;
                     let w = f64::from(weight.0) / 100.0;
                     let ncr = Binomial::new(nr, w).map_or(0, |b| b.sample(&mut self.rng));

@@ -250,11 +250,17 @@ impl Segment {
         let key = |k: &str| Seg::Key(k.to_owned());
         let mut problems = Vec::new();
         if self.rules.is_empty() {
-            problems.push((vec![key("match")], "no rule: the segment would be empty".to_owned()));
+            problems.push((
+                vec![key("match")],
+                "no rule: the segment would be empty".to_owned(),
+            ));
         }
         let share = self.share.fraction();
         if share <= 0.0 {
-            problems.push((vec![key("share")], "a share of 0% sends the canary nobody".to_owned()));
+            problems.push((
+                vec![key("share")],
+                "a share of 0% sends the canary nobody".to_owned(),
+            ));
         } else if share >= 1.0 {
             problems.push((
                 vec![key("share")],
@@ -265,7 +271,10 @@ impl Segment {
         if !crate::spec::is_dns_label(&self.name) {
             problems.push((
                 vec![key("name")],
-                format!("`{}` is not a DNS label (lowercase letters, digits, `-`)", self.name),
+                format!(
+                    "`{}` is not a DNS label (lowercase letters, digits, `-`)",
+                    self.name
+                ),
             ));
         }
         for (i, rule) in self.rules.iter().enumerate() {

@@ -1312,7 +1312,11 @@ fn check_service(
             controller_ref(c, &p!["environments", i, "controller"], ctl);
         }
         let ctl_name = env.controller.as_deref().unwrap_or(&svc.controller);
-        if let Some(segment) = catalog.controllers.get(ctl_name).and_then(|c| c.strategy.segment()) {
+        if let Some(segment) = catalog
+            .controllers
+            .get(ctl_name)
+            .and_then(|c| c.strategy.segment())
+        {
             check_segment_use(c, file, svc, catalog, i, ctl_name, segment);
         }
         if env.auth == Auth::None && env.allow.is_some() {
@@ -1464,6 +1468,161 @@ mod tests {
                 "{q:?}"
             );
         }
+    }
+
+    const SENSORS: &str = r#"
+apiVersion: autopilot/v1
+kind: Sensors
+sensors:
+  - {name: proxy.errors, source: {proxy: errors}, missingData: {hold: 1m, then: rollback}}
+  - name: http-errors
+    source: {counter: {metric: http_requests_total, selector: 'service="{{service}}",env="{{environment}}",version="{{release}}"', bad: 'code=~"5.."'}}
+    missingData: {hold: 1m, then: rollback}
+"#;
+
+    fn policy(name: &str, strategy: &str, ramp: bool) -> String {
+        let ramp = if ramp { "ramp: {steps: [5, 50]}" } else { "" };
+        format!(
+            "apiVersion: autopilot/v1\nkind: Controller\nname: {name}\nstrategy: {strategy}\n{ramp}\nanalysis: {{interval: 10s, falseRollbackRate: 1%, tolerance: 50%}}\nprogressDeadline: 1h\nblastRadius: {{budget: 10}}\nmissingData: {{hold: 1m, then: rollback}}\n"
+        )
+    }
+
+    fn service(auth: &str, sensors: &[&str]) -> String {
+        let objectives: Vec<String> = sensors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("  - {{name: o{i}, sensor: {s}, target: \"< 1%\"}}"))
+            .collect();
+        format!(
+            "apiVersion: autopilot/v1\nkind: Service\nname: shop\nrun: {{command: bin/shop, image: registry.example.test/shop}}\nenvironments:\n  - {{name: prod, auth: {auth}}}\ncontroller: ab\nobjectives:\n{}\n",
+            objectives.join("\n")
+        )
+    }
+
+    /// (line, message) of every error, or of every warning when the files are valid.
+    fn said(texts: &[(&str, &str)]) -> (Vec<(String, usize, String)>, bool) {
+        let all = |d: &[Diagnostic]| {
+            d.iter()
+                .map(|d| (d.file.clone(), d.line, d.message.clone()))
+                .collect()
+        };
+        match crate::spec::load_texts(texts) {
+            Ok(catalog) => (all(&catalog.warnings), true),
+            Err(report) => (all(&report.diagnostics), false),
+        }
+    }
+
+    #[test]
+    fn strategies_and_their_ramps_mirrors_and_segments_are_checked_where_they_are_written() {
+        let svc = service("none", &["proxy.errors"]);
+        let check = |strategy: &str, ramp: bool| {
+            let ctl = policy("ab", strategy, ramp);
+            said(&[
+                ("shop.yaml", svc.as_str()),
+                ("s.yaml", SENSORS),
+                ("ab.yaml", ctl.as_str()),
+            ])
+        };
+        let (errors, valid) = check("canary", false);
+        assert!(!valid && errors[0].2.contains("`ramp` is missing"), "{errors:?}");
+        let (errors, valid) = check("{blueGreen: {mirror: {share: 100%}}}", true);
+        assert!(!valid && errors[0].2.contains("has no ramp"), "{errors:?}");
+        let (errors, valid) = check("{shadow: {mirror: {share: 0%, methods: []}}}", true);
+        assert!(!valid, "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.2.contains("copies nothing")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.2.contains("no method is copied")),
+            "{errors:?}"
+        );
+        let (warnings, valid) = check("{shadow: {mirror: {share: 10%, methods: [GET, POST]}}}", true);
+        assert!(
+            valid
+                && warnings
+                    .iter()
+                    .any(|w| w.2.contains("POST requests are carried out twice")),
+            "{warnings:?}"
+        );
+
+        // a segment that matches nobody, leaves no baseline, or has an unusable name
+        let (errors, valid) = check("{abTest: {segment: {name: Staff, match: [], share: 100%}}}", true);
+        assert!(!valid, "{errors:?}");
+        for part in [
+            "no rule: the segment would be empty",
+            "leaves the segment no stable requests",
+            "`Staff` is not a DNS label",
+        ] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.0 == "ab.yaml" && e.1 == 4 && e.2.contains(part)),
+                "{part}: {errors:?}"
+            );
+        }
+        let (errors, valid) = check(
+            "{abTest: {segment: {match: [{header: {name: ' ', value: x}}], share: 0%}}}",
+            true,
+        );
+        assert!(!valid, "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.2.contains("sends the canary nobody")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.2.contains("the name is empty")),
+            "{errors:?}"
+        );
+        // with or without a ramp, a good segment is valid
+        for ramp in [true, false] {
+            let (warnings, valid) = check(
+                "{abTest: {segment: {match: [{cookie: {name: beta, value: '1'}}]}}}",
+                ramp,
+            );
+            assert!(valid && warnings.is_empty(), "{warnings:?}");
+        }
+    }
+
+    #[test]
+    fn a_segment_by_claims_without_verified_callers_or_judged_by_prometheus_is_warned_of() {
+        let ctl = policy(
+            "ab",
+            "{abTest: {segment: {match: [{claim: {name: groups, value: staff}}]}}}",
+            true,
+        );
+        let svc = service("none", &["proxy.errors", "http-errors"]);
+        let (warnings, valid) = said(&[
+            ("shop.yaml", svc.as_str()),
+            ("s.yaml", SENSORS),
+            ("ab.yaml", ctl.as_str()),
+        ]);
+        assert!(valid, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.0 == "shop.yaml" && w.1 == 6 && w.2.contains("those rules match nobody")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.0 == "shop.yaml"
+                && w.1 == 10
+                && w.2
+                    .contains("sensor `http-errors` cannot tell the segment's requests")),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            warnings.len(),
+            2,
+            "proxy.errors counts the segment apart: {warnings:?}"
+        );
+        let svc = service("required", &["proxy.errors"]);
+        let (warnings, valid) = said(&[
+            ("shop.yaml", svc.as_str()),
+            ("s.yaml", SENSORS),
+            ("ab.yaml", ctl.as_str()),
+        ]);
+        assert!(valid && warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
