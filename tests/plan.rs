@@ -78,6 +78,10 @@ fn spec() -> PlanSpec {
     PlanSpec::resolve(&catalog, "shop").unwrap()
 }
 
+/// What the router routes in one environment: stable, canary, the canary's weight, the mirror's
+/// share, the segment's share.
+type Routed = (Option<String>, String, Weight, f64, Option<f64>);
+
 /// A simulated world that carries out plans.
 struct World {
     spec: PlanSpec,
@@ -100,7 +104,7 @@ struct World {
     /// Per environment: stable, canary, the canary's weight, the share of stable's requests
     /// copied to the canary (a preview's mirror), the share of the A/B segment sent to the
     /// canary (while it serves the segment).
-    weights: HashMap<String, (Option<String>, String, Weight, f64, Option<f64>)>,
+    weights: HashMap<String, Routed>,
     /// Counters since the current rollout started (or its segment stage changed), per env:
     /// (canary release, canary, stable, counting the segment's requests).
     counters: HashMap<(String, String), (String, Counts, Counts, bool)>,

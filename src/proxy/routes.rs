@@ -384,9 +384,10 @@ impl RouteTable {
                 release: release.release.clone(),
             };
         }
-        let segment = in_segment
-            .then(|| route.segment.as_ref())
-            .flatten()
+        let segment = route
+            .segment
+            .as_ref()
+            .filter(|_| in_segment)
             .and_then(|s| s.metrics.get(&release.release).cloned());
         Decision::Release {
             release: release.clone(),
