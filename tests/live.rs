@@ -1908,3 +1908,161 @@ async fn blue_green_is_judged_on_copies_switches_at_once_and_switches_back_in_on
         "v1 stable again"
     );
 }
+
+/// A/B through the whole product: `autopilot up`, its proxy, real processes. The new release
+/// first serves half of the callers who send `x-staff: 1` and nobody else, judged against the
+/// other half of them on stable (counted apart, `segment="staff"`); judged safe there, it is
+/// ramped for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ab_test_serves_its_segment_first_then_everyone_by_the_ramp() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let Running {
+        config,
+        creds,
+        repo,
+        store,
+        v1,
+        up: _up,
+        ..
+    } = running_with(dir.path(), "dev", |specs| {
+        let path = specs.join("controllers/demo.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ab = text.replace(
+            "ramp:\n  steps: [10, 25, 50]\n",
+            "strategy:\n  abTest:\n    segment:\n      name: staff\n      match: [{header: {name: x-staff, value: '1'}}]\n      share: 50%\nramp:\n  steps: [10, 25, 50]\n",
+        );
+        assert_ne!(ab, text, "the demo's policy has the ramp this test extends");
+        std::fs::write(path, ab).unwrap();
+    })
+    .await;
+    let v1_id = phase(&store, "dev", &v1).await.unwrap().0;
+    let host = format!("shop.dev.{}", config.domain);
+
+    // two kinds of callers, one request after another each, every answer's release recorded
+    // with the moment it came
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers = |staff: bool, log: Log| {
+        let (creds, listen, host) = (creds.clone(), config.listen, host.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut req = client
+                    .get(format!("http://{listen}/"))
+                    .header("host", &host)
+                    .header("x-api-key", &creds.api_key)
+                    .bearer_auth(&creds.token);
+                if staff {
+                    req = req.header("x-staff", "1");
+                }
+                if let Ok(r) = req.send().await
+                    && r.status().is_success()
+                    && let Some(release) = r
+                        .headers()
+                        .get("x-autopilot-release")
+                        .and_then(|v| v.to_str().ok())
+                {
+                    log.lock()
+                        .unwrap()
+                        .push((release.to_owned(), std::time::Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (staff_log, customer_log): (Log, Log) = (Default::default(), Default::default());
+    let staff = callers(true, staff_log.clone());
+    let customers = callers(false, customer_log.clone());
+
+    let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
+    let v2_id = wait_for(
+        "v2 serving its segment in dev",
+        Duration::from_secs(60),
+        || async {
+            phase(&store, "dev", &v2)
+                .await
+                .filter(|(_, p)| matches!(p, Phase::Canary { weight, .. } if weight.0 == 0))
+        },
+    )
+    .await
+    .0;
+    let held_seen = std::time::Instant::now();
+    wait_for(
+        "v2 ramped for everyone in dev",
+        Duration::from_secs(90),
+        || async {
+            match phase(&store, "dev", &v2).await {
+                Some((_, Phase::Canary { weight, .. })) if weight.0 > 0 => Some(()),
+                Some((_, Phase::Promoted { .. })) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let first_customer_on_v2 = wait_for("a customer served by v2", Duration::from_secs(30), || async {
+        customer_log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(r, _)| *r == v2_id)
+            .map(|(_, at)| *at)
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    staff.await.unwrap();
+    customers.await.unwrap();
+
+    // from the moment v2 was seen serving its segment until the first customer met it: the
+    // customers met v1 alone, the staff both releases
+    let between = |log: &Log| -> Vec<String> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, at)| *at > held_seen && *at < first_customer_on_v2)
+            .map(|(r, _)| r.clone())
+            .collect()
+    };
+    let (staff_held, customers_held) = (between(&staff_log), between(&customer_log));
+    assert!(
+        customers_held.len() > 50,
+        "{} customer requests",
+        customers_held.len()
+    );
+    assert!(
+        customers_held.iter().all(|r| *r == v1_id),
+        "no customer met v2 before its ramp"
+    );
+    let on_v2 = staff_held.iter().filter(|r| **r == v2_id).count();
+    let on_v1 = staff_held.iter().filter(|r| **r == v1_id).count();
+    assert!(
+        on_v2 > 50 && on_v1 > 50,
+        "staff split: {on_v2} on v2, {on_v1} on v1"
+    );
+
+    // the segment's requests were counted apart, per release
+    let metrics = reqwest::get(format!("http://{}/metrics", config.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let segment_2xx = |release: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("autopilot_proxy_requests_total")
+                    && l.contains(&format!("release=\"{release}\""))
+                    && l.contains("segment=\"staff\"")
+                    && l.contains("code=\"2xx\"")
+            })
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or_else(|| panic!("no staff series for {release}:\n{metrics}"))
+    };
+    // (staff requests after the ramp began are routed by the weight and counted with everyone's)
+    let staff_total = staff_log.lock().unwrap().len() as f64;
+    let (seg_v1, seg_v2) = (segment_2xx(&v1_id), segment_2xx(&v2_id));
+    assert!(seg_v1 > 50.0 && seg_v2 > 50.0, "{metrics}");
+    assert!(seg_v1 + seg_v2 <= staff_total, "only staff requests: {metrics}");
+}
