@@ -1048,9 +1048,8 @@ fn strategies_with_stable(seed: u64, rollback_window: &str) -> World {
     w
 }
 
-/// The weights `release` was given in `env`, in order (with whether it was held at its
-/// preview, and the mirror's share then).
-fn weights_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<f64>)> {
+/// The weights `release` was given in `env`, in order, each with the preview it was held at.
+fn given(w: &World, env: &str, release: &str) -> Vec<(u8, Option<Preview>)> {
     w.plans
         .iter()
         .flat_map(|p| &p.actions)
@@ -1061,15 +1060,37 @@ fn weights_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<f64>)> {
                 canary_weight,
                 preview,
                 ..
-            } if environment == env && canary == release => Some((
-                canary_weight.0,
-                preview
-                    .as_ref()
-                    .map(|p| p.mirror.as_ref().map_or(0.0, |m| m.share.fraction())),
-            )),
+            } if environment == env && canary == release => Some((canary_weight.0, preview.clone())),
             _ => None,
         })
         .collect()
+}
+
+/// [`given`], with whether it was held at its preview, and the mirror's share then.
+fn weights_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<f64>)> {
+    given(w, env, release)
+        .into_iter()
+        .map(|(weight, p)| (weight, p.map(|p| p.mirror.map_or(0.0, |m| m.share.fraction()))))
+        .collect()
+}
+
+/// The transition in dev that took `release` from its held stage to the ramp (5%), the most
+/// canary requests judged while it was held, and those judged at the ramp's first look.
+fn left_the_held_stage(w: &World, release: &str) -> (Transition, u64, u64) {
+    let ramped = w
+        .transitions()
+        .into_iter()
+        .find(|t| t.environment == "dev" && t.release == release && t.weight.0 == 5)
+        .unwrap()
+        .clone();
+    let judged = |weight: u8| {
+        w.plans
+            .iter()
+            .flat_map(|p| &p.evidence)
+            .filter(move |e| e.environment == "dev" && e.release == release && e.weight == weight)
+            .map(|e| e.judgement.evidence.canary.total)
+    };
+    (ramped, judged(0).max().unwrap(), judged(5).next().unwrap())
 }
 
 #[test]
@@ -1095,32 +1116,12 @@ fn shadow_rolls_back_a_bad_release_on_copies_alone_and_ramps_a_good_one_judged_a
         weights.iter().any(|(weight, p)| *weight == 5 && p.is_none()),
         "then the ramp: {weights:?}"
     );
-    let afresh = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.environment == "dev" && t.release == "r-good" && t.weight.0 == 5)
-        .unwrap()
-        .clone();
+    let (afresh, promoted, first_live) = left_the_held_stage(&w, "r-good");
     assert!(
         matches!(&afresh.cause, Cause::SafeOnCopies { explanation, objectives } if explanation.contains("errors") && objectives.iter().all(|o| o.verdict == "safe")),
         "{afresh:?}"
     );
     // the users' evidence starts at the ramp: the judge that promoted it counted no copies
-    let promoted = w
-        .plans
-        .iter()
-        .flat_map(|p| &p.evidence)
-        .filter(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 0)
-        .map(|e| e.judgement.evidence.canary.total)
-        .max()
-        .unwrap();
-    let first_live = w
-        .plans
-        .iter()
-        .flat_map(|p| &p.evidence)
-        .find(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 5)
-        .map(|e| e.judgement.evidence.canary.total)
-        .unwrap();
     assert!(
         first_live < promoted,
         "judged afresh: {first_live} live requests vs {promoted} copies"
@@ -1252,26 +1253,15 @@ fn ab_with_stable(seed: u64, budget: u64, ramp: bool) -> World {
     w
 }
 
-/// The segment's share `release` was given in `env` at each weight change (`None`: no segment).
+/// [`given`], with the segment's name and share (`None`: no segment).
 fn segments_of(w: &World, env: &str, release: &str) -> Vec<(u8, Option<(String, f64)>)> {
-    w.plans
-        .iter()
-        .flat_map(|p| &p.actions)
-        .filter_map(|a| match a {
-            Action::SetWeights {
-                environment,
-                canary,
-                canary_weight,
-                preview,
-                ..
-            } if environment == env && canary == release => Some((
-                canary_weight.0,
-                preview
-                    .as_ref()
-                    .and_then(|p| p.segment.as_ref())
-                    .map(|s| (s.name.clone(), s.share.fraction())),
-            )),
-            _ => None,
+    given(w, env, release)
+        .into_iter()
+        .map(|(weight, p)| {
+            (
+                weight,
+                p.and_then(|p| p.segment).map(|s| (s.name, s.share.fraction())),
+            )
         })
         .collect()
 }
@@ -1291,32 +1281,12 @@ fn ab_test_serves_its_segment_first_judged_against_the_segment_then_ramps_judged
         given.iter().any(|(weight, s)| *weight == 5 && s.is_none()),
         "then the ramp, for everyone: {given:?}"
     );
-    let ramped = w
-        .transitions()
-        .into_iter()
-        .find(|t| t.environment == "dev" && t.release == "r-good" && t.weight.0 == 5)
-        .unwrap()
-        .clone();
+    let (ramped, in_segment, first_ramp) = left_the_held_stage(&w, "r-good");
     assert!(
         matches!(&ramped.cause, Cause::SafeInSegment { segment, objectives, .. } if segment == "staff" && objectives.iter().all(|o| o.verdict == "safe")),
         "{ramped:?}"
     );
     // judged anew on the ramp: the segment's evidence is not carried into everyone's
-    let in_segment = w
-        .plans
-        .iter()
-        .flat_map(|p| &p.evidence)
-        .filter(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 0)
-        .map(|e| e.judgement.evidence.canary.total)
-        .max()
-        .unwrap();
-    let first_ramp = w
-        .plans
-        .iter()
-        .flat_map(|p| &p.evidence)
-        .find(|e| e.environment == "dev" && e.release == "r-good" && e.weight == 5)
-        .map(|e| e.judgement.evidence.canary.total)
-        .unwrap();
     assert!(
         first_ramp < in_segment,
         "judged anew: {first_ramp} requests on the ramp vs {in_segment} in the segment"

@@ -860,21 +860,11 @@ mod tests {
 
     fn table_spec_with_segment() -> RouteSpec {
         RouteSpec {
-            service: "checkout".into(),
-            environment: "prod".into(),
-            stable: Some("v1".into()),
             canary: Some("v2".into()),
-            weight: Weight(0),
-            sticky: None,
             releases: BTreeMap::from([
                 ("v1".into(), vec!["127.0.0.1:1001".parse().unwrap()]),
                 ("v2".into(), vec!["127.0.0.1:1002".parse().unwrap()]),
             ]),
-            auth: crate::spec::objectives::Auth::None,
-            allow: None,
-            timeout: None,
-            readiness: None,
-            mirror: None,
             segment: Some(Segment {
                 name: "ab".into(),
                 rules: vec![Attribute::Header(NameValue {
@@ -883,6 +873,7 @@ mod tests {
                 })],
                 share: "50%".parse().unwrap(),
             }),
+            ..table_spec()
         }
     }
 }
