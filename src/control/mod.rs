@@ -11,6 +11,7 @@ pub mod judge;
 pub mod overrides;
 pub mod plan;
 pub mod ports;
+pub mod ramp;
 pub mod rollout;
 pub mod time;
 pub mod traffic;

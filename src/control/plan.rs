@@ -17,9 +17,10 @@
 use super::builds::{self, BuildState};
 use super::gates::{self, GateInput, GateStatus};
 use super::judge::{self, Counts, JudgeConfig, Verdict};
+use super::ramp;
 use super::rollout::*;
 use super::time::Time;
-use crate::spec::controllers::{ControllerSpec, Ramp, StopAction, Strategy};
+use crate::spec::controllers::{ControllerSpec, StopAction, Strategy};
 use crate::spec::units::Weight;
 use crate::spec::{Catalog, MissingData};
 use serde::Serialize;
@@ -452,6 +453,7 @@ fn keep_or_retire_previous(ctx: &EnvCtx, env: &mut EnvState, out: &mut Out) {
     }
 }
 
+/// One look at a rollout: an operator's one-shot first, then its phase's own step.
 fn step_rollout(
     ctx: &EnvCtx,
     upstream: Option<&EnvState>,
@@ -459,296 +461,327 @@ fn step_rollout(
     r: &mut Rollout,
     out: &mut Out,
 ) {
-    let now = ctx.now;
-    let ctl = ctx.ctl();
-    let release = r.release.clone();
-
-    // one-shot operator actions win first
-    let one_shot_allowed = matches!(
-        r.phase,
-        Phase::Deploying { .. } | Phase::Canary { .. } | Phase::Paused { .. }
-    );
-    if one_shot_allowed {
-        if let Some(actor) = &ctx.ov.rollback {
-            start_rollback(
-                ctx,
-                out,
-                env,
-                r,
-                "operator rollback".into(),
-                operator("rollback", actor),
-            );
-            out.actions.push(Action::ClearOverride {
-                environment: ctx.name(),
-                which: OneShot::Rollback,
-            });
-            return;
-        }
-        if let Some(actor) = &ctx.ov.promote {
-            set_weight(ctx, out, env, &release, Weight::MAX);
-            transition(
-                ctx,
-                out,
-                r,
-                Phase::Promoting { since: now },
-                operator("promote", actor),
-            );
-            out.actions.push(Action::ClearOverride {
-                environment: ctx.name(),
-                which: OneShot::Promote,
-            });
-            out.wake(now);
-            return;
-        }
+    if operator_one_shot(ctx, env, r, out) {
+        return;
     }
-
     match r.phase.clone() {
-        Phase::Waiting { .. } => {
-            let mut closed = Vec::new();
-            if let Some(actor) = &ctx.ov.freeze {
-                closed.push((
-                    format!("environment frozen by {}: {}", actor.who, actor.reason),
-                    None,
-                ));
-            }
-            let input = GateInput {
-                release: &release,
-                environment: &ctx.env.name,
-                stable_upstream_since: upstream.and_then(|u| u.stable_since),
-                approvals: ctx.approvals,
-                now,
-            };
-            for gate in &ctl.promotion.gates {
-                if let GateStatus::Closed { why, until } = gates::evaluate(gate, &input) {
-                    closed.push((why, until));
-                }
-            }
-            if closed.is_empty() {
-                out.actions.push(Action::Deploy {
-                    environment: ctx.name(),
-                    release: release.clone(),
-                });
-                transition(ctx, out, r, Phase::Deploying { since: now }, Cause::GatesOpen);
-                out.wake(now.plus(ctx.interval()));
-            } else {
-                let on = closed
-                    .iter()
-                    .map(|(w, _)| w.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                out.notes
-                    .push(format!("{} waits in {}: {on}", release, ctx.env.name));
-                for until in closed.iter().filter_map(|(_, u)| *u) {
-                    out.wake(until);
-                }
-                if let Phase::Waiting { since, .. } = r.phase {
-                    r.phase = Phase::Waiting { since, on };
-                }
-            }
-        }
-        Phase::Deploying { since } => {
-            let Some(instances) = &ctx.observed.readiness else {
-                // the runtime could not be asked: unknown is not "not ready", and no deadline
-                // runs out on what cannot be seen
-                out.notes.push(format!(
-                    "{release} in {}: the runtime's instances are unknown; holding",
-                    ctx.env.name
-                ));
-                out.wake(now.plus(ctx.interval()));
-                return;
-            };
-            let Some(ready) = instances.get(&(ctx.env.name.clone(), release.clone())).cloned() else {
-                // the runtime runs no instance of it: the deploy did not take; ask again
-                out.actions.push(Action::Deploy {
-                    environment: ctx.name(),
-                    release: release.clone(),
-                });
-                out.wake(now.plus(ctx.interval()));
-                return;
-            };
-            if ready.failed {
-                let reason = match &ready.reason {
-                    Some(why) => format!("instances cannot start: {why}"),
-                    None => "instances cannot start".to_owned(),
-                };
-                start_rollback(ctx, out, env, r, reason.clone(), Cause::DeployFailed { reason });
-            } else if ready.desired > 0 && ready.ready >= ready.desired {
-                if env.stable.is_none() {
-                    set_weight(ctx, out, env, &release, Weight::MAX);
-                    transition(ctx, out, r, Phase::Promoting { since: now }, Cause::FirstRelease);
-                    out.wake(now);
-                } else if ctl.strategy.starts_hidden() {
-                    // blue/green, shadow: no user sees it until it is judged
-                    hold_hidden(ctx, out, env, &release);
-                    transition(
-                        ctx,
-                        out,
-                        r,
-                        Phase::Canary {
-                            step: 0,
-                            weight: Weight(0),
-                            since: now,
-                        },
-                        Cause::Ready,
-                    );
-                    out.wake(now.plus(ctx.interval()));
-                } else {
-                    start_ramp(ctx, out, env, r, Cause::Ready);
-                    out.wake(now.plus(ctx.interval()));
-                }
-            } else if now.since(r.started_at) >= ctl.progress_deadline.0 {
-                stop(
-                    ctx,
-                    out,
-                    env,
-                    r,
-                    Stop::deadline(ctl, "progress deadline passed while deploying"),
-                );
-            } else {
-                let _ = since;
-                out.wake(now.plus(ctx.interval()));
-            }
-        }
-        Phase::Canary { step, weight, since } => step_canary(ctx, env, r, out, step, weight, since),
+        Phase::Waiting { since, .. } => step_waiting(ctx, upstream, r, out, since),
+        Phase::Deploying { .. } => step_deploying(ctx, env, r, out),
+        Phase::Canary { step, weight, since } => step_canary(ctx, env, r, out, At { step, weight, since }),
         Phase::Paused {
             step,
             weight,
+            since,
             reason,
             by_operator,
-            ..
-        } => {
-            let verdicts = judge_all(ctx, r, out);
-            // a pause holds the ramp, not the brakes: a regression or a spent budget still
-            // rolls back — unless the policy's answer to it is this pause, or the operator
-            // paused regardless (then it is said loudly, every look)
-            if let Some(how) = brakes(ctx, r, &verdicts) {
-                let regardless = by_operator && ctx.ov.pause.is_some() && ctx.ov.pause_regardless;
-                if regardless {
-                    // the same words every look while it lasts (the numbers are in the evidence)
-                    let what = match &how.cause {
-                        Cause::Regressed { objective, .. } => format!("{objective} regressed"),
-                        _ => "the blast-radius budget is spent".into(),
-                    };
-                    out.notes.push(format!(
-                        "{release} in {}: {what}, and is NOT rolled back: held by a pause regardless ({reason})",
-                        ctx.env.name
-                    ));
-                } else if how.action == StopAction::Rollback {
-                    stop(ctx, out, env, r, how);
-                    return;
-                }
-            }
-            let resume = if by_operator {
-                // lifted: by a resume (whose one-shot is used up here, so it cannot resume a
-                // later pause), or by the pause's removal alone
-                ctx.ov.pause.is_none().then(|| match &ctx.ov.resume {
-                    Some(a) => {
-                        out.actions.push(Action::ClearOverride {
-                            environment: ctx.name(),
-                            which: OneShot::Resume,
-                        });
-                        operator("resume", a)
-                    }
-                    None => Cause::Operator {
-                        action: "lift pause".into(),
-                        actor: Actor {
-                            who: "operator".into(),
-                            reason: format!("pause lifted ({reason})"),
-                        },
-                    },
-                })
-            } else {
-                ctx.ov.resume.as_ref().map(|a| {
-                    out.actions.push(Action::ClearOverride {
-                        environment: ctx.name(),
-                        which: OneShot::Resume,
-                    });
-                    operator("resume", a)
-                })
-            };
-            if let Some(cause) = resume {
-                transition(
-                    ctx,
-                    out,
-                    r,
-                    Phase::Canary {
-                        step,
-                        weight,
-                        since: now,
-                    },
-                    cause,
-                );
-            }
-            out.wake(now.plus(ctx.interval()));
-        }
-        Phase::Promoting { .. } => {
-            // promoted once the router serves the release everything (observed, not assumed)
-            if routed_share(ctx, &release) != Some(100) {
-                set_weight(ctx, out, env, &release, Weight::MAX);
-                out.notes.push(format!(
-                    "{release} in {}: waiting for the router to serve it all traffic",
-                    ctx.env.name
-                ));
-                out.wake(now.plus(ROUTE_RECHECK));
-                return;
-            }
-            let old = env.stable.replace(release.clone());
-            env.stable_since = Some(now);
-            env.blocked = None;
-            // blue/green keeps the release it switched from for its rollback window; a release
-            // kept from an earlier switch goes now
-            let kept = match &ctl.strategy {
-                Strategy::BlueGreen(bg) => old.clone().map(|old| Kept {
-                    release: old,
-                    until: now.plus(bg.rollback_window.0),
-                }),
-                Strategy::Canary | Strategy::Shadow(_) | Strategy::AbTest(_) => None,
-            };
-            let retired = match &kept {
-                Some(_) => env.previous.take().map(|k| k.release),
-                None => old,
-            };
-            if let Some(k) = &kept {
-                out.wake(k.until);
-                env.previous = kept;
-            }
-            if let Some(old) = retired.filter(|r| *r != release) {
-                out.actions.push(Action::Retire {
-                    environment: ctx.name(),
-                    release: old,
-                });
-            }
-            transition(ctx, out, r, Phase::Promoted { at: now }, Cause::Completed);
-            out.wake(now);
-        }
-        Phase::RollingBack { reason, .. } => {
-            // retired once the router sends it nothing (a failed weight change is retried)
-            if routed_share(ctx, &release) != Some(0) {
-                set_weight(ctx, out, env, &release, Weight(0));
-                out.notes.push(format!(
-                    "{release} in {}: waiting for the router to take its traffic away",
-                    ctx.env.name
-                ));
-                out.wake(now.plus(ROUTE_RECHECK));
-                return;
-            }
-            out.actions.push(Action::Retire {
-                environment: ctx.name(),
-                release: release.clone(),
-            });
-            if ctl.rollback.pin_previous {
-                env.blocked = Some(release.clone());
-            }
-            transition(
-                ctx,
-                out,
-                r,
-                Phase::RolledBack { reason, at: now },
-                Cause::Completed,
-            );
-        }
+        } => step_paused(
+            ctx,
+            env,
+            r,
+            out,
+            At { step, weight, since },
+            Pause { reason, by_operator },
+        ),
+        Phase::Promoting { .. } => step_promoting(ctx, env, r, out),
+        Phase::RollingBack { reason, .. } => step_rolling_back(ctx, env, r, out, reason),
         Phase::Promoted { .. } | Phase::RolledBack { .. } | Phase::Superseded { .. } => {}
     }
+}
+
+/// Where a rollout stands on its ramp.
+#[derive(Debug, Clone, Copy)]
+struct At {
+    step: usize,
+    weight: Weight,
+    since: Time,
+}
+
+/// Why a rollout is paused.
+struct Pause {
+    reason: String,
+    by_operator: bool,
+}
+
+/// An operator's rollback or promote, while the release is deploying, ramping or paused: it wins
+/// over everything else and is used up. Returns whether one was carried out.
+fn operator_one_shot(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out) -> bool {
+    let allowed = matches!(
+        r.phase,
+        Phase::Deploying { .. } | Phase::Canary { .. } | Phase::Paused { .. }
+    );
+    if !allowed {
+        return false;
+    }
+    if let Some(actor) = &ctx.ov.rollback {
+        start_rollback(
+            ctx,
+            out,
+            env,
+            r,
+            "operator rollback".into(),
+            operator("rollback", actor),
+        );
+        out.actions.push(Action::ClearOverride {
+            environment: ctx.name(),
+            which: OneShot::Rollback,
+        });
+        return true;
+    }
+    if let Some(actor) = &ctx.ov.promote {
+        let release = r.release.clone();
+        set_weight(ctx, out, env, &release, Weight::MAX);
+        transition(
+            ctx,
+            out,
+            r,
+            Phase::Promoting { since: ctx.now },
+            operator("promote", actor),
+        );
+        out.actions.push(Action::ClearOverride {
+            environment: ctx.name(),
+            which: OneShot::Promote,
+        });
+        out.wake(ctx.now);
+        return true;
+    }
+    false
+}
+
+/// Waiting for the environment's gates (and a freeze): deploy once every one is open, else say
+/// what it waits on and wake when a gate opens by itself.
+fn step_waiting(ctx: &EnvCtx, upstream: Option<&EnvState>, r: &mut Rollout, out: &mut Out, since: Time) {
+    let now = ctx.now;
+    let release = r.release.clone();
+    let mut closed = Vec::new();
+    if let Some(actor) = &ctx.ov.freeze {
+        closed.push((
+            format!("environment frozen by {}: {}", actor.who, actor.reason),
+            None,
+        ));
+    }
+    let input = GateInput {
+        release: &release,
+        environment: &ctx.env.name,
+        stable_upstream_since: upstream.and_then(|u| u.stable_since),
+        approvals: ctx.approvals,
+        now,
+    };
+    for gate in &ctx.ctl().promotion.gates {
+        if let GateStatus::Closed { why, until } = gates::evaluate(gate, &input) {
+            closed.push((why, until));
+        }
+    }
+    if closed.is_empty() {
+        out.actions.push(Action::Deploy {
+            environment: ctx.name(),
+            release,
+        });
+        transition(ctx, out, r, Phase::Deploying { since: now }, Cause::GatesOpen);
+        out.wake(now.plus(ctx.interval()));
+        return;
+    }
+    let on = closed
+        .iter()
+        .map(|(w, _)| w.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    out.notes
+        .push(format!("{} waits in {}: {on}", release, ctx.env.name));
+    for until in closed.iter().filter_map(|(_, u)| *u) {
+        out.wake(until);
+    }
+    r.phase = Phase::Waiting { since, on };
+}
+
+/// Instances starting: once all are ready, the first release takes everything, a held strategy
+/// holds the release at weight 0, a canary starts its ramp; instances that cannot start are
+/// rolled back; the deadline runs while it waits.
+fn step_deploying(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out) {
+    let now = ctx.now;
+    let ctl = ctx.ctl();
+    let release = r.release.clone();
+    let Some(instances) = &ctx.observed.readiness else {
+        // the runtime could not be asked: unknown is not "not ready", and no deadline runs out
+        // on what cannot be seen
+        out.notes.push(format!(
+            "{release} in {}: the runtime's instances are unknown; holding",
+            ctx.env.name
+        ));
+        out.wake(now.plus(ctx.interval()));
+        return;
+    };
+    let Some(ready) = instances.get(&(ctx.env.name.clone(), release.clone())).cloned() else {
+        // the runtime runs no instance of it: the deploy did not take; ask again
+        out.actions.push(Action::Deploy {
+            environment: ctx.name(),
+            release,
+        });
+        out.wake(now.plus(ctx.interval()));
+        return;
+    };
+    if ready.failed {
+        let reason = match &ready.reason {
+            Some(why) => format!("instances cannot start: {why}"),
+            None => "instances cannot start".to_owned(),
+        };
+        start_rollback(ctx, out, env, r, reason.clone(), Cause::DeployFailed { reason });
+    } else if ready.desired > 0 && ready.ready >= ready.desired {
+        if env.stable.is_none() {
+            set_weight(ctx, out, env, &release, Weight::MAX);
+            transition(ctx, out, r, Phase::Promoting { since: now }, Cause::FirstRelease);
+            out.wake(now);
+        } else if ctl.strategy.starts_hidden() {
+            // blue/green, shadow, A/B: no user, or only the segment's, until it is judged
+            hold_hidden(ctx, out, env, &release);
+            let held = Phase::Canary {
+                step: 0,
+                weight: Weight(0),
+                since: now,
+            };
+            transition(ctx, out, r, held, Cause::Ready);
+            out.wake(now.plus(ctx.interval()));
+        } else {
+            start_ramp(ctx, out, env, r, Cause::Ready);
+            out.wake(now.plus(ctx.interval()));
+        }
+    } else if now.since(r.started_at) >= ctl.progress_deadline.0 {
+        let how = Stop::deadline(ctl, "progress deadline passed while deploying");
+        stop(ctx, out, env, r, how);
+    } else {
+        out.wake(now.plus(ctx.interval()));
+    }
+}
+
+/// Paused: the judge keeps looking. A pause holds the ramp, not the brakes: a regression or a
+/// spent budget still rolls back, unless the policy's answer to it is this pause, or the
+/// operator paused regardless (then it is said loudly, every look). Lifted by a resume, or by
+/// the removal of an operator's pause.
+fn step_paused(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out, at: At, pause: Pause) {
+    let release = r.release.clone();
+    let Pause { reason, by_operator } = pause;
+    let verdicts = judge_all(ctx, r, out);
+    if let Some(how) = brakes(ctx, r, &verdicts) {
+        let regardless = by_operator && ctx.ov.pause.is_some() && ctx.ov.pause_regardless;
+        if regardless {
+            // the same words every look while it lasts (the numbers are in the evidence)
+            let what = match &how.cause {
+                Cause::Regressed { objective, .. } => format!("{objective} regressed"),
+                _ => "the blast-radius budget is spent".into(),
+            };
+            out.notes.push(format!(
+                "{release} in {}: {what}, and is NOT rolled back: held by a pause regardless ({reason})",
+                ctx.env.name
+            ));
+        } else if how.action == StopAction::Rollback {
+            stop(ctx, out, env, r, how);
+            return;
+        }
+    }
+    let resume = if by_operator {
+        // lifted: by a resume (whose one-shot is used up here, so it cannot resume a later
+        // pause), or by the pause's removal alone
+        ctx.ov.pause.is_none().then(|| match &ctx.ov.resume {
+            Some(a) => {
+                out.actions.push(Action::ClearOverride {
+                    environment: ctx.name(),
+                    which: OneShot::Resume,
+                });
+                operator("resume", a)
+            }
+            None => Cause::Operator {
+                action: "lift pause".into(),
+                actor: Actor {
+                    who: "operator".into(),
+                    reason: format!("pause lifted ({reason})"),
+                },
+            },
+        })
+    } else {
+        ctx.ov.resume.as_ref().map(|a| {
+            out.actions.push(Action::ClearOverride {
+                environment: ctx.name(),
+                which: OneShot::Resume,
+            });
+            operator("resume", a)
+        })
+    };
+    if let Some(cause) = resume {
+        let to = Phase::Canary {
+            step: at.step,
+            weight: at.weight,
+            since: ctx.now,
+        };
+        transition(ctx, out, r, to, cause);
+    }
+    out.wake(ctx.now.plus(ctx.interval()));
+}
+
+/// Promoting: promoted once the router serves the release everything (observed, not assumed).
+/// The release it replaces is retired, or, under blue/green, kept for its rollback window.
+fn step_promoting(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out) {
+    let now = ctx.now;
+    let release = r.release.clone();
+    if routed_share(ctx, &release) != Some(100) {
+        set_weight(ctx, out, env, &release, Weight::MAX);
+        out.notes.push(format!(
+            "{release} in {}: waiting for the router to serve it all traffic",
+            ctx.env.name
+        ));
+        out.wake(now.plus(ROUTE_RECHECK));
+        return;
+    }
+    let old = env.stable.replace(release.clone());
+    env.stable_since = Some(now);
+    env.blocked = None;
+    // blue/green keeps the release it switched from for its rollback window; a release kept
+    // from an earlier switch goes now
+    let kept = match &ctx.ctl().strategy {
+        Strategy::BlueGreen(bg) => old.clone().map(|old| Kept {
+            release: old,
+            until: now.plus(bg.rollback_window.0),
+        }),
+        Strategy::Canary | Strategy::Shadow(_) | Strategy::AbTest(_) => None,
+    };
+    let retired = match &kept {
+        Some(_) => env.previous.take().map(|k| k.release),
+        None => old,
+    };
+    if let Some(k) = &kept {
+        out.wake(k.until);
+        env.previous = kept;
+    }
+    if let Some(old) = retired.filter(|r| *r != release) {
+        out.actions.push(Action::Retire {
+            environment: ctx.name(),
+            release: old,
+        });
+    }
+    transition(ctx, out, r, Phase::Promoted { at: now }, Cause::Completed);
+    out.wake(now);
+}
+
+/// Rolling back: retired once the router sends it nothing (a failed weight change is asked
+/// again), and the environment pinned against it if the policy says so.
+fn step_rolling_back(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out, reason: String) {
+    let release = r.release.clone();
+    if routed_share(ctx, &release) != Some(0) {
+        set_weight(ctx, out, env, &release, Weight(0));
+        out.notes.push(format!(
+            "{release} in {}: waiting for the router to take its traffic away",
+            ctx.env.name
+        ));
+        out.wake(ctx.now.plus(ROUTE_RECHECK));
+        return;
+    }
+    out.actions.push(Action::Retire {
+        environment: ctx.name(),
+        release: release.clone(),
+    });
+    if ctx.ctl().rollback.pin_previous {
+        env.blocked = Some(release);
+    }
+    let to = Phase::RolledBack { reason, at: ctx.now };
+    transition(ctx, out, r, to, Cause::Completed);
 }
 
 /// Starts the ramp: the first public weight (see [`first_exposure`]), routed and recorded.
@@ -776,7 +809,7 @@ fn first_exposure(ctx: &EnvCtx, r: &Rollout, out: &mut Out) -> Weight {
         .filter_map(|reading| reading.stable)
         .map(|s| (1.0, Counts::default(), s))
         .collect();
-    let wanted = first_weight(ctx.ctl().ramp.as_ref());
+    let wanted = ramp::first_weight(ctx.ctl().ramp.as_ref());
     let weight = Weight(wanted.0.min(weight_cap(ctx, r, &arms).0.max(1)));
     if weight < wanted {
         out.notes.push(format!(
@@ -791,54 +824,6 @@ fn first_exposure(ctx: &EnvCtx, r: &Rollout, out: &mut Out) -> Weight {
 fn routed_share(ctx: &EnvCtx, release: &str) -> Option<u8> {
     let routes = ctx.observed.routes.as_ref()?;
     Some(routes.get(&ctx.env.name).map_or(0, |r| r.share_of(release)))
-}
-
-/// The ramp's first weight (no ramp: blue/green goes straight to all traffic).
-fn first_weight(ramp: Option<&Ramp>) -> Weight {
-    match ramp {
-        Some(Ramp::Steps(steps)) => steps.first().copied().unwrap_or(Weight::MAX),
-        Some(Ramp::Adaptive(a)) => a.start,
-        None => Weight::MAX,
-    }
-}
-
-/// The weight after which the release is promoted (no ramp: blue/green is promoted from its
-/// hidden stage, at 0).
-fn final_weight(ramp: Option<&Ramp>) -> Weight {
-    match ramp {
-        Some(Ramp::Steps(steps)) => steps.last().copied().unwrap_or(Weight::MAX),
-        Some(Ramp::Adaptive(a)) => a.max,
-        None => Weight(0),
-    }
-}
-
-/// The ramp's next weight after `weight` (at `step`), or `None` at the end.
-fn next_step(ramp: Option<&Ramp>, step: usize, weight: Weight) -> Option<(usize, Weight)> {
-    let ramp = ramp?;
-    match ramp {
-        Ramp::Steps(steps) => steps
-            .iter()
-            .enumerate()
-            .skip(step + 1)
-            .find(|(_, w)| **w > weight)
-            .map(|(i, w)| (i, *w)),
-        Ramp::Adaptive(a) => {
-            if weight >= a.max {
-                return None;
-            }
-            let grown = (f64::from(weight.0) * a.factor).ceil().min(f64::from(a.max.0)) as u8;
-            Some((step + 1, Weight(grown.max(weight.0 + 1))))
-        }
-    }
-}
-
-/// The step index of a weight on the ramp (for skipping ahead).
-fn step_of(ramp: Option<&Ramp>, weight: Weight, current: usize) -> usize {
-    match ramp {
-        Some(Ramp::Steps(steps)) => steps.iter().rposition(|w| *w <= weight).unwrap_or(current),
-        Some(Ramp::Adaptive(_)) => current + 1,
-        None => current,
-    }
 }
 
 /// Feeds this tick's readings to every objective's judge; returns the verdicts.
@@ -867,226 +852,298 @@ fn judge_all(ctx: &EnvCtx, r: &mut Rollout, out: &mut Out) -> Vec<(String, judge
     results
 }
 
-fn step_canary(
+/// Every objective's judgement at one look, with its missing-data policy.
+type Verdicts = [(String, judge::Judgement, MissingData)];
+
+/// A canary, or a release held at weight 0 by its strategy. Its route is kept as planned, the
+/// judge looks, then in order: the brakes and an operator's pause, missing data, the deadline
+/// and an operator's weight, the end of the held stage, promotion at the ramp's end, the next
+/// step.
+fn step_canary(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out, at: At) {
+    reassert_route(ctx, out, env, &r.release, at.weight);
+    let verdicts = judge_all(ctx, r, out);
+    out.wake(ctx.now.plus(ctx.interval()));
+    if brake_or_pause(ctx, env, r, out, &verdicts, at) {
+        return;
+    }
+    let gap = missing_data(ctx, env, r, out, &verdicts);
+    if gap == Gap::Stopped {
+        return;
+    }
+    if ctx.now.since(r.started_at) >= ctx.ctl().progress_deadline.0 {
+        stop(
+            ctx,
+            out,
+            env,
+            r,
+            Stop::deadline(ctx.ctl(), "progress deadline passed"),
+        );
+        return;
+    }
+    if operator_weight(ctx, env, r, out, at) || gap == Gap::Holding {
+        return;
+    }
+    let all_safe = verdicts.iter().all(|(_, j, _)| j.verdict == Verdict::Safe);
+    let last = ramp::final_weight(ctx.ctl().ramp.as_ref());
+    if all_safe && hidden(ctx, at.weight) && ctx.ctl().ramp.is_some() {
+        leave_the_held_stage(ctx, env, r, out, &verdicts);
+    } else if all_safe && at.weight >= last {
+        promote_when_evidence_suffices(ctx, env, r, out, &verdicts, at);
+    } else if ctx.now.since(at.since) >= ctx.interval() && !hidden(ctx, at.weight) {
+        // (held: only the judge's word ends the held stage)
+        raise_weight(ctx, env, r, out, &verdicts, at, all_safe);
+    }
+}
+
+/// Level-triggered: a weight change that did not take (the router failed) is asked again.
+fn reassert_route(ctx: &EnvCtx, out: &mut Out, env: &EnvState, release: &str, weight: Weight) {
+    if hidden(ctx, weight) {
+        let routed = ctx
+            .observed
+            .routes
+            .as_ref()
+            .map(|routes| routes.get(&ctx.env.name).and_then(|r| r.canary.as_deref()) == Some(release));
+        if routed == Some(false) {
+            hold_hidden(ctx, out, env, release);
+        }
+    } else if routed_share(ctx, release).is_some_and(|share| share != weight.0) {
+        set_weight(ctx, out, env, release, weight);
+    }
+}
+
+/// The brakes stop the rollout; an operator's pause holds it (a pause holds the ramp, not the
+/// brakes: a regression found now still stops it, unless paused regardless). Returns whether
+/// the rollout left the canary phase.
+fn brake_or_pause(
     ctx: &EnvCtx,
     env: &mut EnvState,
     r: &mut Rollout,
     out: &mut Out,
-    step: usize,
-    weight: Weight,
-    since: Time,
-) {
-    let now = ctx.now;
-    let ctl = ctx.ctl();
-    let release = r.release.clone();
-    // level-triggered: a weight change that did not take (the router failed) is asked again
-    if hidden(ctx, weight) {
-        let routed = ctx.observed.routes.as_ref().map(|routes| {
-            routes.get(&ctx.env.name).and_then(|r| r.canary.as_deref()) == Some(release.as_str())
-        });
-        if routed == Some(false) {
-            hold_hidden(ctx, out, env, &release);
-        }
-    } else if routed_share(ctx, &release).is_some_and(|share| share != weight.0) {
-        set_weight(ctx, out, env, &release, weight);
-    }
-    let verdicts = judge_all(ctx, r, out);
-    out.wake(now.plus(ctx.interval()));
-
-    let stopping = brakes(ctx, r, &verdicts);
+    verdicts: &Verdicts,
+    at: At,
+) -> bool {
+    let stopping = brakes(ctx, r, verdicts);
     if let Some(actor) = &ctx.ov.pause {
-        // a pause holds the ramp, not the brakes: a regression found now still stops it
         if let Some(how) = stopping.filter(|_| !ctx.ov.pause_regardless) {
             stop(ctx, out, env, r, how);
-            return;
+            return true;
         }
-        let reason = format!("paused by {}: {}", actor.who, actor.reason);
         let to = Phase::Paused {
-            step,
-            weight,
-            since: now,
-            reason,
+            step: at.step,
+            weight: at.weight,
+            since: ctx.now,
+            reason: format!("paused by {}: {}", actor.who, actor.reason),
             by_operator: true,
         };
         transition(ctx, out, r, to, operator("pause", actor));
-        return;
+        return true;
     }
-    if let Some(how) = stopping {
-        stop(ctx, out, env, r, how);
-        return;
-    }
-    // missing data: hold; past the policy's hold time, act
-    let mut holding = false;
-    // (whatever the verdict: a canary found safe earlier may have died since)
-    for (objective, _, md) in &verdicts {
-        if let Some(missing) = r.judges[objective].missing_since {
-            holding = true;
-            if now.since(missing) >= md.hold.0 {
-                let cause = Cause::MissingData {
-                    objective: objective.clone(),
-                    since: missing,
-                };
-                let reason = match r.judges[objective].missing_reason {
-                    Some(why) => format!("no data for {objective} since {missing}: {why}"),
-                    None => format!("no data for {objective} since {missing}"),
-                };
-                stop(
-                    ctx,
-                    out,
-                    env,
-                    r,
-                    Stop {
-                        action: md.then,
-                        reason,
-                        cause,
-                    },
-                );
-                return;
-            }
-            out.wake(missing.plus(md.hold.0));
+    match stopping {
+        Some(how) => {
+            stop(ctx, out, env, r, how);
+            true
         }
+        None => false,
     }
-    if now.since(r.started_at) >= ctl.progress_deadline.0 {
-        stop(ctx, out, env, r, Stop::deadline(ctl, "progress deadline passed"));
-        return;
-    }
-    if let Some((w, actor)) = &ctx.ov.weight {
-        if *w != weight {
-            set_weight(ctx, out, env, &release, *w);
-            transition(
-                ctx,
-                out,
-                r,
-                Phase::Canary {
-                    step,
-                    weight: *w,
-                    since: now,
-                },
-                operator("set weight", actor),
-            );
-        }
-        return;
-    }
-    if holding {
-        return;
-    }
+}
 
-    let all_safe = verdicts.iter().all(|(_, j, _)| j.verdict == Verdict::Safe);
-    if hidden(ctx, weight) && all_safe && ctl.ramp.is_some() {
-        // safe on copies or in the segment: now everyone, judged afresh on what they are served
-        let explanation = summary(&verdicts);
-        let objectives = in_words(&verdicts);
-        let cause = match ctl.strategy.segment() {
-            Some(segment) => Cause::SafeInSegment {
-                segment: segment.name.clone(),
-                explanation,
-                objectives,
-            },
-            None => Cause::SafeOnCopies {
-                explanation,
-                objectives,
-            },
+/// Whether an objective's data is missing, and what came of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    None,
+    /// Held at this weight until the data returns or the objective's hold runs out.
+    Holding,
+    /// The hold ran out: the policy's action was taken.
+    Stopped,
+}
+
+/// Missing data holds the weight; past the objective's hold, its policy acts (whatever the
+/// verdict: a canary found safe earlier may have died since).
+fn missing_data(
+    ctx: &EnvCtx,
+    env: &mut EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    verdicts: &Verdicts,
+) -> Gap {
+    let mut gap = Gap::None;
+    for (objective, _, md) in verdicts {
+        let Some(missing) = r.judges[objective].missing_since else {
+            continue;
         };
-        // copies: the same series go on, counting users now; a segment: the arms become all
-        // of each release's requests, counted anew, and what its users were served badly
-        // stays spent
-        let segment = ctl.strategy.held_serves_users();
-        for judge in r.judges.values_mut() {
-            *judge = if segment { judge.anew() } else { judge.afresh() };
+        gap = Gap::Holding;
+        if ctx.now.since(missing) >= md.hold.0 {
+            let cause = Cause::MissingData {
+                objective: objective.clone(),
+                since: missing,
+            };
+            let reason = match r.judges[objective].missing_reason {
+                Some(why) => format!("no data for {objective} since {missing}: {why}"),
+                None => format!("no data for {objective} since {missing}"),
+            };
+            let how = Stop {
+                action: md.then,
+                reason,
+                cause,
+            };
+            stop(ctx, out, env, r, how);
+            return Gap::Stopped;
         }
-        if !segment {
-            r.excess_bad = 0.0;
-        }
-        start_ramp(ctx, out, env, r, cause);
-        return;
+        out.wake(missing.plus(md.hold.0));
     }
-    let final_w = final_weight(ctl.ramp.as_ref());
+    gap
+}
+
+/// An operator's weight holds the canary there (set once). Returns whether one is in force.
+fn operator_weight(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut Out, at: At) -> bool {
+    let Some((w, actor)) = &ctx.ov.weight else {
+        return false;
+    };
+    if *w != at.weight {
+        let release = r.release.clone();
+        set_weight(ctx, out, env, &release, *w);
+        let to = Phase::Canary {
+            step: at.step,
+            weight: *w,
+            since: ctx.now,
+        };
+        transition(ctx, out, r, to, operator("set weight", actor));
+    }
+    true
+}
+
+/// Safe on copies (shadow) or in its segment (A/B): now everyone, by the ramp, judged afresh.
+fn leave_the_held_stage(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut Out, verdicts: &Verdicts) {
+    let explanation = summary(verdicts);
+    let objectives = in_words(verdicts);
+    let strategy = &ctx.ctl().strategy;
+    let cause = match strategy.segment() {
+        Some(segment) => Cause::SafeInSegment {
+            segment: segment.name.clone(),
+            explanation,
+            objectives,
+        },
+        None => Cause::SafeOnCopies {
+            explanation,
+            objectives,
+        },
+    };
+    // copies: the same series go on, counting users now; a segment: the arms become all of
+    // each release's requests, counted anew, and what its users were served badly stays spent
+    let segment = strategy.held_serves_users();
+    for judge in r.judges.values_mut() {
+        *judge = if segment { judge.anew() } else { judge.afresh() };
+    }
+    if !segment {
+        r.excess_bad = 0.0;
+    }
+    start_ramp(ctx, out, env, r, cause);
+}
+
+/// Safe at the ramp's end (or, with no ramp, in the held stage): promoted once `minEvidence` is
+/// met, else woken when its duration will be.
+fn promote_when_evidence_suffices(
+    ctx: &EnvCtx,
+    env: &EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    verdicts: &Verdicts,
+    at: At,
+) {
+    let now = ctx.now;
+    let min = &ctx.ctl().analysis.min_evidence;
     let canary_requests = verdicts
         .iter()
         .map(|(_, j, _)| j.evidence.canary.total)
         .min()
         .unwrap_or(0);
-    let min = &ctl.analysis.min_evidence;
-    if all_safe && weight >= final_w {
-        let enough_requests = canary_requests >= min.requests;
-        let long_enough = min.duration.is_none_or(|d| now.since(since) >= d.0);
-        if enough_requests && long_enough {
-            let explanation = summary(&verdicts);
-            let objectives = in_words(&verdicts);
-            let cause = match ctl.strategy.segment() {
-                // A/B without a ramp: from the segment to everyone at once
-                Some(segment) if hidden(ctx, weight) => Cause::SafeInSegment {
-                    segment: segment.name.clone(),
-                    explanation,
-                    objectives,
-                },
-                _ => Cause::Evidence {
-                    explanation,
-                    objectives,
-                    capped: None,
-                },
-            };
-            set_weight(ctx, out, env, &release, Weight::MAX);
-            transition(ctx, out, r, Phase::Promoting { since: now }, cause);
-            out.wake(now);
-        } else if let Some(d) = min.duration {
-            out.wake(since.plus(d.0));
+    let long_enough = min.duration.is_none_or(|d| now.since(at.since) >= d.0);
+    if canary_requests < min.requests || !long_enough {
+        if let Some(d) = min.duration {
+            out.wake(at.since.plus(d.0));
         }
         return;
     }
-    if now.since(since) < ctx.interval() || hidden(ctx, weight) {
-        // (hidden: only the judge's word ends the hidden stage)
-        return;
-    }
-    // raise the weight: to the final step on strong evidence, else one step; capped so that a
-    // canary as bad as the evidence still allows stays within the remaining budget
+    let explanation = summary(verdicts);
+    let objectives = in_words(verdicts);
+    let cause = match ctx.ctl().strategy.segment() {
+        // A/B without a ramp: from the segment to everyone at once
+        Some(segment) if hidden(ctx, at.weight) => Cause::SafeInSegment {
+            segment: segment.name.clone(),
+            explanation,
+            objectives,
+        },
+        _ => Cause::Evidence {
+            explanation,
+            objectives,
+            capped: None,
+        },
+    };
+    let release = r.release.clone();
+    set_weight(ctx, out, env, &release, Weight::MAX);
+    transition(ctx, out, r, Phase::Promoting { since: now }, cause);
+    out.wake(now);
+}
+
+/// Raises the weight: to the ramp's end on strong evidence, else one step; capped so that a
+/// canary as bad as the evidence still allows stays within the remaining budget.
+fn raise_weight(
+    ctx: &EnvCtx,
+    env: &EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    verdicts: &Verdicts,
+    at: At,
+    all_safe: bool,
+) {
+    let ctl = ctx.ctl();
+    let ramp_spec = ctl.ramp.as_ref();
     let wanted = if all_safe {
-        Some((step_of(ctl.ramp.as_ref(), final_w, step), final_w))
+        let last = ramp::final_weight(ramp_spec);
+        Some((ramp::step_of(ramp_spec, last, at.step), last))
     } else {
-        next_step(ctl.ramp.as_ref(), step, weight)
+        ramp::next_step(ramp_spec, at.step, at.weight)
     };
     let Some((next_step_index, wanted_w)) = wanted else {
         return;
     };
-    let cap = weight_cap(ctx, r, &evidence_arms(&verdicts));
-    let new_w = Weight(wanted_w.0.min(cap.0).max(weight.0));
-    if new_w > weight {
-        let capped = (new_w < wanted_w).then(|| Capped {
-            wanted: wanted_w,
-            left: (ctl.blast_radius.budget as f64 - r.excess_bad).max(0.0),
-            budget: ctl.blast_radius.budget,
-        });
-        let explanation = match capped {
-            Some(c) => format!(
-                "{}; step capped at {}% (the ramp asked for {}%) by the blast-radius budget",
-                summary(&verdicts),
-                new_w.0,
-                c.wanted.0
-            ),
-            None => summary(&verdicts),
-        };
-        let new_step = if new_w == wanted_w {
-            next_step_index
-        } else {
-            step_of(ctl.ramp.as_ref(), new_w, step)
-        };
-        set_weight(ctx, out, env, &release, new_w);
-        transition(
-            ctx,
-            out,
-            r,
-            Phase::Canary {
-                step: new_step,
-                weight: new_w,
-                since: now,
-            },
-            Cause::Evidence {
-                explanation,
-                objectives: in_words(&verdicts),
-                capped,
-            },
-        );
+    let cap = weight_cap(ctx, r, &evidence_arms(verdicts));
+    let new_w = Weight(wanted_w.0.min(cap.0).max(at.weight.0));
+    if new_w <= at.weight {
+        return;
     }
+    let capped = (new_w < wanted_w).then(|| Capped {
+        wanted: wanted_w,
+        left: (ctl.blast_radius.budget as f64 - r.excess_bad).max(0.0),
+        budget: ctl.blast_radius.budget,
+    });
+    let explanation = match capped {
+        Some(c) => format!(
+            "{}; step capped at {}% (the ramp asked for {}%) by the blast-radius budget",
+            summary(verdicts),
+            new_w.0,
+            c.wanted.0
+        ),
+        None => summary(verdicts),
+    };
+    let new_step = if new_w == wanted_w {
+        next_step_index
+    } else {
+        ramp::step_of(ramp_spec, new_w, at.step)
+    };
+    let release = r.release.clone();
+    set_weight(ctx, out, env, &release, new_w);
+    let to = Phase::Canary {
+        step: new_step,
+        weight: new_w,
+        since: ctx.now,
+    };
+    let cause = Cause::Evidence {
+        explanation,
+        objectives: in_words(verdicts),
+        capped,
+    };
+    transition(ctx, out, r, to, cause);
 }
 
 /// Every objective's judgement, for people.
@@ -1120,22 +1177,12 @@ fn summary(verdicts: &[(String, judge::Judgement, MissingData)]) -> String {
 /// most the remaining budget of excess bad requests before the next look. `arms` holds, per
 /// objective, the canary's upper bound and the counts since the rollout started.
 fn weight_cap(ctx: &EnvCtx, r: &Rollout, arms: &[(f64, Counts, Counts)]) -> Weight {
-    let elapsed = ctx.now.since(r.started_at).as_secs_f64();
-    let remaining = ctx.ctl().blast_radius.budget as f64 - r.excess_bad;
-    let mut cap = 100.0_f64;
-    for (upper, c, s) in arms {
-        let rate = if elapsed > 0.0 {
-            (c.total + s.total) as f64 / elapsed
-        } else {
-            0.0
-        };
-        let base = if s.total > 0 { s.ratio() } else { 0.0 };
-        let per_percent = (upper - base).max(0.0) * rate * ctx.interval().as_secs_f64() / 100.0;
-        if per_percent > 0.0 {
-            cap = cap.min(remaining.max(0.0) / per_percent);
-        }
-    }
-    Weight(cap.floor().clamp(0.0, 100.0) as u8)
+    let budget = ramp::Budget {
+        remaining: ctx.ctl().blast_radius.budget as f64 - r.excess_bad,
+        elapsed_secs: ctx.now.since(r.started_at).as_secs_f64(),
+        interval_secs: ctx.interval().as_secs_f64(),
+    };
+    ramp::budget_cap(budget, arms)
 }
 
 fn evidence_arms(verdicts: &[(String, judge::Judgement, MissingData)]) -> Vec<(f64, Counts, Counts)> {
@@ -1165,11 +1212,7 @@ impl Stop {
 
 /// The brakes: a regression, or the blast-radius budget spent (bad canary requests beyond
 /// stable's, worst objective, counted per look). Updates the rollout's excess count.
-fn brakes(
-    ctx: &EnvCtx,
-    r: &mut Rollout,
-    verdicts: &[(String, judge::Judgement, MissingData)],
-) -> Option<Stop> {
+fn brakes(ctx: &EnvCtx, r: &mut Rollout, verdicts: &Verdicts) -> Option<Stop> {
     let ctl = ctx.ctl();
     r.excess_bad = ctx
         .env
