@@ -215,7 +215,9 @@ impl LocalRuntime {
             .collect()
     }
 
-    /// Stops every instance (a clean shutdown of autopilot).
+    /// Stops every instance (a clean shutdown of autopilot), all at once: a shutdown takes one
+    /// grace period at most, not one per release (a supervisor's own stop timeout would otherwise
+    /// run out first and leave the last releases' processes orphaned).
     pub async fn stop_all(&self) {
         let keys: Vec<Key> = self
             .deployments
@@ -224,9 +226,8 @@ impl LocalRuntime {
             .keys()
             .cloned()
             .collect();
-        for (s, e, r) in keys {
-            let _ = self.stop(&s, &e, &r).await;
-        }
+        let stops = keys.iter().map(|(s, e, r)| self.stop(s, e, r));
+        futures_util::future::join_all(stops).await;
     }
 
     async fn stop(&self, service: &str, environment: &str, release: &str) -> Result<(), PortError> {
