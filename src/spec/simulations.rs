@@ -97,8 +97,9 @@ pub struct Traffic {
     /// `1 + loadSensitivity × swing`.
     #[serde(default)]
     pub load_sensitivity: f64,
-    /// The callers an A/B strategy's segment matches (employees, beta testers), if they are
-    /// not like everyone else: their share of the requests, and how their requests fail.
+    /// The callers an A/B strategy's segment matches (employees, beta testers): their share of
+    /// the requests, and how their requests fail. Without it, a segment is a tenth of the
+    /// callers, failing like everyone else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentTraffic>,
 }
