@@ -1014,20 +1014,13 @@ fn operator_weight(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut Out,
 
 /// Safe on copies (shadow) or in its segment (A/B): now everyone, by the ramp, judged afresh.
 fn leave_the_held_stage(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut Out, verdicts: &Verdicts) {
-    let explanation = summary(verdicts);
-    let objectives = in_words(verdicts);
+    let cause = safe_cause(ctx, verdicts, true, |explanation, objectives| {
+        Cause::SafeOnCopies {
+            explanation,
+            objectives,
+        }
+    });
     let strategy = &ctx.ctl().strategy;
-    let cause = match strategy.segment() {
-        Some(segment) => Cause::SafeInSegment {
-            segment: segment.name.clone(),
-            explanation,
-            objectives,
-        },
-        None => Cause::SafeOnCopies {
-            explanation,
-            objectives,
-        },
-    };
     // copies: the same series go on, counting users now; a segment: the arms become all of
     // each release's requests, counted anew, and what its users were served badly stays spent
     let segment = strategy.held_serves_users();
@@ -1064,25 +1057,40 @@ fn promote_when_evidence_suffices(
         }
         return;
     }
-    let explanation = summary(verdicts);
-    let objectives = in_words(verdicts);
-    let cause = match ctx.ctl().strategy.segment() {
-        // A/B without a ramp: from the segment to everyone at once
-        Some(segment) if hidden(ctx, at.weight) => Cause::SafeInSegment {
-            segment: segment.name.clone(),
-            explanation,
-            objectives,
-        },
-        _ => Cause::Evidence {
+    // (A/B without a ramp: from the segment to everyone at once)
+    let cause = safe_cause(
+        ctx,
+        verdicts,
+        hidden(ctx, at.weight),
+        |explanation, objectives| Cause::Evidence {
             explanation,
             objectives,
             capped: None,
         },
-    };
+    );
     let release = r.release.clone();
     set_weight(ctx, out, env, &release, Weight::MAX);
     transition(ctx, out, r, Phase::Promoting { since: now }, cause);
     out.wake(now);
+}
+
+/// The cause of a decision that every objective is safe: `SafeInSegment` when an A/B release
+/// leaves its segment (`held`), else what `other` makes of the judge's words.
+fn safe_cause(
+    ctx: &EnvCtx,
+    verdicts: &Verdicts,
+    held: bool,
+    other: impl FnOnce(String, Vec<ObjectiveWords>) -> Cause,
+) -> Cause {
+    let (explanation, objectives) = (summary(verdicts), in_words(verdicts));
+    match ctx.ctl().strategy.segment() {
+        Some(segment) if held => Cause::SafeInSegment {
+            segment: segment.name.clone(),
+            explanation,
+            objectives,
+        },
+        _ => other(explanation, objectives),
+    }
 }
 
 /// Raises the weight: to the ramp's end on strong evidence, else one step; capped so that a
