@@ -291,9 +291,9 @@ impl Segment {
     /// Does a request with these attributes belong to the segment?
     pub fn matches(
         &self,
-        header: &dyn Fn(&str) -> Option<String>,
-        cookie: &dyn Fn(&str) -> Option<String>,
-        claim: &dyn Fn(&str) -> Option<serde_json::Value>,
+        header: Lookup<String>,
+        cookie: Lookup<String>,
+        claim: Lookup<serde_json::Value>,
     ) -> bool {
         self.rules.iter().any(|rule| rule.matches(header, cookie, claim))
     }
@@ -327,12 +327,15 @@ pub struct NameValue {
     pub value: String,
 }
 
+/// Looks up a request's header (by lowercase name), cookie or verified claim.
+pub type Lookup<'a, T> = &'a dyn Fn(&str) -> Option<T>;
+
 impl Attribute {
     pub fn matches(
         &self,
-        header: &dyn Fn(&str) -> Option<String>,
-        cookie: &dyn Fn(&str) -> Option<String>,
-        claim: &dyn Fn(&str) -> Option<serde_json::Value>,
+        header: Lookup<String>,
+        cookie: Lookup<String>,
+        claim: Lookup<serde_json::Value>,
     ) -> bool {
         match self {
             Attribute::Header(nv) => header(&nv.name.to_ascii_lowercase()).is_some_and(|v| v == nv.value),
