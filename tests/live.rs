@@ -1736,6 +1736,25 @@ async fn pushes_during_a_slow_build_are_coalesced_and_the_hourly_limit_holds_the
     );
 }
 
+/// The value of the first sample of `family` in an exposition whose line has every one of
+/// `labels`.
+fn sample(exposition: &str, family: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {family} sample with {labels:?}:\n{exposition}"))
+}
+
+/// Replaces the ramp of the demo's policy (laid out in `specs`) with `with`.
+fn demo_ramp_replaced(specs: &Path, with: &str) {
+    let path = specs.join("controllers/demo.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replace("ramp:\n  steps: [10, 25, 50]\n", with);
+    assert_ne!(changed, text, "the demo's policy has the ramp this test replaces");
+    std::fs::write(path, changed).unwrap();
+}
+
 /// Blue/green through the whole product: `autopilot up`, its proxy, real processes. The held
 /// release serves no user while it is judged on copies of their requests, takes all traffic at
 /// once, and an operator's rollback inside the window gives it all back to the previous
@@ -1756,17 +1775,10 @@ async fn blue_green_is_judged_on_copies_switches_at_once_and_switches_back_in_on
         up: _up,
         ..
     } = running_with(dir.path(), "dev", |specs| {
-        let path = specs.join("controllers/demo.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let switched = text.replace(
-            "ramp:\n  steps: [10, 25, 50]\n",
+        demo_ramp_replaced(
+            specs,
             "strategy:\n  blueGreen:\n    mirror: {share: 100%}\n    rollbackWindow: 10m\n",
-        );
-        assert_ne!(
-            switched, text,
-            "the demo's policy has the ramp this test replaces"
-        );
-        std::fs::write(path, switched).unwrap();
+        )
     })
     .await;
     let show = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -1848,15 +1860,12 @@ async fn blue_green_is_judged_on_copies_switches_at_once_and_switches_back_in_on
         .text()
         .await
         .unwrap();
-    let copies: f64 = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("autopilot_proxy_mirror_copies_total")
-                && l.contains(&format!("release=\"{v2_id}\""))
-                && l.contains("result=\"sent\"")
-        })
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or_else(|| panic!("no copies counted for {v2_id}:\n{metrics}"));
+    let release = format!("release=\"{v2_id}\"");
+    let copies = sample(
+        &metrics,
+        "autopilot_proxy_mirror_copies_total",
+        &[&release, "result=\"sent\""],
+    );
     assert!(copies >= 200.0, "the judge needed 200 requests: {copies} copies");
 
     // v1 still runs (its rollback window); the operator's rollback gives it everything back
@@ -1926,14 +1935,10 @@ async fn ab_test_serves_its_segment_first_then_everyone_by_the_ramp() {
         up: _up,
         ..
     } = running_with(dir.path(), "dev", |specs| {
-        let path = specs.join("controllers/demo.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let ab = text.replace(
-            "ramp:\n  steps: [10, 25, 50]\n",
+        demo_ramp_replaced(
+            specs,
             "strategy:\n  abTest:\n    segment:\n      name: staff\n      match: [{header: {name: x-staff, value: '1'}}]\n      share: 50%\nramp:\n  steps: [10, 25, 50]\n",
-        );
-        assert_ne!(ab, text, "the demo's policy has the ramp this test extends");
-        std::fs::write(path, ab).unwrap();
+        )
     })
     .await;
     let v1_id = phase(&store, "dev", &v1).await.unwrap().0;
@@ -2048,17 +2053,10 @@ async fn ab_test_serves_its_segment_first_then_everyone_by_the_ramp() {
         .text()
         .await
         .unwrap();
-    let segment_2xx = |release: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("autopilot_proxy_requests_total")
-                    && l.contains(&format!("release=\"{release}\""))
-                    && l.contains("segment=\"staff\"")
-                    && l.contains("code=\"2xx\"")
-            })
-            .and_then(|l| l.split_whitespace().last()?.parse().ok())
-            .unwrap_or_else(|| panic!("no staff series for {release}:\n{metrics}"))
+    let segment_2xx = |release: &str| {
+        let release = format!("release=\"{release}\"");
+        let labels = [release.as_str(), "segment=\"staff\"", "code=\"2xx\""];
+        sample(&metrics, "autopilot_proxy_requests_total", &labels)
     };
     // (staff requests after the ramp began are routed by the weight and counted with everyone's)
     let staff_total = staff_log.lock().unwrap().len() as f64;
