@@ -67,14 +67,17 @@ fn spec() -> PlanSpec {
         "gated",
         "promotion: {gates: [{soak: 5m}, {approval: {groups: [sre]}}]}",
     );
-    let catalog = spec::load_texts(&[
-        ("shop.yaml", SERVICE),
-        ("sensors.yaml", SENSORS),
-        ("quick.yaml", &quick),
-        ("steady.yaml", &steady),
-        ("gated.yaml", &gated),
-    ])
-    .unwrap_or_else(|r| panic!("{}", r.render_text()));
+    shop(SERVICE, &[&quick, &steady, &gated])
+}
+
+/// The shop of `service`, with the sensors and these controllers, resolved for planning.
+fn shop(service: &str, controllers: &[&str]) -> PlanSpec {
+    let names: Vec<String> = (0..controllers.len())
+        .map(|i| format!("controller-{i}.yaml"))
+        .collect();
+    let mut texts = vec![("shop.yaml", service), ("sensors.yaml", SENSORS)];
+    texts.extend(names.iter().map(String::as_str).zip(controllers.iter().copied()));
+    let catalog = spec::load_texts(&texts).unwrap_or_else(|r| panic!("{}", r.render_text()));
     PlanSpec::resolve(&catalog, "shop").unwrap()
 }
 
@@ -1024,15 +1027,7 @@ missingData: {{hold: 1m, then: rollback}}
 "#
     );
     let steady = controller("steady", "");
-    let catalog = spec::load_texts(&[
-        ("shop.yaml", service.as_str()),
-        ("sensors.yaml", SENSORS),
-        ("copies.yaml", &copies),
-        ("steady.yaml", &steady),
-        ("switch.yaml", &switch),
-    ])
-    .unwrap_or_else(|r| panic!("{}", r.render_text()));
-    PlanSpec::resolve(&catalog, "shop").unwrap()
+    shop(&service, &[&copies, &steady, &switch])
 }
 
 fn strategies_with_stable(seed: u64, rollback_window: &str) -> World {
@@ -1233,15 +1228,7 @@ fn ab_with_stable(seed: u64, budget: u64, ramp: bool) -> World {
     };
     let steady = controller("steady", "");
     let gated = controller("gated", "");
-    let catalog = spec::load_texts(&[
-        ("shop.yaml", service.as_str()),
-        ("sensors.yaml", SENSORS),
-        ("staff-first.yaml", &staff_first),
-        ("steady.yaml", &steady),
-        ("gated.yaml", &gated),
-    ])
-    .unwrap_or_else(|r| panic!("{}", r.render_text()));
-    let mut w = World::with_spec(seed, PlanSpec::resolve(&catalog, "shop").unwrap());
+    let mut w = World::with_spec(seed, shop(&service, &[&staff_first, &steady, &gated]));
     w.push("c1");
     assert!(w.run_until(10, 500, |w| {
         w.state
