@@ -157,6 +157,7 @@ async fn seeded(url: &str) -> (ApiState, Tokens) {
         },
         started_at: Time::from_secs(50),
         judges: Default::default(),
+        watches: Default::default(),
         excess_bad: 0.0,
     });
     let plan = Plan {

@@ -50,6 +50,7 @@ fn plan() -> Plan {
         },
         started_at: Time::from_secs(9),
         judges: Default::default(),
+        watches: Default::default(),
         excess_bad: 0.0,
     });
     Plan {

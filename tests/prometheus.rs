@@ -80,6 +80,7 @@ fn canary_state(started: Time) -> ServiceState {
                 },
                 started_at: started,
                 judges: Default::default(),
+                watches: Default::default(),
                 excess_bad: 0.0,
             }),
             blocked: None,

@@ -41,6 +41,7 @@ fn canary_state() -> ServiceState {
         },
         started_at: Time::ZERO,
         judges: Default::default(),
+        watches: Default::default(),
         excess_bad: 0.0,
     });
     s

@@ -80,6 +80,7 @@ async fn seed(store: &mut SqlStore, releases: usize) -> Result<(), String> {
         },
         started_at: Time::ZERO,
         judges: Default::default(),
+        watches: Default::default(),
         excess_bad: 0.0,
     });
     let plan = Plan {

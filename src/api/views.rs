@@ -506,6 +506,7 @@ fn phase_detail(phase: &Phase) -> Option<String> {
         Phase::Paused { reason, .. } => Some(reason.clone()),
         Phase::RollingBack { reason, .. } | Phase::RolledBack { reason, .. } => Some(reason.clone()),
         Phase::Superseded { by, .. } => Some(format!("superseded by {by}")),
+        Phase::Baking { .. } => Some("watched for a late change before the promotion".into()),
         Phase::Deploying { .. } | Phase::Canary { .. } | Phase::Promoting { .. } | Phase::Promoted { .. } => {
             None
         }
@@ -518,6 +519,7 @@ fn phase_since(phase: &Phase) -> crate::control::time::Time {
         | Phase::Deploying { since }
         | Phase::Canary { since, .. }
         | Phase::Paused { since, .. }
+        | Phase::Baking { since, .. }
         | Phase::Promoting { since }
         | Phase::RollingBack { since, .. } => *since,
         Phase::Promoted { at } | Phase::RolledBack { at, .. } | Phase::Superseded { at, .. } => *at,

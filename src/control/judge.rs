@@ -158,21 +158,21 @@ pub struct JudgeConfig {
 
 /// Alternatives for the relative regression test, as multiples of the boundary `1 + δ`: from a
 /// mild regression to a crash, so the mixture adapts to the unknown size of the effect.
-const REGRESSION_RATIOS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
+pub(crate) const REGRESSION_RATIOS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
 /// The mixture's weights over [`REGRESSION_RATIOS`] (they sum to 1, so the mixture stays a test
 /// martingale): most on the regressions that are hard to see (1.5–3× the boundary), where each
 /// nat of the mixture's price costs hundreds of requests; little on crashes, which pay it back
 /// within a few bad requests.
-const REGRESSION_WEIGHTS: [f64; 8] = [0.1, 0.3, 0.3, 0.14, 0.06, 0.04, 0.03, 0.03];
+pub(crate) const REGRESSION_WEIGHTS: [f64; 8] = [0.1, 0.3, 0.3, 0.14, 0.06, 0.04, 0.03, 0.03];
 /// Alternatives for the relative safety test, as multiples of stable's bad share.
 const SAFETY_RATIOS: [f64; 4] = [1.0, 0.8, 0.5, 0.25];
 /// Alternatives for the absolute regression test, as multiples of the target (capped below 1);
 /// the largest makes a crash (every request failing) decisive within a few requests.
-const ABS_REGRESSION_MULTIPLES: [f64; 8] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1000.0];
+pub(crate) const ABS_REGRESSION_MULTIPLES: [f64; 8] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1000.0];
 /// Alternatives for the absolute safety tests, as multiples of the bound being ruled out.
 const ABS_SAFETY_MULTIPLES: [f64; 5] = [0.75, 0.5, 0.25, 0.1, 0.01];
 /// The largest bad share an alternative may claim (1.0 would make one good request fatal).
-const MAX_ALTERNATIVE: f64 = 0.999;
+pub(crate) const MAX_ALTERNATIVE: f64 = 0.999;
 
 /// Which test crossed, and when. Sticky.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -225,6 +225,11 @@ impl JudgeState {
             excess_bad: self.excess_bad.max(0.0),
             ..JudgeState::default()
         }
+    }
+
+    /// The last cumulative counters read (both arms), for a watch that goes on from here.
+    pub fn last_reading(&self) -> Reading {
+        self.last
     }
 
     /// A judge that starts over from now: no evidence, no verdict, but the last counters read
@@ -296,7 +301,7 @@ pub struct Judgement {
 
 /// Increment from `last` to `now`. Counters count from the rollout's start, so the first
 /// reading is all increment; a counter that went down was reset and counts from zero again.
-fn increment(last: Option<Counts>, now: Counts) -> Counts {
+pub(crate) fn increment(last: Option<Counts>, now: Counts) -> Counts {
     match last {
         Some(l) if now.total >= l.total && now.bad >= l.bad => Counts {
             bad: now.bad - l.bad,
@@ -316,12 +321,12 @@ fn significantly_above(c: Counts, p0: f64) -> bool {
     Binomial::new(p0, c.total).is_ok_and(|b| b.sf(c.bad.saturating_sub(1)) < 1e-3)
 }
 
-fn theta(r: f64, rho: f64) -> f64 {
+pub(crate) fn theta(r: f64, rho: f64) -> f64 {
     r * rho / (r * rho + 1.0 - rho)
 }
 
 /// `ln Σ w_k e^{l_k}` with the given weights.
-fn log_weighted_sum_exp(logs: &[f64], weights: &[f64]) -> f64 {
+pub(crate) fn log_weighted_sum_exp(logs: &[f64], weights: &[f64]) -> f64 {
     let m = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return m;
@@ -653,7 +658,7 @@ fn regression_what(test: Option<Test>, cfg: &JudgeConfig) -> String {
 }
 
 /// A share for people: `2.1% (21 of 1000)`.
-fn share(c: Counts) -> String {
+pub(crate) fn share(c: Counts) -> String {
     if c.total == 0 {
         return "no requests".into();
     }
@@ -669,7 +674,7 @@ fn share(c: Counts) -> String {
 }
 
 /// An e-value said plainly: "overwhelming" beyond what a float holds.
-fn ev(v: f64) -> String {
+pub(crate) fn ev(v: f64) -> String {
     if v.is_finite() {
         e(v)
     } else {

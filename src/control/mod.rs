@@ -15,6 +15,7 @@ pub mod ramp;
 pub mod rollout;
 pub mod time;
 pub mod traffic;
+pub mod watch;
 
 pub use plan::{PlanSpec, plan};
 pub use rollout::{Action, Observed, Overrides, Phase, Plan};

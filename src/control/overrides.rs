@@ -304,6 +304,7 @@ mod tests {
             phase,
             started_at: Time::ZERO,
             judges: Default::default(),
+            watches: Default::default(),
             excess_bad: 0.0,
         });
         s

@@ -20,6 +20,7 @@ use super::judge::{self, Counts, JudgeConfig, Verdict};
 use super::ramp;
 use super::rollout::*;
 use super::time::Time;
+use super::watch::{self, WatchConfig};
 use crate::spec::controllers::{ControllerSpec, StopAction, Strategy};
 use crate::spec::units::Weight;
 use crate::spec::{Catalog, MissingData};
@@ -403,6 +404,7 @@ fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvStat
                 phase,
                 started_at: ctx.now,
                 judges: Default::default(),
+                watches: Default::default(),
                 excess_bad: 0.0,
             });
         }
@@ -482,6 +484,7 @@ fn step_rollout(
             At { step, weight, since },
             Pause { reason, by_operator },
         ),
+        Phase::Baking { weight, since } => step_baking(ctx, env, r, out, weight, since),
         Phase::Promoting { .. } => step_promoting(ctx, env, r, out),
         Phase::RollingBack { reason, .. } => step_rolling_back(ctx, env, r, out, reason),
         Phase::Promoted { .. } | Phase::RolledBack { .. } | Phase::Superseded { .. } => {}
@@ -507,7 +510,7 @@ struct Pause {
 fn operator_one_shot(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out) -> bool {
     let allowed = matches!(
         r.phase,
-        Phase::Deploying { .. } | Phase::Canary { .. } | Phase::Paused { .. }
+        Phase::Deploying { .. } | Phase::Canary { .. } | Phase::Paused { .. } | Phase::Baking { .. }
     );
     if !allowed {
         return false;
@@ -1069,9 +1072,142 @@ fn promote_when_evidence_suffices(
         },
     );
     let release = r.release.clone();
-    set_weight(ctx, out, env, &release, Weight::MAX);
-    transition(ctx, out, r, Phase::Promoting { since: now }, cause);
+    match bake_weight(ctx) {
+        Some(weight) => {
+            set_weight(ctx, out, env, &release, weight);
+            // the watch goes on from the judge's last look
+            r.watches = r
+                .judges
+                .iter()
+                .map(|(o, j)| (o.clone(), watch::WatchState::after(j)))
+                .collect();
+            transition(ctx, out, r, Phase::Baking { weight, since: now }, cause);
+        }
+        None => {
+            set_weight(ctx, out, env, &release, Weight::MAX);
+            transition(ctx, out, r, Phase::Promoting { since: now }, cause);
+        }
+    }
     out.wake(now);
+}
+
+/// The release's weight while it bakes (all but the baseline), when the policy bakes.
+fn bake_weight(ctx: &EnvCtx) -> Option<Weight> {
+    let bake = ctx.ctl().bake.as_ref()?;
+    if let Strategy::BlueGreen(_) = ctx.ctl().strategy {
+        return None;
+    }
+    let baseline = (100.0 * bake.baseline.fraction()).round().clamp(1.0, 99.0) as u8;
+    Some(Weight(100 - baseline))
+}
+
+/// Baking: the release serves all but the baseline, each objective's watch looks for a late
+/// change against the previous release (at the same moments), and the release is promoted
+/// once the bake's time has passed with none seen. A change rolls it back (the previous
+/// release is still deployed and serving); data missing past an objective's hold gets its
+/// policy, as for a canary. An operator's pause holds the promotion, never the watch.
+fn step_baking(
+    ctx: &EnvCtx,
+    env: &mut EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    weight: Weight,
+    since: Time,
+) {
+    let Some(bake) = ctx.ctl().bake else {
+        // the policy lost its bake while this one baked: promote as without one
+        let release = r.release.clone();
+        set_weight(ctx, out, env, &release, Weight::MAX);
+        transition(
+            ctx,
+            out,
+            r,
+            Phase::Promoting { since: ctx.now },
+            Cause::Baked { looks: 0 },
+        );
+        out.wake(ctx.now);
+        return;
+    };
+    reassert_route(ctx, out, env, &r.release, weight);
+    let mut verdicts = Vec::new();
+    for o in &ctx.env.objectives {
+        let reading = ctx
+            .observed
+            .readings
+            .get(&(ctx.env.name.clone(), o.name.clone()))
+            .copied()
+            .unwrap_or_default();
+        let cfg = WatchConfig::for_judge(&o.judge, bake.duration.0, ctx.interval());
+        let state = r.watches.get(&o.name).cloned().unwrap_or_default();
+        let (next, judgement) = watch::observe(&state, reading, &cfg, ctx.now);
+        r.watches.insert(o.name.clone(), next);
+        out.evidence.push(ObjectiveEvidence {
+            environment: ctx.name(),
+            release: r.release.clone(),
+            objective: o.name.clone(),
+            judgement: judgement.clone(),
+            weight: weight.0,
+            at: ctx.now,
+        });
+        verdicts.push((o.name.clone(), judgement, o.missing_data.clone()));
+    }
+    out.wake(ctx.now.plus(ctx.interval()));
+    if let Some((objective, j, _)) = verdicts.iter().find(|(_, j, _)| j.verdict == Verdict::Regressed) {
+        let how = Stop {
+            action: ctx.ctl().rollback.on_regression,
+            reason: format!("{objective} changed while baking: {}", j.evidence.explanation),
+            cause: Cause::Regressed {
+                objective: objective.clone(),
+                explanation: j.evidence.explanation.clone(),
+                objectives: in_words(&verdicts),
+            },
+        };
+        stop(ctx, out, env, r, how);
+        return;
+    }
+    for (objective, _, md) in &verdicts {
+        let Some(missing) = r.watches[objective].missing_since else {
+            continue;
+        };
+        if ctx.now.since(missing) >= md.hold.0 {
+            let how = Stop {
+                action: md.then,
+                reason: format!("no data for {objective} since {missing} while baking"),
+                cause: Cause::MissingData {
+                    objective: objective.clone(),
+                    since: missing,
+                },
+            };
+            stop(ctx, out, env, r, how);
+            return;
+        }
+        // (missing data is never evidence: the bake does not end on it)
+        out.wake(missing.plus(md.hold.0));
+        return;
+    }
+    let ends = since.plus(bake.duration.0);
+    if ctx.now < ends {
+        out.wake(ends);
+        return;
+    }
+    if let Some(actor) = &ctx.ov.pause {
+        out.notes.push(format!(
+            "{} baked in {}; its promotion waits for {}'s pause: {}",
+            r.release, ctx.env.name, actor.who, actor.reason
+        ));
+        return;
+    }
+    let looks = r.watches.values().map(|w| w.looks).min().unwrap_or(0);
+    let release = r.release.clone();
+    set_weight(ctx, out, env, &release, Weight::MAX);
+    transition(
+        ctx,
+        out,
+        r,
+        Phase::Promoting { since: ctx.now },
+        Cause::Baked { looks },
+    );
+    out.wake(ctx.now);
 }
 
 /// The cause of a decision that every objective is safe: `SafeInSegment` when an A/B release
@@ -1272,6 +1408,7 @@ fn stop(ctx: &EnvCtx, out: &mut Out, env: &EnvState, r: &mut Rollout, how: Stop)
                 Phase::Canary { step, .. } | Phase::Paused { step, .. } => step,
                 Phase::Waiting { .. }
                 | Phase::Deploying { .. }
+                | Phase::Baking { .. }
                 | Phase::Promoting { .. }
                 | Phase::Promoted { .. }
                 | Phase::RollingBack { .. }
@@ -1359,6 +1496,7 @@ mod tests {
             phase,
             started_at: Time::from_secs(9_000),
             judges: BTreeMap::new(),
+            watches: BTreeMap::new(),
             excess_bad: 0.0,
         }
     }
@@ -1686,6 +1824,131 @@ mod tests {
             env.blocked.as_deref(),
             Some("v2"),
             "pinned: only a newer release starts"
+        );
+    }
+
+    /// Bakes v2 (at 90%, v1 keeping 10%) for `looks` looks 10 s apart: per look v2 serves 900
+    /// requests with `v2_bad(look)` bad, v1 100 with one bad every other look. Returns the
+    /// rollout and the last look's plan.
+    fn bake(f: &mut Fixture, looks: u64, v2_bad: impl Fn(u64) -> u64) -> (Rollout, Out) {
+        let since = now();
+        let mut r = rollout(Phase::Baking {
+            weight: Weight(90),
+            since,
+        });
+        let (mut v2, mut v1) = (judge::Counts::default(), judge::Counts::default());
+        let mut last = out();
+        for k in 1..=looks {
+            v2 = v2 + judge::Counts::new(v2_bad(k), 900);
+            v1 = v1 + judge::Counts::new(k % 2, 100);
+            let reading = judge::Reading::of(Some(v2), Some(v1));
+            f.observed.readings = BTreeMap::from([(("prod".to_owned(), "errors".to_owned()), reading)]);
+            f.observed.routes = routed(90);
+            let mut ctx = f.ctx();
+            ctx.now = since.plus(Duration::from_secs(10 * k));
+            let mut env = stable_v1();
+            let mut o = out();
+            step_baking(&ctx, &mut env, &mut r, &mut o, Weight(90), since);
+            last = o;
+            if !matches!(r.phase, Phase::Baking { .. }) {
+                break;
+            }
+        }
+        (r, last)
+    }
+
+    #[test]
+    fn baking_promotes_a_release_that_stays_as_good_as_the_previous_one_once_its_time_is_up() {
+        let mut f = Fixture::new("bake: {for: 10m, baseline: 10%}\n");
+        // 0.5% bad on both sides: nothing changes
+        let (r, o) = bake(&mut f, 59, |k| if k % 2 == 0 { 9 } else { 0 });
+        assert!(
+            matches!(r.phase, Phase::Baking { .. }),
+            "not before its time: {:?}",
+            r.phase
+        );
+        let (r, o) = bake(&mut f, 60, |k| if k % 2 == 0 { 9 } else { 0 });
+        assert!(matches!(r.phase, Phase::Promoting { .. }), "{:?}", r.phase);
+        assert!(
+            matches!(o.transitions[..], [Transition { cause: Cause::Baked { looks }, .. }] if looks >= 25),
+            "{:?}",
+            o.transitions
+        );
+        assert!(
+            matches!(
+                o.actions[..],
+                [Action::SetWeights {
+                    canary_weight: Weight::MAX,
+                    ..
+                }]
+            ),
+            "{:?}",
+            o.actions
+        );
+        assert_eq!(o.evidence.len(), 1, "the watch's look is recorded");
+    }
+
+    #[test]
+    fn baking_rolls_back_a_release_that_changes_for_the_worse_late() {
+        let mut f = Fixture::new("bake: {for: 30m, baseline: 10%}\n");
+        // as good as v1 for 20 minutes, then 10% bad
+        let (r, o) = bake(&mut f, 180, |k| {
+            if k > 120 {
+                90
+            } else if k % 2 == 0 {
+                9
+            } else {
+                0
+            }
+        });
+        let Phase::RollingBack { reason, since } = &r.phase else {
+            panic!("rolled back: {:?}", r.phase);
+        };
+        let at = since.since(now()).as_secs();
+        assert!(
+            (1200..=1300).contains(&at),
+            "caught within 100 s of the change, at {at} s"
+        );
+        assert!(reason.contains("changed while baking"), "{reason}");
+        assert!(
+            matches!(
+                o.actions[..],
+                [Action::SetWeights {
+                    canary_weight: Weight(0),
+                    ..
+                }]
+            ),
+            "the previous release takes all traffic back: {:?}",
+            o.actions
+        );
+    }
+
+    #[test]
+    fn baking_never_ends_on_missing_data_and_acts_on_its_hold() {
+        let mut f = Fixture::new("bake: {for: 1m, baseline: 10%}\n");
+        let since = now();
+        let mut r = rollout(Phase::Baking {
+            weight: Weight(90),
+            since,
+        });
+        f.observed.routes = routed(90);
+        for k in 1..=12u64 {
+            let mut ctx = f.ctx();
+            ctx.now = since.plus(Duration::from_secs(10 * k));
+            let (mut env, mut o) = (stable_v1(), out());
+            step_baking(&ctx, &mut env, &mut r, &mut o, Weight(90), since);
+            if !matches!(r.phase, Phase::Baking { .. }) {
+                break;
+            }
+            if k < 7 {
+                assert!(matches!(r.phase, Phase::Baking { .. }), "look {k}: {:?}", r.phase);
+            }
+        }
+        // the sensor's hold is 1 minute, then rollback: the bake's end did not promote it
+        assert!(
+            matches!(&r.phase, Phase::RollingBack { reason, .. } if reason.contains("no data")),
+            "{:?}",
+            r.phase
         );
     }
 }

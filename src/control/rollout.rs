@@ -8,6 +8,7 @@ use super::builds::BuildState;
 use super::gates::Approval;
 use super::judge::{JudgeState, Judgement, Reading};
 use super::time::Time;
+use super::watch::WatchState;
 use crate::spec::units::Weight;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +31,9 @@ pub struct Rollout {
     pub started_at: Time,
     /// The judge's memory, per objective.
     pub judges: BTreeMap<String, JudgeState>,
+    /// The bake watch's memory, per objective (while baking).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub watches: BTreeMap<String, WatchState>,
     /// Bad canary requests beyond what stable's rate would have produced (blast radius).
     pub excess_bad: f64,
 }
@@ -56,6 +60,9 @@ pub enum Phase {
         reason: String,
         by_operator: bool,
     },
+    /// Judged safe, the release serves `weight`% (all but the bake's baseline, which stays
+    /// on the previous release) and is watched for a late change before it is promoted.
+    Baking { weight: Weight, since: Time },
     /// All traffic is moving to the release.
     Promoting { since: Time },
     /// The release is stable in this environment.
@@ -76,6 +83,7 @@ impl Phase {
             Phase::Deploying { .. } => "deploying",
             Phase::Canary { .. } => "canary",
             Phase::Paused { .. } => "paused",
+            Phase::Baking { .. } => "baking",
             Phase::Promoting { .. } => "promoting",
             Phase::Promoted { .. } => "promoted",
             Phase::RollingBack { .. } => "rolling-back",
@@ -92,6 +100,7 @@ impl Phase {
             | Phase::Deploying { .. }
             | Phase::Canary { .. }
             | Phase::Paused { .. }
+            | Phase::Baking { .. }
             | Phase::Promoting { .. }
             | Phase::RollingBack { .. } => false,
         }
@@ -114,7 +123,9 @@ impl Phase {
 
     pub fn weight(&self) -> Weight {
         match self {
-            Phase::Canary { weight, .. } | Phase::Paused { weight, .. } => *weight,
+            Phase::Canary { weight, .. } | Phase::Paused { weight, .. } | Phase::Baking { weight, .. } => {
+                *weight
+            }
             Phase::Promoting { .. } | Phase::Promoted { .. } => Weight::MAX,
             Phase::Waiting { .. }
             | Phase::Deploying { .. }
@@ -304,6 +315,8 @@ pub enum Cause {
     Operator { action: String, actor: Actor },
     /// A newer release replaced this one.
     NewerRelease { release: String },
+    /// The bake ended with no change seen: the release is promoted.
+    Baked { looks: u32 },
     /// Traffic finished moving.
     Completed,
 }

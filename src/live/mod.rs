@@ -936,6 +936,7 @@ mod tests {
                     phase,
                     started_at: Time::from_secs(100),
                     judges: BTreeMap::new(),
+                    watches: BTreeMap::new(),
                     excess_bad: 0.0,
                 }),
                 blocked: None,

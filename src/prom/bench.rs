@@ -203,6 +203,7 @@ fn seeded_state(started: Time) -> ServiceState {
                     },
                     started_at: started,
                     judges: Default::default(),
+                    watches: Default::default(),
                     excess_bad: 0.0,
                 }),
                 blocked: None,

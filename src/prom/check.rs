@@ -196,6 +196,7 @@ pub async fn check(
                 },
                 started_at: releases.since,
                 judges: Default::default(),
+                watches: Default::default(),
                 excess_bad: 0.0,
             }),
             blocked: None,

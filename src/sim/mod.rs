@@ -282,13 +282,22 @@ pub fn check_invariants(tick: &driver::Tick) -> Result<(), String> {
         }
     }
     for t in &p.transitions {
-        if t.to == "promoting" && !matches!(t.cause, Cause::Operator { .. } | Cause::FirstRelease) {
+        // promoted (or baking, on the way there) only on the judge's word that it is safe;
+        // after a bake, on its watch having seen no change (the judge's word came before)
+        let judged = matches!(t.to.as_str(), "promoting" | "baking");
+        if judged && !matches!(t.cause, Cause::Operator { .. } | Cause::FirstRelease) {
+            let baked = matches!(t.cause, Cause::Baked { .. });
             let mine = p
                 .evidence
                 .iter()
                 .filter(|e| e.environment == t.environment && e.release == t.release);
             for e in mine {
-                if e.judgement.verdict != Verdict::Safe {
+                let fine = if baked {
+                    e.judgement.verdict != Verdict::Regressed
+                } else {
+                    e.judgement.verdict == Verdict::Safe
+                };
+                if !fine {
                     return Err(format!(
                         "{} promoted in {} while {} is {:?}",
                         t.release, t.environment, e.objective, e.judgement.verdict

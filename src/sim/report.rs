@@ -37,6 +37,7 @@ pub fn short_cause(c: &crate::control::rollout::Cause) -> String {
         Cause::BlastRadius { excess, budget } => format!("blast radius {excess:.0} ≥ budget {budget}"),
         Cause::Operator { action, actor } => format!("{} by {} ({})", action, actor.who, actor.reason),
         Cause::NewerRelease { release } => format!("superseded by {release}"),
+        Cause::Baked { looks } => format!("baked: no change seen in {looks} looks"),
         Cause::Completed => "done".into(),
     }
 }

@@ -45,6 +45,13 @@ pub struct ControllerSpec {
     /// What must hold before a release may enter an environment that uses this policy.
     #[serde(default)]
     pub promotion: Promotion,
+    /// After the judge's last word, watch the release for a late change before promoting it:
+    /// it serves all but `baseline` of the traffic for `for`, the previous release serving the
+    /// rest (and staying deployed), and a change for the worse rolls it back. Without it the
+    /// release is promoted at the ramp's end. Not for `blueGreen` (its `rollbackWindow` keeps
+    /// the previous release instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<Bake>,
     /// When and how to roll back.
     #[serde(default)]
     pub rollback: Rollback,
@@ -241,6 +248,25 @@ pub struct BlastRadius {
     /// Each step's weight is capped so that a canary as bad as the evidence still allows would
     /// stay within what is left.
     pub budget: u64,
+}
+
+/// The bake: a watch for a late change between the ramp's end and the promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bake {
+    /// How long the release is watched before it is promoted (the next environment takes it
+    /// only after).
+    #[serde(rename = "for")]
+    pub duration: Duration,
+    /// The share of traffic the previous release keeps meanwhile: the watch compares the new
+    /// release with it at the same moments, so a daily swing or a burst both share cancels.
+    /// Default `10%`.
+    #[serde(default = "default_bake_baseline")]
+    pub baseline: Percent,
+}
+
+fn default_bake_baseline() -> Percent {
+    Percent(0.1)
 }
 
 /// Gates on entering an environment.

@@ -748,6 +748,54 @@ fn check_scenario_service(c: &mut Checker, file: &SourceFile, sim: &super::simul
     }
 }
 
+/// A bake watches something: a time, a share on each side, a strategy that ramps.
+fn check_bake(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
+    use crate::spec::controllers::Strategy;
+    let Some(bake) = &ctl.bake else {
+        return;
+    };
+    if let Strategy::BlueGreen(_) = ctl.strategy {
+        c.error(
+            file,
+            &p!["bake"],
+            "a blueGreen rollout switches all traffic at once: it keeps no baseline share to bake against".into(),
+            Some("remove `bake` (the previous release stays deployed for `rollbackWindow`), or use `strategy: canary`".into()),
+        );
+    }
+    if bake.duration.0.is_zero() {
+        c.error(
+            file,
+            &p!["bake", "for"],
+            "a bake of 0s watches nothing".into(),
+            Some("watch for a while, e.g. `30m`, or remove `bake`".into()),
+        );
+    }
+    let baseline = bake.baseline.fraction();
+    if baseline <= 0.0 {
+        c.error(
+            file,
+            &p!["bake", "baseline"],
+            "a baseline of 0% leaves the watch nothing to compare the release with".into(),
+            Some("keep a share of the traffic on the previous release, e.g. `10%`".into()),
+        );
+    } else if baseline > 0.5 || (100.0 * baseline).round() < 1.0 {
+        c.error(
+            file,
+            &p!["bake", "baseline"],
+            format!(
+                "a baseline of {} {}",
+                bake.baseline,
+                if baseline > 0.5 {
+                    "gives the previous release most of the traffic: the release would not be promoted yet"
+                } else {
+                    "rounds to no traffic (weights are whole percents)"
+                }
+            ),
+            Some("use a share between 1% and 50%, e.g. `10%`".into()),
+        );
+    }
+}
+
 /// The strategy and the ramp agree: a canary and a shadow rollout ramp, a blue/green switch
 /// does not; a mirror copies some requests.
 fn check_strategy(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
@@ -869,6 +917,7 @@ fn check_segment_use(
 
 fn check_controller(c: &mut Checker, file: &SourceFile, ctl: &ControllerSpec) {
     check_strategy(c, file, ctl);
+    check_bake(c, file, ctl);
     match &ctl.ramp {
         None => {}
         Some(Ramp::Steps(steps)) => {

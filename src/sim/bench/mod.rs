@@ -43,6 +43,9 @@ pub struct Row {
     pub runs: usize,
     pub healthy: bool,
     pub rolled_back: usize,
+    /// Of those, rolled back by the watch after a promotion.
+    pub rolled_back_after_promotion: usize,
+    /// Promoted and not taken back.
     pub promoted: usize,
     pub held: usize,
     /// Rollback rate, with its Clopper–Pearson 95% interval.
@@ -60,7 +63,7 @@ pub struct Row {
     pub blast_excess: f64,
     /// Decisions taken at a tick whose data was missing.
     pub decisions_on_missing_data: usize,
-    /// Rollbacks before a late bug started (S7): false alarms, not detections.
+    /// Rollbacks before a late bug started (S7, S9): false alarms, not detections.
     pub early_rollbacks: usize,
 }
 
@@ -88,59 +91,142 @@ pub(crate) fn clopper_pearson(k: usize, n: usize) -> (f64, f64) {
     (lo, hi)
 }
 
+/// How one run of one detector ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    /// Neither decision within the limit.
+    Held,
+    /// Rolled back before the regression existed (S7, S9): a false alarm, not a detection.
+    Early,
+    /// Rolled back at `t`, after the bug started (or at all, for a healthy canary); `watched`:
+    /// by the watch after a promotion. `truth`: the canary's true counters then.
+    RolledBack { t: u64, truth: Arm, watched: bool },
+    /// Promoted at `t` (and not taken back), `truth` the canary's counters then.
+    Promoted { t: u64, truth: Arm },
+}
+
+/// One detector on one stream: the canary phase, then, if it promoted and watches, the watch.
+/// Returns the outcome, the promotion (if any) and the whole timeline it saw.
+fn run_one(
+    s: &Scenario,
+    seed: u64,
+    ticks: &[Tick],
+    d: &mut dyn Detector,
+) -> (Outcome, Option<(u64, Arm)>, Vec<Tick>, usize) {
+    let mut on_missing = 0;
+    let missing = |tick: &Tick| usize::from(tick.obs.canary.is_none() || tick.obs.stable.is_none());
+    for (k, tick) in ticks.iter().enumerate() {
+        let t = (k as u64 + 1) * TICK;
+        match d.observe(t, &tick.obs) {
+            Decision::Continue => continue,
+            Decision::Rollback => {
+                on_missing += missing(tick);
+                let outcome = if t <= s.bug_after_secs {
+                    Outcome::Early
+                } else {
+                    Outcome::RolledBack {
+                        t,
+                        truth: tick.canary,
+                        watched: false,
+                    }
+                };
+                return (outcome, None, ticks[..=k].to_vec(), on_missing);
+            }
+            Decision::Promote => {
+                on_missing += missing(tick);
+                let promotion = Some((t, tick.canary));
+                let promoted = Outcome::Promoted {
+                    t,
+                    truth: tick.canary,
+                };
+                if !d.promoted(t) {
+                    return (promoted, promotion, ticks[..=k].to_vec(), on_missing);
+                }
+                let after = after_promotion(s, seed, ticks, k + 1);
+                let bug_at = bug_start(s, Some(t));
+                let mut timeline = ticks[..=k].to_vec();
+                for (j, w) in after.iter().enumerate() {
+                    timeline.push(*w);
+                    let tw = t + (j as u64 + 1) * TICK;
+                    if d.observe(tw, &w.obs) == Decision::Rollback {
+                        on_missing += missing(w);
+                        let outcome = if tw <= bug_at {
+                            Outcome::Early
+                        } else {
+                            Outcome::RolledBack {
+                                t: tw,
+                                truth: w.canary,
+                                watched: true,
+                            }
+                        };
+                        return (outcome, promotion, timeline, on_missing);
+                    }
+                }
+                return (promoted, promotion, timeline, on_missing);
+            }
+        }
+    }
+    (Outcome::Held, None, ticks.to_vec(), on_missing)
+}
+
+/// When the canary's regression starts, in seconds from the canary's start (S9: after the
+/// promotion, if there was one; `u64::MAX`: never).
+fn bug_start(s: &Scenario, promoted_at: Option<u64>) -> u64 {
+    match (s.bug_after_promotion, promoted_at) {
+        (Some(d), Some(t)) => t + d,
+        (Some(_), None) => u64::MAX,
+        (None, _) => s.bug_after_secs,
+    }
+}
+
 /// Runs every detector on every scenario.
 pub fn run(scale: f64) -> Vec<Row> {
     let mut rows = Vec::new();
     for s in scenarios(scale) {
-        let streams: Vec<Vec<Tick>> = (0..s.runs).map(|i| stream(&s, 0x5eed_0000 + i as u64)).collect();
+        let seeds: Vec<u64> = (0..s.runs).map(|i| 0x5eed_0000 + i as u64).collect();
+        let streams: Vec<Vec<Tick>> = seeds.iter().map(|seed| stream(&s, *seed)).collect();
         let (p0, _) = s.bad_shares();
-        let bug_tick = (s.bug_after_secs / TICK) as usize;
         for (name, _, make) in detectors() {
-            let (mut rolled, mut promoted) = (0, 0);
+            let (mut rolled, mut promoted, mut watched) = (0, 0, 0);
             let (mut times, mut reqs, mut blast, mut excess) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut on_missing = 0;
             let mut early = 0;
-            for ticks in &streams {
+            for (ticks, seed) in streams.iter().zip(&seeds) {
                 let mut d = make(&s);
-                for (k, tick) in ticks.iter().enumerate() {
-                    let t = (k as u64 + 1) * TICK;
-                    let decision = d.observe(t, &tick.obs);
-                    if decision == Decision::Continue {
-                        continue;
-                    }
-                    if tick.obs.canary.is_none() || tick.obs.stable.is_none() {
-                        on_missing += 1;
-                    }
-                    match decision {
-                        Decision::Rollback if t <= s.bug_after_secs => early += 1,
-                        Decision::Rollback => {
-                            rolled += 1;
-                            if !s.healthy() {
-                                // the truth since the bug started: requests and failures served
-                                let before = if bug_tick == 0 {
-                                    Arm::default()
-                                } else {
-                                    ticks[bug_tick - 1].canary
-                                };
-                                let since = tick.canary.minus(&before);
-                                let (bad, n) = bad_total(&since, s.metric, 0);
-                                times.push(t.saturating_sub(s.bug_after_secs) as f64);
-                                reqs.push(n as f64);
-                                blast.push(bad as f64);
-                                excess.push(bad as f64 - n as f64 * p0);
-                            }
+                let (outcome, promotion, timeline, missing) = run_one(&s, *seed, ticks, d.as_mut());
+                on_missing += missing;
+                if s.healthy()
+                    && let Some((t, truth)) = promotion
+                {
+                    // time to promote a healthy canary, whatever the watch did after
+                    times.push(t as f64);
+                    reqs.push(truth.total as f64);
+                }
+                match outcome {
+                    Outcome::Held => {}
+                    Outcome::Early => early += 1,
+                    Outcome::Promoted { .. } => promoted += 1,
+                    Outcome::RolledBack { t, truth, watched: w } => {
+                        rolled += 1;
+                        watched += usize::from(w);
+                        if !s.healthy() {
+                            // the truth since the bug started: requests and failures served
+                            let bug_at = bug_start(&s, promotion.map(|(t, _)| t));
+                            let k = (bug_at / TICK) as usize;
+                            let before = if k == 0 {
+                                Arm::default()
+                            } else {
+                                timeline[k - 1].canary
+                            };
+                            let since = truth.minus(&before);
+                            let (bad, n) = bad_total(&since, s.metric, 0);
+                            times.push(t.saturating_sub(bug_at) as f64);
+                            reqs.push(n as f64);
+                            blast.push(bad as f64);
+                            excess.push(bad as f64 - n as f64 * p0);
                         }
-                        Decision::Promote => {
-                            promoted += 1;
-                            if s.healthy() {
-                                times.push(t as f64);
-                                reqs.push(tick.canary.total as f64);
-                            }
-                        }
-                        Decision::Continue => unreachable!("skipped above"),
                     }
-                    break;
                 }
             }
             let n = s.runs;
@@ -150,12 +236,20 @@ pub fn run(scale: f64) -> Vec<Row> {
                 reqs.iter().sum::<f64>() / reqs.len() as f64
             };
             let floor = s.floor();
+            let mean = |v: &[f64]| {
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.iter().sum::<f64>() / v.len() as f64
+                }
+            };
             rows.push(Row {
                 scenario: s.id,
                 detector: name,
                 runs: n,
                 healthy: s.healthy(),
                 rolled_back: rolled,
+                rolled_back_after_promotion: watched,
                 promoted,
                 held: n - rolled - promoted - early,
                 rollback_rate: rolled as f64 / n as f64,
@@ -165,16 +259,8 @@ pub fn run(scale: f64) -> Vec<Row> {
                 mean_requests,
                 floor,
                 efficiency: mean_requests / floor,
-                blast_radius: if blast.is_empty() {
-                    f64::NAN
-                } else {
-                    blast.iter().sum::<f64>() / blast.len() as f64
-                },
-                blast_excess: if excess.is_empty() {
-                    f64::NAN
-                } else {
-                    excess.iter().sum::<f64>() / excess.len() as f64
-                },
+                blast_radius: mean(&blast),
+                blast_excess: mean(&excess),
                 decisions_on_missing_data: on_missing,
                 early_rollbacks: early,
             });

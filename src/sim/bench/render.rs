@@ -41,19 +41,25 @@ pub fn markdown(rows: &[Row]) -> String {
         out,
         "Bad canaries: rolled back = detected; time and requests to rollback (since the bug started), mean blast radius \
          (bad canary requests before rollback) and excess over stable. Healthy canaries: rolled back = false rollback \
-         (95% Clopper–Pearson interval); time and requests to promotion; held = neither by the limit.\n"
+         (95% Clopper–Pearson interval); time and requests to promotion; held = neither by the limit. \
+         \"after promotion\": of the rollbacks, those our bake watch made after a promotion (the promoted release at {:.0}% \
+         of the traffic for {} min, the previous one keeping the rest as the baseline); the peers' canary analyses end at \
+         the promotion.\n",
+        100.0 * (1.0 - WATCH_BASELINE),
+        WATCH_SECS / 60
     );
     let _ = writeln!(
         out,
-        "| scenario | detector | rolled back | CP 95% | promoted | held | time p50/p90/p99 (s) | canary requests p50/p90/p99 | mean / floor | blast radius | excess | decisions on missing data | rolled back before the bug |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| scenario | detector | rolled back | after promotion | CP 95% | promoted | held | time p50/p90/p99 (s) | canary requests p50/p90/p99 | mean / floor | blast radius | excess | decisions on missing data | rolled back before the bug |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1}% | [{:.1}%, {:.1}%] | {:.1}% | {:.1}% | {}/{}/{} | {}/{}/{} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1}% | {} | [{:.1}%, {:.1}%] | {:.1}% | {:.1}% | {}/{}/{} | {}/{}/{} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.detector,
             100.0 * r.rollback_rate,
+            r.rolled_back_after_promotion,
             100.0 * r.rollback_ci.0,
             100.0 * r.rollback_ci.1,
             100.0 * r.promoted as f64 / r.runs as f64,
@@ -147,8 +153,21 @@ pub fn goals(rows: &[Row]) -> String {
             false,
         );
     }
+    // at the bench's boundaries: the floor of telling 2% from the regression boundary 1.1%
+    let zone_floor = scenarios(1.0)
+        .into_iter()
+        .find(|s| s.id == "S1")
+        .and_then(|s| s.zone_floor(0.1, 0.5));
     cell(
-        "mean canary requests ≤ 1.5× the floor",
+        "mean canary requests ≤ 1.5× the floor at the zone's boundary (δ_r 10%)",
+        "S1",
+        ours("S1").zip(zone_floor).map(|(r, f)| r.mean_requests / f),
+        Some(1.5),
+        &|v| format!("{v:.2}×"),
+        true,
+    );
+    cell(
+        "(for reference: the same against the plain floor, 1% vs 2%)",
         "S1",
         ours("S1").map(|r| r.efficiency),
         Some(1.5),
@@ -169,17 +188,18 @@ pub fn goals(rows: &[Row]) -> String {
 /// The CSV.
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "scenario,detector,runs,healthy,rolled_back,promoted,held,rollback_rate,ci_low,ci_high,time_p50,time_p90,time_p99,requests_p50,requests_p90,requests_p99,mean_requests,floor,efficiency,blast_radius,blast_excess,decisions_on_missing_data,early_rollbacks\n",
+        "scenario,detector,runs,healthy,rolled_back,rolled_back_after_promotion,promoted,held,rollback_rate,ci_low,ci_high,time_p50,time_p90,time_p99,requests_p50,requests_p90,requests_p99,mean_requests,floor,efficiency,blast_radius,blast_excess,decisions_on_missing_data,early_rollbacks\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.3},{:.2},{:.2},{},{}",
+            "{},{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.3},{:.2},{:.2},{},{}",
             r.scenario,
             r.detector,
             r.runs,
             r.healthy,
             r.rolled_back,
+            r.rolled_back_after_promotion,
             r.promoted,
             r.held,
             r.rollback_rate,

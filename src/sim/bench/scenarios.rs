@@ -60,8 +60,10 @@ pub struct Scenario {
     /// Latency: the canary's scale at every quantile, or only for the slowest 5%.
     pub latency_scale: f64,
     pub tail_only: bool,
-    /// The regression starts this late (S7).
+    /// The regression starts this late (S7); `u64::MAX`: never during the canary phase.
     pub bug_after_secs: u64,
+    /// The regression starts this long after the promotion (S9): the canary is healthy.
+    pub bug_after_promotion: Option<u64>,
     /// Daily swing, load-dependent errors, over-dispersion and a shared burst (S5).
     pub swing: bool,
     /// A gap in the counters: (from, to, canary only) or a counter reset at `from`.
@@ -90,6 +92,7 @@ impl Scenario {
             latency_scale: 1.0,
             tail_only: false,
             bug_after_secs: 0,
+            bug_after_promotion: None,
             swing: false,
             gap: None,
         }
@@ -241,6 +244,12 @@ pub fn scenarios(scale: f64) -> Vec<Scenario> {
         p_canary: 1.0,
         ..Scenario::base("S8", "crash: every canary request fails", n(200))
     });
+    v.push(Scenario {
+        p_canary: 0.05,
+        bug_after_secs: u64::MAX,
+        bug_after_promotion: Some(300),
+        ..Scenario::base("S9", "healthy until promoted; 1% → 5% from 5 min after", n(500))
+    });
     v
 }
 
@@ -267,17 +276,75 @@ pub struct Tick {
     pub stable: Arm,
 }
 
-/// Generates one seeded stream.
+/// The share of the traffic the previous release keeps while our watch runs after a promotion
+/// (the concurrent baseline the watch compares with), as `promotion.bake.baseline` defaults.
+pub const WATCH_BASELINE: f64 = 0.1;
+/// How long the benchmark watches a promoted release (`promotion.bake.for`).
+pub const WATCH_SECS: u64 = 30 * 60;
+
+/// Where a stream stands: both arms' true counters, the counter-reset base, and its random
+/// source, so a stream can go on after a promotion with other shares.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    rng: ChaCha8Rng,
+    canary: Arm,
+    stable: Arm,
+    reset_base: Arm,
+    /// The last tick generated.
+    pub tick: u64,
+}
+
+impl StreamState {
+    /// A stream about to start, from its seed.
+    pub fn new(seed: u64) -> StreamState {
+        StreamState {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            canary: Arm::default(),
+            stable: Arm::default(),
+            reset_base: Arm::default(),
+            tick: 0,
+        }
+    }
+}
+
+/// Generates one seeded stream: the canary phase, `limit_secs` of it.
 pub fn stream(s: &Scenario, seed: u64) -> Vec<Tick> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ticks = s.limit_secs / TICK;
-    let (mut c, mut b) = (Arm::default(), Arm::default());
-    let mut reset_base = Arm::default();
+    let mut st = StreamState::new(seed);
+    extend(s, &mut st, s.limit_secs / TICK, s.rho, s.bug_after_secs)
+}
+
+/// The stream after a promotion at the end of `canary` (its first `promoted_tick` ticks): the
+/// promoted release serves all but [`WATCH_BASELINE`] of the traffic for [`WATCH_SECS`]; its
+/// bug starts `bug_after_promotion` after the promotion (S9), else when the scenario's does.
+/// Seeded apart from the canary phase, so the canary phase is the same for every detector.
+pub fn after_promotion(s: &Scenario, seed: u64, canary: &[Tick], promoted_tick: usize) -> Vec<Tick> {
+    let last = canary[promoted_tick - 1];
+    let mut st = StreamState::new(seed ^ 0xa11e_d0_5eed);
+    st.tick = promoted_tick as u64;
+    st.canary = last.canary;
+    st.stable = last.stable;
+    // a counter reset before the promotion stays in the canary's series
+    st.reset_base = match (last.obs.canary, s.gap) {
+        (Some(seen), Some((_, _, GapKind::Reset))) => last.canary.minus(&seen),
+        _ => Arm::default(),
+    };
+    let bug_after = match s.bug_after_promotion {
+        Some(d) => st.tick * TICK + d,
+        None => s.bug_after_secs,
+    };
+    extend(s, &mut st, WATCH_SECS / TICK, 1.0 - WATCH_BASELINE, bug_after)
+}
+
+/// `ticks` more ticks of a stream with the canary's share `rho`; the canary's regression is on
+/// after `bug_after` seconds (from the canary's start).
+fn extend(s: &Scenario, st: &mut StreamState, ticks: u64, rho: f64, bug_after: u64) -> Vec<Tick> {
     let shares = |scale: f64, tail: bool| THRESHOLDS_MS.map(|t| slow_share(t, scale, tail));
     let stable_slow = shares(1.0, false);
     let canary_slow = shares(s.latency_scale, s.tail_only);
     let mut out = Vec::with_capacity(ticks as usize);
-    for k in 1..=ticks {
+    let first = st.tick + 1;
+    for k in first..first + ticks {
+        st.tick = k;
         let t = k * TICK;
         let (mut rate, mut load) = (s.rate, 1.0);
         if s.swing {
@@ -285,16 +352,17 @@ pub fn stream(s: &Scenario, seed: u64) -> Vec<Tick> {
             rate *= 1.0 + 0.7 * phase.sin();
             load = 1.0 + 0.5 * 0.7 * phase.sin();
         }
+        let rng = &mut st.rng;
         let n = (rate * TICK as f64).round() as u64;
-        let nc = Binomial::new(n, s.rho).map_or(0, |d| d.sample(&mut rng));
+        let nc = Binomial::new(n, rho).map_or(0, |d| d.sample(rng));
         let nb = n - nc;
-        let bug = t > s.bug_after_secs;
+        let bug = t > bug_after;
         let mut pb = (s.p_stable * load).min(1.0);
         let mut pc = if bug { (s.p_canary * load).min(1.0) } else { pb };
         if s.swing {
             // over-dispersion: a common shock to the base rate this tick (both arms), and a
             // 2-minute burst of 20% errors on both arms at minute 10
-            let shock = Beta::new(10.0, 10.0).map_or(0.5, |d| d.sample(&mut rng)) * 2.0;
+            let shock = Beta::new(10.0, 10.0).map_or(0.5, |d| d.sample(rng)) * 2.0;
             pb = (pb * shock).min(1.0);
             pc = (pc * shock).min(1.0);
             if (600..720).contains(&t) {
@@ -318,18 +386,18 @@ pub fn stream(s: &Scenario, seed: u64) -> Vec<Tick> {
         } else {
             stable_slow
         };
-        draw(&mut c, nc, pc, canary_latency, &mut rng);
-        draw(&mut b, nb, pb, stable_slow, &mut rng);
+        draw(&mut st.canary, nc, pc, canary_latency, rng);
+        draw(&mut st.stable, nb, pb, stable_slow, rng);
         let mut obs = Obs {
-            canary: Some(c.minus(&reset_base)),
-            stable: Some(b),
+            canary: Some(st.canary.minus(&st.reset_base)),
+            stable: Some(st.stable),
         };
         if let Some((from, to, kind)) = s.gap {
             match kind {
                 GapKind::Both if t > from && t <= to => obs = Obs::default(),
                 GapKind::CanaryOnly if t > from && t <= to => obs.canary = None,
-                GapKind::Reset if t > from && reset_base.total == 0 => {
-                    reset_base = c;
+                GapKind::Reset if t > from && st.reset_base.total == 0 => {
+                    st.reset_base = st.canary;
                     obs.canary = Some(Arm::default());
                 }
                 _ => {}
@@ -337,8 +405,8 @@ pub fn stream(s: &Scenario, seed: u64) -> Vec<Tick> {
         }
         out.push(Tick {
             obs,
-            canary: c,
-            stable: b,
+            canary: st.canary,
+            stable: st.stable,
         });
     }
     out

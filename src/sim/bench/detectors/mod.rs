@@ -28,6 +28,13 @@ pub enum Decision {
 pub trait Detector {
     /// Reads one tick (`t` seconds since the canary started).
     fn observe(&mut self, t: u64, obs: &Obs) -> Decision;
+
+    /// The detector promoted at `t`: does it go on watching the promoted release (then every
+    /// later tick goes to `observe`, and a `Rollback` takes the promotion back)? Flagger's and
+    /// Argo's canary analyses end at the promotion, and Kayenta judges a canary only.
+    fn promoted(&mut self, _t: u64) -> bool {
+        false
+    }
 }
 
 /// The metric value of an arm: bad and total for the scenario's metric and threshold.
@@ -107,6 +114,7 @@ pub(crate) fn ours(s: &Scenario, delta_r: f64, delta_s: f64) -> Box<dyn Detector
             compare_with_stable: true,
         },
         metric: s.metric,
+        watch: None,
     })
 }
 
