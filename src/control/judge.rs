@@ -264,6 +264,18 @@ pub enum Waiting {
     MoreEvidence,
 }
 
+impl Waiting {
+    /// Why a test that has not decided waits: no data yet, data missing since a moment, or
+    /// data that is not yet conclusive.
+    pub fn why(missing_since: Option<Time>, last_data_at: Option<Time>) -> Waiting {
+        match (missing_since, last_data_at) {
+            (Some(_), None) => Waiting::NoDataYet,
+            (Some(since), Some(_)) => Waiting::DataMissing { since },
+            (None, _) => Waiting::MoreEvidence,
+        }
+    }
+}
+
 /// The judge's answer for one objective at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Verdict {
@@ -522,14 +534,8 @@ pub fn observe(
         Verdict::Regressed
     } else if s.safe_absolute.is_some() && s.safe_relative.is_some() {
         Verdict::Safe
-    } else if let Some(since) = s.missing_since {
-        if s.last_data_at.is_none() {
-            Verdict::NotYet(Waiting::NoDataYet)
-        } else {
-            Verdict::NotYet(Waiting::DataMissing { since })
-        }
     } else {
-        Verdict::NotYet(Waiting::MoreEvidence)
+        Verdict::NotYet(Waiting::why(s.missing_since, s.last_data_at))
     };
 
     let regression_e = if cfg.compare_with_stable {

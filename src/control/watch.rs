@@ -209,14 +209,8 @@ pub fn observe(
     }
     let verdict = if s.alarm.is_some() {
         Verdict::Regressed
-    } else if let Some(since) = s.missing_since {
-        if s.last_data_at.is_none() {
-            Verdict::NotYet(Waiting::NoDataYet)
-        } else {
-            Verdict::NotYet(Waiting::DataMissing { since })
-        }
     } else {
-        Verdict::NotYet(Waiting::MoreEvidence)
+        Verdict::NotYet(Waiting::why(s.missing_since, s.last_data_at))
     };
     let words = in_words(&s, &verdict, cfg, e);
     let evidence = Evidence {
