@@ -319,7 +319,7 @@ pub fn stream(s: &Scenario, seed: u64) -> Vec<Tick> {
 /// Seeded apart from the canary phase, so the canary phase is the same for every detector.
 pub fn after_promotion(s: &Scenario, seed: u64, canary: &[Tick], promoted_tick: usize) -> Vec<Tick> {
     let last = canary[promoted_tick - 1];
-    let mut st = StreamState::new(seed ^ 0xa11e_d0_5eed);
+    let mut st = StreamState::new(seed ^ 0x00a1_1ed0_5eed);
     st.tick = promoted_tick as u64;
     st.canary = last.canary;
     st.stable = last.stable;
