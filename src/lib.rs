@@ -15,7 +15,6 @@ pub mod api;
 pub mod cli;
 pub mod control;
 pub mod live;
-pub mod loadgen;
 pub mod prom;
 pub mod proxy;
 pub mod release;

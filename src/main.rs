@@ -5,6 +5,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod bench;
+
 use autopilot::cli::Connection;
 use autopilot::spec::{self, LoadError, schema::SchemaKind};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -513,7 +515,7 @@ fn main() -> ExitCode {
             };
             on_runtime(async move {
                 bench_done(
-                    autopilot::prom::bench::run(&exe, &services, reference_up_to, ticks, &out).await,
+                    bench::prom::run(&exe, &services, reference_up_to, ticks, &out).await,
                     &out,
                     "sensors",
                 )
@@ -522,7 +524,7 @@ fn main() -> ExitCode {
         Command::Bench {
             which: Bench::Exporter { services, listen },
         } => on_runtime(async move {
-            match autopilot::prom::bench::run_exporter(services, listen).await {
+            match bench::prom::run_exporter(services, listen).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -546,7 +548,7 @@ fn main() -> ExitCode {
             };
             on_runtime(async move {
                 bench_done(
-                    autopilot::release::bench::run_webhook(&exe, &out, rounds).await,
+                    bench::release::run_webhook(&exe, &out, rounds).await,
                     &out,
                     "webhook",
                 )
@@ -563,7 +565,7 @@ fn main() -> ExitCode {
             init_logs(LogFormat::Text, "warn");
             on_runtime(async move {
                 bench_done(
-                    autopilot::release::bench::run(&out, megabytes, rounds).await,
+                    bench::release::run(&out, megabytes, rounds).await,
                     &out,
                     "registry",
                 )
@@ -581,13 +583,9 @@ fn main() -> ExitCode {
                 },
         } => {
             init_logs(LogFormat::Text, "warn");
-            on_runtime(async move {
-                bench_done(
-                    autopilot::api::bench::run(&out, releases, requests).await,
-                    &out,
-                    "api",
-                )
-            })
+            on_runtime(
+                async move { bench_done(bench::api::run(&out, releases, requests).await, &out, "api") },
+            )
         }
         Command::Bench {
             which:
@@ -596,7 +594,7 @@ fn main() -> ExitCode {
                     upstream,
                     threads,
                 },
-        } => autopilot::proxy::floor::run(listen, upstream, threads),
+        } => bench::pingora_floor::run(listen, upstream, threads),
         Command::Bench {
             which:
                 Bench::Load {
@@ -1332,7 +1330,7 @@ fn bench_done(result: Result<String, String>, out: &std::path::Path, name: &str)
 }
 
 fn bench_detection(quick: bool, out: &std::path::Path) -> ExitCode {
-    use autopilot::sim::bench;
+    use crate::bench::detection as bench;
     let started = std::time::Instant::now();
     let scale = if quick { 0.04 } else { 1.0 };
     let rows = bench::run(scale);
@@ -1398,7 +1396,7 @@ fn bench_load(
             return ExitCode::from(2);
         }
     };
-    let spec = autopilot::loadgen::LoadSpec {
+    let spec = bench::load::LoadSpec {
         addr,
         host,
         path,
@@ -1413,7 +1411,7 @@ fn bench_load(
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match rt.block_on(autopilot::loadgen::run(&spec)) {
+    match rt.block_on(bench::load::run(&spec)) {
         Ok(r) => {
             println!(
                 "{}",

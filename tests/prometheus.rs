@@ -20,7 +20,7 @@ const SCRAPE: Duration = Duration::from_millis(500);
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The sensor library the benchmark uses too: a counter, a histogram and a free PromQL pair.
-const SENSORS: &str = autopilot::prom::bench::SENSORS;
+const SENSORS: &str = include_str!("fixtures/prometheus-sensors.yaml");
 
 const CONTROLLER: &str = include_str!("../controllers/progressive.yaml");
 

@@ -15,7 +15,6 @@
 //! This module decides nothing about rollouts: actions go through
 //! [`crate::control::overrides`], and the controller acts on them at its next look.
 
-pub mod bench;
 pub mod discovery;
 pub mod events;
 pub mod views;

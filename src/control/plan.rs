@@ -840,7 +840,23 @@ fn judge_all(ctx: &EnvCtx, r: &mut Rollout, out: &mut Out) -> Vec<(String, judge
             .copied()
             .unwrap_or_default();
         let state = r.judges.get(&o.name).cloned().unwrap_or_default();
-        let (next, judgement) = judge::observe(&state, reading, &o.judge, ctx.now);
+        let (next, mut judgement) = judge::observe(&state, reading, &o.judge, ctx.now);
+        // once judged safe, a change watch looks for a bug that starts later (the judge's own
+        // regression test would first have to pay back all the evidence of health so far)
+        if judgement.verdict == Verdict::Safe {
+            match r.watches.get(&o.name) {
+                Some(w) => {
+                    let (w, seen) = watch::observe(w, reading, &watch_config(ctx, &o.judge), ctx.now);
+                    if seen.verdict == Verdict::Regressed {
+                        judgement = seen;
+                    }
+                    r.watches.insert(o.name.clone(), w);
+                }
+                None => {
+                    r.watches.insert(o.name.clone(), watch::WatchState::after(&next));
+                }
+            }
+        }
         r.judges.insert(o.name.clone(), next);
         out.evidence.push(ObjectiveEvidence {
             environment: ctx.name(),
@@ -1030,6 +1046,8 @@ fn leave_the_held_stage(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut
     for judge in r.judges.values_mut() {
         *judge = if segment { judge.anew() } else { judge.afresh() };
     }
+    // judged afresh: so is the change watch, from the judge's next word
+    r.watches.clear();
     if !segment {
         r.excess_bad = 0.0;
     }
@@ -1075,12 +1093,13 @@ fn promote_when_evidence_suffices(
     match bake_weight(ctx) {
         Some(weight) => {
             set_weight(ctx, out, env, &release, weight);
-            // the watch goes on from the judge's last look
-            r.watches = r
-                .judges
-                .iter()
-                .map(|(o, j)| (o.clone(), watch::WatchState::after(j)))
-                .collect();
+            // the watch that began when the judge found it safe goes on (one watch, one α,
+            // from that word to the bake's end)
+            for (o, j) in &r.judges {
+                r.watches
+                    .entry(o.clone())
+                    .or_insert_with(|| watch::WatchState::after(j));
+            }
             transition(ctx, out, r, Phase::Baking { weight, since: now }, cause);
         }
         None => {
@@ -1137,7 +1156,7 @@ fn step_baking(
             .get(&(ctx.env.name.clone(), o.name.clone()))
             .copied()
             .unwrap_or_default();
-        let cfg = WatchConfig::for_judge(&o.judge, bake.duration.0, ctx.interval());
+        let cfg = watch_config(ctx, &o.judge);
         let state = r.watches.get(&o.name).cloned().unwrap_or_default();
         let (next, judgement) = watch::observe(&state, reading, &cfg, ctx.now);
         r.watches.insert(o.name.clone(), next);
@@ -1208,6 +1227,14 @@ fn step_baking(
         Cause::Baked { looks },
     );
     out.wake(ctx.now);
+}
+
+/// The change watch's settings for an objective: from the judge's word that the release is
+/// safe, through the rest of the canary (at most the progress deadline) and the bake, a look
+/// per interval; its union bound covers every one of those looks.
+fn watch_config(ctx: &EnvCtx, judge: &judge::JudgeConfig) -> WatchConfig {
+    let bake = ctx.ctl().bake.map_or(std::time::Duration::ZERO, |b| b.duration.0);
+    WatchConfig::for_judge(judge, ctx.ctl().progress_deadline.0 + bake, ctx.interval())
 }
 
 /// The cause of a decision that every objective is safe: `SafeInSegment` when an A/B release
@@ -1827,41 +1854,116 @@ mod tests {
         );
     }
 
-    /// Bakes v2 (at 90%, v1 keeping 10%) for `looks` looks 10 s apart: per look v2 serves 900
-    /// requests with `v2_bad(look)` bad, v1 100 with one bad every other look. Returns the
-    /// rollout and the last look's plan.
+    /// Looks at `r` every 10 s from `now()`, `looks` times or until it leaves `r`'s phase: per
+    /// look v2 serves `v2_per_look` requests with `v2_bad(look)` bad, v1 `v1_per_look` with one
+    /// bad per 200. `step` is the phase's step function. Returns the last look's plan.
+    fn look_at(
+        f: &mut Fixture,
+        r: &mut Rollout,
+        looks: u64,
+        (v2_per_look, v1_per_look): (u64, u64),
+        v2_bad: impl Fn(u64) -> u64,
+        step: impl Fn(&EnvCtx, &mut EnvState, &mut Rollout, &mut Out),
+    ) -> Out {
+        let phase = r.phase.name();
+        let (mut v2, mut v1) = (judge::Counts::default(), judge::Counts::default());
+        let mut last = out();
+        for k in 1..=looks {
+            v2 = v2 + judge::Counts::new(v2_bad(k), v2_per_look);
+            v1 = v1
+                + judge::Counts::new(
+                    (k * v1_per_look) / 200 - ((k - 1) * v1_per_look) / 200,
+                    v1_per_look,
+                );
+            let reading = judge::Reading::of(Some(v2), Some(v1));
+            f.observed.readings = BTreeMap::from([(("prod".to_owned(), "errors".to_owned()), reading)]);
+            let mut ctx = f.ctx();
+            ctx.now = now().plus(Duration::from_secs(10 * k));
+            let (mut env, mut o) = (stable_v1(), out());
+            step(&ctx, &mut env, r, &mut o);
+            last = o;
+            if r.phase.name() != phase {
+                break;
+            }
+        }
+        last
+    }
+
+    /// Bakes v2 (at 90%, v1 keeping 10%: 900 and 100 requests per look) for `looks` looks.
     fn bake(f: &mut Fixture, looks: u64, v2_bad: impl Fn(u64) -> u64) -> (Rollout, Out) {
         let since = now();
         let mut r = rollout(Phase::Baking {
             weight: Weight(90),
             since,
         });
-        let (mut v2, mut v1) = (judge::Counts::default(), judge::Counts::default());
-        let mut last = out();
-        for k in 1..=looks {
-            v2 = v2 + judge::Counts::new(v2_bad(k), 900);
-            v1 = v1 + judge::Counts::new(k % 2, 100);
-            let reading = judge::Reading::of(Some(v2), Some(v1));
-            f.observed.readings = BTreeMap::from([(("prod".to_owned(), "errors".to_owned()), reading)]);
-            f.observed.routes = routed(90);
-            let mut ctx = f.ctx();
-            ctx.now = since.plus(Duration::from_secs(10 * k));
-            let mut env = stable_v1();
-            let mut o = out();
-            step_baking(&ctx, &mut env, &mut r, &mut o, Weight(90), since);
-            last = o;
-            if !matches!(r.phase, Phase::Baking { .. }) {
-                break;
-            }
-        }
-        (r, last)
+        f.observed.routes = routed(90);
+        let o = look_at(f, &mut r, looks, (900, 100), v2_bad, |ctx, env, r, o| {
+            step_baking(ctx, env, r, o, Weight(90), since)
+        });
+        (r, o)
+    }
+
+    #[test]
+    fn a_canary_judged_safe_is_still_watched_for_a_change_while_it_waits_for_promotion() {
+        let mut f = Fixture::new("");
+        // held at 10% by an operator: the judge's word does not promote it
+        f.ov.weight = Some((Weight(10), operator_said("watch it at 10% for a while")));
+        f.observed.routes = routed(10);
+        let at = At {
+            step: 0,
+            weight: Weight(10),
+            since: now(),
+        };
+        let mut r = rollout(Phase::Canary {
+            step: 0,
+            weight: Weight(10),
+            since: now(),
+        });
+        // 0.5% bad like v1 for 40 minutes, then 10% bad
+        let o = look_at(
+            &mut f,
+            &mut r,
+            300,
+            (200, 1800),
+            |k| if k > 240 { 20 } else { 1 },
+            |ctx, env, r, o| step_canary(ctx, env, r, o, at),
+        );
+        let judge = &r.judges["errors"];
+        assert!(
+            judge.safe_absolute.is_some() && judge.safe_relative.is_some(),
+            "judged safe on the way"
+        );
+        assert!(
+            judge.regressed.is_none(),
+            "the judge's own regression test has not seen it yet: the watch did"
+        );
+        let Phase::RollingBack { reason, since } = &r.phase else {
+            panic!("rolled back: {:?}", r.phase);
+        };
+        let after = since.since(now()).as_secs();
+        assert!(
+            (2400..=2430).contains(&after),
+            "caught within 30 s of the change, at {after} s"
+        );
+        assert!(reason.contains("watching after the judge's word"), "{reason}");
+        assert!(
+            matches!(
+                o.transitions[..],
+                [Transition {
+                    cause: Cause::Regressed { .. },
+                    ..
+                }]
+            ),
+            "{:?}",
+            o.transitions
+        );
     }
 
     #[test]
     fn baking_promotes_a_release_that_stays_as_good_as_the_previous_one_once_its_time_is_up() {
         let mut f = Fixture::new("bake: {for: 10m, baseline: 10%}\n");
         // 0.5% bad on both sides: nothing changes
-        let (r, o) = bake(&mut f, 59, |k| if k % 2 == 0 { 9 } else { 0 });
+        let (r, _) = bake(&mut f, 59, |k| if k % 2 == 0 { 9 } else { 0 });
         assert!(
             matches!(r.phase, Phase::Baking { .. }),
             "not before its time: {:?}",

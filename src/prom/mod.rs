@@ -24,7 +24,6 @@
 //! gap (the newest sample older than three scrape intervals), a counter reset (that tick), NaN,
 //! Prometheus unreachable, timed out or answering an error. Never zero.
 
-pub mod bench;
 pub mod check;
 pub mod file_sd;
 pub mod replay;

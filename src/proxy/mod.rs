@@ -14,7 +14,6 @@
 pub mod admin;
 pub mod auth;
 pub mod background;
-pub mod floor;
 pub mod metrics;
 pub mod mirror;
 pub mod request;

@@ -22,7 +22,6 @@
 //!   outage); builds go on from the mirror's last state. Git never prompts: credentials come
 //!   from the environment (an SSH agent or key, a credential helper, a token in the URL).
 
-pub mod bench;
 pub mod oci;
 pub mod registry;
 

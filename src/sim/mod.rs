@@ -5,7 +5,6 @@
 //! objective is regressed, every phase change recorded); a violation fails the run. The same
 //! file and seed give byte-identical output.
 
-pub mod bench;
 pub mod replay;
 pub mod report;
 pub mod world;

@@ -2,9 +2,9 @@
 //! watch on the promoted release against the previous one (`promotion.bake`).
 
 use super::*;
-use crate::control::judge::{self, Counts, JudgeConfig, Reading, Verdict};
-use crate::control::time::Time;
-use crate::control::watch::{self, WatchConfig, WatchState};
+use autopilot::control::judge::{self, Counts, JudgeConfig, Reading, Verdict};
+use autopilot::control::time::Time;
+use autopilot::control::watch::{self, WatchConfig, WatchState};
 use std::time::Duration;
 
 /// Our judge.

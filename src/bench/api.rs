@@ -11,13 +11,13 @@
 //!
 //! Writes `api.md` and `api.csv` into the output folder.
 
-use super::{ApiSettings, ApiState};
-use crate::control::plan::PlanSpec;
-use crate::control::ports::Store;
-use crate::control::rollout::*;
-use crate::control::time::Time;
-use crate::spec::units::Weight;
-use crate::store::SqlStore;
+use autopilot::api::{ApiSettings, ApiState};
+use autopilot::control::plan::PlanSpec;
+use autopilot::control::ports::Store;
+use autopilot::control::rollout::*;
+use autopilot::control::time::Time;
+use autopilot::spec::units::Weight;
+use autopilot::store::SqlStore;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +115,7 @@ async fn time<F: std::future::Future<Output = Result<(), String>>>(
 
 async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) -> Result<Vec<Series>, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let catalog = crate::spec::load(&["objectives", "sensors", "controllers"].map(|d| dir.join(d)))
+    let catalog = autopilot::spec::load(&["objectives", "sensors", "controllers"].map(|d| dir.join(d)))
         .map_err(|_| "the example specs do not load".to_owned())?;
     let specs: Vec<PlanSpec> = catalog
         .services
@@ -144,7 +144,7 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
             public_port: None,
             scheme: "http",
         }),
-        clock: Arc::new(crate::release::wall_clock),
+        clock: Arc::new(autopilot::release::wall_clock),
         discovery: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -152,7 +152,7 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(super::serve(listener, state, async {
+    let server = tokio::spawn(autopilot::api::serve(listener, state, async {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();
@@ -263,7 +263,7 @@ pub async fn run(out: &Path, releases: usize, n: usize) -> Result<String, String
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     let mut series = measure("sqlite", &sqlite, releases, n).await?;
-    let pg = crate::store::postgres::TempPostgres::start()?;
+    let pg = autopilot::store::postgres::TempPostgres::start()?;
     let url = pg.database().await?;
     series.extend(measure("postgres", &url, releases, n).await?);
     drop(pg);

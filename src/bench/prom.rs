@@ -15,15 +15,15 @@
 //!
 //! Writes `sensors.md` and `sensors.csv` into the output folder.
 
-use super::server::{Exporter, TempPrometheus};
-use super::{PromSensors, PromSettings};
-use crate::control::driver;
-use crate::control::plan::PlanSpec;
-use crate::control::ports::*;
-use crate::control::rollout::*;
-use crate::control::time::Time;
-use crate::spec::units::Weight;
-use crate::store::SqlStore;
+use autopilot::control::driver;
+use autopilot::control::plan::PlanSpec;
+use autopilot::control::ports::*;
+use autopilot::control::rollout::*;
+use autopilot::control::time::Time;
+use autopilot::prom::server::{Exporter, TempPrometheus};
+use autopilot::prom::{PromSensors, PromSettings};
+use autopilot::spec::units::Weight;
+use autopilot::store::SqlStore;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -74,27 +74,7 @@ pub async fn run_exporter(services: usize, listen: std::net::SocketAddr) -> std:
 
 /// The sensor library of the benchmark (and of `tests/prometheus.rs`): a counter, a histogram
 /// with declared buckets, and the same counter as a free PromQL pair.
-pub const SENSORS: &str = r#"apiVersion: autopilot/v1
-kind: Sensors
-sensors:
-  - name: http-errors
-    source:
-      counter:
-        metric: http_requests_total
-        selector: service="{{service}}",env="{{environment}}",version="{{release}}"
-        bad: code=~"5.."
-  - name: http-latency
-    source:
-      histogram:
-        metric: http_request_duration_seconds
-        selector: service="{{service}}",env="{{environment}}",version="{{release}}"
-        buckets: [0.1, 0.3, 1]
-  - name: http-errors-promql
-    source:
-      prometheus:
-        bad: sum(increase(http_requests_total{service="{{service}}",env="{{environment}}",version="{{release}}",code=~"5.."}[{{window}}]))
-        total: sum(increase(http_requests_total{service="{{service}}",env="{{environment}}",version="{{release}}"}[{{window}}]))
-"#;
+pub const SENSORS: &str = include_str!("../../tests/fixtures/prometheus-sensors.yaml");
 
 fn service_yaml(i: usize, batched: bool) -> String {
     let objectives = if batched {
@@ -165,7 +145,7 @@ impl Router for Steady {
         stable: Option<&str>,
         canary: &str,
         canary_weight: Weight,
-        _preview: Option<&crate::control::rollout::Preview>,
+        _preview: Option<&autopilot::control::rollout::Preview>,
     ) -> Result<(), PortError> {
         self.routes.entry(service.to_owned()).or_default().insert(
             environment.to_owned(),
@@ -267,7 +247,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
         include_str!("../../controllers/progressive.yaml").into(),
     ));
     let refs: Vec<(&str, &str)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let catalog = crate::spec::load_texts(&refs).map_err(|r| r.render_text())?;
+    let catalog = autopilot::spec::load_texts(&refs).map_err(|r| r.render_text())?;
     let specs: Vec<PlanSpec> = catalog
         .services
         .keys()
@@ -276,7 +256,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut store = SqlStore::open_dir(dir.path()).await.map_err(|e| e.to_string())?;
     // the rollouts began ten minutes ago: the templates' `increase()` windows then hold data
-    let started = Time::from_millis(crate::release::wall_clock().millis() - 600_000);
+    let started = Time::from_millis(autopilot::release::wall_clock().millis() - 600_000);
     let mut steady = Steady::default();
     for spec in &specs {
         let state = seeded_state(started);
@@ -300,8 +280,8 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
         }
     }
     let settings = PromSettings {
-        scrape_interval: crate::spec::units::Duration(SCRAPE),
-        timeout: crate::spec::units::Duration(Duration::from_secs(30)),
+        scrape_interval: autopilot::spec::units::Duration(SCRAPE),
+        timeout: autopilot::spec::units::Duration(Duration::from_secs(30)),
         ..PromSettings::at(&prom.url())
     };
     let sensors = PromSensors::new(&settings, &catalog)?;
@@ -336,7 +316,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
     for t in 0..=ticks {
         let q0 = ports.sensors.queries_total;
         let (c0, w0) = (cpu_time(), Instant::now());
-        let results = driver::tick_all(&specs, &mut ports, crate::release::wall_clock()).await;
+        let results = driver::tick_all(&specs, &mut ports, autopilot::release::wall_clock()).await;
         let (dc, dw) = (cpu_time().saturating_sub(c0), w0.elapsed());
         let dq = ports.sensors.queries_total - q0;
         let recorded = results.iter().filter(|(_, r)| r.is_ok()).count();

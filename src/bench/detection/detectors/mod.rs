@@ -14,7 +14,7 @@ pub(crate) use naive::Naive;
 pub(crate) use ours::Ours;
 
 use super::scenarios::*;
-use crate::control::judge::JudgeConfig;
+use autopilot::control::judge::JudgeConfig;
 
 /// A detector's answer at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 //! already there (nor remembered by skopeo's blob cache). Writes `registry.md` and
 //! `registry.csv`.
 
-use super::oci::Layout;
-use super::registry::{Credentials, Registry, TempRegistry};
+use autopilot::release::oci::Layout;
+use autopilot::release::registry::{Credentials, Registry, TempRegistry};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -137,7 +137,7 @@ pub async fn run(out: &Path, megabytes: usize, rounds: usize) -> Result<String, 
 /// The references, measured in the same rounds: the webhook's own HTTP answer, and a `git
 /// fetch` of the same remote into a mirror of its own. Writes `webhook.md` and `webhook.csv`.
 pub async fn run_webhook(exe: &Path, out: &Path, rounds: usize) -> Result<String, String> {
-    use crate::live::demo;
+    use autopilot::live::demo;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let opts = demo::DemoOptions {
         dir: dir.path().to_owned(),
@@ -247,7 +247,7 @@ pub async fn run_webhook(exe: &Path, out: &Path, rounds: usize) -> Result<String
 type Git = dyn Fn(&[&str], &Path) -> Result<String, String>;
 
 async fn webhook_rounds(
-    config: &crate::live::config::AutopilotConfig,
+    config: &autopilot::live::config::AutopilotConfig,
     work: &Path,
     remote: &Path,
     dir: &Path,
@@ -271,14 +271,14 @@ async fn webhook_rounds(
         deadline("autopilot up to start", started, Duration::from_secs(60))?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let store = crate::store::SqlStore::open_dir(&config.data_dir)
+    let store = autopilot::store::SqlStore::open_dir(&config.data_dir)
         .await
         .map_err(|e| e.to_string())?;
     let status = |commit: String| {
         let store = store.clone();
         async move {
             store
-                .builds(Some(crate::live::demo::SERVICE))
+                .builds(Some(autopilot::live::demo::SERVICE))
                 .await
                 .ok()
                 .and_then(|b| b.into_iter().find(|b| b.commit == commit))
@@ -296,7 +296,7 @@ async fn webhook_rounds(
     let url = format!(
         "http://{}/v1/webhooks/push/{}",
         config.api.listen,
-        crate::live::demo::SERVICE
+        autopilot::live::demo::SERVICE
     );
     let mirror = dir.join("reference-mirror.git");
     git(&["init", "-q", "--bare", &mirror.to_string_lossy()], dir)?;
@@ -318,7 +318,8 @@ async fn webhook_rounds(
         },
     ];
     for round in 0..rounds {
-        let commit = crate::live::demo::commit(work, &format!("round {round}"), 0.0, &format!("r{round}"))?;
+        let commit =
+            autopilot::live::demo::commit(work, &format!("round {round}"), 0.0, &format!("r{round}"))?;
         git(&["push", "-q", "origin", "main"], work)?;
         let body = serde_json::json!({
             "ref": "refs/heads/main", "after": commit, "pusher": {"name": "bench"}

@@ -1,7 +1,7 @@
 //! The detection benchmark at a small size (the CI `--quick` run): the figures are printed by
 //! `autopilot bench detection`; this checks the properties the figures must show.
 
-use autopilot::sim::bench;
+use crate::bench::detection as bench;
 
 #[test]
 fn the_quick_benchmark_shows_a_calibrated_judge_and_the_peeking_problem() {

@@ -29,7 +29,7 @@ mod render;
 pub mod scenarios;
 
 pub use detectors::*;
-pub use render::{csv, goals, markdown, svg};
+pub use render::{csv, markdown, svg};
 pub use scenarios::*;
 
 use serde::Serialize;
@@ -268,6 +268,9 @@ pub fn run(scale: f64) -> Vec<Row> {
     }
     rows
 }
+
+#[cfg(test)]
+mod quick;
 
 #[cfg(test)]
 mod tests {

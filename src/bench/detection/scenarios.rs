@@ -1,6 +1,6 @@
 //! The benchmark's scenarios and the seeded streams every detector reads.
 
-use crate::control::judge::{self, floor_requests};
+use autopilot::control::judge::{self, floor_requests};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Binomial, Distribution};
