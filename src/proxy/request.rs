@@ -37,13 +37,8 @@ pub struct AutopilotProxy {
     pub(super) shared: Arc<Shared>,
 }
 
-/// Headers a client may not set: forwarding and identity.
-const FORWARDING: [&str; 4] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-];
+/// Identity headers: a client may not set them (its forwarding headers, which it may not set
+/// either, are always replaced: see [`forwarding`]).
 const IDENTITY: [&str; 2] = ["x-autopilot-user", "x-autopilot-app"];
 /// The response header naming the release that served the request.
 pub const RELEASE_HEADER: &str = "x-autopilot-release";
@@ -116,22 +111,24 @@ pub struct Peer<'a> {
 }
 
 /// The forwarding headers of a request sent upstream: the headers to remove, then the ones to
-/// set. From any peer the forwarding headers are rebuilt; a trusted proxy's chain is extended,
-/// anyone else's is replaced. Identity headers are set only from a verified identity: a
-/// client's own are removed.
+/// set (each replacing whatever the client sent under that name). From any peer the forwarding
+/// headers are rebuilt; a trusted proxy's chain is extended, anyone else's is replaced. Identity
+/// headers are set only from a verified identity: a client's own are removed (a trusted proxy's
+/// are passed on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarding {
-    pub strip: Vec<&'static str>,
+    pub strip: &'static [&'static str],
     pub set: Vec<(&'static str, String)>,
 }
 
 pub fn forwarding(p: &Peer) -> Forwarding {
-    let strip: Vec<&'static str> = FORWARDING
-        .iter()
-        .chain(IDENTITY.iter())
-        .filter(|h| !p.trusted || FORWARDING.contains(h))
-        .copied()
-        .collect();
+    // the forwarding headers are always set, which replaces a client's: only identity headers
+    // that are not set may need removing
+    let strip: &'static [&'static str] = if p.identity.is_none() && !p.trusted {
+        &IDENTITY
+    } else {
+        &[]
+    };
     let ip = p.client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let xff = match (p.trusted, p.prior_xff) {
         (true, Some(prior)) => format!("{prior}, {ip}"),
@@ -289,10 +286,11 @@ impl ProxyHttp for AutopilotProxy {
             .as_downstream()
             .digest()
             .is_some_and(|d| d.ssl_digest.is_some());
+        // a chain to extend comes only from a trusted proxy: nobody else's is looked at
         let header = |name: &str| {
-            upstream
-                .headers
-                .get(name)
+            trusted
+                .then(|| upstream.headers.get(name))
+                .flatten()
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
@@ -306,9 +304,7 @@ impl ProxyHttp for AutopilotProxy {
             identity: ctx.identity.as_ref(),
         });
         for h in f.strip {
-            if upstream.headers.contains_key(h) {
-                upstream.remove_header(h);
-            }
+            upstream.remove_header(*h);
         }
         for (name, value) in f.set {
             upstream.insert_header(name, value)?;
@@ -484,6 +480,17 @@ mod tests {
             "for=203.0.113.9;proto=http;host=\"shop.prod.example.test\""
         );
         assert!(f.strip.contains(&"x-autopilot-user") && f.strip.contains(&"x-autopilot-app"));
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            assert!(
+                f.set.iter().any(|(n, _)| *n == name),
+                "{name} is always set, replacing the client's"
+            );
+        }
         assert!(
             !f.set.iter().any(|(n, _)| n.starts_with("x-autopilot")),
             "no identity without a verified caller"

@@ -168,20 +168,25 @@ pub fn parse_host(host: &str, domain: &str) -> Option<Target> {
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
         .map_or(host, |(h, _)| h);
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let prefix = host.strip_suffix(&domain)?.strip_suffix('.')?;
-    let labels: Vec<&str> = prefix.split('.').collect();
-    match labels.as_slice() {
-        [service, environment] => Some(Target {
+    // (compared without copying: this runs on every request)
+    let (host, domain) = (host.trim_end_matches('.'), domain.trim_end_matches('.'));
+    let cut = host.len().checked_sub(domain.len())?;
+    let (prefix, suffix) = (host.get(..cut)?, host.get(cut..)?);
+    if !suffix.eq_ignore_ascii_case(domain) {
+        return None;
+    }
+    let mut labels = prefix.strip_suffix('.')?.split('.').map(str::to_ascii_lowercase);
+    let (a, b, c, more) = (labels.next(), labels.next(), labels.next(), labels.next());
+    match (a, b, c, more) {
+        (Some(service), Some(environment), None, None) => Some(Target {
             release: None,
-            service: service.to_string(),
-            environment: environment.to_string(),
+            service,
+            environment,
         }),
-        [release, service, environment] => Some(Target {
-            release: Some(release.to_string()),
-            service: service.to_string(),
-            environment: environment.to_string(),
+        (Some(release), Some(service), Some(environment), None) => Some(Target {
+            release: Some(release),
+            service,
+            environment,
         }),
         _ => None,
     }
@@ -664,6 +669,10 @@ mod tests {
         assert_eq!(parse_host("prod.example.test", "example.test"), None);
         assert_eq!(parse_host("checkout.prod.evil.test", "example.test"), None);
         assert_eq!(parse_host("a.b.c.d.example.test", "example.test"), None);
+        // the domain must start at a label: `prodexample.test` is not under `example.test`
+        assert_eq!(parse_host("shop.prodexample.test", "example.test"), None);
+        assert_eq!(parse_host("example.test", "example.test"), None);
+        assert_eq!(parse_host("shop.prod.exämple.test", "example.test"), None);
         assert_eq!(parse_host("checkout.prodexample.test", "example.test"), None);
     }
 

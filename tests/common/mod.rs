@@ -148,6 +148,21 @@ where
     addr
 }
 
+/// A request is counted after its answer has gone (Pingora's logging phase): a client that
+/// has its last answer may read the counters a moment before that answer is in them. Polls
+/// `count` (every 10 ms, for at most 5 s) until it reaches `expected`; returns what it read
+/// last, so the caller's assertion says what was seen.
+pub async fn counted(count: impl Fn() -> u64, expected: u64) -> u64 {
+    for _ in 0..500 {
+        let n = count();
+        if n >= expected {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    count()
+}
+
 /// The admin listener's `/metrics` text.
 pub async fn metrics_text(admin: SocketAddr) -> String {
     client()
