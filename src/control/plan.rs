@@ -1889,6 +1889,19 @@ mod tests {
         last
     }
 
+    /// Asserts that `r` is rolling back, started `secs` after `now()`, for a reason that says `why`.
+    fn rolled_back_within(r: &Rollout, secs: std::ops::RangeInclusive<u64>, why: &str) {
+        let Phase::RollingBack { reason, since } = &r.phase else {
+            panic!("rolled back: {:?}", r.phase);
+        };
+        let at = since.since(now()).as_secs();
+        assert!(
+            secs.contains(&at),
+            "rolled back at {at} s, expected within {secs:?}"
+        );
+        assert!(reason.contains(why), "{reason}");
+    }
+
     /// Bakes v2 (at 90%, v1 keeping 10%: 900 and 100 requests per look) for `looks` looks.
     fn bake(f: &mut Fixture, looks: u64, v2_bad: impl Fn(u64) -> u64) -> (Rollout, Out) {
         let since = now();
@@ -1937,15 +1950,8 @@ mod tests {
             judge.regressed.is_none(),
             "the judge's own regression test has not seen it yet: the watch did"
         );
-        let Phase::RollingBack { reason, since } = &r.phase else {
-            panic!("rolled back: {:?}", r.phase);
-        };
-        let after = since.since(now()).as_secs();
-        assert!(
-            (2400..=2430).contains(&after),
-            "caught within 30 s of the change, at {after} s"
-        );
-        assert!(reason.contains("watching after the judge's word"), "{reason}");
+        // caught within 30 s of the change
+        rolled_back_within(&r, 2400..=2430, "watching after the judge's word");
         assert!(
             matches!(
                 o.transitions[..],
@@ -2003,15 +2009,8 @@ mod tests {
                 0
             }
         });
-        let Phase::RollingBack { reason, since } = &r.phase else {
-            panic!("rolled back: {:?}", r.phase);
-        };
-        let at = since.since(now()).as_secs();
-        assert!(
-            (1200..=1300).contains(&at),
-            "caught within 100 s of the change, at {at} s"
-        );
-        assert!(reason.contains("changed while baking"), "{reason}");
+        // caught within 100 s of the change
+        rolled_back_within(&r, 1200..=1300, "changed while baking");
         assert!(
             matches!(
                 o.actions[..],
