@@ -397,6 +397,11 @@ enum Bench {
         upstream: std::net::SocketAddr,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Also set the headers the autopilot proxy sets on an authenticated request with its
+        /// default forwarding headers (three `X-Forwarded-*`, two identity headers upstream, the
+        /// release header downstream), with fixed values: what the framework charges for them.
+        #[arg(long)]
+        headers: bool,
     },
     /// Fixed-rate HTTP/1.1 load, free of coordinated omission: request i is due at i/RATE and
     /// its latency counts from then. Prints one JSON line: sent, errors, throughput, p50, p90,
@@ -593,8 +598,9 @@ fn main() -> ExitCode {
                     listen,
                     upstream,
                     threads,
+                    headers,
                 },
-        } => bench::pingora_floor::run(listen, upstream, threads),
+        } => bench::pingora_floor::run(listen, upstream, threads, headers),
         Command::Bench {
             which:
                 Bench::Load {

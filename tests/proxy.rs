@@ -5,6 +5,7 @@ mod common;
 
 use autopilot::proxy::routes::{RouteSpec, RoutesFile, Sticky};
 use autopilot::proxy::server::{self, ProxyHandle};
+use autopilot::spec::routes::ForwardingHeaders;
 use autopilot::spec::units::Weight;
 use common::{client, get, upstream, wait_ready};
 use std::collections::BTreeMap;
@@ -349,31 +350,49 @@ async fn only_ready_upstreams_get_traffic_and_none_ready_is_a_clear_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarding_headers_are_set_and_spoofed_ones_replaced() {
+    let spoofed = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-autopilot-user", "admin"),
+    ];
+    // the default: the X-Forwarded family; a client's own `Forwarded` is removed all the same
     let (_v1, proxy, c, host) = one_release().await;
-    let (_, release, body) = get(
-        &c,
-        &proxy,
-        host,
-        &[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("forwarded", "for=6.6.6.6"),
-            ("x-forwarded-host", "evil.test"),
-            ("x-autopilot-user", "admin"),
-        ],
-    )
-    .await;
+    let (_, release, body) = get(&c, &proxy, host, &spoofed).await;
     let h = &body["headers"];
     assert_eq!(release.as_deref(), Some("v1"));
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], host);
-    assert_eq!(
-        h["forwarded"],
-        format!("for=127.0.0.1;proto=http;host=\"{host}\"")
+    assert!(
+        h.get("forwarded").is_none(),
+        "a spoofed Forwarded is dropped: {h}"
     );
     assert!(
         h.get("x-autopilot-user").is_none(),
         "identity headers from clients are dropped"
+    );
+    proxy.stop();
+
+    // both families, as a routes file may ask
+    let v1 = upstream("v1").await;
+    let mut file = routes(vec![route(
+        "checkout",
+        "prod",
+        "v1",
+        None,
+        0,
+        &[("v1", vec![v1.addr])],
+    )]);
+    file.forwarding_headers = vec![ForwardingHeaders::XForwarded, ForwardingHeaders::Forwarded];
+    let proxy = start(file, None);
+    wait_ready(&c, &proxy, host).await;
+    let (_, _, body) = get(&c, &proxy, host, &spoofed).await;
+    let h = &body["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        h["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{host}\"")
     );
     proxy.stop();
 }

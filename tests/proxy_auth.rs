@@ -9,6 +9,7 @@ use autopilot::proxy::routes::{RouteSpec, RoutesFile, RoutesKind};
 use autopilot::proxy::server::{self, ProxyHandle};
 use autopilot::spec::ApiVersion;
 use autopilot::spec::objectives::Auth;
+use autopilot::spec::routes::ForwardingHeaders;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::{client, upstream};
@@ -83,6 +84,7 @@ async fn start(dir: &std::path::Path, keys: &Keys, routes: Vec<RouteSpec>) -> Pr
         kind: RoutesKind::Routes,
         domain: "example.test".into(),
         trusted_proxies: vec![],
+        forwarding_headers: vec![ForwardingHeaders::XForwarded],
         auth: Some(AuthSettings {
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),

@@ -24,8 +24,10 @@ pub struct ReleaseMetrics {
     pub by_class: [AtomicU64; 5],
     /// Requests that failed before a response: connect failures, resets, timeouts.
     pub upstream_errors: AtomicU64,
-    /// Cumulative histogram counts per bucket, plus the +Inf bucket last.
-    pub latency_buckets: [AtomicU64; 13],
+    /// Requests per latency bucket: index `i` counts those above bound `i - 1` and within
+    /// bound `i`, the last those above every bound. Not cumulative, so a request touches one
+    /// counter; the cumulative counts (Prometheus' `le`) are summed when read.
+    pub latency_counts: [AtomicU64; 13],
     /// Sum of latencies in microseconds.
     pub latency_sum_us: AtomicU64,
     /// Copies of live requests sent to this release (shadow traffic; their answers are counted
@@ -46,19 +48,25 @@ impl ReleaseMetrics {
             }
         }
         let secs = latency.as_secs_f64();
-        for (i, le) in BUCKETS_SECONDS.iter().enumerate() {
-            if secs <= *le {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_buckets[12].fetch_add(1, Ordering::Relaxed);
+        let bucket = BUCKETS_SECONDS.partition_point(|le| *le < secs);
+        self.latency_counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The cumulative counts: requests within each bound, and all requests last (`+Inf`).
+    /// One read of each counter, so never decreasing from bound to bound.
+    pub fn cumulative(&self) -> [u64; 13] {
+        let mut sum = 0;
+        std::array::from_fn(|i| {
+            sum += self.latency_counts[i].load(Ordering::Relaxed);
+            sum
+        })
+    }
+
     /// All requests.
     pub fn total(&self) -> u64 {
-        self.latency_buckets[12].load(Ordering::Relaxed)
+        self.cumulative()[12]
     }
 
     /// The `proxy.errors` sensor: bad = 5xx and upstream errors.
@@ -72,14 +80,12 @@ impl ReleaseMetrics {
     }
 
     /// The `proxy.latency` sensor: bad = slower than `threshold`, which must be a bucket bound.
-    /// One read of each counter (a request mid-`record` may be in its bucket and not yet in the
-    /// total: never a negative count).
+    /// Both counts come from one read of each bucket: never a negative count.
     pub fn slower_than(&self, threshold: Duration) -> Option<Counts> {
         let t = threshold.as_secs_f64();
         let i = BUCKETS_SECONDS.iter().position(|b| (b - t).abs() < 1e-9)?;
-        let within = self.latency_buckets[i].load(Ordering::Relaxed);
-        let total = self.total().max(within);
-        Some(Counts::new(total - within, total))
+        let counts = self.cumulative();
+        Some(Counts::new(counts[12] - counts[i], counts[12]))
     }
 }
 
@@ -213,15 +219,15 @@ impl Registry {
         out.push_str("# HELP autopilot_proxy_request_duration_seconds Time from request to response end.\n");
         out.push_str("# TYPE autopilot_proxy_request_duration_seconds histogram\n");
         for (k, m) in &map {
-            for (i, le) in BUCKETS_SECONDS.iter().enumerate() {
+            let counts = m.cumulative();
+            for (le, n) in BUCKETS_SECONDS.iter().zip(counts) {
                 let _ = writeln!(
                     out,
-                    "autopilot_proxy_request_duration_seconds_bucket{{{},le=\"{le}\"}} {}",
+                    "autopilot_proxy_request_duration_seconds_bucket{{{},le=\"{le}\"}} {n}",
                     labels(k),
-                    m.latency_buckets[i].load(Ordering::Relaxed)
                 );
             }
-            let total = m.total();
+            let total = counts[12];
             let _ = writeln!(
                 out,
                 "autopilot_proxy_request_duration_seconds_bucket{{{},le=\"+Inf\"}} {total}",
@@ -292,18 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_on_a_bound_is_within_it_and_the_exposition_is_cumulative() {
+        let m = ReleaseMetrics::default();
+        m.record(Some(200), Duration::from_millis(100));
+        m.record(Some(200), Duration::from_micros(100_001));
+        m.record(Some(200), Duration::from_secs(60));
+        let c = m.cumulative();
+        let at = |s: f64| c[BUCKETS_SECONDS.iter().position(|b| *b == s).unwrap()];
+        assert_eq!((at(0.05), at(0.1), at(0.25), at(10.0), c[12]), (0, 1, 2, 2, 3));
+        assert_eq!(m.slower_than(Duration::from_millis(100)), Some(Counts::new(2, 3)));
+        let r = Registry::default();
+        let m = r.release("s", "e", "v1");
+        m.record(Some(200), Duration::from_millis(1));
+        m.record(Some(200), Duration::from_millis(7));
+        let text = r.render();
+        assert!(text.contains("le=\"0.005\"} 1\n"), "{text}");
+        assert!(text.contains("le=\"0.01\"} 2\n"), "{text}");
+        assert!(text.contains("le=\"10\"} 2\n"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 2\n"), "{text}");
+    }
+
+    #[test]
     fn a_read_in_the_middle_of_a_record_never_counts_below_zero() {
-        // `record` bumps a request's class and buckets before the total; a sensor read between
-        // the two sees the request in its bucket but not in the total (it panicked on the
-        // subtraction, or wrapped to 2^64 in a release build)
+        // `record` bumps a request's class before its latency bucket, which is what the total
+        // is summed from; a sensor read between the two sees the error and not the request
+        // (a subtraction there panicked, or wrapped to 2^64 in a release build)
         let m = ReleaseMetrics::default();
         m.record(Some(200), Duration::from_millis(40));
-        let bucket = BUCKETS_SECONDS.iter().position(|b| *b == 0.3).unwrap();
-        m.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         m.by_class[4].fetch_add(1, Ordering::Relaxed);
         m.upstream_errors.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(m.slower_than(Duration::from_millis(300)), Some(Counts::new(0, 2)));
         assert_eq!(m.errors(), Counts::new(2, 2));
+        assert_eq!(m.slower_than(Duration::from_millis(300)), Some(Counts::new(0, 1)));
     }
 
     #[test]

@@ -7,10 +7,12 @@ use super::routes::parse_host;
 use super::routes::{Decision, ReleaseRoute, RequestFacts, RouteTable, Upstream};
 use super::state::Shared;
 use crate::spec::objectives::Auth;
+use crate::spec::routes::ForwardingHeaders;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,9 +39,6 @@ pub struct AutopilotProxy {
     pub(super) shared: Arc<Shared>,
 }
 
-/// Identity headers: a client may not set them (its forwarding headers, which it may not set
-/// either, are always replaced: see [`forwarding`]).
-const IDENTITY: [&str; 2] = ["x-autopilot-user", "x-autopilot-app"];
 /// The response header naming the release that served the request.
 pub const RELEASE_HEADER: &str = "x-autopilot-release";
 
@@ -96,6 +95,34 @@ async fn respond(session: &mut Session, status: u16, body: &'static str) -> Resu
     Ok(true)
 }
 
+/// The forwarding-header families a route table sets (`forwardingHeaders`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// `Forwarded` (RFC 7239).
+    pub forwarded: bool,
+}
+
+impl Families {
+    pub fn of(list: &[ForwardingHeaders]) -> Families {
+        Families {
+            x_forwarded: list.contains(&ForwardingHeaders::XForwarded),
+            forwarded: list.contains(&ForwardingHeaders::Forwarded),
+        }
+    }
+}
+
+impl Default for Families {
+    /// As a routes file that does not say.
+    fn default() -> Families {
+        Families {
+            x_forwarded: true,
+            forwarded: false,
+        }
+    }
+}
+
 /// What the proxy knows of a request's peer, for its forwarding headers.
 pub struct Peer<'a> {
     pub client: Option<std::net::IpAddr>,
@@ -108,49 +135,75 @@ pub struct Peer<'a> {
     pub prior_forwarded: Option<&'a str>,
     /// The caller the proxy verified, if any.
     pub identity: Option<&'a Identity>,
+    /// The families to set.
+    pub families: Families,
 }
 
 /// The forwarding headers of a request sent upstream: the headers to remove, then the ones to
-/// set (each replacing whatever the client sent under that name). From any peer the forwarding
-/// headers are rebuilt; a trusted proxy's chain is extended, anyone else's is replaced. Identity
-/// headers are set only from a verified identity: a client's own are removed (a trusted proxy's
-/// are passed on).
+/// set (each replacing whatever the client sent under that name). From any peer the families
+/// set are rebuilt, and those not set are removed; a trusted proxy's chain is extended (and the
+/// families not set are passed on as it sent them), anyone else's is replaced. Identity headers
+/// are set only from a verified identity: a client's own are removed (a trusted proxy's are
+/// passed on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarding {
-    pub strip: &'static [&'static str],
+    pub strip: Cow<'static, [&'static str]>,
     pub set: Vec<(&'static str, String)>,
 }
 
+/// Every header a request may have removed, in an order in which each common removal is one
+/// run: identity, then `Forwarded`, then the `X-Forwarded` family.
+const STRIPPABLE: [&str; 6] = [
+    "x-autopilot-user",
+    "x-autopilot-app",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
 pub fn forwarding(p: &Peer) -> Forwarding {
-    // the forwarding headers are always set, which replaces a client's: only identity headers
-    // that are not set may need removing
-    let strip: &'static [&'static str] = if p.identity.is_none() && !p.trusted {
-        &IDENTITY
-    } else {
-        &[]
+    // the families set replace a client's; what is not set, from anyone but a trusted proxy,
+    // is removed
+    let untrusted = !p.trusted;
+    let identity = untrusted && p.identity.is_none();
+    let forwarded = untrusted && !p.families.forwarded;
+    let x_forwarded = untrusted && !p.families.x_forwarded;
+    let strip = match (identity, forwarded, x_forwarded) {
+        (false, false, false) => Cow::Borrowed(&[][..]),
+        (true, false, false) => Cow::Borrowed(&STRIPPABLE[0..2]),
+        (true, true, false) => Cow::Borrowed(&STRIPPABLE[0..3]),
+        (true, true, true) => Cow::Borrowed(&STRIPPABLE[..]),
+        (false, true, false) => Cow::Borrowed(&STRIPPABLE[2..3]),
+        (false, true, true) => Cow::Borrowed(&STRIPPABLE[2..6]),
+        (false, false, true) => Cow::Borrowed(&STRIPPABLE[3..6]),
+        (true, false, true) => Cow::Owned([&STRIPPABLE[0..2], &STRIPPABLE[3..6]].concat()),
     };
+    let mut set = Vec::with_capacity(6);
     let ip = p.client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-    let xff = match (p.trusted, p.prior_xff) {
-        (true, Some(prior)) => format!("{prior}, {ip}"),
-        _ => ip.clone(),
-    };
-    let node = match p.client {
-        Some(std::net::IpAddr::V6(v6)) => format!("\"[{v6}]\""),
-        _ => ip.clone(),
-    };
     let proto = if p.https { "https" } else { "http" };
-    let quoted = p.host.replace('"', "");
-    let element = format!("for={node};proto={proto};host=\"{quoted}\"");
-    let forwarded = match (p.trusted, p.prior_forwarded) {
-        (true, Some(prior)) => format!("{prior}, {element}"),
-        _ => element,
-    };
-    let mut set = vec![
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_owned()),
-        ("x-forwarded-host", p.host.to_owned()),
-        ("forwarded", forwarded),
-    ];
+    if p.families.forwarded {
+        let node = match p.client {
+            Some(std::net::IpAddr::V6(v6)) => format!("\"[{v6}]\""),
+            _ => ip.clone(),
+        };
+        let quoted = p.host.replace('"', "");
+        let element = format!("for={node};proto={proto};host=\"{quoted}\"");
+        let forwarded = match (p.trusted, p.prior_forwarded) {
+            (true, Some(prior)) => format!("{prior}, {element}"),
+            _ => element,
+        };
+        set.push(("forwarded", forwarded));
+    }
+    if p.families.x_forwarded {
+        let xff = match (p.trusted, p.prior_xff) {
+            (true, Some(prior)) => format!("{prior}, {ip}"),
+            _ => ip,
+        };
+        set.push(("x-forwarded-for", xff));
+        set.push(("x-forwarded-proto", proto.to_owned()));
+        set.push(("x-forwarded-host", p.host.to_owned()));
+    }
     if let Some(id) = p.identity {
         set.push(("x-autopilot-user", id.user.to_string()));
         set.push(("x-autopilot-app", id.app.to_string()));
@@ -281,7 +334,8 @@ impl ProxyHttp for AutopilotProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let trusted = client.is_some_and(|ip| self.shared.table.load().trusted_proxies.contains(&ip));
+        let table = self.shared.table.load();
+        let trusted = client.is_some_and(|ip| table.trusted_proxies.contains(&ip));
         let https = session
             .as_downstream()
             .digest()
@@ -302,8 +356,9 @@ impl ProxyHttp for AutopilotProxy {
             prior_xff: header("x-forwarded-for").as_deref(),
             prior_forwarded: header("forwarded").as_deref(),
             identity: ctx.identity.as_ref(),
+            families: table.forwarding,
         });
-        for h in f.strip {
+        for h in f.strip.iter() {
             upstream.remove_header(*h);
         }
         for (name, value) in f.set {
@@ -402,7 +457,7 @@ impl AutopilotProxy {
         match decision {
             Decision::Release { release, segment } => {
                 ctx.segment = segment;
-                if target.release.is_none()
+                if target.release().is_none()
                     && let Some(m) = &route.mirror
                     && !Arc::ptr_eq(&m.to, &release)
                     && self.shared.draw() < m.below
@@ -451,6 +506,10 @@ mod tests {
             prior_xff: xff,
             prior_forwarded: fwd,
             identity: None,
+            families: Families {
+                x_forwarded: true,
+                forwarded: true,
+            },
         }
     }
 
@@ -527,6 +586,61 @@ mod tests {
             "for=\"[2001:db8::1]\";proto=https;host=\"evil;for=1.2.3.4\""
         );
         assert_eq!(value(&f, "x-forwarded-proto"), "https");
+    }
+
+    #[test]
+    fn a_family_not_set_is_removed_from_a_client_and_passed_on_from_a_trusted_proxy() {
+        // the default: the x-forwarded family only
+        let mut p = peer("203.0.113.9", false, Some("10.0.0.1"), Some("for=10.0.0.1"));
+        p.families = Families::default();
+        let f = forwarding(&p);
+        assert_eq!(value(&f, "x-forwarded-for"), "203.0.113.9");
+        assert!(!f.set.iter().any(|(n, _)| *n == "forwarded"));
+        assert_eq!(
+            &f.strip[..],
+            ["x-autopilot-user", "x-autopilot-app", "forwarded"],
+            "a client's own Forwarded never reaches the upstream"
+        );
+        p.trusted = true;
+        assert!(
+            forwarding(&p).strip.is_empty(),
+            "a trusted proxy's Forwarded and identity go on as it sent them"
+        );
+        // Forwarded only, and an identity: the x-forwarded family is removed, identity set
+        let id = Identity {
+            user: "ann".into(),
+            app: "web".into(),
+            groups: Arc::new(vec![]),
+            claims: Default::default(),
+        };
+        let mut p = peer("203.0.113.9", false, Some("10.0.0.1"), None);
+        p.families = Families::of(&[ForwardingHeaders::Forwarded]);
+        p.identity = Some(&id);
+        let f = forwarding(&p);
+        assert_eq!(
+            &f.strip[..],
+            ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+        );
+        let names: Vec<&str> = f.set.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["forwarded", "x-autopilot-user", "x-autopilot-app"]);
+        // no family at all: every forwarding header a client sends is removed
+        let mut p = peer("203.0.113.9", false, None, None);
+        p.families = Families::of(&[]);
+        let f = forwarding(&p);
+        assert_eq!(&f.strip[..], STRIPPABLE);
+        assert!(f.set.is_empty());
+        // the one set of removals that is not a run of the constant
+        p.families = Families::of(&[ForwardingHeaders::Forwarded]);
+        assert_eq!(
+            &forwarding(&p).strip[..],
+            [
+                "x-autopilot-user",
+                "x-autopilot-app",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host"
+            ]
+        );
     }
 
     #[test]

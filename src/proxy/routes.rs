@@ -8,9 +8,11 @@
 //! The decision itself ([`RouteTable::choose`]) is a plain function of the snapshot, the
 //! request's host, headers and cookies, and a random draw: tested without a network.
 
+use super::request::Families;
 use crate::control::traffic::{self, Arm, BUCKETS};
 pub use crate::spec::routes::*;
 use crate::spec::units::Weight;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,48 +150,70 @@ pub struct SegmentRoute {
 pub struct RouteTable {
     pub domain: String,
     pub trusted_proxies: Vec<std::net::IpAddr>,
-    pub routes: HashMap<(String, String), Route>,
+    /// By `{service}.{environment}` (lowercase).
+    pub routes: HashMap<String, Route>,
+    /// The forwarding headers set on requests sent upstream.
+    pub forwarding: Families,
     /// Verifies credentials; `None` refuses every `auth: required` request.
     pub authenticator: Option<Arc<super::auth::Authenticator>>,
 }
 
-/// What the host name names.
+/// What the host name names: `[{release}.]{service}.{environment}`, borrowed from the host
+/// (copied only when it has capitals: this runs on every request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub release: Option<String>,
-    pub service: String,
-    pub environment: String,
+pub struct Target<'a> {
+    /// `[{release}.]{service}.{environment}`, lowercase.
+    name: Cow<'a, str>,
+    /// Where `{service}.{environment}` starts in `name` (0 without a release).
+    key_at: usize,
+}
+
+impl Target<'_> {
+    /// The release the host names, if it names one.
+    pub fn release(&self) -> Option<&str> {
+        (self.key_at > 0).then(|| &self.name[..self.key_at - 1])
+    }
+
+    /// `{service}.{environment}`: the route's key in the table.
+    pub fn key(&self) -> &str {
+        &self.name[self.key_at..]
+    }
+}
+
+/// The route table's key of a service and environment.
+fn route_key(service: &str, environment: &str) -> String {
+    format!(
+        "{}.{}",
+        service.to_ascii_lowercase(),
+        environment.to_ascii_lowercase()
+    )
 }
 
 /// Parses `{service}.{environment}.{domain}` or `{release}.{service}.{environment}.{domain}`
 /// (a port and a trailing dot are ignored; case-insensitive).
-pub fn parse_host(host: &str, domain: &str) -> Option<Target> {
+pub fn parse_host<'a>(host: &'a str, domain: &str) -> Option<Target<'a>> {
     let host = host
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
         .map_or(host, |(h, _)| h);
-    // (compared without copying: this runs on every request)
     let (host, domain) = (host.trim_end_matches('.'), domain.trim_end_matches('.'));
     let cut = host.len().checked_sub(domain.len())?;
     let (prefix, suffix) = (host.get(..cut)?, host.get(cut..)?);
     if !suffix.eq_ignore_ascii_case(domain) {
         return None;
     }
-    let mut labels = prefix.strip_suffix('.')?.split('.').map(str::to_ascii_lowercase);
-    let (a, b, c, more) = (labels.next(), labels.next(), labels.next(), labels.next());
-    match (a, b, c, more) {
-        (Some(service), Some(environment), None, None) => Some(Target {
-            release: None,
-            service,
-            environment,
-        }),
-        (Some(release), Some(service), Some(environment), None) => Some(Target {
-            release: Some(release),
-            service,
-            environment,
-        }),
-        _ => None,
-    }
+    let prefix = prefix.strip_suffix('.')?;
+    let name: Cow<str> = if prefix.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(prefix.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(prefix)
+    };
+    let key_at = match name.bytes().filter(|b| *b == b'.').count() {
+        1 => 0,
+        2 => name.find('.')? + 1,
+        _ => return None,
+    };
+    Some(Target { name, key_at })
 }
 
 /// The routing decision for one request.
@@ -284,10 +308,7 @@ impl RouteTable {
                 _ => None,
             };
             routes.insert(
-                (
-                    spec.service.to_ascii_lowercase(),
-                    spec.environment.to_ascii_lowercase(),
-                ),
+                route_key(&spec.service, &spec.environment),
                 Route {
                     mirror,
                     segment,
@@ -314,6 +335,7 @@ impl RouteTable {
         RouteTable {
             domain: file.domain.clone(),
             trusted_proxies: file.trusted_proxies.clone(),
+            forwarding: Families::of(&file.forwarding_headers),
             routes,
             authenticator: None,
         }
@@ -368,13 +390,12 @@ impl RouteTable {
 
     /// The route a host names, if any.
     pub fn route(&self, target: &Target) -> Option<&Route> {
-        self.routes
-            .get(&(target.service.clone(), target.environment.clone()))
+        self.routes.get(target.key())
     }
 
     /// [`RouteTable::choose`] for a host already parsed and looked up.
     pub fn choose_in(target: &Target, route: &Route, req: &RequestFacts) -> Decision {
-        let (release, in_segment) = match &target.release {
+        let (release, in_segment) = match target.release() {
             Some(r) => (route.releases.get(r), false),
             None => {
                 let (name, in_segment) = Self::split(route, req);
@@ -647,12 +668,9 @@ mod tests {
 
     #[test]
     fn hosts_name_a_service_environment_and_maybe_a_release() {
-        let t = |r: Option<&str>, s: &str, e: &str| {
-            Some(Target {
-                release: r.map(Into::into),
-                service: s.into(),
-                environment: e.into(),
-            })
+        let t = |r: Option<&str>, s: &str, e: &str| Some((r.map(str::to_owned), format!("{s}.{e}")));
+        let parse_host = |host, domain| {
+            parse_host(host, domain).map(|t| (t.release().map(str::to_owned), t.key().to_owned()))
         };
         assert_eq!(
             parse_host("checkout.prod.example.test", "example.test"),

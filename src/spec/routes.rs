@@ -28,6 +28,13 @@ pub struct RoutesFile {
     /// else they are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The forwarding headers set on every request sent upstream: `x-forwarded`
+    /// (`X-Forwarded-For`, `-Proto` and `-Host`, what nginx, Envoy and most frameworks read)
+    /// and `forwarded` (RFC 7239). Default: `[x-forwarded]`. A family left out is still removed
+    /// from the requests of callers other than trusted proxies, so an upstream never reads a
+    /// spoofed one.
+    #[serde(default = "default_forwarding_headers")]
+    pub forwarding_headers: Vec<ForwardingHeaders>,
     /// How callers of `auth: required` environments are verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSettings>,
@@ -44,6 +51,7 @@ impl RoutesFile {
             kind: RoutesKind::Routes,
             domain: domain.to_owned(),
             trusted_proxies: Vec::new(),
+            forwarding_headers: default_forwarding_headers(),
             auth: None,
             routes,
         }
@@ -168,6 +176,20 @@ impl RoutesFile {
         }
         problems
     }
+}
+
+/// A family of forwarding headers (`forwardingHeaders`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardingHeaders {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    XForwarded,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+fn default_forwarding_headers() -> Vec<ForwardingHeaders> {
+    vec![ForwardingHeaders::XForwarded]
 }
 
 /// The `kind` of a routes file.
