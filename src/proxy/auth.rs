@@ -176,6 +176,41 @@ const TOKEN_CACHE_SIZE: usize = 10_000;
 /// before any decoding.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// Hashes a token by its length and its last [`TailHash::BYTES`] bytes (SipHash, with a random
+/// key, as the standard map does), not all of it: a JWT ends in its signature, which is all
+/// but unique, and hashing half a kilobyte of token on every request cost more than the rest of
+/// the lookup. Still exact: a hit compares the whole token. Nor can it be aimed at: only tokens
+/// whose signature verified are stored, and their tails are those signatures.
+#[derive(Default, Clone)]
+struct TailHash(std::hash::RandomState);
+
+impl TailHash {
+    const BYTES: usize = 32;
+}
+
+impl std::hash::BuildHasher for TailHash {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+struct TailHasher(std::hash::DefaultHasher);
+
+impl std::hash::Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(TailHash::BYTES)..];
+        self.0.write(tail);
+        self.0.write_usize(bytes.len());
+    }
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+/// Verified tokens: identity, `nbf`, `exp`.
+type TokenCache = HashMap<Box<str>, (Identity, u64, u64), TailHash>;
+
 /// Verifies credentials; built from the settings and the JWKS (a JWKS change builds a new one,
 /// which also drops the cache).
 pub struct Authenticator {
@@ -185,9 +220,9 @@ pub struct Authenticator {
     apps: HashMap<[u8; 32], Arc<str>>,
     /// A verified token → its identity, `nbf` and `exp`. Re-verifying the same bytes gives the
     /// same answer but for time, so the validity window is checked again on a hit. Keyed by the
-    /// token itself (SipHash with a random key, so no one can aim at a bucket): a digest of it
-    /// cost more than the rest of the lookup, on every request.
-    verified: std::sync::RwLock<HashMap<Box<str>, (Identity, u64, u64)>>,
+    /// token itself, hashed by its tail ([`TailHash`]): a digest of it cost more than the rest
+    /// of the lookup, on every request.
+    verified: std::sync::RwLock<TokenCache>,
     /// Told when a token names a key not in the set (a fetched JWKS may be out of date).
     pub unknown_key: Option<Arc<tokio::sync::Notify>>,
     /// The credential headers' names, lowercase.
@@ -247,7 +282,7 @@ impl Authenticator {
             settings: settings.clone(),
             keys,
             apps,
-            verified: std::sync::RwLock::new(HashMap::new()),
+            verified: std::sync::RwLock::new(HashMap::default()),
             unknown_key: None,
             api_key_header: settings.api_key_header.to_ascii_lowercase(),
             client_token_header: settings.client_token_header.to_ascii_lowercase(),
@@ -499,8 +534,12 @@ mod tests {
 
     /// Regression: an allow-list mixing families (ES256 + RS256) once made every token fail,
     /// since jsonwebtoken refuses a validation spanning several key families.
-    #[test]
-    fn a_mixed_family_allow_list_still_verifies() {
+    /// An authenticator trusting one new P-256 key (kid `k`) for `algorithms`, and that key's
+    /// signature of `claims`.
+    fn es256_signed(
+        algorithms: Vec<SignatureAlgorithm>,
+        claims: serde_json::Value,
+    ) -> (Authenticator, String) {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let raw = kp.public_key_raw();
         use base64::Engine;
@@ -509,28 +548,59 @@ mod tests {
             "kty": "EC", "crv": "P-256", "kid": "k", "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..65])
         }]}))
         .unwrap();
-        let a = Authenticator::new(
-            &settings(vec![SignatureAlgorithm::RS256, SignatureAlgorithm::ES256]),
-            &set,
-        )
-        .unwrap();
+        let a = Authenticator::new(&settings(algorithms), &set).unwrap();
         let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
         h.kid = Some("k".into());
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 60;
-        let claims = serde_json::json!({"sub": "ann", "iss": "iss", "aud": "aud", "exp": exp});
         let t = jsonwebtoken::encode(
             &h,
             &claims,
             &jsonwebtoken::EncodingKey::from_ec_der(&kp.serialize_der()),
         )
         .unwrap();
+        (a, t)
+    }
+
+    fn in_a_minute() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60
+    }
+
+    #[test]
+    fn a_mixed_family_allow_list_still_verifies() {
+        let claims = serde_json::json!({"sub": "ann", "iss": "iss", "aud": "aud", "exp": in_a_minute()});
+        let (a, t) = es256_signed(vec![SignatureAlgorithm::RS256, SignatureAlgorithm::ES256], claims);
         assert_eq!(
             &*a.verify(Some("foo"), Some(&format!("Bearer {t}"))).unwrap().user,
             "ann"
         );
+    }
+
+    #[test]
+    fn a_cached_token_s_signature_on_other_claims_is_refused() {
+        // the cache hashes a token by its tail, the signature: a forgery that keeps a cached
+        // token's signature lands in its bucket, and must still be compared whole
+        let claims = serde_json::json!({"sub": "ann", "iss": "iss", "aud": "aud", "exp": in_a_minute()});
+        let (a, t) = es256_signed(vec![SignatureAlgorithm::ES256], claims);
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert_eq!(&*a.verify(Some("foo"), Some(&bearer(&t))).unwrap().user, "ann");
+        let (head, rest) = t.split_once('.').unwrap();
+        let signature = rest.split_once('.').unwrap().1;
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"sub": "mallory", "iss": "iss", "aud": "aud", "exp": in_a_minute()})
+                .to_string(),
+        );
+        let forged = format!("{head}.{payload}.{signature}");
+        assert!(signature.len() >= TailHash::BYTES, "the tails are the same");
+        assert!(matches!(
+            a.verify(Some("foo"), Some(&bearer(&forged))),
+            Err(Refused::Token(_))
+        ));
+        // and the real one is still served from the cache
+        assert_eq!(&*a.verify(Some("foo"), Some(&bearer(&t))).unwrap().user, "ann");
+        assert_eq!(a.verified.read().unwrap().len(), 1, "the forgery was not cached");
     }
 }
