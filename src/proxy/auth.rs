@@ -208,6 +208,11 @@ impl std::hash::Hasher for TailHasher {
     }
 }
 
+/// A configured header name, parsed, or what is wrong with it and where.
+fn header_name(name: &str, at: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{at}: `{name}` is not a header name"))
+}
+
 /// Verified tokens: identity, `nbf`, `exp`.
 type TokenCache = HashMap<Box<str>, (Identity, u64, u64), TailHash>;
 
@@ -225,9 +230,10 @@ pub struct Authenticator {
     verified: std::sync::RwLock<TokenCache>,
     /// Told when a token names a key not in the set (a fetched JWKS may be out of date).
     pub unknown_key: Option<Arc<tokio::sync::Notify>>,
-    /// The credential headers' names, lowercase.
-    api_key_header: String,
-    client_token_header: String,
+    /// The credential headers' names (parsed once: a look-up by a parsed name skips parsing it
+    /// on every request).
+    api_key_header: http::HeaderName,
+    client_token_header: http::HeaderName,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -284,18 +290,18 @@ impl Authenticator {
             apps,
             verified: std::sync::RwLock::new(HashMap::default()),
             unknown_key: None,
-            api_key_header: settings.api_key_header.to_ascii_lowercase(),
-            client_token_header: settings.client_token_header.to_ascii_lowercase(),
+            api_key_header: header_name(&settings.api_key_header, "auth.apiKeyHeader")?,
+            client_token_header: header_name(&settings.client_token_header, "auth.clientTokenHeader")?,
         })
     }
 
-    /// The header carrying the API key (lowercase).
-    pub fn api_key_header(&self) -> &str {
+    /// The header carrying the API key.
+    pub fn api_key_header(&self) -> &http::HeaderName {
         &self.api_key_header
     }
 
-    /// The header carrying a client token (lowercase).
-    pub fn client_token_header(&self) -> &str {
+    /// The header carrying a client token.
+    pub fn client_token_header(&self) -> &http::HeaderName {
         &self.client_token_header
     }
 

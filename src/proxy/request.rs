@@ -39,6 +39,8 @@ pub struct AutopilotProxy {
     pub(super) shared: Arc<Shared>,
 }
 
+/// The request header forcing an arm: `x-canary: always|never`.
+const CANARY_HEADER: http::HeaderName = http::HeaderName::from_static("x-canary");
 /// The response header naming the release that served the request.
 pub const RELEASE_HEADER: &str = "x-autopilot-release";
 
@@ -54,9 +56,8 @@ fn is_grpc(session: &Session) -> bool {
     session
         .req_header()
         .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"))
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// A gRPC caller gets a trailers-only answer: HTTP 200 with `grpc-status` (16 unauthenticated,
@@ -408,10 +409,14 @@ impl AutopilotProxy {
     /// Authenticates and routes one request: the release goes into `ctx`, or the answer to
     /// give instead (status and body).
     fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), (u16, &'static str)> {
+        // the fixed names are parsed once (a look-up by name text parses it every time)
+        let known = |name: &http::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let owned = |name: &str| header(name).map(str::to_owned);
-        let host = header("host").or_else(|| req.uri.host()).unwrap_or_default();
-        let cookies = header("cookie");
+        let host = known(&http::header::HOST)
+            .or_else(|| req.uri.host())
+            .unwrap_or_default();
+        let cookies = known(&http::header::COOKIE);
         let cookie_fn = |name: &str| cookie(cookies, name);
         let table = self.shared.table.load();
         // credentials first wherever the environment is not public, so that existence never
@@ -422,9 +427,9 @@ impl AutopilotProxy {
         if route.is_none_or(|r| r.auth == Auth::Required) {
             let verified = table.authenticator.as_ref().map(|a| {
                 a.verify_with_client(
-                    header(a.api_key_header()),
-                    header(a.client_token_header()),
-                    header("authorization"),
+                    known(a.api_key_header()),
+                    known(a.client_token_header()),
+                    known(&http::header::AUTHORIZATION),
                 )
             });
             let identity = match verified {
@@ -446,7 +451,7 @@ impl AutopilotProxy {
             route,
             &RequestFacts {
                 host,
-                canary_header: header("x-canary"),
+                canary_header: known(&CANARY_HEADER),
                 header: &owned,
                 cookie: &cookie_fn,
                 claim: &claim,

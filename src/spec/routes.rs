@@ -148,6 +148,19 @@ impl RoutesFile {
                 ));
             }
         }
+        if let Some(auth) = &self.auth {
+            for (field, name) in [
+                ("apiKeyHeader", &auth.api_key_header),
+                ("clientTokenHeader", &auth.client_token_header),
+            ] {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    problems.push((
+                        vec![key("auth"), key(field)],
+                        format!("`{name}` is not a header name"),
+                    ));
+                }
+            }
+        }
         if let Some(auth) = &self.auth
             && (auth.jwks.starts_with("http://") || auth.jwks.starts_with("https://"))
         {
@@ -594,4 +607,22 @@ pub struct AccessRule {
     /// Callers whose token has all these claims with these values may enter.
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_header_names_must_be_header_names() {
+        let file: RoutesFile = crate::spec::parse_document(
+            "routes.yaml",
+            "apiVersion: autopilot/v1\nkind: Routes\ndomain: example.test\nauth:\n  issuer: https://id.example.test\n  audience: a\n  algorithms: [ES256]\n  jwks: jwks.json\n  apiKeyHeader: \"x api key\"\nroutes: []\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.check().unwrap_err(),
+            "auth.apiKeyHeader: `x api key` is not a header name"
+        );
+    }
 }
