@@ -1,10 +1,10 @@
 //! HTTPS at the real proxy with a real rustls client: the local CA made at the first start
 //! (and reused), SNI per host (environments and previews), ALPN h2, and a request through with
-//! `X-Forwarded-Proto: https`.
+//! `X-Forwarded-Proto: https` and `Forwarded: proto=https`.
 
 mod common;
 
-use autopilot::proxy::routes::RoutesFile;
+use autopilot::proxy::routes::{ForwardingHeaders, RoutesFile};
 use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle, TlsListen};
 use autopilot::spec::objectives::Auth;
 use common::{free_port, upstream};
@@ -16,10 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, std::net::SocketAddr) {
     let tls_listen = free_port();
-    let routes = RoutesFile::new(
+    let mut routes = RoutesFile::new(
         "example.test",
         vec![common::route_v1("checkout", "prod", addr, Auth::None)],
     );
+    // both families, so that RFC 7239's `proto=https` is checked over TLS too
+    routes.forwarding_headers = vec![ForwardingHeaders::XForwarded, ForwardingHeaders::Forwarded];
     let config = ProxyConfig {
         tls: Some(TlsListen {
             listen: tls_listen,
