@@ -752,7 +752,10 @@ async fn a_mirror_copies_live_reads_to_the_held_release_and_users_only_ever_meet
     assert_eq!(m.errors().bad, 20, "the copies' 500s are v2's evidence");
     // a copy is counted when handed to the mirror's worker, just after the hand-over: the
     // worker may deliver it first (under load the request's thread can be preempted between)
-    eventually("40 copies counted sent", || m.mirror_sent.load(Ordering::Relaxed) >= 40).await;
+    eventually("40 copies counted sent", || {
+        m.mirror_sent.load(Ordering::Relaxed) >= 40
+    })
+    .await;
     assert_eq!(m.mirror_sent.load(Ordering::Relaxed), 40);
     assert_eq!(
         proxy
@@ -792,7 +795,10 @@ async fn a_mirror_copies_live_reads_to_the_held_release_and_users_only_ever_meet
     })
     .await;
     // copies are counted when handed over: 40 reads and the small write, nothing else
-    eventually("41 copies counted sent", || m.mirror_sent.load(Ordering::Relaxed) >= 41).await;
+    eventually("41 copies counted sent", || {
+        m.mirror_sent.load(Ordering::Relaxed) >= 41
+    })
+    .await;
     let text = common::metrics_text(proxy.admin).await;
     assert!(
         text.contains("autopilot_proxy_mirror_copies_total{service=\"checkout\",environment=\"prod\",release=\"v2\",result=\"sent\"} 41"),
