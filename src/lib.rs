@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod control;
 pub mod live;
+pub mod net;
 pub mod prom;
 pub mod proxy;
 pub mod release;

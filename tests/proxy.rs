@@ -851,3 +851,35 @@ async fn a_hung_mirrored_release_neither_slows_nor_fails_a_live_request() {
     .await;
     proxy.stop();
 }
+
+/// A taken port is refused at once with its address (Pingora alone retries for 30 s, then
+/// serves nothing); a start that succeeds returns only once the proxy accepts connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_port_fails_the_start_at_once_and_a_start_returns_listening() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = server::ProxyConfig {
+        listen: taken.local_addr().unwrap(),
+        ..common::config(TOKEN, None)
+    };
+    let started = Instant::now();
+    let err = match server::start(config, routes(vec![])) {
+        Err(e) => e,
+        Ok(_) => panic!("a taken port was accepted"),
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("listen {}: ", taken.local_addr().unwrap())),
+        "{text}"
+    );
+    assert!(text.contains("in use"), "{text}");
+
+    let proxy = start(routes(vec![]), None);
+    // no poll: the start returned with the listener accepting
+    std::net::TcpStream::connect(proxy.listen).expect("listening when start returns");
+    proxy.stop();
+}

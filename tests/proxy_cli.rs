@@ -20,6 +20,9 @@ struct Proxy {
     /// Everything the process wrote to stderr so far (drained continuously: a full pipe
     /// would block the process).
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// What it was started with, to start it again on other ports (see [`serving`]).
+    routes: String,
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,10 +50,14 @@ fn spawn(routes: &str) -> Proxy {
 }
 
 fn spawn_with(routes: &str, extra: &[&str]) -> Proxy {
+    spawn_on(routes, free_port(), extra)
+}
+
+fn spawn_on(routes: &str, listen: SocketAddr, extra: &[&str]) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
     std::fs::write(dir.path().join("token"), "cli-token\n").unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let admin = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_autopilot"))
         .arg("proxy")
         .arg("--routes")
@@ -83,6 +90,8 @@ fn spawn_with(routes: &str, extra: &[&str]) -> Proxy {
         listen,
         admin,
         stderr,
+        routes: routes.to_owned(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
         _dir: dir,
     }
 }
@@ -269,15 +278,28 @@ impl Drop for Busy {
 }
 
 /// Polls (at most 20 s) until the process serves: it has started and its probes have passed.
+/// A port chosen free can be taken by another test's server before the proxy binds it; the
+/// proxy then stops at once saying so, and is started again on other ports (at most twice).
 async fn serving(c: &reqwest::Client, p: &mut Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut restarts = 0;
+    let mut deadline = Instant::now() + Duration::from_secs(20);
     while hit(c, p).await.is_err() {
+        if p.child.try_wait().unwrap().is_some() {
+            let stderr = p.stderr();
+            assert!(
+                stderr.contains("in use") && restarts < 2,
+                "the proxy exited early:\n{stderr}"
+            );
+            restarts += 1;
+            let extra: Vec<&str> = p.extra.iter().map(String::as_str).collect();
+            *p = spawn_with(&p.routes.clone(), &extra);
+            deadline = Instant::now() + Duration::from_secs(20);
+        }
         assert!(
-            p.child.try_wait().unwrap().is_none(),
-            "the proxy exited early:\n{}",
+            Instant::now() < deadline,
+            "the proxy never became ready; it wrote:\n{}",
             p.stderr()
         );
-        assert!(Instant::now() < deadline, "the proxy never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -315,6 +337,44 @@ async fn wait_for_line(p: &Proxy, text: &str) {
     while !p.stderr().contains(text) {
         assert!(Instant::now() < deadline, "no `{text}` in:\n{}", p.stderr());
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port in use stops the start at once, saying which (Pingora alone would retry for 30 s and
+/// then serve nothing while the process ran on).
+#[test]
+fn a_taken_port_stops_the_start_at_once_with_its_address() {
+    let routes = routes_yaml("127.0.0.1:1".parse().unwrap(), "127.0.0.1:1".parse().unwrap(), 0);
+    let ca = tempfile::tempdir().unwrap();
+    let ca = ca.path().join("ca").to_str().unwrap().to_owned();
+    for flag in ["--listen", "--tls-listen"] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let mut p = match flag {
+            "--listen" => spawn_on(&routes, taken.local_addr().unwrap(), &[]),
+            _ => spawn_with(&routes, &[flag, &addr, "--local-ca", &ca]),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{flag}: still running:\n{}",
+                p.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.stderr().contains("in use") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(&format!("error: listen {addr}: ")), "{flag}: {err}");
+        assert!(err.contains("in use"), "{flag}: {err}");
+        assert!(!err.contains("listening on"), "{flag}: {err}");
     }
 }
 

@@ -95,10 +95,6 @@ pub fn colour_wanted() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn free_addr() -> std::io::Result<std::net::SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
 fn sh(dir: &Path, script: &str) -> Result<String, String> {
     let out = std::process::Command::new("sh")
         .arg("-c")
@@ -279,7 +275,7 @@ build:
         specs.join("sensors/proxy.yaml"),
         include_str!("../../sensors/proxy.yaml"),
     )?;
-    let addr = |what: &str| free_addr().map_err(|e| format!("a free port for {what}: {e}"));
+    let addr = |what: &str| crate::net::free_loopback().map_err(|e| format!("a free port for {what}: {e}"));
     Ok(AutopilotConfig {
         data_dir: opts.dir.join("data"),
         specs: vec![

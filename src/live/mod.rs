@@ -41,8 +41,6 @@ use std::time::Duration;
 /// served 14 requests before its rollback (`autopilot demo --bad-errors 100%`); at 250 ms the
 /// lag between the judge's crossing and the weight change is a few requests.
 const CANARY_LOOK: Duration = Duration::from_millis(250);
-/// The longest the proxy may take to open its listeners.
-const PROXY_START: Duration = Duration::from_secs(10);
 
 /// The router port on the in-process proxy.
 #[derive(Clone)]
@@ -615,40 +613,28 @@ impl Up {
         let catalog = Arc::new(catalog);
         let mut routes = RoutesFile::new(&config.domain, Vec::new());
         routes.auth = config.auth.clone();
-        let proxy = crate::proxy::server::start(
-            ProxyConfig {
-                listen: config.listen,
-                admin: config.admin,
-                admin_token,
-                routes_file: None,
-                probe_interval: Duration::from_millis(250),
-                // each route names its service's own readiness path
-                probe_path: "/healthz".into(),
-                threads: 2,
-                work_stealing: true,
-                access: Some(catalog.clone()),
-                tls: config.tls_listen.map(|listen| TlsListen {
-                    listen,
-                    certs: Vec::new(),
-                    local_ca: Some(data.join("ca")),
-                }),
-                drain: Duration::from_secs(1),
-            },
-            routes,
-        )?;
-        // Pingora binds on its own thread: serve nothing before its listeners accept (the
-        // HTTPS one is bound with it; a bare connection to it would log a failed handshake)
-        for addr in [config.listen] {
-            let deadline = std::time::Instant::now() + PROXY_START;
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                if std::time::Instant::now() > deadline {
-                    return Err(UpError::Adapter(format!(
-                        "the proxy did not listen on {addr} within {PROXY_START:?}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let proxy_config = ProxyConfig {
+            listen: config.listen,
+            admin: config.admin,
+            admin_token,
+            routes_file: None,
+            probe_interval: Duration::from_millis(250),
+            // each route names its service's own readiness path
+            probe_path: "/healthz".into(),
+            threads: 2,
+            work_stealing: true,
+            access: Some(catalog.clone()),
+            tls: config.tls_listen.map(|listen| TlsListen {
+                listen,
+                certs: Vec::new(),
+                local_ca: Some(data.join("ca")),
+            }),
+            drain: Duration::from_secs(1),
+        };
+        // the start blocks until Pingora listens (on its own thread): off the runtime's workers
+        let proxy = tokio::task::spawn_blocking(move || crate::proxy::server::start(proxy_config, routes))
+            .await
+            .map_err(|e| UpError::Adapter(format!("the proxy's start: {e}")))??;
         let shared = proxy.shared.clone();
         let prometheus = match &config.prometheus {
             Some(p) => Some(

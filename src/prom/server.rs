@@ -29,8 +29,7 @@ pub struct TempPrometheus {
 }
 
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    crate::net::free_loopback()
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
 }

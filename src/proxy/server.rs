@@ -151,6 +151,13 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A listener's port is taken (or its address is not this machine's), or Pingora did not
+    /// listen on it in time.
+    #[error("listen {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("auth: {0}")]
     Auth(String),
     #[error("tls: {0}")]
@@ -160,8 +167,63 @@ pub enum StartError {
 /// How long the admin listener may finish its requests after a stop.
 const ADMIN_STOP: Duration = Duration::from_secs(1);
 
-/// Starts the proxy, the prober, the reloader and the admin listener.
+/// How long [`start`] waits for Pingora to accept connections on its listener. Pingora binds on
+/// its own thread, and where the port is taken it retries for 30 s and then stops its service
+/// without a word while the process runs on: [`start`] checks the ports first and fails fast
+/// instead, and this bounds the rare case of a port taken between that check and Pingora's bind.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Fails with where and what when a listener's address cannot be bound now (in use, or not an
+/// address of this machine). The check's socket is closed at once; Pingora binds its own.
+fn check_free(addr: SocketAddr) -> Result<(), StartError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Where a client on this machine reaches a listener on `addr` (an unspecified address is
+/// reached on loopback).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+/// Blocks (at most [`LISTEN_WAIT`]) until a connection to `addr` is accepted.
+fn wait_listening(addr: SocketAddr, pingora: &std::thread::JoinHandle<()>) -> Result<(), StartError> {
+    let target = reachable(addr);
+    let deadline = std::time::Instant::now() + LISTEN_WAIT;
+    loop {
+        if std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        let late = std::time::Instant::now() >= deadline;
+        if late || pingora.is_finished() {
+            let why = if late {
+                format!("Pingora did not listen within {LISTEN_WAIT:?} (is the port taken?)")
+            } else {
+                "Pingora stopped before it listened".to_owned()
+            };
+            return Err(StartError::Listen {
+                addr,
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, why),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts the proxy, the prober, the reloader and the admin listener; returns once the proxy
+/// accepts connections (its HTTPS listener, if any, is bound before its plain one).
 pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
+    check_free(config.listen)?;
+    if let Some(t) = &config.tls {
+        check_free(t.listen)?;
+    }
     let base = config
         .routes_file
         .as_ref()
@@ -288,7 +350,7 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
             }),
         });
     });
-    Ok(ProxyHandle {
+    let handle = ProxyHandle {
         listen: config.listen,
         admin: admin_addr,
         shared,
@@ -297,7 +359,13 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         work_stealing: config.work_stealing,
         background,
         pingora,
-    })
+    };
+    // the plain listener is built last, so once it accepts, every listener is bound
+    if let Err(e) = wait_listening(config.listen, &handle.pingora) {
+        handle.stop();
+        return Err(e);
+    }
+    Ok(handle)
 }
 
 fn tls_resolver(t: &TlsListen, shared: &Arc<Shared>) -> Result<super::tls::SniResolver, StartError> {

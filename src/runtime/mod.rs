@@ -110,8 +110,7 @@ async fn terminate(pid: u32, grace: Duration) {
 }
 
 fn free_port() -> Result<u16, PortError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?;
-    Ok(l.local_addr().map_err(err)?.port())
+    crate::net::free_port(std::net::IpAddr::from([127, 0, 0, 1])).map_err(err)
 }
 
 impl LocalRuntime {

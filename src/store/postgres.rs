@@ -95,10 +95,7 @@ impl TempPostgres {
                 String::from_utf8_lossy(&init.stderr)
             ));
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        let port = crate::net::free_loopback().map_err(|e| e.to_string())?.port();
         let log = std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path().join("server.log"), Some(uid), Some(gid))

@@ -176,10 +176,7 @@ pub async fn metrics_text(admin: SocketAddr) -> String {
 }
 
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    autopilot::net::free_loopback().unwrap()
 }
 
 /// A client (reqwest is built without a TLS crypto provider of its own: the process installs
