@@ -1532,8 +1532,12 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let https = handle
+        .tls_listen
+        .map(|a| format!(", HTTPS on {a}"))
+        .unwrap_or_default();
     eprintln!(
-        "autopilot proxy: listening on {}, admin on {} (SIGTERM drains for {drain}, Ctrl-C stops at once)",
+        "autopilot proxy: listening on {}{https}, admin on {} (SIGTERM drains for {drain}, Ctrl-C stops at once)",
         handle.listen, handle.admin
     );
     let draining = rt.block_on(async {

@@ -879,7 +879,69 @@ async fn a_taken_port_fails_the_start_at_once_and_a_start_returns_listening() {
     assert!(text.contains("in use"), "{text}");
 
     let proxy = start(routes(vec![]), None);
+    assert_ne!(proxy.listen.port(), 0, "port 0 is told as the port taken");
     // no poll: the start returned with the listener accepting
     std::net::TcpStream::connect(proxy.listen).expect("listening when start returns");
+
+    // a second proxy on the first one's port is refused too (both would bind beside each
+    // other if the port were shared before the check), and the first serves on
+    let twin = server::ProxyConfig {
+        listen: proxy.listen,
+        ..common::config(TOKEN, None)
+    };
+    match server::start(twin, routes(vec![])) {
+        Err(e) => assert!(
+            e.to_string().starts_with(&format!("listen {}: ", proxy.listen))
+                && e.to_string().contains("in use"),
+            "{e}"
+        ),
+        Ok(_) => panic!("two proxies started on one port"),
+    }
+    std::net::TcpStream::connect(proxy.listen).expect("the first proxy still listens");
+    // and no one binds the port while the proxy holds it
+    let err = std::net::TcpListener::bind(proxy.listen).expect_err("the port is the proxy's");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    proxy.stop();
+}
+
+/// A restarted proxy takes its port again at once although its last connections linger there
+/// in TIME_WAIT (a proxy that closed its side first, or was killed, leaves them for a minute):
+/// in use means someone listens, as for every server.
+#[test]
+fn a_port_left_in_time_wait_is_taken_again_at_once() {
+    use std::io::Read;
+    let before = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = before.local_addr().unwrap();
+    let mut client = std::net::TcpStream::connect(port).unwrap();
+    let (served, _) = before.accept().unwrap();
+    drop(before);
+    // the server's side closes first: its socket on the port goes to TIME_WAIT
+    drop(served);
+    assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "the server's close");
+    drop(client);
+    let lingering = || {
+        let hex = format!(":{:04X} ", port.port());
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|local| format!("{local} ").ends_with(&hex))
+                    && l.split_whitespace().nth(3) == Some("06")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lingering() {
+        assert!(Instant::now() < deadline, "no TIME_WAIT on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let config = server::ProxyConfig {
+        listen: port,
+        ..common::config(TOKEN, None)
+    };
+    let proxy = server::start(config, routes(vec![])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(proxy.listen, port);
+    std::net::TcpStream::connect(port).expect("listening on the port it took again");
     proxy.stop();
 }

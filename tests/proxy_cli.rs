@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, upstream};
+use common::upstream;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -15,14 +15,13 @@ const HOST: &str = "checkout.prod.example.test";
 
 struct Proxy {
     child: Child,
+    /// Where it listens and where its admin API is: port 0 asked for, the ports it took read
+    /// from its "listening on" line by [`serving`].
     listen: SocketAddr,
     admin: SocketAddr,
     /// Everything the process wrote to stderr so far (drained continuously: a full pipe
     /// would block the process).
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
-    /// What it was started with, to start it again on other ports (see [`serving`]).
-    routes: String,
-    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,14 +49,14 @@ fn spawn(routes: &str) -> Proxy {
 }
 
 fn spawn_with(routes: &str, extra: &[&str]) -> Proxy {
-    spawn_on(routes, free_port(), extra)
+    spawn_on(routes, "127.0.0.1:0".parse().unwrap(), extra)
 }
 
 fn spawn_on(routes: &str, listen: SocketAddr, extra: &[&str]) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
     std::fs::write(dir.path().join("token"), "cli-token\n").unwrap();
-    let admin = free_port();
+    let admin: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_autopilot"))
         .arg("proxy")
         .arg("--routes")
@@ -90,8 +89,6 @@ fn spawn_on(routes: &str, listen: SocketAddr, extra: &[&str]) -> Proxy {
         listen,
         admin,
         stderr,
-        routes: routes.to_owned(),
-        extra: extra.iter().map(|s| s.to_string()).collect(),
         _dir: dir,
     }
 }
@@ -125,6 +122,19 @@ async fn the_cli_proxy_routes_takes_weights_from_its_admin_api_and_drains_on_sig
     for _ in 0..100 {
         assert_eq!(hit(&c, &p).await, Ok("v1".to_owned()), "weight 0: all stable");
     }
+
+    // a second proxy on its port is refused at once (the two would otherwise share the port
+    // and split its traffic without a word), and the first serves on
+    let mut twin = spawn_on(&routes_yaml(v1.addr, v2.addr, 0), p.listen, &[]);
+    let status = exit_within(&mut twin, Duration::from_secs(10)).await;
+    wait_for_line(&twin, "in use").await;
+    assert_eq!(status.code(), Some(2), "{}", twin.stderr());
+    assert!(
+        twin.stderr().contains(&format!("error: listen {}: ", p.listen)),
+        "{}",
+        twin.stderr()
+    );
+    assert_eq!(hit(&c, &p).await, Ok("v1".to_owned()));
 
     // the control surface: a wrong token changes nothing, the right one moves traffic live
     let route = serde_json::json!({
@@ -277,24 +287,38 @@ impl Drop for Busy {
     }
 }
 
-/// Polls (at most 20 s) until the process serves: it has started and its probes have passed.
-/// A port chosen free can be taken by another test's server before the proxy binds it; the
-/// proxy then stops at once saying so, and is started again on other ports (at most twice).
+/// Polls (at most 20 s) until the process serves: it has said where it listens (the ports it
+/// took for port 0, which it held from its first step: no other process can take them) and its
+/// probes have passed.
 async fn serving(c: &reqwest::Client, p: &mut Proxy) {
-    let mut restarts = 0;
-    let mut deadline = Instant::now() + Duration::from_secs(20);
-    while hit(c, p).await.is_err() {
-        if p.child.try_wait().unwrap().is_some() {
-            let stderr = p.stderr();
-            assert!(
-                stderr.contains("in use") && restarts < 2,
-                "the proxy exited early:\n{stderr}"
-            );
-            restarts += 1;
-            let extra: Vec<&str> = p.extra.iter().map(String::as_str).collect();
-            *p = spawn_with(&p.routes.clone(), &extra);
-            deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said = loop {
+        let stderr = p.stderr();
+        // a whole line: the process may be caught in the middle of writing it
+        if let Some(line) = stderr
+            .split_inclusive('\n')
+            .find(|l| l.ends_with('\n') && l.contains("listening on"))
+        {
+            break line.trim_end().to_owned();
         }
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "the proxy exited early:\n{stderr}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never said where it listens:\n{stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let after = |word: &str| -> SocketAddr {
+        let rest = &said[said.find(word).unwrap_or_else(|| panic!("no `{word}` in {said}")) + word.len()..];
+        let addr = rest.split([',', ' ']).next().unwrap();
+        addr.parse().unwrap_or_else(|e| panic!("`{addr}` in {said}: {e}"))
+    };
+    p.listen = after("listening on ");
+    p.admin = after("admin on ");
+    while hit(c, p).await.is_err() {
         assert!(
             Instant::now() < deadline,
             "the proxy never became ready; it wrote:\n{}",
@@ -401,7 +425,7 @@ fn a_broken_routes_file_stops_the_start_with_its_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_benchmark_tools_run_a_fixed_rate_through_bare_pingora() {
     let up = upstream("v1").await;
-    let listen = free_port();
+    let listen = common::free_port();
     let mut floor = Command::new(env!("CARGO_BIN_EXE_autopilot"))
         .args(["bench", "pingora-floor", "--listen", &listen.to_string()])
         .args(["--upstream", &up.addr.to_string()])

@@ -7,7 +7,7 @@ mod common;
 use autopilot::proxy::routes::{ForwardingHeaders, RoutesFile};
 use autopilot::proxy::server::{self, ProxyConfig, ProxyHandle, TlsListen};
 use autopilot::spec::objectives::Auth;
-use common::{free_port, upstream};
+use common::upstream;
 use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
 use rustls_pki_types::pem::PemObject;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, std::net::SocketAddr) {
-    let tls_listen = free_port();
+    let tls_listen: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut routes = RoutesFile::new(
         "example.test",
         vec![common::route_v1("checkout", "prod", addr, Auth::None)],
@@ -30,10 +30,9 @@ fn start(addr: std::net::SocketAddr, ca_dir: &std::path::Path) -> (ProxyHandle, 
         }),
         ..common::config("t", None)
     };
-    (
-        server::start(config, routes).expect("the proxy starts"),
-        tls_listen,
-    )
+    let proxy = server::start(config, routes).expect("the proxy starts");
+    let tls_listen = proxy.tls_listen.expect("an HTTPS listener");
+    (proxy, tls_listen)
 }
 
 fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {

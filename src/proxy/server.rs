@@ -99,7 +99,10 @@ impl ShutdownSignalWatch for StopSignal {
 
 /// A running proxy. Dropping it does not stop it; call [`ProxyHandle::stop`].
 pub struct ProxyHandle {
+    /// Where the proxy listens (a port 0 asked for resolved).
     pub listen: SocketAddr,
+    /// Where its HTTPS listener listens, if it has one.
+    pub tls_listen: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub shared: Arc<Shared>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -167,18 +170,55 @@ pub enum StartError {
 /// How long the admin listener may finish its requests after a stop.
 const ADMIN_STOP: Duration = Duration::from_secs(1);
 
-/// How long [`start`] waits for Pingora to accept connections on its listener. Pingora binds on
-/// its own thread, and where the port is taken it retries for 30 s and then stops its service
-/// without a word while the process runs on: [`start`] checks the ports first and fails fast
-/// instead, and this bounds the rare case of a port taken between that check and Pingora's bind.
+/// How long [`start`] waits for Pingora to accept connections on its listener (it binds on its
+/// own thread; the port is held for it meanwhile, see [`Reserved`]).
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
-/// Fails with where and what when a listener's address cannot be bound now (in use, or not an
-/// address of this machine). The check's socket is closed at once; Pingora binds its own.
-fn check_free(addr: SocketAddr) -> Result<(), StartError> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|source| StartError::Listen { addr, source })
+/// A listener's port, held from [`start`]'s first step until Pingora listens on it. Pingora 0.9
+/// binds its listeners itself, on its own thread, and cannot be handed a bound socket (only
+/// through its upgrade socket, a second's wait); where the port is taken it retries for 30 s
+/// and then serves nothing while the process runs on. So the port is bound here, exclusively
+/// (a port someone listens on or an address not of this machine fails at once, with where and
+/// what; port 0 gets a free port), and then marked `SO_REUSEPORT`, which lets Pingora's own socket (also
+/// `SO_REUSEPORT`, same user) bind beside it while no one else can: not another listener, and
+/// not an outgoing connection choosing a local port. The held socket never listens, so every
+/// connection goes to Pingora's; it is closed once Pingora accepts.
+struct Reserved {
+    _socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl Reserved {
+    fn bind(addr: SocketAddr) -> Result<Reserved, StartError> {
+        let fail = |source| StartError::Listen { addr, source };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .map_err(fail)?;
+        // as every server: connections of a stopped process lingering in TIME_WAIT do not
+        // hold the port, a listener does
+        socket.set_reuse_address(true).map_err(fail)?;
+        socket.bind(&addr.into()).map_err(fail)?;
+        socket.set_reuse_port(true).map_err(fail)?;
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| fail(std::io::Error::other("no local address after bind")))?;
+        Ok(Reserved {
+            _socket: socket,
+            addr,
+        })
+    }
+}
+
+/// Pingora's socket options for a [`Reserved`] address.
+fn beside_reserved() -> pingora::listeners::TcpSocketOptions {
+    let mut options = pingora::listeners::TcpSocketOptions::default();
+    options.so_reuseport = Some(true);
+    options
 }
 
 /// Where a client on this machine reaches a listener on `addr` (an unspecified address is
@@ -218,12 +258,16 @@ fn wait_listening(addr: SocketAddr, pingora: &std::thread::JoinHandle<()>) -> Re
 }
 
 /// Starts the proxy, the prober, the reloader and the admin listener; returns once the proxy
-/// accepts connections (its HTTPS listener, if any, is bound before its plain one).
+/// accepts connections (its HTTPS listener, if any, is bound before its plain one). A listener's
+/// port 0 is a free port, told in [`ProxyHandle::listen`] and [`ProxyHandle::tls_listen`].
 pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, StartError> {
-    check_free(config.listen)?;
-    if let Some(t) = &config.tls {
-        check_free(t.listen)?;
-    }
+    // held until Pingora listens (and closed on every way out of here)
+    let plain = Reserved::bind(config.listen)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| Reserved::bind(t.listen))
+        .transpose()?;
     let base = config
         .routes_file
         .as_ref()
@@ -334,9 +378,10 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
             .map_err(|e| StartError::Tls(super::tls::TlsError::Certificate(e.to_string())))?;
         settings.set_cert_resolver(Arc::new(resolver));
         settings.enable_h2();
-        service.add_tls_with_settings(&t.listen.to_string(), None, settings);
+        let addr = tls.as_ref().map_or(t.listen, |r| r.addr);
+        service.add_tls_with_settings(&addr.to_string(), Some(beside_reserved()), settings);
     }
-    service.add_tcp(&config.listen.to_string());
+    service.add_tcp_with_settings(&plain.addr.to_string(), beside_reserved());
     server.add_service(service);
     let drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drain_flag = drain.clone();
@@ -351,7 +396,8 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         });
     });
     let handle = ProxyHandle {
-        listen: config.listen,
+        listen: plain.addr,
+        tls_listen: tls.as_ref().map(|r| r.addr),
         admin: admin_addr,
         shared,
         stop: stop_tx,
@@ -361,7 +407,7 @@ pub fn start(config: ProxyConfig, routes: RoutesFile) -> Result<ProxyHandle, Sta
         pingora,
     };
     // the plain listener is built last, so once it accepts, every listener is bound
-    if let Err(e) = wait_listening(config.listen, &handle.pingora) {
+    if let Err(e) = wait_listening(plain.addr, &handle.pingora) {
         handle.stop();
         return Err(e);
     }

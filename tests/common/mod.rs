@@ -93,12 +93,13 @@ pub async fn upstream(name: &str) -> Upstream {
     }
 }
 
-/// The settings every test proxy starts from: free loopback ports, `/healthz` probed every
+/// The settings every test proxy starts from: loopback port 0 (a free port, which the proxy
+/// holds from its first step: no port picked here can be taken before it binds), `/healthz` probed every
 /// 100 ms, two workers on one work-stealing runtime (many proxies run one after another in one
 /// test process, which Pingora's single-threaded runtimes do not survive: cloudflare/pingora#981).
 pub fn config(admin_token: &str, routes_file: Option<std::path::PathBuf>) -> ProxyConfig {
     ProxyConfig {
-        listen: free_port(),
+        listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         admin_token: admin_token.into(),
         routes_file,
