@@ -400,8 +400,11 @@ enum Bench {
         /// Also set the headers the autopilot proxy sets on an authenticated request with its
         /// default forwarding headers (three `X-Forwarded-*`, two identity headers upstream, the
         /// release header downstream), with fixed values: what the framework charges for them.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "forwarding_headers")]
         headers: bool,
+        /// Also set only the three `X-Forwarded-*` headers (as nginx does in the benchmark).
+        #[arg(long)]
+        forwarding_headers: bool,
     },
     /// Fixed-rate HTTP/1.1 load, free of coordinated omission: request i is due at i/RATE and
     /// its latency counts from then. Prints one JSON line: sent, errors, throughput, p50, p90,
@@ -599,8 +602,17 @@ fn main() -> ExitCode {
                     upstream,
                     threads,
                     headers,
+                    forwarding_headers,
                 },
-        } => bench::pingora_floor::run(listen, upstream, threads, headers),
+        } => {
+            use bench::pingora_floor::Headers;
+            let set = match (headers, forwarding_headers) {
+                (true, _) => Headers::All,
+                (false, true) => Headers::Forwarding,
+                (false, false) => Headers::None,
+            };
+            bench::pingora_floor::run(listen, upstream, threads, set)
+        }
         Command::Bench {
             which:
                 Bench::Load {

@@ -333,7 +333,9 @@ fn significantly_above(c: Counts, p0: f64) -> bool {
     Binomial::new(p0, c.total).is_ok_and(|b| b.sf(c.bad.saturating_sub(1)) < 1e-3)
 }
 
-pub(crate) fn theta(r: f64, rho: f64) -> f64 {
+/// The canary's expected share of a tick's bad events when its bad share is `r` times stable's and
+/// it serves the share `rho` of the traffic.
+pub fn theta(r: f64, rho: f64) -> f64 {
     r * rho / (r * rho + 1.0 - rho)
 }
 

@@ -25,6 +25,7 @@
 //! goals).
 
 pub mod detectors;
+pub mod oracle;
 mod render;
 pub mod scenarios;
 
