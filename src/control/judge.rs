@@ -158,7 +158,7 @@ pub struct JudgeConfig {
 
 /// Alternatives for the relative regression test, as multiples of the boundary `1 + δ`: from a
 /// mild regression to a crash, so the mixture adapts to the unknown size of the effect.
-pub(crate) const REGRESSION_RATIOS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
+pub const REGRESSION_RATIOS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
 /// The mixture's weights over [`REGRESSION_RATIOS`] (they sum to 1, so the mixture stays a test
 /// martingale): most on the regressions that are hard to see (1.5–3× the boundary), where each
 /// nat of the mixture's price costs hundreds of requests; little on crashes, which pay it back

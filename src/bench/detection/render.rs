@@ -176,11 +176,25 @@ pub fn goals(rows: &[Row]) -> String {
     );
     // the same relative test knowing the effect in advance: how much of the gap to the floor
     // is the price of not knowing it, and how much the design's own
-    let s1 = scenarios(1.0).into_iter().find(|s| s.id == "S1");
-    let oracle = s1.zip(ours("S1")).and_then(|(s, r)| {
-        let s = Scenario { runs: r.runs, ..s };
-        super::oracle::oracle_requests(&s, 0.1, 0.05)
-    });
+    let s1 = scenarios(1.0)
+        .into_iter()
+        .find(|s| s.id == "S1")
+        .zip(ours("S1"))
+        .map(|(s, r)| Scenario { runs: r.runs, ..s });
+    let oracle = s1
+        .as_ref()
+        .and_then(|s| super::oracle::oracle_requests(s, 0.1, 0.05));
+    let best_grid = s1
+        .as_ref()
+        .and_then(|s| super::oracle::best_grid_requests(s, 0.1, 0.05));
+    cell(
+        "(for reference: the best prior over our grid for S1, all of it on the two ratios around S1's)",
+        "S1",
+        best_grid.zip(zone_floor).map(|(o, f)| o / f),
+        Some(1.5),
+        &|v| format!("{v:.2}×"),
+        true,
+    );
     cell(
         "(for reference: an oracle, our relative test with its whole prior on S1's true ratio)",
         "S1",
