@@ -849,7 +849,38 @@ async fn a_hung_mirrored_release_neither_slows_nor_fails_a_live_request() {
         seen.lock().unwrap().len() >= 256
     })
     .await;
+    // the copies' thread yields the CPU to the live requests' workers, which keep theirs
+    let mirror = nice_of_threads(|name| name == &autopilot::proxy::mirror::THREAD[..15]);
+    assert!(!mirror.is_empty(), "the mirror's thread is running");
+    assert!(
+        mirror
+            .iter()
+            .all(|n| *n == i64::from(autopilot::proxy::mirror::NICE)),
+        "the mirror's thread runs at the lowest priority: {mirror:?}"
+    );
+    let live = nice_of_threads(|name| name.starts_with("Pingora"));
+    assert!(!live.is_empty() && live.iter().all(|n| *n == 0), "{live:?}");
     proxy.stop();
+}
+
+/// The nice values of this process's threads whose name (as `/proc` has it: cut to 15 bytes)
+/// passes `named`.
+fn nice_of_threads(named: impl Fn(&str) -> bool) -> Vec<i64> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if !named(name.trim_end()) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // after the name's closing parenthesis come the fields from the third on; the
+            // nice value is the nineteenth
+            let fields = &stat[stat.rfind(')')? + 2..];
+            fields.split(' ').nth(19 - 3)?.parse().ok()
+        })
+        .collect()
 }
 
 /// A taken port is refused at once with its address (Pingora alone retries for 30 s, then

@@ -9,6 +9,9 @@
 //! the channel fills and further copies are dropped and counted, never queued without bound.
 //!
 //! The worker starts with the first copy: a proxy that mirrors nothing runs no thread for it.
+//! It runs at the lowest priority of its process (nice 19), so that it takes only the CPU the
+//! live requests leave: a proxy that live traffic saturates drops copies (counted) rather than
+//! slowing its users down.
 
 use super::metrics::ReleaseMetrics;
 use super::routes::ReleaseRoute;
@@ -132,6 +135,22 @@ impl Mirror {
     }
 }
 
+/// The copies' worker thread's name.
+pub const THREAD: &str = "autopilot-mirror";
+/// The copies' worker thread's nice value: the lowest priority.
+pub const NICE: i32 = 19;
+
+/// Lowers the calling thread (on Linux the nice value is a thread's, not its process's) to
+/// [`NICE`]: the live requests' workers then always come first on a busy core, and the copies
+/// run on the time they leave. A failure leaves the thread as it was, said once.
+fn yield_to_live_traffic() {
+    if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+        tracing::warn!(
+            "the mirror's thread keeps its priority (copies may compete with live requests for the CPU): {e}"
+        );
+    }
+}
+
 fn start_worker() -> Option<tokio::sync::mpsc::Sender<Copy>> {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -156,9 +175,10 @@ fn start_worker() -> Option<tokio::sync::mpsc::Sender<Copy>> {
             return None;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("autopilot-mirror".into())
-        .spawn(move || runtime.block_on(work(rx, client)));
+    let spawned = std::thread::Builder::new().name(THREAD.into()).spawn(move || {
+        yield_to_live_traffic();
+        runtime.block_on(work(rx, client))
+    });
     match spawned {
         Ok(_) => Some(tx),
         Err(e) => {
