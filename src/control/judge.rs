@@ -335,8 +335,17 @@ fn significantly_above(c: Counts, p0: f64) -> bool {
 
 /// The canary's expected share of a tick's bad events when its bad share is `r` times stable's and
 /// it serves the share `rho` of the traffic.
-pub fn theta(r: f64, rho: f64) -> f64 {
+pub(crate) fn theta(r: f64, rho: f64) -> f64 {
     r * rho / (r * rho + 1.0 - rho)
+}
+
+/// One tick's log-likelihood ratio in the relative tests: `xc` of the tick's bad events were the
+/// canary's and `xb` stable's, the canary serving the share `rho`; the ratio `r` against the
+/// `boundary` (both as multiples of stable's bad share).
+pub fn relative_log_ratio(xc: f64, xb: f64, rho: f64, r: f64, boundary: f64) -> f64 {
+    let t0 = theta(boundary, rho);
+    let t = theta(r, rho).clamp(1e-15, 1.0 - 1e-15);
+    xc * (t / t0).ln() + xb * ((1.0 - t) / (1.0 - t0)).ln()
 }
 
 /// `ln Σ w_k e^{l_k}` with the given weights.
@@ -481,11 +490,7 @@ pub fn observe(
         let rho = ci.total as f64 / (ci.total + si.total) as f64;
         let (xc, xb) = (ci.bad as f64, si.bad as f64);
         // each test against its own boundary: regression at 1 + δ_r, safety at 1 + δ_s
-        let step = |r: f64, boundary: f64| {
-            let t0 = theta(boundary, rho);
-            let t = theta(r, rho).clamp(1e-15, 1.0 - 1e-15);
-            xc * (t / t0).ln() + xb * ((1.0 - t) / (1.0 - t0)).ln()
-        };
+        let step = |r: f64, boundary: f64| relative_log_ratio(xc, xb, rho, r, boundary);
         let (reg_boundary, safe_boundary) = (1.0 + cfg.tolerance, 1.0 + cfg.safety_tolerance);
         for (acc, m) in s.log_rel_regression.iter_mut().zip(REGRESSION_RATIOS) {
             *acc += step(m * reg_boundary, reg_boundary);

@@ -129,10 +129,8 @@ fn look_ratio(cfg: &WatchConfig, release: Counts, baseline: Counts, m: f64) -> O
         }
         let rho = release.total as f64 / (release.total + baseline.total) as f64;
         let boundary = 1.0 + cfg.tolerance;
-        let t0 = judge::theta(boundary, rho);
-        let t = judge::theta(m * boundary, rho).clamp(1e-15, 1.0 - 1e-15);
         let (xc, xb) = (release.bad as f64, baseline.bad as f64);
-        Some(xc * (t / t0).ln() + xb * ((1.0 - t) / (1.0 - t0)).ln())
+        Some(judge::relative_log_ratio(xc, xb, rho, m * boundary, boundary))
     } else {
         if release.total == 0 {
             return None;

@@ -10,7 +10,7 @@
 //! looks, and looks every tick.
 
 use super::scenarios::{Metric, Scenario, stream};
-use autopilot::control::judge::{REGRESSION_RATIOS, theta};
+use autopilot::control::judge::{REGRESSION_RATIOS, relative_log_ratio};
 
 /// Mean canary requests to a rollback for the relative test with the prior `prior` (pairs of
 /// an error ratio and its weight, the weights summing to 1) on `s`, with regression boundary
@@ -36,10 +36,8 @@ pub fn mixture_requests(s: &Scenario, delta_r: f64, alpha: f64, prior: &[(f64, f
                 continue;
             }
             let rho = nc as f64 / (nc + nb) as f64;
-            let t0 = theta(boundary, rho);
             for (log, (r, _)) in logs.iter_mut().zip(prior) {
-                let t1 = theta(*r, rho);
-                *log += xc as f64 * (t1 / t0).ln() + xb as f64 * ((1.0 - t1) / (1.0 - t0)).ln();
+                *log += relative_log_ratio(xc as f64, xb as f64, rho, *r, boundary);
             }
             let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e = top
