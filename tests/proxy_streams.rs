@@ -215,6 +215,8 @@ async fn a_silent_upstream_times_out_and_counts_against_its_release() {
         "{waited:?}"
     );
     let m = proxy.shared.registry.get("checkout", "prod", "v1").unwrap();
-    assert!(m.errors().bad >= 1, "{:?}", m.errors());
+    // counted once the answer has gone: the client may have it a moment before the counter
+    let bad = common::counted(|| m.errors().bad, 1).await;
+    assert!(bad >= 1, "{:?}", m.errors());
     proxy.stop();
 }
