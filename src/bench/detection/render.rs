@@ -81,6 +81,9 @@ pub fn markdown(rows: &[Row]) -> String {
     out
 }
 
+/// Mean canary requests to a rollback for a reference test on a scenario (δ_r, α).
+type Requests = fn(&Scenario, f64, f64) -> Option<f64>;
+
 /// The goals of the judge's second generation, cell by cell, met or not, for our judge
 /// (α 5% in this benchmark) against Flagger tuned t=10 in the same run.
 pub fn goals(rows: &[Row]) -> String {
@@ -154,10 +157,8 @@ pub fn goals(rows: &[Row]) -> String {
         );
     }
     // at the bench's boundaries: the floor of telling 2% from the regression boundary 1.1%
-    let zone_floor = scenarios(1.0)
-        .into_iter()
-        .find(|s| s.id == "S1")
-        .and_then(|s| s.zone_floor(0.1, 0.5));
+    let s1 = scenarios(1.0).into_iter().find(|s| s.id == "S1");
+    let zone_floor = s1.as_ref().and_then(|s| s.zone_floor(0.1, 0.5));
     cell(
         "mean canary requests ≤ 1.5× the floor at the zone's boundary (δ_r 10%)",
         "S1",
@@ -176,33 +177,28 @@ pub fn goals(rows: &[Row]) -> String {
     );
     // the same relative test knowing the effect in advance: how much of the gap to the floor
     // is the price of not knowing it, and how much the design's own
-    let s1 = scenarios(1.0)
-        .into_iter()
-        .find(|s| s.id == "S1")
-        .zip(ours("S1"))
-        .map(|(s, r)| Scenario { runs: r.runs, ..s });
-    let oracle = s1
-        .as_ref()
-        .and_then(|s| super::oracle::oracle_requests(s, 0.1, 0.05));
-    let best_grid = s1
-        .as_ref()
-        .and_then(|s| super::oracle::best_grid_requests(s, 0.1, 0.05));
-    cell(
-        "(for reference: the best prior over our grid for S1, all of it on the two ratios around S1's)",
-        "S1",
-        best_grid.zip(zone_floor).map(|(o, f)| o / f),
-        Some(1.5),
-        &|v| format!("{v:.2}×"),
-        true,
-    );
-    cell(
-        "(for reference: an oracle, our relative test with its whole prior on S1's true ratio)",
-        "S1",
-        oracle.zip(zone_floor).map(|(o, f)| o / f),
-        Some(1.5),
-        &|v| format!("{v:.2}×"),
-        true,
-    );
+    let s1 = s1.zip(ours("S1")).map(|(s, r)| Scenario { runs: r.runs, ..s });
+    let references: [(&str, Requests); 2] = [
+        (
+            "(for reference: the best prior over our grid for S1, all of it on the two ratios around S1's)",
+            super::oracle::best_grid_requests,
+        ),
+        (
+            "(for reference: an oracle, our relative test with its whole prior on S1's true ratio)",
+            super::oracle::oracle_requests,
+        ),
+    ];
+    for (label, requests) in references {
+        let needed = s1.as_ref().and_then(|s| requests(s, 0.1, 0.05));
+        cell(
+            label,
+            "S1",
+            needed.zip(zone_floor).map(|(o, f)| o / f),
+            Some(1.5),
+            &|v| format!("{v:.2}×"),
+            true,
+        );
+    }
     cell(
         "healthy promotion median no slower than 540 s",
         "S0",
