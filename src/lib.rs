@@ -23,4 +23,5 @@ pub mod runtime;
 pub mod sim;
 pub mod spec;
 pub mod store;
+pub mod terminal;
 pub mod web;

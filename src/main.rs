@@ -772,12 +772,15 @@ fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(colour).try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        // anyone's words reach the text log (a pusher's name, a reason): each event is kept to
+        // one line with nothing a terminal would act on (JSON escapes its own)
+        LogFormat::Text => builder
+            .with_writer(|| autopilot::terminal::LogWriter(std::io::stderr()))
+            .with_ansi(colour)
+            .try_init(),
+        LogFormat::Json => builder.with_writer(std::io::stderr).json().try_init(),
     };
 }
 
@@ -824,14 +827,22 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let token = std::env::var(&config.admin_token_variable).unwrap_or_else(|_| {
-        let t = random_token();
-        eprintln!(
-            "admin token (set {} to choose one): {t}",
-            config.admin_token_variable
-        );
-        t
-    });
+    let token = match autopilot::live::proxy_admin_token(&config) {
+        Ok((token, Some(path))) => {
+            eprintln!(
+                "the proxy admin token (for the proxy's admin API on {}; not an API token) is in {} (set {} to choose one)",
+                config.admin,
+                path.display(),
+                config.admin_token_variable
+            );
+            token
+        }
+        Ok((token, None)) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     rt.block_on(async move {
         let mut up = match Up::start(config, token).await {
             Ok(up) => up,
@@ -852,6 +863,12 @@ fn run_up(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
             tracing::info!(
                 "an admin token for the API was made: {} (the CLI reads it from there; `autopilot token create` makes more)",
                 path.display()
+            );
+        }
+        if up.config.api.webhook_secret().is_none() {
+            tracing::warn!(
+                "push webhooks are refused: no webhook secret is configured (set {} to turn them on); builds start when polling finds a new commit",
+                up.config.api.webhook_secret_variable
             );
         }
         let result = up.run(stop_signal(), |_, _| {}).await;
@@ -1500,8 +1517,20 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             }
         },
         None => {
+            // kept beside the routes file, readable by its owner only; never printed
             let t = random_token();
-            eprintln!("admin token: {t}");
+            let path = routes.with_file_name(autopilot::live::PROXY_ADMIN_TOKEN_FILE);
+            if let Err(e) = autopilot::live::write_private(&path, &t) {
+                eprintln!(
+                    "error: cannot write the proxy admin token to {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+            eprintln!(
+                "the proxy admin token (for the admin API on {admin}) is in {} (--admin-token-file to choose one)",
+                path.display()
+            );
             t
         }
     };
@@ -1583,15 +1612,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// 128 random bits from the OS, hex.
-fn random_token() -> String {
-    use rand::TryRngCore;
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the OS has randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use autopilot::live::random_token;
 
 fn proxy_fixtures(out: &std::path::Path) -> ExitCode {
     use base64::Engine;

@@ -25,6 +25,7 @@ enum Client {
 
 struct Answer {
     status: StatusCode,
+    headers: http::HeaderMap,
     text: String,
 }
 
@@ -60,9 +61,11 @@ impl Client {
                     .unwrap();
                 let res = router.clone().oneshot(req).await.unwrap();
                 let status = res.status();
+                let headers = res.headers().clone();
                 let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
                 Answer {
                     status,
+                    headers,
                     text: String::from_utf8_lossy(&bytes).into_owned(),
                 }
             }
@@ -80,6 +83,7 @@ impl Client {
                 let res = req.send().await.unwrap();
                 Answer {
                     status: res.status(),
+                    headers: res.headers().clone(),
                     text: res.text().await.unwrap(),
                 }
             }
@@ -203,12 +207,14 @@ async fn seeded(url: &str) -> (ApiState, Tokens) {
         settings: Arc::new(ApiSettings {
             open_reads: false,
             webhook_secret: Some(SECRET.into()),
+            webhook_secret_variable: "AUTOPILOT_WEBHOOK_SECRET".into(),
             domain: "example.test".into(),
             public_port: Some(8080),
             scheme: "http",
         }),
         clock: Arc::new(|| Time::from_secs(1_800_000_000)),
         discovery: None,
+        streams: Default::default(),
     };
     (state, tokens)
 }
@@ -604,10 +610,38 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
             .collect::<String>()
     );
     let hook = "/v1/webhooks/push/checkout";
-    let gh = [("x-github-event", "push"), ("x-hub-signature-256", sig.as_str())];
+    let gh = [
+        ("x-github-event", "push"),
+        ("x-hub-signature-256", sig.as_str()),
+        ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+    ];
     let w = c.call(Method::POST, hook, None, Some(payload.clone()), &gh).await;
     assert_eq!(w.status, StatusCode::ACCEPTED, "{}", w.text);
-    let forged = [("x-github-event", "push"), ("x-hub-signature-256", "sha256=00")];
+    assert_eq!(
+        w.json(),
+        json!({"fetching": "main"}),
+        "a hint to fetch, naming no commit"
+    );
+    // the same delivery again (a replay of a captured one): refused, nothing recorded
+    assert_error(
+        &c.call(Method::POST, hook, None, Some(payload.clone()), &gh).await,
+        StatusCode::CONFLICT,
+        "delivery_repeated",
+        None,
+    );
+    // a signed push without its delivery id cannot be told from a replay
+    assert_error(
+        &c.call(Method::POST, hook, None, Some(payload.clone()), &gh[..2])
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("header.X-GitHub-Delivery"),
+    );
+    let forged = [
+        ("x-github-event", "push"),
+        ("x-hub-signature-256", "sha256=00"),
+        ("x-github-delivery", "forged-1"),
+    ];
     assert_error(
         &c.call(Method::POST, hook, None, Some(payload.clone()), &forged)
             .await,
@@ -615,7 +649,11 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
         "unauthorized",
         None,
     );
-    let gitlab = [("x-gitlab-event", "Push Hook"), ("x-gitlab-token", SECRET)];
+    let gitlab = [
+        ("x-gitlab-event", "Push Hook"),
+        ("x-gitlab-token", SECRET),
+        ("x-gitlab-event-uuid", "13792a34-cac6-4fda-95a8-c58e00a3954e"),
+    ];
     let other_branch = json!({"ref": "refs/heads/feature", "after": "0123456789abcdef0123456789abcdef01234567", "user_username": "gl"});
     let w = c
         .call(
@@ -633,9 +671,26 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
             .unwrap()
             .contains("not checkout's branch")
     );
+    // the operator's build names its commit; the push names none: the builder fetches the
+    // branch and builds the tip it finds there, whatever `after` claimed
     let requests = store.build_requests("checkout", 0).await.unwrap();
-    let commits: Vec<&str> = requests.iter().map(|r| r.commit.as_str()).collect();
-    assert_eq!(commits, ["abcdef12", "0123456789abcdef0123456789abcdef01234567"]);
+    let asks: Vec<(&str, bool)> = requests.iter().map(|r| (r.commit.as_str(), r.fetch)).collect();
+    assert_eq!(asks, [("abcdef12", false), ("", true)]);
+    let audit = c
+        .get("/v1/audit?service=checkout&limit=200", Some(&t.viewer))
+        .await
+        .json();
+    let pushes: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "push")
+        .collect();
+    assert_eq!(pushes.len(), 1, "one delivery, one audit row: {pushes:?}");
+    assert_eq!(
+        pushes[0]["detail"]["claimed"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
 
     // releases built elsewhere (objectives/search.yaml has no build): announced by digest, by
     // an operator or by the registry's push notification; tags, other repositories refused
@@ -777,6 +832,49 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
         "not_found",
         Some("path.name"),
     );
+    // regression: revoking the last admin token locked everyone out (a restart makes none)
+    assert_error(
+        &c.call(Method::DELETE, "/v1/tokens/root", Some(&t.admin), None, &[])
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        Some("path.name"),
+    );
+    assert_error(
+        &c.post(
+            "/v1/tokens",
+            Some(&t.admin),
+            json!({"name": "root", "role": "viewer"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        Some("body.role"),
+    );
+    assert_eq!(c.get("/v1/services", Some(&t.admin)).await.status, StatusCode::OK);
+    let second = c
+        .post(
+            "/v1/tokens",
+            Some(&t.admin),
+            json!({"name": "second-admin", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text);
+    let gone = c
+        .call(
+            Method::DELETE,
+            "/v1/tokens/second-admin",
+            Some(&t.admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        gone.status,
+        StatusCode::NO_CONTENT,
+        "one of two admins: {}",
+        gone.text
+    );
 
     // everything else is JSON too
     assert_error(
@@ -828,6 +926,61 @@ async fn over_a_socket(url: &str) {
     server.await.unwrap().unwrap();
 }
 
+/// Regression: `autopilot audit` printed an operator's reason (or a pusher's name) with its raw
+/// ESC/OSC sequences, which the terminal then acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_hostile_text_with_its_control_characters_escaped() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("a.db").display())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let base = format!("http://{addr}");
+    let c = Client::Socket(base.clone(), reqwest::Client::new());
+    // an OSC 52 clipboard write, a screen clear, an 8-bit CSI, a carriage return over the line
+    let reason = "fine\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}8m\rall good";
+    let a = c
+        .post(
+            "/v1/services/checkout/environments/prod/actions",
+            Some(&t.operator),
+            json!({"action": "pause", "reason": reason}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    for args in [&["audit"][..], &["status"][..]] {
+        let token = t.admin.clone();
+        let base = base.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let audit = args[0] == "audit";
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+                .args(&args)
+                .env("AUTOPILOT_URL", &base)
+                .env("AUTOPILOT_TOKEN", &token)
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{stdout}");
+        assert!(
+            !stdout.contains(['\x1b', '\x07', '\r', '\u{9b}']),
+            "raw control characters reach the terminal: {stdout:?}"
+        );
+        if audit {
+            assert!(stdout.contains("fine\\u{1b}]52;c;"), "{stdout}");
+        }
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_through_oneshot_and_over_a_socket_on_postgres() {
     let pg = TempPostgres::start().expect("PostgreSQL starts (scripts/test installs it)");
@@ -841,6 +994,58 @@ async fn the_api_through_oneshot_and_over_a_socket_on_postgres() {
 async fn the_api_over_a_socket_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     over_a_socket(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
+}
+
+/// Regression: with no webhook secret configured (the default), an unsigned push naming a
+/// commit from an unmerged branch was built and became the dev canary.
+#[tokio::test]
+async fn without_a_webhook_secret_every_push_is_refused_and_the_service_list_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut state, t) = seeded(&format!("sqlite://{}", dir.path().join("a.db").display())).await;
+    let mut settings = (*state.settings).clone();
+    settings.webhook_secret = None;
+    state.settings = Arc::new(settings);
+    let store = state.store.clone();
+    let c = Client::Oneshot(api::router(state));
+    let payload = json!({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567", "pusher": {"login": "mallory"}});
+    for headers in [
+        &[("x-github-event", "push"), ("x-github-delivery", "d-1")][..],
+        &[("x-gitlab-event", "Push Hook"), ("x-gitlab-event-uuid", "d-2")][..],
+        &[][..],
+    ] {
+        assert_error(
+            &c.call(
+                Method::POST,
+                "/v1/webhooks/push/checkout",
+                None,
+                Some(payload.to_string().into_bytes()),
+                headers,
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            "webhooks_off",
+            None,
+        );
+    }
+    assert!(store.build_requests("checkout", 0).await.unwrap().is_empty());
+    let audit = c.get("/v1/audit?limit=200", Some(&t.viewer)).await.json();
+    assert!(
+        !audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "push"),
+        "{audit}"
+    );
+    let services = c.get("/v1/services", Some(&t.viewer)).await.json();
+    assert_eq!(services["push_webhooks"]["accepted"], false);
+    assert!(
+        services["push_webhooks"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("AUTOPILOT_WEBHOOK_SECRET"),
+        "{services}"
+    );
 }
 
 #[tokio::test]
@@ -880,24 +1085,82 @@ fn the_checked_in_openapi_document_is_the_generated_one() {
     );
 }
 
-/// The pages read what the API reads, with the same tokens: from the cookie the sign-in form
-/// sets, which serves reads only (an action with it alone is refused).
+/// The pages read what the API reads, with the same tokens: through the session cookie the
+/// sign-in sets, which serves reads only (an action with it alone is refused).
 async fn pages(c: &Client, t: &Tokens) {
-    let cookie = |tok: &str| format!("theme=dark; autopilot_token={tok}");
+    // signing in checks the token and sets a session cookie that scripts cannot read and other
+    // sites cannot send; it holds a session id, never the token (regression: the sign-in script
+    // kept the whole token, an admin's too, in a cookie that was none of these)
+    let sign_in = |tok: String| {
+        let body = json!({ "token": tok }).to_string().into_bytes();
+        async move {
+            let a = c.call(Method::POST, "/v1/session", None, Some(body), &[]).await;
+            assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+            let set = a.headers[http::header::SET_COOKIE].to_str().unwrap().to_owned();
+            for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+                assert!(set.contains(attribute), "{set}");
+            }
+            assert!(!set.contains(&tok), "the cookie holds the token: {set}");
+            let pair = set.split(';').next().unwrap().to_owned();
+            assert!(pair.starts_with("autopilot_session="), "{set}");
+            pair
+        }
+    };
+    let viewer_session = sign_in(t.viewer.clone()).await;
+    let admin_session = sign_in(t.admin.clone()).await;
+    let refused = c
+        .call(
+            Method::POST,
+            "/v1/session",
+            None,
+            Some(json!({"token": "ap_wrong"}).to_string().into_bytes()),
+            &[],
+        )
+        .await;
+    assert_error(&refused, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    let https = c
+        .call(
+            Method::POST,
+            "/v1/session",
+            None,
+            Some(json!({"token": t.viewer}).to_string().into_bytes()),
+            &[("x-forwarded-proto", "https")],
+        )
+        .await;
+    assert!(
+        https.headers[http::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Secure")
+    );
+    let cookie = |session: &str| format!("theme=dark; {session}");
     let page = |path: &'static str, tok: Option<String>| async move {
         let headers = tok.map(|t| vec![("cookie".to_owned(), t)]).unwrap_or_default();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         c.call(Method::GET, path, None, None, &headers).await
     };
+    // strict headers on pages and JSON alike
+    for a in [page("/", None).await, c.get("/v1/services", None).await] {
+        let csp = a.headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(a.headers["x-content-type-options"], "nosniff");
+        assert_eq!(a.headers["referrer-policy"], "no-referrer");
+    }
+    // a raw token in a cookie is no longer a way in
+    let a = page("/", Some(format!("autopilot_token={}", t.viewer))).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // no token: the sign-in page, with 401
     let a = page("/", None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.text.contains("sign-in-form"), "{}", a.text);
-    let a = page("/", Some(cookie("ap_wrong"))).await;
+    let a = page("/", Some(cookie("autopilot_session=0123"))).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert!(a.text.contains("the token is not valid"), "{}", a.text);
+    assert!(a.text.contains("the session has ended"), "{}", a.text);
     // the central page: where each environment stands, what the judge says, the buttons
-    let a = page("/", Some(cookie(&t.viewer))).await;
+    let a = page("/", Some(cookie(&viewer_session))).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     for needle in [
         "Reading as vic (viewer)",
@@ -916,7 +1179,7 @@ async fn pages(c: &Client, t: &Tokens) {
         );
     }
     // a release's page: its build output and config, its deployments, escaped
-    let a = page("/releases/r2", Some(cookie(&t.viewer))).await;
+    let a = page("/releases/r2", Some(cookie(&viewer_session))).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     for needle in [
         "building r2",
@@ -930,10 +1193,10 @@ async fn pages(c: &Client, t: &Tokens) {
             a.text
         );
     }
-    let a = page("/releases/nope", Some(cookie(&t.viewer))).await;
+    let a = page("/releases/nope", Some(cookie(&viewer_session))).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert!(a.text.contains("no release `nope`"), "{}", a.text);
-    let a = page("/services/checkout", Some(cookie(&t.viewer))).await;
+    let a = page("/services/checkout", Some(cookie(&viewer_session))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(
         a.text.contains("Releases of checkout, newest first"),
@@ -941,7 +1204,7 @@ async fn pages(c: &Client, t: &Tokens) {
         a.text
     );
     // the API reads with the cookie too, but never acts with it
-    let h = cookie(&t.admin);
+    let h = cookie(&admin_session);
     let a = c
         .call(Method::GET, "/v1/services", None, None, &[("cookie", h.as_str())])
         .await;
@@ -960,6 +1223,27 @@ async fn pages(c: &Client, t: &Tokens) {
         )
         .await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    // signed out: the session is over, on the server too
+    let out = c
+        .call(
+            Method::DELETE,
+            "/v1/session",
+            None,
+            None,
+            &[("cookie", h.as_str())],
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert!(
+        out.headers[http::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let a = c
+        .call(Method::GET, "/v1/services", None, None, &[("cookie", h.as_str())])
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -996,6 +1280,83 @@ async fn next_event(
             Err(_) => panic!("no `{kind}` event in 15 s"),
         }
     }
+}
+
+/// Regression: a revoked token's open event streams went on sending (25 events over 25 s after
+/// the revocation), and one token could open streams without limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_its_event_streams_and_one_token_holds_a_bounded_number() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("e.db").display())).await;
+    let streams = state.streams.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let made = client
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(&t.admin)
+        .json(&json!({"name": "dashboard", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let token = made.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let open = || client.get(format!("{base}/v1/events")).bearer_auth(&token).send();
+    let mut held = Vec::new();
+    for _ in 0..autopilot::api::events::MAX_STREAMS_PER_TOKEN {
+        let mut res = open().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut buf = String::new();
+        next_event(&mut res, &mut buf, "ready").await;
+        held.push(res);
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "too_many_streams");
+    // another token is not held back by this one
+    let other = client
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(&t.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(other);
+    // revoked: every stream of the token ends at its next look
+    let gone = client
+        .delete(format!("{base}/v1/tokens/dashboard"))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    for mut res in held {
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+            while let Ok(Some(_)) = res.chunk().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "a revoked token's stream went on");
+    }
+    // and their places are given back
+    let hash = autopilot::store::api::token_hash(&token);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while streams.open_for(&hash) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ended streams kept their places"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

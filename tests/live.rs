@@ -1252,6 +1252,125 @@ async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while
     assert!(b.source_problem("svc").is_none());
 }
 
+/// Regression: a push webhook's `after` was built as it came, so a signed or replayed delivery
+/// naming a commit of an unmerged branch put unreviewed code in front of users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_webhook_is_a_hint_to_fetch_the_branch_and_builds_its_tip_never_the_claimed_commit() {
+    use autopilot::control::time::Time;
+    use autopilot::store::api::{AuditEntry, Effect, Mutated};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, first) = repo_with(dir.path(), "mkdir -p out && cp app.txt out/");
+    let work = dir.path().join("repo");
+    let origin = dir.path().join("origin.git");
+    git_in(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &origin.to_string_lossy(),
+        ],
+    );
+    git_in(&work, &["remote", "add", "origin", &origin.to_string_lossy()]);
+    // polled once an hour: only the webhook's hint can make the builder fetch in this test
+    let yaml = format!(
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: \"file://{}\", pollInterval: 1h}}\n\
+         build: {{command: \"mkdir -p out && cp app.txt out/\", artifact: {{files: [out]}}, timeout: 10s}}\n\
+         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n",
+        origin.display()
+    );
+    let spec: autopilot::spec::objectives::ServiceSpec =
+        autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
+    let data = dir.path().join("data");
+    let store = SqlStore::open_dir(&data).await.unwrap();
+    let mut b = LocalBuilder::new(&[spec], &Default::default(), dir.path(), &data, store.clone())
+        .await
+        .unwrap();
+    let e = b.events("svc").await.unwrap();
+    assert_eq!(e.pushes, vec![first.clone()]);
+    b.ack("svc", &e.cursor).await.unwrap();
+    // an unreviewed commit on a branch nobody merged, and a reviewed one merged to main
+    git_in(&work, &["checkout", "-qb", "unmerged", &first]);
+    std::fs::write(work.join("app.txt"), "evil\n").unwrap();
+    git_in(&work, &["commit", "-qam", "unreviewed"]);
+    git_in(&work, &["push", "-q", "origin", "unmerged"]);
+    let unreviewed = git_in(&work, &["rev-parse", "HEAD"]);
+    git_in(&work, &["checkout", "-q", "main"]);
+    std::fs::write(work.join("app.txt"), "two\n").unwrap();
+    git_in(&work, &["commit", "-qam", "two"]);
+    git_in(&work, &["push", "-q", "origin", "main"]);
+    let tip = git_in(&work, &["rev-parse", "HEAD"]);
+    // nothing fetched yet: the poll is an hour away
+    let e = b.events("svc").await.unwrap();
+    assert!(e.pushes.is_empty() && e.requested.is_empty(), "{e:?}");
+    // a push naming the unreviewed commit, as the webhook records it
+    let hint = |delivery: &str| {
+        let delivery = delivery.to_owned();
+        let store = store.clone();
+        let unreviewed = unreviewed.clone();
+        async move {
+            store
+                .mutate(
+                    "svc",
+                    None,
+                    |_, _| {
+                        Ok::<_, ()>(Effect::fetch(
+                            AuditEntry {
+                                environment: None,
+                                release: None,
+                                action: "push".into(),
+                                detail: json!({ "claimed": unreviewed }),
+                                who: "github:mallory".into(),
+                                reason: "push to main".into(),
+                                origin: "test".into(),
+                                at: Time::from_secs(1_800_000_000),
+                            },
+                            delivery.clone(),
+                        ))
+                    },
+                    |_, _, _| (202, String::new()),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(hint("d-1").await, Mutated::Done { .. }));
+    assert!(
+        matches!(hint("d-1").await, Mutated::Repeated),
+        "a delivery counts once"
+    );
+    let e = b.events("svc").await.unwrap();
+    assert_eq!(e.pushes, vec![tip.clone()], "the branch's tip, fetched at once");
+    assert!(e.requested.is_empty(), "nothing named by the sender: {e:?}");
+    b.ack("svc", &e.cursor).await.unwrap();
+    // an old delivery replayed under a new id: the tip is built already, nothing else is
+    assert!(matches!(hint("d-2").await, Mutated::Done { .. }));
+    let e = b.events("svc").await.unwrap();
+    assert!(e.pushes.is_empty() && e.requested.is_empty(), "{e:?}");
+    b.ack("svc", &e.cursor).await.unwrap();
+    let builds = store.builds(Some("svc")).await.unwrap();
+    assert!(
+        builds.iter().all(|b| b.commit != unreviewed),
+        "the unreviewed commit was never built: {builds:?}"
+    );
+    // an operator's build of a commit that is not there fails without naming server paths
+    sqlx::query("INSERT INTO build_requests (service, commit_sha, who, reason, at) VALUES ('svc', 'deadbeef', 'ann', 'x', 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let e = b.events("svc").await.unwrap();
+    assert!(e.requested.is_empty(), "{e:?}");
+    let failed = store.builds(Some("svc")).await.unwrap();
+    let failed = failed.iter().find(|b| b.commit == "deadbeef").unwrap();
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(error.contains("deadbeef"), "{error}");
+    assert!(
+        !error.contains(&*dir.path().to_string_lossy()),
+        "the error shows a server path: {error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_build_s_output_is_readable_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,7 @@ fn route(
         releases: releases.iter().map(|(r, a)| (r.to_string(), a.clone())).collect(),
         auth: autopilot::spec::objectives::Auth::None,
         allow: None,
+        pass_credentials: false,
         timeout: None,
         readiness: None,
         mirror: None,

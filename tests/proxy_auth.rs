@@ -171,6 +171,10 @@ async fn the_auth_matrix() {
             route("checkout", "staging", staging.addr, Auth::Required, None),
             route("checkout", "prod", prod.addr, Auth::Required, only_sre),
             route("checkout", "dev", public.addr, Auth::None, None),
+            RouteSpec {
+                pass_credentials: true,
+                ..route("checkout", "passthrough", staging.addr, Auth::Required, None)
+            },
         ],
     )
     .await;
@@ -201,6 +205,16 @@ async fn the_auth_matrix() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["headers"]["x-autopilot-user"], "ann");
     assert_eq!(body["headers"]["x-autopilot-app"], "checkout-cli");
+    // regression: the caller's API key and bearer token reached every release, canaries too;
+    // what the proxy verified stays in the proxy
+    assert!(body["headers"]["x-api-key"].is_null(), "{body}");
+    assert!(body["headers"]["authorization"].is_null(), "{body}");
+    // ... unless the route asks for them
+    let (status, _, body) = call(&proxy, "checkout.passthrough.example.test", &good_headers).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["headers"]["x-api-key"], API_KEY);
+    assert_eq!(body["headers"]["authorization"], good.as_str());
 
     // every way of not being authenticated gives the same 401, on every host
     let mut expired = claims(&["shop"]);
@@ -355,6 +369,7 @@ async fn the_auth_matrix() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["headers"]["x-autopilot-app"], "billing-job");
     assert_eq!(body["headers"]["x-autopilot-user"], "ann");
+    assert!(body["headers"]["x-client-token"].is_null(), "{body}");
     for bad_client in [
         token(&keys.signing, &client_claims("someone-else")),
         token(&keys.other, &client_claims("billing-job")),

@@ -83,6 +83,8 @@ async fn operate(store: &SqlStore, action: OverrideAction, key: Option<&str>) ->
                     overrides_changed: applied.changed,
                     build: None,
                     image: None,
+                    fetch: false,
+                    delivery: None,
                 })
             },
             |id, _, ov| (200, serde_json::json!({"audit": id, "overrides": ov}).to_string()),
@@ -299,6 +301,8 @@ async fn an_idempotency_key_gives_the_first_answer_again(url: &str) {
                     overrides_changed: false,
                     build: None,
                     image: None,
+                    fetch: false,
+                    delivery: None,
                 })
             },
             |_, _, _| (200, "{}".into()),

@@ -208,6 +208,14 @@ async fn the_pages_show_releases_update_by_themselves_and_act_through_the_api() 
         .await
         .unwrap();
     wait_text(c, "h1", "Releases", Duration::from_secs(10)).await;
+    // regression: the token went into a cookie any script could read; the session cookie is
+    // HttpOnly, and holds no token
+    let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
+    let cookies = cookies.as_str().unwrap_or_default();
+    assert!(
+        !cookies.contains(&token) && !cookies.contains("autopilot_"),
+        "{cookies}"
+    );
 
     // the central page: the service, each environment with its stable release, nothing waiting
     let v1_release = phase(&store, "prod", &v1).await.unwrap().0;

@@ -12,7 +12,7 @@ use super::views::{ErrorBody, TransitionView, transition_view};
 use super::{ApiError, ApiState, Role};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,60 @@ use utoipa::ToSchema;
 pub const EVENTS_POLL: Duration = Duration::from_secs(1);
 /// The most transitions one look sends (the rest follow at the next).
 const BATCH: i64 = 200;
+/// The most event streams one token may hold open at once: a person's tabs and terminals fit
+/// many times over, while a leaked or looping client cannot hold the API's sockets (each
+/// stream is one connection and one look at the store a second).
+pub const MAX_STREAMS_PER_TOKEN: usize = 16;
+
+/// The event streams open now, per token (by its hash; anonymous readers share one count).
+#[derive(Debug, Clone, Default)]
+pub struct Streams(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+impl Streams {
+    /// A place for one more stream of `token`, held until the stream ends; `None` when the
+    /// token holds [`MAX_STREAMS_PER_TOKEN`] already.
+    fn open(&self, token: &str) -> Option<StreamSlot> {
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(token.to_owned()).or_default();
+        if *n >= MAX_STREAMS_PER_TOKEN {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            token: token.to_owned(),
+        })
+    }
+
+    /// How many streams `token` holds open now.
+    pub fn open_for(&self, token: &str) -> usize {
+        let open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.get(token).copied().unwrap_or(0)
+    }
+}
+
+/// One open stream's place; given back when the stream is dropped (ended or disconnected).
+#[derive(Debug)]
+struct StreamSlot {
+    streams: Streams,
+    token: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.token) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.token);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -51,11 +105,13 @@ pub struct TransitionEvent {
 
 /// Rollouts as they move: `transition` events (id: the transition's number; resume with
 /// `Last-Event-ID`) and `change` events (something shown changed; read the views again). The
-/// stream does not end; a comment every 15 s keeps idle connections open.
+/// stream ends when the server stops or the token is revoked (checked at every look); a
+/// comment every 15 s keeps idle connections open. One token holds at most 16 streams at once.
 #[utoipa::path(get, path = "/v1/events", tag = "read",
     params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "The last transition seen: the stream starts after it")),
     responses((status = 200, description = "Server-sent events: `ready`, `transition` (a TransitionEvent) and `change`", content_type = "text/event-stream", body = String),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "This token holds as many streams as it may"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn events(
     State(api): State<ApiState>,
@@ -63,7 +119,7 @@ pub(super) async fn events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    api.authorize(&headers, Role::Viewer).await?;
+    let caller = api.authorize(&headers, Role::Viewer).await?;
     let Query(q) = query?;
     if let Some(s) = &q.service {
         api.spec(s)?;
@@ -86,9 +142,21 @@ pub(super) async fn events(
         .change_marks(q.service.as_deref())
         .await
         .map_err(ApiError::store)?;
+    let slot = api.streams.open(&caller.token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "{} holds {MAX_STREAMS_PER_TOKEN} event streams already: close one first",
+                caller.name
+            ),
+        )
+    })?;
     // a new client starts now; a returning one where it left off
     let after = resume.unwrap_or(marks[0]);
     let start = Follow {
+        token: caller.token,
+        _slot: slot,
         api,
         service: q.service,
         after,
@@ -107,6 +175,10 @@ pub(super) async fn events(
 /// One client's place in the stream.
 struct Follow {
     api: ApiState,
+    /// The hash of the token the stream was opened with (empty: an anonymous reader): the
+    /// stream ends at the first look after it is revoked.
+    token: String,
+    _slot: StreamSlot,
     service: Option<String>,
     /// The last transition sent.
     after: i64,
@@ -136,8 +208,12 @@ impl Follow {
             }
             None => tokio::time::sleep(EVENTS_POLL).await,
         }
-        let mut out = Vec::new();
         let store = &self.api.store;
+        // a revoked token's streams end with it (a store that cannot be reached: look again)
+        if !self.token.is_empty() && matches!(store.token_hashed(&self.token).await, Ok(None)) {
+            return None;
+        }
+        let mut out = Vec::new();
         let service = self.service.as_deref();
         // a store that cannot be reached now may be back at the next look: say nothing
         match store.transitions_after(service, self.after, BATCH).await {

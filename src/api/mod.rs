@@ -27,7 +27,7 @@ use crate::control::time::Time;
 use crate::spec::Catalog;
 use crate::spec::units::Weight;
 use crate::store::SqlStore;
-use crate::store::api::{AuditEntry, Effect, Idempotency, Mutated};
+use crate::store::api::{AuditEntry, Effect, Idempotency, Mutated, Revoked, TokenError};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -161,7 +161,11 @@ pub struct ApiSettings {
     /// Reads need no token.
     pub open_reads: bool,
     /// The secret push webhooks are signed with (HMAC-SHA256; GitLab: the token itself).
+    /// None: every push webhook is refused.
     pub webhook_secret: Option<String>,
+    /// Where that secret is configured (an environment variable's name), for the messages that
+    /// say how to turn push webhooks on.
+    pub webhook_secret_variable: String,
     /// How environments are reached: `{scheme}://{service}.{env}.{domain}{port}`.
     pub domain: String,
     pub public_port: Option<u16>,
@@ -179,6 +183,8 @@ pub struct ApiState {
     pub clock: Arc<dyn Fn() -> Time + Send + Sync>,
     /// Where releases answer (the runtime of `autopilot up`); none: discovery is unavailable.
     pub discovery: Option<Arc<dyn crate::runtime::Discovery>>,
+    /// The event streams open now, per token.
+    pub streams: events::Streams,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -230,7 +236,7 @@ impl ApiState {
     }
 
     /// Checks the bearer token against the store; `need` is the least role allowed. Reads also
-    /// take the token from the `autopilot_token` cookie the web pages set (a browser's
+    /// take a sign-in session from the `autopilot_session` cookie the sign-in sets (a browser's
     /// `EventSource` and page loads cannot send a header); actions never do, so a page of
     /// another site cannot act with a signed-in user's cookie.
     pub(crate) async fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
@@ -239,26 +245,41 @@ impl ApiState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .or_else(|| (need == Role::Viewer).then(|| token_cookie(headers)).flatten());
-        let Some(secret) = bearer.filter(|s| !s.is_empty()) else {
-            if need == Role::Viewer && self.settings.open_reads {
-                return Ok(Caller {
-                    name: "anonymous".into(),
-                    role: Role::Viewer,
-                    groups: Vec::new(),
-                    token: String::new(),
-                });
+            .filter(|s| !s.is_empty());
+        let session = (need == Role::Viewer)
+            .then(|| session_cookie(headers))
+            .flatten()
+            .filter(|s| !s.is_empty());
+        let (info, token) = match (bearer, session) {
+            (Some(secret), _) => {
+                let info = self
+                    .store
+                    .token(secret)
+                    .await
+                    .map_err(ApiError::store)?
+                    .ok_or_else(|| ApiError::unauthorized("the token is not valid"))?;
+                (info, crate::store::api::token_hash(secret))
             }
-            return Err(ApiError::unauthorized(
-                "a bearer token is needed (Authorization: Bearer …)",
-            ));
+            (None, Some(session)) => self
+                .store
+                .session(session, (self.clock)())
+                .await
+                .map_err(ApiError::store)?
+                .ok_or_else(|| ApiError::unauthorized("the session has ended: sign in again"))?,
+            (None, None) => {
+                if need == Role::Viewer && self.settings.open_reads {
+                    return Ok(Caller {
+                        name: "anonymous".into(),
+                        role: Role::Viewer,
+                        groups: Vec::new(),
+                        token: String::new(),
+                    });
+                }
+                return Err(ApiError::unauthorized(
+                    "a bearer token is needed (Authorization: Bearer …)",
+                ));
+            }
         };
-        let info = self
-            .store
-            .token(secret)
-            .await
-            .map_err(ApiError::store)?
-            .ok_or_else(|| ApiError::unauthorized("the token is not valid"))?;
         let role = Role::parse(&info.role).unwrap_or(Role::Viewer);
         if role < need {
             return Err(ApiError::new(
@@ -276,7 +297,7 @@ impl ApiState {
             name: info.name,
             role,
             groups: info.groups,
-            token: crate::store::api::token_hash(secret),
+            token,
         })
     }
 
@@ -289,18 +310,110 @@ impl ApiState {
     }
 }
 
-/// The name of the cookie the web pages keep the user's token in.
-pub const TOKEN_COOKIE: &str = "autopilot_token";
+/// The cookie of a web sign-in session: a random id (never the token), HttpOnly, SameSite=Strict.
+pub const SESSION_COOKIE: &str = "autopilot_session";
 
-/// The token in the `autopilot_token` cookie, if any.
-fn token_cookie(headers: &HeaderMap) -> Option<&str> {
+/// How long a sign-in session lasts: a working day; the token's revocation ends it sooner.
+pub const SESSION_LIFETIME_MS: u64 = 12 * 3600 * 1000;
+
+/// The session id in the `autopilot_session` cookie, if any.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
         .map(str::trim)
+}
+
+/// The request reached the user over HTTPS (a proxy in front says so): the cookie is `Secure`.
+fn over_https(headers: &HeaderMap) -> bool {
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get("forwarded")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|f| f.to_ascii_lowercase().contains("proto=https"));
+    proto || forwarded
+}
+
+/// The session cookie's attributes: never readable by scripts, never sent by another site.
+fn session_cookie_value(value: &str, max_age_s: u64, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Sign in (the web pages): the token is checked and a session made; its id comes back in an
+/// HttpOnly, SameSite=Strict cookie (Secure over HTTPS) that lets the pages and the event
+/// stream read with the token's name. Actions still need the token itself, as a bearer.
+#[utoipa::path(post, path = "/v1/session", tag = "read",
+    request_body = SessionRequest,
+    responses((status = 204, description = "Signed in: the session cookie is set"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn sign_in(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: SessionRequest = parse_body(&body?)?;
+    let secret = req.token.trim();
+    let info = api
+        .store
+        .token(secret)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::unauthorized("the token is not valid"))?;
+    let now = (api.clock)();
+    let session = api
+        .store
+        .create_session(
+            &crate::store::api::token_hash(secret),
+            now,
+            Time::from_millis(now.millis() + SESSION_LIFETIME_MS),
+        )
+        .await
+        .map_err(ApiError::store)?;
+    tracing::info!(token = %info.name, "signed in to the pages");
+    let cookie = session_cookie_value(&session, SESSION_LIFETIME_MS / 1000, over_https(&headers));
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
+}
+
+/// Sign out: the session ends and its cookie is cleared.
+#[utoipa::path(delete, path = "/v1/session", tag = "read",
+    responses((status = 204, description = "Signed out"), (status = 503, body = ErrorBody)))]
+async fn sign_out(State(api): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(session) = session_cookie(&headers) {
+        api.store.end_session(session).await.map_err(ApiError::store)?;
+    }
+    let cookie = session_cookie_value("", 0, over_https(&headers));
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
+}
+
+/// The headers every answer carries, pages and JSON alike: no script, style, frame or form
+/// from anywhere but this server, no framing by other sites, no MIME sniffing, no referrer.
+/// Inline `style` attributes are allowed (the weight bars); inline scripts are not.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+];
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
+    r
 }
 
 /// The client's address, when served over a socket.
@@ -363,6 +476,7 @@ fn parts() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(announce_release))
         .routes(routes!(create_token))
         .routes(routes!(revoke_token))
+        .routes(routes!(sign_in, sign_out))
         .routes(routes!(webhook::push))
         .routes(routes!(webhook::registry))
         .routes(routes!(events::events))
@@ -397,6 +511,7 @@ pub fn router(state: ApiState) -> axum::Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 
@@ -466,7 +581,21 @@ pub(crate) async fn services_view(api: &ApiState) -> Result<ServiceList, ApiErro
     for spec in api.specs.iter() {
         services.push(one_service_view(api, spec).await?);
     }
-    Ok(ServiceList { services })
+    let s = &api.settings;
+    let push_webhooks = PushWebhooks {
+        accepted: s.webhook_secret.is_some(),
+        note: match s.webhook_secret {
+            Some(_) => "accepted when signed with the webhook secret; each delivery once".into(),
+            None => format!(
+                "refused: no webhook secret is configured (set {} where autopilot runs)",
+                s.webhook_secret_variable
+            ),
+        },
+    };
+    Ok(ServiceList {
+        services,
+        push_webhooks,
+    })
 }
 
 async fn one_service_view(api: &ApiState, spec: &PlanSpec) -> Result<ServiceView, ApiError> {
@@ -873,6 +1002,11 @@ fn mutated(m: Mutated<ApiError>) -> Result<Response, ApiError> {
             "this Idempotency-Key was used for a different request",
         )
         .field("header.Idempotency-Key")),
+        Mutated::Repeated => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "delivery_repeated",
+            "this webhook delivery was received before: a repeated delivery is refused",
+        )),
     }
 }
 
@@ -977,6 +1111,8 @@ async fn act(
                     overrides_changed: applied.changed,
                     build: None,
                     image: None,
+                    fetch: false,
+                    delivery: None,
                 })
             },
             |audit_id, state, ov| {
@@ -1208,7 +1344,8 @@ pub(crate) fn announcement(
 /// Revoke a token: it stops working at once. Needs an admin token.
 #[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "act",
     params(("name" = String, Path, description = "The token's name")),
-    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The last admin token: make another first"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn revoke_token(
     State(api): State<ApiState>,
@@ -1217,11 +1354,17 @@ async fn revoke_token(
 ) -> Result<StatusCode, ApiError> {
     let caller = api.authorize(&headers, Role::Admin).await?;
     let Path(name) = path?;
-    if api.store.revoke_token(&name).await.map_err(ApiError::store)? {
-        tracing::info!(token = %name, by = %caller.name, "token revoked");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("no token `{name}`")).field("path.name"))
+    match api.store.revoke_token(&name).await.map_err(ApiError::store)? {
+        Revoked::Done => {
+            tracing::info!(token = %name, by = %caller.name, "token revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Revoked::NoSuchToken => Err(ApiError::not_found(format!("no token `{name}`")).field("path.name")),
+        Revoked::LastAdmin => Err(ApiError::conflict(format!(
+            "`{name}` is the last admin token and a restart makes none: make another admin token first \
+             (autopilot token create NAME --role admin), then revoke this one"
+        ))
+        .field("path.name")),
     }
 }
 
@@ -1250,7 +1393,10 @@ async fn create_token(
         .store
         .create_token(name, req.role.name(), &req.groups)
         .await
-        .map_err(ApiError::store)?;
+        .map_err(|e| match e {
+            TokenError::LastAdmin { .. } => ApiError::conflict(e.to_string()).field("body.role"),
+            TokenError::Store(e) => ApiError::store(e),
+        })?;
     Ok((
         StatusCode::CREATED,
         axum::Json(TokenCreated {

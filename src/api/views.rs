@@ -27,6 +27,17 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ServiceList {
     pub services: Vec<ServiceView>,
+    /// Whether push webhooks are accepted here.
+    pub push_webhooks: PushWebhooks,
+}
+
+/// Whether push webhooks are accepted, and why not when they are not.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PushWebhooks {
+    /// A webhook secret is configured: signed, new deliveries are taken as hints to fetch.
+    pub accepted: bool,
+    /// In words, with what to do when they are refused.
+    pub note: String,
 }
 
 /// A service and where each of its environments stands.
@@ -463,6 +474,15 @@ pub struct TokenRequest {
     pub groups: Vec<String>,
 }
 
+/// Sign in to the web pages with a token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// The token (any role); the session reads with its name until it ends.
+    #[schema(min_length = 1)]
+    pub token: String,
+}
+
 /// A token made: the secret is shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
@@ -474,10 +494,11 @@ pub struct TokenCreated {
 /// What a push webhook did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PushAccepted {
-    /// The commit that will be built, if any.
+    /// The branch autopilot fetches now; it builds the tip it finds there (never a commit named
+    /// in the payload).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    /// Why nothing will be built (another branch, a deletion, a ping).
+    pub fetching: Option<String>,
+    /// Why nothing will be fetched (another branch, a deletion, a ping).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignored: Option<String>,
 }

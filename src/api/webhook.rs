@@ -1,12 +1,18 @@
-//! The push webhook: GitHub, GitLab and Gitea tell autopilot a branch moved, and the pushed
-//! commit is built at once (instead of at the next poll).
+//! The push webhook: GitHub, GitLab and Gitea tell autopilot a branch moved, and autopilot
+//! fetches the branch at once (instead of at the next poll) and builds the tip it finds.
 //!
 //! # Guarantees
-//! - With a secret configured, a payload is accepted only if signed with it: GitHub and Gitea
+//! - No secret configured: every push is refused (403), and `up` and `autopilot status` say so.
+//! - A payload is accepted only if signed with the secret: GitHub and Gitea
 //!   `X-Hub-Signature-256: sha256=HMAC`, Gitea `X-Gitea-Signature: HMAC`, GitLab
-//!   `X-Gitlab-Token: SECRET`; compared in constant time. Without one, the endpoint only asks
-//!   for a build of the service's own branch tip, which polling would build anyway.
-//! - Pushes to other branches, deletions and pings build nothing.
+//!   `X-Gitlab-Token: SECRET`; compared in constant time.
+//! - A push is a *hint to fetch*, never an order to build: the commit named in the body is
+//!   recorded as the sender's claim and nothing else; the builder fetches the branch from the
+//!   service's own remote and builds the tip it finds, so neither a forged body nor a replayed
+//!   old delivery can put a commit that is not the branch's tip in front of users.
+//! - Each delivery counts once: its id (`X-GitHub-Delivery`, `X-Gitea-Delivery`,
+//!   `X-Gitlab-Event-UUID`) is required, remembered for a week, and refused (409) when repeated.
+//! - Pushes to other branches, deletions and pings fetch nothing. Errors name no server path.
 
 use super::views::{ErrorBody, PushAccepted, RegistryEventsAccepted, ReleaseAccepted, Role};
 use super::{ApiError, ApiState, Origin, parse_body};
@@ -80,12 +86,38 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError
     }
 }
 
-/// A push to a service's repository: builds the pushed commit if it is the service's branch.
+/// The headers a sender names its delivery with (Gitea also sends GitHub's).
+const DELIVERY_HEADERS: &[&str] = &["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid"];
+
+/// The delivery id a push carries: printable ASCII of a sane length (senders use UUIDs).
+fn delivery(headers: &HeaderMap) -> Result<String, ApiError> {
+    let id = DELIVERY_HEADERS
+        .iter()
+        .find_map(|h| header(headers, h))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "a push must carry its delivery id (X-GitHub-Delivery, X-Gitea-Delivery or X-Gitlab-Event-UUID)",
+            )
+            .field("header.X-GitHub-Delivery")
+        })?;
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            ApiError::bad_request("the delivery id is not 1 to 128 printable characters")
+                .field("header.X-GitHub-Delivery"),
+        );
+    }
+    Ok(id.to_owned())
+}
+
+/// A push to a service's repository: if signed and new, fetches the service's branch now, and
+/// the builder builds the tip it finds.
 #[utoipa::path(post, path = "/v1/webhooks/push/{service}", tag = "act",
-    params(("service" = String, Path, description = "The service whose repository was pushed to")),
-    request_body(content = Object, description = "A GitHub, GitLab or Gitea push payload"),
-    responses((status = 202, body = PushAccepted), (status = 200, body = PushAccepted, description = "Nothing to build"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    params(("service" = String, Path, description = "The service whose repository was pushed to"),
+        ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery's id (or X-Gitea-Delivery, X-Gitlab-Event-UUID): required, and refused when repeated")),
+    request_body(content = Object, description = "A GitHub, GitLab or Gitea push payload, signed with the webhook secret"),
+    responses((status = 202, body = PushAccepted, description = "The branch is fetched; its tip will be built"), (status = 200, body = PushAccepted, description = "Nothing to fetch"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "No webhook secret is configured: push webhooks are off"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "A repeated delivery, or a service without `build`"), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn push(
     State(api): State<ApiState>,
     headers: HeaderMap,
@@ -95,9 +127,14 @@ pub(super) async fn push(
 ) -> Result<Response, ApiError> {
     let Path(service) = path?;
     let body = body?;
-    if let Some(secret) = &api.settings.webhook_secret {
-        verify(secret, &headers, &body)?;
-    }
+    let Some(secret) = &api.settings.webhook_secret else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "webhooks_off",
+            "push webhooks are off on this server: no webhook secret is configured",
+        ));
+    };
+    verify(secret, &headers, &body)?;
     let spec = api.spec(&service)?;
     api.builds_its_own(&spec.service)?;
     let service_spec = api.catalog.services.get(&spec.service);
@@ -117,7 +154,7 @@ pub(super) async fn push(
         Ok((
             StatusCode::OK,
             axum::Json(PushAccepted {
-                commit: None,
+                fetching: None,
                 ignored: Some(why),
             }),
         )
@@ -127,17 +164,18 @@ pub(super) async fn push(
         return ignored("ping".into());
     }
     if !(event == "push" || event == "Push Hook") {
-        return ignored(format!("`{event}` events build nothing"));
+        return ignored(format!("`{event}` events fetch nothing"));
     }
+    let delivery = delivery(&headers)?;
     let p: Push = parse_body(&body)?;
     if p.git_ref != format!("refs/heads/{branch}") {
         return ignored(format!("{} is not {service}'s branch `{branch}`", p.git_ref));
     }
-    let commit = p.after.to_ascii_lowercase();
-    if commit.chars().all(|c| c == '0') {
+    let claimed = p.after.to_ascii_lowercase();
+    if claimed.chars().all(|c| c == '0') {
         return ignored("the branch was deleted".into());
     }
-    if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !(4..=64).contains(&claimed.len()) || !claimed.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("`after` is not a commit id").field("body.after"));
     }
     let who = p
@@ -152,23 +190,25 @@ pub(super) async fn push(
             &service,
             None,
             |_, _| {
-                Ok::<_, ApiError>(Effect::build(
+                Ok::<_, ApiError>(Effect::fetch(
                     AuditEntry {
                         environment: None,
                         release: None,
                         action: "push".into(),
-                        detail: serde_json::json!({ "commit": commit, "ref": p.git_ref, "sender": sender }),
+                        // the sender's word for the commit, kept as a claim: the build is of
+                        // the tip autopilot fetches
+                        detail: serde_json::json!({ "claimed": claimed, "ref": p.git_ref, "sender": sender, "delivery": delivery }),
                         who: format!("{sender}:{who}"),
-                        reason: format!("push to {branch}"),
+                        reason: format!("push to {branch}: fetch and build its tip"),
                         origin: origin.clone(),
                         at: now,
                     },
-                    commit.clone(),
+                    delivery.clone(),
                 ))
             },
             |_, _, _| {
                 let body = PushAccepted {
-                    commit: Some(commit.clone()),
+                    fetching: Some(branch.clone()),
                     ignored: None,
                 };
                 (202, serde_json::to_string(&body).expect("serialises"))

@@ -140,12 +140,14 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
         settings: Arc::new(ApiSettings {
             open_reads: false,
             webhook_secret: None,
+            webhook_secret_variable: "AUTOPILOT_WEBHOOK_SECRET".into(),
             domain: "example.test".into(),
             public_port: None,
             scheme: "http",
         }),
         clock: Arc::new(autopilot::release::wall_clock),
         discovery: None,
+        streams: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

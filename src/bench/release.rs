@@ -129,6 +129,24 @@ pub async fn run(out: &Path, megabytes: usize, rounds: usize) -> Result<String, 
     Ok(md)
 }
 
+/// The secret the bench's `up` and its pushes share (push webhooks are refused without one).
+const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+/// GitHub's signature of a payload: `sha256=` and the hex HMAC-SHA256 under the secret.
+fn github_signature(payload: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key length");
+    mac.update(payload);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
 /// `autopilot bench webhook`: how long from a push webhook to its build starting, with
 /// `autopilot up` running the demo's service from a *remote* repository (a bare repository
 /// named by a `file://` URL, polled only every hour, so only the webhook can start a build).
@@ -203,6 +221,7 @@ pub async fn run_webhook(exe: &Path, out: &Path, rounds: usize) -> Result<String
     let mut up = Command::new(exe)
         .args(["up", "--config"])
         .arg(&config_path)
+        .env(&config.api.webhook_secret_variable, WEBHOOK_SECRET)
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -323,12 +342,16 @@ async fn webhook_rounds(
         git(&["push", "-q", "origin", "main"], work)?;
         let body = serde_json::json!({
             "ref": "refs/heads/main", "after": commit, "pusher": {"name": "bench"}
-        });
+        })
+        .to_string();
         let t0 = Instant::now();
         let answer = client
             .post(&url)
             .header("x-github-event", "push")
-            .json(&body)
+            .header("x-github-delivery", format!("bench-{round}"))
+            .header("x-hub-signature-256", github_signature(body.as_bytes()))
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| e.to_string())?;

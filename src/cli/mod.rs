@@ -20,6 +20,7 @@
 pub mod kubernetes;
 pub mod watch;
 
+use crate::terminal::{printable, printable_lines};
 use serde_json::{Value, json};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -104,7 +105,7 @@ struct Failure {
 
 /// Says what failed, and gives its exit code.
 fn fail(f: Failure) -> ExitCode {
-    eprintln!("error: {}", f.message);
+    eprintln!("error: {}", printable(&f.message));
     ExitCode::from(f.code)
 }
 
@@ -230,14 +231,14 @@ fn colour() -> bool {
 /// A state word, coloured by what it means (when colour is on).
 fn paint(state: &str) -> String {
     if !colour() {
-        return state.to_owned();
+        return printable(state).into_owned();
     }
     let c = match state {
         "promoted" => "32",
         "rolled-back" | "rolling-back" => "31",
         "canary" | "promoting" | "deploying" => "36",
         "paused" | "waiting" => "33",
-        _ => return state.to_owned(),
+        _ => return printable(state).into_owned(),
     };
     format!("\x1b[{c}m{state}\x1b[0m")
 }
@@ -279,10 +280,12 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A value as text for people: strings from the API (names, reasons, commit messages: anyone's
+/// words) with their control characters escaped, so none reaches the terminal.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s).into_owned(),
         other => other.to_string(),
     }
 }
@@ -331,7 +334,7 @@ fn env_rows(service: &Value) -> Vec<Vec<String>> {
             canary,
             weight,
             state,
-            e["waiting_for_person"].as_str().unwrap_or("").to_owned(),
+            printable(e["waiting_for_person"].as_str().unwrap_or("")).into_owned(),
         ]);
     }
     rows
@@ -355,6 +358,9 @@ pub async fn status(c: &Connection, service: Option<String>) -> ExitCode {
             .flat_map(env_rows)
             .collect();
         table(&ENV_HEADER, &rows);
+        if !v["push_webhooks"].is_null() {
+            println!("\npush webhooks: {}", s(&v["push_webhooks"]["note"]));
+        }
     })
 }
 
@@ -409,7 +415,7 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                     .collect();
                 table(&["RELEASE", "COMMIT", "BUILT", "SOURCE", "RUNNING"], &rows);
                 if let Some(n) = v["next_cursor"].as_str() {
-                    println!("more: --cursor {n}");
+                    println!("more: --cursor {}", printable(n));
                 }
             })
         }
@@ -499,7 +505,7 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                     for v in verdicts {
                         println!(
                             "  {} {} {} {}: {}",
-                            v["at"].as_str().unwrap_or("now"),
+                            printable(v["at"].as_str().unwrap_or("now")),
                             s(&v["environment"]),
                             s(&v["objective"]),
                             s(&v["verdict"]),
@@ -535,7 +541,7 @@ pub async fn release(c: &Connection, command: ReleaseCommand) -> ExitCode {
                 Ok((_, text)) => {
                     match c.output {
                         Output::Json => print_json(&json!({ "release": release, "output": text })),
-                        Output::Table => print!("{text}"),
+                        Output::Table => print!("{}", printable_lines(&text)),
                     }
                     ExitCode::SUCCESS
                 }
@@ -641,7 +647,11 @@ pub async fn audit(c: &Connection, service: Option<String>, release: Option<Stri
                     s(&a["at"]),
                     s(&a["who"]),
                     s(&a["action"]),
-                    format!("{} {}", s(&a["service"]), a["environment"].as_str().unwrap_or("")),
+                    format!(
+                        "{} {}",
+                        s(&a["service"]),
+                        printable(a["environment"].as_str().unwrap_or(""))
+                    ),
                     s(&a["release"]),
                     s(&a["reason"]),
                 ]

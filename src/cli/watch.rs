@@ -115,8 +115,8 @@ pub fn board_lines(services: &Value) -> Vec<String> {
                     after.push(verdicts.join(", "));
                 }
             }
-            if let Some(w) = e["waiting_for_person"].as_str() {
-                after.push(format!("waiting for {w}"));
+            if !e["waiting_for_person"].is_null() {
+                after.push(format!("waiting for {}", s(&e["waiting_for_person"])));
             }
             rows.push([
                 format!("{}/{}", s(&svc["name"]), s(&e["name"])),

@@ -43,8 +43,9 @@ pub struct AutopilotConfig {
     /// autopilot's own listener: `/metrics` and the proxy's control API (keep it on loopback).
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
-    /// The environment variable holding the admin API's bearer token (none set: a random
-    /// token, printed at start).
+    /// The environment variable holding the proxy admin API's bearer token (none set: a random
+    /// token kept in `proxy-admin.token` in the data directory, readable by its owner only; only
+    /// the file's path is printed).
     #[serde(default = "default_admin_token_variable")]
     pub admin_token_variable: String,
     /// The base domain: `{service}.{environment}.{domain}`.
@@ -224,10 +225,22 @@ pub struct ApiConfig {
     /// token in the store: one is made and written to `admin.token` in the data directory).
     #[serde(default = "default_api_token_variable")]
     pub token_variable: String,
-    /// The environment variable holding the push webhooks' secret (unset: unsigned pushes are
-    /// accepted; they only build the branch's tip).
+    /// The environment variable holding the push webhooks' secret. Unset or empty: every push
+    /// webhook is refused (a warning at start and in `autopilot status` says so). Set: a push
+    /// must be signed with it and carry a delivery id never seen before, and it is only a hint to
+    /// fetch the branch and build the tip found there.
     #[serde(default = "default_webhook_secret_variable")]
     pub webhook_secret_variable: String,
+}
+
+impl ApiConfig {
+    /// The push webhooks' secret, read from its variable (unset or empty: none, and push
+    /// webhooks are refused).
+    pub fn webhook_secret(&self) -> Option<String> {
+        std::env::var(&self.webhook_secret_variable)
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
 }
 
 impl Default for ApiConfig {

@@ -130,6 +130,7 @@ impl Router for ProxyRouter {
             releases,
             auth: Default::default(),
             allow: None,
+            pass_credentials: false,
             timeout: None,
             readiness: self.readiness.get(service).cloned(),
             mirror,
@@ -417,36 +418,84 @@ pub async fn bootstrap_token(
     config: &AutopilotConfig,
 ) -> Result<Option<std::path::PathBuf>, UpError> {
     let err = |e: crate::control::ports::PortError| UpError::Adapter(e.to_string());
+    let token_err = |e: crate::store::api::TokenError| UpError::Adapter(e.to_string());
     if let Ok(secret) = std::env::var(&config.api.token_variable)
         && !secret.is_empty()
     {
         store
             .add_token("admin", "admin", &[], &secret)
             .await
-            .map_err(err)?;
+            .map_err(token_err)?;
         return Ok(None);
     }
     if store.token_count().await.map_err(err)? > 0 {
         return Ok(None);
     }
-    let secret = store.create_token("admin", "admin", &[]).await.map_err(err)?;
+    let secret = store
+        .create_token("admin", "admin", &[])
+        .await
+        .map_err(token_err)?;
     let path = config.data_dir.join("admin.token");
-    let written = std::fs::create_dir_all(&config.data_dir).and_then(|_| {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?
-            .write_all(secret.as_bytes())
-    });
-    written.map_err(|e| UpError::DataDir {
+    write_private(&path, &secret).map_err(|e| UpError::DataDir {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
     Ok(Some(path))
+}
+
+/// Writes a secret to `path`, readable by its owner only (0600), making its folder if needed.
+pub fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // a file that existed keeps its mode through `open`: tighten it
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(secret.as_bytes())
+}
+
+/// The proxy admin token's file in the data directory.
+pub const PROXY_ADMIN_TOKEN_FILE: &str = "proxy-admin.token";
+
+/// The proxy admin API's bearer token of `up`: from `admin_token_variable` if set; otherwise the
+/// one kept in the data directory's `proxy-admin.token` (0600), made there on the first start.
+/// Never printed: the caller prints the file's path. Returns the token and, when it is kept in
+/// the file, the file's path.
+pub fn proxy_admin_token(config: &AutopilotConfig) -> Result<(String, Option<std::path::PathBuf>), UpError> {
+    if let Ok(t) = std::env::var(&config.admin_token_variable)
+        && !t.is_empty()
+    {
+        return Ok((t, None));
+    }
+    let path = config.data_dir.join(PROXY_ADMIN_TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok((t.trim().to_owned(), Some(path)));
+    }
+    let token = random_token();
+    write_private(&path, &token).map_err(|e| UpError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((token, Some(path)))
+}
+
+/// 128 random bits from the OS, hex.
+pub fn random_token() -> String {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS has randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The API's shared state for this configuration.
@@ -466,15 +515,15 @@ pub fn api_state(
         specs: Arc::new(specs),
         settings: Arc::new(crate::api::ApiSettings {
             open_reads: config.api.open_reads,
-            webhook_secret: std::env::var(&config.api.webhook_secret_variable)
-                .ok()
-                .filter(|s| !s.is_empty()),
+            webhook_secret: config.api.webhook_secret(),
+            webhook_secret_variable: config.api.webhook_secret_variable.clone(),
             domain: config.domain.clone(),
             public_port: Some(port),
             scheme,
         }),
         clock: Arc::new(wall_clock),
         discovery: None,
+        streams: Default::default(),
     }
 }
 

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 /// Per-request state.
 pub struct Ctx {
     identity: Option<Identity>,
+    /// The credentials the proxy verified are removed before the request goes upstream (the
+    /// route does not ask for them to be passed on).
+    consumed: bool,
     release: Option<Arc<ReleaseRoute>>,
     upstream: Option<Arc<Upstream>>,
     tried: Vec<SocketAddr>,
@@ -223,6 +226,7 @@ impl ProxyHttp for AutopilotProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             identity: None,
+            consumed: false,
             release: None,
             upstream: None,
             tried: Vec::new(),
@@ -362,6 +366,14 @@ impl ProxyHttp for AutopilotProxy {
         for h in f.strip.iter() {
             upstream.remove_header(*h);
         }
+        // the caller's key and token stay here: no release, a canary least of all, holds them
+        if ctx.consumed
+            && let Some(a) = &table.authenticator
+        {
+            upstream.remove_header(a.api_key_header());
+            upstream.remove_header(a.client_token_header());
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
         for (name, value) in f.set {
             upstream.insert_header(name, value)?;
         }
@@ -437,7 +449,10 @@ impl AutopilotProxy {
                 Some(Err(_)) | None => return Err((401, "unauthorized\n")),
             };
             match route {
-                Some(r) if r.allow.admits(&identity) => ctx.identity = Some(identity),
+                Some(r) if r.allow.admits(&identity) => {
+                    ctx.consumed = !r.pass_credentials;
+                    ctx.identity = Some(identity);
+                }
                 _ => return Err((404, "not found\n")),
             }
         }

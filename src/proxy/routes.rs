@@ -98,6 +98,8 @@ pub struct Route {
     pub releases: BTreeMap<String, Arc<ReleaseRoute>>,
     pub auth: crate::spec::objectives::Auth,
     pub allow: super::auth::AccessRule,
+    /// The caller's verified credentials go on to the releases (default: removed).
+    pub pass_credentials: bool,
     /// The readiness path of this route's upstreams, if not the proxy's default.
     pub readiness: Option<String>,
     /// Copies of live requests to the canary (shadow traffic), if the route mirrors.
@@ -254,7 +256,9 @@ impl RouteTable {
         previous: Option<&RouteTable>,
         registry: &super::metrics::Registry,
     ) -> RouteTable {
-        let known_upstreams: HashMap<SocketAddr, Arc<Upstream>> = previous
+        // one upstream per address, shared by every route naming it (the prober probes each
+        // address once and marks that one ready: a second copy would never be)
+        let mut known_upstreams: HashMap<SocketAddr, Arc<Upstream>> = previous
             .into_iter()
             .flat_map(|t| t.routes.values())
             .flat_map(|r| r.releases.values())
@@ -269,9 +273,9 @@ impl RouteTable {
                     .iter()
                     .map(|a| {
                         known_upstreams
-                            .get(a)
-                            .cloned()
-                            .unwrap_or_else(|| Arc::new(Upstream::new(*a)))
+                            .entry(*a)
+                            .or_insert_with(|| Arc::new(Upstream::new(*a)))
+                            .clone()
                     })
                     .collect();
                 releases.insert(
@@ -328,6 +332,7 @@ impl RouteTable {
                     releases,
                     auth: spec.auth,
                     allow: spec.allow.clone().unwrap_or_default(),
+                    pass_credentials: spec.pass_credentials,
                     readiness: spec.readiness.clone(),
                 },
             );
@@ -488,6 +493,7 @@ mod tests {
             releases: [("v1".to_owned(), vec!["127.0.0.1:9001".parse().unwrap()])].into(),
             auth: crate::spec::objectives::Auth::None,
             allow: None,
+            pass_credentials: false,
             timeout: None,
             readiness: Some("/ready".into()),
             mirror: None,
@@ -534,6 +540,7 @@ mod tests {
                 ]),
                 auth: crate::spec::objectives::Auth::None,
                 allow: None,
+                pass_credentials: false,
                 timeout: None,
                 readiness: None,
                 mirror: None,
@@ -602,6 +609,7 @@ mod tests {
                 releases: BTreeMap::new(),
                 auth: crate::spec::objectives::Auth::Required,
                 allow: None,
+                pass_credentials: false,
                 timeout: None,
                 readiness: None,
                 mirror: None,
@@ -659,6 +667,7 @@ mod tests {
             releases: [("v1".to_owned(), vec!["127.0.0.1:1".parse().unwrap()])].into(),
             auth: crate::spec::objectives::Auth::None,
             allow: None,
+            pass_credentials: false,
             timeout: None,
             readiness: None,
             mirror: None,

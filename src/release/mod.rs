@@ -962,6 +962,9 @@ impl LocalBuilder {
             last_request = ask.seq;
             match &ask.image {
                 Some(image) => self.announce(service, repository, &ask, image).await,
+                None if ask.fetch => {
+                    tracing::warn!(%service, "a push webhook for a service without `build`: ignored")
+                }
                 None => {
                     tracing::warn!(%service, commit = %ask.commit, "a build asked of a service without `build`: ignored")
                 }
@@ -1033,6 +1036,12 @@ impl Builder for LocalBuilder {
         for ask in self.store.build_requests(service, asked).await? {
             let (seq, commit, who) = (ask.seq, ask.commit, ask.who);
             last_request = seq;
+            if ask.fetch {
+                // a push webhook's hint: the fetch above took the branch, whose new tip comes in
+                // as a push like any other; the sender names nothing that is built
+                tracing::info!(%service, %who, %tip, "push webhook: fetched `{}`", recipe.branch);
+                continue;
+            }
             if ask.image.is_some() {
                 tracing::warn!(%service, "an image announced for a service that builds its own releases: ignored");
                 continue;
@@ -1063,7 +1072,8 @@ impl Builder for LocalBuilder {
                     .bind(service)
                     .bind(&commit)
                     .bind(now)
-                    .bind(format!("no commit `{commit}` in {}", recipe.repository.display()))
+                    // the server's paths stay in the log: the error is shown to API callers
+                    .bind(format!("no commit `{commit}` in {service}'s repository"))
                     .execute(&self.pool)
                     .await;
                 }

@@ -28,6 +28,10 @@ pub enum OciError {
     Missing(String),
     #[error("artifact path `{0}` leaves the build folder")]
     Escapes(String),
+    /// A symbolic link among the artifact's files that resolves outside the build folder: packing
+    /// its target would put a file of the build host into the release.
+    #[error("artifact file `{link}` is a symbolic link to `{target}`, outside the build folder: refused")]
+    LinkEscapes { link: String, target: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -392,8 +396,26 @@ pub fn blobs_of(manifest: &[u8]) -> Result<Vec<Descriptor>, OciError> {
     Ok(std::iter::once(m.config).chain(m.layers).collect())
 }
 
-/// A reproducible tar of `files` under `dir`.
+/// One thing packed: a regular file, or a symbolic link kept as a link.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Packed {
+    File(PathBuf),
+    Link(PathBuf, PathBuf),
+}
+
+impl Packed {
+    fn rel(&self) -> &Path {
+        match self {
+            Packed::File(rel) | Packed::Link(rel, _) => rel,
+        }
+    }
+}
+
+/// A reproducible tar of `files` under `dir`. Symbolic links are packed as links, and only if
+/// they resolve inside `dir`; no file is read through a link or a linked folder, so nothing of
+/// the build host outside `dir` can enter a release.
 fn tar_of(dir: &Path, files: &[String]) -> Result<Vec<u8>, OciError> {
+    let root = std::fs::canonicalize(dir).map_err(io(dir))?;
     let mut entries = Vec::new();
     for f in files {
         let rel = Path::new(f);
@@ -405,47 +427,105 @@ fn tar_of(dir: &Path, files: &[String]) -> Result<Vec<u8>, OciError> {
             return Err(OciError::Escapes(f.clone()));
         }
         let path = dir.join(rel);
-        if !path.exists() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Err(OciError::Missing(f.clone()));
         }
-        collect(dir, &path, &mut entries)?;
+        // a folder on the way that is a link out of `dir` (`files: [lnk/passwd]`)
+        if let Some(parent) = path.parent()
+            && !std::fs::canonicalize(parent)
+                .map_err(io(parent))?
+                .starts_with(&root)
+        {
+            return Err(OciError::Escapes(f.clone()));
+        }
+        collect(dir, &root, &path, &mut entries)?;
     }
     entries.sort();
-    entries.dedup();
+    entries.dedup_by(|a, b| a.rel() == b.rel());
     let mut builder = tar::Builder::new(Vec::new());
-    for rel in entries {
-        let path = dir.join(&rel);
-        let meta = std::fs::metadata(&path).map_err(io(&path))?;
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+    for entry in entries {
         let mut header = tar::Header::new_ustar();
-        header.set_size(bytes.len() as u64);
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
-        use std::os::unix::fs::PermissionsExt;
-        let executable = meta.permissions().mode() & 0o111 != 0;
-        header.set_mode(if executable { 0o755 } else { 0o644 });
-        header.set_entry_type(tar::EntryType::Regular);
-        builder
-            .append_data(&mut header, &rel, bytes.as_slice())
-            .map_err(io(&path))?;
+        match entry {
+            Packed::File(rel) => {
+                let path = dir.join(&rel);
+                let meta = std::fs::metadata(&path).map_err(io(&path))?;
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                header.set_size(bytes.len() as u64);
+                use std::os::unix::fs::PermissionsExt;
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                header.set_mode(if executable { 0o755 } else { 0o644 });
+                header.set_entry_type(tar::EntryType::Regular);
+                builder
+                    .append_data(&mut header, &rel, bytes.as_slice())
+                    .map_err(io(&path))?;
+            }
+            Packed::Link(rel, target) => {
+                header.set_size(0);
+                header.set_mode(0o777);
+                header.set_entry_type(tar::EntryType::Symlink);
+                builder
+                    .append_link(&mut header, &rel, &target)
+                    .map_err(io(&dir.join(&rel)))?;
+            }
+        }
     }
     builder.into_inner().map_err(io(dir))
 }
 
-/// Regular files under `path` (itself, if a file), relative to `dir`.
-fn collect(dir: &Path, path: &Path, out: &mut Vec<PathBuf>) -> Result<(), OciError> {
-    let meta = std::fs::metadata(path).map_err(io(path))?;
-    if meta.is_dir() {
+/// Where a link at `link` pointing to `target` lands, lexically (without following further
+/// links): for a link whose target does not exist.
+fn lexical_target(link: &Path, target: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    let joined = link.parent().unwrap_or(Path::new("/")).join(target);
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Regular files and links under `path` (itself, if not a folder), relative to `dir` (`root`
+/// is `dir` with its own links resolved). A link is not followed: kept as a link if it resolves
+/// inside `root`, refused otherwise.
+fn collect(dir: &Path, root: &Path, path: &Path, out: &mut Vec<Packed>) -> Result<(), OciError> {
+    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
+    let rel = || {
+        path.strip_prefix(dir)
+            .map(Path::to_owned)
+            .map_err(|_| OciError::Escapes(path.display().to_string()))
+    };
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path).map_err(io(path))?;
+        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| {
+            lexical_target(
+                &std::fs::canonicalize(path.parent().unwrap_or(dir))
+                    .unwrap_or_else(|_| root.to_owned())
+                    .join(path.file_name().unwrap_or_default()),
+                &target,
+            )
+        });
+        if !resolved.starts_with(root) {
+            return Err(OciError::LinkEscapes {
+                link: rel()?.display().to_string(),
+                target: target.display().to_string(),
+            });
+        }
+        out.push(Packed::Link(rel()?, target));
+    } else if meta.is_dir() {
         for entry in std::fs::read_dir(path).map_err(io(path))? {
             let entry = entry.map_err(io(path))?;
-            collect(dir, &entry.path(), out)?;
+            collect(dir, root, &entry.path(), out)?;
         }
     } else if meta.is_file() {
-        let rel = path
-            .strip_prefix(dir)
-            .map_err(|_| OciError::Escapes(path.display().to_string()))?;
-        out.push(rel.to_owned());
+        out.push(Packed::File(rel()?));
     }
     Ok(())
 }
@@ -453,6 +533,48 @@ fn collect(dir: &Path, path: &Path, out: &mut Vec<PathBuf>) -> Result<(), OciErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: `leak -> /etc/passwd` among the artifact's files packed the host's
+    /// `/etc/passwd` into the release.
+    #[test]
+    fn a_link_out_of_the_build_folder_is_refused_and_one_inside_is_packed_as_a_link() {
+        use std::os::unix::fs::symlink;
+        let src = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "host secret\n").unwrap();
+        std::fs::create_dir_all(src.path().join("dist")).unwrap();
+        std::fs::write(src.path().join("dist/app"), "app\n").unwrap();
+        let layout_dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(layout_dir.path()).unwrap();
+        let refused = |files: &[&str]| {
+            let files: Vec<String> = files.iter().map(|f| (*f).to_owned()).collect();
+            layout.pack(src.path(), &files, "r1").unwrap_err().to_string()
+        };
+        // a link to a file outside, found walking a folder or named by itself
+        symlink("/etc/passwd", src.path().join("dist/leak")).unwrap();
+        let e = refused(&["dist"]);
+        assert!(e.contains("dist/leak") && e.contains("/etc/passwd"), "{e}");
+        assert!(refused(&["dist/leak"]).contains("outside the build folder"));
+        std::fs::remove_file(src.path().join("dist/leak")).unwrap();
+        // relative ways out, and a dangling one
+        symlink("../../../../../../etc/shadow", src.path().join("dist/up")).unwrap();
+        assert!(refused(&["dist"]).contains("dist/up"));
+        std::fs::remove_file(src.path().join("dist/up")).unwrap();
+        // a folder that is a link out, walked or passed through
+        symlink(outside.path(), src.path().join("out")).unwrap();
+        assert!(refused(&["out"]).contains("`out`"));
+        assert!(refused(&["out/secret"]).contains("leaves the build folder"));
+        std::fs::remove_file(src.path().join("out")).unwrap();
+        // a link inside the folder: packed as a link, unpacked as that link
+        symlink("app", src.path().join("dist/current")).unwrap();
+        let digest = layout.pack(src.path(), &["dist".to_owned()], "r1").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        layout.unpack(&digest, &out.path().join("x")).unwrap();
+        let link = out.path().join("x/dist/current");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("app"));
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), "app\n");
+    }
 
     #[test]
     fn the_same_files_give_the_same_digest_and_unpack_as_they_were() {

@@ -184,6 +184,12 @@ pub struct Environment {
     /// environment did not exist. Empty: every authenticated caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Access>,
+    /// Pass the caller's credentials (the API key, the client token and `Authorization`) on to
+    /// the release. Default false: the proxy removes the credentials it verified, so no release
+    /// (a canary included) ever holds a caller's key or token; it learns who called from the
+    /// verified `X-Autopilot-User` and `X-Autopilot-App` headers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_credentials: bool,
     /// The controller policy for this environment, instead of the service's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<String>,

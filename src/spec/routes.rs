@@ -237,6 +237,10 @@ pub struct RouteSpec {
     /// Who may enter, with `auth: required` (default: every authenticated caller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<AccessRule>,
+    /// Pass the credentials the proxy verified (API key, client token, `Authorization`) on to
+    /// the releases (default: removed; the verified identity headers say who called).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_credentials: bool,
     /// How long an upstream may stay silent while its answer is due (between reads) before the
     /// request fails with 504 and counts against its release (default 60s, as nginx's
     /// `proxy_read_timeout`): a hung release shows up in its metrics instead of holding
@@ -487,6 +491,7 @@ pub fn apply_access(routes: &mut RoutesFile, catalog: &crate::spec::Catalog) -> 
         match env {
             Some(env) => {
                 r.auth = env.auth;
+                r.pass_credentials = env.pass_credentials;
                 r.allow = env.allow.as_ref().map(|a| AccessRule {
                     groups: a.groups.clone(),
                     claims: a.claims.clone(),

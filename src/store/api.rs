@@ -23,6 +23,10 @@ const TRIES: usize = 20;
 /// later than this is making a new request.
 const KEY_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
+/// How long a webhook delivery id is remembered, so that a repeated delivery is refused: a week,
+/// longer than the senders keep a delivery to redeliver it by hand (GitHub shows three days).
+pub const DELIVERY_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// The most samples one release's chart reads (a day of looks every 5 s at three objectives
 /// is about 50,000; the chart keeps the newest).
 pub const SAMPLES_MAX: i64 = 20_000;
@@ -80,6 +84,12 @@ pub struct Effect {
     pub build: Option<String>,
     /// An image announced as a release (pinned by digest), built from `build` if it is not empty.
     pub image: Option<String>,
+    /// A hint to fetch the service's branch and build the tip found there (a push webhook):
+    /// no commit is taken from the request.
+    pub fetch: bool,
+    /// The webhook delivery this mutation carries out: refused (nothing written) if it was
+    /// received before, within [`DELIVERY_WINDOW_MS`].
+    pub delivery: Option<String>,
 }
 
 impl Effect {
@@ -90,6 +100,20 @@ impl Effect {
             overrides_changed: false,
             build: Some(commit),
             image: None,
+            fetch: false,
+            delivery: None,
+        }
+    }
+
+    /// A push webhook's delivery `delivery`: a hint to fetch the branch, nothing named to build.
+    pub fn fetch(audit: AuditEntry, delivery: String) -> Effect {
+        Effect {
+            audit,
+            overrides_changed: false,
+            build: None,
+            image: None,
+            fetch: true,
+            delivery: Some(delivery),
         }
     }
 
@@ -101,6 +125,8 @@ impl Effect {
             overrides_changed: false,
             build: Some(commit.unwrap_or_default()),
             image: Some(image),
+            fetch: false,
+            delivery: None,
         }
     }
 }
@@ -115,6 +141,9 @@ pub struct BuildAsk {
     pub reason: String,
     /// An announced image (`repo@sha256:…`): a release built elsewhere.
     pub image: Option<String>,
+    /// Only a hint to fetch the branch now (a push webhook): `commit` is empty, and the builder
+    /// builds the branch tip it finds, never a commit named by the sender.
+    pub fetch: bool,
 }
 
 /// A caller's `Idempotency-Key`, scoped to their token, with a fingerprint of the request.
@@ -136,6 +165,30 @@ pub enum Mutated<E> {
     Refused(E),
     /// The key was used before for a different request.
     KeyReused,
+    /// The webhook delivery was received before (within [`DELIVERY_WINDOW_MS`]); nothing was
+    /// written.
+    Repeated,
+}
+
+/// Why a token could not be made or replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Replacing the last admin token with a lesser role would lock everyone out.
+    #[error(
+        "`{name}` is the last admin token: make another admin token (autopilot token create NAME --role admin) before giving `{name}` the role {role}"
+    )]
+    LastAdmin { name: String, role: String },
+    #[error(transparent)]
+    Store(#[from] PortError),
+}
+
+/// How a revocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Done,
+    NoSuchToken,
+    /// Refused: it is the last admin token.
+    LastAdmin,
 }
 
 /// A verified token.
@@ -152,6 +205,20 @@ pub fn token_hash(secret: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A token's row as what the API needs of it.
+fn token_info(r: &sqlx::any::AnyRow) -> TokenInfo {
+    TokenInfo {
+        name: r.get("name"),
+        role: r.get("role"),
+        groups: r
+            .get::<String, _>("approver_groups")
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
 }
 
 /// An integer column, whatever width the backend gave it.
@@ -427,7 +494,12 @@ impl SqlStore {
     }
 
     /// Makes a token; returns its secret, which is shown once and stored only as a hash.
-    pub async fn create_token(&self, name: &str, role: &str, groups: &[String]) -> Result<String, PortError> {
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        groups: &[String],
+    ) -> Result<String, TokenError> {
         let bytes: [u8; 24] = rand::rng().random();
         let secret = format!(
             "ap_{}",
@@ -444,7 +516,15 @@ impl SqlStore {
         role: &str,
         groups: &[String],
         secret: &str,
-    ) -> Result<(), PortError> {
+    ) -> Result<(), TokenError> {
+        let mut tx = self.admin_tokens_locked().await?;
+        let (was, admins) = Self::role_and_admins(&mut tx, name).await?;
+        if was.as_deref() == Some("admin") && role != "admin" && admins <= 1 {
+            return Err(TokenError::LastAdmin {
+                name: name.to_owned(),
+                role: role.to_owned(),
+            });
+        }
         sqlx::query(
             "INSERT INTO tokens (hash, name, role, approver_groups, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
@@ -455,39 +535,132 @@ impl SqlStore {
         .bind(role)
         .bind(groups.join(","))
         .bind(crate::release::wall_clock().millis() as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
     /// The token with this secret, if any.
     pub async fn token(&self, secret: &str) -> Result<Option<TokenInfo>, PortError> {
+        self.token_hashed(&token_hash(secret)).await
+    }
+
+    /// The token whose secret has this hash ([`token_hash`]), if it still exists.
+    pub async fn token_hashed(&self, hash: &str) -> Result<Option<TokenInfo>, PortError> {
         let row = sqlx::query("SELECT name, role, approver_groups FROM tokens WHERE hash = $1")
-            .bind(token_hash(secret))
+            .bind(hash)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(row.map(|r| TokenInfo {
-            name: r.get("name"),
-            role: r.get("role"),
-            groups: r
-                .get::<String, _>("approver_groups")
-                .split(',')
-                .filter(|g| !g.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        }))
+        Ok(row.as_ref().map(token_info))
     }
 
-    /// Revokes a token by name; false if there was none.
-    pub async fn revoke_token(&self, name: &str) -> Result<bool, PortError> {
-        let done = sqlx::query("DELETE FROM tokens WHERE name = $1")
-            .bind(name)
+    /// Opens a sign-in session for the token whose hash is `of_token`, until `expires`; returns
+    /// the session's secret (shown once, to go in the browser's cookie; stored only as a hash).
+    /// Sessions past their expiry are forgotten on the way.
+    pub async fn create_session(
+        &self,
+        of_token: &str,
+        now: Time,
+        expires: Time,
+    ) -> Result<String, PortError> {
+        let bytes: [u8; 32] = rand::rng().random();
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        sqlx::query("DELETE FROM sessions WHERE expires < $1")
+            .bind(now.millis() as i64)
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        sqlx::query("INSERT INTO sessions (hash, token_hash, expires) VALUES ($1, $2, $3)")
+            .bind(token_hash(&secret))
+            .bind(of_token)
+            .bind(expires.millis() as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(secret)
+    }
+
+    /// The token behind a session (and its hash), if the session is open at `now` and its
+    /// token still exists.
+    pub async fn session(&self, secret: &str, now: Time) -> Result<Option<(TokenInfo, String)>, PortError> {
+        let row = sqlx::query(
+            "SELECT t.name, t.role, t.approver_groups, t.hash FROM sessions s JOIN tokens t ON t.hash = s.token_hash \
+             WHERE s.hash = $1 AND s.expires >= $2",
+        )
+        .bind(token_hash(secret))
+        .bind(now.millis() as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(|r| (token_info(&r), r.get("hash"))))
+    }
+
+    /// Ends a session (sign-out); nothing if there was none.
+    pub async fn end_session(&self, secret: &str) -> Result<(), PortError> {
+        sqlx::query("DELETE FROM sessions WHERE hash = $1")
+            .bind(token_hash(secret))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Revokes a token by name, unless it is the last admin token (a restart makes none, so
+    /// nobody could make or revoke tokens again). Replacing the last admin token by one of a
+    /// lesser role (`create_token` under its name) is refused the same way, by [`Self::add_token`].
+    pub async fn revoke_token(&self, name: &str) -> Result<Revoked, PortError> {
+        let mut tx = self.admin_tokens_locked().await?;
+        let (role, admins) = Self::role_and_admins(&mut tx, name).await?;
+        let Some(role) = role else {
+            return Ok(Revoked::NoSuchToken);
+        };
+        if role == "admin" && admins <= 1 {
+            return Ok(Revoked::LastAdmin);
+        }
+        sqlx::query("DELETE FROM tokens WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Revoked::Done)
+    }
+
+    /// A transaction in which the admin tokens cannot change under the caller: SQLite takes the
+    /// write lock up front; PostgreSQL locks the admin rows, so two revocations of the last two
+    /// admins run one after the other and the second sees one admin left.
+    async fn admin_tokens_locked(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, PortError> {
+        match self.backend {
+            super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err),
+            super::Backend::Postgres => {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                sqlx::query("SELECT name FROM tokens WHERE role = 'admin' FOR UPDATE")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// The role of the token `name` (if any) and how many admin tokens there are.
+    async fn role_and_admins(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        name: &str,
+    ) -> Result<(Option<String>, i64), PortError> {
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM tokens WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        let admins = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin'")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        Ok((role, r_i64(&admins, "n")?))
     }
 
     /// How many tokens exist.
@@ -502,7 +675,7 @@ impl SqlStore {
     /// Build requests and announced images of a service after `after`, oldest first.
     pub async fn build_requests(&self, service: &str, after: i64) -> Result<Vec<BuildAsk>, PortError> {
         let rows = sqlx::query(
-            "SELECT seq, commit_sha, who, reason, image FROM build_requests WHERE service = $1 AND seq > $2 ORDER BY seq",
+            "SELECT seq, commit_sha, who, reason, image, kind FROM build_requests WHERE service = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(service)
         .bind(after)
@@ -517,6 +690,7 @@ impl SqlStore {
                 who: r.get("who"),
                 reason: r.get("reason"),
                 image: r.get("image"),
+                fetch: r.get::<String, _>("kind") == "fetch",
             })
             .collect())
     }
@@ -582,6 +756,28 @@ impl SqlStore {
                 Ok(done) => done,
                 Err(e) => return Ok(Mutated::Refused(e)),
             };
+            // a webhook delivery counts once: seen before (within the window), nothing is written
+            if let Some(delivery) = &done.delivery {
+                let at = done.audit.at.millis() as i64;
+                sqlx::query("DELETE FROM webhook_deliveries WHERE at < $1")
+                    .bind(at - DELIVERY_WINDOW_MS)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let fresh = sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, service, at) VALUES ($1, $2, $3) ON CONFLICT(id) DO NOTHING",
+                )
+                .bind(delivery)
+                .bind(service)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if fresh != 1 {
+                    return Ok(Mutated::Repeated);
+                }
+            }
             let written: Result<Option<(u16, String)>, sqlx::Error> = async {
                 if done.overrides_changed
                     && !Self::write_overrides(&mut *tx, service, version, &overrides)
@@ -590,16 +786,22 @@ impl SqlStore {
                 {
                     return Ok(None);
                 }
-                if let Some(commit) = &done.build {
+                let kind = match (&done.image, done.fetch) {
+                    (_, true) => Some("fetch"),
+                    (Some(_), false) => done.build.as_ref().map(|_| "release"),
+                    (None, false) => done.build.as_ref().map(|_| "build"),
+                };
+                if let Some(kind) = kind {
                     sqlx::query(
-                        "INSERT INTO build_requests (service, commit_sha, who, reason, at, image) VALUES ($1, $2, $3, $4, $5, $6)",
+                        "INSERT INTO build_requests (service, commit_sha, who, reason, at, image, kind) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     )
                     .bind(service)
-                    .bind(commit)
+                    .bind(done.build.as_deref().unwrap_or_default())
                     .bind(&done.audit.who)
                     .bind(&done.audit.reason)
                     .bind(done.audit.at.millis() as i64)
                     .bind(&done.image)
+                    .bind(kind)
                     .execute(&mut *tx)
                     .await?;
                 }

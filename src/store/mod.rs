@@ -32,14 +32,15 @@ pub mod api;
 pub mod postgres;
 
 /// The schema, in order, per backend. Never edit a released migration: add one, to both.
-const SQLITE: [(i64, &str, &str); 5] = [
+const SQLITE: [(i64, &str, &str); 6] = [
     (1, "initial", include_str!("migrations/sqlite/0001_initial.sql")),
     (2, "api", include_str!("migrations/sqlite/0002_api.sql")),
     (3, "samples", include_str!("migrations/sqlite/0003_samples.sql")),
     (4, "artifact", include_str!("migrations/sqlite/0004_artifact.sql")),
     (5, "images", include_str!("migrations/sqlite/0005_images.sql")),
+    (6, "webhooks", include_str!("migrations/sqlite/0006_webhooks.sql")),
 ];
-const POSTGRES: [(i64, &str, &str); 5] = [
+const POSTGRES: [(i64, &str, &str); 6] = [
     (1, "initial", include_str!("migrations/postgres/0001_initial.sql")),
     (2, "api", include_str!("migrations/postgres/0002_api.sql")),
     (3, "samples", include_str!("migrations/postgres/0003_samples.sql")),
@@ -49,6 +50,11 @@ const POSTGRES: [(i64, &str, &str); 5] = [
         include_str!("migrations/postgres/0004_artifact.sql"),
     ),
     (5, "images", include_str!("migrations/postgres/0005_images.sql")),
+    (
+        6,
+        "webhooks",
+        include_str!("migrations/postgres/0006_webhooks.sql"),
+    ),
 ];
 
 /// The chart's resolution: at most one sample per objective of a rollout this often (and one at

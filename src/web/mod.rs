@@ -4,8 +4,8 @@
 //!
 //! # Guarantees
 //! - A page shows what `/v1/…` says, never more: it is rendered from the same read functions,
-//!   behind the same authorization (a viewer token, from the `autopilot_token` cookie the
-//!   sign-in form sets, or none when reads are open).
+//!   behind the same authorization (a sign-in session, from the HttpOnly `autopilot_session`
+//!   cookie the sign-in sets, or none when reads are open).
 //! - Pages work without JavaScript (reading); with it they update themselves from
 //!   `/v1/events` and offer the operator actions, which call the API with the user's bearer
 //!   token — never with the cookie, so another site cannot act in the user's name.
@@ -124,6 +124,8 @@ fn layout(title: &str, who: Option<&str>, events: Option<String>, body: Markup) 
                             span.who { "Reading as " (who) }
                             " "
                             a href="/sign-in" { "Use another token" }
+                            " "
+                            button #sign-out type="button" { "Sign out" }
                         }
                     }
                 }
@@ -174,12 +176,13 @@ fn sign_in_form(problem: Option<&str>) -> Markup {
         @if let Some(p) = problem {
             p.error role="alert" { (p) }
         }
-        p { "Paste an API token (" code { "autopilot token create" } "). The page keeps it for this browser tab and sends it with every read; actions ask before they use it." }
+        p { "Paste an API token (" code { "autopilot token create" } "). The server checks it and opens a reading session for this browser; the token itself stays in this tab, and actions ask before they use it." }
         form #sign-in-form {
             label for="token" { "API token" }
             input #token name="token" type="password" required autocomplete="off" spellcheck="false";
             button type="submit" { "Sign in" }
         }
+        p #sign-in-error.error role="alert" {}
     }
 }
 

@@ -17,16 +17,36 @@
     });
   }
 
-  // sign in: the token stays in this tab (sessionStorage) and in a same-site cookie for reads
+  // sign in: the server checks the token and sets a session cookie scripts cannot read (reads
+  // only); the token itself stays in this tab (sessionStorage), for actions
   const signIn = $("sign-in-form");
   if (signIn) {
-    signIn.addEventListener("submit", (e) => {
+    signIn.addEventListener("submit", async (e) => {
       e.preventDefault();
       const t = signIn.elements.token.value.trim();
       if (!t) return;
+      const r = await fetch("/v1/session", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ token: t }),
+        credentials: "same-origin",
+      });
+      if (!r.ok) {
+        const body = await r.json().catch(() => ({}));
+        const err = $("sign-in-error");
+        if (err) err.textContent = body.message || `refused (${r.status})`;
+        return;
+      }
       sessionStorage.setItem(KEY, t);
-      document.cookie = `autopilot_token=${encodeURIComponent(t)}; path=/; SameSite=Strict`;
       location.href = location.pathname === "/sign-in" ? "/" : location.href;
+    });
+  }
+  const signOut = $("sign-out");
+  if (signOut) {
+    signOut.addEventListener("click", async () => {
+      sessionStorage.removeItem(KEY);
+      await fetch("/v1/session", { method: "DELETE", credentials: "same-origin" });
+      location.href = "/sign-in";
     });
   }
 

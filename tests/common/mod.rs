@@ -125,6 +125,7 @@ pub fn route_v1(service: &str, environment: &str, addr: SocketAddr, auth: Auth) 
         releases: BTreeMap::from([("v1".into(), vec![addr])]),
         auth,
         allow: None,
+        pass_credentials: false,
         timeout: None,
         readiness: None,
         mirror: None,
