@@ -595,6 +595,16 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
         ..
     } = running(dir.path(), "dev").await;
     let show = || std::fs::read_to_string(&log).unwrap_or_default();
+    // regression: the proxy admin token was printed in clear at every start; it is in a file
+    // only its owner reads, and the log names the file
+    let admin_token = config.data_dir.join("proxy-admin.token");
+    let secret = std::fs::read_to_string(&admin_token).unwrap();
+    assert!(secret.trim().len() >= 32, "{secret}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&admin_token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!show().contains(secret.trim()), "the token is in the log");
+    assert!(show().contains("proxy-admin.token"), "{}", show());
     let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
     wait_for("v2 a canary in dev", Duration::from_secs(60), || async {
         phase(&store, "dev", &v2)

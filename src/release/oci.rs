@@ -291,8 +291,9 @@ impl Layout {
     }
 }
 
-/// Applies one layer's tar to `into`.
-fn unpack_layer(r: impl std::io::Read, into: &Path) -> Result<(), OciError> {
+/// Applies one layer's tar to `into`; nothing is written outside it (`unpack_in`), whatever
+/// the tar holds.
+pub fn unpack_layer(r: impl std::io::Read, into: &Path) -> Result<(), OciError> {
     let mut archive = tar::Archive::new(r);
     archive.set_preserve_permissions(true);
     for entry in archive.entries().map_err(io(into))? {

@@ -65,6 +65,10 @@ pub struct Diagnostic {
     pub hint: Option<String>,
 }
 
+/// The most errors [`Report::render_text`] shows one by one; the rest are counted. A person
+/// fixes the first few and runs again; a script reads `--output json`, which has them all.
+pub const MAX_SHOWN: usize = 200;
+
 /// Everything wrong with a set of files.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -80,12 +84,20 @@ impl Report {
     /// Rust-compiler-style text: the location, the message, the line with a caret, the hint.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
+        // each file's lines, split once (not once per problem: a file with thousands of
+        // mistakes would take quadratic time)
+        let lines: BTreeMap<&str, Vec<&str>> = self
+            .sources
+            .iter()
+            .map(|(f, text)| (f.as_str(), text.lines().collect()))
+            .collect();
         let tagged = self
             .warnings
             .iter()
             .map(|d| ("warning", d))
             .chain(self.diagnostics.iter().map(|d| ("error", d)));
-        for (tag, d) in tagged {
+        let shown = self.warnings.len() + self.diagnostics.len().min(MAX_SHOWN);
+        for (tag, d) in tagged.take(shown) {
             let _ = writeln!(out, "{tag}: {}", d.message);
             let at = if d.path.is_empty() {
                 String::new()
@@ -93,10 +105,9 @@ impl Report {
                 format!(" (at {})", d.path)
             };
             let _ = writeln!(out, "  --> {}:{}:{}{}", d.file, d.line, d.column, at);
-            if let Some(line) = self
-                .sources
-                .get(&d.file)
-                .and_then(|s| s.lines().nth(d.line.saturating_sub(1)))
+            if let Some(line) = lines
+                .get(d.file.as_str())
+                .and_then(|l| l.get(d.line.saturating_sub(1)))
             {
                 let gutter = d.line.to_string().len();
                 let shown: String = line.chars().take(160).collect();
@@ -108,6 +119,13 @@ impl Report {
                 let _ = writeln!(out, "  = hint: {hint}");
             }
             out.push('\n');
+        }
+        if self.diagnostics.len() > MAX_SHOWN {
+            let _ = writeln!(
+                out,
+                "… and {} more errors not shown (the first {MAX_SHOWN} are above; `--format json` lists them all)\n",
+                self.diagnostics.len() - MAX_SHOWN
+            );
         }
         let files: std::collections::BTreeSet<_> = self.diagnostics.iter().map(|d| &d.file).collect();
         let _ = writeln!(

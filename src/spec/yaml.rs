@@ -29,7 +29,7 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_NODES: usize = 1_000_000;
 
 /// A position in a source file: 1-based line and column (in characters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub struct Pos {
     pub line: usize,
     pub column: usize,
@@ -501,7 +501,7 @@ impl Builder {
 // ---------------------------------------------------------------------------------------------
 
 /// One problem found while deserializing, with where it is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     pub pos: Pos,
     pub path: String,
@@ -649,6 +649,10 @@ const MAX_PASSES: usize = 64;
 pub struct Document {
     pub root: Node,
     problems: Vec<Problem>,
+    /// The problems recorded, and their (path, message), so that each is recorded once in
+    /// constant time: a file with tens of thousands of mistakes is checked in linear time.
+    seen: HashSet<Problem>,
+    seen_at: HashSet<(String, String)>,
     dropped: HashSet<(Vec<Seg>, usize)>,
 }
 
@@ -657,6 +661,8 @@ impl Document {
         Document {
             root,
             problems: Vec::new(),
+            seen: HashSet::new(),
+            seen_at: HashSet::new(),
             dropped: HashSet::new(),
         }
     }
@@ -678,9 +684,7 @@ impl Document {
             });
             let result = result.map_err(|e| record(&sink, e, &tree, &[]));
             for p in sink.problems.into_inner() {
-                if !self.problems.contains(&p) {
-                    self.problems.push(p);
-                }
+                self.record(p);
             }
             self.dropped = sink.dropped.into_inner();
             // Another pass with the broken entry removed checks what it hid, also inside
@@ -724,12 +728,19 @@ impl Document {
                 hint: Some(format!("add `{field}:` to this mapping")),
             };
             if !self
-                .problems
-                .iter()
-                .any(|p| p.path == problem.path && p.message == problem.message)
+                .seen_at
+                .contains(&(problem.path.clone(), problem.message.clone()))
             {
-                self.problems.push(problem);
+                self.record(problem);
             }
+        }
+    }
+
+    /// Records a problem unless the same one is recorded already.
+    fn record(&mut self, p: Problem) {
+        if self.seen.insert(p.clone()) {
+            self.seen_at.insert((p.path.clone(), p.message.clone()));
+            self.problems.push(p);
         }
     }
 
