@@ -89,9 +89,7 @@ enum Command {
     /// The demo's sample service (run by the demo's releases): listens on $PORT, fails the share
     /// of requests its behaviour file says.
     #[command(hide = true)]
-    SampleService {
-        behaviour: PathBuf,
-    },
+    SampleService { behaviour: PathBuf },
     /// Serve the HTTP API alone, on the store `autopilot up` uses (`--openapi`: print its
     /// OpenAPI document instead).
     Api {
@@ -156,9 +154,11 @@ enum Command {
         target: Target,
         release: String,
     },
+    /// Lift a `pin`: the controller chooses the environment's release again.
     Unpin(Target),
     /// Start no new rollout in an environment until `unfreeze`.
     Freeze(Target),
+    /// Lift a `freeze`: new rollouts may start in the environment again.
     Unfreeze(Target),
     /// Build a commit of the service's repository (a hotfix, a cherry-pick).
     Build {
@@ -1151,7 +1151,7 @@ fn load_config(config: Option<PathBuf>) -> Result<autopilot::live::config::Autop
         None if PathBuf::from("autopilot.yaml").exists() => {
             AutopilotConfig::load(&PathBuf::from("autopilot.yaml"))
         }
-        None => Ok(AutopilotConfig::default()),
+        None => AutopilotConfig::default_here(),
     }
 }
 

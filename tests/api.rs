@@ -276,23 +276,45 @@ async fn suite(c: &Client, t: &Tokens, store: &SqlStore) {
         None,
     );
     let pause = json!({"action": "pause", "reason": "looking at a latency graph"});
-    assert_error(
-        &c.post(act, Some(&t.viewer), pause.clone()).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        None,
+    let refused = c.post(act, Some(&t.viewer), pause.clone()).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "forbidden", None);
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("vic is a viewer; this needs an operator token"),
+        "{}",
+        refused.text
     );
-    assert_error(
-        &c.post(
+    let refused = c
+        .post(
             "/v1/tokens",
             Some(&t.operator),
             json!({"name": "x", "role": "viewer"}),
         )
-        .await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        None,
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "forbidden", None);
+    assert!(
+        refused
+            .text
+            .contains("ann is an operator; this needs an admin token"),
+        "{}",
+        refused.text
     );
+    // a token's name is shown everywhere: no control, bidi or odd characters
+    for name in ["ann\u{202e}gpj.exe", "a b", "x\u{1b}[2J", "名前\u{7}"] {
+        assert_error(
+            &c.post(
+                "/v1/tokens",
+                Some(&t.admin),
+                json!({"name": name, "role": "viewer"}),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("body.name"),
+        );
+    }
 
     // reading
     let list = c.get("/v1/services", Some(&t.viewer)).await;
@@ -922,6 +944,55 @@ async fn over_a_socket(url: &str) {
     // over a socket the audit knows where the request came from
     let audit = store.audit(Some("checkout"), None, None, 1).await.unwrap();
     assert_eq!(audit[0].origin, "127.0.0.1");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Regression: the CLI looked for `up`'s admin token only in `.autopilot/`, not in the data
+/// directory `autopilot.yaml` names, and said "a bearer token is needed" without saying where it
+/// had looked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_token_up_wrote_in_its_data_directory_and_says_where_it_looked() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("a.db").display())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let run = |cwd: std::path::PathBuf| {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
+                .args(["status"])
+                .current_dir(cwd)
+                .env("AUTOPILOT_URL", &base)
+                .env_remove("AUTOPILOT_TOKEN")
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(work.clone()).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("no token given") && err.contains(".autopilot/admin.token"),
+        "{err}"
+    );
+    std::fs::write(
+        work.join("autopilot.yaml"),
+        "apiVersion: autopilot/v1\nkind: Autopilot\ndataDir: state\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("state")).unwrap();
+    std::fs::write(work.join("state/admin.token"), format!("{}\n", t.viewer)).unwrap();
+    let out = run(work.clone()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -605,6 +605,8 @@ async fn an_override_from_the_cli_changes_what_the_loop_does_next_and_is_audited
     assert_eq!(mode & 0o777, 0o600);
     assert!(!show().contains(secret.trim()), "the token is in the log");
     assert!(show().contains("proxy-admin.token"), "{}", show());
+    // no webhook secret configured: push webhooks are off, and the start says so
+    assert!(show().contains("push webhooks are refused"), "{}", show());
     let v2 = demo::commit(&repo, "v2", 0.0, "v2").unwrap();
     wait_for("v2 a canary in dev", Duration::from_secs(60), || async {
         phase(&store, "dev", &v2)

@@ -761,3 +761,25 @@ fn thousands_of_mistakes_are_counted_and_the_first_ones_shown() {
             .collect::<String>()
     );
 }
+
+/// Regression: `unpin` and `unfreeze` were described by their arguments' words in `--help`, and
+/// an API address that is not a URL was "cannot reach" instead of a usage error.
+#[test]
+fn every_command_says_what_it_does_and_a_bad_address_is_a_usage_error() {
+    let help = String::from_utf8(autopilot(&["--help"]).stdout).unwrap();
+    for command in ["unpin", "unfreeze"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("no `{command}` in:\n{help}"));
+        assert!(line.contains("Lift a"), "{line}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_autopilot"))
+        .args(["status"])
+        .env("AUTOPILOT_URL", "notaurl")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an http(s) URL"), "{err}");
+}

@@ -286,9 +286,11 @@ impl ApiState {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "{} is a {}; this needs a {} token",
+                    "{} is {} {}; this needs {} {} token",
                     info.name,
+                    article(role.name()),
                     role.name(),
+                    article(need.name()),
                     need.name()
                 ),
             ));
@@ -307,6 +309,15 @@ impl ApiState {
             .await
             .map_err(ApiError::store)?;
         Ok((loaded.state, loaded.overrides))
+    }
+}
+
+/// "a" or "an", as the word needs.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -1381,8 +1392,13 @@ async fn create_token(
     api.authorize(&headers, Role::Admin).await?;
     let req: TokenRequest = parse_body(&body?)?;
     let name = req.name.trim();
-    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("a token's name is 1–100 visible characters").field("body.name"));
+    // a name is shown in audits, terminals and pages: letters, digits and a few marks only
+    let fits = |c: char| c.is_alphanumeric() || "._@+-".contains(c);
+    if name.is_empty() || name.chars().count() > 100 || !name.chars().all(fits) {
+        return Err(ApiError::bad_request(
+            "a token's name is 1–100 letters, digits, `.`, `_`, `@`, `+` or `-`",
+        )
+        .field("body.name"));
     }
     if let Some(g) = req.groups.iter().find(|g| g.is_empty() || g.contains(',')) {
         return Err(

@@ -36,7 +36,8 @@ pub struct Connection {
         global = true
     )]
     pub url: String,
-    /// A bearer token (default: `AUTOPILOT_TOKEN`, else `.autopilot/admin.token`).
+    /// An API bearer token (default: `AUTOPILOT_TOKEN`, else the `admin.token` that `autopilot
+    /// up` wrote in its data directory: `./autopilot.yaml`'s `dataDir`, else `.autopilot/`).
     #[arg(long, env = "AUTOPILOT_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// `table` for people, `json` for scripts.
@@ -123,22 +124,47 @@ fn code_for(status: u16) -> u8 {
 struct Api {
     base: String,
     token: Option<String>,
+    /// Where a token was looked for when none was given, to say so when the API asks for one.
+    looked: Vec<std::path::PathBuf>,
     client: reqwest::Client,
 }
 
-fn token(c: &Connection) -> Option<String> {
-    c.token.clone().filter(|t| !t.is_empty()).or_else(|| {
-        std::fs::read_to_string(".autopilot/admin.token")
-            .ok()
-            .map(|t| t.trim().to_owned())
-    })
+/// The token: `--token` or `AUTOPILOT_TOKEN`; else the API admin token `autopilot up` wrote in
+/// its data directory (the `dataDir` of `./autopilot.yaml`, else `.autopilot/`). Never the proxy
+/// admin token, which the API does not take. Returns the token, or where it was looked for.
+fn token(c: &Connection) -> Result<String, Vec<std::path::PathBuf>> {
+    if let Some(t) = c.token.clone().filter(|t| !t.is_empty()) {
+        return Ok(t);
+    }
+    let mut dirs = Vec::new();
+    if std::path::Path::new("autopilot.yaml").exists()
+        && let Ok(config) = crate::live::config::AutopilotConfig::load(std::path::Path::new("autopilot.yaml"))
+    {
+        dirs.push(config.data_dir);
+    }
+    dirs.push(std::path::PathBuf::from(".autopilot"));
+    let files: Vec<std::path::PathBuf> = dirs.into_iter().map(|d| d.join("admin.token")).collect();
+    files
+        .iter()
+        .find_map(|f| {
+            std::fs::read_to_string(f)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        })
+        .ok_or(files)
 }
 
 impl Api {
     fn new(c: &Connection) -> Api {
+        let (token, looked) = match token(c) {
+            Ok(t) => (Some(t), Vec::new()),
+            Err(looked) => (None, looked),
+        };
         Api {
             base: c.url.trim_end_matches('/').to_owned(),
-            token: token(c),
+            token,
+            looked,
             client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
@@ -159,6 +185,16 @@ impl Api {
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         });
+        let url_ok = url::Url::parse(&self.base).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !url_ok {
+            return Err(Failure {
+                code: 2,
+                message: format!(
+                    "the API's address `{}` (--url or AUTOPILOT_URL) is not an http(s) URL, such as http://127.0.0.1:7070",
+                    printable(&self.base)
+                ),
+            });
+        }
         let mut last = String::new();
         for _ in 0..2 {
             let mut req = self
@@ -193,9 +229,20 @@ impl Api {
                             format!("{}{field}", j["message"].as_str().unwrap_or(&text))
                         })
                         .unwrap_or(text);
+                    // no token given: say where one was looked for
+                    let looked = if status == 401 && self.token.is_none() {
+                        let files: Vec<String> =
+                            self.looked.iter().map(|f| f.display().to_string()).collect();
+                        format!(
+                            " — no token given: pass --token or set AUTOPILOT_TOKEN (an API token, not the proxy admin token); no admin.token in {}",
+                            files.join(" or ")
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(Failure {
                         code: code_for(status),
-                        message: format!("{status}: {message}"),
+                        message: format!("{status}: {message}{looked}"),
                     });
                 }
                 Err(e) => last = e.to_string(),

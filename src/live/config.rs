@@ -321,8 +321,19 @@ impl AutopilotConfig {
         crate::spec::load_texts(&[(&name, &text)]).map_err(|r| r.render_text())?;
         let mut config: AutopilotConfig =
             crate::spec::parse_document(&name, &text).map_err(|r| r.render_text())?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // the folder as an absolute path: a relative one (`autopilot.yaml` given alone) would
+        // leave relative paths behind, which builds, run in their own folders, cannot find
+        let absolute = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         config.rebase(base);
+        Ok(config)
+    }
+
+    /// The defaults, with relative paths resolved against the current folder, once, at start.
+    pub fn default_here() -> Result<AutopilotConfig, String> {
+        let here = std::env::current_dir().map_err(|e| format!("the current folder: {e}"))?;
+        let mut config = AutopilotConfig::default();
+        config.rebase(&here);
         Ok(config)
     }
 
@@ -369,6 +380,39 @@ mod tests {
         assert!(err.contains("autopilot.yaml:3:"), "{err}");
         assert!(err.contains("autopilot.yaml:5:"), "{err}");
         assert!(err.contains("domain"), "a did-you-mean for `domian`: {err}");
+        // a wildcard address overlapping a specific one on the same port (regression: passed,
+        // then Pingora's listener thread panicked and `up` ran on with no proxy)
+        std::fs::write(
+            &path,
+            "apiVersion: autopilot/v1\nkind: Autopilot\nlisten: 0.0.0.0:8080\nadmin: 127.0.0.1:8080\napi: {listen: \"[::]:8081\"}\ntlsListen: 127.0.0.1:8081\n",
+        )
+        .unwrap();
+        let err = AutopilotConfig::load(&path).unwrap_err();
+        assert!(
+            err.contains("autopilot.yaml:4:") && err.contains("overlaps `listen` (0.0.0.0:8080)"),
+            "{err}"
+        );
+        assert!(err.contains("overlaps `tlsListen`"), "{err}");
+        // relative paths resolve against the configuration's folder, as an absolute path
+        std::fs::write(
+            &path,
+            "apiVersion: autopilot/v1\nkind: Autopilot\ndataDir: .autopilot\n",
+        )
+        .unwrap();
+        // named relative to the current folder, as `--config autopilot.yaml` names it
+        // (regression: a relative dataDir stayed relative, and every build failed to start)
+        let up = std::env::current_dir().unwrap().components().count() - 1;
+        let relative: std::path::PathBuf = std::iter::repeat_n(std::path::Component::ParentDir, up)
+            .map(|c| c.as_os_str().to_owned())
+            .chain(path.strip_prefix("/").map(|p| p.as_os_str().to_owned()))
+            .collect();
+        assert!(relative.is_relative());
+        let config = AutopilotConfig::load(&relative).unwrap();
+        assert!(config.data_dir.is_absolute(), "{}", config.data_dir.display());
+        assert_eq!(
+            std::fs::canonicalize(config.data_dir.parent().unwrap()).unwrap(),
+            std::fs::canonicalize(dir.path()).unwrap()
+        );
         // listeners sharing an address
         std::fs::write(
             &path,

@@ -177,20 +177,34 @@ pub(super) fn check(files: &[SourceFile], diags: &mut Vec<Diagnostic>) -> Catalo
                 }
             }
             Some(Parsed::Autopilot(config)) => {
-                // two listeners on one address: the second could never start
+                // two listeners on one address: the second could never start. A wildcard
+                // address (0.0.0.0, ::) takes its port on every address, so it overlaps any
+                // other listener on that port
+                let overlap = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+                    a.port() == b.port()
+                        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+                };
                 let mut seen: Vec<(&str, std::net::SocketAddr)> = Vec::new();
                 let listeners = [
-                    ("listen", Some(config.listen)),
-                    ("tlsListen", config.tls_listen),
-                    ("admin", Some(config.admin)),
+                    (&p!["listen"][..], "listen", Some(config.listen)),
+                    (&p!["tlsListen"][..], "tlsListen", config.tls_listen),
+                    (&p!["admin"][..], "admin", Some(config.admin)),
+                    (&p!["api", "listen"][..], "api.listen", Some(config.api.listen)),
                 ];
-                for (field, addr) in listeners {
+                for (path, field, addr) in listeners {
                     let Some(addr) = addr else { continue };
-                    if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                    if let Some((other, theirs)) = seen.iter().find(|(_, a)| overlap(*a, addr)) {
+                        let message = if *theirs == addr {
+                            format!("`{addr}` is already `{other}`'s address")
+                        } else {
+                            format!(
+                                "`{addr}` overlaps `{other}` ({theirs}): a wildcard address takes its port on every address"
+                            )
+                        };
                         c.error(
                             file,
-                            &p![field],
-                            format!("`{addr}` is already `{other}`'s address"),
+                            path,
+                            message,
                             Some("each listener needs an address of its own".into()),
                         );
                     }
