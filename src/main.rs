@@ -85,6 +85,10 @@ enum Command {
         /// The share of requests the bad version fails (`100%`: every request, a crash).
         #[arg(long, default_value = "25%")]
         bad_errors: autopilot::spec::units::Percent,
+        /// End with the summary (for scripts), instead of serving the pages, the API and the
+        /// shop until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
     },
     /// The demo's sample service (run by the demo's releases): listens on $PORT, fails the share
     /// of requests its behaviour file says.
@@ -749,7 +753,8 @@ fn main() -> ExitCode {
             limit,
             summary,
             bad_errors,
-        } => run_demo(dir, interval, limit, summary, bad_errors.fraction()),
+            exit,
+        } => run_demo(dir, interval, limit, summary, bad_errors.fraction(), !exit),
         Command::SampleService { behaviour } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match rt
@@ -1229,6 +1234,7 @@ fn run_demo(
     limit: autopilot::spec::units::Duration,
     summary: Option<PathBuf>,
     bad_errors: f64,
+    linger: bool,
 ) -> ExitCode {
     use autopilot::live::demo;
     init_logs(LogFormat::Text, "warn");
@@ -1257,14 +1263,10 @@ fn run_demo(
         fancy: demo::colour_wanted(),
         limit: limit.0,
         bad_errors,
+        linger,
     };
-    match rt.block_on(demo::run(opts)) {
-        Ok(s) => {
-            if let Some(path) = summary {
-                let _ = std::fs::write(&path, serde_json::to_string_pretty(&s).unwrap_or_default());
-            }
-            ExitCode::SUCCESS
-        }
+    match rt.block_on(demo::run(opts, summary.as_deref())) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo failed: {e}");
             ExitCode::FAILURE

@@ -34,15 +34,72 @@ fn alive(pid: u32) -> bool {
 fn the_demo_promotes_healthy_releases_and_rolls_back_the_bad_one_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let summary_path = dir.path().join("summary.json");
-    let out = Command::new(EXE)
+    let mut child = Command::new(EXE)
         .args(["demo", "--interval", "1s", "--limit", "4m", "--dir"])
         .arg(dir.path().join("demo"))
         .arg("--summary")
         .arg(&summary_path)
         .env("NO_COLOR", "1")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // the output, line by line, from a thread (the demo does not end by itself)
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout_pipe = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut stdout = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let pages = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                stdout.push_str(&line);
+                stdout.push('\n');
+                // regression: the demo stopped its API and pages with its summary, so the
+                // rolled-back state could never be looked at
+                if let Some(rest) = line.split("the pages and the API at ").nth(1) {
+                    break rest.split('/').take(3).collect::<Vec<_>>().join("/");
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the demo ended or hung before it said it keeps running:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    };
+    // still serving after the summary: the pages answer (asking for a token)
+    let status_line = {
+        use std::io::{Read, Write};
+        let host = pages.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(host).unwrap();
+        c.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer.lines().next().unwrap_or_default().to_owned()
+    };
+    assert!(status_line.contains(" 401 "), "{pages}: {status_line}");
+    // Ctrl-C ends it, cleanly
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
     // plain output off a terminal: no escape codes

@@ -164,6 +164,7 @@ pub async fn run_webhook(exe: &Path, out: &Path, rounds: usize) -> Result<String
         fancy: false,
         limit: std::time::Duration::from_secs(600),
         bad_errors: demo::BAD_ERRORS,
+        linger: false,
     };
     let creds = demo::Credentials::generate(
         &dir.path().join("specs"),

@@ -46,6 +46,24 @@ pub struct DemoOptions {
     pub limit: Duration,
     /// The share of requests the bad version fails (1.0: a crash of every request).
     pub bad_errors: f64,
+    /// After the summary, keep autopilot running (API, pages, proxy, the loop) until Ctrl-C or
+    /// SIGTERM, so the rolled-back state can be looked at; false: end with the summary.
+    pub linger: bool,
+}
+
+/// A future that resolves when Ctrl-C or SIGTERM arrives. The handlers are in place when this
+/// returns (not when the future is first polled), so a signal sent right after the line that
+/// invites it is caught, not fatal.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("Ctrl-C handler: {e}"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// What the demo saw.
@@ -413,7 +431,9 @@ fn release_of(state: &ServiceState, commit: &str) -> Option<String> {
 }
 
 /// Runs the demo. Prints as it goes; returns what it saw.
-pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
+/// Runs the demo; the summary is also written as JSON to `summary_file`, if given, before
+/// autopilot keeps running (with [`DemoOptions::linger`]).
+pub async fn run(opts: DemoOptions, summary_file: Option<&Path>) -> Result<DemoSummary, String> {
     let began = Instant::now();
     let paint = Arc::new(Paint { on: opts.fancy });
     let creds = Credentials::generate(
@@ -622,13 +642,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let _ = traffic_task.await;
     script.abort();
     let result = outcome.unwrap_or_else(|| Err("stopped".into()));
-    let transitions = store
-        .transitions(Some(SERVICE))
-        .await
-        .map_err(|e| e.to_string())?;
-    up.stop().await;
-    ran.map_err(|e| e.to_string())?;
-    let (releases, took) = result?;
+    let transitions = store.transitions(Some(SERVICE)).await;
+    let (transitions, (releases, took)) = match (transitions, ran, result) {
+        (Ok(t), Ok(()), Ok(r)) => (t, r),
+        (t, ran, result) => {
+            up.stop().await;
+            let why = t.err().map(|e| e.to_string());
+            let why = why.or(ran.err().map(|e| e.to_string()));
+            return Err(why.or(result.err()).unwrap_or_default());
+        }
+    };
     summary.releases = releases;
     summary.bad_push_to_rollback = took;
     summary.served = seen.lock().expect("traffic stats lock").by_release.clone();
@@ -687,6 +710,38 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         summary.store,
         opts.dir.display()
     );
+    if let Some(path) = summary_file
+        && let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&summary).unwrap_or_default())
+    {
+        eprintln!("the summary could not be written to {}: {e}", path.display());
+    }
+    if opts.linger {
+        let stop = match stop_signal() {
+            Ok(stop) => stop,
+            Err(e) => {
+                up.stop().await;
+                return Err(e);
+            }
+        };
+        let token = up
+            .admin_token_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("admin.token"));
+        println!(
+            "\n{} the pages and the API at http://{}/ (its admin token is in {}), the shop at {}; the loop goes on. Ctrl-C stops it.",
+            paint.c("1", "autopilot keeps running:"),
+            config.api.listen,
+            token.display(),
+            summary.proxy
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        if let Err(e) = up.run(stop, |_, _| {}).await {
+            up.stop().await;
+            return Err(e.to_string());
+        }
+    }
+    up.stop().await;
     Ok(summary)
 }
 

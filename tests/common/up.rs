@@ -37,6 +37,7 @@ pub fn prepare(dir: &Path) -> (AutopilotConfig, demo::Credentials, PathBuf) {
         fancy: false,
         limit: Duration::from_secs(120),
         bad_errors: demo::BAD_ERRORS,
+        linger: false,
     };
     let creds = demo::Credentials::generate(
         &dir.join("specs"),
