@@ -104,6 +104,37 @@ impl Client {
     }
 }
 
+/// The API served over a real socket on a free loopback port, until [`Served::stop`].
+struct Served {
+    addr: std::net::SocketAddr,
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(state: ApiState) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Served {
+            addr,
+            base: format!("http://{addr}"),
+            stop,
+            server,
+        }
+    }
+
+    /// Stops the server and waits for it to end cleanly.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 struct Tokens {
     admin: String,
     operator: String,
@@ -933,19 +964,14 @@ async fn over_a_socket(url: &str) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (state, tokens) = seeded(url).await;
     let store = state.store.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(state).await;
+    let addr = served.addr;
     let client = reqwest::Client::builder().build().unwrap();
     suite(&Client::Socket(format!("http://{addr}"), client), &tokens, &store).await;
     // over a socket the audit knows where the request came from
     let audit = store.audit(Some("checkout"), None, None, 1).await.unwrap();
     assert_eq!(audit[0].origin, "127.0.0.1");
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 /// Regression: the CLI looked for `up`'s admin token only in `.autopilot/`, not in the data
@@ -956,12 +982,8 @@ async fn the_cli_finds_the_token_up_wrote_in_its_data_directory_and_says_where_i
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("a.db").display())).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(state).await;
+    let base = served.base.clone();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let run = |cwd: std::path::PathBuf| {
@@ -993,8 +1015,7 @@ async fn the_cli_finds_the_token_up_wrote_in_its_data_directory_and_says_where_i
     std::fs::write(work.join("state/admin.token"), format!("{}\n", t.viewer)).unwrap();
     let out = run(work.clone()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 /// Regression: `autopilot audit` printed an operator's reason (or a pusher's name) with its raw
@@ -1004,13 +1025,8 @@ async fn the_cli_shows_hostile_text_with_its_control_characters_escaped() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("a.db").display())).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
+    let served = Served::start(state).await;
+    let base = served.base.clone();
     let c = Client::Socket(base.clone(), reqwest::Client::new());
     // an OSC 52 clipboard write, a screen clear, an 8-bit CSI, a carriage return over the line
     let reason = "fine\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}8m\rall good";
@@ -1048,8 +1064,7 @@ async fn the_cli_shows_hostile_text_with_its_control_characters_escaped() {
             assert!(stdout.contains("fine\\u{1b}]52;c;"), "{stdout}");
         }
     }
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1361,12 +1376,8 @@ async fn revoking_a_token_ends_its_event_streams_and_one_token_holds_a_bounded_n
     let dir = tempfile::tempdir().unwrap();
     let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("e.db").display())).await;
     let streams = state.streams.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(state).await;
+    let base = served.base.clone();
     let client = reqwest::Client::new();
     let made = client
         .post(format!("{base}/v1/tokens"))
@@ -1426,8 +1437,7 @@ async fn revoking_a_token_ends_its_event_streams_and_one_token_holds_a_bounded_n
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1436,12 +1446,8 @@ async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_l
     let dir = tempfile::tempdir().unwrap();
     let (state, t) = seeded(&format!("sqlite://{}", dir.path().join("e.db").display())).await;
     let mut store = state.store.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(state).await;
+    let base = served.base.clone();
     let client = reqwest::Client::new();
     let open = |last: Option<&str>, query: &str| {
         let mut r = client
@@ -1522,8 +1528,8 @@ async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_l
     let nope = open(None, "?service=nope").await.unwrap();
     assert_eq!(nope.status(), StatusCode::NOT_FOUND);
     // stopping the server ends the open streams instead of waiting on them
-    stop.send(()).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+    served.stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), served.server)
         .await
         .expect("the server stops with streams open")
         .unwrap()

@@ -1229,15 +1229,23 @@ fn git_in(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while_unreachable() {
-    let dir = tempfile::tempdir().unwrap();
-    // a developer's clone, and the remote they push to (a bare repository, over file://)
-    let (_, first) = repo_with(dir.path(), "mkdir -p out && cp app.txt out/");
-    let work = dir.path().join("repo");
-    let origin = dir.path().join("origin.git");
+/// A developer's clone (`dir/repo`, one commit), the bare remote it pushes to
+/// (`dir/origin.git`, over file://), and a builder of `svc` following that remote.
+struct Remote {
+    first: String,
+    work: std::path::PathBuf,
+    origin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    store: SqlStore,
+    b: LocalBuilder,
+}
+
+async fn with_remote(dir: &Path, poll: &str) -> Remote {
+    let (_, first) = repo_with(dir, "mkdir -p out && cp app.txt out/");
+    let work = dir.join("repo");
+    let origin = dir.join("origin.git");
     git_in(
-        dir.path(),
+        dir,
         &[
             "clone",
             "-q",
@@ -1247,19 +1255,41 @@ async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while
         ],
     );
     git_in(&work, &["remote", "add", "origin", &origin.to_string_lossy()]);
-    let url = format!("file://{}", origin.display());
     let yaml = format!(
-        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: \"{url}\", pollInterval: 1s}}\n\
+        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: \"file://{}\", pollInterval: {poll}}}\n\
          build: {{command: \"mkdir -p out && cp app.txt out/\", artifact: {{files: [out]}}, timeout: 10s}}\n\
-         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n"
+         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n",
+        origin.display()
     );
     let spec: autopilot::spec::objectives::ServiceSpec =
         autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
-    let data = dir.path().join("data");
+    let data = dir.join("data");
     let store = SqlStore::open_dir(&data).await.unwrap();
-    let mut b = LocalBuilder::new(&[spec], &Default::default(), dir.path(), &data, store.clone())
+    let b = LocalBuilder::new(&[spec], &Default::default(), dir, &data, store.clone())
         .await
         .unwrap();
+    Remote {
+        first,
+        work,
+        origin,
+        data,
+        store,
+        b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_repository_is_mirrored_fetched_each_interval_and_retried_while_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    // a developer's clone, and the remote they push to (a bare repository, over file://)
+    let Remote {
+        first,
+        work,
+        origin,
+        data,
+        store,
+        mut b,
+    } = with_remote(dir.path(), "1s").await;
     // the first look fetches the remote into a mirror, and builds from it
     let e = b.events("svc").await.unwrap();
     assert_eq!(e.pushes, vec![first.clone()]);
@@ -1328,34 +1358,15 @@ async fn a_push_webhook_is_a_hint_to_fetch_the_branch_and_builds_its_tip_never_t
     use autopilot::control::time::Time;
     use autopilot::store::api::{AuditEntry, Effect, Mutated};
     let dir = tempfile::tempdir().unwrap();
-    let (_, first) = repo_with(dir.path(), "mkdir -p out && cp app.txt out/");
-    let work = dir.path().join("repo");
-    let origin = dir.path().join("origin.git");
-    git_in(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &work.to_string_lossy(),
-            &origin.to_string_lossy(),
-        ],
-    );
-    git_in(&work, &["remote", "add", "origin", &origin.to_string_lossy()]);
     // polled once an hour: only the webhook's hint can make the builder fetch in this test
-    let yaml = format!(
-        "apiVersion: autopilot/v1\nkind: Service\nname: svc\nsource: {{repository: \"file://{}\", pollInterval: 1h}}\n\
-         build: {{command: \"mkdir -p out && cp app.txt out/\", artifact: {{files: [out]}}, timeout: 10s}}\n\
-         run: {{command: x}}\nenvironments: [{{name: dev}}]\ncontroller: c\nobjectives: []\n",
-        origin.display()
-    );
-    let spec: autopilot::spec::objectives::ServiceSpec =
-        autopilot::spec::parse_document("svc.yaml", &yaml).unwrap();
-    let data = dir.path().join("data");
-    let store = SqlStore::open_dir(&data).await.unwrap();
-    let mut b = LocalBuilder::new(&[spec], &Default::default(), dir.path(), &data, store.clone())
-        .await
-        .unwrap();
+    let Remote {
+        first,
+        work,
+        origin: _,
+        data: _,
+        store,
+        mut b,
+    } = with_remote(dir.path(), "1h").await;
     let e = b.events("svc").await.unwrap();
     assert_eq!(e.pushes, vec![first.clone()]);
     b.ack("svc", &e.cursor).await.unwrap();

@@ -371,8 +371,12 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, UsageError> {
     if files.is_empty() {
         return Err(UsageError::NoFiles(paths.to_vec()));
     }
+    // the same file named twice (found in a folder given as an absolute path, and named by the
+    // user relative to here) is read once, under the shorter, relative name people typed
+    files.sort_by(|a, b| (a.is_absolute(), a).cmp(&(b.is_absolute(), b)));
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     files.sort();
-    files.dedup();
     Ok(files)
 }
 
