@@ -974,6 +974,24 @@ async fn over_a_socket(url: &str) {
     served.stop().await;
 }
 
+/// The real `autopilot` binary run with `args` from the folder `cwd` against the API at `base`,
+/// with `token` (or none at all, whatever the environment has), without colour.
+async fn cli(base: &str, token: Option<&str>, cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("AUTOPILOT_URL", base)
+        .env("NO_COLOR", "1");
+    match token {
+        Some(t) => command.env("AUTOPILOT_TOKEN", t),
+        None => command.env_remove("AUTOPILOT_TOKEN"),
+    };
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Regression: the CLI looked for `up`'s admin token only in `.autopilot/`, not in the data
 /// directory `autopilot.yaml` names, and said "a bearer token is needed" without saying where it
 /// had looked.
@@ -986,20 +1004,7 @@ async fn the_cli_finds_the_token_up_wrote_in_its_data_directory_and_says_where_i
     let base = served.base.clone();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let run = |cwd: std::path::PathBuf| {
-        let base = base.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
-                .args(["status"])
-                .current_dir(cwd)
-                .env("AUTOPILOT_URL", &base)
-                .env_remove("AUTOPILOT_TOKEN")
-                .env("NO_COLOR", "1")
-                .output()
-                .unwrap()
-        })
-    };
-    let out = run(work.clone()).await.unwrap();
+    let out = cli(&base, None, &work, &["status"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
@@ -1013,7 +1018,7 @@ async fn the_cli_finds_the_token_up_wrote_in_its_data_directory_and_says_where_i
     .unwrap();
     std::fs::create_dir_all(work.join("state")).unwrap();
     std::fs::write(work.join("state/admin.token"), format!("{}\n", t.viewer)).unwrap();
-    let out = run(work.clone()).await.unwrap();
+    let out = cli(&base, None, &work, &["status"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     served.stop().await;
 }
@@ -1039,21 +1044,8 @@ async fn the_cli_shows_hostile_text_with_its_control_characters_escaped() {
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     for args in [&["audit"][..], &["status"][..]] {
-        let token = t.admin.clone();
-        let base = base.clone();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let audit = args[0] == "audit";
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_autopilot"))
-                .args(&args)
-                .env("AUTOPILOT_URL", &base)
-                .env("AUTOPILOT_TOKEN", &token)
-                .env("NO_COLOR", "1")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let out = cli(&base, Some(&t.admin), dir.path(), args).await;
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert!(out.status.success(), "{stdout}");
         assert!(
