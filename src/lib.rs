@@ -19,6 +19,7 @@ pub mod net;
 pub mod prom;
 pub mod proxy;
 pub mod release;
+pub mod report;
 pub mod runtime;
 pub mod sim;
 pub mod spec;

@@ -203,7 +203,7 @@ async fn seeded(url: &str) -> (ApiState, Tokens) {
                 environment: "prod".into(),
                 release: "r2".into(),
                 from: None,
-                to: "deploying".into(),
+                to: PhaseKind::Deploying,
                 weight: Weight(0),
                 cause: Cause::GatesOpen,
                 at: Time::from_secs(50),
@@ -211,8 +211,8 @@ async fn seeded(url: &str) -> (ApiState, Tokens) {
             Transition {
                 environment: "prod".into(),
                 release: "r2".into(),
-                from: Some("deploying".into()),
-                to: "canary".into(),
+                from: Some(PhaseKind::Deploying),
+                to: PhaseKind::Canary,
                 weight: Weight(20),
                 cause: Cause::Ready,
                 at: Time::from_secs(60),
@@ -221,6 +221,7 @@ async fn seeded(url: &str) -> (ApiState, Tokens) {
         evidence: Vec::new(),
         notes: Vec::new(),
         next_check: Time::ZERO,
+        consumed: Vec::new(),
     };
     store.record("checkout", 0, &plan, &[]).await.unwrap();
     let tokens = Tokens {
@@ -1476,8 +1477,8 @@ async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_l
         transitions: vec![Transition {
             environment: "prod".into(),
             release: "r2".into(),
-            from: Some("canary".into()),
-            to: "promoting".into(),
+            from: Some(PhaseKind::Canary),
+            to: PhaseKind::Promoting,
             weight: Weight(100),
             cause: Cause::Completed,
             at: Time::from_secs(120),
@@ -1485,6 +1486,7 @@ async fn the_event_stream_sends_each_new_transition_once_and_resumes_after_the_l
         evidence: Vec::new(),
         notes: Vec::new(),
         next_check: Time::ZERO,
+        consumed: Vec::new(),
     };
     store
         .record("checkout", loaded.version, &plan, &[])

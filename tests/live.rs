@@ -300,7 +300,7 @@ async fn a_sigkilled_autopilot_carries_on_where_it_stopped() {
         let t = &t.transition;
         if t.to != "canary" {
             assert!(
-                seen_keys.insert((t.environment.clone(), t.release.clone(), t.to.clone())),
+                seen_keys.insert((t.environment.clone(), t.release.clone(), t.to)),
                 "repeated transition {t:?}"
             );
         }

@@ -3,7 +3,7 @@
 
 use autopilot::control::rollout::*;
 use autopilot::control::time::Time;
-use autopilot::live::config::NotificationKind;
+use autopilot::live::config::{NotificationEvent, NotificationKind};
 use autopilot::live::notify::{self, Notifier, Sink};
 use autopilot::spec::units::Weight;
 use autopilot::store::SqlStore;
@@ -60,8 +60,8 @@ fn plan() -> Plan {
             Transition {
                 environment: "staging".into(),
                 release: "r2".into(),
-                from: Some("rolling-back".into()),
-                to: "rolled-back".into(),
+                from: Some(PhaseKind::RollingBack),
+                to: PhaseKind::RolledBack,
                 weight: Weight(0),
                 cause: Cause::Completed,
                 at: Time::from_secs(10),
@@ -69,8 +69,8 @@ fn plan() -> Plan {
             Transition {
                 environment: "dev".into(),
                 release: "r3".into(),
-                from: Some("promoting".into()),
-                to: "promoted".into(),
+                from: Some(PhaseKind::Promoting),
+                to: PhaseKind::Promoted,
                 weight: Weight(100),
                 cause: Cause::Completed,
                 at: Time::from_secs(10),
@@ -78,8 +78,8 @@ fn plan() -> Plan {
             Transition {
                 environment: "dev".into(),
                 release: "r4".into(),
-                from: Some("canary".into()),
-                to: "paused".into(),
+                from: Some(PhaseKind::Canary),
+                to: PhaseKind::Paused,
                 weight: Weight(20),
                 cause: Cause::Deadline,
                 at: Time::from_secs(10),
@@ -88,6 +88,7 @@ fn plan() -> Plan {
         evidence: Vec::new(),
         notes: Vec::new(),
         next_check: Time::ZERO,
+        consumed: Vec::new(),
     }
 }
 
@@ -98,7 +99,15 @@ fn a_tick_becomes_rollback_promotion_stuck_and_approval_events_once_each() {
         .iter()
         .map(|e| e.kind)
         .collect();
-    assert_eq!(kinds, ["rollback", "promotion", "stuck", "approval"]);
+    assert_eq!(
+        kinds,
+        [
+            NotificationEvent::Rollback,
+            NotificationEvent::Promotion,
+            NotificationEvent::Stuck,
+            NotificationEvent::Approval
+        ]
+    );
     // the same approval still waiting at the next tick is not announced again
     let mut again = plan();
     again.transitions.clear();
@@ -121,7 +130,7 @@ async fn deliveries_are_retried_and_every_outcome_is_recorded() {
             kind: NotificationKind::Slack,
             name: "slack:test".into(),
             url: receiver(slack.clone()).await,
-            events: vec!["rollback"],
+            events: vec![NotificationEvent::Rollback],
         },
         Sink {
             kind: NotificationKind::Webhook,
@@ -133,7 +142,7 @@ async fn deliveries_are_retried_and_every_outcome_is_recorded() {
             kind: NotificationKind::Webhook,
             name: "webhook:dead".into(),
             url: dead,
-            events: vec!["promotion"],
+            events: vec![NotificationEvent::Promotion],
         },
     ];
     let notifier = Notifier::start(

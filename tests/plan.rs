@@ -318,20 +318,9 @@ impl World {
                 Action::Retire { environment, release } => {
                     self.deployed.remove(&(environment.clone(), release.clone()));
                 }
-                Action::ClearOverride { environment, which } => {
-                    let o = self
-                        .overrides
-                        .environments
-                        .entry(environment.clone())
-                        .or_default();
-                    match which {
-                        OneShot::Promote => o.promote = None,
-                        OneShot::Rollback => o.rollback = None,
-                        OneShot::Resume => o.resume = None,
-                    }
-                }
             }
         }
+        self.overrides.consume(&p.consumed);
         // after a promotion the stable release serves everything
         for (env, st) in &p.state.environments {
             if let (Some(stable), Some(r)) = (&st.stable, &st.rollout)
@@ -791,7 +780,7 @@ fn operators_pause_set_the_weight_resume_promote_and_roll_back() {
         .unwrap()
         .clone();
     assert!(
-        matches!(&t.cause, Cause::Operator { action, actor } if action == "promote" && actor.who == "ann")
+        matches!(&t.cause, Cause::Operator { action, actor } if *action == OperatorStep::Promote && actor.who == "ann")
     );
     // roll back now, in staging
     assert!(w.run_until(10, 200, |w| matches!(
@@ -987,11 +976,11 @@ fn a_resume_that_lifts_an_operators_pause_is_used_up_and_named_in_the_transition
         .transitions()
         .into_iter()
         .rev()
-        .find(|t| t.from.as_deref() == Some("paused"))
+        .find(|t| t.from == Some(PhaseKind::Paused))
         .unwrap()
         .clone();
     assert!(
-        matches!(&t.cause, Cause::Operator { action, actor } if action == "resume" && actor.who == "bob"),
+        matches!(&t.cause, Cause::Operator { action, actor } if *action == OperatorStep::Resume && actor.who == "bob"),
         "{:?}",
         t.cause
     );

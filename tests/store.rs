@@ -2,7 +2,7 @@
 //! PostgreSQL server started for this test binary on a free loopback port.
 
 use autopilot::control::overrides::{self, OverrideAction};
-use autopilot::control::ports::Store;
+use autopilot::control::ports::{PortError, Store};
 use autopilot::control::rollout::*;
 use autopilot::control::time::Time;
 use autopilot::spec::units::Weight;
@@ -18,7 +18,16 @@ fn plan_with(state: ServiceState) -> Plan {
         evidence: Vec::new(),
         notes: Vec::new(),
         next_check: Time::ZERO,
+        consumed: Vec::new(),
     }
+}
+
+/// A tick that carried out `which` in `env`, recorded at the loaded version.
+async fn record_consuming(s: &mut SqlStore, env: &str, which: OneShot) -> Result<(), PortError> {
+    let l = s.load("svc").await?;
+    let mut p = plan_with(l.state);
+    p.consumed.push((env.to_owned(), which));
+    s.record("svc", l.version, &p, &[]).await
 }
 
 fn canary_state() -> ServiceState {
@@ -99,6 +108,7 @@ async fn suite(open: impl AsyncFn() -> String) {
     a_mutation_writes_its_audit_with_its_effect_and_a_refusal_writes_nothing(&open().await).await;
     an_idempotency_key_gives_the_first_answer_again(&open().await).await;
     the_loop_clearing_a_one_shot_never_loses_an_operators_write(&open().await).await;
+    a_one_shot_outlives_a_tick_that_lost_the_version_race(&open().await).await;
     releases_page_newest_first_with_a_cursor(&open().await).await;
     tokens_are_stored_hashed(&open().await).await;
     the_chart_keeps_a_sample_every_few_seconds_and_one_at_each_transition(&open().await).await;
@@ -146,8 +156,8 @@ async fn the_chart_keeps_a_sample_every_few_seconds_and_one_at_each_transition(u
             p.transitions.push(Transition {
                 environment: "prod".into(),
                 release: "r2".into(),
-                from: Some("canary".into()),
-                to: "canary".into(),
+                from: Some(PhaseKind::Canary),
+                to: PhaseKind::Canary,
                 weight: Weight(50),
                 cause: Cause::Ready,
                 at: Time::from_secs(secs),
@@ -184,7 +194,7 @@ async fn a_stale_version_is_refused_and_nothing_of_it_is_written(url: &str) {
         environment: "dev".into(),
         release: "r1".into(),
         from: None,
-        to: "waiting".into(),
+        to: PhaseKind::Waiting,
         weight: Weight(0),
         cause: Cause::Candidate,
         at: Time::from_secs(5),
@@ -221,7 +231,7 @@ async fn state_and_overrides_survive_a_reopen(url: &str) {
     let loaded = s.load("svc").await.unwrap();
     assert_eq!(loaded.state, state);
     assert!(loaded.overrides.environments["dev"].promote.is_some());
-    s.clear_override("svc", "dev", OneShot::Promote).await.unwrap();
+    record_consuming(&mut s, "dev", OneShot::Promote).await.unwrap();
     assert!(
         s.load("svc").await.unwrap().overrides.environments["dev"]
             .promote
@@ -326,8 +336,7 @@ async fn the_loop_clearing_a_one_shot_never_loses_an_operators_write(url: &str) 
     let mut loop_side = s.clone();
     let clears = tokio::spawn(async move {
         for _ in 0..40 {
-            loop_side
-                .clear_override("svc", "prod", OneShot::Promote)
+            record_consuming(&mut loop_side, "prod", OneShot::Promote)
                 .await
                 .unwrap();
         }
@@ -358,6 +367,47 @@ async fn the_loop_clearing_a_one_shot_never_loses_an_operators_write(url: &str) 
         "the operator's last freeze was lost"
     );
     assert!(o.environments["prod"].promote.is_none());
+    s.close().await;
+}
+
+/// Guards against the one-shot being lifted in a transaction of its own before the tick was
+/// recorded: when the record then lost a version race, the operator's promote was gone and
+/// nothing had happened.
+async fn a_one_shot_outlives_a_tick_that_lost_the_version_race(url: &str) {
+    let mut s = SqlStore::open(url).await.unwrap();
+    s.record("svc", 0, &plan_with(canary_state()), &[]).await.unwrap();
+    let mut ov = Overrides::default();
+    ov.environments.entry("prod".into()).or_default().promote = Some(Actor {
+        who: "bob".into(),
+        reason: "now".into(),
+    });
+    s.set_overrides("svc", &ov).await.unwrap();
+    let mut other = SqlStore::open(url).await.unwrap();
+    let loaded = s.load("svc").await.unwrap();
+    // another controller records first
+    let theirs = other.load("svc").await.unwrap();
+    other
+        .record("svc", theirs.version, &plan_with(theirs.state), &[])
+        .await
+        .unwrap();
+    let mut p = plan_with(loaded.state);
+    p.consumed.push(("prod".into(), OneShot::Promote));
+    let err = s.record("svc", loaded.version, &p, &[]).await.unwrap_err();
+    assert!(err.message.contains("another writer"), "{err}");
+    assert!(
+        s.load("svc").await.unwrap().overrides.environments["prod"]
+            .promote
+            .is_some(),
+        "the operator's promote was lost with the refused tick"
+    );
+    // the next tick carries it out, and lifts it with its record
+    record_consuming(&mut s, "prod", OneShot::Promote).await.unwrap();
+    assert!(
+        s.load("svc").await.unwrap().overrides.environments["prod"]
+            .promote
+            .is_none()
+    );
+    other.close().await;
     s.close().await;
 }
 

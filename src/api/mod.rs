@@ -690,7 +690,7 @@ pub(crate) async fn release_view(
                 environment: t.environment.clone(),
                 attempt,
                 started_at: t.at.to_string(),
-                state: t.to.clone(),
+                state: t.to,
                 transitions: Vec::new(),
             });
         }
@@ -699,7 +699,7 @@ pub(crate) async fn release_view(
             .rev()
             .find(|d| d.environment == t.environment)
             .expect("pushed above");
-        d.state = t.to.clone();
+        d.state = t.to;
         d.transitions.push(transition_view(&t));
     }
     let verdicts = api

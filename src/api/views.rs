@@ -4,7 +4,8 @@
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::{
-    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, ServiceState, Transition,
+    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, PhaseKind, ServiceState,
+    Transition,
 };
 use crate::store::StoredBuild;
 use crate::store::api::AuditRecord;
@@ -77,9 +78,8 @@ pub struct EnvironmentView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RolloutView {
     pub release: String,
-    /// `waiting`, `deploying`, `canary`, `paused`, `promoting`, `promoted`, `rolling-back`,
-    /// `rolled-back`, `superseded`.
-    pub state: String,
+    /// The rollout's phase.
+    pub state: PhaseKind,
     /// The canary's share of traffic, in percent.
     pub weight: u8,
     pub started_at: String,
@@ -266,7 +266,7 @@ pub struct DeploymentView {
     pub attempt: u32,
     pub started_at: String,
     /// The state the attempt reached.
-    pub state: String,
+    pub state: PhaseKind,
     pub transitions: Vec<TransitionView>,
 }
 
@@ -274,8 +274,8 @@ pub struct DeploymentView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TransitionView {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<PhaseKind>,
+    pub to: PhaseKind,
     pub weight: u8,
     pub at: String,
     pub cause: String,
@@ -570,7 +570,7 @@ pub fn environment_view(
     let st = st.unwrap_or(&none);
     let rollout = st.rollout.as_ref().map(|r| RolloutView {
         release: r.release.clone(),
-        state: r.phase.name().to_owned(),
+        state: r.phase.kind(),
         weight: r.phase.weight().0,
         started_at: r.started_at.to_string(),
         since: phase_since(&r.phase).to_string(),
@@ -744,11 +744,11 @@ pub fn release_summary(b: &StoredBuild, state: &ServiceState) -> ReleaseSummary 
 /// A transition as the API shows it (the cause in words).
 pub fn transition_view(t: &Transition) -> TransitionView {
     TransitionView {
-        from: t.from.clone(),
-        to: t.to.clone(),
+        from: t.from,
+        to: t.to,
         weight: t.weight.0,
         at: t.at.to_string(),
-        cause: crate::sim::report::short_cause(&t.cause),
+        cause: crate::report::short_cause(&t.cause),
     }
 }
 

@@ -90,6 +90,7 @@ async fn seed(store: &mut SqlStore, releases: usize) -> Result<(), String> {
         evidence: Vec::new(),
         notes: Vec::new(),
         next_check: Time::ZERO,
+        consumed: Vec::new(),
     };
     store
         .record("checkout", 0, &plan, &[])

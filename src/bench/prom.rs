@@ -267,6 +267,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
             evidence: Vec::new(),
             notes: Vec::new(),
             next_check: Time::ZERO,
+            consumed: Vec::new(),
         };
         store
             .record(&spec.service, 0, &plan, &[])

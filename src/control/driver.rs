@@ -136,9 +136,6 @@ pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec
                     .await
             }
             Action::Retire { environment, release } => world.retire(service, environment, release).await,
-            Action::ClearOverride { environment, which } => {
-                world.clear_override(service, environment, *which).await
-            }
         };
         if let Err(e) = result {
             failures.push((action.clone(), e));

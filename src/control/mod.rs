@@ -4,6 +4,7 @@
 //! and draws no unseeded random numbers. Adapters (sensors, proxy, runtime, store) feed it
 //! observations and carry out the `Plan` it returns. Nothing here imports an adapter.
 
+pub mod announce;
 pub mod builds;
 pub mod driver;
 pub mod gates;

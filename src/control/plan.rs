@@ -121,6 +121,7 @@ struct Out {
     evidence: Vec<ObjectiveEvidence>,
     notes: Vec<String>,
     next_check: Time,
+    consumed: Vec<(String, OneShot)>,
 }
 
 impl Out {
@@ -138,6 +139,7 @@ pub fn plan(spec: &PlanSpec, observed: &Observed, overrides: &Overrides, now: Ti
         evidence: Vec::new(),
         notes: Vec::new(),
         next_check: now.plus(IDLE_RECHECK),
+        consumed: Vec::new(),
     };
     plan_builds(spec, observed, &mut state, &mut out, now);
     for (i, env) in spec.environments.iter().enumerate() {
@@ -166,6 +168,7 @@ pub fn plan(spec: &PlanSpec, observed: &Observed, overrides: &Overrides, now: Ti
         evidence: out.evidence,
         notes: out.notes,
         next_check: out.next_check,
+        consumed: out.consumed,
     }
 }
 
@@ -291,8 +294,8 @@ fn transition(ctx: &EnvCtx, out: &mut Out, rollout: &mut Rollout, to: Phase, cau
     out.transitions.push(Transition {
         environment: ctx.name(),
         release: rollout.release.clone(),
-        from: Some(rollout.phase.name().to_owned()),
-        to: to.name().to_owned(),
+        from: Some(rollout.phase.kind()),
+        to: to.kind(),
         weight: to.weight(),
         cause,
         at: ctx.now,
@@ -332,9 +335,9 @@ fn hidden(ctx: &EnvCtx, weight: Weight) -> bool {
     weight.0 == 0 && ctx.ctl().strategy.starts_hidden()
 }
 
-fn operator(action: &str, actor: &Actor) -> Cause {
+fn operator(action: OperatorStep, actor: &Actor) -> Cause {
     Cause::Operator {
-        action: action.to_owned(),
+        action,
         actor: actor.clone(),
     }
 }
@@ -357,10 +360,7 @@ fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvStat
         ));
         env.blocked = None;
         lifted = true;
-        out.actions.push(Action::ClearOverride {
-            environment: ctx.name(),
-            which: OneShot::Resume,
-        });
+        out.consumed.push((ctx.name(), OneShot::Resume));
     }
     let candidate = ctx.candidate(upstream, env);
     // a newer candidate supersedes a rollout still waiting at its gates
@@ -394,7 +394,7 @@ fn step_environment(ctx: &EnvCtx, upstream: Option<&EnvState>, env: &mut EnvStat
                 environment: ctx.name(),
                 release: c.clone(),
                 from: None,
-                to: phase.name().to_owned(),
+                to: phase.kind(),
                 weight: Weight(0),
                 cause: Cause::Candidate,
                 at: ctx.now,
@@ -433,11 +433,8 @@ fn keep_or_retire_previous(ctx: &EnvCtx, env: &mut EnvState, out: &mut Out) {
         env.stable = Some(kept.release.clone());
         env.stable_since = Some(ctx.now);
         let reason = format!("operator rollback: all traffic back to {}", kept.release);
-        start_rollback(ctx, out, env, &mut r, reason, operator("rollback", actor));
-        out.actions.push(Action::ClearOverride {
-            environment: ctx.name(),
-            which: OneShot::Rollback,
-        });
+        start_rollback(ctx, out, env, &mut r, reason, operator(OperatorStep::Rollback, actor));
+        out.consumed.push((ctx.name(), OneShot::Rollback));
         env.rollout = Some(r);
     } else if ctx.now >= kept.until {
         // (unless it serves again: an operator may have pinned the environment back to it)
@@ -522,12 +519,9 @@ fn operator_one_shot(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mu
             env,
             r,
             "operator rollback".into(),
-            operator("rollback", actor),
+            operator(OperatorStep::Rollback, actor),
         );
-        out.actions.push(Action::ClearOverride {
-            environment: ctx.name(),
-            which: OneShot::Rollback,
-        });
+        out.consumed.push((ctx.name(), OneShot::Rollback));
         return true;
     }
     if let Some(actor) = &ctx.ov.promote {
@@ -538,12 +532,9 @@ fn operator_one_shot(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mu
             out,
             r,
             Phase::Promoting { since: ctx.now },
-            operator("promote", actor),
+            operator(OperatorStep::Promote, actor),
         );
-        out.actions.push(Action::ClearOverride {
-            environment: ctx.name(),
-            which: OneShot::Promote,
-        });
+        out.consumed.push((ctx.name(), OneShot::Promote));
         out.wake(ctx.now);
         return true;
     }
@@ -685,14 +676,11 @@ fn step_paused(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out,
         // pause), or by the pause's removal alone
         ctx.ov.pause.is_none().then(|| match &ctx.ov.resume {
             Some(a) => {
-                out.actions.push(Action::ClearOverride {
-                    environment: ctx.name(),
-                    which: OneShot::Resume,
-                });
-                operator("resume", a)
+                out.consumed.push((ctx.name(), OneShot::Resume));
+                operator(OperatorStep::Resume, a)
             }
             None => Cause::Operator {
-                action: "lift pause".into(),
+                action: OperatorStep::LiftPause,
                 actor: Actor {
                     who: "operator".into(),
                     reason: format!("pause lifted ({reason})"),
@@ -701,11 +689,8 @@ fn step_paused(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out,
         })
     } else {
         ctx.ov.resume.as_ref().map(|a| {
-            out.actions.push(Action::ClearOverride {
-                environment: ctx.name(),
-                which: OneShot::Resume,
-            });
-            operator("resume", a)
+            out.consumed.push((ctx.name(), OneShot::Resume));
+            operator(OperatorStep::Resume, a)
         })
     };
     if let Some(cause) = resume {
@@ -954,7 +939,7 @@ fn brake_or_pause(
             reason: format!("paused by {}: {}", actor.who, actor.reason),
             by_operator: true,
         };
-        transition(ctx, out, r, to, operator("pause", actor));
+        transition(ctx, out, r, to, operator(OperatorStep::Pause, actor));
         return true;
     }
     match stopping {
@@ -1026,7 +1011,7 @@ fn operator_weight(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut Out,
             weight: *w,
             since: ctx.now,
         };
-        transition(ctx, out, r, to, operator("set weight", actor));
+        transition(ctx, out, r, to, operator(OperatorStep::SetWeight, actor));
     }
     true
 }
@@ -1514,6 +1499,7 @@ mod tests {
             evidence: Vec::new(),
             notes: Vec::new(),
             next_check: now().plus(IDLE_RECHECK),
+            consumed: Vec::new(),
         }
     }
 
@@ -1747,7 +1733,7 @@ mod tests {
                 ..
             }
         )));
-        assert!(matches!(&o.transitions[0].cause, Cause::Operator { action, .. } if action == "set weight"));
+        assert!(matches!(&o.transitions[0].cause, Cause::Operator { action, .. } if *action == OperatorStep::SetWeight));
     }
 
     #[test]
@@ -1777,10 +1763,7 @@ mod tests {
             "{:?}",
             r.phase
         );
-        assert!(o.actions.contains(&Action::ClearOverride {
-            environment: "prod".into(),
-            which: OneShot::Resume
-        }));
+        assert_eq!(o.consumed, [("prod".to_owned(), OneShot::Resume)]);
     }
 
     #[test]

@@ -91,21 +91,16 @@ pub trait Store {
     /// The service's state, overrides and version (a new service: empty state, version 0).
     async fn load(&mut self, service: &str) -> Result<Loaded, PortError>;
     /// Records one tick in one transaction: the new state, the transitions, the evidence, the
-    /// actions and their failures. Refused (not retryable) if the stored version is not
-    /// `version`: another writer got there first.
+    /// actions' failures, and the lifting of the one-shot overrides the plan carried out
+    /// ([`Plan::consumed`]). Refused (not retryable) if the stored version is not `version`:
+    /// another writer got there first, and nothing of the plan is kept, the operator's
+    /// one-shot request included.
     async fn record(
         &mut self,
         service: &str,
         version: u64,
         plan: &Plan,
         failures: &[(Action, PortError)],
-    ) -> Result<(), PortError>;
-    /// Lifts a one-shot override the plan carried out.
-    async fn clear_override(
-        &mut self,
-        service: &str,
-        environment: &str,
-        which: OneShot,
     ) -> Result<(), PortError>;
 }
 
@@ -214,14 +209,6 @@ impl<St: Store, Se, Bu, Ru, Ro> Store for Ports<St, Se, Bu, Ru, Ro> {
         failures: &[(Action, PortError)],
     ) -> Result<(), PortError> {
         self.store.record(service, version, plan, failures).await
-    }
-    async fn clear_override(
-        &mut self,
-        service: &str,
-        environment: &str,
-        which: OneShot,
-    ) -> Result<(), PortError> {
-        self.store.clear_override(service, environment, which).await
     }
 }
 

@@ -75,21 +75,117 @@ pub enum Phase {
     Superseded { by: String, at: Time },
 }
 
+/// Which phase, without its data: what transitions, metrics, notifications and the pages name.
+/// Kebab-case on the wire and in the store (`rolling-back`), as the phase names always were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseKind {
+    Waiting,
+    Deploying,
+    Canary,
+    Paused,
+    Baking,
+    Promoting,
+    Promoted,
+    RollingBack,
+    RolledBack,
+    Superseded,
+}
+
+impl PhaseKind {
+    /// Every phase, in the order a rollout meets them (what a metric exports one series for).
+    pub const ALL: [PhaseKind; 10] = [
+        PhaseKind::Waiting,
+        PhaseKind::Deploying,
+        PhaseKind::Canary,
+        PhaseKind::Paused,
+        PhaseKind::Baking,
+        PhaseKind::Promoting,
+        PhaseKind::Promoted,
+        PhaseKind::RollingBack,
+        PhaseKind::RolledBack,
+        PhaseKind::Superseded,
+    ];
+
+    /// The name on the wire, in the store and in displays.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseKind::Waiting => "waiting",
+            PhaseKind::Deploying => "deploying",
+            PhaseKind::Canary => "canary",
+            PhaseKind::Paused => "paused",
+            PhaseKind::Baking => "baking",
+            PhaseKind::Promoting => "promoting",
+            PhaseKind::Promoted => "promoted",
+            PhaseKind::RollingBack => "rolling-back",
+            PhaseKind::RolledBack => "rolled-back",
+            PhaseKind::Superseded => "superseded",
+        }
+    }
+
+    /// A finished rollout's phase: the environment is free for the next one.
+    pub fn is_finished(self) -> bool {
+        match self {
+            PhaseKind::Promoted | PhaseKind::RolledBack | PhaseKind::Superseded => true,
+            PhaseKind::Waiting
+            | PhaseKind::Deploying
+            | PhaseKind::Canary
+            | PhaseKind::Paused
+            | PhaseKind::Baking
+            | PhaseKind::Promoting
+            | PhaseKind::RollingBack => false,
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PhaseKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PhaseKind, String> {
+        PhaseKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a phase"))
+    }
+}
+
+impl AsRef<str> for PhaseKind {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<&str> for PhaseKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl Phase {
+    /// Which phase this is.
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Waiting { .. } => PhaseKind::Waiting,
+            Phase::Deploying { .. } => PhaseKind::Deploying,
+            Phase::Canary { .. } => PhaseKind::Canary,
+            Phase::Paused { .. } => PhaseKind::Paused,
+            Phase::Baking { .. } => PhaseKind::Baking,
+            Phase::Promoting { .. } => PhaseKind::Promoting,
+            Phase::Promoted { .. } => PhaseKind::Promoted,
+            Phase::RollingBack { .. } => PhaseKind::RollingBack,
+            Phase::RolledBack { .. } => PhaseKind::RolledBack,
+            Phase::Superseded { .. } => PhaseKind::Superseded,
+        }
+    }
+
     /// The phase's name, for records and displays.
     pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Waiting { .. } => "waiting",
-            Phase::Deploying { .. } => "deploying",
-            Phase::Canary { .. } => "canary",
-            Phase::Paused { .. } => "paused",
-            Phase::Baking { .. } => "baking",
-            Phase::Promoting { .. } => "promoting",
-            Phase::Promoted { .. } => "promoted",
-            Phase::RollingBack { .. } => "rolling-back",
-            Phase::RolledBack { .. } => "rolled-back",
-            Phase::Superseded { .. } => "superseded",
-        }
+        self.kind().as_str()
     }
 
     /// Finished rollouts leave the environment free for the next one.
@@ -244,11 +340,33 @@ pub struct EnvOverrides {
     pub freeze: Option<Actor>,
 }
 
+impl EnvOverrides {
+    /// Lifts a one-shot override that a recorded plan carried out.
+    pub fn consume(&mut self, which: OneShot) {
+        match which {
+            OneShot::Promote => self.promote = None,
+            OneShot::Rollback => self.rollback = None,
+            OneShot::Resume => self.resume = None,
+        }
+    }
+}
+
 /// All operator input.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Overrides {
     pub environments: BTreeMap<String, EnvOverrides>,
     pub approvals: Vec<Approval>,
+}
+
+impl Overrides {
+    /// Lifts the one-shot overrides a recorded plan carried out.
+    pub fn consume(&mut self, consumed: &[(String, OneShot)]) {
+        for (environment, which) in consumed {
+            if let Some(o) = self.environments.get_mut(environment) {
+                o.consume(*which);
+            }
+        }
+    }
 }
 
 /// Which one-shot override was carried out.
@@ -312,13 +430,48 @@ pub enum Cause {
     /// The blast-radius budget is spent.
     BlastRadius { excess: f64, budget: u64 },
     /// An operator acted.
-    Operator { action: String, actor: Actor },
+    Operator { action: OperatorStep, actor: Actor },
     /// A newer release replaced this one.
     NewerRelease { release: String },
     /// The bake ended with no change seen: the release is promoted.
     Baked { looks: u32 },
     /// Traffic finished moving.
     Completed,
+}
+
+/// What an operator's override made a rollout do. Stored as the words it always was
+/// (`set weight`, `lift pause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorStep {
+    Pause,
+    Resume,
+    #[serde(rename = "lift pause")]
+    LiftPause,
+    #[serde(rename = "set weight")]
+    SetWeight,
+    Promote,
+    Rollback,
+}
+
+impl OperatorStep {
+    /// The words on the wire, in the store and in displays.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorStep::Pause => "pause",
+            OperatorStep::Resume => "resume",
+            OperatorStep::LiftPause => "lift pause",
+            OperatorStep::SetWeight => "set weight",
+            OperatorStep::Promote => "promote",
+            OperatorStep::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for OperatorStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One objective's judgement at a decision, for people.
@@ -349,8 +502,8 @@ pub struct Transition {
     pub environment: String,
     pub release: String,
     /// The phase left (`None` for a new rollout).
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<PhaseKind>,
+    pub to: PhaseKind,
     /// The canary's weight after the transition.
     pub weight: Weight,
     pub cause: Cause,
@@ -397,10 +550,6 @@ pub enum Action {
         environment: String,
         release: String,
     },
-    ClearOverride {
-        environment: String,
-        which: OneShot,
-    },
 }
 
 /// The judge's word on one objective, for the record and the displays.
@@ -430,4 +579,9 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// When to look again at the latest (sooner if something changes).
     pub next_check: Time,
+    /// The one-shot overrides this plan carried out, per environment: the store lifts them in
+    /// the transaction that records the plan, so a plan that is not recorded (another writer
+    /// won the version race) leaves the operator's request standing for the next tick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumed: Vec<(String, OneShot)>,
 }

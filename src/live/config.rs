@@ -190,26 +190,7 @@ impl NotificationKind {
     }
 }
 
-/// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NotificationEvent {
-    Rollback,
-    Promotion,
-    Approval,
-    Stuck,
-}
-
-impl NotificationEvent {
-    pub fn name(&self) -> &'static str {
-        match self {
-            NotificationEvent::Rollback => "rollback",
-            NotificationEvent::Promotion => "promotion",
-            NotificationEvent::Approval => "approval",
-            NotificationEvent::Stuck => "stuck",
-        }
-    }
-}
+pub use crate::control::announce::NotificationEvent;
 
 /// Where the API listens and who may use it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -575,10 +575,10 @@ pub async fn run(opts: DemoOptions, summary_file: Option<&Path>) -> Result<DemoS
                     paint.c(colour, &format!("{:<12}", t.to)),
                     t.weight.0,
                     // in words; the judge's lines follow where a decision rests on them
-                    crate::sim::report::cause_line(t)
+                    crate::report::cause_line(t)
                 );
                 let mut judged = String::new();
-                crate::sim::report::objective_lines(t, false, &mut judged);
+                crate::report::objective_lines(t, false, &mut judged);
                 let line = format!("{line}\n{}", judged.trim_end_matches('\n'));
                 let line = line.trim_end().to_owned();
                 match &bar {
@@ -692,8 +692,8 @@ pub async fn run(opts: DemoOptions, summary_file: Option<&Path>) -> Result<DemoS
                 .iter()
                 .find(|o| &o.objective == objective)
                 .map(|o| format!("{objective} regressed: {}", o.words))
-                .unwrap_or_else(|| crate::sim::report::short_cause(&t.transition.cause)),
-            other => crate::sim::report::short_cause(other),
+                .unwrap_or_else(|| crate::report::short_cause(&t.transition.cause)),
+            other => crate::report::short_cause(other),
         };
         println!("  rolled back because {because}");
     }

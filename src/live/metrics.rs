@@ -4,24 +4,11 @@
 //! the analysis value beside its threshold.)
 
 use crate::control::judge::Verdict;
-use crate::control::rollout::Plan;
+use crate::control::rollout::{PhaseKind, Plan};
 use crate::proxy::metrics::esc;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// Every phase a rollout can be in (each exported, 1 for the current one, so a dashboard can
-/// graph any of them).
-const PHASES: [&str; 9] = [
-    "waiting",
-    "deploying",
-    "canary",
-    "paused",
-    "promoting",
-    "promoted",
-    "rolling-back",
-    "rolled-back",
-    "superseded",
-];
 
 /// Tick statistics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,14 +37,16 @@ pub fn render(plans: &BTreeMap<String, Plan>, stats: TickStats) -> String {
                 esc(env),
                 esc(&r.release)
             );
-            for p in PHASES {
+            // every phase a rollout can be in, 1 for the current one, so a dashboard can graph
+            // any of them (the enum's own list: a hand-kept one once missed `baking`)
+            for p in PhaseKind::ALL {
                 add(
                     "autopilot_rollout_phase",
                     "gauge",
                     "1 for the rollout's current phase, 0 for the others.",
                     format!(
                         "autopilot_rollout_phase{{{l},phase=\"{p}\"}} {}",
-                        u8::from(r.phase.name() == p)
+                        u8::from(r.phase.kind() == p)
                     ),
                 );
             }
@@ -156,4 +145,92 @@ pub fn render(plans: &BTreeMap<String, Plan>, stats: TickStats) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::rollout::{EnvState, Phase, Rollout};
+    use crate::control::time::Time;
+    use crate::spec::units::Weight;
+
+    /// Guards against a hand-kept phase list: one once lacked `baking`, so no phase series was 1
+    /// during a bake.
+    #[test]
+    fn every_phase_has_a_series_and_the_current_one_is_1() {
+        for kind in PhaseKind::ALL {
+            let phase = match kind {
+                PhaseKind::Waiting => Phase::Waiting {
+                    since: Time::ZERO,
+                    on: "soak".into(),
+                },
+                PhaseKind::Deploying => Phase::Deploying { since: Time::ZERO },
+                PhaseKind::Canary => Phase::Canary {
+                    step: 0,
+                    weight: Weight(5),
+                    since: Time::ZERO,
+                },
+                PhaseKind::Paused => Phase::Paused {
+                    step: 0,
+                    weight: Weight(5),
+                    since: Time::ZERO,
+                    reason: "ann".into(),
+                    by_operator: true,
+                },
+                PhaseKind::Baking => Phase::Baking {
+                    weight: Weight(90),
+                    since: Time::ZERO,
+                },
+                PhaseKind::Promoting => Phase::Promoting { since: Time::ZERO },
+                PhaseKind::Promoted => Phase::Promoted { at: Time::ZERO },
+                PhaseKind::RollingBack => Phase::RollingBack {
+                    reason: "bad".into(),
+                    since: Time::ZERO,
+                },
+                PhaseKind::RolledBack => Phase::RolledBack {
+                    reason: "bad".into(),
+                    at: Time::ZERO,
+                },
+                PhaseKind::Superseded => Phase::Superseded {
+                    by: "r3".into(),
+                    at: Time::ZERO,
+                },
+            };
+            let mut plan = Plan {
+                state: Default::default(),
+                actions: Vec::new(),
+                transitions: Vec::new(),
+                evidence: Vec::new(),
+                notes: Vec::new(),
+                next_check: Time::ZERO,
+                consumed: Vec::new(),
+            };
+            plan.state.environments.insert(
+                "prod".into(),
+                EnvState {
+                    rollout: Some(Rollout {
+                        release: "r2".into(),
+                        phase,
+                        started_at: Time::ZERO,
+                        judges: Default::default(),
+                        watches: Default::default(),
+                        excess_bad: 0.0,
+                    }),
+                    ..Default::default()
+                },
+            );
+            let text = render(&BTreeMap::from([("shop".to_owned(), plan)]), TickStats::default());
+            let ones: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("autopilot_rollout_phase{") && l.ends_with(" 1"))
+                .collect();
+            assert_eq!(ones.len(), 1, "{kind}: {ones:?}");
+            assert!(ones[0].contains(&format!("phase=\"{kind}\"")), "{kind}: {ones:?}");
+            let series = text
+                .lines()
+                .filter(|l| l.starts_with("autopilot_rollout_phase{"))
+                .count();
+            assert_eq!(series, PhaseKind::ALL.len());
+        }
+    }
 }

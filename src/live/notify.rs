@@ -9,12 +9,10 @@
 //!   the last error) is recorded in the store's `notifications` table.
 //! - One slow or dead sink never delays another: each delivery runs on its own task.
 
-use super::config::{NotificationKind, NotificationSink};
-use crate::control::rollout::{Cause, Phase, Plan};
-use crate::control::time::Time;
+pub use crate::control::announce::{Event, events};
+use super::config::{NotificationEvent, NotificationKind, NotificationSink};
 use crate::store::SqlStore;
 use serde_json::json;
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// How many events may wait for delivery before new ones are dropped (a burst of rollbacks
@@ -26,79 +24,18 @@ const BACKOFF: Duration = Duration::from_secs(1);
 /// The longest one attempt may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What happened, for people.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// `rollback`, `promotion`, `approval`, `stuck`.
-    pub kind: &'static str,
-    pub service: String,
-    pub environment: String,
-    pub release: String,
-    pub summary: String,
-    pub at: Time,
-}
-
-/// The events in one tick's plan. `seen` remembers approvals already announced.
-pub fn events(service: &str, plan: &Plan, seen: &mut HashSet<(String, String, String)>) -> Vec<Event> {
-    let mut out = Vec::new();
-    for t in &plan.transitions {
-        let cause = crate::sim::report::short_cause(&t.cause);
-        let kind = match (t.to.as_str(), &t.cause) {
-            ("rolled-back", _) => "rollback",
-            ("promoted", _) => "promotion",
-            ("paused", Cause::Deadline) => "stuck",
-            _ => continue,
-        };
-        let summary = match kind {
-            "rollback" => format!(
-                "{service}: {} rolled back in {}: {cause}",
-                t.release, t.environment
-            ),
-            "promotion" => format!("{service}: {} promoted in {}", t.release, t.environment),
-            _ => format!(
-                "{service}: {} stuck in {} past its progress deadline (paused at {}%)",
-                t.release, t.environment, t.weight.0
-            ),
-        };
-        out.push(Event {
-            kind,
-            service: service.to_owned(),
-            environment: t.environment.clone(),
-            release: t.release.clone(),
-            summary,
-            at: t.at,
-        });
-    }
-    for (env, st) in &plan.state.environments {
-        if let Some(r) = &st.rollout
-            && let Phase::Waiting { on, since } = &r.phase
-            && on.contains("approval")
-            && seen.insert((service.to_owned(), env.clone(), r.release.clone()))
-        {
-            out.push(Event {
-                kind: "approval",
-                service: service.to_owned(),
-                environment: env.clone(),
-                release: r.release.clone(),
-                summary: format!("{service}: {} waits for approval in {env} ({on})", r.release),
-                at: *since,
-            });
-        }
-    }
-    out
-}
-
 /// The bodies a sink receives.
 pub fn payload(kind: NotificationKind, e: &Event, api_base: &str) -> serde_json::Value {
     let api = format!("{api_base}/v1/releases/{}", e.release);
+    let summary = crate::report::announcement(e);
     match kind {
-        NotificationKind::Slack => json!({ "text": format!("{} — {api}", e.summary) }),
+        NotificationKind::Slack => json!({ "text": format!("{summary} — {api}") }),
         NotificationKind::Webhook => json!({
             "event": e.kind,
             "service": e.service,
             "environment": e.environment,
             "release": e.release,
-            "summary": e.summary,
+            "summary": summary,
             "at": e.at.to_string(),
             "links": { "api": api },
         }),
@@ -120,7 +57,7 @@ pub struct Sink {
     pub name: String,
     pub url: String,
     /// The events it wants (empty: all).
-    pub events: Vec<&'static str>,
+    pub events: Vec<NotificationEvent>,
 }
 
 /// Reads each sink's URL from its environment variable.
@@ -145,7 +82,7 @@ pub fn resolve(sinks: &[NotificationSink]) -> Result<Vec<Sink>, String> {
             kind: s.kind,
             name: format!("{}:{}", s.kind.name(), s.url_variable),
             url,
-            events: s.events.iter().map(|e| e.name()).collect(),
+            events: s.events.clone(),
         });
     }
     Ok(resolved)
@@ -202,7 +139,7 @@ impl Notifier {
                     tokio::sync::mpsc::error::TrySendError::Full(e)
                     | tokio::sync::mpsc::error::TrySendError::Closed(e) => e,
                 };
-                tracing::warn!(service = %e.service, event = e.kind, "notification dropped: the queue is full");
+                tracing::warn!(service = %e.service, event = e.kind.name(), "notification dropped: the queue is full");
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     record(
@@ -235,7 +172,7 @@ async fn record(
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(sink)
-    .bind(e.kind)
+    .bind(e.kind.name())
     .bind(body.to_string())
     .bind(i64::from(attempts))
     .bind(i64::from(delivered))
@@ -275,6 +212,6 @@ async fn deliver(
             wait *= 2;
         }
     }
-    tracing::warn!(sink = %sink.name, event = e.kind, service = %e.service, "notification not delivered: {last}");
+    tracing::warn!(sink = %sink.name, event = e.kind.name(), service = %e.service, "notification not delivered: {last}");
     record(&store, &sink.name, &e, &body, ATTEMPTS, false, Some(&last)).await;
 }

@@ -9,6 +9,7 @@ pub mod replay;
 pub mod report;
 pub mod world;
 
+pub use crate::report::Sample;
 use crate::control::driver;
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
@@ -49,18 +50,6 @@ pub struct OperatorEntry {
     pub refused: Option<String>,
 }
 
-/// One sample of an environment for the plot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sample {
-    pub at: Time,
-    pub environment: String,
-    pub release: Option<String>,
-    pub weight: u8,
-    /// Per objective: (canary bad share, stable bad share) since the rollout started.
-    pub rates: Vec<(String, Option<f64>, Option<f64>)>,
-}
-
 /// How a release ended in an environment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,7 +57,7 @@ pub struct Outcome {
     pub release: String,
     pub environment: String,
     /// The last phase reached.
-    pub phase: String,
+    pub phase: PhaseKind,
     pub pushed_at: Time,
     /// When it was promoted or rolled back.
     pub decided_at: Option<Time>,
@@ -283,7 +272,7 @@ pub fn check_invariants(tick: &driver::Tick) -> Result<(), String> {
     for t in &p.transitions {
         // promoted (or baking, on the way there) only on the judge's word that it is safe;
         // after a bake, on its watch having seen no change (the judge's word came before)
-        let judged = matches!(t.to.as_str(), "promoting" | "baking");
+        let judged = matches!(t.to, PhaseKind::Promoting | PhaseKind::Baking);
         if judged && !matches!(t.cause, Cause::Operator { .. } | Cause::FirstRelease) {
             let baked = matches!(t.cause, Cause::Baked { .. });
             let mine = p
@@ -543,12 +532,12 @@ fn outcomes(scenario: &Scenario, world: &World, transitions: &[Transition], star
             // the last decision (a blue/green switch rolled back in its window was promoted first)
             let decided_at = mine
                 .iter()
-                .rfind(|t| t.to == "promoted" || t.to == "rolled-back")
+                .rfind(|t| matches!(t.to, PhaseKind::Promoted | PhaseKind::RolledBack))
                 .map(|t| t.at);
             out.push(Outcome {
                 release: r.name.clone(),
                 environment: env.clone(),
-                phase: last.to.clone(),
+                phase: last.to,
                 pushed_at: start.plus(r.pushed_at.0),
                 decided_at,
                 served: world

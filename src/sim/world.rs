@@ -692,26 +692,7 @@ impl Store for World {
         }
         self.version += 1;
         self.state = plan.state.clone();
-        Ok(())
-    }
-
-    async fn clear_override(
-        &mut self,
-        _service: &str,
-        environment: &str,
-        which: OneShot,
-    ) -> Result<(), PortError> {
-        self.up(PortName::Store)?;
-        let o = self
-            .overrides
-            .environments
-            .entry(environment.to_owned())
-            .or_default();
-        match which {
-            OneShot::Promote => o.promote = None,
-            OneShot::Rollback => o.rollback = None,
-            OneShot::Resume => o.resume = None,
-        }
+        self.overrides.consume(&plan.consumed);
         Ok(())
     }
 }

@@ -154,6 +154,12 @@ pub struct StoredBuild {
     pub skipped: Vec<String>,
 }
 
+/// A phase name read back from the store.
+fn stored_phase(name: &str) -> Result<PhaseKind, PortError> {
+    name.parse()
+        .map_err(|e: String| PortError::fatal("store", format!("a stored transition: {e}")))
+}
+
 impl StoredTransition {
     /// From a row of `transitions`.
     pub(crate) fn from_row(r: &sqlx::any::AnyRow) -> Result<StoredTransition, PortError> {
@@ -163,8 +169,11 @@ impl StoredTransition {
             transition: Transition {
                 environment: r.get("environment"),
                 release: r.get("release"),
-                from: r.get("from_phase"),
-                to: r.get("to_phase"),
+                from: r
+                    .get::<Option<String>, _>("from_phase")
+                    .map(|p| stored_phase(&p))
+                    .transpose()?,
+                to: stored_phase(&r.get::<String, _>("to_phase"))?,
                 weight: crate::spec::units::Weight(r.get::<i64, _>("weight") as u8),
                 cause: serde_json::from_str(&cause)
                     .map_err(|e| PortError::fatal("store", format!("a stored cause: {e}")))?,
@@ -525,8 +534,8 @@ impl Store for SqlStore {
             .bind(service)
             .bind(&t.environment)
             .bind(&t.release)
-            .bind(&t.from)
-            .bind(&t.to)
+            .bind(t.from.map(PhaseKind::as_str))
+            .bind(t.to.as_str())
             .bind(i64::from(t.weight.0))
             .bind(json(&t.cause))
             .bind(t.at.millis() as i64)
@@ -603,6 +612,25 @@ impl Store for SqlStore {
                 .map_err(db_err)?;
             }
         }
+        if !plan.consumed.is_empty() {
+            // the one-shots this plan carried out are lifted with it, or not at all; the
+            // overrides have their own version (operators write them), checked here too
+            let mut lifted = false;
+            for _ in 0..CAS_TRIES {
+                let (mut overrides, v) = Self::overrides_versioned(&mut *tx, service).await?;
+                overrides.consume(&plan.consumed);
+                if Self::write_overrides(&mut *tx, service, v, &overrides).await? {
+                    lifted = true;
+                    break;
+                }
+            }
+            if !lifted {
+                return Err(PortError::retry(
+                    "store",
+                    format!("{service}: the overrides kept changing under this tick"),
+                ));
+            }
+        }
         for (action, error) in failures {
             sqlx::query("INSERT INTO failures (service, action, error) VALUES ($1, $2, $3)")
                 .bind(service)
@@ -615,24 +643,6 @@ impl Store for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn clear_override(
-        &mut self,
-        service: &str,
-        environment: &str,
-        which: OneShot,
-    ) -> Result<(), PortError> {
-        self.update_overrides(service, |overrides| {
-            if let Some(o) = overrides.environments.get_mut(environment) {
-                match which {
-                    OneShot::Promote => o.promote = None,
-                    OneShot::Rollback => o.rollback = None,
-                    OneShot::Resume => o.resume = None,
-                }
-            }
-            Ok::<_, PortError>(())
-        })
-        .await?
-    }
 }
 
 /// A store URL fit for messages: the password replaced by `***`.

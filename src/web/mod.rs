@@ -13,7 +13,7 @@
 
 use crate::api::views::{EnvironmentView, ReleaseView, Role, ServiceView};
 use crate::api::{self, ApiError, ApiState};
-use crate::control::rollout::Transition;
+use crate::control::rollout::{PhaseKind, Transition};
 use crate::store::api::StoredSample;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -206,7 +206,8 @@ fn release_link(id: &str) -> Markup {
 }
 
 /// A state as a coloured badge (the word is always there; colour only repeats it).
-fn badge(state: &str) -> Markup {
+fn badge(state: impl AsRef<str>) -> Markup {
+    let state = state.as_ref();
     let class = match state {
         "canary" | "deploying" | "promoting" => "b-moving",
         "paused" | "waiting" => "b-held",
@@ -226,23 +227,19 @@ fn weight_bar(weight: u8) -> Markup {
     }
 }
 
-/// A rollout that is over (the environment is free for the next).
-fn finished(state: &str) -> bool {
-    matches!(state, "promoted" | "rolled-back" | "superseded")
-}
 
 /// The actions that make sense for an environment now, as buttons.
 fn actions(service: &str, env: &EnvironmentView) -> Markup {
-    let active = env.rollout.as_ref().filter(|r| !finished(&r.state));
+    let active = env.rollout.as_ref().filter(|r| !r.state.is_finished());
     let mut buttons: Vec<(&str, &str)> = Vec::new();
     if active.is_some() || env.overrides.paused.is_some() {
-        if env.overrides.paused.is_some() || active.is_some_and(|r| r.state == "paused") {
+        if env.overrides.paused.is_some() || active.is_some_and(|r| r.state == PhaseKind::Paused) {
             buttons.push(("resume", "Resume"));
         } else {
             buttons.push(("pause", "Pause"));
         }
     }
-    if active.is_some_and(|r| matches!(r.state.as_str(), "canary" | "paused")) {
+    if active.is_some_and(|r| matches!(r.state, PhaseKind::Canary | PhaseKind::Paused)) {
         buttons.push(("promote", "Promote"));
         buttons.push(("rollback", "Roll back"));
     }
@@ -291,14 +288,14 @@ fn environments_table(s: &ServiceView) -> Markup {
                         }
                         td {
                             @match e.rollout.as_ref() {
-                                Some(r) if !finished(&r.state) => {
-                                    (release_link(&r.release)) " " (badge(&r.state))
+                                Some(r) if !r.state.is_finished() => {
+                                    (release_link(&r.release)) " " (badge(r.state))
                                     br;
                                     small { "since " (when(&r.since)) }
                                     @if let Some(d) = &r.detail { br; small.detail { (d) } }
                                 }
                                 Some(r) if e.stable.as_deref() != Some(r.release.as_str()) => {
-                                    span.quiet { "none; the last, " } (release_link(&r.release)) " " (badge(&r.state))
+                                    span.quiet { "none; the last, " } (release_link(&r.release)) " " (badge(r.state))
                                     br;
                                     small { (when(&r.since)) }
                                     @if let Some(d) = &r.detail { br; small.detail { (d) } }
@@ -307,12 +304,12 @@ fn environments_table(s: &ServiceView) -> Markup {
                             }
                         }
                         td {
-                            @if let Some(r) = e.rollout.as_ref().filter(|r| matches!(r.state.as_str(), "canary" | "paused" | "deploying" | "promoting")) {
+                            @if let Some(r) = e.rollout.as_ref().filter(|r| matches!(r.state, PhaseKind::Canary | PhaseKind::Paused | PhaseKind::Deploying | PhaseKind::Promoting)) {
                                 (weight_bar(r.weight))
                             } @else { span.quiet { "—" } }
                         }
                         td {
-                            @if let Some(r) = e.rollout.as_ref().filter(|r| !finished(&r.state)) {
+                            @if let Some(r) = e.rollout.as_ref().filter(|r| !r.state.is_finished()) {
                                 @if r.verdicts.is_empty() { span.quiet { "—" } }
                                 ul.verdicts {
                                     @for v in &r.verdicts {
@@ -594,8 +591,8 @@ fn release_body(
                 @if let Some(ro) = &e.rollout {
                     div.rollout-now data-environment=(e.name) {
                         p {
-                            strong { (e.name) } ": " (badge(&ro.state)) " "
-                            @if matches!(ro.state.as_str(), "canary" | "paused" | "deploying" | "promoting") { (weight_bar(ro.weight)) }
+                            strong { (e.name) } ": " (badge(ro.state)) " "
+                            @if matches!(ro.state, PhaseKind::Canary | PhaseKind::Paused | PhaseKind::Deploying | PhaseKind::Promoting) { (weight_bar(ro.weight)) }
                             @if let Some(d) = &ro.detail { " — " (d) }
                         }
                         @if let Some(w) = &e.waiting_for_person { p.attention { "Waiting for " (w) } }
@@ -639,14 +636,14 @@ fn release_body(
             h2 #timeline-h { "Deployments" }
             @if r.deployments.is_empty() { p.quiet { "Not deployed anywhere yet." } }
             @for (d, ts) in r.deployments.iter().zip(attempts(transitions)) {
-                h3 { (d.environment) ", attempt " (d.attempt) " " (badge(&d.state)) }
+                h3 { (d.environment) ", attempt " (d.attempt) " " (badge(d.state)) }
                 ol.timeline {
                     @for t in ts {
                         li {
                             (when(&t.at.to_string())) " "
                             @if let Some(f) = &t.from { (badge(f)) " → " }
-                            (badge(&t.to)) " at " (t.weight.0) "%: "
-                            (crate::sim::report::cause_line(t))
+                            (badge(t.to)) " at " (t.weight.0) "%: "
+                            (crate::report::cause_line(t))
                             @let lines = objective_words(t);
                             @if !lines.is_empty() {
                                 ul.why { @for (o, w) in lines { li { strong { (o) } ": " (w) } } }
@@ -695,7 +692,7 @@ fn shown_verdicts<'a>(
 ) -> Vec<&'a crate::api::views::VerdictView> {
     let active = |env: &str| {
         here.iter()
-            .any(|e| e.name == env && e.rollout.as_ref().is_some_and(|x| !finished(&x.state)))
+            .any(|e| e.name == env && e.rollout.as_ref().is_some_and(|x| !x.state.is_finished()))
     };
     let mut envs: Vec<&str> = Vec::new();
     for v in &r.verdicts {
@@ -728,7 +725,7 @@ fn objective_words(t: &Transition) -> Vec<(String, String)> {
             .collect(),
         Cause::Evidence {
             objectives, capped, ..
-        } if t.to == "promoting" || capped.is_some() => objectives
+        } if t.to == PhaseKind::Promoting || capped.is_some() => objectives
             .iter()
             .map(|o| (o.objective.clone(), o.words.clone()))
             .collect(),
@@ -756,7 +753,7 @@ fn chart(r: &ReleaseView, samples: &[StoredSample], transitions: &[Transition]) 
     let last = samples.last()?.at;
     let mut environments: Vec<String> = Vec::new();
     let mut objectives: Vec<String> = Vec::new();
-    let mut looks: Vec<crate::sim::Sample> = Vec::new();
+    let mut looks: Vec<crate::report::Sample> = Vec::new();
     let share = |c: &crate::control::judge::Counts| (c.total > 0).then(|| c.bad as f64 / c.total as f64);
     for s in samples {
         if !environments.contains(&s.environment) {
@@ -768,7 +765,7 @@ fn chart(r: &ReleaseView, samples: &[StoredSample], transitions: &[Transition]) 
         let rate = (s.objective.clone(), share(&s.canary), share(&s.stable));
         match looks.last_mut() {
             Some(l) if l.at == s.at && l.environment == s.environment => l.rates.push(rate),
-            _ => looks.push(crate::sim::Sample {
+            _ => looks.push(crate::report::Sample {
                 at: s.at,
                 environment: s.environment.clone(),
                 release: Some(r.id.clone()),
@@ -777,7 +774,7 @@ fn chart(r: &ReleaseView, samples: &[StoredSample], transitions: &[Transition]) 
             }),
         }
     }
-    let svg = crate::sim::report::chart(
+    let svg = crate::report::chart(
         &format!("{} — canary weight and bad shares", short(&r.id)),
         first,
         last,
