@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod live;
 pub mod net;

@@ -1103,7 +1103,7 @@ fn sensors_check(a: SensorsCheck) -> ExitCode {
             Err(e) => return usage(e),
         };
     on_runtime(async move {
-        let now = autopilot::release::wall_clock();
+        let now = autopilot::clock::wall_clock();
         let fallback = autopilot::control::time::Time::from_millis(
             now.millis().saturating_sub(a.since.0.as_millis() as u64),
         );

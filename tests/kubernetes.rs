@@ -718,7 +718,7 @@ async fn the_init_container_s_artifact_pull_fetches_by_digest_and_refuses_what_d
 /// a rollout step. The real proxy, real upstreams, the Kubernetes adapter on the mock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_follows_pods_that_move_to_new_addresses() {
-    use autopilot::control::ports::Router;
+    use autopilot::control::ports::{Route, Router};
     use autopilot::live::ProxyRouter;
     use autopilot::runtime::AnyRuntime;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -766,17 +766,8 @@ async fn the_proxy_follows_pods_that_move_to_new_addresses() {
     let host = "search.prod.example.test";
 
     runtime.instances("search").await.unwrap();
-    router
-        .set_weights(
-            "search",
-            "prod",
-            None,
-            &r1.id,
-            autopilot::spec::units::Weight::MAX,
-            None,
-        )
-        .await
-        .unwrap();
+    let route = Route::decide(None, &r1.id, autopilot::spec::units::Weight::MAX, None);
+    router.set_route("search", "prod", &route).await.unwrap();
     let (status, release, body) = common::get(&c, &proxy, host, &[]).await;
     assert_eq!(
         (status, release.as_deref(), body["name"].as_str()),

@@ -7,7 +7,7 @@
 
 use autopilot::control::gates::Approval;
 use autopilot::control::judge::{Counts, Reading, Verdict};
-use autopilot::control::ports::RouteWeights;
+use autopilot::control::ports::Route;
 use autopilot::control::rollout::*;
 use autopilot::control::time::Time;
 use autopilot::control::{PlanSpec, plan};
@@ -83,7 +83,28 @@ fn shop(service: &str, controllers: &[&str]) -> PlanSpec {
 
 /// What the router routes in one environment: stable, canary, the canary's weight, the mirror's
 /// share, the segment's share.
+/// The traffic arms of a route: stable, canary, the canary's weight, the share of stable's
+/// requests copied to the canary (a preview's mirror), the share of the A/B segment sent to the
+/// canary (while it serves the segment). A rollout's release served alone (promoting) is the
+/// canary arm at 100%, as the proxy's per-release counters read it.
 type Routed = (Option<String>, String, Weight, f64, Option<f64>);
+
+fn arms(route: &Route, env: Option<&EnvState>) -> Option<Routed> {
+    let moving = env
+        .and_then(|e| e.rollout.as_ref())
+        .filter(|r| !r.phase.is_finished())
+        .map(|r| r.release.as_str());
+    let mirror = route.mirror.as_ref().map_or(0.0, |m| m.share.fraction());
+    let segment = route.segment.as_ref().map(|s| s.share.fraction());
+    Some(match (&route.stable, &route.canary) {
+        (s, Some(c)) => (s.clone(), c.clone(), route.weight, mirror, segment),
+        (Some(s), None) if moving == Some(s.as_str()) => {
+            (env.and_then(|e| e.stable.clone()), s.clone(), Weight::MAX, 0.0, None)
+        }
+        (Some(s), None) => (Some(s.clone()), s.clone(), Weight(0), 0.0, None),
+        (None, None) => return None,
+    })
+}
 
 /// A simulated world that carries out plans.
 struct World {
@@ -104,10 +125,9 @@ struct World {
     /// While true, the router can be neither asked nor changed.
     router_down: bool,
     deployed: HashSet<(String, String)>,
-    /// Per environment: stable, canary, the canary's weight, the share of stable's requests
-    /// copied to the canary (a preview's mirror), the share of the A/B segment sent to the
-    /// canary (while it serves the segment).
-    weights: HashMap<String, Routed>,
+    /// Per environment: the route as the router serves it (decided by `Route::decide`, the
+    /// rule the proxy and the simulator carry out).
+    weights: HashMap<String, Route>,
     /// Counters since the current rollout started (or its segment stage changed), per env:
     /// (canary release, canary, stable, counting the segment's requests).
     counters: HashMap<(String, String), (String, Counts, Counts, bool)>,
@@ -180,7 +200,9 @@ impl World {
             .map(|e| e.name.clone())
             .collect::<Vec<_>>()
         {
-            let Some((stable, canary, weight, mirror, segment)) = self.weights.get(&env).cloned() else {
+            let Some((stable, canary, weight, mirror, segment)) =
+                self.weights.get(&env).and_then(|r| arms(r, self.state.environments.get(&env)))
+            else {
                 continue;
             };
             let n = self.rate * secs;
@@ -257,14 +279,7 @@ impl World {
         let routes = self
             .weights
             .iter()
-            .map(|(env, (stable, canary, weight, _, _))| {
-                let route = RouteWeights {
-                    stable: stable.clone(),
-                    canary: Some(canary.clone()),
-                    weight: *weight,
-                };
-                (env.clone(), route)
-            })
+            .map(|(env, route)| (env.clone(), route.weights()))
             .collect();
         let observed = Observed {
             state: self.state.clone(),
@@ -301,19 +316,8 @@ impl World {
                     canary_weight,
                     preview,
                 } => {
-                    let mirror = preview
-                        .as_ref()
-                        .and_then(|p| p.mirror.as_ref())
-                        .map_or(0.0, |m| m.share.fraction());
-                    let segment = preview
-                        .as_ref()
-                        .and_then(|p| p.segment.as_ref())
-                        .filter(|_| canary_weight.0 == 0)
-                        .map(|s| s.share.fraction());
-                    self.weights.insert(
-                        environment.clone(),
-                        (stable.clone(), canary.clone(), *canary_weight, mirror, segment),
-                    );
+                    let route = Route::decide(stable.as_deref(), canary, *canary_weight, preview.as_ref());
+                    self.weights.insert(environment.clone(), route);
                 }
                 Action::Retire { environment, release } => {
                     self.deployed.remove(&(environment.clone(), release.clone()));
@@ -321,17 +325,6 @@ impl World {
             }
         }
         self.overrides.consume(&p.consumed);
-        // after a promotion the stable release serves everything
-        for (env, st) in &p.state.environments {
-            if let (Some(stable), Some(r)) = (&st.stable, &st.rollout)
-                && matches!(r.phase, Phase::Promoted { .. })
-            {
-                self.weights.insert(
-                    env.clone(),
-                    (Some(stable.clone()), stable.clone(), Weight(0), 0.0, None),
-                );
-            }
-        }
         // counters count from the start of each rollout
         for t in p.transitions.iter().filter(|t| t.from.is_none()) {
             self.counters.retain(|(env, _), _| *env != t.environment);
@@ -394,6 +387,7 @@ fn check_invariants(observed: &Observed, p: &Plan) {
         observed: observed.clone(),
         plan: p.clone(),
         failures: Vec::new(),
+        unobserved: Vec::new(),
     };
     if let Err(e) = autopilot::sim::check_invariants(&tick) {
         panic!("invariant violated: {e}");

@@ -10,7 +10,7 @@ use autopilot::control::rollout::{EnvState, Phase, Rollout, ServiceState};
 use autopilot::control::time::Time;
 use autopilot::prom::server::{Exporter, TempPrometheus};
 use autopilot::prom::{PromSensors, PromSettings, file_sd};
-use autopilot::release::wall_clock;
+use autopilot::clock::wall_clock;
 use autopilot::spec::Catalog;
 use autopilot::spec::units::Weight;
 use std::time::Duration;

@@ -146,7 +146,7 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
             public_port: None,
             scheme: "http",
         }),
-        clock: Arc::new(autopilot::release::wall_clock),
+        clock: Arc::new(autopilot::clock::wall_clock),
         discovery: None,
         streams: Default::default(),
     };

@@ -138,23 +138,11 @@ impl Router for Steady {
     async fn routes(&mut self, service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
         Ok(self.routes.get(service).cloned().unwrap_or_default())
     }
-    async fn set_weights(
-        &mut self,
-        service: &str,
-        environment: &str,
-        stable: Option<&str>,
-        canary: &str,
-        canary_weight: Weight,
-        _preview: Option<&autopilot::control::rollout::Preview>,
-    ) -> Result<(), PortError> {
-        self.routes.entry(service.to_owned()).or_default().insert(
-            environment.to_owned(),
-            RouteWeights {
-                stable: stable.map(str::to_owned),
-                canary: Some(canary.to_owned()),
-                weight: canary_weight,
-            },
-        );
+    async fn set_route(&mut self, service: &str, environment: &str, route: &Route) -> Result<(), PortError> {
+        self.routes
+            .entry(service.to_owned())
+            .or_default()
+            .insert(environment.to_owned(), route.weights());
         Ok(())
     }
 }
@@ -256,7 +244,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut store = SqlStore::open_dir(dir.path()).await.map_err(|e| e.to_string())?;
     // the rollouts began ten minutes ago: the templates' `increase()` windows then hold data
-    let started = Time::from_millis(autopilot::release::wall_clock().millis() - 600_000);
+    let started = Time::from_millis(autopilot::clock::wall_clock().millis() - 600_000);
     let mut steady = Steady::default();
     for spec in &specs {
         let state = seeded_state(started);
@@ -274,10 +262,8 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
             .await
             .map_err(|e| e.to_string())?;
         for env in ENVS {
-            steady
-                .set_weights(&spec.service, env, Some("r1"), "r2", Weight(10), None)
-                .await
-                .ok();
+            let route = Route::decide(Some("r1"), "r2", Weight(10), None);
+            steady.set_route(&spec.service, env, &route).await.ok();
         }
     }
     let settings = PromSettings {
@@ -317,7 +303,7 @@ async fn measure(prom: &TempPrometheus, services: usize, batched: bool, ticks: u
     for t in 0..=ticks {
         let q0 = ports.sensors.queries_total;
         let (c0, w0) = (cpu_time(), Instant::now());
-        let results = driver::tick_all(&specs, &mut ports, autopilot::release::wall_clock()).await;
+        let results = driver::tick_all(&specs, &mut ports, autopilot::clock::wall_clock()).await;
         let (dc, dw) = (cpu_time().saturating_sub(c0), w0.elapsed());
         let dq = ports.sensors.queries_total - q0;
         let recorded = results.iter().filter(|(_, r)| r.is_ok()).count();

@@ -7,7 +7,8 @@
 //! replay runs exactly the code that runs in production.
 //!
 //! # Guarantees
-//! - A failed observation is unknown (`None`) in [`Observed`], never zero or "not ready".
+//! - A failed observation is unknown (`None`) in [`Observed`], never zero or "not ready", and
+//!   its error is in [`Tick::unobserved`] for the loop to say.
 //! - Events are acknowledged only after the tick is recorded: a failed write loses nothing.
 //! - The executor makes one attempt per action; `plan` is level-triggered, so the next tick
 //!   plans again from what is observed and retries what is still needed.
@@ -16,6 +17,7 @@ use super::plan::{PlanSpec, plan};
 pub use super::ports::PortError;
 use super::ports::World;
 use super::rollout::*;
+use super::route::Route;
 use super::time::Time;
 use std::collections::BTreeMap;
 use tracing::Instrument;
@@ -26,6 +28,9 @@ pub struct Tick {
     pub observed: Observed,
     pub plan: Plan,
     pub failures: Vec<(Action, PortError)>,
+    /// What could not be observed this tick (the runtime's instances, the routes, the source
+    /// events): unknown to `plan`, which holds on it, and said once by the loop while it lasts.
+    pub unobserved: Vec<PortError>,
 }
 
 /// Runs one tick for every service. A service whose state cannot be loaded or recorded gets
@@ -65,9 +70,14 @@ async fn one_service<W: World>(
     now: Time,
 ) -> Result<Tick, PortError> {
     let service = spec.service.as_str();
-    let readiness = world.instances(service).await.ok();
-    let routes = world.routes(service).await.ok();
-    let events = world.events(service).await.unwrap_or_default();
+    let mut unobserved = Vec::new();
+    let readiness = world.instances(service).await.map_err(|e| unobserved.push(e)).ok();
+    let routes = world.routes(service).await.map_err(|e| unobserved.push(e)).ok();
+    let events = world
+        .events(service)
+        .await
+        .map_err(|e| unobserved.push(e))
+        .unwrap_or_default();
     let observed = Observed {
         state: l.state,
         readiness,
@@ -91,6 +101,7 @@ async fn one_service<W: World>(
         observed,
         plan,
         failures,
+        unobserved,
     })
 }
 
@@ -124,16 +135,8 @@ pub async fn execute<W: World>(service: &str, plan: &Plan, world: &mut W) -> Vec
                 canary_weight,
                 preview,
             } => {
-                world
-                    .set_weights(
-                        service,
-                        environment,
-                        stable.as_deref(),
-                        canary,
-                        *canary_weight,
-                        preview.as_ref(),
-                    )
-                    .await
+                let route = Route::decide(stable.as_deref(), canary, *canary_weight, preview.as_ref());
+                world.set_route(service, environment, &route).await
             }
             Action::Retire { environment, release } => world.retire(service, environment, release).await,
         };

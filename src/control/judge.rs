@@ -213,6 +213,14 @@ pub struct JudgeState {
     pub missing_reason: Option<Missing>,
     /// When the last reading with data arrived.
     pub last_data_at: Option<Time>,
+    /// Increments not yet given to the relative tests: (canary, stable) since the last look at
+    /// which both arms had requests. A look where one arm served nothing says nothing of the
+    /// ratio (ρ is 0 or 1), so its requests wait for the next look that can compare them
+    /// instead of being lost; at 250 ms looks on a service with one request a second most
+    /// looks are such. Where a batch ends depends on the request counts only, never on which
+    /// requests were bad, so the relative tests stay test martingales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<(Counts, Counts)>,
 }
 
 impl JudgeState {
@@ -480,11 +488,22 @@ pub fn observe(
         s.stable.add(si);
     }
 
-    // relative tests: this tick's ρ from the increments; no information without bad events
-    if cfg.compare_with_stable
-        && let (Some(ci), Some(si)) = (canary_inc, stable_inc)
-        && ci.total > 0
-        && si.total > 0
+    // relative tests: the batch's ρ from the increments (pooled until both arms served
+    // requests); no information without bad events
+    let batch = match (canary_inc, stable_inc) {
+        (Some(ci), Some(si)) if cfg.compare_with_stable => {
+            let (pc, ps) = s.pending.take().unwrap_or_default();
+            let (ci, si) = (pc + ci, ps + si);
+            if ci.total > 0 && si.total > 0 {
+                Some((ci, si))
+            } else {
+                s.pending = Some((ci, si)).filter(|(c, s)| c.total + s.total > 0);
+                None
+            }
+        }
+        _ => None,
+    };
+    if let Some((ci, si)) = batch
         && ci.bad + si.bad > 0
     {
         let rho = ci.total as f64 / (ci.total + si.total) as f64;
@@ -853,6 +872,34 @@ mod tests {
         }
         let n = crossed_at.expect("a crash is detected");
         assert!(n <= 5, "needed {n} canary requests");
+    }
+
+    /// Guards against losing the bad requests of looks where only one arm served anything:
+    /// at one request a second looked at every 250 ms, each look sees the canary or stable,
+    /// never both, and a per-look comparison learned nothing (a canary failing a third of its
+    /// requests was stopped only by its blast-radius budget).
+    #[test]
+    fn looks_too_frequent_to_compare_pool_their_requests_until_both_arms_served() {
+        // canary and stable take turns, one request a look; every third canary request fails
+        let mut readings = vec![(Some((0, 0)), Some((0, 0)))];
+        let (mut c, mut b) = ((0u64, 0u64), (0u64, 0u64));
+        let mut crossed_at = None;
+        for look in 1..=400u64 {
+            if look % 2 == 1 {
+                c.1 += 1;
+                c.0 += u64::from(c.1 % 3 == 0);
+            } else {
+                b.1 += 1;
+            }
+            readings.push((Some(c), Some(b)));
+            let (_, j) = run(&readings, &cfg());
+            if j.verdict == Verdict::Regressed {
+                crossed_at = Some(c.0);
+                break;
+            }
+        }
+        // every bad canary request is evidence: regressed after a few dozen of them at most
+        assert!(crossed_at.is_some_and(|bad| bad <= 40), "{crossed_at:?}");
     }
 
     #[test]

@@ -14,8 +14,11 @@ pub mod plan;
 pub mod ports;
 pub mod ramp;
 pub mod rollout;
+pub mod spec;
+pub mod route;
 pub mod time;
 pub mod traffic;
+pub mod wake;
 pub mod watch;
 
 pub use plan::{PlanSpec, plan};

@@ -23,10 +23,9 @@
 #![allow(async_fn_in_trait)]
 
 use super::judge::Reading;
-use super::plan::PlanSpec;
+use super::spec::PlanSpec;
 use super::rollout::*;
 use super::time::Time;
-use crate::spec::units::Weight;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -138,49 +137,15 @@ pub trait Runtime {
     async fn retire(&mut self, service: &str, environment: &str, release: &str) -> Result<(), PortError>;
 }
 
-/// What an environment's route serves, as read back from the router.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteWeights {
-    pub stable: Option<String>,
-    pub canary: Option<String>,
-    /// The canary's share, 0–100.
-    pub weight: Weight,
-}
-
-impl RouteWeights {
-    /// The share of traffic (0–100) that `release` gets.
-    pub fn share_of(&self, release: &str) -> u8 {
-        let w = self.weight.0.min(100);
-        let canary = if self.canary.as_deref() == Some(release) {
-            w
-        } else {
-            0
-        };
-        let stable = match (&self.stable, &self.canary) {
-            (Some(s), Some(_)) if s == release => 100 - w,
-            (Some(s), None) if s == release => 100,
-            _ => 0,
-        };
-        canary.saturating_add(stable).min(100)
-    }
-}
+pub use super::route::{Route, RouteWeights};
 
 /// The traffic router.
 pub trait Router {
     /// What each environment of the service routes now.
     async fn routes(&mut self, service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError>;
-    /// Routes `canary_weight`% of the environment to `canary`, the rest to `stable`. With
-    /// `preview` (at weight 0), `canary` stays routed at its preview URL and gets the copies of
-    /// live requests its mirror asks for; without, weight 0 takes it out of the route.
-    async fn set_weights(
-        &mut self,
-        service: &str,
-        environment: &str,
-        stable: Option<&str>,
-        canary: &str,
-        canary_weight: Weight,
-        preview: Option<&super::rollout::Preview>,
-    ) -> Result<(), PortError>;
+    /// Serves `route` in the environment (decided by [`Route::decide`]; the router carries it
+    /// out as it is).
+    async fn set_route(&mut self, service: &str, environment: &str, route: &Route) -> Result<(), PortError>;
 }
 
 /// One adapter per port, bundled: the driver's view of the world.
@@ -255,17 +220,7 @@ impl<St, Se, Bu, Ru, Ro: Router> Router for Ports<St, Se, Bu, Ru, Ro> {
     async fn routes(&mut self, service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
         self.router.routes(service).await
     }
-    async fn set_weights(
-        &mut self,
-        service: &str,
-        environment: &str,
-        stable: Option<&str>,
-        canary: &str,
-        canary_weight: Weight,
-        preview: Option<&super::rollout::Preview>,
-    ) -> Result<(), PortError> {
-        self.router
-            .set_weights(service, environment, stable, canary, canary_weight, preview)
-            .await
+    async fn set_route(&mut self, service: &str, environment: &str, route: &Route) -> Result<(), PortError> {
+        self.router.set_route(service, environment, route).await
     }
 }

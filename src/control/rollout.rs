@@ -301,7 +301,7 @@ pub struct Observed {
     pub readiness: Option<BTreeMap<(String, String), Readiness>>,
     /// What the router serves now, per environment; `None`: the router could not be asked.
     /// A release is retired or marked promoted only once these match the plan.
-    pub routes: Option<BTreeMap<String, super::ports::RouteWeights>>,
+    pub routes: Option<BTreeMap<String, super::route::RouteWeights>>,
     /// Sensor readings per (environment, objective), for the environment's canary and stable.
     pub readings: BTreeMap<(String, String), Reading>,
     /// Commits pushed to the branch since the last tick, oldest first.

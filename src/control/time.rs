@@ -12,7 +12,7 @@ pub struct Time(pub u64);
 impl Time {
     pub const ZERO: Time = Time(0);
 
-    pub fn from_secs(s: u64) -> Self {
+    pub const fn from_secs(s: u64) -> Self {
         Time(s * 1000)
     }
 

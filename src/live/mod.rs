@@ -20,12 +20,14 @@ pub mod notify;
 use crate::control::driver::{self, Tick};
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
-use crate::control::ports::{PortError, Ports, Readings, RouteWeights, Router, Runtime, Sensors};
+use crate::control::ports::{PortError, Ports, Readings, Route, RouteWeights, Router, Runtime, Sensors};
 use crate::control::rollout::{Phase, ServiceState};
 use crate::control::time::Time;
+use crate::control::wake::{self, Rhythm};
 use crate::proxy::routes::{RouteSpec, RoutesFile};
 use crate::proxy::server::{ProxyConfig, ProxyHandle, Shared, TlsListen};
-use crate::release::{LocalBuilder, wall_clock};
+use crate::clock::wall_clock;
+use crate::release::LocalBuilder;
 use crate::runtime::{AnyRuntime, LocalRuntime};
 use crate::spec::Catalog;
 use crate::spec::sensors::{ProxySignal, SensorSource};
@@ -35,12 +37,6 @@ use config::{AutopilotConfig, RuntimeConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// While a canary runs on the proxy's own counters, look this often: the counters cost nothing
-/// to read, so evidence is judged as it arrives. At 1 s a crashing canary at 10 requests/s
-/// served 14 requests before its rollback (`autopilot demo --bad-errors 100%`); at 250 ms the
-/// lag between the judge's crossing and the weight change is a few requests.
-const CANARY_LOOK: Duration = Duration::from_millis(250);
 
 /// The router port on the in-process proxy.
 #[derive(Clone)]
@@ -90,42 +86,17 @@ impl Router for ProxyRouter {
             .collect())
     }
 
-    async fn set_weights(
-        &mut self,
-        service: &str,
-        environment: &str,
-        stable: Option<&str>,
-        canary: &str,
-        canary_weight: Weight,
-        preview: Option<&crate::control::rollout::Preview>,
-    ) -> Result<(), PortError> {
-        // all traffic to the canary: it is the one release served; none: stable alone, unless
-        // the canary is held at its preview URL (blue/green, shadow, A/B) while it is judged
-        let (stable, canary) = if canary_weight.0 >= 100 || (stable.is_none() && canary_weight.0 > 0) {
-            (Some(canary), None)
-        } else if canary_weight.0 == 0 && (preview.is_none() || stable.is_none()) {
-            (stable, None)
-        } else {
-            (stable, Some(canary))
-        };
-        let (mirror, segment) = match (preview, canary) {
-            (Some(p), Some(_)) if canary_weight.0 == 0 => (p.mirror.clone(), p.segment.clone()),
-            _ => (None, None),
-        };
+    async fn set_route(&mut self, service: &str, environment: &str, route: &Route) -> Result<(), PortError> {
         let mut releases = BTreeMap::new();
-        for r in stable.iter().chain(canary.iter()) {
-            releases.insert((*r).to_owned(), self.runtime.endpoints(service, environment, r));
+        for r in route.releases() {
+            releases.insert(r.to_owned(), self.runtime.endpoints(service, environment, r));
         }
-        let route = RouteSpec {
+        let spec = RouteSpec {
             service: service.to_owned(),
             environment: environment.to_owned(),
-            stable: stable.map(str::to_owned),
-            canary: canary.map(str::to_owned),
-            weight: if canary.is_some() {
-                canary_weight
-            } else {
-                Weight(0)
-            },
+            stable: route.stable.clone(),
+            canary: route.canary.clone(),
+            weight: route.weight,
             sticky: None,
             releases,
             auth: Default::default(),
@@ -133,13 +104,13 @@ impl Router for ProxyRouter {
             pass_credentials: false,
             timeout: None,
             readiness: self.readiness.get(service).cloned(),
-            mirror,
-            segment,
+            mirror: route.mirror.clone(),
+            segment: route.segment.clone(),
         };
         self.shared
-            .set_route(route)
+            .set_route(spec)
             .map_err(|e| PortError::retry("router", e))?;
-        self.mark_ready(service, environment, stable.iter().chain(canary.iter()).copied());
+        self.mark_ready(service, environment, route.releases());
         Ok(())
     }
 }
@@ -782,20 +753,14 @@ impl Up {
                         weight = Some((r.release.clone(), Weight(0)));
                     }
                 }
-                let result = match (&st.stable, weight) {
-                    (stable, Some((canary, w))) => {
-                        self.ports
-                            .router
-                            .set_weights(&service, env, stable.as_deref(), &canary, w, None)
-                            .await
-                    }
-                    (Some(stable), None) => {
-                        self.ports
-                            .router
-                            .set_weights(&service, env, None, stable, Weight::MAX, None)
-                            .await
-                    }
-                    (None, None) => Ok(()),
+                let route = match (&st.stable, weight) {
+                    (stable, Some((canary, w))) => Some(Route::decide(stable.as_deref(), &canary, w, None)),
+                    (Some(stable), None) => Some(Route::decide(None, stable, Weight::MAX, None)),
+                    (None, None) => None,
+                };
+                let result = match route {
+                    Some(route) => self.ports.router.set_route(&service, env, &route).await,
+                    None => Ok(()),
                 };
                 if let Err(e) = result {
                     tracing::warn!(%service, %env, "restoring the route: {e}");
@@ -813,11 +778,9 @@ impl Up {
         mut on_tick: impl FnMut(&str, &Tick),
     ) -> Result<(), UpError> {
         tokio::pin!(shutdown);
-        let interval = self.config.tick.0;
         let mut latest: BTreeMap<String, crate::control::rollout::Plan> = BTreeMap::new();
         let mut stats = metrics::TickStats::default();
-        // Prometheus has news once a scrape: looking twice as often catches each one promptly
-        let look = match &self.config.prometheus {
+        let scrape = match &self.config.prometheus {
             Some(p)
                 if self
                     .ports
@@ -826,12 +789,15 @@ impl Up {
                     .as_ref()
                     .is_some_and(|s| s.reads_anything()) =>
             {
-                (p.scrape_interval.0 / 2).max(CANARY_LOOK)
+                Some(p.scrape_interval.0)
             }
-            _ => CANARY_LOOK,
+            _ => None,
         };
+        let rhythm = Rhythm::new(self.config.tick.0, scrape);
         // each service's notes of the last tick: a note is said when it first appears
         let mut noted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // each service's observations that failed at the last tick
+        let mut unobserved: BTreeMap<String, Vec<String>> = BTreeMap::new();
         loop {
             let now = wall_clock();
             let span = tracing::info_span!("tick", at = %now);
@@ -839,7 +805,7 @@ impl Up {
             let results =
                 tracing::Instrument::instrument(driver::tick_all(&self.specs, &mut self.ports, now), span)
                     .await;
-            let mut next = now.plus(interval);
+            let next = rhythm.next(now, results.iter().map(|(_, r)| r.as_ref().ok().map(|t| &t.plan)));
             for (service, result) in &results {
                 match result {
                     Ok(tick) => {
@@ -863,25 +829,30 @@ impl Up {
                             tracing::info!(%service, "{note}");
                         }
                         *before = tick.plan.notes.clone();
-                        next = next.min(tick.plan.next_check);
-                        let canary_running = tick.plan.state.environments.values().any(|e| {
-                            e.rollout.as_ref().is_some_and(|r| {
-                                matches!(
-                                    r.phase,
-                                    Phase::Canary { .. } | Phase::Paused { .. } | Phase::Deploying { .. }
-                                )
-                            })
-                        });
-                        if canary_running || !tick.plan.state.builds.running.is_empty() {
-                            next = next.min(now.plus(look));
+                        // an observation that fails is unknown to the plan (it holds); said
+                        // once when it starts, and once when it is back
+                        let now_failing: Vec<String> = tick.unobserved.iter().map(|e| e.to_string()).collect();
+                        let was = unobserved.entry(service.clone()).or_default();
+                        for (e, text) in tick.unobserved.iter().zip(&now_failing) {
+                            if !was.contains(text) {
+                                let retry = if e.retryable { "; looking again" } else { "" };
+                                tracing::warn!(%service, "cannot observe {}: {}{retry}", e.port, e.message);
+                            }
                         }
+                        for text in was.iter().filter(|t| !now_failing.contains(t)) {
+                            tracing::info!(%service, "observed again after: {text}");
+                        }
+                        *was = now_failing;
                         self.notifier
                             .send(notify::events(service, &tick.plan, &mut self.announced));
                         on_tick(service, tick);
                     }
                     Err(e) => {
-                        tracing::error!(%service, "tick failed: {e}");
-                        next = next.min(now.plus(CANARY_LOOK));
+                        if e.retryable {
+                            tracing::warn!(%service, "tick failed, looking again soon: {e}");
+                        } else {
+                            tracing::error!(%service, "tick failed: {e}");
+                        }
                     }
                 }
             }
@@ -917,7 +888,7 @@ impl Up {
             }
             tracing::debug!(took_ms = (took * 1000.0) as u64, "tick done");
             let wait = Duration::from_millis(next.millis().saturating_sub(wall_clock().millis()))
-                .max(Duration::from_millis(100));
+                .max(wake::MIN_GAP);
             // an operator's action or a push webhook (through the API in this process) is acted
             // on at once, not at the next interval
             tokio::select! {

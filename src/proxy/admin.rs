@@ -3,7 +3,7 @@
 //! call needs `Authorization: Bearer <token>`; errors are JSON and never leak internals.
 
 use super::routes::{RouteSpec, RoutesFile};
-use super::server::Shared;
+use super::state::Shared;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -4,10 +4,9 @@
 
 use super::auth::Identity;
 use super::routes::parse_host;
-use super::routes::{Decision, ReleaseRoute, RequestFacts, RouteTable, Upstream};
+use super::routes::{Decision, Families, ReleaseRoute, RequestFacts, RouteTable, Upstream};
 use super::state::Shared;
 use crate::spec::objectives::Auth;
-use crate::spec::routes::ForwardingHeaders;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -97,34 +96,6 @@ async fn respond(session: &mut Session, status: u16, body: &'static str) -> Resu
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await?;
     Ok(true)
-}
-
-/// The forwarding-header families a route table sets (`forwardingHeaders`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Families {
-    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
-    pub x_forwarded: bool,
-    /// `Forwarded` (RFC 7239).
-    pub forwarded: bool,
-}
-
-impl Families {
-    pub fn of(list: &[ForwardingHeaders]) -> Families {
-        Families {
-            x_forwarded: list.contains(&ForwardingHeaders::XForwarded),
-            forwarded: list.contains(&ForwardingHeaders::Forwarded),
-        }
-    }
-}
-
-impl Default for Families {
-    /// As a routes file that does not say.
-    fn default() -> Families {
-        Families {
-            x_forwarded: true,
-            forwarded: false,
-        }
-    }
 }
 
 /// What the proxy knows of a request's peer, for its forwarding headers.
@@ -516,6 +487,7 @@ fn copy_of(req: &RequestHeader, m: &super::routes::MirrorRoute) -> Option<super:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::routes::ForwardingHeaders;
 
     fn peer<'a>(client: &str, trusted: bool, xff: Option<&'a str>, fwd: Option<&'a str>) -> Peer<'a> {
         Peer {

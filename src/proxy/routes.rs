@@ -8,7 +8,6 @@
 //! The decision itself ([`RouteTable::choose`]) is a plain function of the snapshot, the
 //! request's host, headers and cookies, and a random draw: tested without a network.
 
-use super::request::Families;
 use crate::control::traffic::{self, Arm, BUCKETS};
 pub use crate::spec::routes::*;
 use crate::spec::units::Weight;
@@ -477,6 +476,35 @@ impl RouteTable {
         (chosen, in_segment)
     }
 }
+
+/// The forwarding-header families a route table sets (`forwardingHeaders`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// `Forwarded` (RFC 7239).
+    pub forwarded: bool,
+}
+
+impl Families {
+    pub fn of(list: &[ForwardingHeaders]) -> Families {
+        Families {
+            x_forwarded: list.contains(&ForwardingHeaders::XForwarded),
+            forwarded: list.contains(&ForwardingHeaders::Forwarded),
+        }
+    }
+}
+
+impl Default for Families {
+    /// As a routes file that does not say.
+    fn default() -> Families {
+        Families {
+            x_forwarded: true,
+            forwarded: false,
+        }
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,6 @@ pub mod registry;
 
 use crate::control::ports::{Builder, PortError, SourceEvents};
 use crate::control::rollout::{BuildOutcome, Release};
-use crate::control::time::Time;
 use crate::spec::objectives::{Artifact, ServiceSpec};
 use crate::store::SqlStore;
 use sqlx::{AnyPool, Row};
@@ -45,13 +44,7 @@ const PUSH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60)
 /// The longest a fetch of a remote may take.
 const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The wall clock, for the records of adapters (never for decisions).
-pub fn wall_clock() -> Time {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Time::from_millis(d.as_millis() as u64)
-}
+use crate::clock::wall_clock;
 
 /// The release id of an artifact: a DNS label (it becomes a preview host name) made of the
 /// digest, so a release is named by what it is.

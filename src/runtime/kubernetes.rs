@@ -294,7 +294,7 @@ impl KubeRuntime {
             registry,
             clients: Arc::new(clients),
             endpoints: Arc::default(),
-            clock: Arc::new(crate::release::wall_clock),
+            clock: Arc::new(crate::clock::wall_clock),
             looked: Arc::default(),
             min_look: MIN_LOOK,
         }

@@ -20,7 +20,8 @@ pub mod manifests;
 
 use crate::control::ports::{Instances, PortError, Runtime};
 use crate::control::rollout::{Readiness, Release};
-use crate::release::{oci::Layout, wall_clock};
+use crate::clock::wall_clock;
+use crate::release::oci::Layout;
 use crate::spec::objectives::{Run, ServiceSpec};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;

@@ -11,6 +11,7 @@ pub mod world;
 
 pub use crate::report::Sample;
 use crate::control::driver;
+use crate::control::wake::{self, Rhythm};
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::*;
@@ -351,6 +352,16 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         }
     }
     let start: Time = scenario.start.parse().map_err(SimError::Specs)?;
+    // production's wake-up rule: Prometheus sensors have news once a scrape, the proxy's at once
+    let reads_prometheus = catalog.services.get(&scenario.service).is_some_and(|s| {
+        s.objectives.iter().any(|o| {
+            catalog
+                .sensors
+                .get(&o.sensor)
+                .is_some_and(|x| !matches!(x.source, spec::sensors::SensorSource::Proxy(_)))
+        })
+    });
+    let rhythm = Rhythm::new(scenario.tick.0, reads_prometheus.then_some(scenario.scrape_interval.0));
     let end = start.plus(scenario.duration.0);
     let signals = signals(catalog, &scenario.service);
     let objectives: Vec<String> = signals.iter().map(|(o, _)| o.clone()).collect();
@@ -414,7 +425,7 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
                 if result.notes.last().map(|(_, n)| n) != Some(&note) {
                     result.notes.push((t, note));
                 }
-                let next = t.plus(scenario.tick.0).min(end);
+                let next = rhythm.next(t, [None]).min(end);
                 world.advance(next);
                 t = next;
                 continue;
@@ -423,21 +434,23 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         check_invariants(&tick).map_err(|what| SimError::Invariant { at: t, what })?;
         result.ticks += 1;
         result.transitions.extend(tick.plan.transitions.iter().cloned());
-        // failed actions are noted like the plan's notes: once, when they start
+        // failed actions and observations are noted like the plan's notes: once, when they start
         let failed = tick.failures.iter().map(|(a, e)| format!("{a:?} failed: {e}"));
+        let unobserved = tick.unobserved.iter().map(|e| format!("cannot observe: {e}"));
         let notes: std::collections::BTreeSet<String> =
-            tick.plan.notes.iter().cloned().chain(failed).collect();
+            tick.plan.notes.iter().cloned().chain(failed).chain(unobserved).collect();
         for n in notes.difference(&last_notes) {
             result.notes.push((t, n.clone()));
         }
         last_notes = notes;
         samples.add(&world, &tick.plan, t);
-        // next look: when the plan asks, a scheduled event, or the tick, at least 1 s on
-        let mut next = tick.plan.next_check.min(t.plus(scenario.tick.0));
+        // next look: production's rule, or sooner when something happens (an operator acts,
+        // a release is pushed: production's store wakes its loop the same way)
+        let mut next = rhythm.next(t, [Some(&tick.plan)]);
         if let Some(e) = world.next_event_after(t) {
-            next = next.min(e);
+            next = next.min(e.max(t.plus(wake::MIN_GAP)));
         }
-        let next = next.max(t.plus(std::time::Duration::from_secs(1))).min(end);
+        let next = next.min(end);
         world.advance(next);
         t = next;
     }
@@ -481,7 +494,10 @@ impl Samples {
             }
             *since = 0;
             let weight = match rollout {
-                Some(_) => world.routes.get(env).map_or(Weight(0), |r| r.weight),
+                Some(r) => world
+                    .routes
+                    .get(env)
+                    .map_or(Weight(0), |route| Weight(route.weights().share_of(&r.release))),
                 None => Weight(0),
             };
             let rates = plan

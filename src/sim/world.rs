@@ -9,7 +9,7 @@
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
 use crate::control::ports::{
-    Builder, Instances, Loaded, PortError, RouteWeights, Router, Runtime, Sensors, SourceEvents, Store,
+    Builder, Instances, Loaded, PortError, Route, RouteWeights, Router, Runtime, Sensors, SourceEvents, Store,
 };
 use crate::control::rollout::*;
 use crate::control::time::Time;
@@ -71,20 +71,6 @@ pub struct Served {
     pub stable_would_fail: f64,
 }
 
-/// One environment's route in the simulated router.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SimRoute {
-    pub stable: Option<String>,
-    pub canary: String,
-    /// The canary's share of everyone outside the A/B segment.
-    pub weight: Weight,
-    /// The share of stable's requests copied to the canary (a preview's mirror).
-    pub mirror: f64,
-    /// A/B: the share of the segment's requests sent to the canary, while it serves the
-    /// segment (its counts are then the segment's only, as the proxy keeps them apart).
-    pub segment: Option<f64>,
-}
-
 /// The simulated world.
 pub struct World {
     pub service: String,
@@ -102,7 +88,7 @@ pub struct World {
     builds: Vec<(Time, String)>,
     deployed: BTreeMap<(String, String), Time>,
     /// Per environment: what the router routes.
-    pub routes: BTreeMap<String, SimRoute>,
+    pub routes: BTreeMap<String, Route>,
     counters: BTreeMap<(String, String), Counters>,
     pub served: BTreeMap<(String, String), Served>,
     resets_done: BTreeSet<usize>,
@@ -110,10 +96,27 @@ pub struct World {
     version: u64,
     /// Requests generated in every environment (the simulator's work).
     pub generated: u64,
+    /// Traffic is served up to here (a [`QUANTUM`] grid point).
+    served_until: Time,
+    /// Each environment's random stream.
+    env_rngs: BTreeMap<String, ChaCha8Rng>,
     /// Recorded sensor data replacing the model for one environment.
     pub recordings: Option<super::replay::Recordings>,
     /// Per objective: the rollout and the recorded counters when it started.
     replay_baseline: BTreeMap<String, (String, Reading)>,
+}
+
+/// Traffic is drawn this much at a time, on a grid from the scenario's start.
+pub const QUANTUM: Duration = Duration::from_millis(250);
+
+/// Each environment's own random stream: its traffic does not depend on another's draws.
+fn env_rng(seed: u64, env: &str) -> ChaCha8Rng {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in env.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    ChaCha8Rng::seed_from_u64(seed ^ h)
 }
 
 fn release_id(name: &str) -> Release {
@@ -176,19 +179,15 @@ impl World {
             );
             routes.insert(
                 env.clone(),
-                SimRoute {
-                    stable: Some(stable.id.clone()),
-                    canary: stable.id.clone(),
-                    weight: Weight(0),
-                    mirror: 0.0,
-                    segment: None,
-                },
+                Route::decide(None, &stable.id, Weight::MAX, None),
             );
             deployed.insert((env.clone(), stable.id.clone()), Time::ZERO);
         }
         World {
             service: spec.service.clone(),
             now: start,
+            served_until: start,
+            env_rngs: BTreeMap::new(),
             start,
             rng: ChaCha8Rng::seed_from_u64(scenario.seed),
             scenario: scenario.clone(),
@@ -320,13 +319,26 @@ impl World {
         Binomial::new(n, p).map_or(0, |b| b.sample(&mut self.rng))
     }
 
-    /// Serves traffic from `self.now` to `to`.
+    /// Moves the clock to `to`, serving traffic on a fixed grid of [`QUANTUM`]s from the start,
+    /// each environment from a random stream of its own: how often the controller looks changes
+    /// nothing of what the services are sent (only what it decides does), as in production.
+    /// A look between two grid points sees the traffic up to the last one.
     pub fn advance(&mut self, to: Time) {
-        let dt = to.since(self.now).as_secs_f64();
+        while self.served_until.plus(QUANTUM) <= to {
+            let (from, until) = (self.served_until, self.served_until.plus(QUANTUM));
+            self.serve(from, until);
+            self.served_until = until;
+        }
+        self.now = to;
+    }
+
+    /// Serves traffic from `from` to `to`.
+    fn serve(&mut self, from: Time, to: Time) {
+        let dt = to.since(from).as_secs_f64();
         if dt <= 0.0 {
             return;
         }
-        let mid = Time::from_millis((self.now.millis() + to.millis()) / 2);
+        let mid = Time::from_millis((from.millis() + to.millis()) / 2);
         let load = {
             let tr = &self.scenario.traffic;
             match tr.swing {
@@ -338,139 +350,14 @@ impl World {
             }
         };
         for env in self.environments.clone() {
-            let Some(route) = self.routes.get(&env).cloned() else {
-                continue;
-            };
-            let SimRoute {
-                stable,
-                canary,
-                weight,
-                mirror,
-                segment,
-            } = route;
-            let mean = self.rate(&env, mid) * dt;
-            let n = if mean > 0.0 {
-                Poisson::new(mean).map_or(0.0, |p| p.sample(&mut self.rng)) as u64
-            } else {
-                0
-            };
-            self.generated += n;
-            // the segment's callers, when the scenario has them: (to canary, to stable, factor)
-            // (a scenario that does not say: a tenth of the callers, like everyone else)
-            let seg_traffic = self.scenario.traffic.segment.clone().or_else(|| {
-                segment.map(|_| crate::spec::simulations::SegmentTraffic {
-                    share: crate::spec::units::Percent(0.1),
-                    error_factor: 1.0,
-                })
-            });
-            let (nc, nb, seg) = match &seg_traffic {
-                None => {
-                    let nc =
-                        Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
-                    (nc, n - nc, None)
-                }
-                Some(st) => {
-                    let ns =
-                        Binomial::new(n, st.share.fraction().min(1.0)).map_or(0, |b| b.sample(&mut self.rng));
-                    let nr = n - ns;
-                    let w = f64::from(weight.0) / 100.0;
-                    let ncr = Binomial::new(nr, w).map_or(0, |b| b.sample(&mut self.rng));
-                    let to_canary = segment.unwrap_or(w).clamp(0.0, 1.0);
-                    let ncs = Binomial::new(ns, to_canary).map_or(0, |b| b.sample(&mut self.rng));
-                    (ncr, nr - ncr, Some((ncs, ns - ncs, st.error_factor)))
-                }
-            };
-            // copies of stable's requests sent to the canary: its evidence, served to no user
-            let nm = if mirror > 0.0 && stable.is_some() {
-                Binomial::new(nb, mirror.min(1.0)).map_or(0, |b| b.sample(&mut self.rng))
-            } else {
-                0
-            };
-            let stable_name = stable.clone().unwrap_or_else(|| canary.clone());
-            let rollout_release = self
-                .state
-                .environments
-                .get(&env)
-                .and_then(|e| e.rollout.as_ref())
-                .map(|r| r.release.clone())
-                .unwrap_or_default();
-            let pe_c = (self.error_rate(&canary, mid) * load).min(1.0);
-            let pe_b = (self.error_rate(&stable_name, mid) * load).min(1.0);
-            let seg_rate = |w: &World, release: &str, p: f64, factor: f64| {
-                w.behaviours
-                    .get(release)
-                    .and_then(|b| b.segment_errors)
-                    .map_or(p * factor, |s| s * load)
-                    .min(1.0)
-            };
-            let (pes_c, pes_b) = match seg {
-                Some((_, _, factor)) => (
-                    seg_rate(self, &canary, pe_c, factor),
-                    seg_rate(self, &stable_name, pe_b, factor),
-                ),
-                None => (pe_c, pe_b),
-            };
-            let mut canary_errors = None;
-            for (objective, signal) in self.signals.clone() {
-                let (pc, pb) = match signal {
-                    Signal::Errors => (pe_c, pe_b),
-                    Signal::SlowerThan(t) => (self.slow_share(&canary, t), self.slow_share(&stable_name, t)),
-                };
-                let bc = self.draw_bad(nc, pc);
-                let bb = self.draw_bad(nb, pb);
-                let bm = self.draw_bad(nm, pc);
-                // the segment's requests: (canary, bad), (stable, bad)
-                let (segc, segb) = match seg {
-                    Some((ncs, nbs, _)) => {
-                        let (psc, psb) = match signal {
-                            Signal::Errors => (pes_c, pes_b),
-                            Signal::SlowerThan(_) => (pc, pb),
-                        };
-                        let bcs = self.draw_bad(ncs, psc);
-                        let bbs = self.draw_bad(nbs, psb);
-                        (Counts::new(bcs, ncs), Counts::new(bbs, nbs))
-                    }
-                    None => (Counts::default(), Counts::default()),
-                };
-                if signal == Signal::Errors && canary_errors.is_none() {
-                    let would_fail = nc as f64 * pb + segc.total as f64 * pes_b;
-                    canary_errors = Some((bc + segc.bad, would_fail));
-                }
-                let key = (env.clone(), objective.clone());
-                let c = self.counters.entry(key).or_default();
-                if c.rollout_release != rollout_release || c.segment != segment.is_some() {
-                    *c = Counters {
-                        rollout_release: rollout_release.clone(),
-                        segment: segment.is_some(),
-                        ..Default::default()
-                    };
-                }
-                if segment.is_some() {
-                    // A/B stage: the proxy counts the segment's requests apart, and the judge
-                    // reads both arms' segment series
-                    c.canary = c.canary + segc;
-                    c.stable = c.stable + segb;
-                } else {
-                    c.canary = c.canary + Counts::new(bc + bm, nc + nm) + segc;
-                    c.stable = c.stable + Counts::new(bb, nb) + segb;
-                }
-            }
-            let canary_rollout_active = self
-                .state
-                .environments
-                .get(&env)
-                .and_then(|e| e.rollout.as_ref())
-                .is_some_and(|r| r.release == canary && !r.phase.is_finished());
-            let replayed = self.recordings.as_ref().is_some_and(|r| r.environment == env);
-            // the users the canary served (copies are no one's)
-            let users = nc + seg.map_or(0, |(ncs, _, _)| ncs);
-            if users > 0 && canary_rollout_active && !replayed {
-                let (bad, would_fail) = canary_errors.unwrap_or((0, nc as f64 * pe_b));
-                let s = self.served.entry((env.clone(), canary.clone())).or_default();
-                s.requests += users;
-                s.bad += bad;
-                s.stable_would_fail += would_fail;
-            }
+            let mut rng = self
+                .env_rngs
+                .remove(&env)
+                .unwrap_or_else(|| env_rng(self.scenario.seed, &env));
+            std::mem::swap(&mut self.rng, &mut rng);
+            self.serve_env(&env, mid, dt, load);
+            std::mem::swap(&mut self.rng, &mut rng);
+            self.env_rngs.insert(env, rng);
         }
         // counter resets happen once, at their moment
         let resets: Vec<(usize, Arm)> = self
@@ -499,7 +386,158 @@ impl World {
                 }
             }
         }
-        self.now = to;
+    }
+
+    /// Serves one environment's traffic for `dt` seconds around `mid` (from `self.rng`).
+    fn serve_env(&mut self, env: &str, mid: Time, dt: f64, load: f64) {
+        let env = env.to_owned();
+        let Some(route) = self.routes.get(&env).cloned() else {
+            return;
+        };
+        // the route as the proxy serves it, read as the proxy's per-release counters are:
+        // a rollout's release served alone (promoting) is the canary arm at 100%, beside
+        // the stable it replaces
+        let st = self.state.environments.get(&env);
+        let moving = st
+            .and_then(|e| e.rollout.as_ref())
+            .filter(|r| !r.phase.is_finished())
+            .map(|r| r.release.as_str());
+        let (stable, canary, weight) = match (&route.stable, &route.canary) {
+            (s, Some(c)) => (s.clone(), c.clone(), route.weight),
+            (Some(s), None) if moving == Some(s.as_str()) => {
+                (st.and_then(|e| e.stable.clone()), s.clone(), Weight::MAX)
+            }
+            (Some(s), None) => (Some(s.clone()), s.clone(), Weight(0)),
+            (None, None) => return,
+        };
+        // the share of stable's requests copied to the held canary
+        let mirror = route.mirror.as_ref().map_or(0.0, |m| m.share.fraction());
+        // A/B: the share of the segment's requests sent to the held canary (its counts are
+        // then the segment's only, as the proxy keeps them apart)
+        let segment = route.segment.as_ref().map(|s| s.share.fraction());
+        let mean = self.rate(&env, mid) * dt;
+        let n = if mean > 0.0 {
+            Poisson::new(mean).map_or(0.0, |p| p.sample(&mut self.rng)) as u64
+        } else {
+            0
+        };
+        self.generated += n;
+        // the segment's callers, when the scenario has them: (to canary, to stable, factor)
+        // (a scenario that does not say: a tenth of the callers, like everyone else)
+        let seg_traffic = self.scenario.traffic.segment.clone().or_else(|| {
+            segment.map(|_| crate::spec::simulations::SegmentTraffic {
+                share: crate::spec::units::Percent(0.1),
+                error_factor: 1.0,
+            })
+        });
+        let (nc, nb, seg) = match &seg_traffic {
+            None => {
+                let nc =
+                    Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
+                (nc, n - nc, None)
+            }
+            Some(st) => {
+                let ns =
+                    Binomial::new(n, st.share.fraction().min(1.0)).map_or(0, |b| b.sample(&mut self.rng));
+                let nr = n - ns;
+                let w = f64::from(weight.0) / 100.0;
+                let ncr = Binomial::new(nr, w).map_or(0, |b| b.sample(&mut self.rng));
+                let to_canary = segment.unwrap_or(w).clamp(0.0, 1.0);
+                let ncs = Binomial::new(ns, to_canary).map_or(0, |b| b.sample(&mut self.rng));
+                (ncr, nr - ncr, Some((ncs, ns - ncs, st.error_factor)))
+            }
+        };
+        // copies of stable's requests sent to the canary: its evidence, served to no user
+        let nm = if mirror > 0.0 && stable.is_some() {
+            Binomial::new(nb, mirror.min(1.0)).map_or(0, |b| b.sample(&mut self.rng))
+        } else {
+            0
+        };
+        let stable_name = stable.clone().unwrap_or_else(|| canary.clone());
+        let rollout_release = self
+            .state
+            .environments
+            .get(&env)
+            .and_then(|e| e.rollout.as_ref())
+            .map(|r| r.release.clone())
+            .unwrap_or_default();
+        let pe_c = (self.error_rate(&canary, mid) * load).min(1.0);
+        let pe_b = (self.error_rate(&stable_name, mid) * load).min(1.0);
+        let seg_rate = |w: &World, release: &str, p: f64, factor: f64| {
+            w.behaviours
+                .get(release)
+                .and_then(|b| b.segment_errors)
+                .map_or(p * factor, |s| s * load)
+                .min(1.0)
+        };
+        let (pes_c, pes_b) = match seg {
+            Some((_, _, factor)) => (
+                seg_rate(self, &canary, pe_c, factor),
+                seg_rate(self, &stable_name, pe_b, factor),
+            ),
+            None => (pe_c, pe_b),
+        };
+        let mut canary_errors = None;
+        for (objective, signal) in self.signals.clone() {
+            let (pc, pb) = match signal {
+                Signal::Errors => (pe_c, pe_b),
+                Signal::SlowerThan(t) => (self.slow_share(&canary, t), self.slow_share(&stable_name, t)),
+            };
+            let bc = self.draw_bad(nc, pc);
+            let bb = self.draw_bad(nb, pb);
+            let bm = self.draw_bad(nm, pc);
+            // the segment's requests: (canary, bad), (stable, bad)
+            let (segc, segb) = match seg {
+                Some((ncs, nbs, _)) => {
+                    let (psc, psb) = match signal {
+                        Signal::Errors => (pes_c, pes_b),
+                        Signal::SlowerThan(_) => (pc, pb),
+                    };
+                    let bcs = self.draw_bad(ncs, psc);
+                    let bbs = self.draw_bad(nbs, psb);
+                    (Counts::new(bcs, ncs), Counts::new(bbs, nbs))
+                }
+                None => (Counts::default(), Counts::default()),
+            };
+            if signal == Signal::Errors && canary_errors.is_none() {
+                let would_fail = nc as f64 * pb + segc.total as f64 * pes_b;
+                canary_errors = Some((bc + segc.bad, would_fail));
+            }
+            let key = (env.clone(), objective.clone());
+            let c = self.counters.entry(key).or_default();
+            if c.rollout_release != rollout_release || c.segment != segment.is_some() {
+                *c = Counters {
+                    rollout_release: rollout_release.clone(),
+                    segment: segment.is_some(),
+                    ..Default::default()
+                };
+            }
+            if segment.is_some() {
+                // A/B stage: the proxy counts the segment's requests apart, and the judge
+                // reads both arms' segment series
+                c.canary = c.canary + segc;
+                c.stable = c.stable + segb;
+            } else {
+                c.canary = c.canary + Counts::new(bc + bm, nc + nm) + segc;
+                c.stable = c.stable + Counts::new(bb, nb) + segb;
+            }
+        }
+        let canary_rollout_active = self
+            .state
+            .environments
+            .get(&env)
+            .and_then(|e| e.rollout.as_ref())
+            .is_some_and(|r| r.release == canary && !r.phase.is_finished());
+        let replayed = self.recordings.as_ref().is_some_and(|r| r.environment == env);
+        // the users the canary served (copies are no one's)
+        let users = nc + seg.map_or(0, |(ncs, _, _)| ncs);
+        if users > 0 && canary_rollout_active && !replayed {
+            let (bad, would_fail) = canary_errors.unwrap_or((0, nc as f64 * pe_b));
+            let s = self.served.entry((env.clone(), canary.clone())).or_default();
+            s.requests += users;
+            s.bad += bad;
+            s.stable_would_fail += would_fail;
+        }
     }
 
     /// The next moment something scheduled happens after `t` (a push, a build ending, an
@@ -808,50 +846,12 @@ impl Runtime for World {
 impl Router for World {
     async fn routes(&mut self, _service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
         self.up(PortName::Router)?;
-        Ok(self
-            .routes
-            .iter()
-            .map(|(env, r)| {
-                (
-                    env.clone(),
-                    RouteWeights {
-                        stable: r.stable.clone(),
-                        canary: Some(r.canary.clone()),
-                        weight: r.weight,
-                    },
-                )
-            })
-            .collect())
+        Ok(self.routes.iter().map(|(env, r)| (env.clone(), r.weights())).collect())
     }
 
-    async fn set_weights(
-        &mut self,
-        _service: &str,
-        environment: &str,
-        stable: Option<&str>,
-        canary: &str,
-        canary_weight: Weight,
-        preview: Option<&crate::control::rollout::Preview>,
-    ) -> Result<(), PortError> {
+    async fn set_route(&mut self, _service: &str, environment: &str, route: &Route) -> Result<(), PortError> {
         self.up(PortName::Router)?;
-        // the share of stable's requests copied to the canary (a preview's mirror)
-        let mirror = preview
-            .and_then(|p| p.mirror.as_ref())
-            .map_or(0.0, |m| m.share.fraction());
-        let segment = preview
-            .and_then(|p| p.segment.as_ref())
-            .filter(|_| canary_weight.0 == 0)
-            .map(|s| s.share.fraction());
-        self.routes.insert(
-            environment.to_owned(),
-            SimRoute {
-                stable: stable.map(str::to_owned),
-                canary: canary.to_owned(),
-                weight: canary_weight,
-                mirror,
-                segment,
-            },
-        );
+        self.routes.insert(environment.to_owned(), route.clone());
         Ok(())
     }
 }

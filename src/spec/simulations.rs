@@ -32,9 +32,16 @@ pub struct Scenario {
     pub seed: u64,
     /// How long to simulate.
     pub duration: Duration,
-    /// How often sensors are read at most (the controller also looks when its plan asks).
+    /// The controller's idle interval, as autopilot.yaml's `tick`: it looks at least this
+    /// often, and also when its plan asks, and while a canary is judged or a build runs as
+    /// often as its sensors have news — production's rule, in `control::wake`.
     #[serde(default = "default_tick")]
     pub tick: Duration,
+    /// How often the Prometheus that the service's sensors read scrapes (autopilot.yaml's
+    /// `prometheus.scrapeInterval`): while a canary is judged the controller looks every half
+    /// of it. Sensors on the proxy's own counters are looked at every 250 ms instead.
+    #[serde(default = "default_scrape_interval")]
+    pub scrape_interval: Duration,
     /// Wall-clock start of the simulation, `YYYY-MM-DDTHH:MM:SSZ` (gates with time windows
     /// depend on it). Default: Monday 2026-11-30 09:00 UTC.
     #[serde(default = "default_start")]
@@ -62,6 +69,10 @@ pub struct Scenario {
 
 fn default_tick() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_start() -> String {

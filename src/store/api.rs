@@ -534,7 +534,7 @@ impl SqlStore {
         .bind(name)
         .bind(role)
         .bind(groups.join(","))
-        .bind(crate::release::wall_clock().millis() as i64)
+        .bind(crate::clock::wall_clock().millis() as i64)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
