@@ -8,10 +8,14 @@
 //! Dependencies point one way, toward the pure core:
 //! - [`spec`]: the ground floor. The YAML language (objectives, sensors, controllers), its
 //!   units, its JSON Schemas, and the loader that reports every mistake with `file:line:column`.
-//! - `control` (judge, plan): pure decision logic on top of `spec`; no I/O, no clock.
-//! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O.
+//! - `control` (judge, plan, route, wake, announce): every decision, pure, on top of `spec`;
+//!   no I/O, no clock. Production and the simulator call the same functions.
+//! - `report`: the words and the chart both worlds show; `clock`: the wall clock for adapters.
+//! - adapters (proxy, sensors, store, runtime, release, api, sim) sit above and do the I/O;
+//!   `app` puts the API and the pages on one listener; `live` wires the real ports for `up`.
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod control;

@@ -1216,7 +1216,7 @@ fn run_api(config: Option<PathBuf>) -> ExitCode {
             .collect();
         let state = autopilot::live::api_state(&config, std::sync::Arc::new(catalog), specs, store.clone());
         tracing::info!(api = %config.api.listen, store = %autopilot::store::redact(store.url()), "the API is up");
-        let served = autopilot::api::serve(listener, state, stop_signal()).await;
+        let served = autopilot::app::serve(listener, state, stop_signal()).await;
         store.close().await;
         match served {
             Ok(()) => ExitCode::SUCCESS,

@@ -117,7 +117,7 @@ impl Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(listener, state, async {
+        let server = tokio::spawn(autopilot::app::serve(listener, state, async {
             let _ = stopped.await;
         }));
         Served {
@@ -958,7 +958,7 @@ async fn the_api_through_oneshot_on_sqlite() {
     let url = format!("sqlite://{}", dir.path().join("a.db").display());
     let (state, tokens) = seeded(&url).await;
     let store = state.store.clone();
-    suite(&Client::Oneshot(api::router(state)), &tokens, &store).await;
+    suite(&Client::Oneshot(autopilot::app::router(state)), &tokens, &store).await;
 }
 
 async fn over_a_socket(url: &str) {
@@ -1065,7 +1065,7 @@ async fn the_api_through_oneshot_and_over_a_socket_on_postgres() {
     let pg = TempPostgres::start().expect("PostgreSQL starts (scripts/test installs it)");
     let (state, tokens) = seeded(&pg.database().await.unwrap()).await;
     let store = state.store.clone();
-    suite(&Client::Oneshot(api::router(state)), &tokens, &store).await;
+    suite(&Client::Oneshot(autopilot::app::router(state)), &tokens, &store).await;
     over_a_socket(&pg.database().await.unwrap()).await;
 }
 
@@ -1085,7 +1085,7 @@ async fn without_a_webhook_secret_every_push_is_refused_and_the_service_list_say
     settings.webhook_secret = None;
     state.settings = Arc::new(settings);
     let store = state.store.clone();
-    let c = Client::Oneshot(api::router(state));
+    let c = Client::Oneshot(autopilot::app::router(state));
     let payload = json!({"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567", "pusher": {"login": "mallory"}});
     for headers in [
         &[("x-github-event", "push"), ("x-github-delivery", "d-1")][..],
@@ -1134,7 +1134,7 @@ async fn open_reads_need_no_token_but_actions_still_do() {
     let mut settings = (*state.settings).clone();
     settings.open_reads = true;
     state.settings = Arc::new(settings);
-    let c = Client::Oneshot(api::router(state));
+    let c = Client::Oneshot(autopilot::app::router(state));
     assert_eq!(c.get("/v1/services/checkout", None).await.status, StatusCode::OK);
     // the pages too: read without signing in
     let page = c.get("/", None).await;
@@ -1329,7 +1329,7 @@ async fn pages(c: &Client, t: &Tokens) {
 async fn the_pages_read_with_the_cookie_and_never_act_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let (state, tokens) = seeded(&format!("sqlite://{}", dir.path().join("p.db").display())).await;
-    pages(&Client::Oneshot(api::router(state)), &tokens).await;
+    pages(&Client::Oneshot(autopilot::app::router(state)), &tokens).await;
 }
 
 /// Reads `stream` until an event of `kind` arrives (bounded); returns (id, data).

@@ -20,7 +20,7 @@
 //! written outside the folder it was given); the input is written to
 //! `target/fuzz-failures/<target>/` and printed, to be added to the corpus once fixed.
 
-use autopilot::api::{self, ApiSettings, ApiState};
+use autopilot::api::{ApiSettings, ApiState};
 use autopilot::control::plan::PlanSpec;
 use autopilot::control::time::Time;
 use autopilot::store::SqlStore;
@@ -486,7 +486,7 @@ fn api() -> Api {
             discovery: None,
             streams: Default::default(),
         };
-        (api::router(state), store, operator, admin)
+        (autopilot::app::router(state), store, operator, admin)
     });
     Api {
         _dir: dir,

@@ -185,7 +185,29 @@ fn the_timeline_reads_in_words_with_operators_at_their_time_and_nothing_cut() {
             assert!(line.contains("capped by the blast-radius budget at"), "{line}");
         }
     }
-    assert!(text.contains("of the 50% the ramp asked"), "{text}");
+    // (whether a step is capped depends on the draws; the words of one that is, on nothing)
+    let capped = autopilot::control::rollout::Transition {
+        environment: "staging".into(),
+        release: "v2".into(),
+        from: Some(autopilot::control::rollout::PhaseKind::Canary),
+        to: autopilot::control::rollout::PhaseKind::Canary,
+        weight: autopilot::spec::units::Weight(30),
+        cause: autopilot::control::rollout::Cause::Evidence {
+            explanation: String::new(),
+            objectives: Vec::new(),
+            capped: Some(autopilot::control::rollout::Capped {
+                wanted: autopilot::spec::units::Weight(50),
+                left: 12.0,
+                budget: 100,
+            }),
+        },
+        at: autopilot::control::time::Time::ZERO,
+    };
+    let line = autopilot::report::cause_line(&capped);
+    assert!(
+        line.contains("capped by the blast-radius budget at 30% of the 50% the ramp asked"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -400,10 +400,16 @@ pub fn openapi_json() -> String {
 
 /// The API as a router (no socket: tests call it with `oneshot`).
 pub fn router(state: ApiState) -> axum::Router {
+    router_with(state, axum::Router::new())
+}
+
+/// The API and `more` routes (the web pages) as one router, with the API's fallbacks, body
+/// limit and security headers over all of them.
+pub fn router_with(state: ApiState, more: axum::Router<ApiState>) -> axum::Router {
     let doc = openapi_json();
     parts()
         .0
-        .merge(crate::web::routes())
+        .merge(more)
         .route(
             "/v1/openapi.json",
             axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
@@ -419,29 +425,6 @@ pub fn router(state: ApiState) -> axum::Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(session::security_headers))
         .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: ApiState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // event streams never end by themselves: they end when the server stops, so that its
-    // graceful shutdown does not wait on an open page forever
-    let (closing, closed) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = closing.send(true);
-    };
-    axum::serve(
-        listener,
-        router(state)
-            .layer(axum::Extension(events::Closing(closed)))
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

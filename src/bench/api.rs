@@ -155,7 +155,7 @@ async fn measure(backend: &'static str, url: &str, releases: usize, n: usize) ->
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(autopilot::api::serve(listener, state, async {
+    let server = tokio::spawn(autopilot::app::serve(listener, state, async {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();

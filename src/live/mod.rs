@@ -701,7 +701,7 @@ impl Up {
                 source,
             })?;
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(crate::api::serve(
+        let api = tokio::spawn(crate::app::serve(
             listener,
             crate::api::ApiState {
                 discovery: Some(Arc::new(runtime.clone())),
