@@ -16,7 +16,7 @@
 //!   (with `sh -c`) in a base image, in `/release`, where an init container first pulls the
 //!   artifact by digest with `autopilot artifact pull`.
 
-use super::kubernetes::KubernetesConfig;
+use super::kube_config::KubernetesConfig;
 use crate::control::rollout::Release;
 use crate::spec::objectives::{Artifact, ServiceSpec};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};

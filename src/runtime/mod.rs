@@ -15,6 +15,7 @@
 //! - `deploy` and `retire` are idempotent.
 //! - An instance's port stays the same across restarts, so routes need not change.
 
+pub mod kube_config;
 pub mod kubernetes;
 pub mod manifests;
 
