@@ -98,9 +98,13 @@ fn arms(route: &Route, env: Option<&EnvState>) -> Option<Routed> {
     let segment = route.segment.as_ref().map(|s| s.share.fraction());
     Some(match (&route.stable, &route.canary) {
         (s, Some(c)) => (s.clone(), c.clone(), route.weight, mirror, segment),
-        (Some(s), None) if moving == Some(s.as_str()) => {
-            (env.and_then(|e| e.stable.clone()), s.clone(), Weight::MAX, 0.0, None)
-        }
+        (Some(s), None) if moving == Some(s.as_str()) => (
+            env.and_then(|e| e.stable.clone()),
+            s.clone(),
+            Weight::MAX,
+            0.0,
+            None,
+        ),
         (Some(s), None) => (Some(s.clone()), s.clone(), Weight(0), 0.0, None),
         (None, None) => return None,
     })
@@ -200,8 +204,10 @@ impl World {
             .map(|e| e.name.clone())
             .collect::<Vec<_>>()
         {
-            let Some((stable, canary, weight, mirror, segment)) =
-                self.weights.get(&env).and_then(|r| arms(r, self.state.environments.get(&env)))
+            let Some((stable, canary, weight, mirror, segment)) = self
+                .weights
+                .get(&env)
+                .and_then(|r| arms(r, self.state.environments.get(&env)))
             else {
                 continue;
             };

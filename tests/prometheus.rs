@@ -3,6 +3,7 @@
 //! an exporter whose counters the tests drive. Targets come and go through file-based service
 //! discovery, the same file `autopilot up` writes.
 
+use autopilot::clock::wall_clock;
 use autopilot::control::judge::{Counts, Missing, Reading};
 use autopilot::control::plan::PlanSpec;
 use autopilot::control::ports::Sensors;
@@ -10,7 +11,6 @@ use autopilot::control::rollout::{EnvState, Phase, Rollout, ServiceState};
 use autopilot::control::time::Time;
 use autopilot::prom::server::{Exporter, TempPrometheus};
 use autopilot::prom::{PromSensors, PromSettings, file_sd};
-use autopilot::clock::wall_clock;
 use autopilot::spec::Catalog;
 use autopilot::spec::units::Weight;
 use std::time::Duration;

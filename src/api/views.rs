@@ -4,8 +4,7 @@
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::{
-    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, PhaseKind, ServiceState,
-    Transition,
+    Actor, EnvOverrides, EnvState, ObjectiveEvidence, Overrides, Phase, PhaseKind, ServiceState, Transition,
 };
 use crate::store::StoredBuild;
 use crate::store::api::AuditRecord;

@@ -71,7 +71,11 @@ async fn one_service<W: World>(
 ) -> Result<Tick, PortError> {
     let service = spec.service.as_str();
     let mut unobserved = Vec::new();
-    let readiness = world.instances(service).await.map_err(|e| unobserved.push(e)).ok();
+    let readiness = world
+        .instances(service)
+        .await
+        .map_err(|e| unobserved.push(e))
+        .ok();
     let routes = world.routes(service).await.map_err(|e| unobserved.push(e)).ok();
     let events = world
         .events(service)

@@ -23,8 +23,8 @@
 #![allow(async_fn_in_trait)]
 
 use super::judge::Reading;
-use super::spec::PlanSpec;
 use super::rollout::*;
+use super::spec::PlanSpec;
 use super::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -77,7 +77,9 @@ pub enum Phase {
 
 /// Which phase, without its data: what transitions, metrics, notifications and the pages name.
 /// Kebab-case on the wire and in the store (`rolling-back`), as the phase names always were.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PhaseKind {
     Waiting,

@@ -30,7 +30,12 @@ pub struct Route {
 
 impl Route {
     /// The route for `canary_weight`% to `canary` and the rest to `stable` (see the rules above).
-    pub fn decide(stable: Option<&str>, canary: &str, canary_weight: Weight, preview: Option<&Preview>) -> Route {
+    pub fn decide(
+        stable: Option<&str>,
+        canary: &str,
+        canary_weight: Weight,
+        preview: Option<&Preview>,
+    ) -> Route {
         let w = canary_weight.0.min(100);
         let (stable, canary) = if w >= 100 || (stable.is_none() && w > 0) {
             (Some(canary), None)
@@ -110,7 +115,10 @@ mod tests {
     fn all_traffic_to_the_canary_makes_it_the_one_release_served() {
         for (stable, w) in [(Some("r1"), 100), (None, 30), (None, 100)] {
             let r = Route::decide(stable, "r2", Weight(w), None);
-            assert_eq!((r.stable.as_deref(), r.canary.as_deref(), r.weight), (Some("r2"), None, Weight(0)));
+            assert_eq!(
+                (r.stable.as_deref(), r.canary.as_deref(), r.weight),
+                (Some("r2"), None, Weight(0))
+            );
             assert_eq!(r.weights().share_of("r2"), 100);
         }
     }

@@ -112,8 +112,14 @@ mod tests {
     #[test]
     fn idle_looks_at_the_interval_or_when_a_plan_asks() {
         let r = Rhythm::new(Duration::from_secs(5), None);
-        assert_eq!(r.next(NOW, [Some(&plan(None, NOW.plus(Duration::from_secs(60))))]), NOW.plus(Duration::from_secs(5)));
-        assert_eq!(r.next(NOW, [Some(&plan(None, NOW.plus(Duration::from_secs(2))))]), NOW.plus(Duration::from_secs(2)));
+        assert_eq!(
+            r.next(NOW, [Some(&plan(None, NOW.plus(Duration::from_secs(60))))]),
+            NOW.plus(Duration::from_secs(5))
+        );
+        assert_eq!(
+            r.next(NOW, [Some(&plan(None, NOW.plus(Duration::from_secs(2))))]),
+            NOW.plus(Duration::from_secs(2))
+        );
         assert_eq!(r.next(NOW, []), NOW.plus(Duration::from_secs(5)));
     }
 
@@ -126,15 +132,24 @@ mod tests {
         };
         let far = NOW.plus(Duration::from_secs(60));
         let proxy = Rhythm::new(Duration::from_secs(5), None);
-        assert_eq!(proxy.next(NOW, [Some(&plan(Some(canary.clone()), far))]), NOW.plus(CANARY_LOOK));
+        assert_eq!(
+            proxy.next(NOW, [Some(&plan(Some(canary.clone()), far))]),
+            NOW.plus(CANARY_LOOK)
+        );
         let prom = Rhythm::new(Duration::from_secs(30), Some(Duration::from_secs(15)));
-        assert_eq!(prom.next(NOW, [Some(&plan(Some(canary), far))]), NOW.plus(Duration::from_millis(7500)));
+        assert_eq!(
+            prom.next(NOW, [Some(&plan(Some(canary), far))]),
+            NOW.plus(Duration::from_millis(7500))
+        );
         // a bake is judged by its plan's own wake-ups
         let baking = Phase::Baking {
             weight: Weight(90),
             since: NOW,
         };
-        assert_eq!(prom.next(NOW, [Some(&plan(Some(baking), far))]), NOW.plus(Duration::from_secs(30)));
+        assert_eq!(
+            prom.next(NOW, [Some(&plan(Some(baking), far))]),
+            NOW.plus(Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -143,6 +158,9 @@ mod tests {
         assert_eq!(r.next(NOW, [None]), NOW.plus(Duration::from_secs(1)));
         assert_eq!(r.next(NOW, [Some(&plan(None, NOW))]), NOW.plus(MIN_GAP));
         // a fast scrape does not look faster than the proxy's rhythm
-        assert_eq!(Rhythm::new(Duration::from_secs(5), Some(Duration::from_millis(100))).busy, CANARY_LOOK);
+        assert_eq!(
+            Rhythm::new(Duration::from_secs(5), Some(Duration::from_millis(100))).busy,
+            CANARY_LOOK
+        );
     }
 }

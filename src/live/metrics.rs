@@ -9,7 +9,6 @@ use crate::proxy::metrics::esc;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-
 /// Tick statistics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TickStats {

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod metrics;
 pub mod notify;
 
+use crate::clock::wall_clock;
 use crate::control::driver::{self, Tick};
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
@@ -26,7 +27,6 @@ use crate::control::time::Time;
 use crate::control::wake::{self, Rhythm};
 use crate::proxy::routes::{RouteSpec, RoutesFile};
 use crate::proxy::server::{ProxyConfig, ProxyHandle, Shared, TlsListen};
-use crate::clock::wall_clock;
 use crate::release::LocalBuilder;
 use crate::runtime::{AnyRuntime, LocalRuntime};
 use crate::spec::Catalog;
@@ -831,7 +831,8 @@ impl Up {
                         *before = tick.plan.notes.clone();
                         // an observation that fails is unknown to the plan (it holds); said
                         // once when it starts, and once when it is back
-                        let now_failing: Vec<String> = tick.unobserved.iter().map(|e| e.to_string()).collect();
+                        let now_failing: Vec<String> =
+                            tick.unobserved.iter().map(|e| e.to_string()).collect();
                         let was = unobserved.entry(service.clone()).or_default();
                         for (e, text) in tick.unobserved.iter().zip(&now_failing) {
                             if !was.contains(text) {
@@ -887,8 +888,8 @@ impl Up {
                     .store(Arc::new(metrics::render(&latest, stats)));
             }
             tracing::debug!(took_ms = (took * 1000.0) as u64, "tick done");
-            let wait = Duration::from_millis(next.millis().saturating_sub(wall_clock().millis()))
-                .max(wake::MIN_GAP);
+            let wait =
+                Duration::from_millis(next.millis().saturating_sub(wall_clock().millis())).max(wake::MIN_GAP);
             // an operator's action or a push webhook (through the API in this process) is acted
             // on at once, not at the next interval
             tokio::select! {

@@ -9,8 +9,8 @@
 //!   the last error) is recorded in the store's `notifications` table.
 //! - One slow or dead sink never delays another: each delivery runs on its own task.
 
-pub use crate::control::announce::{Event, events};
 use super::config::{NotificationEvent, NotificationKind, NotificationSink};
+pub use crate::control::announce::{Event, events};
 use crate::store::SqlStore;
 use serde_json::json;
 use std::time::Duration;

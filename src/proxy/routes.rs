@@ -505,7 +505,6 @@ impl Default for Families {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
 

@@ -19,9 +19,9 @@ pub mod kube_config;
 pub mod kubernetes;
 pub mod manifests;
 
+use crate::clock::wall_clock;
 use crate::control::ports::{Instances, PortError, Runtime};
 use crate::control::rollout::{Readiness, Release};
-use crate::clock::wall_clock;
 use crate::release::oci::Layout;
 use crate::spec::objectives::{Run, ServiceSpec};
 use nix::sys::signal::{Signal, killpg};

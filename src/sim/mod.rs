@@ -9,13 +9,13 @@ pub mod replay;
 pub mod report;
 pub mod world;
 
-pub use crate::report::Sample;
 use crate::control::driver;
-use crate::control::wake::{self, Rhythm};
 use crate::control::judge::Verdict;
 use crate::control::plan::PlanSpec;
 use crate::control::rollout::*;
 use crate::control::time::Time;
+use crate::control::wake::{self, Rhythm};
+pub use crate::report::Sample;
 use crate::spec::simulations::{ExpectedOutcome, OperatorAction, OperatorKind, Scenario};
 use crate::spec::units::{Target, Weight};
 use crate::spec::{self, Catalog, LoadError};
@@ -361,7 +361,10 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
                 .is_some_and(|x| !matches!(x.source, spec::sensors::SensorSource::Proxy(_)))
         })
     });
-    let rhythm = Rhythm::new(scenario.tick.0, reads_prometheus.then_some(scenario.scrape_interval.0));
+    let rhythm = Rhythm::new(
+        scenario.tick.0,
+        reads_prometheus.then_some(scenario.scrape_interval.0),
+    );
     let end = start.plus(scenario.duration.0);
     let signals = signals(catalog, &scenario.service);
     let objectives: Vec<String> = signals.iter().map(|(o, _)| o.clone()).collect();
@@ -437,8 +440,14 @@ pub fn run_in(scenario: &Scenario, catalog: &Catalog, base: &Path) -> Result<Sim
         // failed actions and observations are noted like the plan's notes: once, when they start
         let failed = tick.failures.iter().map(|(a, e)| format!("{a:?} failed: {e}"));
         let unobserved = tick.unobserved.iter().map(|e| format!("cannot observe: {e}"));
-        let notes: std::collections::BTreeSet<String> =
-            tick.plan.notes.iter().cloned().chain(failed).chain(unobserved).collect();
+        let notes: std::collections::BTreeSet<String> = tick
+            .plan
+            .notes
+            .iter()
+            .cloned()
+            .chain(failed)
+            .chain(unobserved)
+            .collect();
         for n in notes.difference(&last_notes) {
             result.notes.push((t, n.clone()));
         }

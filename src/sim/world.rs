@@ -177,10 +177,7 @@ impl World {
                     previous: None,
                 },
             );
-            routes.insert(
-                env.clone(),
-                Route::decide(None, &stable.id, Weight::MAX, None),
-            );
+            routes.insert(env.clone(), Route::decide(None, &stable.id, Weight::MAX, None));
             deployed.insert((env.clone(), stable.id.clone()), Time::ZERO);
         }
         World {
@@ -432,8 +429,7 @@ impl World {
         });
         let (nc, nb, seg) = match &seg_traffic {
             None => {
-                let nc =
-                    Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
+                let nc = Binomial::new(n, f64::from(weight.0) / 100.0).map_or(0, |b| b.sample(&mut self.rng));
                 (nc, n - nc, None)
             }
             Some(st) => {
@@ -846,7 +842,11 @@ impl Runtime for World {
 impl Router for World {
     async fn routes(&mut self, _service: &str) -> Result<BTreeMap<String, RouteWeights>, PortError> {
         self.up(PortName::Router)?;
-        Ok(self.routes.iter().map(|(env, r)| (env.clone(), r.weights())).collect())
+        Ok(self
+            .routes
+            .iter()
+            .map(|(env, r)| (env.clone(), r.weights()))
+            .collect())
     }
 
     async fn set_route(&mut self, _service: &str, environment: &str, route: &Route) -> Result<(), PortError> {

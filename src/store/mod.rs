@@ -642,7 +642,6 @@ impl Store for SqlStore {
         }
         tx.commit().await.map_err(db_err)
     }
-
 }
 
 /// A store URL fit for messages: the password replaced by `***`.

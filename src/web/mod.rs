@@ -227,7 +227,6 @@ fn weight_bar(weight: u8) -> Markup {
     }
 }
 
-
 /// The actions that make sense for an environment now, as buttons.
 fn actions(service: &str, env: &EnvironmentView) -> Markup {
     let active = env.rollout.as_ref().filter(|r| !r.state.is_finished());

@@ -11,7 +11,11 @@ pub(super) fn routed_share(ctx: &EnvCtx, release: &str) -> Option<u8> {
 }
 
 /// Feeds this tick's readings to every objective's judge; returns the verdicts.
-pub(super) fn judge_all(ctx: &EnvCtx, r: &mut Rollout, out: &mut Out) -> Vec<(String, judge::Judgement, MissingData)> {
+pub(super) fn judge_all(
+    ctx: &EnvCtx,
+    r: &mut Rollout,
+    out: &mut Out,
+) -> Vec<(String, judge::Judgement, MissingData)> {
     let mut results = Vec::new();
     for o in &ctx.env.objectives {
         let reading = ctx
@@ -213,7 +217,13 @@ pub(super) fn operator_weight(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out
 }
 
 /// Safe on copies (shadow) or in its segment (A/B): now everyone, by the ramp, judged afresh.
-pub(super) fn leave_the_held_stage(ctx: &EnvCtx, env: &EnvState, r: &mut Rollout, out: &mut Out, verdicts: &Verdicts) {
+pub(super) fn leave_the_held_stage(
+    ctx: &EnvCtx,
+    env: &EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    verdicts: &Verdicts,
+) {
     let cause = safe_cause(ctx, verdicts, true, |explanation, objectives| {
         Cause::SafeOnCopies {
             explanation,
@@ -410,7 +420,9 @@ pub(super) fn weight_cap(ctx: &EnvCtx, r: &Rollout, arms: &[(f64, Counts, Counts
     ramp::budget_cap(budget, arms)
 }
 
-pub(super) fn evidence_arms(verdicts: &[(String, judge::Judgement, MissingData)]) -> Vec<(f64, Counts, Counts)> {
+pub(super) fn evidence_arms(
+    verdicts: &[(String, judge::Judgement, MissingData)],
+) -> Vec<(f64, Counts, Counts)> {
     verdicts
         .iter()
         .map(|(_, j, _)| (j.evidence.canary_upper, j.evidence.canary, j.evidence.stable))

@@ -7,7 +7,14 @@ use super::*;
 /// spent budget still rolls back, unless the policy's answer to it is this pause, or the
 /// operator paused regardless (then it is said loudly, every look). Lifted by a resume, or by
 /// the removal of an operator's pause.
-pub(super) fn step_paused(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out, at: At, pause: Pause) {
+pub(super) fn step_paused(
+    ctx: &EnvCtx,
+    env: &mut EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    at: At,
+    pause: Pause,
+) {
     let release = r.release.clone();
     let Pause { reason, by_operator } = pause;
     let verdicts = judge_all(ctx, r, out);
@@ -107,7 +114,13 @@ pub(super) fn step_promoting(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, 
 
 /// Rolling back: retired once the router sends it nothing (a failed weight change is asked
 /// again), and the environment pinned against it if the policy says so.
-pub(super) fn step_rolling_back(ctx: &EnvCtx, env: &mut EnvState, r: &mut Rollout, out: &mut Out, reason: String) {
+pub(super) fn step_rolling_back(
+    ctx: &EnvCtx,
+    env: &mut EnvState,
+    r: &mut Rollout,
+    out: &mut Out,
+    reason: String,
+) {
     let release = r.release.clone();
     if routed_share(ctx, &release) != Some(0) {
         set_weight(ctx, out, env, &release, Weight(0));

@@ -21,9 +21,9 @@ use super::ramp;
 use super::rollout::*;
 use super::time::Time;
 use super::watch::{self, WatchConfig};
+use crate::spec::MissingData;
 use crate::spec::controllers::{ControllerSpec, StopAction, Strategy};
 use crate::spec::units::Weight;
-use crate::spec::MissingData;
 use std::time::Duration;
 
 /// With nothing in progress, look again this often anyway (level-triggered re-check).
@@ -363,7 +363,14 @@ fn keep_or_retire_previous(ctx: &EnvCtx, env: &mut EnvState, out: &mut Out) {
         env.stable = Some(kept.release.clone());
         env.stable_since = Some(ctx.now);
         let reason = format!("operator rollback: all traffic back to {}", kept.release);
-        start_rollback(ctx, out, env, &mut r, reason, operator(OperatorStep::Rollback, actor));
+        start_rollback(
+            ctx,
+            out,
+            env,
+            &mut r,
+            reason,
+            operator(OperatorStep::Rollback, actor),
+        );
         out.consumed.push((ctx.name(), OneShot::Rollback));
         env.rollout = Some(r);
     } else if ctx.now >= kept.until {

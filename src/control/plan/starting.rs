@@ -5,7 +5,13 @@ use super::*;
 
 /// Waiting for the environment's gates (and a freeze): deploy once every one is open, else say
 /// what it waits on and wake when a gate opens by itself.
-pub(super) fn step_waiting(ctx: &EnvCtx, upstream: Option<&EnvState>, r: &mut Rollout, out: &mut Out, since: Time) {
+pub(super) fn step_waiting(
+    ctx: &EnvCtx,
+    upstream: Option<&EnvState>,
+    r: &mut Rollout,
+    out: &mut Out,
+    since: Time,
+) {
     let now = ctx.now;
     let release = r.release.clone();
     let mut closed = Vec::new();

@@ -269,7 +269,9 @@ fn an_operator_weight_holds_the_canary_where_it_was_set() {
             ..
         }
     )));
-    assert!(matches!(&o.transitions[0].cause, Cause::Operator { action, .. } if *action == OperatorStep::SetWeight));
+    assert!(
+        matches!(&o.transitions[0].cause, Cause::Operator { action, .. } if *action == OperatorStep::SetWeight)
+    );
 }
 
 #[test]
