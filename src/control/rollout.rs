@@ -512,16 +512,7 @@ pub struct Transition {
     pub at: Time,
 }
 
-/// A release held at weight 0 while it is judged: routed at its preview URL; with a mirror, sent
-/// copies of live requests; with a segment, serving that segment's share of callers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Preview {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<crate::spec::routes::Mirror>,
-    /// A/B: the segment of callers split between the release and stable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub segment: Option<crate::spec::routes::Segment>,
-}
+pub use super::route::Preview;
 
 /// Something the executor must make true.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

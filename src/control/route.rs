@@ -9,10 +9,20 @@
 //!   is judged (blue/green, shadow, A/B), which needs a stable to serve everyone else;
 //! - a mirror or an A/B segment applies only while the canary is held at weight 0.
 
-use super::rollout::Preview;
 use crate::spec::routes::{Mirror, Segment};
 use crate::spec::units::Weight;
 use serde::{Deserialize, Serialize};
+
+/// A release held at weight 0 while it is judged: routed at its preview URL; with a mirror, sent
+/// copies of live requests; with a segment, serving that segment's share of callers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+    /// A/B: the segment of callers split between the release and stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Segment>,
+}
 
 /// What an environment's route serves, as decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
