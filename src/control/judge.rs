@@ -39,41 +39,11 @@
 //! # Never
 //! No I/O, no clock (time comes in), no randomness.
 
+use super::counters::increment;
 use super::time::Time;
 use serde::{Deserialize, Serialize};
 
-/// One arm's cumulative counters as read from a sensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Counts {
-    pub bad: u64,
-    pub total: u64,
-}
-
-impl Counts {
-    pub fn new(bad: u64, total: u64) -> Self {
-        Counts { bad, total }
-    }
-
-    pub fn ratio(&self) -> f64 {
-        if self.total == 0 {
-            f64::NAN
-        } else {
-            self.bad as f64 / self.total as f64
-        }
-    }
-
-    fn add(&mut self, other: Counts) {
-        *self = *self + other;
-    }
-}
-
-impl std::ops::Add for Counts {
-    type Output = Counts;
-    /// Both arms' or series' counts together.
-    fn add(self, other: Counts) -> Counts {
-        Counts::new(self.bad + other.bad, self.total + other.total)
-    }
-}
+pub use super::counters::Counts;
 
 /// What the sensors said at one moment; `None` is missing data, and `missing` says why.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -317,18 +287,6 @@ pub struct Evidence {
 pub struct Judgement {
     pub verdict: Verdict,
     pub evidence: Evidence,
-}
-
-/// Increment from `last` to `now`. Counters count from the rollout's start, so the first
-/// reading is all increment; a counter that went down was reset and counts from zero again.
-pub(crate) fn increment(last: Option<Counts>, now: Counts) -> Counts {
-    match last {
-        Some(l) if now.total >= l.total && now.bad >= l.bad => Counts {
-            bad: now.bad - l.bad,
-            total: now.total - l.total,
-        },
-        _ => now,
-    }
 }
 
 /// Is this tick's bad share significantly above `p0` (one-sided binomial test at 0.1%)?

@@ -6,6 +6,7 @@
 
 pub mod announce;
 pub mod builds;
+pub mod counters;
 pub mod driver;
 pub mod gates;
 pub mod judge;

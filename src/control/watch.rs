@@ -27,6 +27,7 @@
 //! # Never
 //! No I/O, no clock (time comes in), no randomness.
 
+use super::counters::increment;
 use super::judge::{
     self, ABS_REGRESSION_MULTIPLES, Counts, Crossing, Evidence, Judgement, MAX_ALTERNATIVE,
     REGRESSION_RATIOS, REGRESSION_WEIGHTS, Reading, Verdict, Waiting,
@@ -158,8 +159,8 @@ pub fn observe(
     if s.log_cusum.len() != alts.len() {
         s.log_cusum = vec![0.0; alts.len()];
     }
-    let release_inc = reading.canary.map(|c| judge::increment(s.last.canary, c));
-    let baseline_inc = reading.stable.map(|c| judge::increment(s.last.stable, c));
+    let release_inc = reading.canary.map(|c| increment(s.last.canary, c));
+    let baseline_inc = reading.stable.map(|c| increment(s.last.stable, c));
     let has_data = release_inc.is_some() && (baseline_inc.is_some() || !cfg.compare_with_stable);
     if has_data {
         // (an arm read alone is not taken as read: the next look's increments of both arms

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 
 use crate::clock::wall_clock;
+use crate::control::counters::since_base;
 use crate::control::driver::{self, Tick};
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
@@ -246,17 +247,6 @@ impl ProxySensors {
     }
 }
 
-/// Counts since `base` (set at the first read); a counter below its base was reset (the proxy
-/// restarted) and counts from zero again.
-fn since(base: &mut Option<Counts>, now: Option<Counts>) -> Option<Counts> {
-    let now = now?;
-    let b = base.get_or_insert(now);
-    if now.bad < b.bad || now.total < b.total {
-        *b = Counts::default();
-    }
-    Some(Counts::new(now.bad - b.bad, now.total - b.total))
-}
-
 impl Sensors for ProxySensors {
     async fn read(
         &mut self,
@@ -302,7 +292,8 @@ impl Sensors for ProxySensors {
                         segment.unwrap_or_default().to_owned(),
                     );
                     let base = self.baselines.entry(key).or_default();
-                    let mut reading = Reading::of(since(&mut base.0, canary), since(&mut base.1, stable));
+                    let mut reading =
+                        Reading::of(since_base(&mut base.0, canary), since_base(&mut base.1, stable));
                     if matches!(read, ProxyRead::Unsupported) {
                         reading.missing = Some(crate::control::judge::Missing::Unsupported);
                     }

@@ -6,6 +6,7 @@
 //! Every random draw comes from one seeded generator, in a fixed order, and every collection
 //! iterates in a fixed order: the same scenario and seed give the same run, byte for byte.
 
+use crate::control::counters::since_base;
 use crate::control::judge::{Counts, Reading};
 use crate::control::plan::PlanSpec;
 use crate::control::ports::{
@@ -683,16 +684,8 @@ impl World {
 /// Counters since the rollout started, from raw recorded counters: a counter that went below
 /// its baseline was reset, and counts from zero again.
 fn since_baseline(base: &mut Reading, raw: Reading, (canary_blind, stable_blind): (bool, bool)) -> Reading {
-    let arm = |base: &mut Option<Counts>, now: Option<Counts>| {
-        let now = now?;
-        let b = base.get_or_insert(now);
-        if now.bad < b.bad || now.total < b.total {
-            *b = Counts::default();
-        }
-        Some(Counts::new(now.bad - b.bad, now.total - b.total))
-    };
-    let canary = arm(&mut base.canary, raw.canary);
-    let stable = arm(&mut base.stable, raw.stable);
+    let canary = since_base(&mut base.canary, raw.canary);
+    let stable = since_base(&mut base.stable, raw.stable);
     Reading {
         canary: canary.filter(|_| !canary_blind),
         stable: stable.filter(|_| !stable_blind),
