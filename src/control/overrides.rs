@@ -299,14 +299,7 @@ mod tests {
         }
         let env = s.environments.entry("prod".into()).or_default();
         env.stable = Some("r1".into());
-        env.rollout = phase.map(|phase| Rollout {
-            release: "r2".into(),
-            phase,
-            started_at: Time::ZERO,
-            judges: Default::default(),
-            watches: Default::default(),
-            excess_bad: 0.0,
-        });
+        env.rollout = phase.map(|phase| Rollout::new("r2", phase, Time::ZERO));
         s
     }
 

@@ -38,6 +38,20 @@ pub struct Rollout {
     pub excess_bad: f64,
 }
 
+impl Rollout {
+    /// A rollout of `release` in `phase` since `started_at`, with no evidence yet.
+    pub fn new(release: impl Into<String>, phase: Phase, started_at: Time) -> Rollout {
+        Rollout {
+            release: release.into(),
+            phase,
+            started_at,
+            judges: BTreeMap::new(),
+            watches: BTreeMap::new(),
+            excess_bad: 0.0,
+        }
+    }
+}
+
 /// Where a rollout is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Phase {

@@ -93,14 +93,7 @@ mod tests {
         p.state.environments.insert(
             "dev".into(),
             EnvState {
-                rollout: phase.map(|phase| Rollout {
-                    release: "r2".into(),
-                    phase,
-                    started_at: Time::ZERO,
-                    judges: Default::default(),
-                    watches: Default::default(),
-                    excess_bad: 0.0,
-                }),
+                rollout: phase.map(|phase| Rollout::new("r2", phase, Time::ZERO)),
                 ..Default::default()
             },
         );

@@ -207,14 +207,7 @@ mod tests {
             plan.state.environments.insert(
                 "prod".into(),
                 EnvState {
-                    rollout: Some(Rollout {
-                        release: "r2".into(),
-                        phase,
-                        started_at: Time::ZERO,
-                        judges: Default::default(),
-                        watches: Default::default(),
-                        excess_bad: 0.0,
-                    }),
+                    rollout: Some(Rollout::new("r2", phase, Time::ZERO)),
                     ..Default::default()
                 },
             );
